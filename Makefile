@@ -1,0 +1,28 @@
+# The two commands of the README:
+#   make demo   set up .venv/, load two demo tenants, materialize them through Dagster, serve the API
+#   make test   set up .venv/ if needed and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lodestar demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+ui: $(STAMP)
+	$(VENV)/bin/lodestar ui
+
+clean:
+	rm -rf var dagster_home/storage dagster_home/history dagster_home/logs dagster_home/schedules

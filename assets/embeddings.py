@@ -1,0 +1,42 @@
+"""Item embeddings with sentence-transformers, reused by content hash."""
+
+
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets import report
+from lodestar import stages
+from pipelines.partitions import tenants_partitions
+from pipelines.resources import LodestarResource
+
+
+@asset(
+    partitions_def=tenants_partitions,
+    group_name="embeddings",
+    kinds={"pytorch", "parquet"},
+    deps=["item_features"],
+    description="A vector per available item from the configured sentence-transformers model.",
+    check_specs=[
+        AssetCheckSpec(
+            "dimension_and_nan", asset="item_embeddings", blocking=True,
+            description="Every vector has the model's dimension and no NaN",
+        )
+    ],
+)
+def item_embeddings(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    files = lodestar.files(tenant)
+    embedder = lodestar.embedder()
+    stats = stages.item_embeddings(files, embedder)
+    report(context, f"{stats['rows']} vectors ({stats['encoded']} encoded, {stats['cached']} from cache)")
+    _, vectors = stages.read_embeddings(files)
+    problems = stages.embedding_problems(vectors, embedder.dimension)
+    return MaterializeResult(
+        metadata={**stats, "path": MetadataValue.path(str(files.item_embeddings))},
+        check_results=[
+            AssetCheckResult(
+                check_name="dimension_and_nan",
+                passed=not problems,
+                metadata={"dimension": stats["dimension"], "problems": "; ".join(problems) or "none"},
+            )
+        ],
+    )

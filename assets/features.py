@@ -1,0 +1,39 @@
+"""Feature tables: per item (text to embed, popularity) and per user (activity, top categories)."""
+
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets import report
+from lodestar import stages
+from pipelines.partitions import tenants_partitions
+from pipelines.resources import LodestarResource
+
+
+@asset(
+    partitions_def=tenants_partitions,
+    group_name="features",
+    kinds={"pandas", "parquet"},
+    deps=["cdp_items", "cdp_events"],
+    description="One row per item: the text the model embeds, its content hash, and decayed popularity.",
+)
+def item_features(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    files = lodestar.files(tenant)
+    stats = stages.item_features(files, lodestar.tenant_config(tenant), lodestar.settings().embed_model)
+    report(context, f"{stats['rows']} items, {stats['indexable']} available")
+    return MaterializeResult(metadata={**stats, "path": MetadataValue.path(str(files.item_features))})
+
+
+@asset(
+    partitions_def=tenants_partitions,
+    group_name="features",
+    kinds={"pandas", "parquet"},
+    deps=["cdp_users", "cdp_events", "cdp_items"],
+    description="One row per user: event counts, first and last activity, most frequent categories.",
+)
+def user_features(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    files = lodestar.files(tenant)
+    stats = stages.user_features(files)
+    report(context, f"{stats['rows']} users, {stats['active']} with events")
+    return MaterializeResult(metadata={**stats, "path": MetadataValue.path(str(files.user_features))})

@@ -1,0 +1,333 @@
+"""The embedded CDP store: one SQLite file in WAL mode under the data dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from lodestar.cdp import ENTITIES, Watermark, check_tenant_name
+from lodestar.errors import Conflict, InvalidInput, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    key_hash TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    categories TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    available INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    source_updated_at REAL,
+    row_hash TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS items_changes ON items (tenant, updated_at, id);
+CREATE TABLE IF NOT EXISTS users (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    source_updated_at REAL,
+    row_hash TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS users_changes ON users (tenant, updated_at, id);
+CREATE TABLE IF NOT EXISTS events (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value REAL,
+    ts REAL NOT NULL,
+    recommendation_id TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS events_changes ON events (tenant, updated_at, id);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (tenant, user_id, ts);
+CREATE TABLE IF NOT EXISTS preferences (
+    tenant TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    preferences TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, user_id)
+);
+"""
+
+_ITEM_COLUMNS = (
+    "id", "kind", "title", "description", "categories", "tags", "attributes", "available",
+    "deleted", "source_updated_at",
+)
+_USER_COLUMNS = ("id", "attributes", "deleted", "source_updated_at")
+_EVENT_COLUMNS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id")
+_JSON_COLUMNS = {"categories", "tags", "attributes"}
+_BOOL_COLUMNS = {"available", "deleted"}
+
+
+def _row_hash(record: dict[str, Any], columns: tuple[str, ...]) -> str:
+    payload = json.dumps([record.get(c) for c in columns if c != "source_updated_at"], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+class SqliteCdpStore:
+    """SQLite adapter of the CDP port. One connection per thread; WAL lets readers run beside a writer."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._conn().executescript(SCHEMA)  # runs in its own transaction
+
+    # -- connections -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed write survives a power loss, so a 2xx really means durable.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- tenants -----------------------------------------------------------------------------
+    def create_tenant(self, name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        check_tenant_name(name)
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT deleted FROM tenants WHERE name = ?", (name,)).fetchone()
+            if row is not None and not row["deleted"]:
+                raise Conflict(f"tenant {name!r} already exists; pick another name or use it as it is")
+            conn.execute(
+                "INSERT INTO tenants (name, config, created_at, updated_at, deleted) VALUES (?, ?, ?, ?, 0) "
+                "ON CONFLICT(name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, deleted = 0",
+                (name, json.dumps(config or {}), now, now),
+            )
+        return self.get_tenant(name)  # type: ignore[return-value]
+
+    def get_tenant(self, name: str) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT name, config, created_at, updated_at FROM tenants WHERE name = ? AND deleted = 0", (name,)
+        ).fetchone()
+        return None if row is None else self._tenant(row)
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT name, config, created_at, updated_at FROM tenants WHERE deleted = 0 ORDER BY name"
+        ).fetchall()
+        return [self._tenant(r) for r in rows]
+
+    def set_tenant_config(self, name: str, config: dict[str, Any]) -> None:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE tenants SET config = ?, updated_at = ? WHERE name = ? AND deleted = 0",
+                (json.dumps(config), time.time(), name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"tenant {name!r} does not exist")
+
+    @staticmethod
+    def _tenant(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "name": row["name"],
+            "config": json.loads(row["config"]),
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
+
+    def _require_tenant(self, conn: sqlite3.Connection, tenant: str) -> None:
+        if conn.execute("SELECT 1 FROM tenants WHERE name = ? AND deleted = 0", (tenant,)).fetchone() is None:
+            raise NotFound(f"tenant {tenant!r} does not exist; create it with `lodestar tenants create {tenant}`")
+
+    # -- API keys ----------------------------------------------------------------------------
+    def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None:
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            conn.execute(
+                "INSERT INTO api_keys (key_id, tenant, key_hash, created_at) VALUES (?, ?, ?, ?)",
+                (key_id, tenant, key_hash, time.time()),
+            )
+
+    def find_api_key(self, key_id: str) -> tuple[str, str] | None:
+        row = self._conn().execute(
+            "SELECT k.tenant, k.key_hash FROM api_keys k JOIN tenants t ON t.name = k.tenant "
+            "WHERE k.key_id = ? AND t.deleted = 0",
+            (key_id,),
+        ).fetchone()
+        return None if row is None else (row["tenant"], row["key_hash"])
+
+    # -- items and users ---------------------------------------------------------------------
+    def _upsert(self, table: str, columns: tuple[str, ...], tenant: str, records: list[dict[str, Any]]) -> int:
+        """Insert or update rows; a row whose content is unchanged, or whose source ``updated_at``
+        is older than the stored one, is left alone (its watermark does not move)."""
+        if not records:
+            return 0
+        cols = ("tenant", *columns, "row_hash", "updated_at")
+        placeholders = ", ".join("?" for _ in cols)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("tenant", "id"))
+        sql = (
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({placeholders}) "
+            f"ON CONFLICT(tenant, id) DO UPDATE SET {updates} "
+            f"WHERE {table}.row_hash IS NOT excluded.row_hash AND ("
+            f"excluded.source_updated_at IS NULL OR {table}.source_updated_at IS NULL "
+            f"OR excluded.source_updated_at >= {table}.source_updated_at)"
+        )
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            stamp = time.time()  # taken inside the write lock, so stamps only move forward
+            before = conn.total_changes
+            conn.executemany(sql, [self._encode(tenant, columns, r, stamp) for r in records])
+            return conn.total_changes - before
+
+    @staticmethod
+    def _encode(tenant: str, columns: tuple[str, ...], record: dict[str, Any], stamp: float) -> tuple:
+        values: list[Any] = [tenant]
+        for c in columns:
+            v = record.get(c)
+            if c in _JSON_COLUMNS:
+                v = json.dumps(v if v is not None else ({} if c == "attributes" else []), sort_keys=True)
+            elif c in _BOOL_COLUMNS:
+                v = int(bool(v))
+            values.append(v)
+        values.append(_row_hash(record, columns))
+        values.append(stamp)
+        return tuple(values)
+
+    def upsert_items(self, tenant: str, items: list[dict[str, Any]]) -> int:
+        return self._upsert("items", _ITEM_COLUMNS, tenant, items)
+
+    def upsert_users(self, tenant: str, users: list[dict[str, Any]]) -> int:
+        return self._upsert("users", _USER_COLUMNS, tenant, users)
+
+    # -- events ------------------------------------------------------------------------------
+    def append_events(self, tenant: str, events: list[dict[str, Any]]) -> int:
+        """Store events; one already stored (same id) is ignored. Returns how many were new."""
+        if not events:
+            return 0
+        cols = ("tenant", *_EVENT_COLUMNS, "updated_at")
+        sql = f"INSERT OR IGNORE INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            stamp = time.time()
+            before = conn.total_changes
+            conn.executemany(sql, [(tenant, *(e.get(c) for c in _EVENT_COLUMNS), stamp) for e in events])
+            return conn.total_changes - before
+
+    def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT id, user_id, item_id, type, value, ts, recommendation_id FROM events "
+            "WHERE tenant = ? AND user_id = ? ORDER BY ts DESC LIMIT ?",
+            (tenant, user_id, limit),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- change streams ----------------------------------------------------------------------
+    def read_changes(
+        self, tenant: str, entity: str, since: Watermark | None = None, batch_size: int = 5000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Rows of ``entity`` changed after ``since``, in watermark order, in batches (keyset paging)."""
+        if entity not in ENTITIES:
+            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        mark = since or Watermark(float("-inf"), "")
+        conn = self._conn()
+        while True:
+            rows = conn.execute(
+                f"SELECT * FROM {entity} WHERE tenant = ? AND (updated_at > ? OR (updated_at = ? AND id > ?)) "
+                "ORDER BY updated_at, id LIMIT ?",
+                (tenant, mark.updated_at, mark.updated_at, mark.id, batch_size),
+            ).fetchall()
+            if not rows:
+                return
+            batch = [self._decode(r) for r in rows]
+            yield batch
+            mark = Watermark(rows[-1]["updated_at"], rows[-1]["id"])
+            if len(rows) < batch_size:
+                return
+
+    def count(self, tenant: str, entity: str) -> int:
+        if entity not in ENTITIES:
+            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        deleted = " AND deleted = 0" if entity != "events" else ""
+        return self._conn().execute(f"SELECT COUNT(*) FROM {entity} WHERE tenant = ?{deleted}", (tenant,)).fetchone()[0]
+
+    def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT * FROM items WHERE tenant = ? AND id = ? AND deleted = 0", (tenant, item_id)
+        ).fetchone()
+        return None if row is None else self._decode(row)
+
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        out.pop("tenant", None)
+        out.pop("row_hash", None)
+        for c in _JSON_COLUMNS & out.keys():
+            out[c] = json.loads(out[c])
+        for c in _BOOL_COLUMNS & out.keys():
+            out[c] = bool(out[c])
+        return out
+
+    # -- preferences -------------------------------------------------------------------------
+    def put_preferences(self, tenant: str, user_id: str, preferences: dict[str, Any]) -> None:
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            conn.execute(
+                "INSERT INTO preferences (tenant, user_id, preferences, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(tenant, user_id) DO UPDATE SET preferences = excluded.preferences, "
+                "updated_at = excluded.updated_at",
+                (tenant, user_id, json.dumps(preferences), time.time()),
+            )
+
+    def get_preferences(self, tenant: str, user_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute(
+            "SELECT preferences FROM preferences WHERE tenant = ? AND user_id = ?", (tenant, user_id)
+        ).fetchone()
+        return None if row is None else json.loads(row["preferences"])

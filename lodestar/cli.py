@@ -1,0 +1,339 @@
+"""The ``lodestar`` command line. Every subcommand has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from lodestar.errors import LodestarError
+from lodestar.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _dagster_home(settings: Settings) -> Path:
+    """``DAGSTER_HOME``: as set, else the repo's ``dagster_home/``, else one under the data dir."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = REPO_ROOT / "dagster_home"
+    if not (home / "dagster.yaml").is_file():
+        home = settings.data_dir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home.resolve())
+    return home
+
+
+def _progress_to_console() -> None:
+    logger = logging.getLogger("lodestar.progress")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+# -- tenants -------------------------------------------------------------------------------------
+def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import open_cdp
+    from lodestar.keys import issue_key
+
+    store = open_cdp(settings)
+    try:
+        tenant = store.create_tenant(args.name)
+        key = issue_key(store, args.name)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"tenant": tenant["name"], "api_key": key}))
+    else:
+        _say(f"Created tenant {tenant['name']!r}.")
+        _say(f"API key (shown once, store it now): {key}")
+    return 0
+
+
+def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import open_cdp
+    from lodestar.index import open_index_store
+
+    store = open_cdp(settings)
+    index_store = open_index_store(settings)
+    try:
+        rows = [
+            {
+                "name": t["name"],
+                "items": store.count(t["name"], "items"),
+                "users": store.count(t["name"], "users"),
+                "events": store.count(t["name"], "events"),
+                "index_version": index_store.published(t["name"]),
+            }
+            for t in store.list_tenants()
+        ]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        _say("No tenants yet. Create one with `lodestar tenants create NAME`.")
+    else:
+        _say(f"{'tenant':<20} {'items':>8} {'users':>8} {'events':>9}  index version")
+        for r in rows:
+            _say(f"{r['name']:<20} {r['items']:>8} {r['users']:>8} {r['events']:>9}  {r['index_version'] or '-'}")
+    return 0
+
+
+def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import open_cdp
+    from lodestar.errors import NotFound
+    from lodestar.keys import issue_key
+
+    store = open_cdp(settings)
+    try:
+        if store.get_tenant(args.name) is None:
+            raise NotFound(f"tenant {args.name!r} does not exist; create it with `lodestar tenants create {args.name}`")
+        key = issue_key(store, args.name)
+    finally:
+        store.close()
+    print(json.dumps({"tenant": args.name, "api_key": key}) if args.json else f"New API key for {args.name!r} (shown once): {key}")
+    return 0
+
+
+# -- import --------------------------------------------------------------------------------------
+def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import open_cdp
+    from lodestar.errors import InvalidInput
+    from lodestar.importer import import_files, import_movielens
+
+    store = open_cdp(settings)
+    try:
+        if args.format == "movielens":
+            if not args.directory:
+                raise InvalidInput("--format movielens needs the MovieLens directory: lodestar cdp import --tenant T --format movielens DIR")
+            summary = import_movielens(store, settings, args.tenant, Path(args.directory), progress=_say)
+        else:
+            files = {e: Path(p) for e, p in (("items", args.items), ("users", args.users), ("events", args.events)) if p}
+            if not files:
+                raise InvalidInput("nothing to import: give --items, --users and/or --events (or --format movielens DIR)")
+            summary = import_files(store, settings, args.tenant, files, progress=_say)
+    finally:
+        store.close()
+    _say(f"Summary and reject files: {summary.directory}")
+    if summary.rejected:
+        _say(f"{summary.rejected} rows were rejected; the accepted rows are committed. Fix the rejected rows and re-import them.")
+    return 0
+
+
+# -- materialize ---------------------------------------------------------------------------------
+def _materialize(settings: Settings, tenants: list[str]) -> int:
+    _dagster_home(settings)
+    _progress_to_console()
+    from dagster import DagsterInstance
+
+    from pipelines.run import materialize_tenant
+
+    failed = 0
+    with DagsterInstance.get() as instance:
+        for tenant in tenants:
+            _say(f"Materializing tenant {tenant!r} (every asset, through Dagster)...")
+            started = time.monotonic()
+            outcome = materialize_tenant(instance, tenant)
+            if outcome.success:
+                _say(f"Tenant {tenant!r} materialized in {time.monotonic() - started:.1f}s (run {outcome.run_id}).")
+            else:
+                failed += 1
+                _say(f"Tenant {tenant!r}: run {outcome.run_id} FAILED.")
+                for step, reason in outcome.failures or [("?", "see the run in the Dagster UI")]:
+                    _say(f"  failing step: {step}: {reason}")
+    return 1 if failed else 0
+
+
+def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import open_cdp
+    from lodestar.errors import InvalidInput, NotFound
+
+    store = open_cdp(settings)
+    try:
+        known = [t["name"] for t in store.list_tenants()]
+    finally:
+        store.close()
+    if args.all:
+        tenants = known
+        if not tenants:
+            raise InvalidInput("there are no tenants to materialize; create one with `lodestar tenants create NAME`")
+    elif args.tenant:
+        if args.tenant not in known:
+            raise NotFound(f"tenant {args.tenant!r} does not exist; known tenants: {', '.join(known) or 'none'}")
+        tenants = [args.tenant]
+    else:
+        raise InvalidInput("say which tenant: --tenant NAME or --all")
+    return _materialize(settings, tenants)
+
+
+# -- serve, ui, demo -----------------------------------------------------------------------------
+def _serve(settings: Settings, host: str, port: int, log_level: str, on_ready: Callable[[], None] | None = None) -> int:
+    import socket
+
+    import uvicorn
+
+    from serving.app import create_app
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            from lodestar.errors import InvalidInput
+
+            raise InvalidInput(f"{host}:{port} is already in use; stop the other server or pass --port") from None
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level))
+    if on_ready is not None:
+        def wait_then_announce() -> None:
+            while not server.started and not server.should_exit:
+                time.sleep(0.1)
+            if server.started:
+                on_ready()
+        threading.Thread(target=wait_then_announce, daemon=True).start()
+    server.run()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    _say(f"Serving Lodestar on http://{args.host}:{args.port} (data dir {settings.data_dir}); OpenAPI at /schema")
+    return _serve(settings, args.host, args.port, "info")
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    home = _dagster_home(settings)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    _say(f"Dagster UI with DAGSTER_HOME={home}, LODESTAR_DATA_DIR={settings.data_dir}")
+    os.environ["LODESTAR_DATA_DIR"] = str(settings.data_dir)
+    os.chdir(REPO_ROOT)
+    os.execv(dagster, [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)])
+    return 0  # not reached
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar import demo
+    from lodestar.cdp import open_cdp
+    from lodestar.importer import import_files
+    from lodestar.keys import issue_key
+
+    _say(f"Lodestar demo (data dir {settings.data_dir})")
+    store = open_cdp(settings)
+    keys: dict[str, str] = {}
+    try:
+        for tenant in demo.GENERATORS:
+            _say(f"Generating and importing demo tenant {tenant!r}...")
+            files = demo.write_demo(settings.data_dir / "demo", tenant)
+            if store.get_tenant(tenant) is None:
+                store.create_tenant(tenant)
+            keys[tenant] = issue_key(store, tenant)
+            import_files(store, settings, tenant, files, progress=lambda line: _say(f"  {line}"))
+    finally:
+        store.close()
+    if _materialize(settings, list(keys)) != 0:
+        return 1
+    if args.no_serve:
+        for tenant, key in keys.items():
+            _say(f"{tenant}: API key {key}")
+        return 0
+    base = f"http://{args.host}:{args.port}"
+
+    def announce() -> None:
+        examples = {
+            "shop": ("u0001", "p00001", "waterproof hiking boots"),
+            "news": ("r0001", "a00001", "rockets going to mars"),
+        }
+        _say("")
+        _say(f"The API is up at {base} (OpenAPI: {base}/schema). Press Ctrl+C to stop.")
+        for tenant, key in keys.items():
+            user, item, query = examples[tenant]
+            auth = f'-H "Authorization: Bearer {key}"'
+            _say(f"\nTenant {tenant!r}, API key (shown once): {key}")
+            _say(f'  curl -s {auth} "{base}/v1/users/{user}/recommendations?k=5"')
+            _say(f'  curl -s {auth} "{base}/v1/items/{item}/similar?k=5"')
+            _say(f"  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"query\": \"{query}\", \"k\": 5}}' {base}/v1/search")
+        _say("\nDagster UI: .venv/bin/lodestar ui")
+
+    return _serve(settings, args.host, args.port, "warning", on_ready=announce)
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lodestar", description="Lodestar personalization engine")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    p = tenants.add_parser("create", help="create a tenant and print its API key once")
+    p.add_argument("name", help="tenant name: lowercase letters, digits, '-' or '_'")
+    p.add_argument("--json", action="store_true", help="print {tenant, api_key} as JSON")
+    p.set_defaults(func=cmd_tenants_create)
+    p = tenants.add_parser("list", help="list tenants with their counts and published index version")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tenants_list)
+    p = tenants.add_parser("key", help="issue an additional API key for a tenant (shown once)")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print {tenant, api_key} as JSON")
+    p.set_defaults(func=cmd_tenants_key)
+
+    cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")
+    p = cdp.add_parser(
+        "import",
+        help="import items, users and events (JSONL, CSV or Parquet) or a MovieLens directory",
+        description="Rows that do not fit go to a reject file with line and reason; good rows are committed; a re-import upserts.",
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--items", help="items file (.jsonl, .csv or .parquet)")
+    p.add_argument("--users", help="users file")
+    p.add_argument("--events", help="events file")
+    p.add_argument("--format", choices=["canonical", "movielens"], default="canonical",
+                   help="canonical: the files above; movielens: a MovieLens directory given as DIR")
+    p.add_argument("directory", nargs="?", metavar="DIR", help="the MovieLens directory (with --format movielens)")
+    p.set_defaults(func=cmd_cdp_import)
+
+    p = sub.add_parser("materialize", help="materialize every asset of a tenant through Dagster")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tenant", help="the tenant to materialize")
+    group.add_argument("--all", action="store_true", help="every tenant, one after another")
+    p.set_defaults(func=cmd_materialize)
+
+    for name, helptext, func, port in (
+        ("serve", "serve the HTTP API", cmd_serve, 8000),
+        ("demo", "load two demo tenants, materialize them and serve the API", cmd_demo, 8000),
+        ("ui", "open the Dagster UI (dagster dev -w workspace.yaml)", cmd_ui, 3000),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=port)
+        if name == "demo":
+            p.add_argument("--no-serve", action="store_true", help="stop after materializing (print the keys)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        return args.func(args, settings)
+    except LodestarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

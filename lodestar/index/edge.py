@@ -1,0 +1,196 @@
+"""Qdrant Edge adapter: one shard directory per tenant per version, a pointer file per tenant.
+
+Layout under the data dir::
+
+    tenants/<tenant>/index/versions/<version>/   an EdgeShard, WAL disabled, never written after finish()
+    tenants/<tenant>/index/PUBLISHED             {"version": ...} swapped with an atomic rename
+
+The WAL is disabled so that several serving processes can load the same finished shard read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import qdrant_edge as qe
+
+from lodestar.errors import NotFound
+from lodestar.index import Hit, point_id
+
+VECTOR = "content"
+BATCH = 512
+KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
+FLOAT_FIELDS = ("popularity",)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class EdgeIndexStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def _root(self, tenant: str) -> Path:
+        return self.data_dir / "tenants" / tenant / "index"
+
+    def _version_dir(self, tenant: str, version: str) -> Path:
+        return self._root(tenant) / "versions" / version
+
+    def build(self, tenant: str, dimension: int) -> "EdgeIndexBuilder":
+        version = time.strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        return EdgeIndexBuilder(tenant, version, self._version_dir(tenant, version), dimension)
+
+    def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
+        if not (self._version_dir(tenant, version) / "edge_config.json").is_file():
+            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+        record = {"version": version, "published_at": time.time(), **(info or {})}
+        _atomic_write(self._root(tenant) / "PUBLISHED", json.dumps(record))
+
+    def published_record(self, tenant: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self._root(tenant) / "PUBLISHED").read_text())
+        except FileNotFoundError:
+            return None
+
+    def published(self, tenant: str) -> str | None:
+        record = self.published_record(tenant)
+        return None if record is None else record["version"]
+
+    def open(self, tenant: str, version: str) -> "EdgeIndexReader":
+        path = self._version_dir(tenant, version)
+        if not (path / "edge_config.json").is_file():
+            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+        return EdgeIndexReader(tenant, version, qe.EdgeShard.load(str(path)))
+
+    def versions(self, tenant: str) -> list[str]:
+        root = self._root(tenant) / "versions"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def drop_old(self, tenant: str, keep: int = 2) -> list[str]:
+        """Delete versions older than the published one, keeping ``keep`` of them (newest first) so
+        that a server still reading one is not cut off. Never deletes the published version or any
+        version newer than it (a build may be in progress)."""
+        published = self.published(tenant)
+        if published is None:
+            return []
+        older = [v for v in self.versions(tenant) if v < published]
+        dropped = older[: max(0, len(older) - keep)]
+        for version in dropped:
+            shutil.rmtree(self._version_dir(tenant, version), ignore_errors=True)
+        return dropped
+
+
+class EdgeIndexBuilder:
+    def __init__(self, tenant: str, version: str, path: Path, dimension: int) -> None:
+        self.tenant = tenant
+        self.version = version
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = qe.EdgeConfig(
+            vectors={VECTOR: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+            wal_enabled=False,
+        )
+        self._shard = qe.EdgeShard.create(str(path), config)
+        # Payload indexes before the upload, as Qdrant recommends.
+        for name in KEYWORD_FIELDS:
+            self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+        for name in FLOAT_FIELDS:
+            self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+
+    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(item_ids), BATCH):
+            points = [
+                qe.Point(
+                    point_id(self.tenant, item_ids[i]),
+                    {VECTOR: vectors[i].tolist()},
+                    {**payloads[i], "item_id": item_ids[i]},
+                )
+                for i in range(start, min(start + BATCH, len(item_ids)))
+            ]
+            self._shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def finish(self) -> int:
+        self._shard.flush()
+        self._shard.optimize()
+        self._shard.flush()
+        count = self._shard.info().points_count
+        self._shard.close()
+        return count
+
+
+class EdgeIndexReader:
+    """A loaded, finished version. Only reads; safe to share between request threads."""
+
+    def __init__(self, tenant: str, version: str, shard: qe.EdgeShard) -> None:
+        self.tenant = tenant
+        self.version = version
+        self._shard = shard
+
+    def _exclusion(self, exclude: Iterable[str]) -> qe.Filter | None:
+        ids = {point_id(self.tenant, i) for i in exclude}
+        return qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None
+
+    @staticmethod
+    def _hits(points: list) -> list[Hit]:
+        return [Hit(p.payload["item_id"], float(p.score), p.payload) for p in points]
+
+    def count(self) -> int:
+        return self._shard.info().points_count
+
+    def nearest(self, vector: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Hit]:
+        request = qe.QueryRequest(
+            limit=k,
+            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=VECTOR),
+            filter=self._exclusion(exclude),
+            with_payload=True,
+        )
+        return self._hits(self._shard.query(request))
+
+    def popular(self, k: int, exclude: Iterable[str] = ()) -> list[Hit]:
+        request = qe.QueryRequest(
+            limit=k,
+            query=qe.OrderBy("popularity", qe.Direction.Desc),
+            filter=self._exclusion(exclude),
+            with_payload=True,
+        )
+        hits = self._hits(self._shard.query(request))
+        for hit in hits:
+            hit.score = float(hit.payload.get("popularity", 0.0))
+        return hits
+
+    def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
+        if not ids:
+            return {}
+        records = self._shard.retrieve(ids, with_payload=["item_id"], with_vector=[VECTOR])
+        return {r.payload["item_id"]: np.asarray(r.vector[VECTOR], dtype=np.float32) for r in records}
+
+    def get(self, item_id: str) -> Hit | None:
+        records = self._shard.retrieve([point_id(self.tenant, item_id)], with_payload=True, with_vector=[VECTOR])
+        if not records:
+            return None
+        record = records[0]
+        payload = dict(record.payload)
+        payload["_vector"] = np.asarray(record.vector[VECTOR], dtype=np.float32)
+        return Hit(item_id, 1.0, payload)
+
+    def close(self) -> None:
+        self._shard.close()

@@ -1,0 +1,198 @@
+"""The data model users write (ARCHITECTURE.md, "Data model"), validated row by row.
+
+Each ``parse_*`` function takes one raw row (from JSONL, CSV or Parquet) and returns the normalized
+record, or raises :class:`InvalidInput` whose message says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from lodestar.errors import InvalidInput
+
+ITEM_KINDS = ("product", "content")
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", "dislike", "impression")
+MAX_ID_LENGTH = 256
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def parse_id(value: Any, field: str = "id") -> str:
+    """An identifier: a non-empty string (integers are accepted and turned into strings)."""
+    if _missing(value):
+        raise InvalidInput(f"{field} is required")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidInput(f"{field} must be a string or an integer, got {value!r}")
+        value = int(value)
+    text = str(value).strip()
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidInput(f"{field} is longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def parse_timestamp(value: Any, field: str) -> float | None:
+    """ISO-8601 text or epoch seconds, returned as epoch seconds (UTC); ``None`` when absent."""
+    if _missing(value):
+        return None
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
+        return parse_timestamp(value.to_pydatetime(), field)
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field} must be ISO-8601 text or epoch seconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{field} {text!r} is not a timestamp: use ISO-8601 (2024-05-01T12:00:00Z) or epoch seconds"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def parse_bool(value: Any, field: str, default: bool) -> bool:
+    if _missing(value):
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidInput(f"{field} must be true or false, got {value!r}")
+
+
+def parse_str_list(value: Any, field: str) -> list[str]:
+    """A list of strings; in CSV a ``|``-separated string."""
+    if _missing(value):
+        return []
+    if isinstance(value, str):
+        parts = value.split("|")
+    elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        parts = list(value.tolist() if hasattr(value, "tolist") else value)
+    else:
+        raise InvalidInput(f"{field} must be a list of strings (in CSV: a|b|c), got {type(value).__name__}")
+    out: list[str] = []
+    for part in parts:
+        if not isinstance(part, (str, int, float)) or isinstance(part, bool):
+            raise InvalidInput(f"{field} must contain only strings, got {part!r}")
+        text = str(part).strip()
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def parse_attributes(value: Any, field: str = "attributes") -> dict[str, Any]:
+    """An object of attributes; in CSV a JSON string."""
+    if _missing(value):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{field} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be an object such as {{\"price\": 9.5}}, got {type(value).__name__}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field} must hold only JSON values ({exc})") from None
+    return value
+
+
+def parse_item(row: dict[str, Any]) -> dict[str, Any]:
+    kind = row.get("kind")
+    kind = "product" if _missing(kind) else str(kind).strip().lower()
+    if kind not in ITEM_KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(ITEM_KINDS)}, got {row.get('kind')!r}")
+    return {
+        "id": parse_id(row.get("id")),
+        "kind": kind,
+        "title": "" if _missing(row.get("title")) else str(row["title"]).strip(),
+        "description": "" if _missing(row.get("description")) else str(row["description"]).strip(),
+        "categories": parse_str_list(row.get("categories"), "categories"),
+        "tags": parse_str_list(row.get("tags"), "tags"),
+        "attributes": parse_attributes(row.get("attributes")),
+        "available": parse_bool(row.get("available"), "available", default=True),
+        "source_updated_at": parse_timestamp(row.get("updated_at"), "updated_at"),
+        "deleted": parse_bool(row.get("deleted"), "deleted", default=False),
+    }
+
+
+def parse_user(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": parse_id(row.get("id")),
+        "attributes": parse_attributes(row.get("attributes")),
+        "source_updated_at": parse_timestamp(row.get("updated_at"), "updated_at"),
+        "deleted": parse_bool(row.get("deleted"), "deleted", default=False),
+    }
+
+
+def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict[str, Any]:
+    """An event. ``ts`` is required in imports (so a re-import is idempotent); the API may default it."""
+    etype = row.get("type")
+    etype = None if _missing(etype) else str(etype).strip().lower()
+    if etype not in EVENT_TYPES:
+        raise InvalidInput(f"type must be one of {', '.join(EVENT_TYPES)}, got {row.get('type')!r}")
+    value = row.get("value")
+    if _missing(value):
+        value = None
+    else:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"value must be a number, got {row.get('value')!r}") from None
+        if not math.isfinite(value):
+            raise InvalidInput(f"value must be a finite number, got {row.get('value')!r}")
+    if etype == "rating" and value is None:
+        raise InvalidInput("a rating event needs a numeric value (for example 4.5)")
+    ts = parse_timestamp(row.get("ts"), "ts")
+    if ts is None:
+        if default_ts is None:
+            raise InvalidInput("ts is required (ISO-8601 or epoch seconds) so that a re-import stays idempotent")
+        ts = default_ts
+    rec_id = row.get("recommendation_id")
+    event = {
+        "user_id": parse_id(row.get("user_id"), "user_id"),
+        "item_id": parse_id(row.get("item_id"), "item_id"),
+        "type": etype,
+        "value": value,
+        "ts": ts,
+        "recommendation_id": None if _missing(rec_id) else str(rec_id).strip(),
+    }
+    event["id"] = event_id(event)
+    return event
+
+
+def event_id(event: dict[str, Any]) -> str:
+    """Deterministic id of an event, so importing the same event twice stores it once."""
+    key = f"{event['user_id']}\x1f{event['item_id']}\x1f{event['type']}\x1f{event['ts']!r}"
+    return hashlib.sha1(key.encode()).hexdigest()

@@ -1,0 +1,46 @@
+"""One settings object, read from ``LODESTAR_*`` environment variables, with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Lodestar keeps its data and which adapters it uses.
+
+    ``data_dir`` holds everything the embedded defaults write (CDP store, Parquet extracts, index
+    versions, caches), so two data dirs never see each other's tenants.
+    """
+
+    data_dir: Path = field(default_factory=lambda: Path("var"))
+    embed_model: str = DEFAULT_MODEL
+    admin_key: str | None = None
+    arango_url: str | None = None
+    qdrant_url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        return cls(
+            data_dir=Path(env.get("LODESTAR_DATA_DIR", "var")).resolve(),
+            embed_model=env.get("LODESTAR_EMBED_MODEL", DEFAULT_MODEL),
+            admin_key=env.get("LODESTAR_ADMIN_KEY") or None,
+            arango_url=env.get("LODESTAR_ARANGO_URL") or None,
+            qdrant_url=env.get("LODESTAR_QDRANT_URL") or None,
+        )
+
+    @property
+    def cdp_path(self) -> Path:
+        return self.data_dir / "cdp.sqlite"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    def tenant_dir(self, tenant: str) -> Path:
+        return self.data_dir / "tenants" / tenant

@@ -1,0 +1,199 @@
+"""The steps of a tenant's lineage, as plain functions over files under the tenant's data dir.
+
+Dagster assets call these; tests call them without Dagster. Each returns the numbers the UI shows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lodestar import features
+from lodestar.cdp import CdpStore, Watermark
+from lodestar.embed import Embedder
+from lodestar.errors import InvalidInput
+from lodestar.index import IndexStore
+
+EXTRACT_COLUMNS = {
+    "items": ["id", "kind", "title", "description", "categories", "tags", "attributes", "available", "deleted",
+              "source_updated_at", "updated_at"],
+    "users": ["id", "attributes", "deleted", "source_updated_at", "updated_at"],
+    "events": ["id", "user_id", "item_id", "type", "value", "ts", "recommendation_id", "updated_at"],
+}
+
+
+@dataclass(frozen=True)
+class TenantFiles:
+    """Where a tenant's pipeline files live under the data dir."""
+
+    root: Path
+
+    def extract(self, entity: str) -> Path:
+        return self.root / "extracts" / f"{entity}.parquet"
+
+    @property
+    def item_features(self) -> Path:
+        return self.root / "features" / "items.parquet"
+
+    @property
+    def user_features(self) -> Path:
+        return self.root / "features" / "users.parquet"
+
+    @property
+    def item_embeddings(self) -> Path:
+        return self.root / "embeddings" / "items.parquet"
+
+    @property
+    def candidate(self) -> Path:
+        return self.root / "index" / "CANDIDATE"
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+    tmp.replace(path)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InvalidInput(f"{path} is missing: materialize the upstream asset first")
+    return pq.read_table(path).to_pandas()
+
+
+def extract(store: CdpStore, tenant: str, entity: str, files: TenantFiles) -> dict[str, Any]:
+    """Copy an entity of a tenant from the CDP into Parquet (every row, soft-deleted ones flagged)."""
+    rows: list[dict[str, Any]] = []
+    for batch in store.read_changes(tenant, entity):
+        rows.extend(batch)
+    df = pd.DataFrame(rows, columns=EXTRACT_COLUMNS[entity])
+    if "attributes" in df:
+        df["attributes"] = df["attributes"].map(lambda a: json.dumps(a or {}, sort_keys=True))
+    if entity == "items":
+        for col in ("categories", "tags"):
+            df[col] = df[col].map(lambda v: list(v) if isinstance(v, (list, tuple)) else [])
+    _write_parquet(df, files.extract(entity))
+    watermark = Watermark(rows[-1]["updated_at"], rows[-1]["id"]).encode() if rows else None
+    stats: dict[str, Any] = {"rows": len(df), "watermark": watermark, "path": str(files.extract(entity))}
+    if "deleted" in df:
+        stats["deleted"] = int(df["deleted"].sum())
+    return stats
+
+
+def item_features(files: TenantFiles, config: dict[str, Any], model: str) -> dict[str, Any]:
+    items = _read(files.extract("items"))
+    events = _read(files.extract("events"))
+    df = features.build_item_features(
+        items, events, config["event_weights"], float(config["recency_half_life_days"]), model
+    )
+    _write_parquet(df, files.item_features)
+    live = df[df["available"] & ~df["deleted"]] if not df.empty else df
+    return {"rows": len(df), "indexable": len(live), "with_interactions": int((df["interactions"] > 0).sum())}
+
+
+def user_features(files: TenantFiles) -> dict[str, Any]:
+    users = _read(files.extract("users"))
+    events = _read(files.extract("events"))
+    items = _read(files.extract("items"))
+    df = features.build_user_features(users, events, items)
+    _write_parquet(df, files.user_features)
+    return {"rows": len(df), "active": int((df["events"] > 0).sum())}
+
+
+def item_embeddings(files: TenantFiles, embedder: Embedder) -> dict[str, Any]:
+    """Embed every live item (available, not deleted); unchanged texts come from the cache."""
+    feats = _read(files.item_features)
+    live = feats[feats["available"] & ~feats["deleted"]].reset_index(drop=True) if not feats.empty else feats
+    vectors, stats = embedder.embed(list(live["text"]) if not live.empty else [])
+    dim = embedder.dimension
+    table = pa.table({
+        "id": pa.array(list(live["id"]) if not live.empty else [], pa.string()),
+        "content_hash": pa.array(list(live["content_hash"]) if not live.empty else [], pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+    })
+    files.item_embeddings.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, files.item_embeddings)
+    return {"rows": len(live), "dimension": dim, "encoded": stats.encoded, "cached": stats.cached,
+            "model": embedder.model_name}
+
+
+def read_embeddings(files: TenantFiles) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(files.item_embeddings)
+    ids = table.column("id").to_pylist()
+    column = table.column("vector").combine_chunks()
+    dim = column.type.list_size
+    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), dim) if ids else np.zeros((0, dim))
+    return ids, vectors.astype(np.float32)
+
+
+def embedding_problems(vectors: np.ndarray, expected_dim: int) -> list[str]:
+    """What is wrong with a matrix of embeddings (empty list when fine)."""
+    problems = []
+    if vectors.ndim != 2 or (len(vectors) and vectors.shape[1] != expected_dim):
+        problems.append(f"dimension is {vectors.shape[-1] if vectors.ndim == 2 else vectors.shape}, expected {expected_dim}")
+    nan_rows = int(np.isnan(vectors).any(axis=1).sum()) if vectors.ndim == 2 and len(vectors) else 0
+    if nan_rows:
+        problems.append(f"{nan_rows} vectors contain NaN")
+    return problems
+
+
+def build_index(files: TenantFiles, index_store: IndexStore, tenant: str) -> dict[str, Any]:
+    """Build a new, unpublished index version from the embeddings and item features."""
+    ids, vectors = read_embeddings(files)
+    if not ids:
+        raise InvalidInput(f"tenant {tenant!r} has no available items to index: import items first")
+    feats = _read(files.item_features).set_index("id")
+    payloads = []
+    for item_id in ids:
+        row = feats.loc[item_id]
+        payloads.append({
+            "kind": row["kind"],
+            "title": row["title"],
+            "categories": list(row["categories"]),
+            "tags": list(row["tags"]),
+            "attributes": json.loads(row["attributes"]),
+            "popularity": float(row["popularity"]),
+        })
+    builder = index_store.build(tenant, vectors.shape[1])
+    builder.upsert(ids, vectors, payloads)
+    points = builder.finish()
+    files.candidate.parent.mkdir(parents=True, exist_ok=True)
+    files.candidate.write_text(json.dumps({"version": builder.version, "points": points, "items": len(ids)}))
+    return {"version": builder.version, "points": points, "items": len(ids), "dimension": int(vectors.shape[1])}
+
+
+def candidate(files: TenantFiles) -> dict[str, Any]:
+    if not files.candidate.is_file():
+        raise InvalidInput("no index version has been built: materialize tenant_index first")
+    return json.loads(files.candidate.read_text())
+
+
+def canary_problem(index_store: IndexStore, tenant: str, version: str, files: TenantFiles) -> str | None:
+    """Open a built version read-only and ask it for an item's own neighbours; ``None`` when it answers."""
+    ids, vectors = read_embeddings(files)
+    reader = index_store.open(tenant, version)
+    try:
+        hits = reader.nearest(vectors[0], 1)
+    finally:
+        reader.close()
+    if not hits:
+        return "a nearest-neighbour query returned nothing"
+    # An item's own vector must come back with cosine ~1 (another item with the same text may tie).
+    if hits[0].score < 0.99:
+        return f"the nearest neighbour of item {ids[0]!r}'s own vector scored {hits[0].score:.3f}, expected ~1"
+    return None
+
+
+def publish(files: TenantFiles, index_store: IndexStore, tenant: str) -> dict[str, Any]:
+    built = candidate(files)
+    previous = index_store.published(tenant)
+    index_store.publish(tenant, built["version"], {"points": built["points"]})
+    dropped = index_store.drop_old(tenant)
+    return {"version": built["version"], "previous": previous, "points": built["points"], "dropped": dropped}

@@ -1,0 +1,63 @@
+"""Per-tenant configuration: defaults merged with what the tenant stored, validated on write."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from lodestar.errors import InvalidInput
+from lodestar.records import EVENT_TYPES
+
+DEFAULTS: dict[str, Any] = {
+    # How much one event of each type says about a user's taste; negative means "less like this".
+    # A rating's weight is scaled by value / 5.
+    "event_weights": {
+        "view": 1.0,
+        "click": 2.0,
+        "add_to_cart": 4.0,
+        "purchase": 8.0,
+        "rating": 4.0,
+        "like": 4.0,
+        "dislike": -4.0,
+        "impression": 0.0,
+    },
+    # Older events count less: an event this many days older than the user's latest counts half.
+    "recency_half_life_days": 30.0,
+    # How many of a user's latest events shape their taste vector.
+    "max_profile_events": 200,
+}
+
+
+def effective_config(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The defaults overlaid with a tenant's stored configuration."""
+    config = copy.deepcopy(DEFAULTS)
+    for key, value in (stored or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Check a configuration a tenant admin wants to store; return it unchanged when valid."""
+    if not isinstance(config, dict):
+        raise InvalidInput("tenant configuration must be a JSON object")
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise InvalidInput(f"unknown configuration keys: {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
+    weights = config.get("event_weights", {})
+    if not isinstance(weights, dict):
+        raise InvalidInput("event_weights must be an object of event type to number")
+    for etype, weight in weights.items():
+        if etype not in EVENT_TYPES:
+            raise InvalidInput(f"event_weights.{etype}: unknown event type; known: {', '.join(EVENT_TYPES)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise InvalidInput(f"event_weights.{etype} must be a number")
+    half_life = config.get("recency_half_life_days", 1.0)
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or half_life <= 0:
+        raise InvalidInput("recency_half_life_days must be a positive number")
+    max_events = config.get("max_profile_events", 1)
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or not 1 <= max_events <= 10000:
+        raise InvalidInput("max_profile_events must be an integer between 1 and 10000")
+    return config

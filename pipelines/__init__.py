@@ -1,0 +1,1 @@
+"""The Dagster composition root: Definitions, resources, partitions, sensors, schedules, jobs."""

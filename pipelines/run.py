@@ -1,0 +1,46 @@
+"""Materialize a tenant's partition of every asset through Dagster, recorded in the instance
+(``DAGSTER_HOME``) exactly like a run launched from the UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dagster import DagsterEventType, DagsterInstance
+
+from pipelines.definitions import MATERIALIZE_TENANT, defs
+from pipelines.partitions import TENANTS
+
+
+@dataclass
+class RunOutcome:
+    tenant: str
+    run_id: str
+    success: bool
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (step, reason)
+
+
+def ensure_partition(instance: DagsterInstance, tenant: str) -> None:
+    if not instance.has_dynamic_partition(TENANTS, tenant):
+        instance.add_dynamic_partitions(TENANTS, [tenant])
+
+
+def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
+    ensure_partition(instance, tenant)
+    job = defs.resolve_job_def(MATERIALIZE_TENANT)
+    result = job.execute_in_process(
+        partition_key=tenant,
+        instance=instance,
+        raise_on_error=False,
+        tags={"lodestar/tenant": tenant},
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    failures: list[tuple[str, str]] = []
+    for event in result.all_events:
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            error = event.step_failure_data.error
+            failures.append((event.step_key or "?", error.message.strip() if error else "failed"))
+        elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            if not evaluation.passed and evaluation.blocking:
+                failures.append((event.step_key or "?", f"blocking check {evaluation.check_name} failed"))
+    return RunOutcome(tenant, result.run_id, result.success, failures)

@@ -1,0 +1,1 @@
+"""The Litestar service (``serving.app:create_app``). Never imports Dagster."""

@@ -1,0 +1,51 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from lodestar import __version__
+from lodestar.cdp import open_cdp
+from lodestar.embed import Embedder
+from lodestar.index import open_index_store
+from lodestar.settings import Settings
+from serving.auth import provide_tenant, require_tenant_key
+from serving.controllers import HealthController, ItemController, RecommendationController, SearchController
+from serving.errors import EXCEPTION_HANDLERS
+from serving.indexes import TenantIndexes
+
+log = logging.getLogger("lodestar.serving")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        cdp = open_cdp(settings)
+        indexes = TenantIndexes(open_index_store(settings))
+        embedder = Embedder(settings.embed_model, settings.cache_dir)
+        app.state.cdp, app.state.indexes, app.state.embedder = cdp, indexes, embedder
+        # Load the model off the event loop so that the first search does not pay for it.
+        threading.Thread(target=lambda: embedder.dimension, name="load-embedder", daemon=True).start()
+        try:
+            yield
+        finally:
+            indexes.close()
+            cdp.close()
+
+    return Litestar(
+        route_handlers=[RecommendationController, ItemController, SearchController, HealthController],
+        guards=[require_tenant_key],
+        dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(title="Lodestar", version=__version__, path="/schema"),
+    )

@@ -1,0 +1,49 @@
+"""Domain errors to HTTP, in one place, as problem details (RFC 9457); never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+
+from lodestar.errors import Conflict, IndexNotReady, InvalidInput, NotFound
+
+log = logging.getLogger("lodestar.serving")
+
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, **extra: object) -> Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return Response(body, status_code=status, media_type=PROBLEM)
+
+
+def _validation(_: Request, exc: ValidationException) -> Response:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors = [{"field": e.get("key"), "source": e.get("source"), "message": e.get("message")}
+              for e in extra if isinstance(e, dict)]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or exc.detail
+    return problem(422, "Invalid request", detail, errors=errors)
+
+
+def _http(_: Request, exc: HTTPException) -> Response:
+    titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+    return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal error", "the server failed to answer; the error was logged")
+
+
+EXCEPTION_HANDLERS = {
+    ValidationException: _validation,
+    NotAuthorizedException: _http,
+    HTTPException: _http,
+    NotFound: lambda _, exc: problem(404, "Not found", str(exc)),
+    InvalidInput: lambda _, exc: problem(422, "Invalid request", str(exc)),
+    Conflict: lambda _, exc: problem(409, "Conflict", str(exc)),
+    IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
+    Exception: _unexpected,
+}

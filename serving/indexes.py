@@ -1,0 +1,85 @@
+"""Published index versions per tenant, hot-swapped when a new version is published.
+
+:meth:`TenantIndexes.reader` is the only way a request reaches an index, and it takes the tenant
+that the API key resolved to: a tenant's requests can only ever see that tenant's shard.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from lodestar.errors import IndexNotReady
+from lodestar.index import IndexReader, IndexStore
+
+# A retired reader stays open this long so that requests already using it can finish.
+RETIRE_AFTER_S = 30.0
+
+
+@dataclass
+class _Slot:
+    reader: IndexReader | None
+    checked_at: float
+
+
+class TenantIndexes:
+    def __init__(self, index_store: IndexStore, check_interval_s: float = 0.5) -> None:
+        self._store = index_store
+        self._interval = check_interval_s
+        self._slots: dict[str, _Slot] = {}
+        self._retired: list[tuple[float, IndexReader]] = []
+        self._lock = threading.Lock()
+
+    def reader(self, tenant: str) -> IndexReader:
+        """The tenant's published version, reloaded when the pointer moved (checked at most every
+        ``check_interval_s``). A version is only ever opened after it was published, so a
+        half-built one is never served."""
+        now = time.monotonic()
+        slot = self._slots.get(tenant)
+        if slot is None or now - slot.checked_at >= self._interval:
+            slot = self._refresh(tenant, now)
+        if slot.reader is None:
+            raise IndexNotReady(
+                f"tenant {tenant!r} has no published index yet; run `lodestar materialize --tenant {tenant}`"
+            )
+        return slot.reader
+
+    def _refresh(self, tenant: str, now: float) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(tenant)
+            if slot is not None and now - slot.checked_at < self._interval:
+                return slot  # another thread refreshed it meanwhile
+            version = self._store.published(tenant)
+            current = slot.reader if slot else None
+            if version is not None and (current is None or current.version != version):
+                fresh = self._store.open(tenant, version)
+                if current is not None:
+                    self._retired.append((now, current))
+                current = fresh
+            slot = _Slot(current, now)
+            self._slots[tenant] = slot
+            self._close_retired(now)
+            return slot
+
+    def _close_retired(self, now: float) -> None:
+        keep = []
+        for retired_at, reader in self._retired:
+            if now - retired_at >= RETIRE_AFTER_S:
+                reader.close()
+            else:
+                keep.append((retired_at, reader))
+        self._retired = keep
+
+    def loaded(self) -> dict[str, str]:
+        return {t: s.reader.version for t, s in self._slots.items() if s.reader is not None}
+
+    def close(self) -> None:
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.reader is not None:
+                    slot.reader.close()
+            for _, reader in self._retired:
+                reader.close()
+            self._slots.clear()
+            self._retired.clear()
