@@ -7,6 +7,7 @@ SQLite file keyed by ``sha256(model, text)``, so an unchanged text is never enco
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
@@ -33,6 +34,23 @@ def resolve_model(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=2)
+def _load_model(name: str):
+    """Load a model once per process (seconds of work and ~90 MB), shared by every Embedder."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(resolve_model(name), device="cpu")
+    except OSError as exc:
+        raise InvalidInput(
+            f"embedding model {name!r} could not be loaded offline ({exc}); set LODESTAR_EMBED_MODEL to "
+            f"{DEFAULT_MODEL!r} or to a local sentence-transformers directory"
+        ) from None
+
+
 def content_hash(model: str, text: str) -> str:
     return hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
 
@@ -57,17 +75,7 @@ class Embedder:
     def model(self):
         with self._lock:
             if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
-
-                try:
-                    self._model = SentenceTransformer(resolve_model(self.model_name), device="cpu")
-                except OSError as exc:
-                    raise InvalidInput(
-                        f"embedding model {self.model_name!r} could not be loaded offline ({exc}); set "
-                        f"LODESTAR_EMBED_MODEL to {DEFAULT_MODEL!r} or to a local sentence-transformers directory"
-                    ) from None
+                self._model = _load_model(self.model_name)
             return self._model
 
     @property

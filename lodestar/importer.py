@@ -212,10 +212,13 @@ def import_movielens(
                 if tag and tag not in bucket:
                     bucket.append(tag)
 
+    movie_ids: set[str] = set()
+
     def item_rows() -> Iterator[tuple[int, dict[str, Any]]]:
         with movies.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
             for row in reader:
+                movie_ids.add((row.get("movieId") or "").strip())
                 genres = [g for g in (row.get("genres") or "").split("|") if g and g != "(no genres listed)"]
                 yield reader.line_num, {
                     "id": row.get("movieId"),
@@ -227,10 +230,16 @@ def import_movielens(
 
     user_ids: dict[str, None] = {}
 
-    def event_rows() -> Iterator[tuple[int, dict[str, Any]]]:
+    def event_rows() -> Iterator[tuple[int, dict[str, Any] | InvalidInput]]:
+        # Runs after item_rows(): a MovieLens directory is self-contained, so a rating of a movie
+        # that movies.csv does not list is an error in the data, not a catalog still to come.
         with ratings.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
             for row in reader:
+                movie = (row.get("movieId") or "").strip()
+                if movie and movie not in movie_ids:
+                    yield reader.line_num, InvalidInput(f"movieId {movie} is not in movies.csv")
+                    continue
                 if row.get("userId"):
                     user_ids.setdefault(row["userId"], None)
                 yield reader.line_num, {

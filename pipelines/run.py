@@ -19,6 +19,15 @@ class RunOutcome:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (step, reason)
 
 
+def _root_cause(error) -> str:
+    """The user's reason, not Dagster's wrapper ("Error occurred while executing op ...")."""
+    if error is None:
+        return "failed"
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def ensure_partition(instance: DagsterInstance, tenant: str) -> None:
     if not instance.has_dynamic_partition(TENANTS, tenant):
         instance.add_dynamic_partitions(TENANTS, [tenant])
@@ -37,8 +46,7 @@ def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
     failures: list[tuple[str, str]] = []
     for event in result.all_events:
         if event.event_type == DagsterEventType.STEP_FAILURE:
-            error = event.step_failure_data.error
-            failures.append((event.step_key or "?", error.message.strip() if error else "failed"))
+            failures.append((event.step_key or "?", _root_cause(event.step_failure_data.error)))
         elif event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
             if not evaluation.passed and evaluation.blocking:

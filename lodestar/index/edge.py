@@ -55,7 +55,9 @@ class EdgeIndexStore:
         return self._root(tenant) / "versions" / version
 
     def build(self, tenant: str, dimension: int) -> "EdgeIndexBuilder":
-        version = time.strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        # Sortable by creation time (microseconds, UTC); the suffix keeps concurrent builds apart.
+        now = time.time()
+        version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
         return EdgeIndexBuilder(tenant, version, self._version_dir(tenant, version), dimension)
 
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:

@@ -1,0 +1,84 @@
+"""The CDP store contract, run against the embedded SQLite adapter."""
+
+import pytest
+
+from lodestar.cdp import Watermark
+from lodestar.errors import Conflict, InvalidInput, NotFound
+from lodestar.records import parse_event, parse_item
+
+
+def _items(*ids, **fields):
+    return [parse_item({"id": i, "title": f"item {i}", **fields}) for i in ids]
+
+
+def _all(store, tenant, entity, since=None, batch_size=5000):
+    return [r for batch in store.read_changes(tenant, entity, since, batch_size) for r in batch]
+
+
+def test_tenants(store):
+    store.create_tenant("acme", {"recency_half_life_days": 7})
+    assert store.get_tenant("acme")["config"] == {"recency_half_life_days": 7}
+    with pytest.raises(Conflict):
+        store.create_tenant("acme")
+    with pytest.raises(InvalidInput, match="tenant name"):
+        store.create_tenant("Bad Name")
+    assert [t["name"] for t in store.list_tenants()] == ["acme"]
+    with pytest.raises(NotFound):
+        store.upsert_items("ghost", _items("1"))
+
+
+def test_upsert_is_idempotent_and_watermark_moves_only_on_change(store):
+    store.create_tenant("acme")
+    assert store.upsert_items("acme", _items("a", "b", "c")) == 3
+    first = _all(store, "acme", "items")
+    assert [r["id"] for r in first] == ["a", "b", "c"]
+    mark = Watermark(first[-1]["updated_at"], first[-1]["id"])
+    assert store.upsert_items("acme", _items("a", "b", "c")) == 0  # unchanged: nothing moves
+    assert _all(store, "acme", "items", since=mark) == []
+    store.upsert_items("acme", [parse_item({"id": "b", "title": "renamed"})])
+    changed = _all(store, "acme", "items", since=mark)
+    assert [(r["id"], r["title"]) for r in changed] == [("b", "renamed")]
+
+
+def test_watermark_tie_break_pages_through_equal_timestamps(store):
+    store.create_tenant("acme")
+    store.upsert_items("acme", _items(*[f"i{n:03d}" for n in range(25)]))  # one stamp for all
+    pages = list(store.read_changes("acme", "items", batch_size=10))
+    assert [len(p) for p in pages] == [10, 10, 5]
+    ids = [r["id"] for p in pages for r in p]
+    assert ids == sorted(ids) and len(set(ids)) == 25
+    mid = Watermark(pages[0][-1]["updated_at"], pages[0][-1]["id"])
+    assert [r["id"] for r in _all(store, "acme", "items", since=mid)] == ids[10:]
+    assert Watermark.decode(mid.encode()) == mid
+
+
+def test_stale_source_update_is_ignored_and_soft_delete_is_seen(store):
+    store.create_tenant("acme")
+    store.upsert_items("acme", _items("a", updated_at=200))
+    assert store.upsert_items("acme", [parse_item({"id": "a", "title": "old", "updated_at": 100})]) == 0
+    assert store.get_item("acme", "a")["title"] == "item a"
+    store.upsert_items("acme", [parse_item({"id": "a", "title": "gone", "deleted": True, "updated_at": 300})])
+    assert store.get_item("acme", "a") is None
+    assert _all(store, "acme", "items")[0]["deleted"] is True
+    assert store.count("acme", "items") == 0
+
+
+def test_events_are_deduplicated_and_scoped_by_tenant(store):
+    store.create_tenant("acme")
+    store.create_tenant("zeta")
+    events = [parse_event({"user_id": "u", "item_id": str(i), "type": "view", "ts": 1000 + i}) for i in range(3)]
+    assert store.append_events("acme", events) == 3
+    assert store.append_events("acme", events) == 0
+    assert [e["item_id"] for e in store.user_events("acme", "u")] == ["2", "1", "0"]
+    assert store.user_events("zeta", "u") == []
+    assert store.count("zeta", "events") == 0
+
+
+def test_preferences_and_keys(store):
+    store.create_tenant("acme")
+    store.put_preferences("acme", "u", {"liked_categories": ["x"]})
+    assert store.get_preferences("acme", "u") == {"liked_categories": ["x"]}
+    assert store.get_preferences("acme", "other") is None
+    store.add_api_key("acme", "kid", "hash")
+    assert store.find_api_key("kid") == ("acme", "hash")
+    assert store.find_api_key("nope") is None

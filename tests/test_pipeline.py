@@ -1,0 +1,89 @@
+"""Dagster: the definitions load, every asset materializes, checks run, a failure is named."""
+
+import json
+
+from dagster import DagsterInstance
+
+from lodestar.cdp import open_cdp
+from lodestar.index import open_index_store
+from lodestar.records import parse_item
+from lodestar.stages import TenantFiles, read_embeddings
+from tests.conftest import materialize_tenant
+
+
+def test_definitions_load():
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("materialize_tenant")
+    assert job.partitions_def is not None
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"cdp_items", "cdp_users", "cdp_events", "item_features", "user_features",
+                    "item_embeddings", "tenant_index", "published_index"}
+    check_names = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
+    assert {"schema_and_rows", "dimension_and_nan", "point_count_matches_items", "canary_query"} <= check_names
+
+
+def test_materialized_tenant_has_every_stage(env):
+    files = TenantFiles(env.settings.tenant_dir("alpha"))
+    ids, vectors = read_embeddings(files)
+    store = open_cdp(env.settings)
+    try:
+        available = sum(1 for b in store.read_changes("alpha", "items") for i in b if i["available"] and not i["deleted"])
+    finally:
+        store.close()
+    assert len(ids) == available and vectors.shape == (available, 384)
+    index_store = open_index_store(env.settings)
+    version = index_store.published("alpha")
+    reader = index_store.open("alpha", version)
+    try:
+        assert reader.count() == available
+    finally:
+        reader.close()
+    for path in (files.extract("items"), files.extract("events"), files.item_features, files.user_features):
+        assert path.is_file()
+
+
+def test_checks_and_metadata_are_recorded(settings):
+    from tests.conftest import load_demo_tenant
+
+    store = open_cdp(settings)
+    try:
+        load_demo_tenant(store, settings, "shop", "shop", n_items=24, n_users=6)
+    finally:
+        store.close()
+    result = materialize_tenant(settings, "shop")
+    assert result.success
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {"schema_and_rows": True, "dimension_and_nan": True,
+                           "point_count_matches_items": True, "canary_query": True}
+    meta = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
+            [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
+    assert meta["cdp_items"]["rows"].value == 24
+    assert meta["item_embeddings"]["dimension"].value == 384
+    assert meta["published_index"]["version"].value == open_index_store(settings).published("shop")
+
+
+def test_failed_step_is_named_and_published_index_keeps_serving(settings, monkeypatch):
+    from pipelines.run import materialize_tenant as run_via_job
+    from tests.conftest import load_demo_tenant
+
+    monkeypatch.setenv("LODESTAR_DATA_DIR", str(settings.data_dir))
+    store = open_cdp(settings)
+    try:
+        load_demo_tenant(store, settings, "shop", "shop", n_items=24, n_users=6)
+        with DagsterInstance.ephemeral() as instance:
+            first = run_via_job(instance, "shop")
+            assert first.success, first.failures
+            published = open_index_store(settings).published("shop")
+            # Every item becomes unavailable: there is nothing to index, so tenant_index fails.
+            ids = [i["id"] for b in store.read_changes("shop", "items") for i in b]
+            store.upsert_items("shop", [parse_item({"id": i, "title": "gone", "available": False}) for i in ids])
+            second = run_via_job(instance, "shop")
+    finally:
+        store.close()
+    assert not second.success
+    assert second.failures and second.failures[0][0] == "tenant_index"
+    assert "no available items" in second.failures[0][1]
+    assert open_index_store(settings).published("shop") == published
+    pointer = json.loads((settings.tenant_dir("shop") / "index" / "PUBLISHED").read_text())
+    assert pointer["version"] == published

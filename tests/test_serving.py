@@ -1,0 +1,127 @@
+"""The HTTP API over the materialized tenants: answers, errors, isolation, hot swap."""
+
+import time
+
+import pytest
+from litestar.testing import TestClient
+
+from lodestar import stages
+from lodestar.cdp import open_cdp
+from lodestar.index import open_index_store
+from lodestar.stages import TenantFiles
+from serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(env):
+    with TestClient(create_app(env.settings)) as test_client:
+        yield test_client
+
+
+def _auth(env, tenant):
+    return {"Authorization": f"Bearer {env.keys[tenant]}"}
+
+
+def _history(env, tenant, user):
+    store = open_cdp(env.settings)
+    try:
+        return store.user_events(tenant, user)
+    finally:
+        store.close()
+
+
+def test_health_ready_and_schema_are_public(client, env):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and set(ready["tenants"]) == {"alpha", "beta"}
+    schema = client.get("/schema/openapi.json").json()
+    assert "/v1/users/{user_id}/recommendations" in schema["paths"]
+
+
+def test_recommendations_exclude_seen_items_and_follow_taste(client, env):
+    user = "u0003"
+    seen = {e["item_id"] for e in _history(env, "alpha", user)}
+    assert seen
+    body = client.get(f"/v1/users/{user}/recommendations?k=10", headers=_auth(env, "alpha")).json()
+    assert body["strategy"] == "content_profile" and len(body["items"]) == 10
+    assert not seen & {i["id"] for i in body["items"]}
+    assert body["index_version"] == open_index_store(env.settings).published("alpha")
+    assert len(body["recommendation_id"]) == 32 and all(i["title"] for i in body["items"])
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_user_gets_popular_items(client, env):
+    body = client.get("/v1/users/never-seen/recommendations?k=5", headers=_auth(env, "alpha")).json()
+    assert body["strategy"] == "popular" and len(body["items"]) == 5
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] == 1.0
+
+
+def test_similar_items_and_search(client, env):
+    body = client.get("/v1/items/p00001/similar?k=5", headers=_auth(env, "alpha")).json()
+    assert body["strategy"] == "similar_items" and "p00001" not in {i["id"] for i in body["items"]}
+    found = client.post("/v1/search", json={"query": "waterproof hiking boot", "k": 3}, headers=_auth(env, "alpha"))
+    assert found.status_code == 200
+    assert "hiking" in found.json()["items"][0]["title"].lower()
+    news = client.post("/v1/search", json={"query": "rockets to mars", "k": 3}, headers=_auth(env, "beta")).json()
+    assert news["items"][0]["id"].startswith("a")
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"},
+                                     {"Authorization": "Bearer lsk_0000_forged"}])
+def test_missing_or_wrong_key_is_401(client, headers):
+    response = client.get("/v1/users/u0001/recommendations", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "Bearer" in response.json()["detail"] or "not valid" in response.json()["detail"]
+
+
+def test_a_key_with_a_wrong_secret_is_401(client, env):
+    key = env.keys["alpha"]
+    response = client.get("/v1/users/u0001/recommendations", headers={"Authorization": f"Bearer {key[:-2]}xx"})
+    assert response.status_code == 401
+
+
+def test_bad_parameters_are_422_problem_json(client, env):
+    for url in ("/v1/users/u0001/recommendations?k=0", "/v1/users/u0001/recommendations?k=101",
+                "/v1/users/u0001/recommendations?k=ten", "/v1/items/p00001/similar?k=500"):
+        response = client.get(url, headers=_auth(env, "alpha"))
+        assert response.status_code == 422, url
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == "k"
+    for body in ({"query": "", "k": 3}, {"query": "x", "k": 0}, {"k": 3}, {"query": "x", "extra": 1}, {"query": "   "}):
+        response = client.post("/v1/search", json=body, headers=_auth(env, "alpha"))
+        assert response.status_code == 422, body
+        assert "Traceback" not in response.text
+    assert client.get("/v1/items/nope/similar", headers=_auth(env, "alpha")).status_code == 404
+
+
+def test_no_key_of_one_tenant_reaches_another(client, env):
+    alpha, beta = _auth(env, "alpha"), _auth(env, "beta")
+    # beta's item ids and users are invisible to alpha's key, and the other way round
+    assert client.get("/v1/items/a00001/similar", headers=alpha).status_code == 404
+    assert client.get("/v1/items/p00001/similar", headers=beta).status_code == 404
+    as_alpha = client.get("/v1/users/r0001/recommendations?k=20", headers=alpha).json()
+    assert as_alpha["strategy"] == "popular" and all(i["id"].startswith("p") for i in as_alpha["items"])
+    as_beta = client.get("/v1/users/r0001/recommendations?k=20", headers=beta).json()
+    assert as_beta["strategy"] == "content_profile" and all(i["id"].startswith("a") for i in as_beta["items"])
+    searched = client.post("/v1/search", json={"query": "mars rockets space", "k": 50}, headers=alpha).json()
+    assert all(i["id"].startswith("p") for i in searched["items"])
+    assert as_alpha["index_version"] == open_index_store(env.settings).published("alpha")
+
+
+def test_new_version_is_picked_up_without_restart_and_unpublished_is_never_served(client, env):
+    files = TenantFiles(env.settings.tenant_dir("alpha"))
+    index_store = open_index_store(env.settings)
+    before = client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
+    built = stages.build_index(files, index_store, "alpha")  # built, checked, not yet published
+    time.sleep(0.6)
+    assert client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"] == before
+    stages.publish(files, index_store, "alpha")
+    deadline = time.monotonic() + 5
+    seen = before
+    while seen == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen = client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
+    assert seen == built["version"] != before
