@@ -33,8 +33,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         indexes = TenantIndexes(open_index_store(settings))
         embedder = Embedder(settings.embed_model, settings.cache_dir)
         app.state.cdp, app.state.indexes, app.state.embedder = cdp, indexes, embedder
-        # Load the model off the event loop so that the first search does not pay for it.
-        threading.Thread(target=lambda: embedder.dimension, name="load-embedder", daemon=True).start()
+        # Load the model off the event loop so that the first search does not pay for it; /ready
+        # waits for it.
+        app.state.embedder_loaded = threading.Event()
+
+        def load() -> None:
+            try:
+                embedder.dimension
+            except Exception:  # noqa: BLE001 - /ready keeps answering 503 and the log says why
+                log.exception("the embedding model failed to load")
+            else:
+                app.state.embedder_loaded.set()
+
+        threading.Thread(target=load, name="load-embedder", daemon=True).start()
         try:
             yield
         finally:

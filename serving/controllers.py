@@ -6,9 +6,10 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, Request, get, post
+from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from lodestar.errors import NotFound
+from lodestar.errors import InvalidInput, NotFound
 from lodestar.index import Hit
 from lodestar.recommend import recommend, similar_items
 from lodestar.tenant_config import effective_config
@@ -66,8 +67,6 @@ class SearchController(Controller):
     def search(self, request: Request, tenant: str, data: SearchRequest) -> ItemList:
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
-            from lodestar.errors import InvalidInput
-
             raise InvalidInput("query: must contain some text")
         reader = request.app.state.indexes.reader(tenant)
         vector = request.app.state.embedder.encode([data.query])[0]
@@ -84,8 +83,10 @@ class HealthController(Controller):
 
     @get("/ready", operation_id="ready", opt={"public": True}, sync_to_thread=True)
     def ready(self, request: Request) -> Ready:
-        """Ready once a published index is loaded (503 before)."""
+        """Ready once the embedding model and a published index are loaded (503 before)."""
         state = request.app.state
+        if not state.embedder_loaded.is_set():
+            raise HTTPException(status_code=503, detail="the embedding model is still loading")
         for tenant in state.cdp.list_tenants():
             try:
                 state.indexes.reader(tenant["name"])
@@ -93,7 +94,5 @@ class HealthController(Controller):
                 continue
         loaded = state.indexes.loaded()
         if not loaded:
-            from litestar.exceptions import HTTPException
-
             raise HTTPException(status_code=503, detail="no published index is loaded yet; materialize a tenant")
         return Ready(status="ready", tenants=loaded)

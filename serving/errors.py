@@ -28,7 +28,8 @@ def _validation(_: Request, exc: ValidationException) -> Response:
 
 
 def _http(_: Request, exc: HTTPException) -> Response:
-    titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+    titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+              503: "Not ready"}
     return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
 
 

@@ -32,6 +32,7 @@ def _history(env, tenant, user):
 
 def test_health_ready_and_schema_are_public(client, env):
     assert client.get("/health").json() == {"status": "ok"}
+    client.app.state.embedder_loaded.wait(60)
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and set(ready["tenants"]) == {"alpha", "beta"}
     schema = client.get("/schema/openapi.json").json()
