@@ -87,3 +87,16 @@ def test_failed_step_is_named_and_published_index_keeps_serving(settings, monkey
     assert open_index_store(settings).published("shop") == published
     pointer = json.loads((settings.tenant_dir("shop") / "index" / "PUBLISHED").read_text())
     assert pointer["version"] == published
+
+
+def test_committed_instance_config_loads(tmp_path):
+    """dagster_home/dagster.yaml is what `lodestar materialize` and `lodestar ui` use."""
+    import shutil
+    from pathlib import Path
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    with DagsterInstance.from_config(str(home)) as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert limits[0]["key"] == "dagster/partition" and limits[0]["limit"] == 1
