@@ -54,6 +54,9 @@ SHOP_CATEGORIES: dict[str, dict[str, Any]] = {
                     "words": ["full frame", "carbon fiber", "wide aperture", "weather sealed", "dimmable"],
                     "price": (30, 2000)},
 }
+LINES = ["Pro", "Lite", "Max", "Air", "Sport", "Classic", "Trail", "Urban", "Edge", "Flex"]
+PLACES = ["in Europe", "in Asia", "in Africa", "in the Americas", "at home", "this year", "this winter",
+          "after the summer", "for beginners", "for families", "in ten charts", "in five minutes"]
 BRANDS = ["Acme", "Zeta", "Northwind", "Lumen", "Orbit", "Kestrel", "Tandem", "Willow", "Vertex", "Harbor"]
 COLORS = ["black", "white", "blue", "red", "green", "grey", "orange"]
 
@@ -120,7 +123,7 @@ def shop(n_items: int = 2400, n_users: int = 600, seed: int = 7) -> dict[str, li
         items.append({
             "id": item_id,
             "kind": "product",
-            "title": f"{brand} {words[0]} {noun}",
+            "title": f"{brand} {LINES[rng.integers(len(LINES))]} {words[0]} {noun}",
             "description": f"A {words[0]} {noun} with {words[1]}. Made by {brand} for everyday {cat}.",
             "categories": [cat],
             "tags": [t for t, p in (("sale", 0.15), ("new", 0.1), ("bestseller", 0.05)) if rng.random() < p],
@@ -160,8 +163,9 @@ def news(n_items: int = 1200, n_users: int = 400, seed: int = 11) -> dict[str, l
         items.append({
             "id": item_id,
             "kind": "content",
-            "title": f"{angle.capitalize()} {subject}",
-            "description": f"Our {topic} desk looks at {subject} and what it means for {other}.",
+            "title": f"{angle.capitalize()} {subject} {PLACES[rng.integers(len(PLACES))]}",
+            "description": f"Our {topic} desk looks at {subject} and what it means for {other}, "
+                           f"with {int(rng.integers(2, 12))} takeaways.",
             "categories": [topic],
             "tags": [subject.split()[0]],
             "attributes": {"reading_minutes": int(rng.integers(2, 15))},
