@@ -14,7 +14,14 @@ class Conflict(LodestarError):
 
 
 class InvalidInput(LodestarError):
-    """Input that does not fit the data model or the parameters of a call."""
+    """Input that does not fit the data model or the parameters of a call.
+
+    ``row`` optionally carries the raw input that was refused, for reject files.
+    """
+
+    def __init__(self, message: str, row: object = None) -> None:
+        super().__init__(message)
+        self.row = row
 
 
 class IndexNotReady(LodestarError):

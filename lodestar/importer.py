@@ -77,15 +77,15 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidInput]]
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield line_no, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})")
+                    yield line_no, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})", line.rstrip("\n"))
                     continue
-                yield line_no, row if isinstance(row, dict) else InvalidInput("a line must be a JSON object")
+                yield line_no, row if isinstance(row, dict) else InvalidInput("a line must be a JSON object", row)
     elif fmt == "csv":
         with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
             for row in reader:
                 if None in row:
-                    yield reader.line_num, InvalidInput("the row has more fields than the header")
+                    yield reader.line_num, InvalidInput("the row has more fields than the header", row)
                     continue
                 yield reader.line_num, row
     else:
@@ -131,7 +131,7 @@ def import_rows(
                     reject_path.parent.mkdir(parents=True, exist_ok=True)
                     reject_fh = reject_path.open("w", encoding="utf-8")
                     summary.reject_file = str(reject_path)
-                raw = None if isinstance(row, InvalidInput) else row
+                raw = row.row if isinstance(row, InvalidInput) else row
                 reject_fh.write(json.dumps({"line": line_no, "reason": str(exc), "row": raw}, default=str) + "\n")
                 summary.rejected += 1
                 continue
@@ -238,7 +238,7 @@ def import_movielens(
             for row in reader:
                 movie = (row.get("movieId") or "").strip()
                 if movie and movie not in movie_ids:
-                    yield reader.line_num, InvalidInput(f"movieId {movie} is not in movies.csv")
+                    yield reader.line_num, InvalidInput(f"movieId {movie} is not in movies.csv", row)
                     continue
                 if row.get("userId"):
                     user_ids.setdefault(row["userId"], None)

@@ -36,6 +36,7 @@ def test_jsonl_rejects_bad_rows_with_line_and_reason_and_keeps_good_ones(setting
     assert [(r["line"], r["reason"].split(" ")[0]) for r in rejects] == [(2, "not"), (3, "id"), (4, "kind"), (7, "a")]
     assert "kind must be one of product, content" in rejects[2]["reason"]
     assert rejects[1]["row"] == {"title": "no id"}
+    assert rejects[0]["row"] == "{not json" and rejects[3]["row"] == ["a", "list"]
     assert store.get_item("acme", "a")["title"] == "Good one"
     assert store.get_item("acme", "c")["categories"] == ["x"]
     summary_file = json.loads((tmp_path / "var" / "imports" / "acme").glob("*/summary.json").__next__().read_text())
@@ -104,6 +105,7 @@ def test_movielens_format(settings, store, tmp_path):
     assert counts == {"items": (2, 0), "events": (2, 2), "users": (2, 0)}
     _, rejects = _rejects(summary, "events")
     assert [r["reason"] for r in rejects] == ["value must be a number, got 'x'", "movieId 404 is not in movies.csv"]
+    assert rejects[1]["row"]["movieId"] == "404"
     toy = store.get_item("ml", "1")
     assert toy["kind"] == "content" and toy["categories"] == ["Adventure", "Animation"] and toy["tags"] == ["pixar"]
     assert store.get_item("ml", "2")["categories"] == []
