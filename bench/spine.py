@@ -1,0 +1,117 @@
+"""Benchmark the spine on the demo shop tenant, against named baselines run in the same process.
+
+    .venv/bin/python bench/spine.py [--items 2400] [--users 600] [--requests 300]
+
+Prints:
+  * materialization through Dagster, cold vs. re-run with unchanged data (baseline: the cold run);
+    the re-run reuses every embedding from the content-hash cache;
+  * the recommendation request path over HTTP semantics (Litestar test client: auth, CDP read,
+    taste vector, Qdrant Edge query) vs. the baseline "exact NumPy brute force": the same taste
+    vector scored against every item vector with a dot product, no HTTP and no auth.
+Ratios, not absolute seconds, are what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lodestar import demo  # noqa: E402
+from lodestar.cdp import open_cdp  # noqa: E402
+from lodestar.importer import import_files  # noqa: E402
+from lodestar.keys import issue_key  # noqa: E402
+from lodestar.recommend import interacted_items, taste_vector  # noqa: E402
+from lodestar.settings import Settings  # noqa: E402
+from lodestar.stages import TenantFiles, read_embeddings  # noqa: E402
+from lodestar.tenant_config import effective_config  # noqa: E402
+
+
+def materialize(settings: Settings, tenant: str) -> float:
+    from dagster import DagsterInstance, materialize as run
+
+    from pipelines.definitions import all_assets
+    from pipelines.resources import LodestarResource
+
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("tenants", [tenant])
+    started = time.perf_counter()
+    result = run(all_assets, partition_key=tenant, instance=instance,
+                 resources={"lodestar": LodestarResource(data_dir=str(settings.data_dir))})
+    assert result.success
+    return time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000
+
+
+def main() -> None:
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=2400)
+    parser.add_argument("--users", type=int, default=600)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "var")
+        store = open_cdp(settings)
+        store.create_tenant("shop")
+        key = issue_key(store, "shop")
+        files = demo.write_demo(Path(tmp) / "input", "shop", n_items=args.items, n_users=args.users)
+        import_files(store, settings, "shop", files)
+
+        cold = materialize(settings, "shop")
+        warm = materialize(settings, "shop")
+        print(f"materialize shop ({args.items} items): cold {cold:.1f}s, re-run {warm:.1f}s, "
+              f"re-run / cold = {warm / cold:.2f}")
+
+        from litestar.testing import TestClient
+
+        from serving.app import create_app
+
+        rng = np.random.default_rng(0)
+        users = [f"u{rng.integers(args.users):04d}" for _ in range(args.requests)]
+        ids, vectors = read_embeddings(TenantFiles(settings.tenant_dir("shop")))
+        by_id = dict(zip(ids, vectors))
+        config = effective_config(None)
+
+        api: list[float] = []
+        with TestClient(create_app(settings)) as client:
+            headers = {"Authorization": f"Bearer {key}"}
+            client.get(f"/v1/users/{users[0]}/recommendations", headers=headers)  # load the index
+            for user in users:
+                started = time.perf_counter()
+                response = client.get(f"/v1/users/{user}/recommendations?k=10", headers=headers)
+                api.append(time.perf_counter() - started)
+                assert response.status_code == 200
+
+        brute: list[float] = []
+        for user in users:
+            started = time.perf_counter()
+            events = store.user_events("shop", user, limit=5000)
+            seen = interacted_items(events)
+            profile = taste_vector(events, {i: by_id[i] for i in seen if i in by_id}, config)
+            scores = vectors @ profile
+            scores[[k for k, i in enumerate(ids) if i in seen]] = -np.inf
+            np.argpartition(-scores, 10)[:10]
+            brute.append(time.perf_counter() - started)
+        store.close()
+
+    print(f"recommendations ({args.requests} requests): API p50 {pct(api, 50):.2f} ms, p95 {pct(api, 95):.2f} ms")
+    print(f"baseline exact NumPy brute force:  p50 {pct(brute, 50):.2f} ms, p95 {pct(brute, 95):.2f} ms")
+    print(f"API / brute force (p50) = {statistics.median(api) / statistics.median(brute):.2f}")
+
+
+if __name__ == "__main__":
+    main()
