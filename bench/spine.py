@@ -35,17 +35,10 @@ from lodestar.tenant_config import effective_config  # noqa: E402
 
 
 def materialize(settings: Settings, tenant: str) -> float:
-    from dagster import DagsterInstance, materialize as run
+    from pipelines.run import materialize_in_process
 
-    from pipelines.definitions import all_assets
-    from pipelines.resources import LodestarResource
-
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("tenants", [tenant])
     started = time.perf_counter()
-    result = run(all_assets, partition_key=tenant, instance=instance,
-                 resources={"lodestar": LodestarResource(data_dir=str(settings.data_dir))})
-    assert result.success
+    assert materialize_in_process(str(settings.data_dir), tenant).success
     return time.perf_counter() - started
 
 

@@ -52,3 +52,22 @@ def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
             if not evaluation.passed and evaluation.blocking:
                 failures.append((event.step_key or "?", f"blocking check {evaluation.check_name} failed"))
     return RunOutcome(tenant, result.run_id, result.success, failures)
+
+
+def materialize_in_process(data_dir: str, tenant: str, instance: DagsterInstance | None = None):
+    """Every asset of a tenant on a given (default: ephemeral) instance with an explicit data dir,
+    for tests and benchmarks. Returns Dagster's ``ExecuteInProcessResult``."""
+    from dagster import materialize
+
+    from pipelines.definitions import all_assets
+    from pipelines.resources import LodestarResource
+
+    instance = instance or DagsterInstance.ephemeral()
+    ensure_partition(instance, tenant)
+    return materialize(
+        all_assets,
+        partition_key=tenant,
+        instance=instance,
+        resources={"lodestar": LodestarResource(data_dir=data_dir)},
+        raise_on_error=False,
+    )

@@ -26,21 +26,9 @@ class Env:
 
 def materialize_tenant(settings: Settings, tenant: str):
     """Materialize every asset of a tenant on an ephemeral Dagster instance."""
-    from dagster import DagsterInstance, materialize
+    from pipelines.run import materialize_in_process
 
-    from pipelines.definitions import all_assets
-    from pipelines.partitions import TENANTS
-    from pipelines.resources import LodestarResource
-
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(TENANTS, [tenant])
-    return materialize(
-        all_assets,
-        partition_key=tenant,
-        instance=instance,
-        resources={"lodestar": LodestarResource(data_dir=str(settings.data_dir))},
-        raise_on_error=False,
-    )
+    return materialize_in_process(str(settings.data_dir), tenant)
 
 
 def load_demo_tenant(store: CdpStore, settings: Settings, tenant: str, generator: str, **sizes: int) -> str:
