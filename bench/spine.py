@@ -76,7 +76,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         users = [f"u{rng.integers(args.users):04d}" for _ in range(args.requests)]
         ids, vectors = read_embeddings(TenantFiles(settings.tenant_dir("shop")))
-        by_id = dict(zip(ids, vectors))
+        by_id = dict(zip(ids, vectors, strict=True))
         config = effective_config(None)
 
         api: list[float] = []

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from lodestar.errors import LodestarError
 from lodestar.settings import Settings

@@ -7,13 +7,13 @@ them, so a recommender that learns taste beats one that does not. The same seed 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-END = datetime(2026, 10, 31, tzinfo=timezone.utc).timestamp()
+END = datetime(2026, 10, 31, tzinfo=UTC).timestamp()
 DAY = 86400.0
 
 SHOP_CATEGORIES: dict[str, dict[str, Any]] = {
@@ -103,7 +103,7 @@ def _session_times(rng: np.random.Generator, n: int, days_back: tuple[float, flo
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def shop(n_items: int = 2400, n_users: int = 600, seed: int = 7) -> dict[str, list[dict[str, Any]]]:

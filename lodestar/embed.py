@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -77,6 +77,10 @@ class Embedder:
             if self._model is None:
                 self._model = _load_model(self.model_name)
             return self._model
+
+    def warm_up(self) -> None:
+        """Load the model now rather than on the first request."""
+        self.encode(["warm up"])
 
     @property
     def dimension(self) -> int:

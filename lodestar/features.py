@@ -55,7 +55,7 @@ def build_item_features(
     attrs = items["attributes"].map(json.loads)
     items["text"] = [
         item_text(t, d, list(c), list(g), a)
-        for t, d, c, g, a in zip(items["title"], items["description"], items["categories"], items["tags"], attrs)
+        for t, d, c, g, a in zip(items["title"], items["description"], items["categories"], items["tags"], attrs, strict=True)
     ]
     items["content_hash"] = [content_hash(model, t) for t in items["text"]]
     if events.empty:

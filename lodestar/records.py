@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from lodestar.errors import InvalidInput
@@ -51,7 +51,7 @@ def parse_timestamp(value: Any, field: str) -> float | None:
     if _missing(value):
         return None
     if isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
         return dt.timestamp()
     if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
         return parse_timestamp(value.to_pydatetime(), field)
@@ -71,7 +71,7 @@ def parse_timestamp(value: Any, field: str) -> float | None:
             f"{field} {text!r} is not a timestamp: use ISO-8601 (2024-05-01T12:00:00Z) or epoch seconds"
         ) from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

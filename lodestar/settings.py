@@ -24,7 +24,7 @@ class Settings:
     qdrant_url: str | None = None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         return cls(
             data_dir=Path(env.get("LODESTAR_DATA_DIR", "var")).resolve(),

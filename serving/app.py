@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
         def load() -> None:
             try:
-                embedder.dimension
+                embedder.warm_up()
             except Exception:  # noqa: BLE001 - /ready keeps answering 503 and the log says why
                 log.exception("the embedding model failed to load")
             else:

@@ -25,5 +25,5 @@ def require_tenant_key(connection: ASGIConnection, handler: BaseRouteHandler) ->
     connection.state.tenant = tenant
 
 
-def provide_tenant(request: "ASGIConnection") -> str:
+def provide_tenant(request: ASGIConnection) -> str:
     return request.state.tenant

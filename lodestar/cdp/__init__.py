@@ -8,7 +8,8 @@ write), and sees deletes through soft-delete flags.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterator
 
 from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
@@ -27,7 +28,7 @@ class Watermark(NamedTuple):
         return f"{self.updated_at!r}|{self.id}"
 
     @classmethod
-    def decode(cls, text: str) -> "Watermark":
+    def decode(cls, text: str) -> Watermark:
         stamp, _, ident = text.partition("|")
         return cls(float(stamp), ident)
 

@@ -9,7 +9,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from lodestar.cdp import ENTITIES, Watermark, check_tenant_name
 from lodestar.errors import Conflict, InvalidInput, NotFound

@@ -16,7 +16,8 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import qdrant_edge as qe
@@ -54,7 +55,7 @@ class EdgeIndexStore:
     def _version_dir(self, tenant: str, version: str) -> Path:
         return self._root(tenant) / "versions" / version
 
-    def build(self, tenant: str, dimension: int) -> "EdgeIndexBuilder":
+    def build(self, tenant: str, dimension: int) -> EdgeIndexBuilder:
         # Sortable by creation time (microseconds, UTC); the suffix keeps concurrent builds apart.
         now = time.time()
         version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
@@ -76,7 +77,7 @@ class EdgeIndexStore:
         record = self.published_record(tenant)
         return None if record is None else record["version"]
 
-    def open(self, tenant: str, version: str) -> "EdgeIndexReader":
+    def open(self, tenant: str, version: str) -> EdgeIndexReader:
         path = self._version_dir(tenant, version)
         if not (path / "edge_config.json").is_file():
             raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
