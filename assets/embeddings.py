@@ -26,7 +26,9 @@ def item_embeddings(context: AssetExecutionContext, lodestar: LodestarResource) 
     tenant = context.partition_key
     files = lodestar.files(tenant)
     embedder = lodestar.embedder()
-    stats = stages.item_embeddings(files, embedder)
+    stats = stages.item_embeddings(
+        files, embedder, progress=lambda done, total: report(context, f"encoded {done}/{total} new texts")
+    )
     report(context, f"{stats['rows']} vectors ({stats['encoded']} encoded, {stats['cached']} from cache)")
     _, vectors = stages.read_embeddings(files)
     problems = stages.embedding_problems(vectors, embedder.dimension)

@@ -14,13 +14,14 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from lodestar.errors import InvalidInput
 from lodestar.settings import DEFAULT_MODEL
 
+PROGRESS_CHUNK = 2048
 _BUNDLED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 
 
@@ -97,8 +98,11 @@ class Embedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, EmbedStats]:
-        """Encode texts, taking every vector already in the cache from there."""
+    def embed(
+        self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None
+    ) -> tuple[np.ndarray, EmbedStats]:
+        """Encode texts, taking every vector already in the cache from there. ``progress(done,
+        total)`` is called after each chunk of newly encoded texts."""
         stats = EmbedStats()
         if self._cache is None:
             stats.encoded = len(texts)
@@ -106,11 +110,15 @@ class Embedder:
         hashes = [content_hash(self.model_name, t) for t in texts]
         found = self._cache.get(hashes)
         missing = sorted({h: i for i, h in enumerate(hashes) if h not in found}.items(), key=lambda kv: kv[1])
-        if missing:
-            fresh = self.encode([texts[i] for _, i in missing])
-            new = {h: fresh[j] for j, (h, _) in enumerate(missing)}
+        # Chunks are committed to the cache as they finish, so an interrupted run keeps its work.
+        for start in range(0, len(missing), PROGRESS_CHUNK):
+            chunk = missing[start:start + PROGRESS_CHUNK]
+            fresh = self.encode([texts[i] for _, i in chunk])
+            new = {h: fresh[j] for j, (h, _) in enumerate(chunk)}
             self._cache.put(new)
             found.update(new)
+            if progress is not None:
+                progress(start + len(chunk), len(missing))
         stats.encoded = len(missing)
         stats.cached = len(texts) - len(missing)
         if not texts:

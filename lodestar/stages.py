@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -107,11 +108,13 @@ def user_features(files: TenantFiles) -> dict[str, Any]:
     return {"rows": len(df), "active": int((df["events"] > 0).sum())}
 
 
-def item_embeddings(files: TenantFiles, embedder: Embedder) -> dict[str, Any]:
+def item_embeddings(
+    files: TenantFiles, embedder: Embedder, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Embed every live item (available, not deleted); unchanged texts come from the cache."""
     feats = _read(files.item_features)
     live = feats[feats["available"] & ~feats["deleted"]].reset_index(drop=True) if not feats.empty else feats
-    vectors, stats = embedder.embed(list(live["text"]) if not live.empty else [])
+    vectors, stats = embedder.embed(list(live["text"]) if not live.empty else [], progress)
     dim = embedder.dimension
     table = pa.table({
         "id": pa.array(list(live["id"]) if not live.empty else [], pa.string()),
