@@ -13,7 +13,7 @@ from pipelines.resources import LodestarResource
     partitions_def=tenants_partitions,
     group_name="index",
     kinds={"qdrant"},
-    deps=["item_embeddings", "item_features"],
+    deps=["item_embeddings", "item_features", "collab_model"],
     description="A new Qdrant index version for the tenant, optimized, not yet served.",
     check_specs=[
         AssetCheckSpec("point_count_matches_items", asset="tenant_index", blocking=True,
@@ -46,8 +46,9 @@ def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> 
     partitions_def=tenants_partitions,
     group_name="index",
     kinds={"qdrant"},
-    deps=["tenant_index"],
-    description="The index version the API serves: swapped atomically once tenant_index passed its checks.",
+    deps=["tenant_index", "offline_evaluation"],
+    description="The index version the API serves: swapped atomically once tenant_index and offline_evaluation "
+                "passed their blocking checks.",
 )
 def published_index(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key

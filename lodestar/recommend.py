@@ -1,9 +1,19 @@
-"""Recommendations from a tenant's published index (content embeddings).
+"""Recommendations from a tenant's published index and collaborative model.
 
-A user's taste vector is the weighted mean of the vectors of the items they interacted with,
-weighted by event type (tenant configuration) and recency. It is computed from the user's events
-as stored in the CDP at request time, so an accepted event shapes the very next request. Items the
-user already interacted with are excluded; a user with no usable history gets popular items.
+Strategies, in order:
+
+* ``hybrid``: the user has events the collaborative model knows. Candidates come from the index
+  (nearest ``collab`` vectors to the user's folded-in vector, plus nearest ``content`` vectors to
+  their taste, which brings in new items), re-ranked by the exact collaborative score blended with
+  content similarity and popularity (per-tenant weights).
+* ``content_profile``: events, but none the model knows (new items, or no model yet): nearest items
+  to the user's taste vector (weighted, recency-decayed mean of their items' text embeddings).
+* ``cold_start_profile``: no usable events, but profile attributes or preferences: nearest items to
+  the embedding of their text.
+* ``popular``: nothing known about the user.
+
+Everything is computed from the user's events as stored in the CDP at request time, so an accepted
+event shapes the very next request. Items the user interacted with are excluded.
 """
 
 from __future__ import annotations
@@ -14,10 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from lodestar.collab import CollabModel, event_item_weights
 from lodestar.features import DAY
-from lodestar.index import Hit, IndexReader
+from lodestar.index import COLLAB, Hit, IndexReader
 
+HYBRID = "hybrid"
 PERSONALIZED = "content_profile"
+COLD_START = "cold_start_profile"
 POPULAR = "popular"
 
 
@@ -27,13 +40,17 @@ class Recommendation:
     strategy: str
 
 
+def _recent(events: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(events, key=lambda e: e["ts"], reverse=True)[: int(config["max_profile_events"])]
+
+
 def taste_vector(
     events: list[dict[str, Any]], vectors: dict[str, np.ndarray], config: dict[str, Any]
 ) -> np.ndarray | None:
     """Weighted, recency-decayed mean of interacted items' vectors; ``None`` if nothing positive."""
     weights = config["event_weights"]
     half_life = float(config["recency_half_life_days"])
-    recent = sorted(events, key=lambda e: e["ts"], reverse=True)[: int(config["max_profile_events"])]
+    recent = _recent(events, config)
     if not recent:
         return None
     newest = recent[0]["ts"]
@@ -55,19 +72,84 @@ def taste_vector(
     return None if norm == 0.0 else (total / norm).astype(np.float32)
 
 
+def user_taste(reader: IndexReader, events: list[dict[str, Any]], config: dict[str, Any]) -> np.ndarray | None:
+    """The user's taste vector, reading only the content vectors of their recent items."""
+    recent = _recent(events, config)
+    return taste_vector(recent, reader.vectors({e["item_id"] for e in recent}), config) if recent else None
+
+
 def interacted_items(events: list[dict[str, Any]]) -> set[str]:
     """Items the user did something with (an impression alone is not an interaction)."""
     return {e["item_id"] for e in events if e["type"] != "impression"}
 
 
-def recommend(reader: IndexReader, events: list[dict[str, Any]], k: int, config: dict[str, Any]) -> Recommendation:
+def _scaled(values: np.ndarray) -> np.ndarray:
+    """Min-max scaled to [0, 1] over the candidates (all zeros when the signal is flat)."""
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+
+
+def _hybrid(
+    reader: IndexReader, model: CollabModel, item_weights: dict[str, float], query: np.ndarray,
+    taste: np.ndarray | None, seen: set[str], k: int, config: dict[str, Any],
+) -> list[Hit]:
+    limit = max(int(config["collab"]["candidates"]), k)
+    candidates: dict[str, Hit] = {h.item_id: h for h in reader.nearest(query, limit, seen, using=COLLAB, with_vectors=True)}
+    if taste is not None:
+        for hit in reader.nearest(taste, k, seen, with_vectors=True):
+            candidates.setdefault(hit.item_id, hit)
+    if not candidates:
+        return []
+    hits = list(candidates.values())
+    ids = [h.item_id for h in hits]
+    weights = config["ranking"]
+    collab = model.scores(item_weights, ids)
+    content = np.asarray([float(h.vector @ taste) if taste is not None and h.vector is not None else 0.0 for h in hits])
+    popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
+    final = (float(weights["collab"]) * _scaled(collab) + float(weights["content"]) * _scaled(content)
+             + float(weights["popularity"]) * popularity)
+    order = np.argsort(-final, kind="stable")[:k]
+    return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
+
+
+def recommend(
+    reader: IndexReader, events: list[dict[str, Any]], k: int, config: dict[str, Any],
+    model: CollabModel | None = None, profile_vector: np.ndarray | None = None,
+) -> Recommendation:
     seen = interacted_items(events)
-    profile = taste_vector(events, reader.vectors(seen), config) if seen else None
-    if profile is not None:
-        hits = reader.nearest(profile, k, exclude=seen)
+    taste = user_taste(reader, events, config) if seen else None
+    if model is not None and seen:
+        item_weights = event_item_weights(events, config)
+        query = model.query_vector(item_weights)
+        if query is not None:
+            hits = _hybrid(reader, model, item_weights, query, taste, seen, k, config)
+            if hits:
+                return Recommendation(hits, HYBRID)
+    if taste is not None:
+        hits = reader.nearest(taste, k, exclude=seen)
         if hits:
             return Recommendation(hits, PERSONALIZED)
+    if profile_vector is not None:
+        hits = reader.nearest(profile_vector, k, exclude=seen)
+        if hits:
+            return Recommendation(hits, COLD_START)
     return Recommendation(reader.popular(k, exclude=seen), POPULAR)
+
+
+def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: dict[str, Any]) -> str:
+    """The text describing a user without history: chosen profile attributes and liked categories."""
+    parts: list[str] = []
+    for key in config["profile_attributes"]:
+        value = attributes.get(key)
+        if isinstance(value, str) and value.strip():
+            parts.append(value.strip())
+        elif isinstance(value, list):
+            parts.extend(str(v) for v in value if isinstance(v, (str, int, float)) and str(v).strip())
+    for key in ("liked_categories", "categories"):
+        value = (preferences or {}).get(key)
+        if isinstance(value, list):
+            parts.extend(str(v) for v in value if isinstance(v, str))
+    return ", ".join(dict.fromkeys(parts))
 
 
 def similar_items(reader: IndexReader, item_id: str, k: int) -> list[Hit] | None:
@@ -75,4 +157,4 @@ def similar_items(reader: IndexReader, item_id: str, k: int) -> list[Hit] | None
     item = reader.get(item_id)
     if item is None:
         return None
-    return reader.nearest(item.payload["_vector"], k, exclude=[item_id])
+    return reader.nearest(item.vector, k, exclude=[item_id])

@@ -6,6 +6,7 @@ Dagster assets call these; tests call them without Dagster. Each returns the num
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lodestar import features
+from lodestar import collab, evaluation, features
+from lodestar.collab import CollabModel
 from lodestar.cdp import CdpStore, Watermark
 from lodestar.embed import Embedder
 from lodestar.errors import InvalidInput
@@ -54,6 +56,18 @@ class TenantFiles:
     @property
     def candidate(self) -> Path:
         return self.root / "index" / "CANDIDATE"
+
+    @property
+    def model_candidate(self) -> Path:
+        return self.root / "model" / "candidate"
+
+    def model(self, version: str) -> Path:
+        """The collaborative model frozen beside index version ``version``."""
+        return self.root / "models" / version
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation" / "latest.json"
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -164,12 +178,24 @@ def build_index(files: TenantFiles, index_store: IndexStore, tenant: str) -> dic
             "attributes": json.loads(row["attributes"]),
             "popularity": float(row["popularity"]),
         })
-    builder = index_store.build(tenant, vectors.shape[1])
-    builder.upsert(ids, vectors, payloads)
+    model = CollabModel.load(files.model_candidate) if (files.model_candidate / "meta.json").is_file() else None
+    collab_vectors = None
+    if model is not None:
+        collab_vectors = np.zeros((len(ids), model.factors.shape[1]), dtype=np.float32)
+        for row, item_id in enumerate(ids):
+            k = model.index.get(item_id)
+            if k is not None:
+                collab_vectors[row] = model.factors[k]
+    builder = index_store.build(tenant, vectors.shape[1], 0 if model is None else model.factors.shape[1])
+    builder.upsert(ids, vectors, payloads, collab_vectors)
     points = builder.finish()
+    if model is not None:
+        # Frozen with the version, so a server swaps index and model together.
+        shutil.copytree(files.model_candidate, files.model(builder.version), dirs_exist_ok=True)
     files.candidate.parent.mkdir(parents=True, exist_ok=True)
     files.candidate.write_text(json.dumps({"version": builder.version, "points": points, "items": len(ids)}))
-    return {"version": builder.version, "points": points, "items": len(ids), "dimension": int(vectors.shape[1])}
+    return {"version": builder.version, "points": points, "items": len(ids), "dimension": int(vectors.shape[1]),
+            "collab_model": model.kind if model else "none"}
 
 
 def candidate(files: TenantFiles) -> dict[str, Any]:
@@ -197,6 +223,49 @@ def canary_problem(index_store: IndexStore, tenant: str, version: str, files: Te
 def publish(files: TenantFiles, index_store: IndexStore, tenant: str) -> dict[str, Any]:
     built = candidate(files)
     previous = index_store.published(tenant)
-    index_store.publish(tenant, built["version"], {"points": built["points"]})
+    info: dict[str, Any] = {"points": built["points"]}
+    evaluation = read_evaluation(files)
+    if evaluation.get("status") == "evaluated":
+        info["ndcg@10"] = evaluation["lodestar"]["ndcg@10"]
+    index_store.publish(tenant, built["version"], info)
     dropped = index_store.drop_old(tenant)
+    for version in dropped:
+        shutil.rmtree(files.model(version), ignore_errors=True)
     return {"version": built["version"], "previous": previous, "points": built["points"], "dropped": dropped}
+
+
+def collab_model(files: TenantFiles, config: dict[str, Any]) -> dict[str, Any]:
+    """Fit the tenant's collaborative model on all events, over the indexable items."""
+    ids, _ = read_embeddings(files)
+    events = _read(files.extract("events"))
+    model = collab.fit(collab.positive_interactions(events, config["event_weights"]), ids, config)
+    shutil.rmtree(files.model_candidate, ignore_errors=True)
+    model.save(files.model_candidate)
+    return {"kind": model.kind, **(model.meta or {})}
+
+
+def read_evaluation(files: TenantFiles) -> dict[str, Any]:
+    return json.loads(files.evaluation.read_text()) if files.evaluation.is_file() else {}
+
+
+def offline_evaluation(files: TenantFiles, config: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """Evaluate the served ranking on a temporal holdout of the tenant's events (see
+    ``lodestar.evaluation``) and keep the result for the publish gate."""
+    ids, vectors = read_embeddings(files)
+    events = _read(files.extract("events"))
+    result = evaluation.evaluate_tenant(events, ids, vectors, config, tenant)
+    files.evaluation.parent.mkdir(parents=True, exist_ok=True)
+    files.evaluation.write_text(json.dumps(result))
+    return result
+
+
+def regression_problem(result: dict[str, Any], published: dict[str, Any] | None, max_regression: float) -> str | None:
+    """Why a new version must not replace the published one (``None`` when it may)."""
+    if result.get("status") != "evaluated" or not published or "ndcg@10" not in published:
+        return None
+    new, old = result["lodestar"]["ndcg@10"], float(published["ndcg@10"])
+    if new < old * (1.0 - max_regression):
+        return (f"NDCG@10 {new:.4f} is more than {max_regression:.0%} below the published version's {old:.4f} "
+                f"({published.get('version', '?')}); the published version keeps serving. Check the latest "
+                "import, or raise evaluation.max_regression in the tenant configuration to accept it.")
+    return None

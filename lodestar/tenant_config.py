@@ -25,6 +25,22 @@ DEFAULTS: dict[str, Any] = {
     "recency_half_life_days": 30.0,
     # How many of a user's latest events shape their taste vector.
     "max_profile_events": 200,
+    # The collaborative model (lodestar.collab).
+    "collab": {
+        "ease_max_items": 12000,  # above this, PureSVD factors replace the dense EASE matrix
+        "ease_lambda": 200.0,
+        "factors": 64,
+        "recency_half_life_events": 5.0,  # the 5th-latest event counts half as much as the latest...
+        "recency_floor": 0.1,  # ...and every event keeps at least this much (long-term taste)
+        "candidates": 300,  # retrieved from the index, then re-ranked
+    },
+    # How the final ranking blends its signals (each scaled to [0, 1] over the candidates).
+    "ranking": {"collab": 1.0, "content": 0.1, "popularity": 0.0},
+    # Profile attributes whose text describes a new user's taste (cold start).
+    "profile_attributes": ["interests", "favorite_categories", "favorite_genres", "topics"],
+    # Offline evaluation: held-out share per user, and how much worse (relative NDCG@10) a new
+    # index version may be than the published one before publishing is blocked.
+    "evaluation": {"test_fraction": 0.2, "max_regression": 0.05, "min_test_users": 20},
 }
 
 

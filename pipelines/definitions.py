@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
 
-from assets import embeddings, extracts, features, index
+from assets import embeddings, extracts, features, index, model
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
 
 MATERIALIZE_TENANT = "materialize_tenant"
 
-all_assets = load_assets_from_modules([extracts, features, embeddings, index])
+all_assets = load_assets_from_modules([extracts, features, embeddings, model, index])
 
 materialize_tenant = define_asset_job(
     MATERIALIZE_TENANT,

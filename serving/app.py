@@ -13,9 +13,11 @@ from litestar.openapi import OpenAPIConfig
 
 from lodestar import __version__
 from lodestar.cdp import open_cdp
+from lodestar.collab import CollabModel
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
 from lodestar.settings import Settings
+from lodestar.stages import TenantFiles
 from serving.auth import provide_tenant, require_tenant_key
 from serving.controllers import HealthController, ItemController, RecommendationController, SearchController
 from serving.errors import EXCEPTION_HANDLERS
@@ -30,7 +32,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         cdp = open_cdp(settings)
-        indexes = TenantIndexes(open_index_store(settings))
+        def load_model(tenant: str, version: str) -> CollabModel | None:
+            path = TenantFiles(settings.tenant_dir(tenant)).model(version)
+            return CollabModel.load(path) if (path / "meta.json").is_file() else None
+
+        indexes = TenantIndexes(open_index_store(settings), load_model)
         embedder = Embedder(settings.embed_model, settings.cache_dir)
         app.state.cdp, app.state.indexes, app.state.embedder = cdp, indexes, embedder
         # Load the model off the event loop so that the first search does not pay for it; /ready

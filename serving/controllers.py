@@ -11,7 +11,7 @@ from litestar.params import Parameter
 
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.index import Hit
-from lodestar.recommend import recommend, similar_items
+from lodestar.recommend import interacted_items, profile_text, recommend, similar_items
 from lodestar.tenant_config import effective_config
 from serving.schemas import Health, ItemList, Ready, ScoredItem, SearchRequest
 
@@ -35,14 +35,20 @@ class RecommendationController(Controller):
 
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", sync_to_thread=True)
     def for_user(self, request: Request, tenant: str, user_id: str, k: K = 10) -> ItemList:
-        """Items for a user from their history; popular items for a user with none."""
+        """Items for a user: hybrid (collaborative + content) from their history, their profile when
+        they have no history, popular items when nothing is known (``strategy`` says which)."""
         state = request.app.state
-        reader = state.indexes.reader(tenant)
+        published = state.indexes.get(tenant)
         record = state.cdp.get_tenant(tenant)
         config = effective_config(record["config"] if record else None)
         events = state.cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
-        result = recommend(reader, events, k, config)
-        return _items(result.items, reader.version, result.strategy)
+        profile_vector = None
+        if not interacted_items(events):
+            user = state.cdp.get_user(tenant, user_id)
+            text = profile_text(user["attributes"] if user else {}, state.cdp.get_preferences(tenant, user_id), config)
+            profile_vector = state.embedder.encode([text])[0] if text else None
+        result = recommend(published.reader, events, k, config, published.model, profile_vector)
+        return _items(result.items, published.reader.version, result.strategy)
 
 
 class ItemController(Controller):

@@ -9,41 +9,59 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
+from lodestar.collab import CollabModel
 from lodestar.errors import IndexNotReady
 from lodestar.index import IndexReader, IndexStore
+
+ModelLoader = Callable[[str, str], "CollabModel | None"]
 
 # A retired reader stays open this long so that requests already using it can finish.
 RETIRE_AFTER_S = 30.0
 
 
+@dataclass(frozen=True)
+class Published:
+    """A published version: its index and the collaborative model built with it (if any)."""
+
+    reader: IndexReader
+    model: CollabModel | None
+
+
 @dataclass
 class _Slot:
-    reader: IndexReader | None
+    published: Published | None
     checked_at: float
 
 
 class TenantIndexes:
-    def __init__(self, index_store: IndexStore, check_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, index_store: IndexStore, load_model: ModelLoader = lambda _t, _v: None, check_interval_s: float = 0.5
+    ) -> None:
         self._store = index_store
+        self._load_model = load_model
         self._interval = check_interval_s
         self._slots: dict[str, _Slot] = {}
         self._retired: list[tuple[float, IndexReader]] = []
         self._lock = threading.Lock()
 
-    def reader(self, tenant: str) -> IndexReader:
+    def get(self, tenant: str) -> Published:
         """The tenant's published version, reloaded when the pointer moved (checked at most every
         ``check_interval_s``). A version is only ever opened after it was published, so a
-        half-built one is never served."""
+        half-built one is never served; index and model change together."""
         now = time.monotonic()
         slot = self._slots.get(tenant)
         if slot is None or now - slot.checked_at >= self._interval:
             slot = self._refresh(tenant, now)
-        if slot.reader is None:
+        if slot.published is None:
             raise IndexNotReady(
                 f"tenant {tenant!r} has no published index yet; run `lodestar materialize --tenant {tenant}`"
             )
-        return slot.reader
+        return slot.published
+
+    def reader(self, tenant: str) -> IndexReader:
+        return self.get(tenant).reader
 
     def _refresh(self, tenant: str, now: float) -> _Slot:
         with self._lock:
@@ -51,11 +69,11 @@ class TenantIndexes:
             if slot is not None and now - slot.checked_at < self._interval:
                 return slot  # another thread refreshed it meanwhile
             version = self._store.published(tenant)
-            current = slot.reader if slot else None
-            if version is not None and (current is None or current.version != version):
-                fresh = self._store.open(tenant, version)
+            current = slot.published if slot else None
+            if version is not None and (current is None or current.reader.version != version):
+                fresh = Published(self._store.open(tenant, version), self._load_model(tenant, version))
                 if current is not None:
-                    self._retired.append((now, current))
+                    self._retired.append((now, current.reader))
                 current = fresh
             slot = _Slot(current, now)
             self._slots[tenant] = slot
@@ -72,13 +90,13 @@ class TenantIndexes:
         self._retired = keep
 
     def loaded(self) -> dict[str, str]:
-        return {t: s.reader.version for t, s in self._slots.items() if s.reader is not None}
+        return {t: s.published.reader.version for t, s in self._slots.items() if s.published is not None}
 
     def close(self) -> None:
         with self._lock:
             for slot in self._slots.values():
-                if slot.reader is not None:
-                    slot.reader.close()
+                if slot.published is not None:
+                    slot.published.reader.close()
             for _, reader in self._retired:
                 reader.close()
             self._slots.clear()

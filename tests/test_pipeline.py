@@ -17,10 +17,11 @@ def test_definitions_load():
     job = defs.resolve_job_def("materialize_tenant")
     assert job.partitions_def is not None
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"cdp_items", "cdp_users", "cdp_events", "item_features", "user_features",
-                    "item_embeddings", "tenant_index", "published_index"}
+    assert keys == {"cdp_items", "cdp_users", "cdp_events", "item_features", "user_features", "item_embeddings",
+                    "collab_model", "offline_evaluation", "tenant_index", "published_index"}
     check_names = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
-    assert {"schema_and_rows", "dimension_and_nan", "point_count_matches_items", "canary_query"} <= check_names
+    assert {"schema_and_rows", "dimension_and_nan", "point_count_matches_items", "canary_query",
+            "no_regression"} <= check_names
 
 
 def test_materialized_tenant_has_every_stage(env):
@@ -54,7 +55,7 @@ def test_checks_and_metadata_are_recorded(settings):
     result = materialize_tenant(settings, "shop")
     assert result.success
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert evaluations == {"schema_and_rows": True, "dimension_and_nan": True,
+    assert evaluations == {"schema_and_rows": True, "dimension_and_nan": True, "no_regression": True,
                            "point_count_matches_items": True, "canary_query": True}
     meta = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
             [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}

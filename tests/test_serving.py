@@ -44,7 +44,7 @@ def test_recommendations_exclude_seen_items_and_follow_taste(client, env):
     seen = {e["item_id"] for e in _history(env, "alpha", user)}
     assert seen
     body = client.get(f"/v1/users/{user}/recommendations?k=10", headers=_auth(env, "alpha")).json()
-    assert body["strategy"] == "content_profile" and len(body["items"]) == 10
+    assert body["strategy"] == "hybrid" and len(body["items"]) == 10
     assert not seen & {i["id"] for i in body["items"]}
     assert body["index_version"] == open_index_store(env.settings).published("alpha")
     assert len(body["recommendation_id"]) == 32 and all(i["title"] for i in body["items"])
@@ -111,7 +111,7 @@ def test_no_key_of_one_tenant_reaches_another(client, env):
     as_alpha = client.get("/v1/users/r0001/recommendations?k=20", headers=alpha).json()
     assert as_alpha["strategy"] == "popular" and all(i["id"].startswith("p") for i in as_alpha["items"])
     as_beta = client.get("/v1/users/r0001/recommendations?k=20", headers=beta).json()
-    assert as_beta["strategy"] == "content_profile" and all(i["id"].startswith("a") for i in as_beta["items"])
+    assert as_beta["strategy"] == "hybrid" and all(i["id"].startswith("a") for i in as_beta["items"])
     searched = client.post("/v1/search", json={"query": "mars rockets space", "k": 50}, headers=alpha).json()
     assert all(i["id"].startswith("p") for i in searched["items"])
     assert as_alpha["index_version"] == open_index_store(env.settings).published("alpha")

@@ -300,8 +300,14 @@ class SqliteCdpStore:
         return self._conn().execute(f"SELECT COUNT(*) FROM {entity} WHERE tenant = ?{deleted}", (tenant,)).fetchone()[0]
 
     def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
+        return self._get("items", tenant, item_id)
+
+    def get_user(self, tenant: str, user_id: str) -> dict[str, Any] | None:
+        return self._get("users", tenant, user_id)
+
+    def _get(self, table: str, tenant: str, ident: str) -> dict[str, Any] | None:
         row = self._conn().execute(
-            "SELECT * FROM items WHERE tenant = ? AND id = ? AND deleted = 0", (tenant, item_id)
+            f"SELECT * FROM {table} WHERE tenant = ? AND id = ? AND deleted = 0", (tenant, ident)
         ).fetchone()
         return None if row is None else self._decode(row)
 

@@ -23,17 +23,25 @@ def point_id(tenant: str, item_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
 
 
+CONTENT = "content"  # named vector: the item's text embedding (cosine)
+COLLAB = "collab"  # named vector: the item's collaborative factors (dot product)
+
+
 @dataclass
 class Hit:
     item_id: str
     score: float
     payload: dict[str, Any] = field(default_factory=dict)
+    vector: np.ndarray | None = None  # the content vector, when asked for
 
 
 class IndexBuilder(Protocol):
     version: str
 
-    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None: ...
+    def upsert(
+        self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
+        collab: np.ndarray | None = None,
+    ) -> None: ...
     def finish(self) -> int:
         """Flush and optimize; return the number of points. The version stays unpublished."""
         ...
@@ -44,7 +52,10 @@ class IndexReader(Protocol):
     version: str
 
     def count(self) -> int: ...
-    def nearest(self, vector: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Hit]: ...
+    def nearest(
+        self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+        with_vectors: bool = False,
+    ) -> list[Hit]: ...
     def popular(self, k: int, exclude: Iterable[str] = ()) -> list[Hit]: ...
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]: ...
     def get(self, item_id: str) -> Hit | None: ...
@@ -52,7 +63,7 @@ class IndexReader(Protocol):
 
 
 class IndexStore(Protocol):
-    def build(self, tenant: str, dimension: int) -> IndexBuilder: ...
+    def build(self, tenant: str, dimension: int, collab_dimension: int = 0) -> IndexBuilder: ...
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None: ...
     def published(self, tenant: str) -> str | None: ...
     def open(self, tenant: str, version: str) -> IndexReader: ...

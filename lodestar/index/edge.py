@@ -23,9 +23,8 @@ import numpy as np
 import qdrant_edge as qe
 
 from lodestar.errors import NotFound
-from lodestar.index import Hit, point_id
+from lodestar.index import COLLAB, CONTENT, Hit, point_id
 
-VECTOR = "content"
 BATCH = 512
 KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
 FLOAT_FIELDS = ("popularity",)
@@ -55,11 +54,11 @@ class EdgeIndexStore:
     def _version_dir(self, tenant: str, version: str) -> Path:
         return self._root(tenant) / "versions" / version
 
-    def build(self, tenant: str, dimension: int) -> EdgeIndexBuilder:
+    def build(self, tenant: str, dimension: int, collab_dimension: int = 0) -> EdgeIndexBuilder:
         # Sortable by creation time (microseconds, UTC); the suffix keeps concurrent builds apart.
         now = time.time()
         version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
-        return EdgeIndexBuilder(tenant, version, self._version_dir(tenant, version), dimension)
+        return EdgeIndexBuilder(tenant, version, self._version_dir(tenant, version), dimension, collab_dimension)
 
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
         if not (self._version_dir(tenant, version) / "edge_config.json").is_file():
@@ -102,15 +101,16 @@ class EdgeIndexStore:
 
 
 class EdgeIndexBuilder:
-    def __init__(self, tenant: str, version: str, path: Path, dimension: int) -> None:
+    def __init__(self, tenant: str, version: str, path: Path, dimension: int, collab_dimension: int = 0) -> None:
         self.tenant = tenant
         self.version = version
         self.path = path
+        self.collab_dimension = collab_dimension
         path.parent.mkdir(parents=True, exist_ok=True)
-        config = qe.EdgeConfig(
-            vectors={VECTOR: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
-            wal_enabled=False,
-        )
+        vectors = {CONTENT: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)}
+        if collab_dimension:
+            vectors[COLLAB] = qe.EdgeVectorParams(size=collab_dimension, distance=qe.Distance.Dot)
+        config = qe.EdgeConfig(vectors=vectors, wal_enabled=False)
         self._shard = qe.EdgeShard.create(str(path), config)
         # Payload indexes before the upload, as Qdrant recommends.
         for name in KEYWORD_FIELDS:
@@ -118,14 +118,22 @@ class EdgeIndexBuilder:
         for name in FLOAT_FIELDS:
             self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
 
-    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
+    def upsert(
+        self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
+        collab: np.ndarray | None = None,
+    ) -> None:
+        if self.collab_dimension and (collab is None or collab.shape != (len(item_ids), self.collab_dimension)):
+            raise ValueError(f"collab vectors must have shape ({len(item_ids)}, {self.collab_dimension})")
+
+        def named(i: int) -> dict[str, list[float]]:
+            out = {CONTENT: vectors[i].tolist()}
+            if self.collab_dimension:
+                out[COLLAB] = collab[i].tolist()
+            return out
+
         for start in range(0, len(item_ids), BATCH):
             points = [
-                qe.Point(
-                    point_id(self.tenant, item_ids[i]),
-                    {VECTOR: vectors[i].tolist()},
-                    {**payloads[i], "item_id": item_ids[i]},
-                )
+                qe.Point(point_id(self.tenant, item_ids[i]), named(i), {**payloads[i], "item_id": item_ids[i]})
                 for i in range(start, min(start + BATCH, len(item_ids)))
             ]
             self._shard.update(qe.UpdateOperation.upsert_points(points))
@@ -153,17 +161,26 @@ class EdgeIndexReader:
 
     @staticmethod
     def _hits(points: list) -> list[Hit]:
-        return [Hit(p.payload["item_id"], float(p.score), p.payload) for p in points]
+        def content(p) -> np.ndarray | None:
+            if isinstance(p.vector, dict) and CONTENT in p.vector:
+                return np.asarray(p.vector[CONTENT], dtype=np.float32)
+            return None
+
+        return [Hit(p.payload["item_id"], float(p.score), p.payload, content(p)) for p in points]
 
     def count(self) -> int:
         return self._shard.info().points_count
 
-    def nearest(self, vector: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Hit]:
+    def nearest(
+        self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
         request = qe.QueryRequest(
             limit=k,
-            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=VECTOR),
+            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
             filter=self._exclusion(exclude),
             with_payload=True,
+            with_vector=[CONTENT] if with_vectors else False,
         )
         return self._hits(self._shard.query(request))
 
@@ -183,17 +200,15 @@ class EdgeIndexReader:
         ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
         if not ids:
             return {}
-        records = self._shard.retrieve(ids, with_payload=["item_id"], with_vector=[VECTOR])
-        return {r.payload["item_id"]: np.asarray(r.vector[VECTOR], dtype=np.float32) for r in records}
+        records = self._shard.retrieve(ids, with_payload=["item_id"], with_vector=[CONTENT])
+        return {r.payload["item_id"]: np.asarray(r.vector[CONTENT], dtype=np.float32) for r in records}
 
     def get(self, item_id: str) -> Hit | None:
-        records = self._shard.retrieve([point_id(self.tenant, item_id)], with_payload=True, with_vector=[VECTOR])
+        records = self._shard.retrieve([point_id(self.tenant, item_id)], with_payload=True, with_vector=[CONTENT])
         if not records:
             return None
         record = records[0]
-        payload = dict(record.payload)
-        payload["_vector"] = np.asarray(record.vector[VECTOR], dtype=np.float32)
-        return Hit(item_id, 1.0, payload)
+        return Hit(item_id, 1.0, dict(record.payload), np.asarray(record.vector[CONTENT], dtype=np.float32))
 
     def close(self) -> None:
         self._shard.close()
