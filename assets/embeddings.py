@@ -1,7 +1,14 @@
 """Item embeddings with sentence-transformers, reused by content hash."""
 
 
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from assets import report
 from lodestar import stages

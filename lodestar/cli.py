@@ -10,8 +10,8 @@ import shutil
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from lodestar.errors import LodestarError
 from lodestar.settings import Settings

@@ -51,7 +51,7 @@ class CollabModel:
         (directory / "meta.json").write_text(json.dumps({"kind": self.kind, **(self.meta or {})}))
 
     @classmethod
-    def load(cls, directory: Path) -> "CollabModel":
+    def load(cls, directory: Path) -> CollabModel:
         meta = json.loads((directory / "meta.json").read_text())
         ease_path = directory / "ease.npy"
         return cls(

@@ -7,7 +7,7 @@ them, so a recommender that learns taste beats one that does not. The same seed 
 from __future__ import annotations
 
 import json
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 

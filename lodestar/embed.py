@@ -12,9 +12,9 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterator
 
 from lodestar import records
 from lodestar.cdp import CdpStore

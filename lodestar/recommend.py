@@ -125,15 +125,28 @@ def recommend(
             hits = _hybrid(reader, model, item_weights, query, taste, seen, k, config)
             if hits:
                 return Recommendation(hits, HYBRID)
-    if taste is not None:
-        hits = reader.nearest(taste, k, exclude=seen)
-        if hits:
-            return Recommendation(hits, PERSONALIZED)
-    if profile_vector is not None:
-        hits = reader.nearest(profile_vector, k, exclude=seen)
-        if hits:
-            return Recommendation(hits, COLD_START)
+    for vector, strategy in ((taste, PERSONALIZED), (profile_vector, COLD_START)):
+        if vector is not None:
+            hits = _content_ranked(reader, vector, seen, k, config)
+            if hits:
+                return Recommendation(hits, strategy)
     return Recommendation(reader.popular(k, exclude=seen), POPULAR)
+
+
+def _content_ranked(
+    reader: IndexReader, vector: np.ndarray, seen: set[str], k: int, config: dict[str, Any]
+) -> list[Hit]:
+    """Nearest items to a taste or profile vector, re-ranked with popularity: among items that fit
+    the taste, the ones people actually engage with come first."""
+    hits = reader.nearest(vector, max(int(config["collab"]["candidates"]) // 3, k), exclude=seen)
+    if not hits:
+        return []
+    similarity = _scaled(np.asarray([h.score for h in hits]))
+    popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
+    # Multiplicative: popularity reorders items that fit, it never lifts one that does not.
+    final = similarity * (1.0 + float(config["ranking"]["content_popularity"]) * popularity)
+    order = np.argsort(-final, kind="stable")[:k]
+    return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
 
 
 def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: dict[str, Any]) -> str:

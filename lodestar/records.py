@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from lodestar.errors import InvalidInput

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lodestar import collab, evaluation, features
-from lodestar.collab import CollabModel
 from lodestar.cdp import CdpStore, Watermark
+from lodestar.collab import CollabModel
 from lodestar.embed import Embedder
 from lodestar.errors import InvalidInput
 from lodestar.index import IndexStore

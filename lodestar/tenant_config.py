@@ -35,7 +35,9 @@ DEFAULTS: dict[str, Any] = {
         "candidates": 300,  # retrieved from the index, then re-ranked
     },
     # How the final ranking blends its signals (each scaled to [0, 1] over the candidates).
-    "ranking": {"collab": 1.0, "content": 0.1, "popularity": 0.0},
+    # content_popularity: how much popularity counts next to similarity for users the
+    # collaborative model does not know yet (content_profile and cold_start_profile).
+    "ranking": {"collab": 1.0, "content": 0.1, "popularity": 0.0, "content_popularity": 2.0},
     # Profile attributes whose text describes a new user's taste (cold start).
     "profile_attributes": ["interests", "favorite_categories", "favorite_genres", "topics"],
     # Offline evaluation: held-out share per user, and how much worse (relative NDCG@10) a new

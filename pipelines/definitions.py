@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
+from dagster import (
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    load_assets_from_modules,
+)
 
 from assets import embeddings, extracts, features, index, model
 from pipelines.partitions import tenants_partitions

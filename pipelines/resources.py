@@ -4,11 +4,11 @@ server). Nothing is opened at import time."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterator
 
 from dagster import ConfigurableResource
 

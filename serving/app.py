@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -19,7 +19,12 @@ from lodestar.index import open_index_store
 from lodestar.settings import Settings
 from lodestar.stages import TenantFiles
 from serving.auth import provide_tenant, require_tenant_key
-from serving.controllers import HealthController, ItemController, RecommendationController, SearchController
+from serving.controllers import (
+    HealthController,
+    ItemController,
+    RecommendationController,
+    SearchController,
+)
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    ValidationException,
+)
 
 from lodestar.errors import Conflict, IndexNotReady, InvalidInput, NotFound
 

@@ -101,3 +101,26 @@ def test_committed_instance_config_loads(tmp_path):
     with DagsterInstance.from_config(str(home)) as instance:
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert limits[0]["key"] == "dagster/partition" and limits[0]["limit"] == 1
+
+
+def test_evaluation_gate_blocks_a_worse_version(settings):
+    from tests.conftest import load_demo_tenant
+
+    store = open_cdp(settings)
+    try:
+        load_demo_tenant(store, settings, "shop", "shop", n_items=60, n_users=40)
+    finally:
+        store.close()
+    first = materialize_tenant(settings, "shop")
+    assert first.success
+    index_store = open_index_store(settings)
+    record = index_store.published_record("shop")
+    assert 0 < record["ndcg@10"] < 1  # the published version remembers its evaluation
+    # Pretend the published version was far better: the next version must not replace it.
+    index_store.publish("shop", record["version"], {"points": record["points"], "ndcg@10": 0.99})
+    second = materialize_tenant(settings, "shop")
+    gate = next(e for e in second.get_asset_check_evaluations() if e.check_name == "no_regression")
+    assert not gate.passed and "below the published version's 0.9900" in gate.metadata["why"].value
+    materialized = {e.asset_key.to_user_string() for e in second.get_asset_materialization_events()}
+    assert "tenant_index" in materialized and "published_index" not in materialized
+    assert index_store.published("shop") == record["version"]

@@ -59,6 +59,20 @@ def test_unknown_user_gets_popular_items(client, env):
     assert scores == sorted(scores, reverse=True) and scores[0] == 1.0
 
 
+def test_new_user_with_a_profile_gets_cold_start_recommendations(client, env):
+    from lodestar.records import parse_user
+
+    store = open_cdp(env.settings)
+    try:
+        store.upsert_users("alpha", [parse_user({"id": "newcomer", "attributes": {"interests": ["coffee"]}})])
+        body = client.get("/v1/users/newcomer/recommendations?k=3", headers=_auth(env, "alpha")).json()
+        categories = [store.get_item("alpha", i["id"])["categories"] for i in body["items"]]
+    finally:
+        store.close()
+    assert body["strategy"] == "cold_start_profile"
+    assert categories[0] == ["coffee"]
+
+
 def test_similar_items_and_search(client, env):
     body = client.get("/v1/items/p00001/similar?k=5", headers=_auth(env, "alpha")).json()
     assert body["strategy"] == "similar_items" and "p00001" not in {i["id"] for i in body["items"]}

@@ -8,8 +8,8 @@ write), and sees deletes through soft-delete flags.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Protocol
 from collections.abc import Iterator
+from typing import Any, NamedTuple, Protocol
 
 from lodestar.errors import InvalidInput
 from lodestar.settings import Settings

@@ -7,10 +7,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 from lodestar.cdp import ENTITIES, Watermark, check_tenant_name
 from lodestar.errors import Conflict, InvalidInput, NotFound

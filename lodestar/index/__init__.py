@@ -7,9 +7,9 @@ Points carry the item's payload (title, categories, tags, attributes, popularity
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 

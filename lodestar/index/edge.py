@@ -15,9 +15,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 import qdrant_edge as qe

@@ -6,7 +6,8 @@ fitted on the training split, without building a Qdrant shard for every evaluati
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
