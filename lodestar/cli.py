@@ -110,6 +110,38 @@ def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import open_cdp
+    from lodestar.errors import InvalidInput, NotFound
+    from lodestar.tenant_config import effective_config, validate_config
+
+    store = open_cdp(settings)
+    try:
+        tenant = store.get_tenant(args.name)
+        if tenant is None:
+            raise NotFound(f"tenant {args.name!r} does not exist; create it with `lodestar tenants create {args.name}`")
+        if args.set is not None:
+            text = Path(args.set).read_text() if Path(args.set).is_file() else args.set
+            try:
+                update = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"--set is not valid JSON ({exc.msg} at column {exc.colno})") from None
+            merged = validate_config(_deep_merge(tenant["config"] if args.merge else {}, update))
+            store.set_tenant_config(args.name, merged)
+            tenant = store.get_tenant(args.name)
+    finally:
+        store.close()
+    print(json.dumps({"stored": tenant["config"], "effective": effective_config(tenant["config"])}, indent=2))
+    return 0
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 # -- import --------------------------------------------------------------------------------------
 def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar.cdp import open_cdp
@@ -287,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print {tenant, api_key} as JSON")
     p.set_defaults(func=cmd_tenants_key)
+
+    p = tenants.add_parser(
+        "config", help="show a tenant's configuration, or change it with --set",
+        description="Prints the stored and the effective (defaults overlaid) configuration. --set takes JSON "
+                    "(or a file of JSON), e.g. '{\"ranking\": {\"content\": 0.2}}'; it is validated before it is stored "
+                    "and takes effect at the next materialization (model settings) or request (ranking weights).",
+    )
+    p.add_argument("name")
+    p.add_argument("--set", metavar="JSON", help="configuration to store (merged into the stored one)")
+    p.add_argument("--replace", dest="merge", action="store_false", help="with --set: replace instead of merging")
+    p.set_defaults(func=cmd_tenants_config)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")
     p = cdp.add_parser(

@@ -57,6 +57,11 @@ def effective_config(stored: dict[str, Any] | None) -> dict[str, Any]:
     return config
 
 
+def _number(value: Any, where: str, minimum: float = 0.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise InvalidInput(f"{where} must be a number >= {minimum:g}")
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a configuration a tenant admin wants to store; return it unchanged when valid."""
     if not isinstance(config, dict):
@@ -70,12 +75,24 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     for etype, weight in weights.items():
         if etype not in EVENT_TYPES:
             raise InvalidInput(f"event_weights.{etype}: unknown event type; known: {', '.join(EVENT_TYPES)}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise InvalidInput(f"event_weights.{etype} must be a number")
-    half_life = config.get("recency_half_life_days", 1.0)
-    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or half_life <= 0:
-        raise InvalidInput("recency_half_life_days must be a positive number")
+        _number(weight, f"event_weights.{etype}", minimum=float("-inf"))
+    if "recency_half_life_days" in config:
+        _number(config["recency_half_life_days"], "recency_half_life_days", minimum=1e-9)
     max_events = config.get("max_profile_events", 1)
     if isinstance(max_events, bool) or not isinstance(max_events, int) or not 1 <= max_events <= 10000:
         raise InvalidInput("max_profile_events must be an integer between 1 and 10000")
+    for section in ("collab", "ranking", "evaluation"):
+        values = config.get(section, {})
+        if not isinstance(values, dict):
+            raise InvalidInput(f"{section} must be an object")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise InvalidInput(f"{section}.{key}: unknown key; known: {', '.join(DEFAULTS[section])}")
+            _number(value, f"{section}.{key}")
+    test_fraction = config.get("evaluation", {}).get("test_fraction", 0.2)
+    if not 0 < test_fraction < 1:
+        raise InvalidInput("evaluation.test_fraction must be between 0 and 1")
+    attributes = config.get("profile_attributes", [])
+    if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
+        raise InvalidInput("profile_attributes must be a list of attribute names")
     return config
