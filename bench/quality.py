@@ -74,7 +74,6 @@ def baselines(train: pd.DataFrame, test: dict[str, list[str]], items: list[str],
     cosine = ((X.T @ X).toarray() / norms[:, None] / norms[None, :]).astype(np.float32)
     np.fill_diagonal(cosine, 0.0)
     run("item-kNN (cosine)", lambda u: X[u] @ cosine)
-    del cosine
 
     from implicit.cpu.als import AlternatingLeastSquares
 
@@ -88,7 +87,6 @@ def baselines(train: pd.DataFrame, test: dict[str, list[str]], items: list[str],
     B = -inverse / np.diag(inverse)
     np.fill_diagonal(B, 0.0)
     run("EASE (lambda 200)", lambda u: X[u] @ B)
-    del B, inverse, gram
 
     if content is not None:
         def content_only(u: int) -> np.ndarray:
