@@ -83,7 +83,6 @@ def baselines(train: pd.DataFrame, test: dict[str, list[str]], items: list[str],
 
     started = time.perf_counter()
     from implicit.cpu.als import AlternatingLeastSquares
-
     from threadpoolctl import threadpool_limits
 
     als = AlternatingLeastSquares(factors=64, iterations=15, regularization=0.01, random_state=0)

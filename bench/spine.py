@@ -5,9 +5,9 @@
 Prints:
   * materialization through Dagster, cold vs. re-run with unchanged data (baseline: the cold run);
     the re-run reuses every embedding from the content-hash cache;
-  * the recommendation request path over HTTP semantics (Litestar test client: auth, CDP read,
-    taste vector, Qdrant Edge query) vs. the baseline "exact NumPy brute force": the same taste
-    vector scored against every item vector with a dot product, no HTTP and no auth.
+  * the recommendation request path (Litestar test client: auth, CDP read, fold-in, Qdrant
+    candidates, exact re-rank) vs. the baseline "exact NumPy brute force": the same user's
+    collaborative score computed for every item of the catalog with the same model, no HTTP.
 Ratios, not absolute seconds, are what to compare across machines.
 """
 
@@ -26,11 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lodestar import demo  # noqa: E402
 from lodestar.cdp import open_cdp  # noqa: E402
+from lodestar.collab import CollabModel, event_item_weights  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
+from lodestar.index import open_index_store  # noqa: E402
 from lodestar.keys import issue_key  # noqa: E402
-from lodestar.recommend import interacted_items, taste_vector  # noqa: E402
+from lodestar.recommend import interacted_items  # noqa: E402
 from lodestar.settings import Settings  # noqa: E402
-from lodestar.stages import TenantFiles, read_embeddings  # noqa: E402
+from lodestar.stages import TenantFiles  # noqa: E402
 from lodestar.tenant_config import effective_config  # noqa: E402
 
 
@@ -75,8 +77,8 @@ def main() -> None:
 
         rng = np.random.default_rng(0)
         users = [f"u{rng.integers(args.users):04d}" for _ in range(args.requests)]
-        ids, vectors = read_embeddings(TenantFiles(settings.tenant_dir("shop")))
-        by_id = dict(zip(ids, vectors, strict=True))
+        files = TenantFiles(settings.tenant_dir("shop"))
+        model = CollabModel.load(files.model(open_index_store(settings).published("shop")))
         config = effective_config(None)
 
         api: list[float] = []
@@ -93,10 +95,10 @@ def main() -> None:
         for user in users:
             started = time.perf_counter()
             events = store.user_events("shop", user, limit=5000)
-            seen = interacted_items(events)
-            profile = taste_vector(events, {i: by_id[i] for i in seen if i in by_id}, config)
-            scores = vectors @ profile
-            scores[[k for k, i in enumerate(ids) if i in seen]] = -np.inf
+            seen = [model.index[i] for i in interacted_items(events) if i in model.index]
+            idx, w = model.user_profile(event_item_weights(events, config))
+            scores = w @ np.asarray(model.ease[idx])  # every item of the catalog
+            scores[seen] = -np.inf
             np.argpartition(-scores, 10)[:10]
             brute.append(time.perf_counter() - started)
         store.close()

@@ -32,6 +32,7 @@ HYBRID = "hybrid"
 PERSONALIZED = "content_profile"
 COLD_START = "cold_start_profile"
 POPULAR = "popular"
+RERANK_HEAD = 50  # how many of the best collaborative candidates the content signal may reorder
 
 
 @dataclass
@@ -94,22 +95,29 @@ def _hybrid(
     taste: np.ndarray | None, seen: set[str], k: int, config: dict[str, Any],
 ) -> list[Hit]:
     limit = max(int(config["collab"]["candidates"]), k)
-    candidates: dict[str, Hit] = {h.item_id: h for h in reader.nearest(query, limit, seen, using=COLLAB, with_vectors=True)}
+    candidates: dict[str, Hit] = {h.item_id: h for h in reader.nearest(query, limit, seen, using=COLLAB)}
     if taste is not None:
-        for hit in reader.nearest(taste, k, seen, with_vectors=True):
+        for hit in reader.nearest(taste, k, seen):
             candidates.setdefault(hit.item_id, hit)
     if not candidates:
         return []
-    hits = list(candidates.values())
-    ids = [h.item_id for h in hits]
     weights = config["ranking"]
-    collab = model.scores(item_weights, ids)
-    content = np.asarray([float(h.vector @ taste) if taste is not None and h.vector is not None else 0.0 for h in hits])
+    hits = list(candidates.values())
+    collab = _scaled(model.scores(item_weights, [h.item_id for h in hits]))
     popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
-    final = (float(weights["collab"]) * _scaled(collab) + float(weights["content"]) * _scaled(content)
-             + float(weights["popularity"]) * popularity)
-    order = np.argsort(-final, kind="stable")[:k]
-    return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
+    partial = float(weights["collab"]) * collab + float(weights["popularity"]) * popularity
+    # Content similarity only reorders the head: fetch content vectors for it alone (a vector
+    # costs more to fetch than everything else about a candidate).
+    head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, 3 * k)]
+    content = np.zeros(len(head))
+    if taste is not None and float(weights["content"]):
+        vectors = reader.vectors([hits[i].item_id for i in head])
+        sims = np.asarray([float(vectors[hits[i].item_id] @ taste) if hits[i].item_id in vectors else 0.0 for i in head])
+        content = float(weights["content"]) * _scaled(sims)
+    final = partial[head] + content
+    order = head[np.argsort(-final, kind="stable")[:k]]
+    scores = dict(zip(head.tolist(), final.tolist(), strict=True))
+    return [Hit(hits[i].item_id, float(scores[i]), hits[i].payload) for i in order]
 
 
 def recommend(

@@ -28,6 +28,8 @@ from lodestar.index import COLLAB, CONTENT, Hit, point_id
 BATCH = 512
 KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
 FLOAT_FIELDS = ("popularity",)
+# What a query result carries: enough to rank and to answer (converting whole payloads costs time).
+RESULT_FIELDS = ["item_id", "title", "popularity"]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -179,7 +181,7 @@ class EdgeIndexReader:
             limit=k,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
             filter=self._exclusion(exclude),
-            with_payload=True,
+            with_payload=RESULT_FIELDS,
             with_vector=[CONTENT] if with_vectors else False,
         )
         return self._hits(self._shard.query(request))
@@ -189,7 +191,7 @@ class EdgeIndexReader:
             limit=k,
             query=qe.OrderBy("popularity", qe.Direction.Desc),
             filter=self._exclusion(exclude),
-            with_payload=True,
+            with_payload=RESULT_FIELDS,
         )
         hits = self._hits(self._shard.query(request))
         for hit in hits:
