@@ -19,19 +19,23 @@ event shapes the very next request. Items the user interacted with are excluded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from lodestar.collab import CollabModel, event_item_weights
+from lodestar.controls import Controls, Rule, apply, parse_rules
 from lodestar.features import DAY
+from lodestar.filters import ItemFilter
 from lodestar.index import COLLAB, Hit, IndexReader
 
 HYBRID = "hybrid"
 PERSONALIZED = "content_profile"
 COLD_START = "cold_start_profile"
 POPULAR = "popular"
+LIKED_CATEGORY_BOOST = 0.3  # share of the score range a liked category moves an item up
 RERANK_HEAD = 50  # how many of the best collaborative candidates the content signal may reorder
 
 
@@ -92,12 +96,14 @@ def _scaled(values: np.ndarray) -> np.ndarray:
 
 def _hybrid(
     reader: IndexReader, model: CollabModel, item_weights: dict[str, float], query: np.ndarray,
-    taste: np.ndarray | None, seen: set[str], k: int, config: dict[str, Any],
+    taste: np.ndarray | None, exclude: set[str], k: int, config: dict[str, Any], item_filter: ItemFilter,
 ) -> list[Hit]:
     limit = max(int(config["collab"]["candidates"]), k)
-    candidates: dict[str, Hit] = {h.item_id: h for h in reader.nearest(query, limit, seen, using=COLLAB)}
+    candidates: dict[str, Hit] = {
+        h.item_id: h for h in reader.nearest(query, limit, exclude, using=COLLAB, item_filter=item_filter)
+    }
     if taste is not None:
-        for hit in reader.nearest(taste, k, seen):
+        for hit in reader.nearest(taste, k, exclude, item_filter=item_filter):
             candidates.setdefault(hit.item_id, hit)
     if not candidates:
         return []
@@ -115,38 +121,16 @@ def _hybrid(
         sims = np.asarray([float(vectors[hits[i].item_id] @ taste) if hits[i].item_id in vectors else 0.0 for i in head])
         content = float(weights["content"]) * _scaled(sims)
     final = partial[head] + content
-    order = head[np.argsort(-final, kind="stable")[:k]]
-    scores = dict(zip(head.tolist(), final.tolist(), strict=True))
-    return [Hit(hits[i].item_id, float(scores[i]), hits[i].payload) for i in order]
-
-
-def recommend(
-    reader: IndexReader, events: list[dict[str, Any]], k: int, config: dict[str, Any],
-    model: CollabModel | None = None, profile_vector: np.ndarray | None = None,
-) -> Recommendation:
-    seen = interacted_items(events)
-    taste = user_taste(reader, events, config) if seen else None
-    if model is not None and seen:
-        item_weights = event_item_weights(events, config)
-        query = model.query_vector(item_weights)
-        if query is not None:
-            hits = _hybrid(reader, model, item_weights, query, taste, seen, k, config)
-            if hits:
-                return Recommendation(hits, HYBRID)
-    for vector, strategy in ((taste, PERSONALIZED), (profile_vector, COLD_START)):
-        if vector is not None:
-            hits = _content_ranked(reader, vector, seen, k, config)
-            if hits:
-                return Recommendation(hits, strategy)
-    return Recommendation(reader.popular(k, exclude=seen), POPULAR)
+    order = np.argsort(-final, kind="stable")[:k]
+    return [Hit(hits[head[i]].item_id, float(final[i]), hits[head[i]].payload) for i in order]
 
 
 def _content_ranked(
-    reader: IndexReader, vector: np.ndarray, seen: set[str], k: int, config: dict[str, Any]
+    reader: IndexReader, vector: np.ndarray, exclude: set[str], k: int, config: dict[str, Any], item_filter: ItemFilter,
 ) -> list[Hit]:
     """Nearest items to a taste or profile vector, re-ranked with popularity: among items that fit
     the taste, the ones people actually engage with come first."""
-    hits = reader.nearest(vector, max(int(config["collab"]["candidates"]) // 3, k), exclude=seen)
+    hits = reader.nearest(vector, max(int(config["collab"]["candidates"]) // 3, k), exclude, item_filter=item_filter)
     if not hits:
         return []
     similarity = _scaled(np.asarray([h.score for h in hits]))
@@ -155,6 +139,48 @@ def _content_ranked(
     final = similarity * (1.0 + float(config["ranking"]["content_popularity"]) * popularity)
     order = np.argsort(-final, kind="stable")[:k]
     return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
+
+
+def preference_events(preferences: dict[str, Any] | None, now: float) -> list[dict[str, Any]]:
+    """Liked and disliked items as the events they stand for, as of now."""
+    prefs = preferences or {}
+    return ([{"item_id": i, "type": "like", "ts": now} for i in prefs.get("liked_items", [])]
+            + [{"item_id": i, "type": "dislike", "ts": now} for i in prefs.get("disliked_items", [])])
+
+
+def recommend(
+    reader: IndexReader, events: list[dict[str, Any]], k: int, config: dict[str, Any],
+    model: CollabModel | None = None, profile_vector: np.ndarray | None = None,
+    controls: Controls | None = None, preferences: dict[str, Any] | None = None, now: float | None = None,
+) -> Recommendation:
+    controls = controls or Controls()
+    now = time.time() if now is None else now
+    prefs = preferences or {}
+    events = list(events) + preference_events(prefs, now)
+    rules = parse_rules(config.get("rules"))
+    if prefs.get("liked_categories"):
+        rules.append(Rule("boost", ItemFilter(categories=tuple(prefs["liked_categories"])), LIKED_CATEGORY_BOOST))
+    item_filter = controls.item_filter
+    if prefs.get("disliked_categories"):
+        item_filter = replace(item_filter, exclude_categories=tuple(prefs["disliked_categories"]))
+    seen = interacted_items(events)
+    exclude = seen | set(controls.exclude)
+    pool = controls.pool(k, rules)
+    taste = user_taste(reader, events, config) if seen else None
+    ranked: list[Hit] = []
+    strategy = POPULAR
+    if model is not None and seen:
+        item_weights = event_item_weights(events, config)
+        query = model.query_vector(item_weights)
+        if query is not None:
+            ranked = _hybrid(reader, model, item_weights, query, taste, exclude, pool, config, item_filter)
+            strategy = HYBRID
+    for vector, name in ((taste, PERSONALIZED), (profile_vector, COLD_START)):
+        if not ranked and vector is not None:
+            ranked, strategy = _content_ranked(reader, vector, exclude, pool, config, item_filter), name
+    if not ranked:
+        ranked, strategy = reader.popular(pool, exclude=exclude, item_filter=item_filter), POPULAR
+    return Recommendation(apply(reader, ranked, k, replace(controls, item_filter=item_filter), rules, now), strategy)
 
 
 def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: dict[str, Any]) -> str:
@@ -173,9 +199,23 @@ def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None,
     return ", ".join(dict.fromkeys(parts))
 
 
-def similar_items(reader: IndexReader, item_id: str, k: int) -> list[Hit] | None:
+def nearest_controlled(
+    reader: IndexReader, vector: np.ndarray, k: int, config: dict[str, Any], controls: Controls | None = None,
+    exclude: tuple[str, ...] = (),
+) -> list[Hit]:
+    """Nearest items to a vector under the request's controls and the tenant's rules."""
+    controls = controls or Controls()
+    rules = parse_rules(config.get("rules"))
+    hits = reader.nearest(vector, controls.pool(k, rules), set(controls.exclude) | set(exclude),
+                          item_filter=controls.item_filter)
+    return apply(reader, hits, k, controls, rules)
+
+
+def similar_items(
+    reader: IndexReader, item_id: str, k: int, config: dict[str, Any], controls: Controls | None = None
+) -> list[Hit] | None:
     """Items closest to ``item_id``; ``None`` if the item is not in the index."""
     item = reader.get(item_id)
     if item is None:
         return None
-    return reader.nearest(item.vector, k, exclude=[item_id])
+    return nearest_controlled(reader, item.vector, k, config, controls, exclude=(item_id,))

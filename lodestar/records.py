@@ -196,3 +196,24 @@ def event_id(event: dict[str, Any]) -> str:
     """Deterministic id of an event, so importing the same event twice stores it once."""
     key = f"{event['user_id']}\x1f{event['item_id']}\x1f{event['type']}\x1f{event['ts']!r}"
     return hashlib.sha1(key.encode()).hexdigest()
+
+
+PREFERENCE_KEYS = ("liked_items", "disliked_items", "liked_categories", "disliked_categories")
+
+
+def parse_preferences(raw: Any) -> dict[str, list[str]]:
+    """A user's stated preferences: lists of item ids and category names (up to 1000 each)."""
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"preferences must be an object with {', '.join(PREFERENCE_KEYS)}")
+    unknown = set(raw) - set(PREFERENCE_KEYS)
+    if unknown:
+        raise InvalidInput(f"{sorted(unknown)[0]}: unknown field; use {', '.join(PREFERENCE_KEYS)}")
+    out = {}
+    for key in PREFERENCE_KEYS:
+        values = raw.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+            raise InvalidInput(f"{key}: must be a list of non-empty strings")
+        if len(values) > 1000:
+            raise InvalidInput(f"{key}: at most 1000 values")
+        out[key] = list(dict.fromkeys(v.strip() for v in values))
+    return out

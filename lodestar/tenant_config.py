@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     # Offline evaluation: held-out share per user, and how much worse (relative NDCG@10) a new
     # index version may be than the published one before publishing is blocked.
     "evaluation": {"test_fraction": 0.2, "max_regression": 0.05, "min_test_users": 20},
+    # Merchandising rules (lodestar.controls): boost, bury, pin, each optionally timed.
+    "rules": [],
 }
 
 
@@ -92,6 +94,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     test_fraction = config.get("evaluation", {}).get("test_fraction", 0.2)
     if not 0 < test_fraction < 1:
         raise InvalidInput("evaluation.test_fraction must be between 0 and 1")
+    from lodestar.controls import parse_rules
+
+    parse_rules(config.get("rules", []))
     attributes = config.get("profile_attributes", [])
     if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
         raise InvalidInput("profile_attributes must be a list of attribute names")

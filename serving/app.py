@@ -20,8 +20,10 @@ from lodestar.settings import Settings
 from lodestar.stages import TenantFiles
 from serving.auth import provide_tenant, require_tenant_key
 from serving.controllers import (
+    EventController,
     HealthController,
     ItemController,
+    PreferenceController,
     RecommendationController,
     SearchController,
 )
@@ -64,7 +66,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             cdp.close()
 
     return Litestar(
-        route_handlers=[RecommendationController, ItemController, SearchController, HealthController],
+        route_handlers=[RecommendationController, ItemController, SearchController, EventController,
+                        PreferenceController, HealthController],
         guards=[require_tenant_key],
         dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
+from lodestar.controls import Controls, parse_diversity
 from lodestar.errors import InvalidInput, NotFound
+from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
-from lodestar.recommend import interacted_items, profile_text, recommend, similar_items
+from lodestar.records import parse_event, parse_id, parse_preferences
+from lodestar.recommend import interacted_items, nearest_controlled, profile_text, recommend, similar_items
 from lodestar.tenant_config import effective_config
-from serving.schemas import Health, ItemList, Ready, ScoredItem, SearchRequest
+from serving.schemas import (
+    EventBatch,
+    EventsAccepted,
+    Health,
+    ItemList,
+    Preferences,
+    Ready,
+    RejectedEvent,
+    ScoredItem,
+    SearchRequest,
+    SessionRequest,
+)
 
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
+FILTER = Annotated[str | None, Parameter(description='URL-encoded JSON filter, e.g. {"categories": ["shoes"]}')]
+EXCLUDE = Annotated[str | None, Parameter(description="Comma-separated item ids to leave out")]
+DIVERSITY = Annotated[float, Parameter(ge=0.0, le=1.0, description="0 (pure relevance) to 1 (most diverse)")]
 # Enough history to exclude everything a user interacted with and to build their taste vector.
 HISTORY_LIMIT = 5000
 
@@ -29,25 +47,49 @@ def _items(hits: list[Hit], version: str, strategy: str) -> ItemList:
     )
 
 
+def _controls(item_filter: Any, exclude: Any, diversity: Any) -> Controls:
+    return Controls(parse_filter(item_filter), parse_exclude(exclude), parse_diversity(diversity))
+
+
+def _config(request: Request, tenant: str) -> dict[str, Any]:
+    record = request.app.state.cdp.get_tenant(tenant)
+    return effective_config(record["config"] if record else None)
+
+
 class RecommendationController(Controller):
     path = "/v1"
     tags = ["recommendations"]
 
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", sync_to_thread=True)
-    def for_user(self, request: Request, tenant: str, user_id: str, k: K = 10) -> ItemList:
+    def for_user(
+        self, request: Request, tenant: str, user_id: str, k: K = 10, filter: FILTER = None,
+        exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
+    ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which)."""
+        controls = _controls(filter, exclude, diversity)
         state = request.app.state
         published = state.indexes.get(tenant)
-        record = state.cdp.get_tenant(tenant)
-        config = effective_config(record["config"] if record else None)
+        config = _config(request, tenant)
         events = state.cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
+        preferences = state.cdp.get_preferences(tenant, user_id)
         profile_vector = None
-        if not interacted_items(events):
+        if not interacted_items(events) and not (preferences or {}).get("liked_items"):
             user = state.cdp.get_user(tenant, user_id)
-            text = profile_text(user["attributes"] if user else {}, state.cdp.get_preferences(tenant, user_id), config)
+            text = profile_text(user["attributes"] if user else {}, preferences, config)
             profile_vector = state.embedder.encode([text])[0] if text else None
-        result = recommend(published.reader, events, k, config, published.model, profile_vector)
+        result = recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences)
+        return _items(result.items, published.reader.version, result.strategy)
+
+    @post("/recommendations/session", operation_id="recommendForSession", status_code=200, sync_to_thread=True)
+    def for_session(self, request: Request, tenant: str, data: SessionRequest) -> ItemList:
+        """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
+        controls = _controls(data.filter, data.exclude, data.diversity)
+        published = request.app.state.indexes.get(tenant)
+        now = time.time()
+        events = [{"item_id": parse_id(i, f"item_ids[{n}]"), "type": "view", "ts": now - len(data.item_ids) + n}
+                  for n, i in enumerate(data.item_ids)]
+        result = recommend(published.reader, events, data.k, _config(request, tenant), published.model, None, controls)
         return _items(result.items, published.reader.version, result.strategy)
 
 
@@ -56,10 +98,14 @@ class ItemController(Controller):
     tags = ["items"]
 
     @get("/{item_id:str}/similar", operation_id="similarItems", sync_to_thread=True)
-    def similar(self, request: Request, tenant: str, item_id: str, k: K = 10) -> ItemList:
+    def similar(
+        self, request: Request, tenant: str, item_id: str, k: K = 10, filter: FILTER = None,
+        exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
+    ) -> ItemList:
         """Items most like this one (content embeddings)."""
+        controls = _controls(filter, exclude, diversity)
         reader = request.app.state.indexes.reader(tenant)
-        hits = similar_items(reader, item_id, k)
+        hits = similar_items(reader, item_id, k, _config(request, tenant), controls)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
         return _items(hits, reader.version, "similar_items")
@@ -74,9 +120,59 @@ class SearchController(Controller):
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
             raise InvalidInput("query: must contain some text")
+        controls = _controls(data.filter, data.exclude, data.diversity)
         reader = request.app.state.indexes.reader(tenant)
         vector = request.app.state.embedder.encode([data.query])[0]
-        return _items(reader.nearest(vector, data.k), reader.version, "semantic_search")
+        hits = nearest_controlled(reader, vector, data.k, _config(request, tenant), controls)
+        return _items(hits, reader.version, "semantic_search")
+
+
+class EventController(Controller):
+    path = "/v1/events"
+    tags = ["events"]
+
+    @post("/", operation_id="ingestEvents", status_code=200, sync_to_thread=True)
+    def ingest(
+        self, request: Request, tenant: str, data: EventBatch,
+        atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
+    ) -> EventsAccepted:
+        """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
+        shapes the user's next recommendations; invalid events are reported by index and reason."""
+        now = time.time()
+        valid, rejected = [], []
+        for index, raw in enumerate(data.events):
+            try:
+                if not isinstance(raw, dict):
+                    raise InvalidInput("an event must be a JSON object")
+                valid.append(parse_event(raw, default_ts=now))
+            except InvalidInput as exc:
+                rejected.append(RejectedEvent(index=index, reason=str(exc)))
+        if rejected and (atomic or not valid):
+            detail = "no event was stored: " + ("the batch is atomic and " if atomic and valid else "") + \
+                f"{len(rejected)} event(s) are invalid, e.g. events[{rejected[0].index}]: {rejected[0].reason}"
+            raise HTTPException(status_code=422, detail=detail, extra=[
+                {"key": f"events[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
+        stored = request.app.state.cdp.append_events(tenant, valid)
+        return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected)
+
+
+class PreferenceController(Controller):
+    path = "/v1/users/{user_id:str}/preferences"
+    tags = ["users"]
+
+    @put("/", operation_id="putPreferences", sync_to_thread=True)
+    def put_preferences(self, request: Request, tenant: str, user_id: str, data: Preferences) -> Preferences:
+        """Replace the user's liked and disliked items and categories; the next recommendations follow them."""
+        import msgspec
+
+        clean = parse_preferences(msgspec.to_builtins(data))
+        request.app.state.cdp.put_preferences(tenant, parse_id(user_id, "user_id"), clean)
+        return Preferences(**clean)
+
+    @get("/", operation_id="getPreferences", sync_to_thread=True)
+    def get_preferences(self, request: Request, tenant: str, user_id: str) -> Preferences:
+        stored = request.app.state.cdp.get_preferences(tenant, user_id)
+        return Preferences(**(stored or {}))
 
 
 class HealthController(Controller):

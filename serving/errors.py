@@ -31,7 +31,9 @@ def _validation(_: Request, exc: ValidationException) -> Response:
     return problem(422, "Invalid request", detail, errors=errors)
 
 
-def _http(_: Request, exc: HTTPException) -> Response:
+def _http(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 422:
+        return _validation(request, exc)  # type: ignore[arg-type]
     titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
               503: "Not ready"}
     return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
@@ -47,7 +49,8 @@ EXCEPTION_HANDLERS = {
     NotAuthorizedException: _http,
     HTTPException: _http,
     NotFound: lambda _, exc: problem(404, "Not found", str(exc)),
-    InvalidInput: lambda _, exc: problem(422, "Invalid request", str(exc)),
+    InvalidInput: lambda _, exc: problem(422, "Invalid request", str(exc),
+                                         errors=[{"field": str(exc).split(":")[0], "message": str(exc)}]),
     Conflict: lambda _, exc: problem(409, "Conflict", str(exc)),
     IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
     Exception: _unexpected,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -20,9 +20,48 @@ class ItemList(msgspec.Struct):
     strategy: str
 
 
+K = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Diversity = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     query: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-    k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    k: K = 10
+    filter: dict[str, Any] | None = None
+    exclude: list[str] = []
+    diversity: Diversity = 0.0
+
+
+class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """An anonymous visitor: the items they just interacted with, oldest first."""
+
+    item_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
+    k: K = 10
+    filter: dict[str, Any] | None = None
+    exclude: list[str] = []
+    diversity: Diversity = 0.0
+
+
+class EventBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[Any], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class RejectedEvent(msgspec.Struct):
+    index: int
+    reason: str
+
+
+class EventsAccepted(msgspec.Struct):
+    accepted: int
+    stored: int  # new events (an event already stored, same user, item, type and ts, is not stored twice)
+    rejected: list[RejectedEvent]
+
+
+class Preferences(msgspec.Struct, forbid_unknown_fields=True):
+    liked_items: list[str] = []
+    disliked_items: list[str] = []
+    liked_categories: list[str] = []
+    disliked_categories: list[str] = []
 
 
 class Health(msgspec.Struct):

@@ -23,13 +23,14 @@ import numpy as np
 import qdrant_edge as qe
 
 from lodestar.errors import NotFound
+from lodestar.filters import ItemFilter
 from lodestar.index import COLLAB, CONTENT, Hit, point_id
 
 BATCH = 512
 KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
 FLOAT_FIELDS = ("popularity",)
 # What a query result carries: enough to rank and to answer (converting whole payloads costs time).
-RESULT_FIELDS = ["item_id", "title", "popularity"]
+RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -157,9 +158,15 @@ class EdgeIndexReader:
         self.version = version
         self._shard = shard
 
-    def _exclusion(self, exclude: Iterable[str]) -> qe.Filter | None:
+    def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> qe.Filter | None:
         ids = {point_id(self.tenant, i) for i in exclude}
-        return qe.Filter(must_not=[qe.HasIdCondition(ids)]) if ids else None
+        must = _conditions(item_filter) if item_filter is not None else []
+        must_not: list = [qe.HasIdCondition(ids)] if ids else []
+        if item_filter is not None and item_filter.exclude_categories:
+            must_not.append(qe.FieldCondition("categories", match=qe.MatchAny(list(item_filter.exclude_categories))))
+        if not must and not must_not:
+            return None
+        return qe.Filter(must=must or None, must_not=must_not or None)
 
     @staticmethod
     def _hits(points: list) -> list[Hit]:
@@ -175,22 +182,26 @@ class EdgeIndexReader:
 
     def nearest(
         self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
-        with_vectors: bool = False,
+        with_vectors: bool = False, item_filter: ItemFilter | None = None,
     ) -> list[Hit]:
+        if item_filter is not None and item_filter.match_nothing:
+            return []
         request = qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
-            filter=self._exclusion(exclude),
+            filter=self._filter(exclude, item_filter),
             with_payload=RESULT_FIELDS,
             with_vector=[CONTENT] if with_vectors else False,
         )
         return self._hits(self._shard.query(request))
 
-    def popular(self, k: int, exclude: Iterable[str] = ()) -> list[Hit]:
+    def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
+        if item_filter is not None and item_filter.match_nothing:
+            return []
         request = qe.QueryRequest(
             limit=k,
             query=qe.OrderBy("popularity", qe.Direction.Desc),
-            filter=self._exclusion(exclude),
+            filter=self._filter(exclude, item_filter),
             with_payload=RESULT_FIELDS,
         )
         hits = self._hits(self._shard.query(request))
@@ -214,3 +225,23 @@ class EdgeIndexReader:
 
     def close(self) -> None:
         self._shard.close()
+
+
+def _conditions(item_filter: ItemFilter) -> list:
+    """The filter as Qdrant conditions (ANDed). Attribute keys need no payload index."""
+    must: list = []
+    if item_filter.categories:
+        must.append(qe.FieldCondition("categories", match=qe.MatchAny(list(item_filter.categories))))
+    if item_filter.tags:
+        must.append(qe.FieldCondition("tags", match=qe.MatchAny(list(item_filter.tags))))
+    for cond in item_filter.attributes:
+        key = f"attributes.{cond.key}"
+        if cond.range:
+            must.append(qe.FieldCondition(key, range=qe.RangeFloat(**cond.range)))
+        if cond.values:
+            strings = [v for v in cond.values if isinstance(v, str)]
+            options = [qe.FieldCondition(key, match=qe.MatchAny(strings))] if strings else []
+            options += [qe.FieldCondition(key, range=qe.RangeFloat(gte=v, lte=v)) for v in cond.values
+                        if not isinstance(v, str)]
+            must.append(options[0] if len(options) == 1 else qe.Filter(should=options))
+    return must

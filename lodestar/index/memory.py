@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lodestar.filters import ItemFilter
 from lodestar.index import COLLAB, CONTENT, Hit
 
 
@@ -29,10 +30,13 @@ class MemoryIndexReader:
         self._payloads = [{**p, "item_id": i} for p, i in zip(payloads, self.item_ids, strict=True)]
         self._popularity = np.asarray([p.get("popularity", 0.0) for p in self._payloads], dtype=np.float32)
 
-    def _top(self, scores: np.ndarray, k: int, exclude: Iterable[str], with_vectors: bool) -> list[Hit]:
+    def _top(self, scores: np.ndarray, k: int, exclude: Iterable[str], with_vectors: bool,
+             item_filter: ItemFilter | None = None) -> list[Hit]:
         scores = scores.astype(np.float32, copy=True)
         banned = [self._index[i] for i in exclude if i in self._index]
         scores[banned] = -np.inf
+        if item_filter is not None and not item_filter.empty:
+            scores[[not item_filter.matches(p) for p in self._payloads]] = -np.inf
         k = min(k, int(np.isfinite(scores).sum()))
         if k <= 0:
             return []
@@ -46,11 +50,12 @@ class MemoryIndexReader:
         return len(self.item_ids)
 
     def nearest(self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
-                with_vectors: bool = False) -> list[Hit]:
-        return self._top(self._vectors[using] @ np.asarray(vector, dtype=np.float32), k, exclude, with_vectors)
+                with_vectors: bool = False, item_filter: ItemFilter | None = None) -> list[Hit]:
+        scores = self._vectors[using] @ np.asarray(vector, dtype=np.float32)
+        return self._top(scores, k, exclude, with_vectors, item_filter)
 
-    def popular(self, k: int, exclude: Iterable[str] = ()) -> list[Hit]:
-        return self._top(self._popularity, k, exclude, False)
+    def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
+        return self._top(self._popularity, k, exclude, False, item_filter)
 
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         content = self._vectors[CONTENT]

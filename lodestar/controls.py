@@ -1,0 +1,154 @@
+"""Query-time controls and merchandising rules, applied after a strategy has ranked its candidates.
+
+* Per request: ``filter`` (see :mod:`lodestar.filters`), ``exclude`` item ids, ``diversity`` 0..1
+  (maximal marginal relevance over the items' text embeddings: 0 is pure relevance).
+* Per tenant (configuration ``rules``), each optionally active between ``start`` and ``end``:
+  ``{"type": "boost"|"bury", "filter": {...}, "amount": 0.5}`` moves matching items up or down by
+  ``amount`` times the list's score range (1.0 takes an item from the bottom to the top), and
+  ``{"type": "pin", "item_id": "p1", "position": 1}`` puts an item at a position (1-based) when it
+  passes the request's filter and is not excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from lodestar.errors import InvalidInput
+from lodestar.filters import ItemFilter, parse_filter
+from lodestar.index import Hit, IndexReader
+from lodestar.records import parse_timestamp
+
+
+@dataclass(frozen=True)
+class Controls:
+    item_filter: ItemFilter = field(default_factory=ItemFilter)
+    exclude: tuple[str, ...] = ()
+    diversity: float = 0.0
+
+    def pool(self, k: int, rules: list[Rule]) -> int:
+        """How many ranked candidates the strategies should produce before the controls cut to k."""
+        return max(3 * k, 50) if self.diversity > 0 or rules else k
+
+
+def parse_diversity(raw: Any) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput("diversity: must be a number from 0 to 1") from None
+    if isinstance(raw, bool) or not 0.0 <= value <= 1.0:
+        raise InvalidInput("diversity: must be a number from 0 to 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Rule:
+    type: str  # boost, bury, pin
+    item_filter: ItemFilter | None = None
+    amount: float = 0.0
+    item_id: str | None = None
+    position: int = 0
+    start: float | None = None
+    end: float | None = None
+
+    def active(self, now: float) -> bool:
+        return (self.start is None or self.start <= now) and (self.end is None or now < self.end)
+
+
+def parse_rules(raw: Any) -> list[Rule]:
+    """Validate the tenant's ``rules``; errors name the rule and the field."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput("rules: must be a list")
+    rules = []
+    for n, spec in enumerate(raw):
+        where = f"rules[{n}]"
+        if not isinstance(spec, dict) or spec.get("type") not in ("boost", "bury", "pin"):
+            raise InvalidInput(f"{where}.type: must be boost, bury or pin")
+        unknown = set(spec) - {"type", "filter", "amount", "item_id", "position", "start", "end"}
+        if unknown:
+            raise InvalidInput(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        try:
+            start = parse_timestamp(spec.get("start"), f"{where}.start")
+            end = parse_timestamp(spec.get("end"), f"{where}.end")
+        except InvalidInput as exc:
+            raise InvalidInput(str(exc)) from None
+        if spec["type"] == "pin":
+            item_id, position = spec.get("item_id"), spec.get("position")
+            if not isinstance(item_id, str) or not item_id:
+                raise InvalidInput(f"{where}.item_id: a pin needs the item id")
+            if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position <= 100:
+                raise InvalidInput(f"{where}.position: must be an integer from 1 to 100")
+            rules.append(Rule("pin", item_id=item_id, position=position, start=start, end=end))
+        else:
+            amount = spec.get("amount", 0.5)
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount <= 10:
+                raise InvalidInput(f"{where}.amount: must be a number above 0 (1.0 = the whole score range)")
+            if "filter" not in spec:
+                raise InvalidInput(f"{where}.filter: a {spec['type']} rule needs a filter")
+            rules.append(Rule(spec["type"], parse_filter(spec["filter"], f"{where}.filter"), float(amount),
+                              start=start, end=end))
+    return rules
+
+
+def mmr(hits: list[Hit], vectors: dict[str, np.ndarray], k: int, diversity: float) -> list[Hit]:
+    """Greedy maximal marginal relevance: each next item maximizes
+    ``(1 - diversity) * relevance - diversity * max similarity to the items already chosen``."""
+    if diversity <= 0 or len(hits) <= 1:
+        return hits[:k]
+    scores = np.asarray([h.score for h in hits], dtype=np.float64)
+    span = scores.max() - scores.min()
+    relevance = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
+    dim = next(iter(vectors.values())).shape[0] if vectors else 1
+    matrix = np.stack([vectors.get(h.item_id, np.zeros(dim, dtype=np.float32)) for h in hits])
+    similarity = matrix @ matrix.T
+    chosen: list[int] = []
+    closest = np.full(len(hits), -np.inf)
+    remaining = np.ones(len(hits), dtype=bool)
+    for _ in range(min(k, len(hits))):
+        penalty = np.where(np.isfinite(closest), closest, 0.0)
+        value = (1 - diversity) * relevance - diversity * penalty
+        value[~remaining] = -np.inf
+        best = int(np.argmax(value))
+        chosen.append(best)
+        remaining[best] = False
+        closest = np.maximum(closest, similarity[best])
+    return [hits[i] for i in chosen]
+
+
+def apply(
+    reader: IndexReader, hits: list[Hit], k: int, controls: Controls, rules: list[Rule], now: float | None = None
+) -> list[Hit]:
+    """Boost and bury, diversify, cut to k, then pin."""
+    now = datetime.now(timezone.utc).timestamp() if now is None else now
+    active = [r for r in rules if r.active(now)]
+    shifts = [r for r in active if r.type in ("boost", "bury")]
+    if shifts and hits:
+        scores = [h.score for h in hits]
+        span = (max(scores) - min(scores)) or 1.0
+        moved = []
+        for hit in hits:
+            delta = sum((r.amount if r.type == "boost" else -r.amount) * span
+                        for r in shifts if r.item_filter is not None and r.item_filter.matches(hit.payload))
+            moved.append(Hit(hit.item_id, hit.score + delta, hit.payload, hit.vector))
+        hits = sorted(moved, key=lambda h: -h.score)
+    if controls.diversity > 0:
+        hits = mmr(hits, reader.vectors([h.item_id for h in hits]), k, controls.diversity)
+    hits = hits[:k]
+    for rule in sorted((r for r in active if r.type == "pin"), key=lambda r: r.position):
+        if rule.item_id in controls.exclude:
+            continue
+        pinned = next((h for h in hits if h.item_id == rule.item_id), None) or reader.get(rule.item_id)
+        if pinned is None or not controls.item_filter.matches(pinned.payload):
+            continue
+        hits = [h for h in hits if h.item_id != rule.item_id]
+        top = hits[0].score if hits else 1.0
+        hits.insert(min(rule.position, len(hits) + 1) - 1, Hit(pinned.item_id, top, pinned.payload))
+        hits = hits[:k]
+    return hits
