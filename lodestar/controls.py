@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -126,7 +126,7 @@ def apply(
     reader: IndexReader, hits: list[Hit], k: int, controls: Controls, rules: list[Rule], now: float | None = None
 ) -> list[Hit]:
     """Boost and bury, diversify, cut to k, then pin."""
-    now = datetime.now(timezone.utc).timestamp() if now is None else now
+    now = datetime.now(UTC).timestamp() if now is None else now
     active = [r for r in rules if r.active(now)]
     shifts = [r for r in active if r.type in ("boost", "bury")]
     if shifts and hits:
@@ -136,8 +136,9 @@ def apply(
         for hit in hits:
             delta = sum((r.amount if r.type == "boost" else -r.amount) * span
                         for r in shifts if r.item_filter is not None and r.item_filter.matches(hit.payload))
-            moved.append(Hit(hit.item_id, hit.score + delta, hit.payload, hit.vector))
-        hits = sorted(moved, key=lambda h: -h.score)
+            moved.append((Hit(hit.item_id, hit.score + delta, hit.payload, hit.vector), delta))
+        # On a tie the shifted item wins: a boost of 1.0 really takes the last item to the top.
+        hits = [h for h, _ in sorted(moved, key=lambda pair: (-pair[0].score, -pair[1]))]
     if controls.diversity > 0:
         hits = mmr(hits, reader.vectors([h.item_id for h in hits]), k, controls.diversity)
     hits = hits[:k]

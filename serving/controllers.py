@@ -14,8 +14,8 @@ from lodestar.controls import Controls, parse_diversity
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
-from lodestar.records import parse_event, parse_id, parse_preferences
 from lodestar.recommend import interacted_items, nearest_controlled, profile_text, recommend, similar_items
+from lodestar.records import parse_event, parse_id, parse_preferences
 from lodestar.tenant_config import effective_config
 from serving.schemas import (
     EventBatch,

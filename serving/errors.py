@@ -32,8 +32,10 @@ def _validation(_: Request, exc: ValidationException) -> Response:
 
 
 def _http(request: Request, exc: HTTPException) -> Response:
-    if exc.status_code == 422:
-        return _validation(request, exc)  # type: ignore[arg-type]
+    if exc.status_code == 422:  # raised by a handler with its own detail and per-field errors
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        errors = [{"field": e.get("key"), "source": e.get("source"), "message": e.get("message")} for e in extra]
+        return problem(422, "Invalid request", exc.detail, errors=errors)
     titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
               503: "Not ready"}
     return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)

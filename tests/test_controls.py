@@ -1,0 +1,98 @@
+"""The filter language, rules and diversity, without HTTP."""
+
+import numpy as np
+import pytest
+
+from lodestar.controls import Controls, apply, mmr, parse_diversity, parse_rules
+from lodestar.errors import InvalidInput
+from lodestar.filters import parse_exclude, parse_filter
+from lodestar.index import Hit
+from lodestar.index.memory import MemoryIndexReader
+
+ITEM = {"categories": ["shoes"], "tags": ["sale"], "attributes": {"price": 30.0, "brand": "acme", "size": 42}}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"categories": ["shoes", "hats"]}, True),
+    ({"categories": ["hats"]}, False),
+    ({"tags": ["sale"], "categories": ["shoes"]}, True),
+    ({"attributes": {"price": {"gte": 10, "lte": 50}}}, True),
+    ({"attributes": {"price": {"gt": 30}}}, False),
+    ({"attributes": {"brand": {"in": ["acme", "zeta"]}}}, True),
+    ({"attributes": {"brand": "zeta"}}, False),
+    ({"attributes": {"size": {"eq": 42}}}, True),
+    ({"attributes": {"missing": {"gte": 0}}}, False),
+    ({"available": True}, True),
+    ({"available": False}, False),
+])
+def test_filter_semantics(spec, expected):
+    assert parse_filter(spec).matches(ITEM) is expected
+    assert parse_filter(__import__("json").dumps(spec)).matches(ITEM) is expected  # the GET form
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"categories": "shoes", "colour": 1}, "filter: unknown field 'colour'"),
+    ({"categories": [1]}, "filter.categories: must be a list of strings"),
+    ({"attributes": {"price": {"gte": "ten"}}}, "filter.attributes.price.gte: must be a number"),
+    ({"attributes": {"price": {"between": [1, 2]}}}, "filter.attributes.price: use gte"),
+    ({"attributes": {"brand": {"in": []}}}, "filter.attributes.brand.in: must be a non-empty list"),
+    ({"attributes": {"flag": True}}, "filter.attributes.flag: must be a string or a number"),
+    ({"available": "yes"}, "filter.available: must be true or false"),
+    ("{oops", "filter: not valid JSON"),
+    ([1], "filter: must be a JSON object"),
+])
+def test_invalid_filters_name_the_field(spec, field):
+    with pytest.raises(InvalidInput, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_filter(spec)
+
+
+def test_exclude_and_diversity_parsing():
+    assert parse_exclude("a, b,,c") == ("a", "b", "c") and parse_exclude(["x"]) == ("x",)
+    with pytest.raises(InvalidInput, match="exclude"):
+        parse_exclude([1])
+    assert parse_diversity("0.3") == 0.3
+    with pytest.raises(InvalidInput, match="diversity"):
+        parse_diversity(2)
+
+
+def test_rules_validation():
+    rules = parse_rules([{"type": "boost", "filter": {"tags": ["sale"]}, "amount": 0.5, "start": "2020-01-01T00:00:00Z"},
+                         {"type": "pin", "item_id": "x", "position": 2}])
+    assert rules[0].active(1.7e9) and not rules[0].active(1.5e9)
+    for bad, message in (([{"type": "shove"}], r"rules\[0\].type"),
+                         ([{"type": "pin", "item_id": "x", "position": 0}], r"rules\[0\].position"),
+                         ([{"type": "bury", "amount": 1}], r"rules\[0\].filter"),
+                         ([{"type": "boost", "filter": {"tags": 5}}], r"rules\[0\].filter.tags")):
+        with pytest.raises(InvalidInput, match=message):
+            parse_rules(bad)
+
+
+def _reader():
+    ids = ["a1", "a2", "a3", "b1", "b2"]
+    content = np.asarray([[1, 0], [0.99, 0.14], [0.98, 0.2], [0, 1], [0.1, 0.99]], dtype=np.float32)
+    content /= np.linalg.norm(content, axis=1, keepdims=True)
+    payloads = [{"categories": [i[0]], "popularity": 0.5, "title": i} for i in ids]
+    return MemoryIndexReader("t", ids, content, payloads)
+
+
+def test_mmr_trades_relevance_for_variety():
+    reader = _reader()
+    hits = reader.nearest(np.asarray([1.0, 0.05]), 5)
+    assert [h.item_id for h in mmr(hits, reader.vectors([h.item_id for h in hits]), 2, 0.0)] == ["a1", "a2"]
+    diverse = mmr(hits, reader.vectors([h.item_id for h in hits]), 2, 0.7)
+    assert diverse[0].item_id == "a1" and diverse[1].item_id.startswith("b")
+
+
+def test_boost_bury_and_pin():
+    reader = _reader()
+    hits = [Hit(i, s, {"categories": [i[0]]}) for i, s in (("a1", 0.9), ("a2", 0.8), ("b1", 0.5), ("b2", 0.4))]
+    boosted = apply(reader, hits, 4, Controls(), parse_rules([{"type": "boost", "filter": {"categories": ["b"]}, "amount": 1}]))
+    assert [h.item_id for h in boosted][:2] == ["b1", "b2"]
+    buried = apply(reader, hits, 4, Controls(), parse_rules([{"type": "bury", "filter": {"categories": ["a"]}, "amount": 1}]))
+    assert [h.item_id for h in buried][-2:] == ["a1", "a2"]
+    pinned = apply(reader, hits, 3, Controls(), parse_rules([{"type": "pin", "item_id": "a3", "position": 2}]))
+    assert [h.item_id for h in pinned] == ["a1", "a3", "a2"]
+    excluded = apply(reader, hits, 3, Controls(exclude=("a3",)), parse_rules([{"type": "pin", "item_id": "a3", "position": 1}]))
+    assert "a3" not in [h.item_id for h in excluded]
+    expired = parse_rules([{"type": "pin", "item_id": "a3", "position": 1, "end": "2001-01-01T00:00:00Z"}])
+    assert "a3" not in [h.item_id for h in apply(reader, hits, 3, Controls(), expired)]
