@@ -83,6 +83,10 @@ def _read(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
+def read_extract(files: TenantFiles, entity: str) -> pd.DataFrame:
+    return _read(files.extract(entity))
+
+
 def extract(store: CdpStore, tenant: str, entity: str, files: TenantFiles) -> dict[str, Any]:
     """Copy an entity of a tenant from the CDP into Parquet (every row, soft-deleted ones flagged)."""
     rows: list[dict[str, Any]] = []

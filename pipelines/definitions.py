@@ -9,13 +9,13 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from assets import embeddings, extracts, features, index, model
+from assets import analytics, embeddings, extracts, features, index, model
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
 
 MATERIALIZE_TENANT = "materialize_tenant"
 
-all_assets = load_assets_from_modules([extracts, features, embeddings, model, index])
+all_assets = load_assets_from_modules([extracts, features, embeddings, model, index, analytics])
 
 materialize_tenant = define_asset_job(
     MATERIALIZE_TENANT,

@@ -54,9 +54,11 @@ def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
     return RunOutcome(tenant, result.run_id, result.success, failures)
 
 
-def materialize_in_process(data_dir: str, tenant: str, instance: DagsterInstance | None = None):
-    """Every asset of a tenant on a given (default: ephemeral) instance with an explicit data dir,
-    for tests and benchmarks. Returns Dagster's ``ExecuteInProcessResult``."""
+def materialize_in_process(
+    data_dir: str, tenant: str, instance: DagsterInstance | None = None, selection: list[str] | None = None
+):
+    """Every asset of a tenant (or the named ones) on a given (default: ephemeral) instance with an
+    explicit data dir, for tests and benchmarks. Returns Dagster's ``ExecuteInProcessResult``."""
     from dagster import materialize
 
     from pipelines.definitions import all_assets
@@ -66,6 +68,7 @@ def materialize_in_process(data_dir: str, tenant: str, instance: DagsterInstance
     ensure_partition(instance, tenant)
     return materialize(
         all_assets,
+        selection=selection,
         partition_key=tenant,
         instance=instance,
         resources={"lodestar": LodestarResource(data_dir=data_dir)},

@@ -29,6 +29,7 @@ from serving.controllers import (
 )
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
+from serving.served_log import ServedLog
 
 log = logging.getLogger("lodestar.serving")
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         indexes = TenantIndexes(open_index_store(settings), load_model)
         embedder = Embedder(settings.embed_model, settings.cache_dir)
         app.state.cdp, app.state.indexes, app.state.embedder = cdp, indexes, embedder
+        app.state.served_log = served_log = ServedLog(cdp)
         # Load the model off the event loop so that the first search does not pay for it; /ready
         # waits for it.
         app.state.embedder_loaded = threading.Event()
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
+            served_log.close()
             indexes.close()
             cdp.close()
 

@@ -38,13 +38,21 @@ DIVERSITY = Annotated[float, Parameter(ge=0.0, le=1.0, description="0 (pure rele
 HISTORY_LIMIT = 5000
 
 
-def _items(hits: list[Hit], version: str, strategy: str) -> ItemList:
-    return ItemList(
+def _items(
+    request: Request, tenant: str, hits: list[Hit], version: str, strategy: str, user_id: str | None = None
+) -> ItemList:
+    """The response, recorded in the served log under its recommendation_id for attribution."""
+    body = ItemList(
         items=[ScoredItem(id=h.item_id, score=round(h.score, 6), title=h.payload.get("title", "")) for h in hits],
         recommendation_id=uuid.uuid4().hex,
         index_version=version,
         strategy=strategy,
     )
+    request.app.state.served_log.record(tenant, {
+        "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": request.url.path.split("/")[-1],
+        "strategy": strategy, "items": [h.item_id for h in hits],
+    })
+    return body
 
 
 def _controls(item_filter: Any, exclude: Any, diversity: Any) -> Controls:
@@ -79,7 +87,7 @@ class RecommendationController(Controller):
             text = profile_text(user["attributes"] if user else {}, preferences, config)
             profile_vector = state.embedder.encode([text])[0] if text else None
         result = recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences)
-        return _items(result.items, published.reader.version, result.strategy)
+        return _items(request, tenant, result.items, published.reader.version, result.strategy, user_id)
 
     @post("/recommendations/session", operation_id="recommendForSession", status_code=200, sync_to_thread=True)
     def for_session(self, request: Request, tenant: str, data: SessionRequest) -> ItemList:
@@ -90,7 +98,7 @@ class RecommendationController(Controller):
         events = [{"item_id": parse_id(i, f"item_ids[{n}]"), "type": "view", "ts": now - len(data.item_ids) + n}
                   for n, i in enumerate(data.item_ids)]
         result = recommend(published.reader, events, data.k, _config(request, tenant), published.model, None, controls)
-        return _items(result.items, published.reader.version, result.strategy)
+        return _items(request, tenant, result.items, published.reader.version, result.strategy)
 
 
 class ItemController(Controller):
@@ -108,7 +116,7 @@ class ItemController(Controller):
         hits = similar_items(reader, item_id, k, _config(request, tenant), controls)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
-        return _items(hits, reader.version, "similar_items")
+        return _items(request, tenant, hits, reader.version, "similar_items")
 
 
 class SearchController(Controller):
@@ -124,7 +132,7 @@ class SearchController(Controller):
         reader = request.app.state.indexes.reader(tenant)
         vector = request.app.state.embedder.encode([data.query])[0]
         hits = nearest_controlled(reader, vector, data.k, _config(request, tenant), controls)
-        return _items(hits, reader.version, "semantic_search")
+        return _items(request, tenant, hits, reader.version, "semantic_search")
 
 
 class EventController(Controller):

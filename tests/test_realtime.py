@@ -198,3 +198,20 @@ def test_tenant_rules_boost_bury_and_pin(client, env, store):
     finally:
         store.set_tenant_config("alpha", original)
     assert client.get(url, headers=_auth(env)).json()["items"] == base
+
+
+def test_served_lists_and_clicks_become_the_attribution_asset(client, env, store):
+    from pipelines.run import materialize_in_process
+
+    body = client.get("/v1/users/u0002/recommendations?k=5", headers=_auth(env)).json()
+    clicked = body["items"][0]["id"]
+    client.post("/v1/events", headers=_auth(env), json={"events": [
+        {"user_id": "u0002", "item_id": clicked, "type": "click", "recommendation_id": body["recommendation_id"]}]})
+    client.app.state.served_log.flush()
+    served = {r["recommendation_id"]: r for r in store.read_served("alpha")}
+    assert served[body["recommendation_id"]]["strategy"] == "hybrid"
+    result = materialize_in_process(str(env.settings.data_dir), "alpha", selection=["cdp_events", "attribution_report"])
+    assert result.success
+    meta = next(e.event_specific_data.materialization.metadata for e in result.get_asset_materialization_events()
+                if e.asset_key.to_user_string() == "attribution_report")
+    assert meta["clicks"].value >= 1 and "hybrid" in meta["by strategy"].value

@@ -71,6 +71,17 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_changes ON events (tenant, updated_at, id);
 CREATE INDEX IF NOT EXISTS events_by_user ON events (tenant, user_id, ts);
+CREATE TABLE IF NOT EXISTS served (
+    tenant TEXT NOT NULL,
+    recommendation_id TEXT NOT NULL,
+    user_id TEXT,
+    endpoint TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    items TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (tenant, recommendation_id)
+);
+CREATE INDEX IF NOT EXISTS served_by_time ON served (tenant, ts);
 CREATE TABLE IF NOT EXISTS preferences (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -321,6 +332,25 @@ class SqliteCdpStore:
         for c in _BOOL_COLUMNS & out.keys():
             out[c] = bool(out[c])
         return out
+
+    # -- served lists (attribution) -----------------------------------------------------------
+    def log_served(self, tenant: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO served (tenant, recommendation_id, user_id, endpoint, strategy, items, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(tenant, r["recommendation_id"], r.get("user_id"), r["endpoint"], r["strategy"],
+                  json.dumps(r["items"]), r["ts"]) for r in rows],
+            )
+
+    def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT recommendation_id, user_id, endpoint, strategy, items, ts FROM served "
+            "WHERE tenant = ? AND ts >= ? ORDER BY ts", (tenant, since),
+        ).fetchall()
+        return [{**dict(r), "items": json.loads(r["items"])} for r in rows]
 
     # -- preferences -------------------------------------------------------------------------
     def put_preferences(self, tenant: str, user_id: str, preferences: dict[str, Any]) -> None:

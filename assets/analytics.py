@@ -1,0 +1,47 @@
+"""Attribution of clicks and conversions to the lists the API served."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets import report
+from lodestar import attribution, stages
+from pipelines.partitions import tenants_partitions
+from pipelines.resources import LodestarResource
+
+
+def _chart(totals) -> str:
+    rows = ["| strategy | lists | impressions | clicks | conversions | CTR | CTR chart |", "|---|---|---|---|---|---|---|"]
+    top = max(float(totals["ctr"].max()), 1e-9) if len(totals) else 1.0
+    for r in totals.itertuples():
+        bar = "█" * max(1, round(30 * r.ctr / top)) if r.ctr > 0 else ""
+        rows.append(f"| {r.strategy} | {r.lists} | {r.impressions} | {r.clicks} | {r.conversions} | {r.ctr:.2%} | `{bar}` |")
+    return "\n".join(rows)
+
+
+@asset(
+    partitions_def=tenants_partitions,
+    group_name="analytics",
+    kinds={"pandas", "parquet"},
+    deps=["cdp_events"],
+    description="Impressions, clicks, conversions and CTR by strategy and by day, from the API's served-list "
+                "log and the events that carry its recommendation_id.",
+)
+def attribution_report(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    files = lodestar.files(tenant)
+    with lodestar.cdp() as store:
+        served = store.read_served(tenant)
+    table = attribution.attribute(served, stages.read_extract(files, "events"))
+    path = files.root / "analytics" / "attribution.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    totals = attribution.by_strategy(table)
+    report(context, f"{int(totals['lists'].sum()) if len(totals) else 0} served lists, "
+                    f"{int(totals['clicks'].sum()) if len(totals) else 0} attributed clicks")
+    return MaterializeResult(metadata={
+        "served lists": int(totals["lists"].sum()) if len(totals) else 0,
+        "clicks": int(totals["clicks"].sum()) if len(totals) else 0,
+        "days": int(table["day"].nunique()) if len(table) else 0,
+        "by strategy": MetadataValue.md(_chart(totals)),
+        "by day": MetadataValue.md(table.to_markdown(index=False) if len(table) else "no served lists yet"),
+        "path": MetadataValue.path(str(path)),
+    })
