@@ -140,7 +140,10 @@ def apply(
         # On a tie the shifted item wins: a boost of 1.0 really takes the last item to the top.
         hits = [h for h, _ in sorted(moved, key=lambda pair: (-pair[0].score, -pair[1]))]
     if controls.diversity > 0:
-        hits = mmr(hits, reader.vectors([h.item_id for h in hits]), k, controls.diversity)
+        vectors = {h.item_id: h.vector for h in hits if h.vector is not None}
+        missing = [h.item_id for h in hits if h.item_id not in vectors]
+        vectors.update(reader.vectors(missing) if missing else {})
+        hits = mmr(hits, vectors, k, controls.diversity)
     hits = hits[:k]
     for rule in sorted((r for r in active if r.type == "pin"), key=lambda r: r.position):
         if rule.item_id in controls.exclude:

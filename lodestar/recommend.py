@@ -114,15 +114,18 @@ def _hybrid(
     partial = float(weights["collab"]) * collab + float(weights["popularity"]) * popularity
     # Content similarity only reorders the head: fetch content vectors for it alone (a vector
     # costs more to fetch than everything else about a candidate).
-    head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, 3 * k)]
+    head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, k)]
     content = np.zeros(len(head))
+    vectors: dict[str, np.ndarray] = {}
     if taste is not None and float(weights["content"]):
         vectors = reader.vectors([hits[i].item_id for i in head])
         sims = np.asarray([float(vectors[hits[i].item_id] @ taste) if hits[i].item_id in vectors else 0.0 for i in head])
         content = float(weights["content"]) * _scaled(sims)
     final = partial[head] + content
     order = np.argsort(-final, kind="stable")[:k]
-    return [Hit(hits[head[i]].item_id, float(final[i]), hits[head[i]].payload) for i in order]
+    # The fetched vectors travel with the hits, so diversity does not fetch them again.
+    return [Hit(hits[head[i]].item_id, float(final[i]), hits[head[i]].payload, vectors.get(hits[head[i]].item_id))
+            for i in order]
 
 
 def _content_ranked(

@@ -215,3 +215,15 @@ def test_served_lists_and_clicks_become_the_attribution_asset(client, env, store
     meta = next(e.event_specific_data.materialization.metadata for e in result.get_asset_materialization_events()
                 if e.asset_key.to_user_string() == "attribution_report")
     assert meta["clicks"].value >= 1 and "hybrid" in meta["by strategy"].value
+
+
+def test_an_event_taken_by_one_process_shapes_the_next_answer_of_another(env, store):
+    """Two app instances (as two serving processes would be) share only the CDP store."""
+    with TestClient(create_app(env.settings)) as first, TestClient(create_app(env.settings)) as second:
+        user = f"roaming-{time.time_ns()}"
+        assert second.get(f"/v1/users/{user}/recommendations", headers=_auth(env)).json()["strategy"] == "popular"
+        pets = _items_of(store, "alpha", "pets")[:2]
+        first.post("/v1/events", headers=_auth(env), json={"events": [
+            {"user_id": user, "item_id": i, "type": "purchase"} for i in pets]})
+        body = second.get(f"/v1/users/{user}/recommendations", headers=_auth(env)).json()
+        assert body["strategy"] == "hybrid" and not set(pets) & {i["id"] for i in body["items"]}

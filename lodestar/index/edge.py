@@ -30,6 +30,7 @@ BATCH = 512
 KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
 FLOAT_FIELDS = ("popularity",)
 # What a query result carries: enough to rank and to answer (converting whole payloads costs time).
+MAX_ATTRIBUTE_INDEXES = 16
 RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
 
 
@@ -120,6 +121,26 @@ class EdgeIndexBuilder:
             self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
         for name in FLOAT_FIELDS:
             self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+        self._attributes_indexed = False
+
+    def _index_attributes(self, payloads: Sequence[dict[str, Any]]) -> None:
+        """Payload indexes for the attributes most items carry (numbers: float, text: keyword), so
+        filters on them do not scan payloads. Created on the first batch, before the upload."""
+        counts: dict[tuple[str, str], int] = {}
+        for payload in payloads:
+            for key, value in (payload.get("attributes") or {}).items():
+                kind = "float" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
+                    "keyword" if isinstance(value, str) else None)
+                if kind:
+                    counts[(key, kind)] = counts.get((key, kind), 0) + 1
+        common = sorted((c, k) for k, c in counts.items() if c >= 0.2 * len(payloads))[-MAX_ATTRIBUTE_INDEXES:]
+        indexed: set[str] = set()
+        for _, (key, kind) in reversed(common):
+            if key not in indexed:  # one type per key: the more common one
+                schema = qe.PayloadSchemaType.Float if kind == "float" else qe.PayloadSchemaType.Keyword
+                self._shard.update(qe.UpdateOperation.create_field_index(f"attributes.{key}", schema))
+                indexed.add(key)
+        self._attributes_indexed = True
 
     def upsert(
         self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
@@ -127,6 +148,9 @@ class EdgeIndexBuilder:
     ) -> None:
         if self.collab_dimension and (collab is None or collab.shape != (len(item_ids), self.collab_dimension)):
             raise ValueError(f"collab vectors must have shape ({len(item_ids)}, {self.collab_dimension})")
+
+        if not self._attributes_indexed:
+            self._index_attributes(payloads)
 
         def named(i: int) -> dict[str, list[float]]:
             out = {CONTENT: vectors[i].tolist()}
