@@ -116,11 +116,16 @@ def evaluate_tenant(
         seen = {e["item_id"] for e in history.get(user, [])}
         return [h.item_id for h in reader.popular(20, exclude=seen)]
 
-    lodestar_metrics = evaluate(split.test, served, len(item_ids))
-    popular_metrics = evaluate(split.test, popular, len(item_ids))
+    users = sorted(split.test)
+    limit = int(settings["max_users"])
+    if len(users) > limit:
+        users = sorted(np.random.default_rng(0).choice(users, size=limit, replace=False).tolist())
+    lodestar_metrics = evaluate(split.test, served, len(item_ids), users)
+    popular_metrics = evaluate(split.test, popular, len(item_ids), users)
     return {
         "status": "evaluated",
-        "test_users": len(split.test),
+        "test_users": len(users),
+        "all_test_users": len(split.test),
         "model": model.kind,
         "lodestar": lodestar_metrics.as_dict(),
         "popular": popular_metrics.as_dict(),

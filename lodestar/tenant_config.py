@@ -42,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "profile_attributes": ["interests", "favorite_categories", "favorite_genres", "topics"],
     # Offline evaluation: held-out share per user, and how much worse (relative NDCG@10) a new
     # index version may be than the published one before publishing is blocked.
-    "evaluation": {"test_fraction": 0.2, "max_regression": 0.05, "min_test_users": 20},
+    # max_users: a deterministic sample of test users keeps evaluation time bounded on big tenants.
+    "evaluation": {"test_fraction": 0.2, "max_regression": 0.05, "min_test_users": 20, "max_users": 5000},
     # Merchandising rules (lodestar.controls): boost, bury, pin, each optionally timed.
     "rules": [],
 }

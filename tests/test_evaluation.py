@@ -28,3 +28,20 @@ def test_metrics_by_hand():
     metrics = evaluate({"u": ["a"], "v": ["b"]}, lambda user: ["a", "b"], catalog_size=4)
     assert metrics.ndcg10 == pytest.approx((1 + 1 / math.log2(3)) / 2)
     assert metrics.recall20 == 1.0 and metrics.coverage == 0.5 and metrics.users == 2
+
+
+def test_tenant_evaluation_samples_users_beyond_the_cap():
+    import numpy as np
+
+    from lodestar.evaluation import evaluate_tenant
+    from lodestar.tenant_config import effective_config
+
+    rng = np.random.default_rng(1)
+    items = [f"i{n}" for n in range(30)]
+    rows = [(f"u{u}", items[int(rng.integers(30))], float(t)) for u in range(60) for t in range(8)]
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "ts"]).assign(type="view", value=None)
+    content = rng.normal(size=(30, 4)).astype("float32")
+    config = effective_config({"evaluation": {"max_users": 25, "min_test_users": 5}})
+    result = evaluate_tenant(events, items, content, config)
+    assert result["status"] == "evaluated" and result["test_users"] == 25 and result["all_test_users"] == 60
+    assert 0 <= result["lodestar"]["ndcg@10"] <= 1
