@@ -14,7 +14,7 @@ from dagster import (
 
 from assets import report
 from lodestar import stages
-from pipelines.partitions import tenants_partitions
+from pipelines.partitions import FULL_REBUILD_TAG, tenants_partitions
 from pipelines.resources import LodestarResource
 
 
@@ -31,9 +31,10 @@ def _extract_asset(entity: str) -> AssetsDefinition:
     )
     def _extract(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
         tenant = context.partition_key
+        full = context.run.tags.get(FULL_REBUILD_TAG) == "true"
         with lodestar.cdp() as store:
-            stats = stages.extract(store, tenant, entity, lodestar.files(tenant))
-        report(context, f"{stats['rows']} rows")
+            stats = stages.extract(store, tenant, entity, lodestar.files(tenant), full=full)
+        report(context, f"{stats['rows']} rows ({stats['mode']}: {stats['changed']} changed)")
         import pyarrow.parquet as pq
 
         columns = pq.read_schema(stats["path"]).names
@@ -43,6 +44,8 @@ def _extract_asset(entity: str) -> AssetsDefinition:
         return MaterializeResult(
             metadata={
                 "rows": stats["rows"],
+                "changed": stats["changed"],
+                "mode": stats["mode"],
                 "deleted": stats.get("deleted", 0),
                 "watermark": stats["watermark"] or "",
                 "path": MetadataValue.path(stats["path"]),

@@ -76,6 +76,11 @@ def build_item_features(
 def build_user_features(users: pd.DataFrame, events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """One row per user: activity counts, last activity, and their most frequent categories."""
     columns = ["id", "deleted", "events", "distinct_items", "first_ts", "last_ts", "top_categories"]
+    # A deleted (or erased) user leaves the table entirely.
+    if not users.empty:
+        gone = set(users.loc[users["deleted"].astype(bool), "id"])
+        users = users[~users["id"].isin(gone)]
+        events = events[~events["user_id"].isin(gone)] if not events.empty else events
     known = users[["id", "deleted"]] if not users.empty else pd.DataFrame(columns=["id", "deleted"])
     if events.empty:
         out = known.assign(events=0, distinct_items=0, first_ts=np.nan, last_ts=np.nan, top_categories=[[]] * len(known))

@@ -26,6 +26,7 @@ from serving.controllers import (
     PreferenceController,
     RecommendationController,
     SearchController,
+    UserController,
 )
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[RecommendationController, ItemController, SearchController, EventController,
-                        PreferenceController, HealthController],
+                        PreferenceController, UserController, HealthController],
         guards=[require_tenant_key],
         dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
@@ -28,6 +28,7 @@ from serving.schemas import (
     ScoredItem,
     SearchRequest,
     SessionRequest,
+    UserErased,
 )
 
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
@@ -181,6 +182,19 @@ class PreferenceController(Controller):
     def get_preferences(self, request: Request, tenant: str, user_id: str) -> Preferences:
         stored = request.app.state.cdp.get_preferences(tenant, user_id)
         return Preferences(**(stored or {}))
+
+
+class UserController(Controller):
+    path = "/v1/users/{user_id:str}"
+    tags = ["users"]
+
+    @delete("/", operation_id="eraseUser", status_code=200, sync_to_thread=True)
+    def erase(self, request: Request, tenant: str, user_id: str) -> UserErased:
+        """Erase a user: their events, preferences and served lists are deleted from the CDP store
+        at once (the user's next recommendations are those of a stranger); the next sync drops them
+        from the pipeline's extracts and features."""
+        counts = request.app.state.cdp.erase_user(tenant, parse_id(user_id, "user_id"))
+        return UserErased(user_id=user_id, **counts)
 
 
 class HealthController(Controller):

@@ -71,3 +71,10 @@ class Health(msgspec.Struct):
 class Ready(msgspec.Struct):
     status: str
     tenants: dict[str, str]
+
+
+class UserErased(msgspec.Struct):
+    user_id: str
+    events: int
+    preferences: int
+    served_lists: int

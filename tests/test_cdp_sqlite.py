@@ -82,3 +82,31 @@ def test_preferences_and_keys(store):
     store.add_api_key("acme", "kid", "hash")
     assert store.find_api_key("kid") == ("acme", "hash")
     assert store.find_api_key("nope") is None
+
+
+def test_latest_watermark_and_erasing_a_user(store):
+    from lodestar.records import parse_user
+
+    store.create_tenant("acme")
+    assert store.latest_watermark("acme", "events") is None
+    store.upsert_users("acme", [parse_user({"id": "u", "attributes": {"email": "u@example.com"}})])
+    store.append_events("acme", [parse_event({"user_id": "u", "item_id": "1", "type": "view", "ts": 1}),
+                                 parse_event({"user_id": "v", "item_id": "1", "type": "view", "ts": 1})])
+    store.put_preferences("acme", "u", {"liked_items": ["1"]})
+    store.log_served("acme", [{"recommendation_id": "r", "user_id": "u", "endpoint": "x", "strategy": "popular",
+                               "items": ["1"], "ts": 1.0}])
+    before = store.latest_watermark("acme", "users")
+    assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1}
+    assert store.user_events("acme", "u") == [] and store.get_preferences("acme", "u") is None
+    assert store.user_events("acme", "v") != []  # nobody else's data
+    assert store.get_user("acme", "u") is None
+    tombstone = [r for b in store.read_changes("acme", "users", since=before) for r in b]
+    assert [(r["id"], r["deleted"], r["attributes"]) for r in tombstone] == [("u", True, {})]
+    assert store.latest_watermark("acme", "users") > before
+
+
+def test_deleted_tenant_leaves_the_list_and_its_keys_stop_working(store):
+    store.create_tenant("acme")
+    store.add_api_key("acme", "kid", "hash")
+    store.delete_tenant("acme")
+    assert store.list_tenants() == [] and store.find_api_key("kid") is None

@@ -227,3 +227,18 @@ def test_an_event_taken_by_one_process_shapes_the_next_answer_of_another(env, st
             {"user_id": user, "item_id": i, "type": "purchase"} for i in pets]})
         body = second.get(f"/v1/users/{user}/recommendations", headers=_auth(env)).json()
         assert body["strategy"] == "hybrid" and not set(pets) & {i["id"] for i in body["items"]}
+
+
+def test_deleting_a_user_erases_them(client, env, store):
+    user = f"leaving-{time.time_ns()}"
+    client.post("/v1/events", headers=_auth(env), json={"events": [
+        {"user_id": user, "item_id": i, "type": "purchase"} for i in _items_of(store, "alpha", "books")[:2]]})
+    client.put(f"/v1/users/{user}/preferences", json={"liked_categories": ["books"]}, headers=_auth(env))
+    assert client.get(f"/v1/users/{user}/recommendations", headers=_auth(env)).json()["strategy"] == "hybrid"
+    response = client.delete(f"/v1/users/{user}", headers=_auth(env))
+    assert response.status_code == 200 and response.json()["events"] == 2 and response.json()["preferences"] == 1
+    assert store.user_events("alpha", user) == [] and store.get_preferences("alpha", user) is None
+    assert client.get(f"/v1/users/{user}/recommendations", headers=_auth(env)).json()["strategy"] == "popular"
+    # another tenant's key cannot erase anything of alpha's
+    other = client.delete("/v1/users/u0001", headers=_auth(env, "beta")).json()
+    assert other["events"] == 0 and store.user_events("alpha", "u0001")

@@ -304,6 +304,47 @@ class SqliteCdpStore:
             if len(rows) < batch_size:
                 return
 
+    def latest_watermark(self, tenant: str, entity: str) -> Watermark | None:
+        """The position of the newest change of an entity (``None`` when the tenant has none)."""
+        if entity not in ENTITIES:
+            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        row = self._conn().execute(
+            f"SELECT updated_at, id FROM {entity} WHERE tenant = ? ORDER BY updated_at DESC, id DESC LIMIT 1",
+            (tenant,),
+        ).fetchone()
+        return None if row is None else Watermark(row["updated_at"], row["id"])
+
+    def erase_user(self, tenant: str, user_id: str) -> dict[str, int]:
+        """Erase what the CDP holds of a user: events, preferences and served lists are deleted; the
+        profile becomes an empty tombstone marked deleted, whose new watermark tells the pipeline to
+        drop the user from its extracts and features."""
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            stamp = time.time()
+            counts = {
+                "events": conn.execute("DELETE FROM events WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
+                "preferences": conn.execute(
+                    "DELETE FROM preferences WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
+                "served_lists": conn.execute(
+                    "DELETE FROM served WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
+            }
+            tombstone = {"id": user_id, "attributes": {}, "deleted": True, "source_updated_at": None}
+            conn.execute(
+                "INSERT INTO users (tenant, id, attributes, deleted, source_updated_at, row_hash, updated_at) "
+                "VALUES (?, ?, '{}', 1, NULL, ?, ?) ON CONFLICT(tenant, id) DO UPDATE SET attributes = '{}', "
+                "deleted = 1, source_updated_at = NULL, row_hash = excluded.row_hash, updated_at = excluded.updated_at",
+                (tenant, user_id, _row_hash(tombstone, _USER_COLUMNS) + "-erased", stamp),
+            )
+        return counts
+
+    def delete_tenant(self, name: str) -> None:
+        """Soft-delete a tenant: its keys stop working and it leaves the tenant list."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE tenants SET deleted = 1, updated_at = ? WHERE name = ? AND deleted = 0",
+                               (time.time(), name))
+            if cur.rowcount == 0:
+                raise NotFound(f"tenant {name!r} does not exist")
+
     def count(self, tenant: str, entity: str) -> int:
         if entity not in ENTITIES:
             raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
