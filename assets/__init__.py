@@ -1,7 +1,7 @@
 """Dagster asset definitions, one module per lineage stage. Thin: the logic lives in ``lodestar``."""
 
 
-from dagster import AssetExecutionContext
+from dagster import AssetExecutionContext, AutomationCondition
 
 from pipelines.resources import progress_log
 
@@ -11,3 +11,11 @@ def report(context: AssetExecutionContext, message: str) -> None:
     line = f"[{context.partition_key}] {context.assets_def.key.to_user_string()}: {message}"
     context.log.info(line)
     progress_log.info(line)
+
+
+# Downstream of the CDP extracts every asset follows its dependencies by declarative automation,
+# in one run per tick (within a run, a failed blocking check skips what is downstream of it).
+DOWNSTREAM = AutomationCondition.eager()
+# Publishing also waits for the latest blocking checks of its dependencies, so that a later tick
+# never publishes a version that a check rejected.
+PUBLISH = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets import report
+from assets import DOWNSTREAM, report
 from lodestar import attribution, stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -19,6 +19,7 @@ def _chart(totals) -> str:
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="analytics",
     kinds={"pandas", "parquet"},
     deps=["cdp_events"],

@@ -10,7 +10,7 @@ from dagster import (
     asset,
 )
 
-from assets import report
+from assets import DOWNSTREAM, report
 from lodestar import stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -18,8 +18,10 @@ from pipelines.resources import LodestarResource
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
+    pool="embedding",  # bounds concurrent embedding work across runs (dagster_home/dagster.yaml)
     deps=["item_features"],
     description="A vector per available item from the configured sentence-transformers model.",
     check_specs=[

@@ -3,7 +3,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets import report
+from assets import DOWNSTREAM, report
 from lodestar import stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -11,6 +11,7 @@ from pipelines.resources import LodestarResource
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="features",
     kinds={"pandas", "parquet"},
     deps=["cdp_items", "cdp_events"],
@@ -26,6 +27,7 @@ def item_features(context: AssetExecutionContext, lodestar: LodestarResource) ->
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="features",
     kinds={"pandas", "parquet"},
     deps=["cdp_users", "cdp_events", "cdp_items"],

@@ -10,7 +10,7 @@ from dagster import (
     asset,
 )
 
-from assets import report
+from assets import DOWNSTREAM, PUBLISH, report
 from lodestar import stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -18,6 +18,7 @@ from pipelines.resources import LodestarResource
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="index",
     kinds={"qdrant"},
     deps=["item_embeddings", "item_features", "collab_model"],
@@ -51,6 +52,7 @@ def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> 
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=PUBLISH,
     group_name="index",
     kinds={"qdrant"},
     deps=["tenant_index", "offline_evaluation"],

@@ -9,7 +9,7 @@ from dagster import (
     asset,
 )
 
-from assets import report
+from assets import DOWNSTREAM, report
 from lodestar import stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -17,6 +17,7 @@ from pipelines.resources import LodestarResource
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="model",
     kinds={"numpy", "scipy"},
     deps=["cdp_events", "item_embeddings"],
@@ -43,6 +44,7 @@ def _chart(result: dict) -> str:
 
 @asset(
     partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
     group_name="evaluation",
     kinds={"pandas"},
     deps=["cdp_events", "item_embeddings"],

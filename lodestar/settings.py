@@ -22,6 +22,8 @@ class Settings:
     admin_key: str | None = None
     arango_url: str | None = None
     qdrant_url: str | None = None
+    sensor_interval_s: int = 30
+    rebuild_cron: str = "0 3 * * *"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -32,6 +34,8 @@ class Settings:
             admin_key=env.get("LODESTAR_ADMIN_KEY") or None,
             arango_url=env.get("LODESTAR_ARANGO_URL") or None,
             qdrant_url=env.get("LODESTAR_QDRANT_URL") or None,
+            sensor_interval_s=int(env.get("LODESTAR_SENSOR_INTERVAL", "30")),
+            rebuild_cron=env.get("LODESTAR_REBUILD_CRON", "0 3 * * *"),
         )
 
     @property

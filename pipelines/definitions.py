@@ -4,28 +4,33 @@ from __future__ import annotations
 
 from dagster import (
     AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
     Definitions,
-    define_asset_job,
     load_assets_from_modules,
 )
 
 from assets import analytics, embeddings, extracts, features, index, model
-from pipelines.partitions import tenants_partitions
+from pipelines.definitions_jobs import MATERIALIZE_TENANT, extract_job, materialize_tenant
 from pipelines.resources import LodestarResource
-
-MATERIALIZE_TENANT = "materialize_tenant"
+from pipelines.sensors import cdp_changes, nightly_rebuild, tenant_discovery
 
 all_assets = load_assets_from_modules([extracts, features, embeddings, model, index, analytics])
 
-materialize_tenant = define_asset_job(
-    MATERIALIZE_TENANT,
-    selection=AssetSelection.all(),
-    partitions_def=tenants_partitions,
-    description="Every asset of one tenant, from CDP extract to published index.",
+automation = AutomationConditionSensorDefinition(
+    "lodestar_automation",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Materializes what is downstream of updated extracts (declarative automation).",
 )
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[materialize_tenant],
+    jobs=[materialize_tenant, extract_job],
+    sensors=[tenant_discovery, cdp_changes, automation],
+    schedules=[nightly_rebuild],
     resources={"lodestar": LodestarResource()},
 )
+
+__all__ = ["MATERIALIZE_TENANT", "all_assets", "defs"]

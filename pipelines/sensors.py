@@ -1,0 +1,110 @@
+"""Keeping tenants fresh without anyone pressing "materialize".
+
+* ``tenant_discovery``: the ``tenants`` partitions follow the CDP's tenant list (added and removed).
+* ``cdp_changes``: per tenant, the newest ``(updated_at, id)`` of items, users and events; when it
+  moved past the cursor, the tenant's extracts are requested with ``run_key = tenant:watermarks``
+  (re-evaluating a tick never duplicates work); everything downstream follows by declarative
+  automation. When that run failed, a later tick requests it again (up to ``MAX_RETRIES`` times).
+* ``nightly_rebuild``: a full rebuild of every tenant (re-reading every CDP row), on a cron.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetKey,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    schedule,
+    sensor,
+)
+
+from lodestar.cdp import ENTITIES
+from lodestar.settings import Settings
+from pipelines.definitions_jobs import extract_job, materialize_tenant
+from pipelines.partitions import FULL_REBUILD_TAG, TENANTS, tenants_partitions
+from pipelines.resources import LodestarResource
+
+MAX_RETRIES = 3
+EXTRACTS = [AssetKey(f"cdp_{entity}") for entity in ENTITIES]
+_settings = Settings.from_env()  # the interval and cron must be known when Dagster loads the code
+
+
+@sensor(
+    name="tenant_discovery",
+    minimum_interval_seconds=_settings.sensor_interval_s,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Adds a partition for each CDP tenant and removes those of deleted tenants.",
+)
+def tenant_discovery(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult | SkipReason:
+    with lodestar.cdp() as store:
+        current = {t["name"] for t in store.list_tenants()}
+    known = set(context.instance.get_dynamic_partitions(TENANTS))
+    added, removed = sorted(current - known), sorted(known - current)
+    if not added and not removed:
+        return SkipReason(f"{len(known)} tenants, no change")
+    requests = []
+    if added:
+        requests.append(tenants_partitions.build_add_request(added))
+    if removed:
+        requests.append(tenants_partitions.build_delete_request(removed))
+    context.log.info(f"tenants added: {added or 'none'}; removed: {removed or 'none'}")
+    return SensorResult(dynamic_partitions_requests=requests)
+
+
+def _failed(context: SensorEvaluationContext, run_key: str) -> bool:
+    runs = context.instance.get_runs(filters=RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return bool(runs) and runs[0].status == DagsterRunStatus.FAILURE
+
+
+@sensor(
+    name="cdp_changes",
+    job=extract_job,
+    minimum_interval_seconds=_settings.sensor_interval_s,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests a tenant's extracts when its items, users or events changed in the CDP.",
+)
+def cdp_changes(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult:
+    cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
+    requests = []
+    with lodestar.cdp() as store:
+        for tenant in context.instance.get_dynamic_partitions(TENANTS):
+            marks = [store.latest_watermark(tenant, entity) for entity in ENTITIES]
+            if all(m is None for m in marks):
+                continue  # nothing imported yet
+            watermark = "|".join(m.encode() if m else "-" for m in marks)
+            state = cursor.get(tenant, {})
+            if state.get("watermark") != watermark:
+                run_key = f"{tenant}:{watermark}"
+                requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "cdp_change"}))
+                cursor[tenant] = {"watermark": watermark, "run_key": run_key, "attempt": 0}
+            elif state.get("run_key") and state["attempt"] < MAX_RETRIES and _failed(context, state["run_key"]):
+                attempt = state["attempt"] + 1
+                run_key = f"{tenant}:{watermark}:retry{attempt}"
+                requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "retry"}))
+                cursor[tenant] = {**state, "run_key": run_key, "attempt": attempt}
+    for tenant in set(cursor) - set(context.instance.get_dynamic_partitions(TENANTS)):
+        del cursor[tenant]
+    return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+
+
+@schedule(
+    name="nightly_rebuild",
+    cron_schedule=_settings.rebuild_cron,
+    job=materialize_tenant,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="A full rebuild of every tenant (every CDP row re-read); cron from LODESTAR_REBUILD_CRON.",
+)
+def nightly_rebuild(context: ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time or datetime.now(UTC)).strftime("%Y-%m-%d")
+    for tenant in context.instance.get_dynamic_partitions(TENANTS):
+        yield RunRequest(partition_key=tenant, run_key=f"{tenant}:nightly:{day}", tags={FULL_REBUILD_TAG: "true"})
