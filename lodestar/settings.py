@@ -23,6 +23,7 @@ class Settings:
     arango_url: str | None = None
     qdrant_url: str | None = None
     sensor_interval_s: int = 30
+    automation_interval_s: int = 10
     rebuild_cron: str = "0 3 * * *"
 
     @classmethod
@@ -35,6 +36,7 @@ class Settings:
             arango_url=env.get("LODESTAR_ARANGO_URL") or None,
             qdrant_url=env.get("LODESTAR_QDRANT_URL") or None,
             sensor_interval_s=int(env.get("LODESTAR_SENSOR_INTERVAL", "30")),
+            automation_interval_s=int(env.get("LODESTAR_AUTOMATION_INTERVAL", "10")),
             rebuild_cron=env.get("LODESTAR_REBUILD_CRON", "0 3 * * *"),
         )
 

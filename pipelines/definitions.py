@@ -13,7 +13,7 @@ from dagster import (
 from assets import analytics, embeddings, extracts, features, index, model
 from pipelines.definitions_jobs import MATERIALIZE_TENANT, extract_job, materialize_tenant
 from pipelines.resources import LodestarResource
-from pipelines.sensors import cdp_changes, nightly_rebuild, tenant_discovery
+from pipelines.sensors import _settings, cdp_changes, nightly_rebuild, tenant_discovery
 
 all_assets = load_assets_from_modules([extracts, features, embeddings, model, index, analytics])
 
@@ -21,7 +21,8 @@ automation = AutomationConditionSensorDefinition(
     "lodestar_automation",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    # Short, so that downstream work starts soon after the change sensor's extract run.
+    minimum_interval_seconds=_settings.automation_interval_s,
     description="Materializes what is downstream of updated extracts (declarative automation).",
 )
 

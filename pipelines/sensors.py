@@ -36,7 +36,7 @@ from pipelines.resources import LodestarResource
 
 MAX_RETRIES = 3
 EXTRACTS = [AssetKey(f"cdp_{entity}") for entity in ENTITIES]
-_settings = Settings.from_env()  # the interval and cron must be known when Dagster loads the code
+_settings = Settings.from_env()  # intervals and cron must be known when Dagster loads the code
 
 
 @sensor(
