@@ -19,3 +19,8 @@ DOWNSTREAM = AutomationCondition.eager()
 # Publishing also waits for the latest blocking checks of its dependencies, so that a later tick
 # never publishes a version that a check rejected.
 PUBLISH = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
+
+
+def bar(value: float, top: float, width: int = 30) -> str:
+    """A text bar for markdown charts in the UI's metadata (empty for zero)."""
+    return "█" * max(1, round(width * value / top)) if value > 0 and top > 0 else ""

@@ -2,7 +2,7 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets import DOWNSTREAM, report
+from assets import DOWNSTREAM, bar, report
 from lodestar import attribution, stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -12,8 +12,8 @@ def _chart(totals) -> str:
     rows = ["| strategy | lists | impressions | clicks | conversions | CTR | CTR chart |", "|---|---|---|---|---|---|---|"]
     top = max(float(totals["ctr"].max()), 1e-9) if len(totals) else 1.0
     for r in totals.itertuples():
-        bar = "█" * max(1, round(30 * r.ctr / top)) if r.ctr > 0 else ""
-        rows.append(f"| {r.strategy} | {r.lists} | {r.impressions} | {r.clicks} | {r.conversions} | {r.ctr:.2%} | `{bar}` |")
+        rows.append(f"| {r.strategy} | {r.lists} | {r.impressions} | {r.clicks} | {r.conversions} | {r.ctr:.2%} | "
+                    f"`{bar(r.ctr, top)}` |")
     return "\n".join(rows)
 
 

@@ -9,7 +9,7 @@ from dagster import (
     asset,
 )
 
-from assets import DOWNSTREAM, report
+from assets import DOWNSTREAM, bar, report
 from lodestar import stages
 from pipelines.partitions import tenants_partitions
 from pipelines.resources import LodestarResource
@@ -37,8 +37,8 @@ def _chart(result: dict) -> str:
     top = max(result["lodestar"]["ndcg@10"], result["popular"]["ndcg@10"], 1e-9)
     for name in ("lodestar", "popular"):
         m = result[name]
-        bar = "█" * max(1, round(30 * m["ndcg@10"] / top))
-        rows.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@20']:.4f} | {m['coverage@20']:.3f} | `{bar}` |")
+        rows.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@20']:.4f} | {m['coverage@20']:.3f} | "
+                    f"`{bar(m['ndcg@10'], top)}` |")
     return "\n".join(rows)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import start_server, stop  # noqa: E402
 from lodestar.evaluation import Metrics, evaluate, temporal_split  # noqa: E402
 from lodestar.stages import TenantFiles, read_embeddings  # noqa: E402
 
@@ -104,12 +104,6 @@ def baselines(train: pd.DataFrame, test: dict[str, list[str]], items: list[str],
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def lodestar_end_to_end(movies: pd.DataFrame, train: pd.DataFrame, test: dict[str, list[str]], work: Path,
                         n_items: int) -> tuple[Metrics, Path]:
     env = dict(os.environ, LODESTAR_DATA_DIR=str(work / "var"), DAGSTER_HOME=str(work / "dagster_home"))
@@ -138,24 +132,8 @@ def lodestar_end_to_end(movies: pd.DataFrame, train: pd.DataFrame, test: dict[st
             print(f"  {line.strip()}")
     print(f"  materialize: {time.perf_counter() - started:.1f}s", flush=True)
 
-    import httpx
-
-    port = free_port()
-    server = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, http = start_server(env, headers={"Authorization": f"Bearer {key}"})
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                            headers={"Authorization": f"Bearer {key}"})
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if http.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("lodestar serve did not become ready")
-            time.sleep(0.5)
         started = time.perf_counter()
         recs, strategies = {}, {}
         for user in test:
@@ -166,8 +144,7 @@ def lodestar_end_to_end(movies: pd.DataFrame, train: pd.DataFrame, test: dict[st
         print(f"  {len(test)} API requests: {elapsed:.1f}s ({1000 * elapsed / len(test):.1f} ms each), "
               f"strategies {strategies}", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
     return evaluate(test, lambda u: recs[u], n_items), Path(env["LODESTAR_DATA_DIR"]) / "tenants" / "movielens"
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import start_server, stop  # noqa: E402
 from lodestar import demo  # noqa: E402
 from lodestar.cdp import open_cdp  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
@@ -36,33 +35,8 @@ from lodestar.settings import Settings  # noqa: E402
 from pipelines.run import materialize_in_process  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
-
-
-def start_server(env: dict[str, str]):
-    import httpx
-
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if client.get("/ready").status_code == 200:
-                return process, client
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise SystemExit("lodestar serve did not become ready")
-        time.sleep(0.3)
 
 
 def main() -> None:
@@ -118,10 +92,8 @@ def main() -> None:
                     sink.append(time.perf_counter() - started)
                     assert response.status_code == 200
         finally:
-            a.terminate()
-            b.terminate()
-            a.wait(timeout=30)
-            b.wait(timeout=30)
+            stop(a)
+            stop(b)
     print(f"event to reflected recommendation ({args.trials} trials, POST to server A, GET from server B): "
           f"p50 {pct(reflect, 50):.1f} ms, p95 {pct(reflect, 95):.1f} ms (goal p95 < 100 ms); "
           f"GETs needed: max {max(gets_needed)}")
