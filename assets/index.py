@@ -34,9 +34,9 @@ def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> 
     tenant = context.partition_key
     files = lodestar.files(tenant)
     index_store = lodestar.index_store()
-    stats = stages.build_index(files, index_store, tenant)
+    stats, probe = stages.build_index(files, index_store, tenant)
     report(context, f"version {stats['version']} built with {stats['points']} points")
-    canary = stages.canary_problem(index_store, tenant, stats["version"], files)
+    canary = stages.canary_problem(index_store, tenant, stats["version"], probe)
     return MaterializeResult(
         metadata={**stats, "path": MetadataValue.path(str(files.root / "index" / "versions" / stats["version"]))},
         check_results=[

@@ -113,7 +113,7 @@ def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar.cdp import open_cdp
     from lodestar.errors import InvalidInput, NotFound
-    from lodestar.tenant_config import effective_config, validate_config
+    from lodestar.tenant_config import deep_merge, effective_config, validate_config
 
     store = open_cdp(settings)
     try:
@@ -126,20 +126,13 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
                 update = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise InvalidInput(f"--set is not valid JSON ({exc.msg} at column {exc.colno})") from None
-            merged = validate_config(_deep_merge(tenant["config"] if args.merge else {}, update))
+            merged = validate_config(deep_merge(tenant["config"] if args.merge else {}, update))
             store.set_tenant_config(args.name, merged)
             tenant = store.get_tenant(args.name)
     finally:
         store.close()
     print(json.dumps({"stored": tenant["config"], "effective": effective_config(tenant["config"])}, indent=2))
     return 0
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # -- import --------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
+from lodestar.features import event_weights
+
 EASE = "ease"
 SVD = "svd"
 
@@ -122,8 +124,6 @@ def positive_interactions(events: pd.DataFrame, weights: dict[str, float]) -> pd
     """(user_id, item_id) pairs whose summed event weight is positive."""
     if events.empty:
         return pd.DataFrame(columns=["user_id", "item_id"])
-    from lodestar.features import event_weights
-
     frame = pd.DataFrame({"user_id": events["user_id"], "item_id": events["item_id"],
                           "w": event_weights(events, weights)})
     net = frame.groupby(["user_id", "item_id"], sort=False)["w"].sum().reset_index()

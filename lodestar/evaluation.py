@@ -15,6 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lodestar import collab
+from lodestar.index.memory import MemoryIndexReader
+from lodestar.recommend import recommend
+
 
 @dataclass
 class Split:
@@ -90,10 +94,6 @@ def evaluate_tenant(
 ) -> dict[str, Any]:
     """The served ranking (``lodestar.recommend``) against the popularity baseline on the temporal
     holdout of a tenant's events, with a model fitted on the training part only."""
-    from lodestar import collab
-    from lodestar.index.memory import MemoryIndexReader
-    from lodestar.recommend import recommend
-
     settings = config["evaluation"]
     known = set(item_ids)
     events = events[events["item_id"].isin(known)]

@@ -181,7 +181,7 @@ def item_embeddings(
     files.item_embeddings.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, files.item_embeddings)
     return {"rows": len(live), "dimension": dim, "encoded": stats.encoded, "cached": stats.cached,
-            "model": embedder.model_name}
+            "model": embedder.model_name, "problems": embedding_problems(vectors.reshape(len(live), dim), dim)}
 
 
 def read_embeddings(files: TenantFiles) -> tuple[list[str], np.ndarray]:
@@ -237,8 +237,9 @@ def build_index(files: TenantFiles, index_store: IndexStore, tenant: str) -> dic
         shutil.copytree(files.model_candidate, files.model(builder.version), dirs_exist_ok=True)
     files.candidate.parent.mkdir(parents=True, exist_ok=True)
     files.candidate.write_text(json.dumps({"version": builder.version, "points": points, "items": len(ids)}))
-    return {"version": builder.version, "points": points, "items": len(ids), "dimension": int(vectors.shape[1]),
-            "collab_model": model.kind if model else "none"}
+    stats = {"version": builder.version, "points": points, "items": len(ids), "dimension": int(vectors.shape[1]),
+             "collab_model": model.kind if model else "none"}
+    return stats, (ids[0], vectors[0])
 
 
 def candidate(files: TenantFiles) -> dict[str, Any]:
@@ -247,19 +248,19 @@ def candidate(files: TenantFiles) -> dict[str, Any]:
     return json.loads(files.candidate.read_text())
 
 
-def canary_problem(index_store: IndexStore, tenant: str, version: str, files: TenantFiles) -> str | None:
+def canary_problem(index_store: IndexStore, tenant: str, version: str, probe: tuple[str, np.ndarray]) -> str | None:
     """Open a built version read-only and ask it for an item's own neighbours; ``None`` when it answers."""
-    ids, vectors = read_embeddings(files)
+    item_id, vector = probe
     reader = index_store.open(tenant, version)
     try:
-        hits = reader.nearest(vectors[0], 1)
+        hits = reader.nearest(vector, 1)
     finally:
         reader.close()
     if not hits:
         return "a nearest-neighbour query returned nothing"
     # An item's own vector must come back with cosine ~1 (another item with the same text may tie).
     if hits[0].score < 0.99:
-        return f"the nearest neighbour of item {ids[0]!r}'s own vector scored {hits[0].score:.3f}, expected ~1"
+        return f"the nearest neighbour of item {item_id!r}'s own vector scored {hits[0].score:.3f}, expected ~1"
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from lodestar.controls import parse_rules
 from lodestar.errors import InvalidInput
 from lodestar.records import EVENT_TYPES
 
@@ -49,15 +50,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` overlaid on ``base``: objects merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def effective_config(stored: dict[str, Any] | None) -> dict[str, Any]:
     """The defaults overlaid with a tenant's stored configuration."""
-    config = copy.deepcopy(DEFAULTS)
-    for key, value in (stored or {}).items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key].update(value)
-        else:
-            config[key] = value
-    return config
+    return deep_merge(DEFAULTS, stored or {})
 
 
 def _number(value: Any, where: str, minimum: float = 0.0) -> None:
@@ -95,8 +98,6 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     test_fraction = config.get("evaluation", {}).get("test_fraction", 0.2)
     if not 0 < test_fraction < 1:
         raise InvalidInput("evaluation.test_fraction must be between 0 and 1")
-    from lodestar.controls import parse_rules
-
     parse_rules(config.get("rules", []))
     attributes = config.get("profile_attributes", [])
     if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):

@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, delete, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
@@ -172,8 +173,6 @@ class PreferenceController(Controller):
     @put("/", operation_id="putPreferences", sync_to_thread=True)
     def put_preferences(self, request: Request, tenant: str, user_id: str, data: Preferences) -> Preferences:
         """Replace the user's liked and disliked items and categories; the next recommendations follow them."""
-        import msgspec
-
         clean = parse_preferences(msgspec.to_builtins(data))
         request.app.state.cdp.put_preferences(tenant, parse_id(user_id, "user_id"), clean)
         return Preferences(**clean)

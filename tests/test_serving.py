@@ -135,7 +135,7 @@ def test_new_version_is_picked_up_without_restart_and_unpublished_is_never_serve
     files = TenantFiles(env.settings.tenant_dir("alpha"))
     index_store = open_index_store(env.settings)
     before = client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
-    built = stages.build_index(files, index_store, "alpha")  # built, checked, not yet published
+    built, _ = stages.build_index(files, index_store, "alpha")  # built, checked, not yet published
     time.sleep(0.6)
     assert client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"] == before
     stages.publish(files, index_store, "alpha")
