@@ -12,7 +12,7 @@ from dagster import (
 
 from assets import DOWNSTREAM, PUBLISH, report
 from lodestar import stages
-from pipelines.partitions import tenants_partitions
+from pipelines.partitions import FULL_REBUILD_TAG, tenants_partitions
 from pipelines.resources import LodestarResource
 
 
@@ -22,7 +22,8 @@ from pipelines.resources import LodestarResource
     group_name="index",
     kinds={"qdrant"},
     deps=["item_embeddings", "item_features", "collab_model"],
-    description="A new Qdrant index version for the tenant, optimized, not yet served.",
+    description="A new Qdrant index version for the tenant, optimized, not yet served: a copy of the published "
+                "version plus the changed items when few changed and the model did not, else built in full.",
     check_specs=[
         AssetCheckSpec("point_count_matches_items", asset="tenant_index", blocking=True,
                        description="The version holds exactly one point per available item"),
@@ -34,8 +35,9 @@ def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> 
     tenant = context.partition_key
     files = lodestar.files(tenant)
     index_store = lodestar.index_store()
-    stats, probe = stages.build_index(files, index_store, tenant)
-    report(context, f"version {stats['version']} built with {stats['points']} points")
+    full = context.run.tags.get(FULL_REBUILD_TAG) == "true"
+    stats, probe = stages.build_index(files, index_store, tenant, lodestar.tenant_config(tenant), full=full)
+    report(context, f"version {stats['version']} built {stats['mode']} with {stats['points']} points: {stats['why']}")
     canary = stages.canary_problem(index_store, tenant, stats["version"], probe)
     return MaterializeResult(
         metadata={**stats, "path": MetadataValue.path(str(files.root / "index" / "versions" / stats["version"]))},

@@ -27,7 +27,8 @@ from pipelines.resources import LodestarResource
 def collab_model(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     stats = stages.collab_model(lodestar.files(tenant), lodestar.tenant_config(tenant))
-    report(context, f"{stats['kind']} over {stats['items']} items, {stats['interactions']} interactions")
+    how = "fitted" if stats["refit"] else "unchanged (same interactions and settings), not refitted"
+    report(context, f"{stats['kind']} over {stats['items']} items, {stats['interactions']} interactions: {how}")
     return MaterializeResult(metadata=stats)
 
 
@@ -64,9 +65,12 @@ def offline_evaluation(context: AssetExecutionContext, lodestar: LodestarResourc
     result = stages.offline_evaluation(files, config, tenant)
     published = lodestar.index_store().published_record(tenant)
     problem = stages.regression_problem(result, published, float(config["evaluation"]["max_regression"]))
+    if result["reused"]:
+        report(context, f"events and configuration unchanged, {result['items_changed_since']:.1%} of items changed "
+                        "since the last evaluation: its result stands")
     if result["status"] != "evaluated":
         report(context, f"not enough data to evaluate ({result['test_users']} test users)")
-        metadata = {"status": result["status"], "test_users": result["test_users"]}
+        metadata = {"status": result["status"], "test_users": result["test_users"], "reused": result["reused"]}
     else:
         ours, popular = result["lodestar"], result["popular"]
         report(context, f"NDCG@10 {ours['ndcg@10']:.4f} (popular {popular['ndcg@10']:.4f}), "
@@ -79,6 +83,7 @@ def offline_evaluation(context: AssetExecutionContext, lodestar: LodestarResourc
             "lift over popular": ours["ndcg@10"] / popular["ndcg@10"] if popular["ndcg@10"] else 0.0,
             "test_users": result["test_users"],
             "model": result["model"],
+            "reused": result["reused"],
             "strategies": MetadataValue.json(result["strategies"]),
             "chart": MetadataValue.md(_chart(result)),
         }

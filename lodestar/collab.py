@@ -14,6 +14,7 @@ weighs its type's weight (a dislike is negative) times a recency weight
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,15 @@ class CollabModel:
             ease=np.load(ease_path, mmap_mode="r") if ease_path.is_file() else None,
             meta=meta,
         )
+
+    def factors_for(self, item_ids: list[str]) -> np.ndarray:
+        """Item factors aligned with ``item_ids`` (zeros for items the model does not cover)."""
+        out = np.zeros((len(item_ids), self.factors.shape[1]), dtype=np.float32)
+        rows = [(r, self.index[i]) for r, i in enumerate(item_ids) if i in self.index]
+        if rows:
+            at, k = zip(*rows, strict=True)
+            out[list(at)] = self.factors[list(k)]
+        return out
 
     # -- scoring ---------------------------------------------------------------------------------
     def user_profile(self, item_weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -130,11 +140,27 @@ def positive_interactions(events: pd.DataFrame, weights: dict[str, float]) -> pd
     return net[net["w"] > 0][["user_id", "item_id"]]
 
 
+def fingerprint(pairs: pd.DataFrame, config: dict[str, Any]) -> str:
+    """What a fit on ``pairs`` depends on: the pairs and the model settings. The fit is deterministic,
+    so an equal fingerprint means an equal model (and a refit can be skipped)."""
+    ordered = pairs.sort_values(["user_id", "item_id"])
+    digest = hashlib.sha1(json.dumps(config["collab"], sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(ordered[["user_id", "item_id"]], index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def fit(pairs: pd.DataFrame, item_ids: list[str], config: dict[str, Any]) -> CollabModel:
-    """Fit the tenant's collaborative model on positive (user, item) pairs over ``item_ids``."""
+    """Fit the tenant's collaborative model on positive (user, item) pairs over ``item_ids``.
+
+    The model covers the items of ``item_ids`` that have interactions (an item without any scores 0
+    in either model kind), so adding an item nobody has engaged with yet leaves the model unchanged.
+    """
     settings = config["collab"]
+    pairs = pairs[pairs["item_id"].isin(set(item_ids))]
+    engaged = set(pairs["item_id"])
+    if engaged:
+        item_ids = [i for i in item_ids if i in engaged]
     index = {item: k for k, item in enumerate(item_ids)}
-    pairs = pairs[pairs["item_id"].isin(index)]
     users = {u: k for k, u in enumerate(pd.unique(pairs["user_id"]))}
     X = sp.csr_matrix(
         (np.ones(len(pairs), dtype=np.float32), (pairs["user_id"].map(users), pairs["item_id"].map(index))),

@@ -102,7 +102,8 @@ def evaluate_tenant(
         return {"status": "insufficient_data", "test_users": len(split.test)}
     model = collab.fit(collab.positive_interactions(split.train, config["event_weights"]), item_ids, config)
     popularity = train_popularity(split.train, item_ids)
-    reader = MemoryIndexReader(tenant, item_ids, content, [{"popularity": float(p)} for p in popularity], model.factors)
+    reader = MemoryIndexReader(tenant, item_ids, content, [{"popularity": float(p)} for p in popularity],
+                               model.factors_for(item_ids))
     columns = [c for c in ("user_id", "item_id", "type", "value", "ts") if c in split.train]
     history = {u: g[columns].to_dict("records") for u, g in split.train.groupby("user_id", sort=False)}
     strategies: dict[str, int] = {}

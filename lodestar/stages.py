@@ -5,6 +5,7 @@ Dagster assets call these; tests call them without Dagster. Each returns the num
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -60,6 +61,10 @@ class TenantFiles:
     @property
     def model_candidate(self) -> Path:
         return self.root / "model" / "candidate"
+
+    def manifest(self, version: str) -> Path:
+        """Which items (and their fingerprints) index version ``version`` holds."""
+        return self.root / "index" / "manifests" / f"{version}.parquet"
 
     def model(self, version: str) -> Path:
         """The collaborative model frozen beside index version ``version``."""
@@ -184,6 +189,11 @@ def item_embeddings(
             "model": embedder.model_name, "problems": embedding_problems(vectors.reshape(len(live), dim), dim)}
 
 
+def _embedding_hashes(files: TenantFiles) -> tuple[list[str], list[str]]:
+    table = pq.read_table(files.item_embeddings, columns=["id", "content_hash"])
+    return table.column("id").to_pylist(), table.column("content_hash").to_pylist()
+
+
 def read_embeddings(files: TenantFiles) -> tuple[list[str], np.ndarray]:
     table = pq.read_table(files.item_embeddings)
     ids = table.column("id").to_pylist()
@@ -204,42 +214,114 @@ def embedding_problems(vectors: np.ndarray, expected_dim: int) -> list[str]:
     return problems
 
 
-def build_index(files: TenantFiles, index_store: IndexStore, tenant: str) -> dict[str, Any]:
-    """Build a new, unpublished index version from the embeddings and item features."""
+def _item_payload(row: pd.Series) -> dict[str, Any]:
+    return {
+        "kind": row["kind"],
+        "title": row["title"],
+        "categories": list(row["categories"]),
+        "tags": list(row["tags"]),
+        "attributes": json.loads(row["attributes"]),
+        "popularity": float(row["popularity"]),
+    }
+
+
+def _fingerprint(content_hash: str, payload: dict[str, Any], collab_vector: np.ndarray | None) -> str:
+    """What a point of the index is made of: equal fingerprints, equal points."""
+    digest = hashlib.sha1(content_hash.encode())
+    digest.update(json.dumps(payload, sort_keys=True).encode())
+    if collab_vector is not None:
+        digest.update(np.ascontiguousarray(collab_vector, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _read_manifest(files: TenantFiles, version: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+    meta_path = files.manifest(version).with_suffix(".json")
+    if not meta_path.is_file() or not files.manifest(version).is_file():
+        return None
+    table = pq.read_table(files.manifest(version))
+    return json.loads(meta_path.read_text()), dict(zip(table.column("id").to_pylist(),
+                                                       table.column("fingerprint").to_pylist(), strict=True))
+
+
+def _write_manifest(files: TenantFiles, version: str, meta: dict[str, Any], fingerprints: dict[str, str]) -> None:
+    path = files.manifest(version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": list(fingerprints), "fingerprint": list(fingerprints.values())}), path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def _plan(
+    index_store: IndexStore, files: TenantFiles, tenant: str, meta: dict[str, Any], fingerprints: dict[str, str],
+    max_fraction: float, full: bool,
+) -> tuple[str | None, list[str], list[str], str]:
+    """Whether to start from the published version: ``(base, upserts, deletes, why)``; ``base`` is
+    ``None`` for a full build (``upserts`` then lists every item)."""
+    everything = list(fingerprints)
+    published = index_store.published(tenant)
+    previous = _read_manifest(files, published) if published else None
+    if full:
+        return None, everything, [], "full rebuild requested"
+    if previous is None:
+        return None, everything, [], "no published version to start from"
+    old_meta, old = previous
+    if old_meta != meta:
+        changed = [k for k in meta if old_meta.get(k) != meta[k]]
+        return None, everything, [], f"{', '.join(changed)} changed since the published version"
+    upserts = [i for i, fp in fingerprints.items() if old.get(i) != fp]
+    deletes = [i for i in old if i not in fingerprints]
+    share = _changed_share(old, fingerprints)
+    if share > max_fraction:
+        return None, everything, [], f"{share:.1%} of items changed (more than {max_fraction:.0%})"
+    return published, upserts, deletes, f"{len(upserts)} changed and {len(deletes)} removed items ({share:.2%})"
+
+
+def build_index(
+    files: TenantFiles, index_store: IndexStore, tenant: str, config: dict[str, Any] | None = None, full: bool = False,
+) -> tuple[dict[str, Any], tuple[str, np.ndarray]]:
+    """Build a new, unpublished index version from the embeddings, item features and model.
+
+    When the collaborative model and vector sizes are those of the published version and at most
+    ``index.incremental_max_fraction`` of the items changed (text, payload or collab vector), the
+    version starts as a copy of the published one and only the changed and removed items are
+    applied; otherwise every item is written into an empty version.
+    """
     ids, vectors = read_embeddings(files)
     if not ids:
         raise InvalidInput(f"tenant {tenant!r} has no available items to index: import items first")
+    hashes = dict(zip(*_embedding_hashes(files), strict=True))
     feats = _read(files.item_features).set_index("id")
-    payloads = []
-    for item_id in ids:
-        row = feats.loc[item_id]
-        payloads.append({
-            "kind": row["kind"],
-            "title": row["title"],
-            "categories": list(row["categories"]),
-            "tags": list(row["tags"]),
-            "attributes": json.loads(row["attributes"]),
-            "popularity": float(row["popularity"]),
-        })
+    payloads = [_item_payload(feats.loc[item_id]) for item_id in ids]
     model = CollabModel.load(files.model_candidate) if (files.model_candidate / "meta.json").is_file() else None
-    collab_vectors = None
-    if model is not None:
-        collab_vectors = np.zeros((len(ids), model.factors.shape[1]), dtype=np.float32)
-        for row, item_id in enumerate(ids):
-            k = model.index.get(item_id)
-            if k is not None:
-                collab_vectors[row] = model.factors[k]
-    builder = index_store.build(tenant, vectors.shape[1], 0 if model is None else model.factors.shape[1])
-    builder.upsert(ids, vectors, payloads, collab_vectors)
+    collab_vectors = None if model is None else model.factors_for(ids)
+    fingerprints = {
+        item_id: _fingerprint(hashes[item_id], payloads[row], None if collab_vectors is None else collab_vectors[row])
+        for row, item_id in enumerate(ids)
+    }
+    collab_dimension = 0 if model is None else int(model.factors.shape[1])
+    meta = {"dimension": int(vectors.shape[1]), "collab_dimension": collab_dimension,
+            "model": (model.meta or {}).get("fingerprint", "none") if model else "none"}
+    max_fraction = float((config or {}).get("index", {}).get("incremental_max_fraction", 0.1))
+    base, upserts, deletes, why = _plan(index_store, files, tenant, meta, fingerprints, max_fraction, full)
+    builder = index_store.build(tenant, vectors.shape[1], collab_dimension, base=base)
+    rows = {item_id: row for row, item_id in enumerate(ids)}
+    for start in range(0, len(upserts), 4096):
+        chunk = [rows[i] for i in upserts[start:start + 4096]]
+        builder.upsert([ids[r] for r in chunk], vectors[chunk], [payloads[r] for r in chunk],
+                       None if collab_vectors is None else collab_vectors[chunk])
+    if deletes:
+        builder.delete(deletes)
     points = builder.finish()
+    _write_manifest(files, builder.version, meta, fingerprints)
     if model is not None:
         # Frozen with the version, so a server swaps index and model together.
         shutil.copytree(files.model_candidate, files.model(builder.version), dirs_exist_ok=True)
     files.candidate.parent.mkdir(parents=True, exist_ok=True)
     files.candidate.write_text(json.dumps({"version": builder.version, "points": points, "items": len(ids)}))
     stats = {"version": builder.version, "points": points, "items": len(ids), "dimension": int(vectors.shape[1]),
-             "collab_model": model.kind if model else "none"}
-    return stats, (ids[0], vectors[0])
+             "collab_model": model.kind if model else "none", "mode": "incremental" if base else "full",
+             "base_version": base or "", "upserted": len(upserts), "deleted": len(deletes), "why": why}
+    probe_row = rows[upserts[0]] if upserts else 0
+    return stats, (ids[probe_row], vectors[probe_row])
 
 
 def candidate(files: TenantFiles) -> dict[str, Any]:
@@ -275,32 +357,73 @@ def publish(files: TenantFiles, index_store: IndexStore, tenant: str) -> dict[st
     dropped = index_store.drop_old(tenant)
     for version in dropped:
         shutil.rmtree(files.model(version), ignore_errors=True)
+        files.manifest(version).unlink(missing_ok=True)
+        files.manifest(version).with_suffix(".json").unlink(missing_ok=True)
     return {"version": built["version"], "previous": previous, "points": built["points"], "dropped": dropped}
 
 
 def collab_model(files: TenantFiles, config: dict[str, Any]) -> dict[str, Any]:
-    """Fit the tenant's collaborative model on all events, over the indexable items."""
-    ids, _ = read_embeddings(files)
+    """Fit the tenant's collaborative model on all positive interactions, skipped when they and the
+    model settings are those of the current model.
+
+    The model covers every item users engaged with, indexed or not: an item that went out of stock
+    still tells what its buyers like, and removing it from the catalog leaves the model (and the
+    collab vectors of every other item) unchanged, so the index can be updated incrementally.
+    """
     events = _read(files.extract("events"))
-    model = collab.fit(collab.positive_interactions(events, config["event_weights"]), ids, config)
+    pairs = collab.positive_interactions(events, config["event_weights"])
+    fingerprint = collab.fingerprint(pairs, config)
+    meta_path = files.model_candidate / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint:
+            return {**meta, "refit": False}
+    model = collab.fit(pairs, sorted(pd.unique(pairs["item_id"])), config)
+    model.meta = {**(model.meta or {}), "fingerprint": fingerprint}
     shutil.rmtree(files.model_candidate, ignore_errors=True)
     model.save(files.model_candidate)
-    return {"kind": model.kind, **(model.meta or {})}
+    return {"kind": model.kind, **model.meta, "refit": True}
 
 
 def read_evaluation(files: TenantFiles) -> dict[str, Any]:
     return json.loads(files.evaluation.read_text()) if files.evaluation.is_file() else {}
 
 
+def _changed_share(old: dict[str, str], new: dict[str, str]) -> float:
+    """Share of items added, removed or changed between two id -> fingerprint maps."""
+    changed = sum(1 for i, fp in new.items() if old.get(i) != fp) + sum(1 for i in old if i not in new)
+    return changed / max(len(new), 1)
+
+
 def offline_evaluation(files: TenantFiles, config: dict[str, Any], tenant: str) -> dict[str, Any]:
     """Evaluate the served ranking on a temporal holdout of the tenant's events (see
-    ``lodestar.evaluation``) and keep the result for the publish gate."""
-    ids, vectors = read_embeddings(files)
+    ``lodestar.evaluation``) and keep the result for the publish gate.
+
+    The kept result stands (``reused``) when the events and the configuration are those it was
+    computed on and at most ``index.incremental_max_fraction`` of the embedded items changed since:
+    the holdout is made of interactions, and a small catalog edit moves it by noise only.
+    """
+    ids, hashes = _embedding_hashes(files)
+    items = dict(zip(ids, hashes, strict=True))
     events = _read(files.extract("events"))
-    result = evaluation.evaluate_tenant(events, ids, vectors, config, tenant)
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode())
+    columns = [c for c in ("user_id", "item_id", "type", "value", "ts") if c in events]
+    digest.update(pd.util.hash_pandas_object(events.sort_values("id")[columns], index=False).to_numpy().tobytes())
+    inputs = digest.hexdigest()
+    previous = read_evaluation(files)
+    items_path = files.evaluation.with_name("items.parquet")
+    if previous.get("inputs") == inputs and items_path.is_file():
+        table = pq.read_table(items_path)
+        share = _changed_share(dict(zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist(),
+                                        strict=True)), items)
+        if share <= float(config["index"]["incremental_max_fraction"]):
+            return {**previous, "reused": True, "items_changed_since": share}
+    _, vectors = read_embeddings(files)
+    result = {**evaluation.evaluate_tenant(events, ids, vectors, config, tenant), "inputs": inputs}
     files.evaluation.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": ids, "content_hash": hashes}), items_path)
     files.evaluation.write_text(json.dumps(result))
-    return result
+    return {**result, "reused": False, "items_changed_since": 0.0}
 
 
 def regression_problem(result: dict[str, Any], published: dict[str, Any] | None, max_regression: float) -> str | None:

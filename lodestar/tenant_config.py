@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     # index version may be than the published one before publishing is blocked.
     # max_users: a deterministic sample of test users keeps evaluation time bounded on big tenants.
     "evaluation": {"test_fraction": 0.2, "max_regression": 0.05, "min_test_users": 20, "max_users": 5000},
+    # Index builds: a new version starts from the published one and applies the changed items when
+    # at most this share of the items changed (and the collaborative model did not); else full rebuild.
+    "index": {"incremental_max_fraction": 0.1},
     # Merchandising rules (lodestar.controls): boost, bury, pin, each optionally timed.
     "rules": [],
 }
@@ -87,7 +90,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     max_events = config.get("max_profile_events", 1)
     if isinstance(max_events, bool) or not isinstance(max_events, int) or not 1 <= max_events <= 10000:
         raise InvalidInput("max_profile_events must be an integer between 1 and 10000")
-    for section in ("collab", "ranking", "evaluation"):
+    for section in ("collab", "ranking", "evaluation", "index"):
         values = config.get(section, {})
         if not isinstance(values, dict):
             raise InvalidInput(f"{section} must be an object")
@@ -98,6 +101,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     test_fraction = config.get("evaluation", {}).get("test_fraction", 0.2)
     if not 0 < test_fraction < 1:
         raise InvalidInput("evaluation.test_fraction must be between 0 and 1")
+    if not 0 <= config.get("index", {}).get("incremental_max_fraction", 0.1) <= 1:
+        raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: always rebuild in full)")
     parse_rules(config.get("rules", []))
     attributes = config.get("profile_attributes", [])
     if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):

@@ -1,6 +1,8 @@
 """Incremental extracts, deletes and erasure, without Dagster."""
 
 from lodestar.records import parse_event, parse_item, parse_user
+from lodestar import stages
+from lodestar.embed import Embedder
 from lodestar.stages import TenantFiles, extract, read_extract
 
 
@@ -36,3 +38,74 @@ def test_an_erased_users_events_leave_the_extract(settings, store):
     assert events["erased"] == 2 and set(read_extract(files, "events")["user_id"]) == {"kept"}
     users = extract(store, "acme", "users", files)
     assert users["deleted"] == 1
+
+
+def _sync(store, settings, tenant):
+    """One pass of every stage of a tenant, as the automation runs them; returns the stats by stage."""
+    from lodestar.index import open_index_store
+    from lodestar.tenant_config import effective_config
+
+    files = TenantFiles(settings.tenant_dir(tenant))
+    config = effective_config(store.get_tenant(tenant)["config"])
+    for entity in ("items", "users", "events"):
+        extract(store, tenant, entity, files)
+    stages.item_features(files, config, settings.embed_model)
+    out = {"embeddings": stages.item_embeddings(files, Embedder(settings.embed_model, settings.cache_dir)),
+           "model": stages.collab_model(files, config),
+           "evaluation": stages.offline_evaluation(files, config, tenant)}
+    index_store = open_index_store(settings)
+    out["index"], probe = stages.build_index(files, index_store, tenant, config)
+    assert stages.canary_problem(index_store, tenant, out["index"]["version"], probe) is None
+    stages.publish(files, index_store, tenant)
+    out["reader"] = index_store.open(tenant, out["index"]["version"])
+    return out
+
+
+def test_a_small_catalog_change_builds_the_index_from_the_published_version(settings, store):
+    from tests.conftest import load_demo_tenant
+
+    load_demo_tenant(store, settings, "shop", "shop", n_items=120, n_users=30)
+    first = _sync(store, settings, "shop")
+    assert first["index"]["mode"] == "full" and first["model"]["refit"] and not first["evaluation"]["reused"]
+    before = first["reader"].get("p00010")
+    first["reader"].close()
+
+    store.upsert_items("shop", [parse_item({"id": "p00003", "title": "Completely new title: a red kayak"}),
+                                parse_item({"id": "p00007", "title": "gone", "deleted": True}),
+                                parse_item({"id": "n1", "title": "A brand new inflatable paddle board"})])
+    second = _sync(store, settings, "shop")
+    index, reader = second["index"], second["reader"]
+    try:
+        assert (index["mode"], index["upserted"], index["deleted"]) == ("incremental", 2, 1), index["why"]
+        assert index["base_version"] == first["index"]["version"]
+        assert not second["model"]["refit"] and second["evaluation"]["reused"]
+        assert reader.count() == index["items"] == first["index"]["items"]  # one in, one out
+        assert reader.get("p00007") is None and reader.get("n1").payload["title"].startswith("A brand new")
+        assert reader.get("p00003").payload["title"] == "Completely new title: a red kayak"
+        # The new item's own text finds it; an unchanged item kept its point.
+        query = Embedder(settings.embed_model, settings.cache_dir).encode(["A brand new inflatable paddle board"])[0]
+        assert reader.nearest(query, 1)[0].item_id == "n1"
+        unchanged = reader.get("p00010")
+        assert unchanged.payload == before.payload and (unchanged.vector == before.vector).all()
+    finally:
+        reader.close()
+
+
+def test_a_changed_model_or_a_large_change_rebuilds_in_full(settings, store):
+    from tests.conftest import load_demo_tenant
+
+    load_demo_tenant(store, settings, "shop", "shop", n_items=100, n_users=30)
+    _sync(store, settings, "shop")["reader"].close()
+    # New positive interactions: the model is refitted, every collab vector may move.
+    store.append_events("shop", [parse_event({"user_id": "u0001", "item_id": f"p{n:05d}", "type": "purchase",
+                                              "ts": 1.9e9 + n}) for n in range(40, 50)])
+    after_events = _sync(store, settings, "shop")
+    after_events["reader"].close()
+    assert after_events["model"]["refit"] and not after_events["evaluation"]["reused"]
+    assert after_events["index"]["mode"] == "full" and "model" in after_events["index"]["why"]
+    # 30% of the catalog renamed: over index.incremental_max_fraction (10%).
+    store.upsert_items("shop", [parse_item({"id": f"p{n:05d}", "title": f"renamed {n}"}) for n in range(30)])
+    renamed = _sync(store, settings, "shop")
+    renamed["reader"].close()
+    assert renamed["index"]["mode"] == "full" and "of items changed (more than 10%)" in renamed["index"]["why"]
+    assert not renamed["evaluation"]["reused"]

@@ -58,11 +58,19 @@ class EdgeIndexStore:
     def _version_dir(self, tenant: str, version: str) -> Path:
         return self._root(tenant) / "versions" / version
 
-    def build(self, tenant: str, dimension: int, collab_dimension: int = 0) -> EdgeIndexBuilder:
+    def build(self, tenant: str, dimension: int, collab_dimension: int = 0, base: str | None = None) -> EdgeIndexBuilder:
+        """A builder for a new version: empty, or starting as a copy of version ``base`` (whose files
+        are never written: the copy is a new directory)."""
         # Sortable by creation time (microseconds, UTC); the suffix keeps concurrent builds apart.
         now = time.time()
         version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
-        return EdgeIndexBuilder(tenant, version, self._version_dir(tenant, version), dimension, collab_dimension)
+        path = self._version_dir(tenant, version)
+        if base is not None:
+            source = self._version_dir(tenant, base)
+            if not (source / "edge_config.json").is_file():
+                raise NotFound(f"index version {base!r} of tenant {tenant!r} does not exist")
+            shutil.copytree(source, path)
+        return EdgeIndexBuilder(tenant, version, path, dimension, collab_dimension, derived=base is not None)
 
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
         if not (self._version_dir(tenant, version) / "edge_config.json").is_file():
@@ -105,7 +113,9 @@ class EdgeIndexStore:
 
 
 class EdgeIndexBuilder:
-    def __init__(self, tenant: str, version: str, path: Path, dimension: int, collab_dimension: int = 0) -> None:
+    def __init__(
+        self, tenant: str, version: str, path: Path, dimension: int, collab_dimension: int = 0, derived: bool = False
+    ) -> None:
         self.tenant = tenant
         self.version = version
         self.path = path
@@ -115,6 +125,11 @@ class EdgeIndexBuilder:
         if collab_dimension:
             vectors[COLLAB] = qe.EdgeVectorParams(size=collab_dimension, distance=qe.Distance.Dot)
         config = qe.EdgeConfig(vectors=vectors, wal_enabled=False)
+        if derived:
+            # A copy of an earlier version: same vectors config (checked by load), payload indexes kept.
+            self._shard = qe.EdgeShard.load(str(path), config)
+            self._attributes_indexed = True
+            return
         self._shard = qe.EdgeShard.create(str(path), config)
         # Payload indexes before the upload, as Qdrant recommends.
         for name in KEYWORD_FIELDS:
@@ -164,6 +179,11 @@ class EdgeIndexBuilder:
                 for i in range(start, min(start + BATCH, len(item_ids)))
             ]
             self._shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, item_ids: Sequence[str]) -> None:
+        ids = [point_id(self.tenant, i) for i in item_ids]
+        for start in range(0, len(ids), BATCH):
+            self._shard.update(qe.UpdateOperation.delete_points(ids[start:start + BATCH]))
 
     def finish(self) -> int:
         self._shard.flush()
