@@ -139,7 +139,8 @@ def extract(store: CdpStore, tenant: str, entity: str, files: TenantFiles, full:
     if not delta.empty:
         last = delta.iloc[-1]
         state["watermark"] = Watermark(float(last["updated_at"]), str(last["id"])).encode()
-    _write_parquet(df.reset_index(drop=True), path)
+    if not incremental or not delta.empty or erased:  # an unchanged extract is not rewritten
+        _write_parquet(df.reset_index(drop=True), path)
     state_path.write_text(json.dumps(state))  # after the data: a crash in between only re-reads a delta
     stats: dict[str, Any] = {"rows": len(df), "changed": len(delta), "mode": "incremental" if incremental else "full",
                              "watermark": state.get("watermark"), "path": str(path)}

@@ -7,6 +7,7 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     Definitions,
+    in_process_executor,
     load_assets_from_modules,
 )
 
@@ -32,6 +33,9 @@ defs = Definitions(
     sensors=[tenant_discovery, cdp_changes, automation],
     schedules=[nightly_rebuild],
     resources={"lodestar": LodestarResource()},
+    # Every step of a run in the run's own process: a step process each would cost seconds of
+    # imports per step (the embedding model loads once per run), and a tenant's steps form a chain.
+    executor=in_process_executor,
 )
 
 __all__ = ["MATERIALIZE_TENANT", "all_assets", "defs"]

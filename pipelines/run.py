@@ -55,7 +55,8 @@ def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
 
 
 def materialize_in_process(
-    data_dir: str, tenant: str, instance: DagsterInstance | None = None, selection: list[str] | None = None
+    data_dir: str, tenant: str, instance: DagsterInstance | None = None, selection: list[str] | None = None,
+    log_level: str = "DEBUG",
 ):
     """Every asset of a tenant (or the named ones) on a given (default: ephemeral) instance with an
     explicit data dir, for tests and benchmarks. Returns Dagster's ``ExecuteInProcessResult``."""
@@ -73,4 +74,5 @@ def materialize_in_process(
         instance=instance,
         resources={"lodestar": LodestarResource(data_dir=data_dir)},
         raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )

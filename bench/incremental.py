@@ -1,0 +1,186 @@
+"""Incremental materialization at scale, against the full materialization in the same run.
+
+    .venv/bin/python bench/incremental.py [--items 100000] [--users 10000] [--events 1000000]
+                                          [--change 0.01] [--trials 3] [--no-daemon] [--keep DIR]
+
+On a generated shop tenant (every item text distinct; see bench/large.py) it prints:
+  * the full materialization (every asset through Dagster, cold embedding cache): the baseline;
+  * the materialization after changing ``--change`` of the items (new titles) in the CDP, and its
+    ratio to the full one (goal: <= 0.10);
+  * with a real Dagster daemon (`dagster-daemon run`, sensors every 30 s, automation every 10 s) and
+    `lodestar serve` running: the time from a new item written to the CDP store to the API knowing
+    it (GET /v1/items/{id}/similar answers 200), per trial (goal: < 60 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import start_server, stop  # noqa: E402
+from bench.large import item_row, write_tenant  # noqa: E402
+from lodestar.cdp import open_cdp  # noqa: E402
+from lodestar.importer import import_files  # noqa: E402
+from lodestar.keys import issue_key  # noqa: E402
+from lodestar.records import parse_item  # noqa: E402
+from lodestar.settings import Settings  # noqa: E402
+
+TENANT = "large"
+
+
+def materialize(settings: Settings) -> tuple[float, dict[str, dict]]:
+    """Every asset of the tenant through Dagster; seconds and each asset's materialization metadata."""
+    from pipelines.run import materialize_in_process
+
+    started = time.perf_counter()
+    result = materialize_in_process(str(settings.data_dir), TENANT, log_level="WARNING")
+    elapsed = time.perf_counter() - started
+    if not result.success:
+        raise SystemExit("materialization failed")
+    metadata = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        metadata[materialization.asset_key.to_user_string()] = {k: v.value for k, v in materialization.metadata.items()}
+    return elapsed, metadata
+
+
+def quiet(instance, idle_s: float = 25, timeout_s: float = 1200) -> None:
+    """Wait until no run of the instance has been queued or running for ``idle_s`` (longer than an
+    automation tick, which may still request the downstream run of a finished extract run)."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    busy = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    deadline = time.monotonic() + timeout_s
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < idle_s:
+        if instance.get_runs(filters=RunsFilter(statuses=busy), limit=1):
+            idle_since = time.monotonic()
+        if time.monotonic() > deadline:
+            raise SystemExit("Dagster runs did not finish")
+        time.sleep(1.0)
+
+
+def daemon_latency(settings: Settings, key: str, trials: int, work: Path, next_item: int) -> list[float]:
+    """Seconds from a new item in the CDP to the API serving it, with the Dagster daemon deciding."""
+    from dagster import DagsterInstance, RunsFilter
+
+    home = work / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LODESTAR_DATA_DIR": str(settings.data_dir),
+           "LODESTAR_SENSOR_INTERVAL": "30", "LODESTAR_AUTOMATION_INTERVAL": "10"}
+    daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
+                               str(REPO / "workspace.yaml")], env=env, cwd=REPO,
+                              stdout=(work / "daemon.log").open("w"), stderr=subprocess.STDOUT)
+    server = None
+    try:
+        os.environ["DAGSTER_HOME"] = str(home)
+        instance = DagsterInstance.get()
+        # The first ticks discover the tenant and sync it once (nothing changed: a quick pass).
+        deadline = time.monotonic() + 600
+        while not instance.get_runs(filters=RunsFilter(tags={"dagster/partition": TENANT}), limit=1):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise SystemExit(f"the daemon requested no run; see {work / 'daemon.log'}")
+            time.sleep(1.0)
+        quiet(instance)
+        server, client = start_server({**env, "LODESTAR_DATA_DIR": str(settings.data_dir)},
+                                      headers={"Authorization": f"Bearer {key}"})
+        latencies = []
+        rng = np.random.default_rng(99)
+        store = open_cdp(settings)
+        try:
+            for trial in range(trials):
+                time.sleep(float(rng.uniform(0, 30)))  # land anywhere in the sensor's 30 s interval
+                row = item_row(next_item + trial, rng)
+                started = time.monotonic()
+                store.upsert_items(TENANT, [parse_item(row)])
+                while client.get(f"/v1/items/{row['id']}/similar", params={"k": 1}).status_code != 200:
+                    if time.monotonic() - started > 600:
+                        raise SystemExit(f"item {row['id']} never became visible; see {work / 'daemon.log'}")
+                    time.sleep(0.25)
+                latencies.append(time.monotonic() - started)
+                print(f"  trial {trial + 1}: new item {row['id']} served after {latencies[-1]:.1f} s", flush=True)
+                quiet(instance)
+        finally:
+            store.close()
+        return latencies
+    finally:
+        if server is not None:
+            stop(server)
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
+def main() -> None:
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--change", type=float, default=0.01, help="share of items changed for the incremental run")
+    parser.add_argument("--trials", type=int, default=3, help="CDP-change-to-API trials with the daemon")
+    parser.add_argument("--no-daemon", action="store_true", help="skip the daemon latency part")
+    parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
+    args = parser.parse_args()
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="lodestar-incremental-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        settings = Settings(data_dir=work / "var")
+        store = open_cdp(settings)
+        store.create_tenant(TENANT)
+        key = issue_key(store, TENANT)
+        started = time.perf_counter()
+        paths = write_tenant(work / "input", args.items, args.users, args.events)
+        generated = time.perf_counter() - started
+        summary = import_files(store, settings, TENANT, paths)
+        print(f"tenant {TENANT!r}: {args.items} items, {args.users} users, {args.events} events "
+              f"(generated {generated:.0f} s, imported {time.perf_counter() - started - generated:.0f} s, "
+              f"{summary.rejected} rejected)", flush=True)
+
+        full, _ = materialize(settings)
+        print(f"full materialization (baseline):        {full:7.1f} s", flush=True)
+
+        rng = np.random.default_rng(1)
+        changed = rng.choice(args.items, size=max(1, int(args.items * args.change)), replace=False)
+        store.upsert_items(TENANT, [parse_item(item_row(int(i), rng, revision=1)) for i in changed])
+        incremental, metadata = materialize(settings)
+        index = metadata.get("tenant_index", {})
+        print(f"after changing {len(changed)} items ({args.change:.0%}):   {incremental:7.1f} s   "
+              f"incremental / full = {incremental / full:.3f} (goal <= 0.10)")
+        print(f"  index: {index.get('mode')} ({index.get('why')}); embeddings: "
+              f"{metadata.get('item_embeddings', {}).get('encoded')} encoded; model refitted: "
+              f"{metadata.get('collab_model', {}).get('refit')}; evaluation reused: "
+              f"{metadata.get('offline_evaluation', {}).get('reused')}", flush=True)
+        store.close()
+
+        if not args.no_daemon:
+            print("CDP change to API, daemon running (sensor interval 30 s):", flush=True)
+            latencies = daemon_latency(settings, key, args.trials, work, args.items)
+            print(f"CDP change visible in the API: median {statistics.median(latencies):.1f} s, "
+                  f"max {max(latencies):.1f} s (goal < 60 s); trials: {json.dumps([round(x, 1) for x in latencies])}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
