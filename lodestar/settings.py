@@ -21,7 +21,13 @@ class Settings:
     embed_model: str = DEFAULT_MODEL
     admin_key: str | None = None
     arango_url: str | None = None
+    arango_database: str = "lodestar"
+    arango_user: str = "root"
+    arango_password: str = ""
+    arango_settle_s: float = 2.0  # change reads skip rows younger than this (writes still in flight)
     qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_mode: str = "collection"  # or "shared": one collection for all tenants (thousands of small ones)
     sensor_interval_s: int = 30
     automation_interval_s: int = 10
     rebuild_cron: str = "0 3 * * *"
@@ -34,7 +40,13 @@ class Settings:
             embed_model=env.get("LODESTAR_EMBED_MODEL", DEFAULT_MODEL),
             admin_key=env.get("LODESTAR_ADMIN_KEY") or None,
             arango_url=env.get("LODESTAR_ARANGO_URL") or None,
+            arango_database=env.get("LODESTAR_ARANGO_DATABASE", "lodestar"),
+            arango_user=env.get("LODESTAR_ARANGO_USER", "root"),
+            arango_password=env.get("LODESTAR_ARANGO_PASSWORD", ""),
+            arango_settle_s=float(env.get("LODESTAR_ARANGO_SETTLE", "2")),
             qdrant_url=env.get("LODESTAR_QDRANT_URL") or None,
+            qdrant_api_key=env.get("LODESTAR_QDRANT_API_KEY") or None,
+            qdrant_mode=env.get("LODESTAR_QDRANT_MODE", "collection"),
             sensor_interval_s=int(env.get("LODESTAR_SENSOR_INTERVAL", "30")),
             automation_interval_s=int(env.get("LODESTAR_AUTOMATION_INTERVAL", "10")),
             rebuild_cron=env.get("LODESTAR_REBUILD_CRON", "0 3 * * *"),

@@ -118,7 +118,8 @@ def extract(store: CdpStore, tenant: str, entity: str, files: TenantFiles, full:
     state_path = path.with_suffix(".state.json")
     state = json.loads(state_path.read_text()) if state_path.is_file() and path.is_file() and not full else {}
     since = Watermark.decode(state["watermark"]) if state.get("watermark") else None
-    delta = _frame(_read_changes(store, tenant, entity, since), entity)
+    rows = _read_changes(store, tenant, entity, since)
+    delta = _frame(rows, entity)
     incremental = bool(state)
     if incremental:
         current = _read(path)
@@ -136,9 +137,8 @@ def extract(store: CdpStore, tenant: str, entity: str, files: TenantFiles, full:
             erased = before - len(df)
         latest_user = store.latest_watermark(tenant, "users")
         state["users_seen"] = latest_user.encode() if latest_user else None
-    if not delta.empty:
-        last = delta.iloc[-1]
-        state["watermark"] = Watermark(float(last["updated_at"]), str(last["id"])).encode()
+    if rows:
+        state["watermark"] = Watermark(float(rows[-1]["updated_at"]), str(rows[-1]["_key"])).encode()
     if not incremental or not delta.empty or erased:  # an unchanged extract is not rewritten
         _write_parquet(df.reset_index(drop=True), path)
     state_path.write_text(json.dumps(state))  # after the data: a crash in between only re-reads a delta

@@ -1,8 +1,9 @@
 """The CDP store port: tenants, API keys, items, users, events and preferences, per tenant.
 
-Every adapter reads each entity incrementally per tenant by an ``(updated_at, id)`` watermark,
+Every adapter reads each entity incrementally per tenant by an ``(updated_at, _key)`` watermark,
 where ``updated_at`` is stamped by the store when a row changes (so a watermark never skips a late
-write), and sees deletes through soft-delete flags.
+write) and ``_key``, carried by every changed row, is the adapter's tie-break (the id in SQLite, the
+document key in ArangoDB); deletes are seen through soft-delete flags.
 """
 
 from __future__ import annotations
@@ -82,12 +83,23 @@ class CdpStore(Protocol):
 
 
 def open_cdp(settings: Settings) -> CdpStore:
-    """The CDP adapter the settings choose: SQLite under the data dir unless an ArangoDB URL is set."""
+    """The CDP adapter the settings choose: ArangoDB when ``LODESTAR_ARANGO_URL`` is set, else SQLite
+    under the data dir."""
     if settings.arango_url:
-        raise NotImplementedError(
-            "LODESTAR_ARANGO_URL is set, but the ArangoDB adapter is not part of this build yet; "
-            "unset it to use the embedded SQLite store"
-        )
+        from lodestar.cdp.arango import ArangoCdpStore, connect
+
+        try:
+            db = connect(settings.arango_url, settings.arango_database, settings.arango_user, settings.arango_password)
+            ready = db.has_collection("items") and db.has_collection("tenants")
+        except Exception as exc:  # python-arango raises its own hierarchy; the message is what matters
+            raise InvalidInput(
+                f"cannot use the ArangoDB CDP at {settings.arango_url} (database {settings.arango_database!r}): {exc}; "
+                "check LODESTAR_ARANGO_URL, LODESTAR_ARANGO_DATABASE, LODESTAR_ARANGO_USER and LODESTAR_ARANGO_PASSWORD"
+            ) from None
+        if not ready:
+            raise InvalidInput(f"the ArangoDB database {settings.arango_database!r} has no Lodestar collections yet: "
+                               "run `lodestar cdp init` once")
+        return ArangoCdpStore(db, settle_s=settings.arango_settle_s)
     from lodestar.cdp.sqlite import SqliteCdpStore
 
     return SqliteCdpStore(settings.cdp_path)

@@ -285,7 +285,8 @@ class SqliteCdpStore:
     def read_changes(
         self, tenant: str, entity: str, since: Watermark | None = None, batch_size: int = 5000
     ) -> Iterator[list[dict[str, Any]]]:
-        """Rows of ``entity`` changed after ``since``, in watermark order, in batches (keyset paging)."""
+        """Rows of ``entity`` changed after ``since``, in watermark order, in batches (keyset paging).
+        A row's ``_key`` (here its id) is its watermark tie-break."""
         if entity not in ENTITIES:
             raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
         mark = since or Watermark(float("-inf"), "")
@@ -298,7 +299,7 @@ class SqliteCdpStore:
             ).fetchall()
             if not rows:
                 return
-            batch = [self._decode(r) for r in rows]
+            batch = [{**self._decode(r), "_key": r["id"]} for r in rows]
             yield batch
             mark = Watermark(rows[-1]["updated_at"], rows[-1]["id"])
             if len(rows) < batch_size:

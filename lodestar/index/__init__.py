@@ -6,6 +6,7 @@ Points carry the item's payload (title, categories, tags, attributes, popularity
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -76,12 +77,20 @@ class IndexStore(Protocol):
 
 
 def open_index_store(settings: Settings) -> IndexStore:
-    """The index adapter the settings choose: Qdrant Edge under the data dir unless a Qdrant URL is set."""
+    """The index adapter the settings choose: a Qdrant server when ``LODESTAR_QDRANT_URL`` is set
+    (layout from ``LODESTAR_QDRANT_MODE``), else Qdrant Edge shards under the data dir."""
     if settings.qdrant_url:
-        raise NotImplementedError(
-            "LODESTAR_QDRANT_URL is set, but the Qdrant server adapter is not part of this build yet; "
-            "unset it to use the embedded Qdrant Edge index"
-        )
+        from lodestar.index.qdrant_server import QdrantIndexStore
+
+        return QdrantIndexStore(_client(settings.qdrant_url, settings.qdrant_api_key), settings.qdrant_mode)
     from lodestar.index.edge import EdgeIndexStore
 
     return EdgeIndexStore(settings.data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _client(url: str, api_key: str | None):
+    """One client per process and URL (local mode allows one client per path)."""
+    from lodestar.index.qdrant_server import client_for
+
+    return client_for(url, api_key)

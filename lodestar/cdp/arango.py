@@ -1,0 +1,403 @@
+"""ArangoDB adapter of the CDP port (python-arango), for the CDP cluster shared with the customer
+data platform.
+
+Collections (``lodestar cdp init`` creates them and their indexes; existing ones are kept):
+
+    tenants        {_key: name, name, config, created_at, updated_at, deleted}
+    items, users   {_key, tenant_id, id, ..., deleted, source_updated_at, row_hash, updated_at}
+    events         {_key, tenant_id, id, user_id, item_id, type, value, ts, recommendation_id, updated_at}
+    preferences    {_key, tenant_id, user_id, preferences, updated_at}
+    lodestar_api_keys, lodestar_served   (Lodestar's own: hashed API keys, served lists)
+
+Every document of a tenant's entity carries ``tenant_id`` and an ``updated_at`` stamped by the
+server (``DATE_NOW()``) in the writing query; a persistent index on ``[tenant_id, updated_at]``
+serves incremental reads, which page by the ``(updated_at, _key)`` watermark through one streamed
+cursor. ``_key`` is a hash of ``(tenant, id)``, so the same id in two tenants never collides.
+
+A write in flight may carry a stamp older than one already committed by another writer, so change
+reads only return rows stamped at least ``settle_s`` seconds ago: a watermark never passes a row
+that is still being written. One AQL query is one transaction on a single server; on a cluster a
+batch spanning shards is not atomic (each document is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from lodestar.cdp import ENTITIES, Watermark, check_tenant_name
+from lodestar.errors import Conflict, InvalidInput, NotFound
+
+TENANTS = "tenants"
+PREFERENCES = "preferences"
+API_KEYS = "lodestar_api_keys"
+SERVED = "lodestar_served"
+COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED)
+
+# (collection, fields, unique): what `lodestar cdp init` creates.
+INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("items", ("tenant_id", "updated_at"), False),
+    ("users", ("tenant_id", "updated_at"), False),
+    ("events", ("tenant_id", "updated_at"), False),
+    ("events", ("tenant_id", "user_id", "ts"), False),
+    (PREFERENCES, ("tenant_id", "updated_at"), False),
+    (API_KEYS, ("tenant_id",), False),
+    (SERVED, ("tenant_id", "ts"), False),
+    (SERVED, ("tenant_id", "user_id"), False),
+)
+
+_ITEM_FIELDS = ("id", "kind", "title", "description", "categories", "tags", "attributes", "available",
+                "deleted", "source_updated_at")
+_USER_FIELDS = ("id", "attributes", "deleted", "source_updated_at")
+_EVENT_FIELDS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id")
+_HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
+
+# Stamps come from the server clock, taken once per query.
+UPSERT_AQL = """
+LET stamp = DATE_NOW() / 1000
+FOR d IN @docs
+  UPSERT { _key: d._key }
+  INSERT MERGE(d, { updated_at: stamp })
+  UPDATE (OLD.row_hash != d.row_hash AND (d.source_updated_at == null OR OLD.source_updated_at == null
+          OR d.source_updated_at >= OLD.source_updated_at)) ? MERGE(d, { updated_at: stamp }) : {}
+  IN @@collection OPTIONS { waitForSync: true }
+  FILTER OLD == null OR NEW.updated_at == stamp
+  COLLECT WITH COUNT INTO changed
+  RETURN changed
+"""
+
+INSERT_NEW_AQL = """
+LET stamp = DATE_NOW() / 1000
+FOR d IN @docs
+  INSERT MERGE(d, { updated_at: stamp }) INTO @@collection OPTIONS { ignoreErrors: true, waitForSync: true }
+  RETURN NEW._key
+"""
+
+CHANGES_AQL = """
+FOR d IN @@collection
+  FILTER d.tenant_id == @tenant
+  FILTER d.updated_at > @since OR (d.updated_at == @since AND d._key > @key)
+  FILTER d.updated_at <= DATE_NOW() / 1000 - @settle
+  SORT d.updated_at, d._key
+  RETURN d
+"""
+
+LATEST_AQL = """
+FOR d IN @@collection
+  FILTER d.tenant_id == @tenant AND d.updated_at <= DATE_NOW() / 1000 - @settle
+  SORT d.updated_at DESC, d._key DESC
+  LIMIT 1
+  RETURN { updated_at: d.updated_at, key: d._key }
+"""
+
+USER_EVENTS_AQL = """
+FOR e IN events
+  FILTER e.tenant_id == @tenant AND e.user_id == @user
+  SORT e.ts DESC
+  LIMIT @limit
+  RETURN e
+"""
+
+ERASE_AQL = {
+    "events": "FOR e IN events FILTER e.tenant_id == @tenant AND e.user_id == @user REMOVE e IN events "
+              "COLLECT WITH COUNT INTO n RETURN n",
+    "preferences": f"FOR p IN {PREFERENCES} FILTER p.tenant_id == @tenant AND p.user_id == @user "
+                   f"REMOVE p IN {PREFERENCES} COLLECT WITH COUNT INTO n RETURN n",
+    "served_lists": f"FOR s IN {SERVED} FILTER s.tenant_id == @tenant AND s.user_id == @user "
+                    f"REMOVE s IN {SERVED} COLLECT WITH COUNT INTO n RETURN n",
+}
+
+TOMBSTONE_AQL = """
+LET stamp = DATE_NOW() / 1000
+UPSERT { _key: @doc._key }
+INSERT MERGE(@doc, { updated_at: stamp })
+REPLACE MERGE(@doc, { updated_at: stamp })
+IN users OPTIONS { waitForSync: true }
+RETURN 1
+"""
+
+COUNT_AQL = """
+FOR d IN @@collection
+  FILTER d.tenant_id == @tenant AND (@with_deleted OR d.deleted != true)
+  COLLECT WITH COUNT INTO n
+  RETURN n
+"""
+
+SERVED_AQL = f"""
+FOR s IN {SERVED}
+  FILTER s.tenant_id == @tenant AND s.ts >= @since
+  SORT s.ts
+  RETURN s
+"""
+
+
+def document_key(tenant: str, ident: str) -> str:
+    """A valid, collision-free ``_key`` for an entity id of a tenant (ids may hold any character)."""
+    return hashlib.sha1(f"{tenant}\x00{ident}".encode()).hexdigest()
+
+
+def row_hash(record: dict[str, Any], fields: tuple[str, ...]) -> str:
+    payload = json.dumps([record.get(f) for f in fields if f != "source_updated_at"], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+def batches(cursor: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Group a streamed cursor's documents into lists of ``size``; the cursor is closed when the
+    reader stops early (a server-side streaming cursor holds resources until it is)."""
+    batch: list[dict[str, Any]] = []
+    try:
+        for doc in cursor:
+            batch.append(doc)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    finally:
+        close = getattr(cursor, "close", None)
+        if close is not None:
+            try:
+                close(ignore_missing=True)
+            except TypeError:
+                close()
+
+
+def decode(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as the port's row: the tenant and storage fields dropped, ``_key`` kept as
+    the watermark's tie-break."""
+    return {k: v for k, v in doc.items() if k not in _HIDDEN}
+
+
+def connect(url: str, database: str, username: str, password: str, create: bool = False):
+    """A python-arango database handle; with ``create``, the database is created when missing."""
+    from arango import ArangoClient
+
+    client = ArangoClient(hosts=url)
+    if create:
+        system = client.db("_system", username=username, password=password, verify=True)
+        if not system.has_database(database):
+            system.create_database(database)
+    return client.db(database, username=username, password=password, verify=True)
+
+
+def init_schema(db) -> list[str]:
+    """Create the collections and indexes that are missing; return what was created."""
+    created = []
+    for name in COLLECTIONS:
+        if not db.has_collection(name):
+            db.create_collection(name)
+            created.append(f"collection {name}")
+    for collection, fields, unique in INDEXES:
+        existing = {tuple(ix.get("fields", ())) for ix in db.collection(collection).indexes()}
+        if fields not in existing:
+            db.collection(collection).add_index(
+                {"type": "persistent", "fields": list(fields), "unique": unique, "sparse": False,
+                 "name": f"lodestar_{collection}_{'_'.join(fields)}"}
+            )
+            created.append(f"index {collection}[{', '.join(fields)}]")
+    return created
+
+
+class ArangoCdpStore:
+    """The CDP port over an ArangoDB database (``db``: a python-arango ``StandardDatabase``)."""
+
+    def __init__(self, db, settle_s: float = 2.0, batch_size: int = 5000) -> None:
+        self.db = db
+        self.settle_s = settle_s
+        self.batch_size = batch_size
+
+    def _query(self, query: str, **bind: Any) -> list[Any]:
+        return list(self.db.aql.execute(query, bind_vars=bind))
+
+    def close(self) -> None:
+        pass
+
+    # -- tenants -----------------------------------------------------------------------------
+    def _tenant_doc(self, name: str) -> dict[str, Any] | None:
+        return self.db.collection(TENANTS).get(name)
+
+    def create_tenant(self, name: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        check_tenant_name(name)
+        existing = self._tenant_doc(name)
+        if existing is not None and not existing.get("deleted"):
+            raise Conflict(f"tenant {name!r} already exists; pick another name or use it as it is")
+        now = time.time()
+        doc = {"_key": name, "name": name, "config": config or {}, "created_at": now, "updated_at": now,
+               "deleted": False}
+        self.db.collection(TENANTS).insert(doc, overwrite=True)
+        return self.get_tenant(name)  # type: ignore[return-value]
+
+    def get_tenant(self, name: str) -> dict[str, Any] | None:
+        doc = self._tenant_doc(name)
+        return None if doc is None or doc.get("deleted") else self._tenant(doc)
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        docs = self._query("FOR t IN tenants FILTER t.deleted != true SORT t.name RETURN t")
+        return [self._tenant(d) for d in docs]
+
+    def set_tenant_config(self, name: str, config: dict[str, Any]) -> None:
+        self._require_tenant(name)
+        self.db.collection(TENANTS).update({"_key": name, "config": config, "updated_at": time.time()},
+                                           merge=False)
+
+    @staticmethod
+    def _tenant(doc: dict[str, Any]) -> dict[str, Any]:
+        return {"name": doc["name"], "config": doc.get("config") or {}, "created_at": doc["created_at"],
+                "updated_at": doc["updated_at"]}
+
+    def _require_tenant(self, tenant: str) -> None:
+        if self.get_tenant(tenant) is None:
+            raise NotFound(f"tenant {tenant!r} does not exist; create it with `lodestar tenants create {tenant}`")
+
+    def delete_tenant(self, name: str) -> None:
+        self._require_tenant(name)
+        self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
+
+    # -- API keys ----------------------------------------------------------------------------
+    def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None:
+        self._require_tenant(tenant)
+        self.db.collection(API_KEYS).insert(
+            {"_key": key_id, "tenant_id": tenant, "key_hash": key_hash, "created_at": time.time()})
+
+    def find_api_key(self, key_id: str) -> tuple[str, str] | None:
+        doc = self.db.collection(API_KEYS).get(key_id)
+        if doc is None or self.get_tenant(doc["tenant_id"]) is None:
+            return None
+        return doc["tenant_id"], doc["key_hash"]
+
+    # -- items, users, events ----------------------------------------------------------------
+    def _docs(self, tenant: str, records: list[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+        docs = []
+        for r in records:
+            doc = {f: r.get(f) for f in fields}
+            for f in ("categories", "tags"):
+                if f in doc and doc[f] is None:
+                    doc[f] = []
+            if "attributes" in doc and doc["attributes"] is None:
+                doc["attributes"] = {}
+            for f in ("available", "deleted"):
+                if f in doc:
+                    doc[f] = bool(doc[f])
+            doc.update(_key=document_key(tenant, r["id"]), tenant_id=tenant, row_hash=row_hash(r, fields))
+            docs.append(doc)
+        return docs
+
+    def _upsert(self, collection: str, fields: tuple[str, ...], tenant: str, records: list[dict[str, Any]]) -> int:
+        if not records:
+            return 0
+        self._require_tenant(tenant)
+        result = self._query(UPSERT_AQL, docs=self._docs(tenant, records, fields), **{"@collection": collection})
+        return int(result[0]) if result else 0
+
+    def upsert_items(self, tenant: str, items: list[dict[str, Any]]) -> int:
+        return self._upsert("items", _ITEM_FIELDS, tenant, items)
+
+    def upsert_users(self, tenant: str, users: list[dict[str, Any]]) -> int:
+        return self._upsert("users", _USER_FIELDS, tenant, users)
+
+    def append_events(self, tenant: str, events: list[dict[str, Any]]) -> int:
+        """Store events; one already stored (same id) is ignored. Returns how many were new."""
+        if not events:
+            return 0
+        self._require_tenant(tenant)
+        docs = [{**{f: e.get(f) for f in _EVENT_FIELDS}, "_key": document_key(tenant, e["id"]), "tenant_id": tenant}
+                for e in events]
+        return len(self._query(INSERT_NEW_AQL, docs=docs, **{"@collection": "events"}))
+
+    def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
+        docs = self._query(USER_EVENTS_AQL, tenant=tenant, user=user_id, limit=limit)
+        return [{f: d.get(f) for f in _EVENT_FIELDS} for d in docs]
+
+    # -- change streams ----------------------------------------------------------------------
+    @staticmethod
+    def _check_entity(entity: str) -> None:
+        if entity not in ENTITIES:
+            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+
+    def read_changes(
+        self, tenant: str, entity: str, since: Watermark | None = None, batch_size: int = 5000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Rows changed after ``since`` in ``(updated_at, _key)`` order, from one streamed cursor
+        fetched ``batch_size`` documents per round trip."""
+        self._check_entity(entity)
+        mark = since or Watermark(-1.0, "")
+        cursor = self.db.aql.execute(
+            CHANGES_AQL,
+            bind_vars={"@collection": entity, "tenant": tenant, "since": mark.updated_at, "key": mark.id,
+                       "settle": self.settle_s},
+            batch_size=batch_size, stream=True, ttl=600,
+        )
+        for batch in batches(cursor, batch_size):
+            yield [decode(d) for d in batch]
+
+    def latest_watermark(self, tenant: str, entity: str) -> Watermark | None:
+        self._check_entity(entity)
+        rows = self._query(LATEST_AQL, tenant=tenant, settle=self.settle_s, **{"@collection": entity})
+        return Watermark(rows[0]["updated_at"], rows[0]["key"]) if rows else None
+
+    def erase_user(self, tenant: str, user_id: str) -> dict[str, int]:
+        """Events, preferences and served lists deleted and the profile replaced by a tombstone, in
+        one stream transaction."""
+        self._require_tenant(tenant)
+        txn = self.db.begin_transaction(write=["events", PREFERENCES, SERVED, "users"], sync=True)
+        try:
+            counts = {name: int(next(iter(txn.aql.execute(query, bind_vars={"tenant": tenant, "user": user_id})), 0))
+                      for name, query in ERASE_AQL.items()}
+            tombstone = {"id": user_id, "attributes": {}, "deleted": True, "source_updated_at": None}
+            doc = {**tombstone, "_key": document_key(tenant, user_id), "tenant_id": tenant,
+                   "row_hash": row_hash(tombstone, _USER_FIELDS) + "-erased"}
+            txn.aql.execute(TOMBSTONE_AQL, bind_vars={"doc": doc})
+            txn.commit_transaction()
+        except BaseException:
+            txn.abort_transaction()
+            raise
+        return counts
+
+    def count(self, tenant: str, entity: str) -> int:
+        self._check_entity(entity)
+        rows = self._query(COUNT_AQL, tenant=tenant, with_deleted=entity == "events", **{"@collection": entity})
+        return int(rows[0]) if rows else 0
+
+    def _get(self, collection: str, tenant: str, ident: str) -> dict[str, Any] | None:
+        doc = self.db.collection(collection).get(document_key(tenant, ident))
+        if doc is None or doc.get("deleted"):
+            return None
+        out = decode(doc)
+        out.pop("_key", None)
+        return out
+
+    def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
+        return self._get("items", tenant, item_id)
+
+    def get_user(self, tenant: str, user_id: str) -> dict[str, Any] | None:
+        return self._get("users", tenant, user_id)
+
+    # -- served lists ------------------------------------------------------------------------
+    def log_served(self, tenant: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        docs = [{"_key": document_key(tenant, r["recommendation_id"]), "tenant_id": tenant,
+                 "recommendation_id": r["recommendation_id"], "user_id": r.get("user_id"), "endpoint": r["endpoint"],
+                 "strategy": r["strategy"], "items": list(r["items"]), "ts": r["ts"]} for r in rows]
+        self.db.collection(SERVED).insert_many(docs, overwrite_mode="ignore", silent=True)
+
+    def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
+        docs = self._query(SERVED_AQL, tenant=tenant, since=since)
+        fields = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts")
+        return [{f: d.get(f) for f in fields} for d in docs]
+
+    # -- preferences -------------------------------------------------------------------------
+    def put_preferences(self, tenant: str, user_id: str, preferences: dict[str, Any]) -> None:
+        self._require_tenant(tenant)
+        self.db.collection(PREFERENCES).insert(
+            {"_key": document_key(tenant, user_id), "tenant_id": tenant, "user_id": user_id,
+             "preferences": preferences, "updated_at": time.time()},
+            overwrite=True, sync=True,
+        )
+
+    def get_preferences(self, tenant: str, user_id: str) -> dict[str, Any] | None:
+        doc = self.db.collection(PREFERENCES).get(document_key(tenant, user_id))
+        return None if doc is None else doc["preferences"]

@@ -1,0 +1,378 @@
+"""Qdrant server adapter of the index port (qdrant-client), for a Qdrant server or cluster.
+
+Two layouts, chosen by ``LODESTAR_QDRANT_MODE``:
+
+``collection`` (default): a collection per tenant version, ``lodestar--<tenant>--<version>``, with
+its payload indexes created before the upload; points are uploaded in batches with ``wait=True``;
+publishing records the version's information in the collection's metadata and then swaps the
+tenant's alias ``lodestar--<tenant>`` to it in one atomic alias request; old collections are dropped.
+
+``shared``: for thousands of small tenants, the layout Qdrant recommends for multitenancy: one
+collection ``lodestar--shared`` whose points carry ``tenant_id`` (a keyword index with
+``is_tenant=true``) and ``lodestar_version``; every query is filtered by both. The published version
+of each tenant is a point of the ``lodestar--registry`` collection, replaced atomically.
+
+With a ``:memory:`` or ``path:`` URL the same code runs on qdrant-client's local mode (one process;
+the tests use it); with an ``http(s)://`` URL, on a server.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from lodestar.errors import InvalidInput, NotFound
+from lodestar.filters import ItemFilter
+from lodestar.index import COLLAB, CONTENT, Hit, point_id
+
+BATCH = 256
+PREFIX = "lodestar--"
+SHARED = f"{PREFIX}shared"
+REGISTRY = f"{PREFIX}registry"
+KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
+FLOAT_FIELDS = ("popularity",)
+MAX_ATTRIBUTE_INDEXES = 16
+RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
+MODES = ("collection", "shared")
+
+
+def client_for(url: str, api_key: str | None = None) -> QdrantClient:
+    """``http(s)://host:port`` for a server, ``:memory:`` or ``path:/dir`` for local mode."""
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("path:"):
+        return QdrantClient(path=url[len("path:"):])
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"LODESTAR_QDRANT_URL {url!r} is not valid: use http(s)://host:6333, :memory: or path:/dir")
+    return QdrantClient(url=url, api_key=api_key, timeout=60)
+
+
+def new_version() -> str:
+    now = time.time()
+    return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}_{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
+
+
+def _attribute_indexes(payloads: Sequence[dict[str, Any]]) -> list[tuple[str, models.PayloadSchemaType]]:
+    """Indexes for the attributes at least 20% of the items carry (numbers: float, text: keyword)."""
+    counts: dict[tuple[str, str], int] = {}
+    for payload in payloads:
+        for key, value in (payload.get("attributes") or {}).items():
+            kind = "float" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
+                "keyword" if isinstance(value, str) else None)
+            if kind:
+                counts[(key, kind)] = counts.get((key, kind), 0) + 1
+    common = sorted((c, k) for k, c in counts.items() if c >= 0.2 * len(payloads))[-MAX_ATTRIBUTE_INDEXES:]
+    out, seen = [], set()
+    for _, (key, kind) in reversed(common):
+        if key not in seen:
+            seen.add(key)
+            out.append((f"attributes.{key}", models.PayloadSchemaType.FLOAT if kind == "float"
+                        else models.PayloadSchemaType.KEYWORD))
+    return out
+
+
+def to_filter(item_filter: ItemFilter | None, exclude_ids: list[str], base: list) -> models.Filter | None:
+    """The query's filter as a Qdrant filter (``base``: the tenant conditions of the shared layout)."""
+    must: list = list(base)
+    must_not: list = [models.HasIdCondition(has_id=exclude_ids)] if exclude_ids else []
+    if item_filter is not None:
+        if item_filter.categories:
+            must.append(models.FieldCondition(key="categories", match=models.MatchAny(any=list(item_filter.categories))))
+        if item_filter.tags:
+            must.append(models.FieldCondition(key="tags", match=models.MatchAny(any=list(item_filter.tags))))
+        for cond in item_filter.attributes:
+            key = f"attributes.{cond.key}"
+            if cond.range:
+                must.append(models.FieldCondition(key=key, range=models.Range(**cond.range)))
+            if cond.values:
+                strings = [v for v in cond.values if isinstance(v, str)]
+                options: list = [models.FieldCondition(key=key, match=models.MatchAny(any=strings))] if strings else []
+                options += [models.FieldCondition(key=key, range=models.Range(gte=v, lte=v))
+                            for v in cond.values if not isinstance(v, str)]
+                must.append(options[0] if len(options) == 1 else models.Filter(should=options))
+        if item_filter.exclude_categories:
+            must_not.append(models.FieldCondition(key="categories",
+                                                  match=models.MatchAny(any=list(item_filter.exclude_categories))))
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+class _Layout:
+    """Where a tenant version's points live and how they are told apart."""
+
+    def __init__(self, mode: str, tenant: str, version: str) -> None:
+        self.shared = mode == "shared"
+        self.tenant = tenant
+        self.version = version
+        self.collection = SHARED if self.shared else f"{PREFIX}{tenant}--{version}"
+
+    def pid(self, item_id: str) -> str:
+        return point_id(self.tenant, f"{self.version}/{item_id}" if self.shared else item_id)
+
+    @property
+    def base(self) -> list:
+        if not self.shared:
+            return []
+        return [models.FieldCondition(key="tenant_id", match=models.MatchValue(value=self.tenant)),
+                models.FieldCondition(key="lodestar_version", match=models.MatchValue(value=self.version))]
+
+    def payload(self, item_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        out = {**payload, "item_id": item_id}
+        if self.shared:
+            out.update(tenant_id=self.tenant, lodestar_version=self.version)
+        return out
+
+
+class QdrantIndexStore:
+    def __init__(self, client: QdrantClient, mode: str = "collection") -> None:
+        if mode not in MODES:
+            raise InvalidInput(f"LODESTAR_QDRANT_MODE must be one of {', '.join(MODES)}, got {mode!r}")
+        self.client = client
+        self.mode = mode
+
+    # -- registry (shared layout) --------------------------------------------------------------
+    def _ensure_registry(self) -> None:
+        if not self.client.collection_exists(REGISTRY):
+            self.client.create_collection(REGISTRY, vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT))
+
+    def _registry(self, tenant: str) -> dict[str, Any]:
+        if not self.client.collection_exists(REGISTRY):
+            return {}
+        records = self.client.retrieve(REGISTRY, ids=[point_id(tenant, "registry")], with_payload=True)
+        return dict(records[0].payload) if records else {}
+
+    def _set_registry(self, tenant: str, record: dict[str, Any]) -> None:
+        self._ensure_registry()
+        self.client.upsert(REGISTRY, points=[models.PointStruct(id=point_id(tenant, "registry"), vector=[1.0],
+                                                                payload=record)], wait=True)
+
+    # -- the port ------------------------------------------------------------------------------
+    def build(self, tenant: str, dimension: int, collab_dimension: int = 0, base: str | None = None) -> QdrantIndexBuilder:
+        layout = _Layout(self.mode, tenant, new_version())
+        vectors = {CONTENT: models.VectorParams(size=dimension, distance=models.Distance.COSINE)}
+        if collab_dimension:
+            vectors[COLLAB] = models.VectorParams(size=collab_dimension, distance=models.Distance.DOT)
+        if base is not None and base not in self.versions(tenant):
+            raise NotFound(f"index version {base!r} of tenant {tenant!r} does not exist")
+        if self.shared:
+            if not self.client.collection_exists(SHARED):
+                self.client.create_collection(SHARED, vectors_config=vectors)
+                self.client.create_payload_index(
+                    SHARED, "tenant_id", field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD,
+                                                                                is_tenant=True), wait=True)
+                self.client.create_payload_index(SHARED, "lodestar_version", models.PayloadSchemaType.KEYWORD, wait=True)
+            registry = self._registry(tenant)
+            self._set_registry(tenant, {**registry, "versions": sorted({*registry.get("versions", []), layout.version})})
+        else:
+            self.client.create_collection(layout.collection, vectors_config=vectors,
+                                          metadata={"lodestar_tenant": tenant, "lodestar_version": layout.version})
+        # Payload indexes before the upload, as Qdrant recommends.
+        for name in KEYWORD_FIELDS:
+            self.client.create_payload_index(layout.collection, name, models.PayloadSchemaType.KEYWORD, wait=True)
+        for name in FLOAT_FIELDS:
+            self.client.create_payload_index(layout.collection, name, models.PayloadSchemaType.FLOAT, wait=True)
+        builder = QdrantIndexBuilder(self.client, layout, collab_dimension)
+        if base is not None:
+            builder.copy_from(_Layout(self.mode, tenant, base))
+        return builder
+
+    @property
+    def shared(self) -> bool:
+        return self.mode == "shared"
+
+    def _alias(self, tenant: str) -> str:
+        return f"{PREFIX}{tenant}"
+
+    def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
+        if version not in self.versions(tenant):
+            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+        record = {"version": version, "published_at": time.time(), **(info or {})}
+        if self.shared:
+            self._set_registry(tenant, {**self._registry(tenant), "published": record})
+            return
+        layout = _Layout(self.mode, tenant, version)
+        self.client.update_collection(layout.collection, metadata={"lodestar_published": record})
+        alias = self._alias(tenant)
+        operations: list = []
+        if any(a.alias_name == alias for a in self.client.get_aliases().aliases):
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        operations.append(models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=layout.collection, alias_name=alias)))
+        self.client.update_collection_aliases(change_aliases_operations=operations)  # one atomic request
+
+    def published_record(self, tenant: str) -> dict[str, Any] | None:
+        if self.shared:
+            return self._registry(tenant).get("published")
+        alias = self._alias(tenant)
+        target = next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == alias), None)
+        if target is None:
+            return None
+        metadata = self.client.get_collection(target).config.metadata or {}
+        return metadata.get("lodestar_published") or {"version": target.rsplit("--", 1)[-1]}
+
+    def published(self, tenant: str) -> str | None:
+        record = self.published_record(tenant)
+        return None if record is None else record["version"]
+
+    def open(self, tenant: str, version: str) -> QdrantIndexReader:
+        if version not in self.versions(tenant):
+            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+        return QdrantIndexReader(self.client, _Layout(self.mode, tenant, version))
+
+    def versions(self, tenant: str) -> list[str]:
+        if self.shared:
+            return sorted(self._registry(tenant).get("versions", []))
+        prefix = f"{PREFIX}{tenant}--"
+        return sorted(c.name[len(prefix):] for c in self.client.get_collections().collections if c.name.startswith(prefix))
+
+    def drop_old(self, tenant: str, keep: int = 2) -> list[str]:
+        """Drop versions older than the published one but the ``keep`` newest of them."""
+        published = self.published(tenant)
+        if published is None:
+            return []
+        older = [v for v in self.versions(tenant) if v < published]
+        dropped = older[: max(0, len(older) - keep)]
+        for version in dropped:
+            layout = _Layout(self.mode, tenant, version)
+            if self.shared:
+                self.client.delete(SHARED, points_selector=models.FilterSelector(filter=models.Filter(must=layout.base)),
+                                   wait=True)
+            else:
+                self.client.delete_collection(layout.collection)
+        if self.shared and dropped:
+            registry = self._registry(tenant)
+            self._set_registry(tenant, {**registry, "versions": [v for v in registry["versions"] if v not in dropped]})
+        return dropped
+
+
+class QdrantIndexBuilder:
+    def __init__(self, client: QdrantClient, layout: _Layout, collab_dimension: int) -> None:
+        self.client = client
+        self.layout = layout
+        self.version = layout.version
+        self.collab_dimension = collab_dimension
+        self._attributes_indexed = False
+
+    def copy_from(self, base: _Layout) -> None:
+        """Start with every point of version ``base`` (scrolled with vectors, re-uploaded)."""
+        offset = None
+        while True:
+            records, offset = self.client.scroll(base.collection, scroll_filter=models.Filter(must=base.base) if base.base
+                                                 else None, limit=BATCH, offset=offset, with_payload=True,
+                                                 with_vectors=True)
+            points = [models.PointStruct(id=self.layout.pid(r.payload["item_id"]), vector=r.vector,
+                                         payload=self.layout.payload(r.payload["item_id"], {
+                                             k: v for k, v in r.payload.items()
+                                             if k not in ("tenant_id", "lodestar_version", "item_id")}))
+                      for r in records]
+            if points:
+                self.client.upsert(self.layout.collection, points=points, wait=True)
+            if offset is None:
+                break
+        self._attributes_indexed = True
+
+    def upsert(
+        self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
+        collab: np.ndarray | None = None,
+    ) -> None:
+        if self.collab_dimension and (collab is None or collab.shape != (len(item_ids), self.collab_dimension)):
+            raise ValueError(f"collab vectors must have shape ({len(item_ids)}, {self.collab_dimension})")
+        if not self._attributes_indexed:
+            for field, schema in _attribute_indexes(payloads):
+                self.client.create_payload_index(self.layout.collection, field, schema, wait=True)
+            self._attributes_indexed = True
+        for start in range(0, len(item_ids), BATCH):
+            points = []
+            for i in range(start, min(start + BATCH, len(item_ids))):
+                vector = {CONTENT: vectors[i].tolist()}
+                if self.collab_dimension:
+                    vector[COLLAB] = collab[i].tolist()
+                points.append(models.PointStruct(id=self.layout.pid(item_ids[i]), vector=vector,
+                                                 payload=self.layout.payload(item_ids[i], payloads[i])))
+            self.client.upsert(self.layout.collection, points=points, wait=True)
+
+    def delete(self, item_ids: Sequence[str]) -> None:
+        ids = [self.layout.pid(i) for i in item_ids]
+        for start in range(0, len(ids), BATCH):
+            self.client.delete(self.layout.collection, points_selector=models.PointIdsList(points=ids[start:start + BATCH]),
+                               wait=True)
+
+    def finish(self) -> int:
+        return QdrantIndexReader(self.client, self.layout).count()
+
+
+class QdrantIndexReader:
+    """A version's points. Only reads; the client is safe to share between request threads."""
+
+    def __init__(self, client: QdrantClient, layout: _Layout) -> None:
+        self.client = client
+        self.layout = layout
+        self.tenant = layout.tenant
+        self.version = layout.version
+
+    def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> models.Filter | None:
+        return to_filter(item_filter, [self.layout.pid(i) for i in exclude], self.layout.base)
+
+    @staticmethod
+    def _hits(points: list) -> list[Hit]:
+        def content(p) -> np.ndarray | None:
+            if isinstance(p.vector, dict) and CONTENT in p.vector:
+                return np.asarray(p.vector[CONTENT], dtype=np.float32)
+            return None
+
+        return [Hit(p.payload["item_id"], float(p.score), dict(p.payload), content(p)) for p in points]
+
+    def count(self) -> int:
+        base = self.layout.base
+        return self.client.count(self.layout.collection, count_filter=models.Filter(must=base) if base else None,
+                                 exact=True).count
+
+    def nearest(
+        self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+        with_vectors: bool = False, item_filter: ItemFilter | None = None,
+    ) -> list[Hit]:
+        if item_filter is not None and item_filter.match_nothing:
+            return []
+        response = self.client.query_points(
+            self.layout.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=using, limit=k,
+            query_filter=self._filter(exclude, item_filter), with_payload=RESULT_FIELDS,
+            with_vectors=[CONTENT] if with_vectors else False,
+        )
+        return self._hits(response.points)
+
+    def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
+        if item_filter is not None and item_filter.match_nothing:
+            return []
+        response = self.client.query_points(
+            self.layout.collection,
+            query=models.OrderByQuery(order_by=models.OrderBy(key="popularity", direction=models.Direction.DESC)),
+            limit=k, query_filter=self._filter(exclude, item_filter), with_payload=RESULT_FIELDS,
+        )
+        hits = self._hits(response.points)
+        for hit in hits:
+            hit.score = float(hit.payload.get("popularity", 0.0))
+        return hits
+
+    def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        ids = [self.layout.pid(i) for i in dict.fromkeys(item_ids)]
+        if not ids:
+            return {}
+        records = self.client.retrieve(self.layout.collection, ids=ids, with_payload=["item_id"], with_vectors=[CONTENT])
+        return {r.payload["item_id"]: np.asarray(r.vector[CONTENT], dtype=np.float32) for r in records}
+
+    def get(self, item_id: str) -> Hit | None:
+        records = self.client.retrieve(self.layout.collection, ids=[self.layout.pid(item_id)], with_payload=True,
+                                       with_vectors=[CONTENT])
+        if not records:
+            return None
+        payload = {k: v for k, v in records[0].payload.items() if k not in ("tenant_id", "lodestar_version")}
+        return Hit(item_id, 1.0, payload, np.asarray(records[0].vector[CONTENT], dtype=np.float32))
+
+    def close(self) -> None:
+        pass  # the client belongs to the store

@@ -1,0 +1,168 @@
+"""The index port's contract, run against every adapter: Qdrant Edge (embedded), the Qdrant server
+adapter on qdrant-client's local mode in both layouts, and a real Qdrant server in both layouts
+when LODESTAR_QDRANT_URL is set (reported as skipped otherwise)."""
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from lodestar.errors import NotFound
+from lodestar.filters import parse_filter
+from lodestar.index.edge import EdgeIndexStore
+
+pytestmark = pytest.mark.contract
+
+SERVER = os.environ.get("LODESTAR_QDRANT_URL", "")
+NO_SERVER = "LODESTAR_QDRANT_URL is not set: no Qdrant server to run the contract against"
+
+
+@pytest.fixture(params=["edge", "qdrant-local", "qdrant-local-shared", "qdrant-server", "qdrant-server-shared"])
+def index(request, tmp_path):
+    """(store, tenant name maker); server runs use unique tenant names and clean up after themselves."""
+    kind = request.param
+    if kind == "edge":
+        yield EdgeIndexStore(tmp_path), lambda name: name
+        return
+    from qdrant_client import QdrantClient
+
+    from lodestar.index.qdrant_server import QdrantIndexStore, client_for
+
+    mode = "shared" if kind.endswith("shared") else "collection"
+    if kind.startswith("qdrant-local"):
+        yield QdrantIndexStore(QdrantClient(location=":memory:"), mode), lambda name: name
+        return
+    if not SERVER.startswith("http"):
+        pytest.skip(NO_SERVER)
+    client = client_for(SERVER, os.environ.get("LODESTAR_QDRANT_API_KEY") or None)
+    run = f"t{uuid.uuid4().hex[:8]}-"
+    used: list[str] = []
+
+    def name(tenant: str) -> str:
+        used.append(run + tenant)
+        return run + tenant
+
+    yield QdrantIndexStore(client, mode), name
+    from qdrant_client import models
+
+    for collection in client.get_collections().collections:
+        if collection.name.startswith(f"lodestar--{run}"):
+            client.delete_collection(collection.name)
+    if used and client.collection_exists("lodestar--shared"):
+        client.delete("lodestar--shared", points_selector=models.FilterSelector(filter=models.Filter(
+            must=[models.FieldCondition(key="tenant_id", match=models.MatchAny(any=used))])))
+
+
+def _build(store, tenant, n=20, seed=0, base=None):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"i{k}" for k in range(n)]
+    payloads = [{"title": f"Item {k}", "popularity": float(k) / n, "categories": ["even" if k % 2 == 0 else "odd"],
+                 "tags": [], "attributes": {"price": float(k)}} for k in range(n)]
+    builder = store.build(tenant, 8, base=base)
+    builder.upsert(ids, vectors, payloads)
+    assert builder.finish() == n
+    return builder.version, ids, vectors
+
+
+def test_build_publish_query(index):
+    store, name = index
+    acme = name("acme")
+    version, ids, vectors = _build(store, acme)
+    assert store.published(acme) is None  # built is not published
+    store.publish(acme, version, {"points": 20, "ndcg@10": 0.25})
+    assert store.published(acme) == version
+    assert store.published_record(acme)["ndcg@10"] == 0.25
+    reader = store.open(acme, version)
+    try:
+        assert reader.count() == 20
+        hits = reader.nearest(vectors[3], 5)
+        assert hits[0].item_id == "i3" and hits[0].payload["title"] == "Item 3"
+        assert "i3" not in [h.item_id for h in reader.nearest(vectors[3], 5, exclude=["i3"])]
+        popular = reader.popular(3, exclude=["i19"])
+        assert [h.item_id for h in popular] == ["i18", "i17", "i16"]
+        assert np.allclose(reader.vectors(["i1", "missing"])["i1"], vectors[1], atol=1e-6)
+        assert reader.get("missing") is None and reader.get("i2").payload["title"] == "Item 2"
+        with_vectors = reader.nearest(vectors[4], 1, with_vectors=True)[0]
+        assert np.allclose(with_vectors.vector, vectors[4], atol=1e-6)
+    finally:
+        reader.close()
+
+
+def test_filters_apply_to_every_query(index):
+    store, name = index
+    acme = name("acme")
+    version, ids, vectors = _build(store, acme)
+    reader = store.open(acme, version)
+    try:
+        cheap_even = parse_filter({"categories": ["even"], "attributes": {"price": {"lte": 9}}})
+        found = reader.nearest(vectors[2], 20, item_filter=cheap_even)
+        assert sorted(h.item_id for h in found) == ["i0", "i2", "i4", "i6", "i8"]
+        assert [h.item_id for h in reader.popular(2, item_filter=cheap_even)] == ["i8", "i6"]
+        assert reader.nearest(vectors[2], 5, item_filter=parse_filter({"available": False})) == []
+        listed = parse_filter({"attributes": {"price": {"in": [3, 5]}}})
+        assert sorted(h.item_id for h in reader.nearest(vectors[0], 20, item_filter=listed)) == ["i3", "i5"]
+    finally:
+        reader.close()
+
+
+def test_tenants_are_kept_apart(index):
+    store, name = index
+    a, b = name("a"), name("b")
+    va, _, _ = _build(store, a, seed=1)
+    vb, _, vectors_b = _build(store, b, n=5, seed=2)
+    store.publish(a, va)
+    store.publish(b, vb)
+    assert store.versions(a) == [va] and store.versions(b) == [vb]
+    reader = store.open(a, va)
+    try:
+        assert reader.count() == 20
+        # Same item ids, other tenant: b's vectors are not a's.
+        assert not np.allclose(reader.vectors(["i0"])["i0"], vectors_b[0])
+        assert len(reader.nearest(vectors_b[0], 50)) == 20
+    finally:
+        reader.close()
+
+
+def test_a_version_built_from_a_base_leaves_the_base_untouched(index):
+    store, name = index
+    acme = name("acme")
+    base, ids, vectors = _build(store, acme, n=10)
+    store.publish(acme, base)
+    builder = store.build(acme, 8, base=base)
+    fresh = np.eye(8, dtype=np.float32)[:1]
+    builder.upsert(["new"], fresh, [{"title": "New", "popularity": 0.5, "categories": [], "tags": [], "attributes": {}}])
+    builder.delete(["i0", "i1"])
+    assert builder.finish() == 9
+    derived = store.open(acme, builder.version)
+    original = store.open(acme, base)
+    try:
+        assert derived.get("i0") is None and derived.get("new").payload["title"] == "New"
+        assert np.allclose(derived.vectors(["i5"])["i5"], vectors[5], atol=1e-6)
+        assert original.count() == 10 and original.get("i0") is not None and original.get("new") is None
+    finally:
+        derived.close()
+        original.close()
+    with pytest.raises(NotFound):
+        store.build(acme, 8, base="v-does-not-exist")
+
+
+def test_drop_old_keeps_published_and_recent(index):
+    store, name = index
+    acme = name("acme")
+    versions = [_build(store, acme, n=3, seed=s)[0] for s in range(5)]
+    assert store.versions(acme) == versions  # sortable by creation
+    with pytest.raises(NotFound):
+        store.publish(acme, "v-does-not-exist")
+    with pytest.raises(NotFound):
+        store.open(acme, "v-does-not-exist")
+    store.publish(acme, versions[3])
+    assert store.drop_old(acme, keep=1) == versions[:2]
+    assert store.versions(acme) == versions[2:]  # previous one kept, and the newer build too
+    reader = store.open(acme, versions[3])
+    try:
+        assert reader.count() == 3
+    finally:
+        reader.close()
