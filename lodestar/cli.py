@@ -184,6 +184,29 @@ def _materialize(settings: Settings, tenants: list[str]) -> int:
     return 1 if failed else 0
 
 
+def cmd_cdp_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Create the CDP's collections and indexes (ArangoDB) or tables (SQLite); safe to run again."""
+    if not settings.arango_url:
+        from lodestar.cdp import open_cdp
+
+        open_cdp(settings).close()  # the SQLite store creates its schema when opened
+        print(f"SQLite CDP store ready at {settings.cdp_path} (set LODESTAR_ARANGO_URL to initialize ArangoDB)")
+        return 0
+    from lodestar.cdp.arango import connect, init_schema
+    from lodestar.errors import InvalidInput
+
+    try:
+        db = connect(settings.arango_url, settings.arango_database, settings.arango_user, settings.arango_password,
+                     create=True)
+        created = init_schema(db)
+    except Exception as exc:  # python-arango's errors carry the server's message
+        raise InvalidInput(f"cannot initialize ArangoDB at {settings.arango_url} "
+                           f"(database {settings.arango_database!r}): {exc}") from None
+    print(f"ArangoDB database {settings.arango_database!r} at {settings.arango_url}: "
+          + (", ".join(created) + " created" if created else "already initialized"))
+    return 0
+
+
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar.cdp import open_cdp
     from lodestar.errors import InvalidInput, NotFound
@@ -325,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tenants_config)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")
+    p = cdp.add_parser("init", help="create the CDP collections and indexes (ArangoDB) or tables (SQLite)")
+    p.set_defaults(func=cmd_cdp_init)
     p = cdp.add_parser(
         "import",
         help="import items, users and events (JSONL, CSV or Parquet) or a MovieLens directory",

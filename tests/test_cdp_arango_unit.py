@@ -1,0 +1,173 @@
+"""The ArangoDB adapter's own logic, without a server (none can run on our machines): schema
+creation, the streamed change cursor, what the queries are sent, transactions. The adapter's
+behaviour against a real server is the contract suite (tests/test_cdp_contract.py), which runs when
+LODESTAR_ARANGO_URL is set."""
+
+import pytest
+
+from lodestar.cdp import Watermark
+from lodestar.cdp.arango import COLLECTIONS, INDEXES, ArangoCdpStore, batches, document_key, init_schema
+from lodestar.records import parse_item
+
+
+class Cursor:
+    def __init__(self, docs):
+        self.docs = list(docs)
+        self.closed = False
+        self.served = 0
+
+    def __iter__(self):
+        for doc in self.docs:
+            self.served += 1
+            yield doc
+
+    def close(self, ignore_missing=False):
+        self.closed = True
+
+
+class Collection:
+    def __init__(self, name, docs=None):
+        self.name = name
+        self.index_specs = []
+        self.docs = docs or {}
+
+    def indexes(self):
+        return [{"type": "primary", "fields": ["_key"]}, *self.index_specs]
+
+    def add_index(self, data):
+        self.index_specs.append(data)
+
+    def get(self, key):
+        return self.docs.get(key)
+
+
+class Transaction:
+    def __init__(self, db, fail_on=None):
+        self.db = db
+        self.fail_on = fail_on
+        self.state = "running"
+        self.aql = self
+
+    def execute(self, query, bind_vars=None, **options):
+        self.db.queries.append((query, bind_vars, options))
+        if self.fail_on and self.fail_on in query:
+            raise RuntimeError("server said no")
+        return Cursor([1])
+
+    def commit_transaction(self):
+        self.state = "committed"
+
+    def abort_transaction(self):
+        self.state = "aborted"
+
+
+class Database:
+    """Records what the adapter asks of python-arango's StandardDatabase."""
+
+    def __init__(self, results=None):
+        self.collections = {}
+        self.queries = []
+        self.results = list(results or [])
+        self.transactions = []
+        self.aql = self
+        self.fail_on = None
+
+    def has_collection(self, name):
+        return name in self.collections
+
+    def create_collection(self, name):
+        self.collections[name] = Collection(name)
+
+    def collection(self, name):
+        return self.collections.setdefault(name, Collection(name))
+
+    def execute(self, query, bind_vars=None, **options):
+        self.queries.append((query, bind_vars, options))
+        return self.results.pop(0) if self.results else Cursor([])
+
+    def begin_transaction(self, **options):
+        txn = Transaction(self, self.fail_on)
+        self.transactions.append((options, txn))
+        return txn
+
+
+def _with_tenant(db, name="acme"):
+    db.collection("tenants").docs[name] = {"_key": name, "name": name, "config": {}, "created_at": 1.0,
+                                           "updated_at": 1.0, "deleted": False}
+    return ArangoCdpStore(db, settle_s=2.0)
+
+
+def test_init_creates_what_is_missing_and_nothing_twice():
+    db = Database()
+    created = init_schema(db)
+    assert set(db.collections) == set(COLLECTIONS)
+    assert len(created) == len(COLLECTIONS) + len(INDEXES)
+    changes = [ix for ix in db.collection("items").index_specs if ix["fields"] == ["tenant_id", "updated_at"]]
+    assert changes and changes[0]["type"] == "persistent"
+    assert all(any(ix["fields"] == ["tenant_id", "updated_at"] for ix in db.collection(c).index_specs)
+               for c in ("items", "users", "events"))
+    assert init_schema(db) == []
+
+
+def test_changes_stream_through_one_cursor_in_batches_and_close_it():
+    docs = [{"_key": f"k{n:02d}", "_id": f"items/k{n:02d}", "_rev": "r", "tenant_id": "acme", "row_hash": "h",
+             "id": f"i{n}", "updated_at": 10.0} for n in range(12)]
+    cursor = Cursor(docs)
+    db = Database(results=[cursor])
+    store = ArangoCdpStore(db, settle_s=2.0)
+    pages = list(store.read_changes("acme", "items", Watermark(9.5, "k"), batch_size=5))
+    assert [len(p) for p in pages] == [5, 5, 2] and cursor.closed
+    assert pages[0][0] == {"_key": "k00", "id": "i0", "updated_at": 10.0}  # storage fields dropped, _key kept
+    (query, bind, options), = db.queries
+    assert options["stream"] is True and options["batch_size"] == 5
+    assert bind == {"@collection": "items", "tenant": "acme", "since": 9.5, "key": "k", "settle": 2.0}
+    assert "SORT d.updated_at, d._key" in query
+    assert "d.updated_at > @since OR (d.updated_at == @since AND d._key > @key)" in query
+
+
+def test_a_reader_that_stops_early_still_closes_the_server_cursor():
+    cursor = Cursor([{"_key": str(n)} for n in range(100)])
+    pages = batches(cursor, 10)
+    next(pages)
+    pages.close()
+    assert cursor.closed and cursor.served == 10
+
+
+def test_unknown_entity_is_refused_before_any_query():
+    db = Database()
+    with pytest.raises(Exception, match="entity must be one of"):
+        list(ArangoCdpStore(db).read_changes("acme", "orders"))
+    assert db.queries == []
+
+
+def test_upserts_send_tenant_scoped_keys_and_content_hashes():
+    db = Database(results=[Cursor([2]), Cursor([0])])
+    store = _with_tenant(db)
+    _with_tenant(db, "zeta")
+    items = [parse_item({"id": "a/b?c", "title": "A"}), parse_item({"id": "2", "title": "B"})]
+    assert store.upsert_items("acme", items) == 2
+    assert store.upsert_items("zeta", items) == 0
+    first, second = db.queries[0][1]["docs"], db.queries[1][1]["docs"]
+    assert [d["_key"] for d in first] == [document_key("acme", "a/b?c"), document_key("acme", "2")]
+    assert first[0]["_key"] != second[0]["_key"] and first[0]["row_hash"] == second[0]["row_hash"]
+    assert all(d["tenant_id"] == "acme" for d in first) and db.queries[0][1]["@collection"] == "items"
+    assert "waitForSync: true" in db.queries[0][0] and "DATE_NOW()" in db.queries[0][0]
+
+
+def test_document_keys_are_valid_and_distinct():
+    keys = {document_key(t, i) for t in ("a", "b") for i in ("x", "x/y", "ü ñ", "")}
+    assert len(keys) == 8 and all(k.isalnum() and len(k) == 40 for k in keys)
+
+
+def test_erasure_is_one_transaction_and_is_aborted_on_failure():
+    db = Database()
+    store = _with_tenant(db)
+    assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1}
+    options, txn = db.transactions[0]
+    assert txn.state == "committed" and set(options["write"]) == {"events", "preferences", "lodestar_served", "users"}
+    tombstone = db.queries[-1][1]["doc"]
+    assert tombstone["deleted"] is True and tombstone["attributes"] == {} and tombstone["_key"] == document_key("acme", "u")
+    db.fail_on = "UPSERT"
+    with pytest.raises(RuntimeError):
+        store.erase_user("acme", "u")
+    assert db.transactions[-1][1].state == "aborted"
