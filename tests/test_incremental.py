@@ -1,8 +1,8 @@
 """Incremental extracts, deletes and erasure, without Dagster."""
 
-from lodestar.records import parse_event, parse_item, parse_user
 from lodestar import stages
 from lodestar.embed import Embedder
+from lodestar.records import parse_event, parse_item, parse_user
 from lodestar.stages import TenantFiles, extract, read_extract
 
 

@@ -206,19 +206,27 @@ class QdrantIndexStore:
             create_alias=models.CreateAlias(collection_name=layout.collection, alias_name=alias)))
         self.client.update_collection_aliases(change_aliases_operations=operations)  # one atomic request
 
+    def _aliased(self, tenant: str) -> str | None:
+        """The collection the tenant's alias points at (``None`` before the first publish)."""
+        alias = self._alias(tenant)
+        return next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == alias), None)
+
     def published_record(self, tenant: str) -> dict[str, Any] | None:
         if self.shared:
             return self._registry(tenant).get("published")
-        alias = self._alias(tenant)
-        target = next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == alias), None)
+        target = self._aliased(tenant)
         if target is None:
             return None
         metadata = self.client.get_collection(target).config.metadata or {}
-        return metadata.get("lodestar_published") or {"version": target.rsplit("--", 1)[-1]}
+        return metadata.get("lodestar_published") or {"version": target[len(f"{PREFIX}{tenant}--"):]}
 
     def published(self, tenant: str) -> str | None:
-        record = self.published_record(tenant)
-        return None if record is None else record["version"]
+        """The served version: the alias's target (one request; servers poll it)."""
+        if self.shared:
+            record = self.published_record(tenant)
+            return None if record is None else record["version"]
+        target = self._aliased(tenant)
+        return None if target is None else target[len(f"{PREFIX}{tenant}--"):]
 
     def open(self, tenant: str, version: str) -> QdrantIndexReader:
         if version not in self.versions(tenant):
