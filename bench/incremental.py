@@ -73,6 +73,20 @@ def quiet(instance, idle_s: float = 25, timeout_s: float = 1200) -> None:
         time.sleep(1.0)
 
 
+def runs_since(instance, since: float) -> str:
+    """Each run the daemon started since ``since``: queued-to-start delay, duration and its slowest steps."""
+    out = []
+    for run in reversed(instance.get_runs(limit=10)):
+        stats = instance.get_run_stats(run.run_id)
+        if not stats.launch_time or stats.launch_time < since or not stats.end_time:
+            continue
+        steps = sorted(((s.end_time or 0) - (s.start_time or 0), s.step_key)
+                       for s in instance.get_run_step_stats(run.run_id))[::-1][:3]
+        out.append(f"{run.job_name} +{stats.launch_time - since:.0f}s start {stats.start_time - stats.launch_time:.1f}s "
+                   f"run {stats.end_time - stats.start_time:.1f}s ({', '.join(f'{k} {d:.1f}s' for d, k in steps)})")
+    return "; ".join(out)
+
+
 def daemon_latency(settings: Settings, key: str, trials: int, work: Path, next_item: int) -> list[float]:
     """Seconds from a new item in the CDP to the API serving it, with the Dagster daemon deciding."""
     from dagster import DagsterInstance, RunsFilter
@@ -114,6 +128,7 @@ def daemon_latency(settings: Settings, key: str, trials: int, work: Path, next_i
                 latencies.append(time.monotonic() - started)
                 print(f"  trial {trial + 1}: new item {row['id']} served after {latencies[-1]:.1f} s", flush=True)
                 quiet(instance)
+                print(f"    runs: {runs_since(instance, time.time() - (time.monotonic() - started) - 1)}", flush=True)
         finally:
             store.close()
         return latencies

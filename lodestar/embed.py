@@ -85,9 +85,18 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
+        """The model's vector size; from the cache when the model has encoded into it before, so
+        that a run whose texts are all cached never loads the model (seconds of imports)."""
+        if self._model is None and self._cache is not None:
+            known = self._cache.dimension(self.model_name)
+            if known is not None:
+                return known
         model = self.model
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(get_dim())
+        dimension = int(get_dim())
+        if self._cache is not None:
+            self._cache.set_dimension(self.model_name, dimension)
+        return dimension
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Encode without the cache (queries)."""
@@ -135,7 +144,17 @@ class EmbeddingCache:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, dimension INTEGER NOT NULL)")
         self._lock = threading.Lock()
+
+    def dimension(self, model: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute("SELECT dimension FROM models WHERE name = ?", (model,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_dimension(self, model: str, dimension: int) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO models (name, dimension) VALUES (?, ?)", (model, dimension))
 
     def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -215,15 +215,16 @@ def embedding_problems(vectors: np.ndarray, expected_dim: int) -> list[str]:
     return problems
 
 
-def _item_payload(row: pd.Series) -> dict[str, Any]:
-    return {
-        "kind": row["kind"],
-        "title": row["title"],
-        "categories": list(row["categories"]),
-        "tags": list(row["tags"]),
-        "attributes": json.loads(row["attributes"]),
-        "popularity": float(row["popularity"]),
-    }
+def _item_payloads(feats: pd.DataFrame, ids: list[str]) -> list[dict[str, Any]]:
+    """The index payload of each item of ``ids`` (column-wise: a row lookup per item costs seconds at 100k)."""
+    rows = feats.set_index("id").loc[ids, ["kind", "title", "categories", "tags", "attributes", "popularity"]]
+    return [
+        {"kind": kind, "title": title, "categories": list(categories), "tags": list(tags),
+         "attributes": json.loads(attributes), "popularity": float(popularity)}
+        for kind, title, categories, tags, attributes, popularity in zip(
+            rows["kind"], rows["title"], rows["categories"], rows["tags"], rows["attributes"], rows["popularity"],
+            strict=True)
+    ]
 
 
 def _fingerprint(content_hash: str, payload: dict[str, Any], collab_vector: np.ndarray | None) -> str:
@@ -290,8 +291,7 @@ def build_index(
     if not ids:
         raise InvalidInput(f"tenant {tenant!r} has no available items to index: import items first")
     hashes = dict(zip(*_embedding_hashes(files), strict=True))
-    feats = _read(files.item_features).set_index("id")
-    payloads = [_item_payload(feats.loc[item_id]) for item_id in ids]
+    payloads = _item_payloads(_read(files.item_features), ids)
     model = CollabModel.load(files.model_candidate) if (files.model_candidate / "meta.json").is_file() else None
     collab_vectors = None if model is None else model.factors_for(ids)
     fingerprints = {

@@ -22,3 +22,13 @@ def test_real_model_meaning_and_cache(tmp_path):
 def test_duplicate_texts_are_encoded_once(tmp_path):
     vectors, stats = Embedder(cache_dir=tmp_path).embed(["same", "same", "other"])
     assert stats.encoded == 2 and np.allclose(vectors[0], vectors[1])
+
+
+def test_a_run_with_every_text_cached_does_not_load_the_model(tmp_path):
+    first = Embedder(cache_dir=tmp_path)
+    first.embed(["cached text"])
+    assert first.dimension == 384  # learnt from the model once, kept in the cache
+    again = Embedder(cache_dir=tmp_path)
+    vectors, stats = again.embed(["cached text"])
+    assert stats.cached == 1 and again.dimension == 384 and vectors.shape == (1, 384)
+    assert again._model is None  # nothing needed the model
