@@ -305,7 +305,8 @@ class ArangoCdpStore:
         self._require_tenant(tenant)
         docs = [{**{f: e.get(f) for f in _EVENT_FIELDS}, "_key": document_key(tenant, e["id"]), "tenant_id": tenant}
                 for e in events]
-        return len(self._query(INSERT_NEW_AQL, docs=docs, **{"@collection": "events"}))
+        # Duplicates fail the unique _key and are skipped (ignoreErrors); only stored ones return a key.
+        return sum(1 for key in self._query(INSERT_NEW_AQL, docs=docs, **{"@collection": "events"}) if key)
 
     def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
         docs = self._query(USER_EVENTS_AQL, tenant=tenant, user=user_id, limit=limit)
