@@ -79,6 +79,13 @@ class Embedder:
                 self._model = _load_model(self.model_name)
             return self._model
 
+    def prewarm(self) -> threading.Thread:
+        """Load the model in a background thread (seconds of imports) while the caller does other
+        work; ``model`` waits for it instead of loading it twice."""
+        thread = threading.Thread(target=lambda: self.model, name="embedder-prewarm", daemon=True)
+        thread.start()
+        return thread
+
     def warm_up(self) -> None:
         """Load the model now rather than on the first request."""
         self.encode(["warm up"])

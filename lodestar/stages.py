@@ -157,9 +157,12 @@ def item_features(files: TenantFiles, config: dict[str, Any], model: str) -> dic
     df = features.build_item_features(
         items, events, config["event_weights"], float(config["recency_half_life_days"]), model
     )
+    previous = (set(pq.read_table(files.item_features, columns=["content_hash"]).column("content_hash").to_pylist())
+                if files.item_features.is_file() else set())
     _write_parquet(df, files.item_features)
     live = df[df["available"] & ~df["deleted"]] if not df.empty else df
-    return {"rows": len(df), "indexable": len(live), "with_interactions": int((df["interactions"] > 0).sum())}
+    return {"rows": len(df), "indexable": len(live), "with_interactions": int((df["interactions"] > 0).sum()),
+            "new_texts": int((~live["content_hash"].isin(previous)).sum()) if not live.empty else 0}
 
 
 def user_features(files: TenantFiles) -> dict[str, Any]:

@@ -49,8 +49,8 @@ def _sync(store, settings, tenant):
     config = effective_config(store.get_tenant(tenant)["config"])
     for entity in ("items", "users", "events"):
         extract(store, tenant, entity, files)
-    stages.item_features(files, config, settings.embed_model)
-    out = {"embeddings": stages.item_embeddings(files, Embedder(settings.embed_model, settings.cache_dir)),
+    out = {"features": stages.item_features(files, config, settings.embed_model)}
+    out |= {"embeddings": stages.item_embeddings(files, Embedder(settings.embed_model, settings.cache_dir)),
            "model": stages.collab_model(files, config),
            "evaluation": stages.offline_evaluation(files, config, tenant)}
     index_store = open_index_store(settings)
@@ -77,6 +77,8 @@ def test_a_small_catalog_change_builds_the_index_from_the_published_version(sett
     index, reader = second["index"], second["reader"]
     try:
         assert (index["mode"], index["upserted"], index["deleted"]) == ("incremental", 2, 1), index["why"]
+        # Two new texts: the run loads the model ahead of item_embeddings; those two are all it encodes.
+        assert second["features"]["new_texts"] == 2 and second["embeddings"]["encoded"] == 2
         assert index["base_version"] == first["index"]["version"]
         assert not second["model"]["refit"] and second["evaluation"]["reused"]
         assert reader.count() == index["items"] == first["index"]["items"]  # one in, one out
