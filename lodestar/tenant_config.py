@@ -102,7 +102,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not 0 < test_fraction < 1:
         raise InvalidInput("evaluation.test_fraction must be between 0 and 1")
     if not 0 <= config.get("index", {}).get("incremental_max_fraction", 0.1) <= 1:
-        raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: always rebuild in full)")
+        raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: any change rebuilds in full)")
     parse_rules(config.get("rules", []))
     attributes = config.get("profile_attributes", [])
     if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
