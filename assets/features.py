@@ -22,9 +22,6 @@ def item_features(context: AssetExecutionContext, lodestar: LodestarResource) ->
     files = lodestar.files(tenant)
     stats = stages.item_features(files, lodestar.tenant_config(tenant), lodestar.settings().embed_model)
     report(context, f"{stats['rows']} items, {stats['indexable']} available, {stats['new_texts']} new texts")
-    if stats["new_texts"]:
-        # item_embeddings will need the model: load it while the rest of the run goes on.
-        lodestar.embedder().prewarm()
     return MaterializeResult(metadata={**stats, "path": MetadataValue.path(str(files.item_features))})
 
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import AssetKey, ConfigurableResource, InitResourceContext
 
 from lodestar.cdp import CdpStore, open_cdp
 from lodestar.embed import Embedder
@@ -33,6 +33,21 @@ class LodestarResource(ConfigurableResource):
 
     data_dir: str | None = None
     embed_model: str | None = None
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """At the start of a run that embeds a tenant whose items changed since its features were
+        computed, load the embedding model in the background: its imports take seconds, which then
+        overlap the steps before item_embeddings instead of delaying it."""
+        run = context.dagster_run
+        selection = run.asset_selection if run is not None else None
+        tenant = run.tags.get("dagster/partition") if run is not None else None
+        if not tenant or not selection or AssetKey("item_embeddings") not in selection:
+            return
+        files = self.files(tenant)
+        items = files.extract("items")
+        if items.is_file() and (not files.item_features.is_file()
+                                or items.stat().st_mtime > files.item_features.stat().st_mtime):
+            self.embedder().prewarm()
 
     def settings(self) -> Settings:
         settings = Settings.from_env()
