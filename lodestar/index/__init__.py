@@ -28,13 +28,62 @@ def point_id(tenant: str, item_id: str) -> str:
 CONTENT = "content"  # named vector: the item's text embedding (cosine)
 COLLAB = "collab"  # named vector: the item's collaborative factors (dot product)
 
-
 @dataclass
 class Hit:
     item_id: str
     score: float
     payload: dict[str, Any] = field(default_factory=dict)
     vector: np.ndarray | None = None  # the content vector, when asked for
+
+
+# Payload indexes every version gets before its upload, and what a query result carries (enough to
+# rank and to answer: converting whole payloads costs time). Both adapters use these.
+KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
+FLOAT_FIELDS = ("popularity",)
+RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
+MAX_ATTRIBUTE_INDEXES = 16
+
+
+def common_attributes(payloads: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(key, "float" | "keyword")`` for the attributes at least 20% of the items carry (up to
+    ``MAX_ATTRIBUTE_INDEXES``, one type per key: the more common one), most common first: the
+    attributes worth a payload index so that filters on them do not scan payloads."""
+    counts: dict[tuple[str, str], int] = {}
+    for payload in payloads:
+        for key, value in (payload.get("attributes") or {}).items():
+            kind = "float" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
+                "keyword" if isinstance(value, str) else None)
+            if kind:
+                counts[(key, kind)] = counts.get((key, kind), 0) + 1
+    common = sorted((c, k) for k, c in counts.items() if c >= 0.2 * len(payloads))[-MAX_ATTRIBUTE_INDEXES:]
+    out: dict[str, str] = {}
+    for _, (key, kind) in reversed(common):
+        out.setdefault(key, kind)
+    return list(out.items())
+
+
+def check_collab(collab: np.ndarray | None, count: int, dimension: int) -> None:
+    if dimension and (collab is None or collab.shape != (count, dimension)):
+        raise ValueError(f"collab vectors must have shape ({count}, {dimension})")
+
+
+def versions_to_drop(versions: Sequence[str], published: str | None, keep: int) -> list[str]:
+    """Versions older than the published one, but the ``keep`` newest of them (a server may still be
+    reading one). Never the published version or a newer one (a build may be in progress)."""
+    if published is None:
+        return []
+    older = [v for v in versions if v < published]
+    return older[: max(0, len(older) - keep)]
+
+
+def to_hits(points: Iterable[Any]) -> list[Hit]:
+    """Qdrant query results (Edge or client: both have ``payload``, ``score``, named ``vector``) as hits."""
+    def content(p: Any) -> np.ndarray | None:
+        if isinstance(p.vector, dict) and CONTENT in p.vector:
+            return np.asarray(p.vector[CONTENT], dtype=np.float32)
+        return None
+
+    return [Hit(p.payload["item_id"], float(p.score), dict(p.payload), content(p)) for p in points]
 
 
 class IndexBuilder(Protocol):

@@ -24,14 +24,21 @@ import qdrant_edge as qe
 
 from lodestar.errors import NotFound
 from lodestar.filters import ItemFilter
-from lodestar.index import COLLAB, CONTENT, Hit, point_id
+from lodestar.index import (
+    COLLAB,
+    CONTENT,
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    RESULT_FIELDS,
+    Hit,
+    check_collab,
+    common_attributes,
+    point_id,
+    to_hits,
+    versions_to_drop,
+)
 
 BATCH = 512
-KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
-FLOAT_FIELDS = ("popularity",)
-# What a query result carries: enough to rank and to answer (converting whole payloads costs time).
-MAX_ATTRIBUTE_INDEXES = 16
-RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -102,11 +109,7 @@ class EdgeIndexStore:
         """Delete versions older than the published one, keeping ``keep`` of them (newest first) so
         that a server still reading one is not cut off. Never deletes the published version or any
         version newer than it (a build may be in progress)."""
-        published = self.published(tenant)
-        if published is None:
-            return []
-        older = [v for v in self.versions(tenant) if v < published]
-        dropped = older[: max(0, len(older) - keep)]
+        dropped = versions_to_drop(self.versions(tenant), self.published(tenant), keep)
         for version in dropped:
             shutil.rmtree(self._version_dir(tenant, version), ignore_errors=True)
         return dropped
@@ -141,29 +144,16 @@ class EdgeIndexBuilder:
     def _index_attributes(self, payloads: Sequence[dict[str, Any]]) -> None:
         """Payload indexes for the attributes most items carry (numbers: float, text: keyword), so
         filters on them do not scan payloads. Created on the first batch, before the upload."""
-        counts: dict[tuple[str, str], int] = {}
-        for payload in payloads:
-            for key, value in (payload.get("attributes") or {}).items():
-                kind = "float" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
-                    "keyword" if isinstance(value, str) else None)
-                if kind:
-                    counts[(key, kind)] = counts.get((key, kind), 0) + 1
-        common = sorted((c, k) for k, c in counts.items() if c >= 0.2 * len(payloads))[-MAX_ATTRIBUTE_INDEXES:]
-        indexed: set[str] = set()
-        for _, (key, kind) in reversed(common):
-            if key not in indexed:  # one type per key: the more common one
-                schema = qe.PayloadSchemaType.Float if kind == "float" else qe.PayloadSchemaType.Keyword
-                self._shard.update(qe.UpdateOperation.create_field_index(f"attributes.{key}", schema))
-                indexed.add(key)
+        for key, kind in common_attributes(payloads):
+            schema = qe.PayloadSchemaType.Float if kind == "float" else qe.PayloadSchemaType.Keyword
+            self._shard.update(qe.UpdateOperation.create_field_index(f"attributes.{key}", schema))
         self._attributes_indexed = True
 
     def upsert(
         self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
         collab: np.ndarray | None = None,
     ) -> None:
-        if self.collab_dimension and (collab is None or collab.shape != (len(item_ids), self.collab_dimension)):
-            raise ValueError(f"collab vectors must have shape ({len(item_ids)}, {self.collab_dimension})")
-
+        check_collab(collab, len(item_ids), self.collab_dimension)
         if not self._attributes_indexed:
             self._index_attributes(payloads)
 
@@ -212,15 +202,6 @@ class EdgeIndexReader:
             return None
         return qe.Filter(must=must or None, must_not=must_not or None)
 
-    @staticmethod
-    def _hits(points: list) -> list[Hit]:
-        def content(p) -> np.ndarray | None:
-            if isinstance(p.vector, dict) and CONTENT in p.vector:
-                return np.asarray(p.vector[CONTENT], dtype=np.float32)
-            return None
-
-        return [Hit(p.payload["item_id"], float(p.score), p.payload, content(p)) for p in points]
-
     def count(self) -> int:
         return self._shard.info().points_count
 
@@ -237,7 +218,7 @@ class EdgeIndexReader:
             with_payload=RESULT_FIELDS,
             with_vector=[CONTENT] if with_vectors else False,
         )
-        return self._hits(self._shard.query(request))
+        return to_hits(self._shard.query(request))
 
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
@@ -248,7 +229,7 @@ class EdgeIndexReader:
             filter=self._filter(exclude, item_filter),
             with_payload=RESULT_FIELDS,
         )
-        hits = self._hits(self._shard.query(request))
+        hits = to_hits(self._shard.query(request))
         for hit in hits:
             hit.score = float(hit.payload.get("popularity", 0.0))
         return hits

@@ -28,16 +28,24 @@ from qdrant_client import QdrantClient, models
 
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import ItemFilter
-from lodestar.index import COLLAB, CONTENT, Hit, point_id
+from lodestar.index import (
+    COLLAB,
+    CONTENT,
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    RESULT_FIELDS,
+    Hit,
+    check_collab,
+    common_attributes,
+    point_id,
+    to_hits,
+    versions_to_drop,
+)
 
 BATCH = 256
 PREFIX = "lodestar--"
 SHARED = f"{PREFIX}shared"
 REGISTRY = f"{PREFIX}registry"
-KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
-FLOAT_FIELDS = ("popularity",)
-MAX_ATTRIBUTE_INDEXES = 16
-RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
 MODES = ("collection", "shared")
 
 
@@ -55,25 +63,6 @@ def client_for(url: str, api_key: str | None = None) -> QdrantClient:
 def new_version() -> str:
     now = time.time()
     return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}_{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
-
-
-def _attribute_indexes(payloads: Sequence[dict[str, Any]]) -> list[tuple[str, models.PayloadSchemaType]]:
-    """Indexes for the attributes at least 20% of the items carry (numbers: float, text: keyword)."""
-    counts: dict[tuple[str, str], int] = {}
-    for payload in payloads:
-        for key, value in (payload.get("attributes") or {}).items():
-            kind = "float" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
-                "keyword" if isinstance(value, str) else None)
-            if kind:
-                counts[(key, kind)] = counts.get((key, kind), 0) + 1
-    common = sorted((c, k) for k, c in counts.items() if c >= 0.2 * len(payloads))[-MAX_ATTRIBUTE_INDEXES:]
-    out, seen = [], set()
-    for _, (key, kind) in reversed(common):
-        if key not in seen:
-            seen.add(key)
-            out.append((f"attributes.{key}", models.PayloadSchemaType.FLOAT if kind == "float"
-                        else models.PayloadSchemaType.KEYWORD))
-    return out
 
 
 def to_filter(item_filter: ItemFilter | None, exclude_ids: list[str], base: list) -> models.Filter | None:
@@ -241,11 +230,7 @@ class QdrantIndexStore:
 
     def drop_old(self, tenant: str, keep: int = 2) -> list[str]:
         """Drop versions older than the published one but the ``keep`` newest of them."""
-        published = self.published(tenant)
-        if published is None:
-            return []
-        older = [v for v in self.versions(tenant) if v < published]
-        dropped = older[: max(0, len(older) - keep)]
+        dropped = versions_to_drop(self.versions(tenant), self.published(tenant), keep)
         for version in dropped:
             layout = _Layout(self.mode, tenant, version)
             if self.shared:
@@ -289,11 +274,11 @@ class QdrantIndexBuilder:
         self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
         collab: np.ndarray | None = None,
     ) -> None:
-        if self.collab_dimension and (collab is None or collab.shape != (len(item_ids), self.collab_dimension)):
-            raise ValueError(f"collab vectors must have shape ({len(item_ids)}, {self.collab_dimension})")
+        check_collab(collab, len(item_ids), self.collab_dimension)
         if not self._attributes_indexed:
-            for field, schema in _attribute_indexes(payloads):
-                self.client.create_payload_index(self.layout.collection, field, schema, wait=True)
+            for key, kind in common_attributes(payloads):
+                schema = models.PayloadSchemaType.FLOAT if kind == "float" else models.PayloadSchemaType.KEYWORD
+                self.client.create_payload_index(self.layout.collection, f"attributes.{key}", schema, wait=True)
             self._attributes_indexed = True
         for start in range(0, len(item_ids), BATCH):
             points = []
@@ -327,15 +312,6 @@ class QdrantIndexReader:
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> models.Filter | None:
         return to_filter(item_filter, [self.layout.pid(i) for i in exclude], self.layout.base)
 
-    @staticmethod
-    def _hits(points: list) -> list[Hit]:
-        def content(p) -> np.ndarray | None:
-            if isinstance(p.vector, dict) and CONTENT in p.vector:
-                return np.asarray(p.vector[CONTENT], dtype=np.float32)
-            return None
-
-        return [Hit(p.payload["item_id"], float(p.score), dict(p.payload), content(p)) for p in points]
-
     def count(self) -> int:
         base = self.layout.base
         return self.client.count(self.layout.collection, count_filter=models.Filter(must=base) if base else None,
@@ -352,7 +328,7 @@ class QdrantIndexReader:
             query_filter=self._filter(exclude, item_filter), with_payload=RESULT_FIELDS,
             with_vectors=[CONTENT] if with_vectors else False,
         )
-        return self._hits(response.points)
+        return to_hits(response.points)
 
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
@@ -362,7 +338,7 @@ class QdrantIndexReader:
             query=models.OrderByQuery(order_by=models.OrderBy(key="popularity", direction=models.Direction.DESC)),
             limit=k, query_filter=self._filter(exclude, item_filter), with_payload=RESULT_FIELDS,
         )
-        hits = self._hits(response.points)
+        hits = to_hits(response.points)
         for hit in hits:
             hit.score = float(hit.payload.get("popularity", 0.0))
         return hits
