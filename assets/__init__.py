@@ -1,9 +1,13 @@
-"""Dagster asset definitions, one module per lineage stage. Thin: the logic lives in ``lodestar``."""
+"""Dagster asset definitions, one module per lineage stage. Thin: the logic lives in ``lodestar.lineage``.
+
+This package owns what the assets need (``partitions``, ``resources``); ``pipelines`` composes them
+into Definitions and never the other way round.
+"""
 
 
 from dagster import AssetExecutionContext, AutomationCondition
 
-from pipelines.resources import progress_log
+from assets.resources import progress_log
 
 
 def report(context: AssetExecutionContext, message: str) -> None:

@@ -3,9 +3,10 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets import DOWNSTREAM, bar, report
-from lodestar import attribution, stages
-from pipelines.partitions import tenants_partitions
-from pipelines.resources import LodestarResource
+from assets.partitions import tenants_partitions
+from assets.resources import LodestarResource
+from lodestar import attribution
+from lodestar.lineage.files import read_extract
 
 
 def _chart(totals) -> str:
@@ -31,8 +32,8 @@ def attribution_report(context: AssetExecutionContext, lodestar: LodestarResourc
     files = lodestar.files(tenant)
     with lodestar.cdp() as store:
         served = store.read_served(tenant)
-    table = attribution.attribute(served, stages.read_extract(files, "events"))
-    path = files.root / "analytics" / "attribution.parquet"
+    table = attribution.attribute(served, read_extract(files, "events"))
+    path = files.attribution
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(path, index=False)
     totals = attribution.by_strategy(table)

@@ -11,9 +11,9 @@ from dagster import (
 )
 
 from assets import DOWNSTREAM, report
-from lodestar import stages
-from pipelines.partitions import tenants_partitions
-from pipelines.resources import LodestarResource
+from assets.partitions import tenants_partitions
+from assets.resources import LodestarResource
+from lodestar.lineage.embeddings import item_embeddings as embed_items
 
 
 @asset(
@@ -34,19 +34,19 @@ from pipelines.resources import LodestarResource
 def item_embeddings(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
-    embedder = lodestar.embedder()
-    stats = stages.item_embeddings(
-        files, embedder, progress=lambda done, total: report(context, f"encoded {done}/{total} new texts")
+    result = embed_items(
+        files, lodestar.embedder(), progress=lambda done, total: report(context, f"encoded {done}/{total} new texts")
     )
-    report(context, f"{stats['rows']} vectors ({stats['encoded']} encoded, {stats['cached']} from cache)")
-    problems = stats.pop("problems")
+    report(context, f"{result.rows} vectors ({result.encoded} encoded, {result.cached} from cache)")
     return MaterializeResult(
-        metadata={**stats, "path": MetadataValue.path(str(files.item_embeddings))},
+        metadata={"rows": result.rows, "dimension": result.dimension, "encoded": result.encoded,
+                  "cached": result.cached, "model": result.model,
+                  "path": MetadataValue.path(str(files.item_embeddings))},
         check_results=[
             AssetCheckResult(
                 check_name="dimension_and_nan",
-                passed=not problems,
-                metadata={"dimension": stats["dimension"], "problems": "; ".join(problems) or "none"},
+                passed=not result.problems,
+                metadata={"dimension": result.dimension, "problems": "; ".join(result.problems) or "none"},
             )
         ],
     )

@@ -12,10 +12,12 @@ from dagster import (
     asset,
 )
 
+import pyarrow.parquet as pq
+
 from assets import report
-from lodestar import stages
-from pipelines.partitions import FULL_REBUILD_TAG, tenants_partitions
-from pipelines.resources import LodestarResource
+from assets.partitions import FULL_REBUILD_TAG, tenants_partitions
+from assets.resources import LodestarResource
+from lodestar.lineage.extracts import EXTRACT_COLUMNS, extract
 
 
 def _extract_asset(entity: str) -> AssetsDefinition:
@@ -33,29 +35,27 @@ def _extract_asset(entity: str) -> AssetsDefinition:
         tenant = context.partition_key
         full = context.run.tags.get(FULL_REBUILD_TAG) == "true"
         with lodestar.cdp() as store:
-            stats = stages.extract(store, tenant, entity, lodestar.files(tenant), full=full)
-        report(context, f"{stats['rows']} rows ({stats['mode']}: {stats['changed']} changed)")
-        import pyarrow.parquet as pq
-
-        columns = pq.read_schema(stats["path"]).names
-        missing = [c for c in stages.EXTRACT_COLUMNS[entity] if c not in columns]
+            result = extract(store, tenant, entity, lodestar.files(tenant), full=full)
+        report(context, f"{result.rows} rows ({result.mode}: {result.changed} changed)")
+        columns = pq.read_schema(result.path).names
+        missing = [c for c in EXTRACT_COLUMNS[entity] if c not in columns]
         # Users are optional (events imply them); items are needed to serve anything.
-        rows_ok = stats["rows"] > 0 or entity == "users"
+        rows_ok = result.rows > 0 or entity == "users"
         return MaterializeResult(
             metadata={
-                "rows": stats["rows"],
-                "changed": stats["changed"],
-                "mode": stats["mode"],
-                "deleted": stats.get("deleted", 0),
-                "watermark": stats["watermark"] or "",
-                "path": MetadataValue.path(stats["path"]),
+                "rows": result.rows,
+                "changed": result.changed,
+                "mode": result.mode,
+                "deleted": result.deleted,
+                "watermark": result.watermark or "",
+                "path": MetadataValue.path(str(result.path)),
             },
             check_results=[
                 AssetCheckResult(
                     check_name="schema_and_rows",
                     passed=not missing and rows_ok,
                     severity=AssetCheckSeverity.ERROR if missing else AssetCheckSeverity.WARN,
-                    metadata={"rows": stats["rows"], "missing_columns": ", ".join(missing) or "none"},
+                    metadata={"rows": result.rows, "missing_columns": ", ".join(missing) or "none"},
                 )
             ],
         )

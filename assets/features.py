@@ -3,10 +3,12 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+import dataclasses
+
 from assets import DOWNSTREAM, report
-from lodestar import stages
-from pipelines.partitions import tenants_partitions
-from pipelines.resources import LodestarResource
+from assets.partitions import tenants_partitions
+from assets.resources import LodestarResource
+from lodestar.lineage import feature_tables
 
 
 @asset(
@@ -20,9 +22,9 @@ from pipelines.resources import LodestarResource
 def item_features(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
-    stats = stages.item_features(files, lodestar.tenant_config(tenant), lodestar.settings().embed_model)
-    report(context, f"{stats['rows']} items, {stats['indexable']} available, {stats['new_texts']} new texts")
-    return MaterializeResult(metadata={**stats, "path": MetadataValue.path(str(files.item_features))})
+    result = feature_tables.item_features(files, lodestar.tenant_config(tenant), lodestar.settings().embed_model)
+    report(context, f"{result.rows} items, {result.indexable} available, {result.new_texts} new texts")
+    return MaterializeResult(metadata={**dataclasses.asdict(result), "path": MetadataValue.path(str(files.item_features))})
 
 
 @asset(
@@ -36,6 +38,6 @@ def item_features(context: AssetExecutionContext, lodestar: LodestarResource) ->
 def user_features(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
-    stats = stages.user_features(files)
-    report(context, f"{stats['rows']} users, {stats['active']} with events")
-    return MaterializeResult(metadata={**stats, "path": MetadataValue.path(str(files.user_features))})
+    result = feature_tables.user_features(files)
+    report(context, f"{result.rows} users, {result.active} with events")
+    return MaterializeResult(metadata={**dataclasses.asdict(result), "path": MetadataValue.path(str(files.user_features))})

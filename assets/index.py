@@ -11,9 +11,10 @@ from dagster import (
 )
 
 from assets import DOWNSTREAM, PUBLISH, report
-from lodestar import stages
-from pipelines.partitions import FULL_REBUILD_TAG, tenants_partitions
-from pipelines.resources import LodestarResource
+from assets.partitions import FULL_REBUILD_TAG, tenants_partitions
+from assets.resources import LodestarResource
+from lodestar.lineage.index_build import build_index
+from lodestar.lineage.publishing import canary_problem, publish
 
 
 @asset(
@@ -33,19 +34,18 @@ from pipelines.resources import LodestarResource
 )
 def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
-    files = lodestar.files(tenant)
     index_store = lodestar.index_store()
     full = context.run.tags.get(FULL_REBUILD_TAG) == "true"
-    stats, probe = stages.build_index(files, index_store, tenant, lodestar.tenant_config(tenant), full=full)
-    report(context, f"version {stats['version']} built {stats['mode']} with {stats['points']} points: {stats['why']}")
-    canary = stages.canary_problem(index_store, tenant, stats["version"], probe)
+    built = build_index(lodestar.files(tenant), index_store, tenant, lodestar.tenant_config(tenant), full=full)
+    report(context, f"version {built.version} built {built.mode} with {built.points} points: {built.why}")
+    canary = canary_problem(index_store, tenant, built.version, built.probe)
     return MaterializeResult(
-        metadata={**stats, "path": MetadataValue.path(str(files.root / "index" / "versions" / stats["version"]))},
+        metadata={**built.metadata(), "location": index_store.location(tenant, built.version)},
         check_results=[
             AssetCheckResult(
                 check_name="point_count_matches_items",
-                passed=stats["points"] == stats["items"],
-                metadata={"points": stats["points"], "available_items": stats["items"]},
+                passed=built.points == built.items,
+                metadata={"points": built.points, "available_items": built.items},
             ),
             AssetCheckResult(check_name="canary_query", passed=canary is None, metadata={"problem": canary or "none"}),
         ],
@@ -63,13 +63,13 @@ def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> 
 )
 def published_index(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
-    stats = stages.publish(lodestar.files(tenant), lodestar.index_store(), tenant)
-    report(context, f"serving version {stats['version']} (was {stats['previous'] or 'none'})")
+    published = publish(lodestar.files(tenant), lodestar.index_store(), tenant)
+    report(context, f"serving version {published.version} (was {published.previous or 'none'})")
     return MaterializeResult(
         metadata={
-            "version": stats["version"],
-            "previous_version": stats["previous"] or "",
-            "points": stats["points"],
-            "dropped_versions": ", ".join(stats["dropped"]) or "none",
+            "version": published.version,
+            "previous_version": published.previous or "",
+            "points": published.points,
+            "dropped_versions": ", ".join(published.dropped) or "none",
         }
     )

@@ -10,9 +10,10 @@ from dagster import (
 )
 
 from assets import DOWNSTREAM, bar, report
-from lodestar import stages
-from pipelines.partitions import tenants_partitions
-from pipelines.resources import LodestarResource
+from assets.partitions import tenants_partitions
+from assets.resources import LodestarResource
+from lodestar.lineage.collab_fit import collab_model as fit_collab_model
+from lodestar.lineage.evaluation_gate import offline_evaluation as evaluate_offline, regression_problem
 
 
 @asset(
@@ -26,10 +27,10 @@ from pipelines.resources import LodestarResource
 )
 def collab_model(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
-    stats = stages.collab_model(lodestar.files(tenant), lodestar.tenant_config(tenant))
-    how = "fitted" if stats["refit"] else "unchanged (same interactions and settings), not refitted"
-    report(context, f"{stats['kind']} over {stats['items']} items, {stats['interactions']} interactions: {how}")
-    return MaterializeResult(metadata=stats)
+    fitted = fit_collab_model(lodestar.files(tenant), lodestar.tenant_config(tenant))
+    how = "fitted" if fitted.refit else "unchanged (same interactions and settings), not refitted"
+    report(context, f"{fitted.kind} over {fitted.meta['items']} items, {fitted.meta['interactions']} interactions: {how}")
+    return MaterializeResult(metadata={"kind": fitted.kind, **fitted.meta, "refit": fitted.refit})
 
 
 def _chart(result: dict) -> str:
@@ -62,15 +63,16 @@ def offline_evaluation(context: AssetExecutionContext, lodestar: LodestarResourc
     tenant = context.partition_key
     files = lodestar.files(tenant)
     config = lodestar.tenant_config(tenant)
-    result = stages.offline_evaluation(files, config, tenant)
+    evaluated = evaluate_offline(files, config, tenant)
+    result = evaluated.result
     published = lodestar.index_store().published_record(tenant)
-    problem = stages.regression_problem(result, published, float(config["evaluation"]["max_regression"]))
-    if result["reused"]:
-        report(context, f"events and configuration unchanged, {result['items_changed_since']:.1%} of items changed "
+    problem = regression_problem(result, published, config.evaluation.max_regression)
+    if evaluated.reused:
+        report(context, f"events and configuration unchanged, {evaluated.items_changed_since:.1%} of items changed "
                         "since the last evaluation: its result stands")
-    if result["status"] != "evaluated":
+    if not evaluated.evaluated:
         report(context, f"not enough data to evaluate ({result['test_users']} test users)")
-        metadata = {"status": result["status"], "test_users": result["test_users"], "reused": result["reused"]}
+        metadata = {"status": result["status"], "test_users": result["test_users"], "reused": evaluated.reused}
     else:
         ours, popular = result["lodestar"], result["popular"]
         report(context, f"NDCG@10 {ours['ndcg@10']:.4f} (popular {popular['ndcg@10']:.4f}), "
@@ -83,7 +85,7 @@ def offline_evaluation(context: AssetExecutionContext, lodestar: LodestarResourc
             "lift over popular": ours["ndcg@10"] / popular["ndcg@10"] if popular["ndcg@10"] else 0.0,
             "test_users": result["test_users"],
             "model": result["model"],
-            "reused": result["reused"],
+            "reused": evaluated.reused,
             "strategies": MetadataValue.json(result["strategies"]),
             "chart": MetadataValue.md(_chart(result)),
         }

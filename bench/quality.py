@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import start_server, stop  # noqa: E402
 from lodestar.evaluation import Metrics, evaluate, temporal_split  # noqa: E402
-from lodestar.stages import TenantFiles, read_embeddings  # noqa: E402
+from lodestar.lineage.embeddings import read_embeddings  # noqa: E402
+from lodestar.lineage.files import TenantFiles  # noqa: E402
 
 CLI = [sys.executable, "-m", "lodestar.cli"]
 

@@ -26,13 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lodestar import demo  # noqa: E402
 from lodestar.cdp import open_cdp  # noqa: E402
-from lodestar.collab import CollabModel, event_item_weights  # noqa: E402
+from lodestar.collab import event_item_weights  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
 from lodestar.index import open_index_store  # noqa: E402
 from lodestar.keys import issue_key  # noqa: E402
 from lodestar.recommend import interacted_items  # noqa: E402
 from lodestar.settings import Settings  # noqa: E402
-from lodestar.stages import TenantFiles  # noqa: E402
 from lodestar.tenant_config import effective_config  # noqa: E402
 
 
@@ -77,8 +76,7 @@ def main() -> None:
 
         rng = np.random.default_rng(0)
         users = [f"u{rng.integers(args.users):04d}" for _ in range(args.requests)]
-        files = TenantFiles(settings.tenant_dir("shop"))
-        model = CollabModel.load(files.model(open_index_store(settings).published("shop")))
+        model = open_index_store(settings).open_published("shop").model
         config = effective_config(None)
 
         api: list[float] = []

@@ -15,17 +15,21 @@ weighs its type's weight (a dislike is negative) times a recency weight
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from lodestar.features import event_weights
+from lodestar.event_weights import event_weight, event_weights
+
+if TYPE_CHECKING:
+    from lodestar.tenant_config import TenantConfig
 
 EASE = "ease"
 SVD = "svd"
@@ -66,6 +70,24 @@ class CollabModel:
             ease=np.load(ease_path, mmap_mode="r") if ease_path.is_file() else None,
             meta=meta,
         )
+
+    def to_bytes(self) -> bytes:
+        """The model as one ``.npz`` blob (for index adapters that keep it beside the index, not on disk)."""
+        buffer = io.BytesIO()
+        arrays = {"factors": self.factors.astype(np.float32), "damping": self.damping.astype(np.float32)}
+        if self.ease is not None:
+            arrays["ease"] = np.asarray(self.ease, dtype=np.float32)
+        header = json.dumps({"kind": self.kind, "item_ids": self.item_ids, "meta": self.meta or {}})
+        np.savez(buffer, header=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> CollabModel:
+        with np.load(io.BytesIO(blob)) as data:
+            header = json.loads(data["header"].tobytes().decode())
+            return cls(kind=header["kind"], item_ids=header["item_ids"], factors=data["factors"],
+                       damping=data["damping"], ease=data["ease"] if "ease" in data.files else None,
+                       meta=header["meta"])
 
     def factors_for(self, item_ids: list[str]) -> np.ndarray:
         """Item factors aligned with ``item_ids`` (zeros for items the model does not cover)."""
@@ -110,18 +132,15 @@ class CollabModel:
         return out
 
 
-def event_item_weights(events: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, float]:
+def event_item_weights(events: list[dict[str, Any]], config: TenantConfig) -> dict[str, float]:
     """Per item, the sum of its events' type weight times recency weight (latest event first)."""
-    weights = config["event_weights"]
-    half_life = float(config["collab"]["recency_half_life_events"])
-    floor = float(config["collab"]["recency_floor"])
+    half_life = config.collab.recency_half_life_events
+    floor = config.collab.recency_floor
     ordered = sorted(events, key=lambda e: e["ts"], reverse=True)
     out: dict[str, float] = {}
     position = 0
     for event in ordered:
-        weight = float(weights.get(event["type"], 0.0))
-        if event["type"] == "rating" and event.get("value") is not None:
-            weight *= float(event["value"]) / 5.0
+        weight = event_weight(event["type"], event.get("value"), config.event_weights)
         if weight == 0.0:
             continue
         recency = 0.5 ** (position / half_life) + floor
@@ -140,22 +159,22 @@ def positive_interactions(events: pd.DataFrame, weights: dict[str, float]) -> pd
     return net[net["w"] > 0][["user_id", "item_id"]]
 
 
-def fingerprint(pairs: pd.DataFrame, config: dict[str, Any]) -> str:
+def fingerprint(pairs: pd.DataFrame, config: TenantConfig) -> str:
     """What a fit on ``pairs`` depends on: the pairs and the model settings. The fit is deterministic,
     so an equal fingerprint means an equal model (and a refit can be skipped)."""
     ordered = pairs.sort_values(["user_id", "item_id"])
-    digest = hashlib.sha1(json.dumps(config["collab"], sort_keys=True).encode())
+    digest = hashlib.sha1(json.dumps(config.as_dict()["collab"], sort_keys=True).encode())
     digest.update(pd.util.hash_pandas_object(ordered[["user_id", "item_id"]], index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
 
-def fit(pairs: pd.DataFrame, item_ids: list[str], config: dict[str, Any]) -> CollabModel:
+def fit(pairs: pd.DataFrame, item_ids: list[str], config: TenantConfig) -> CollabModel:
     """Fit the tenant's collaborative model on positive (user, item) pairs over ``item_ids``.
 
     The model covers the items of ``item_ids`` that have interactions (an item without any scores 0
     in either model kind), so adding an item nobody has engaged with yet leaves the model unchanged.
     """
-    settings = config["collab"]
+    settings = config.collab
     pairs = pairs[pairs["item_id"].isin(set(item_ids))]
     engaged = set(pairs["item_id"])
     if engaged:
@@ -167,11 +186,11 @@ def fit(pairs: pd.DataFrame, item_ids: list[str], config: dict[str, Any]) -> Col
         shape=(max(len(users), 1), len(item_ids)),
     )
     X.data[:] = 1.0  # a pair listed twice is still one interaction
-    rank = int(min(settings["factors"], max(1, min(X.shape) - 1)))
+    rank = int(min(settings.factors, max(1, min(X.shape) - 1)))
     factors, damping = _svd_factors(X, rank)
     meta = {"users": len(users), "items": len(item_ids), "interactions": int(X.nnz), "factors": rank}
-    if len(item_ids) <= int(settings["ease_max_items"]):
-        lam = float(settings["ease_lambda"])
+    if len(item_ids) <= settings.ease_max_items:
+        lam = settings.ease_lambda
         return CollabModel(EASE, list(item_ids), factors, damping, _ease(X, lam), {**meta, "lambda": lam})
     return CollabModel(SVD, list(item_ids), factors, damping, None, meta)
 

@@ -40,9 +40,9 @@ def parse_diversity(raw: Any) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise InvalidInput("diversity: must be a number from 0 to 1") from None
+        raise InvalidInput("diversity: must be a number from 0 to 1", field="diversity") from None
     if isinstance(raw, bool) or not 0.0 <= value <= 1.0:
-        raise InvalidInput("diversity: must be a number from 0 to 1")
+        raise InvalidInput("diversity: must be a number from 0 to 1", field="diversity")
     return value
 
 
@@ -65,33 +65,33 @@ def parse_rules(raw: Any) -> list[Rule]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise InvalidInput("rules: must be a list")
+        raise InvalidInput("rules: must be a list", field="rules")
     rules = []
     for n, spec in enumerate(raw):
         where = f"rules[{n}]"
         if not isinstance(spec, dict) or spec.get("type") not in ("boost", "bury", "pin"):
-            raise InvalidInput(f"{where}.type: must be boost, bury or pin")
+            raise InvalidInput(f"{where}.type: must be boost, bury or pin", field=f"{where}.type")
         unknown = set(spec) - {"type", "filter", "amount", "item_id", "position", "start", "end"}
         if unknown:
-            raise InvalidInput(f"{where}: unknown field {sorted(unknown)[0]!r}")
+            raise InvalidInput(f"{where}: unknown field {sorted(unknown)[0]!r}", field=where)
         try:
             start = parse_timestamp(spec.get("start"), f"{where}.start")
             end = parse_timestamp(spec.get("end"), f"{where}.end")
         except InvalidInput as exc:
-            raise InvalidInput(str(exc)) from None
+            raise InvalidInput(str(exc), field=exc.field) from None
         if spec["type"] == "pin":
             item_id, position = spec.get("item_id"), spec.get("position")
             if not isinstance(item_id, str) or not item_id:
-                raise InvalidInput(f"{where}.item_id: a pin needs the item id")
+                raise InvalidInput(f"{where}.item_id: a pin needs the item id", field=f"{where}.item_id")
             if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position <= 100:
-                raise InvalidInput(f"{where}.position: must be an integer from 1 to 100")
+                raise InvalidInput(f"{where}.position: must be an integer from 1 to 100", field=f"{where}.position")
             rules.append(Rule("pin", item_id=item_id, position=position, start=start, end=end))
         else:
             amount = spec.get("amount", 0.5)
             if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount <= 10:
-                raise InvalidInput(f"{where}.amount: must be a number above 0 (1.0 = the whole score range)")
+                raise InvalidInput(f"{where}.amount: must be a number above 0 (1.0 = the whole score range)", field=f"{where}.amount")
             if "filter" not in spec:
-                raise InvalidInput(f"{where}.filter: a {spec['type']} rule needs a filter")
+                raise InvalidInput(f"{where}.filter: a {spec['type']} rule needs a filter", field=f"{where}.filter")
             rules.append(Rule(spec["type"], parse_filter(spec["filter"], f"{where}.filter"), float(amount),
                               start=start, end=end))
     return rules

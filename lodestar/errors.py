@@ -16,13 +16,21 @@ class Conflict(LodestarError):
 class InvalidInput(LodestarError):
     """Input that does not fit the data model or the parameters of a call.
 
-    ``row`` optionally carries the raw input that was refused, for reject files.
+    ``field`` names the offending field when one is to blame (``filter.attributes.price.gte``), for
+    per-field errors in API answers; ``row`` optionally carries the raw input that was refused, for
+    reject files.
     """
 
-    def __init__(self, message: str, row: object = None) -> None:
+    def __init__(self, message: str, row: object = None, field: str | None = None) -> None:
         super().__init__(message)
         self.row = row
+        self.field = field
 
 
 class IndexNotReady(LodestarError):
     """No published index version exists yet for a tenant."""
+
+
+class UnknownTenant(NotFound, InvalidInput):
+    """A tenant that does not exist (or was deleted): not found to the API (404), and an invalid
+    argument to a command or an import that names it."""

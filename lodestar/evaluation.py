@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,9 @@ import pandas as pd
 from lodestar import collab
 from lodestar.index.memory import MemoryIndexReader
 from lodestar.recommend import recommend
+
+if TYPE_CHECKING:
+    from lodestar.tenant_config import TenantConfig
 
 
 @dataclass
@@ -89,18 +92,18 @@ def train_popularity(train: pd.DataFrame, item_ids: list[str]) -> np.ndarray:
 
 
 def evaluate_tenant(
-    events: pd.DataFrame, item_ids: list[str], content: np.ndarray, config: dict[str, Any],
+    events: pd.DataFrame, item_ids: list[str], content: np.ndarray, config: TenantConfig,
     tenant: str = "evaluation",
 ) -> dict[str, Any]:
     """The served ranking (``lodestar.recommend``) against the popularity baseline on the temporal
     holdout of a tenant's events, with a model fitted on the training part only."""
-    settings = config["evaluation"]
+    settings = config.evaluation
     known = set(item_ids)
     events = events[events["item_id"].isin(known)]
-    split = temporal_split(events, float(settings["test_fraction"]))
-    if len(split.test) < int(settings["min_test_users"]):
+    split = temporal_split(events, settings.test_fraction)
+    if len(split.test) < settings.min_test_users:
         return {"status": "insufficient_data", "test_users": len(split.test)}
-    model = collab.fit(collab.positive_interactions(split.train, config["event_weights"]), item_ids, config)
+    model = collab.fit(collab.positive_interactions(split.train, config.event_weights), item_ids, config)
     popularity = train_popularity(split.train, item_ids)
     reader = MemoryIndexReader(tenant, item_ids, content, [{"popularity": float(p)} for p in popularity],
                                model.factors_for(item_ids))
@@ -118,7 +121,7 @@ def evaluate_tenant(
         return [h.item_id for h in reader.popular(20, exclude=seen)]
 
     users = sorted(split.test)
-    limit = int(settings["max_users"])
+    limit = settings.max_users
     if len(users) > limit:
         users = sorted(np.random.default_rng(0).choice(users, size=limit, replace=False).tolist())
     lodestar_metrics = evaluate(split.test, served, len(item_ids), users)

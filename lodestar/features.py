@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lodestar.embed import content_hash
+from lodestar.event_weights import event_weights
 
 DAY = 86400.0
 
@@ -31,14 +32,6 @@ def item_text(title: str, description: str, categories: list[str], tags: list[st
     if description.strip():
         parts.append(description.strip())
     return ". ".join(p for p in parts if p)
-
-
-def event_weights(events: pd.DataFrame, weights: dict[str, float]) -> np.ndarray:
-    """Per-event taste weight: the type's weight, a rating's scaled by value / 5."""
-    base = events["type"].map(weights).fillna(0.0).to_numpy(dtype=float)
-    is_rating = (events["type"] == "rating").to_numpy()
-    values = events["value"].fillna(5.0).to_numpy(dtype=float)
-    return np.where(is_rating, base * values / 5.0, base)
 
 
 def build_item_features(

@@ -74,15 +74,15 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(f"{where}: must be a list of strings")
+        raise InvalidInput(f"{where}: must be a list of strings", field=where)
     if len(value) > MAX_VALUES:
-        raise InvalidInput(f"{where}: at most {MAX_VALUES} values")
+        raise InvalidInput(f"{where}: at most {MAX_VALUES} values", field=where)
     return tuple(value)
 
 
 def _scalar(value: Any, where: str) -> str | float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidInput(f"{where}: must be a string or a number")
+        raise InvalidInput(f"{where}: must be a string or a number", field=where)
     return float(value) if isinstance(value, (int, float)) else value
 
 
@@ -91,17 +91,17 @@ def _attribute(key: str, spec: Any, where: str) -> AttributeCondition:
         return AttributeCondition(key, values=(_scalar(spec, where),))
     unknown = set(spec) - set(RANGE_OPS) - {"in", "eq"}
     if unknown or not spec:
-        raise InvalidInput(f"{where}: use gte, gt, lte, lt, in or eq (got {', '.join(sorted(unknown)) or 'nothing'})")
+        raise InvalidInput(f"{where}: use gte, gt, lte, lt, in or eq (got {', '.join(sorted(unknown)) or 'nothing'})", field=where)
     bounds: dict[str, float] = {}
     for op in RANGE_OPS:
         if op in spec:
             if isinstance(spec[op], bool) or not isinstance(spec[op], (int, float)):
-                raise InvalidInput(f"{where}.{op}: must be a number")
+                raise InvalidInput(f"{where}.{op}: must be a number", field=f"{where}.{op}")
             bounds[op] = float(spec[op])
     values: tuple[str | float, ...] = ()
     if "in" in spec:
         if not isinstance(spec["in"], list) or not spec["in"] or len(spec["in"]) > MAX_VALUES:
-            raise InvalidInput(f"{where}.in: must be a non-empty list of strings or numbers")
+            raise InvalidInput(f"{where}.in: must be a non-empty list of strings or numbers", field=f"{where}.in")
         values = tuple(_scalar(v, f"{where}.in") for v in spec["in"])
     if "eq" in spec:
         values = values + (_scalar(spec["eq"], f"{where}.eq"),)
@@ -116,18 +116,18 @@ def parse_filter(raw: Any, where: str = "filter") -> ItemFilter:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise InvalidInput(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})", field=where) from None
     if not isinstance(raw, dict):
-        raise InvalidInput(f"{where}: must be a JSON object")
+        raise InvalidInput(f"{where}: must be a JSON object", field=where)
     unknown = set(raw) - {"categories", "tags", "available", "attributes"}
     if unknown:
-        raise InvalidInput(f"{where}: unknown field {sorted(unknown)[0]!r}; use categories, tags, available or attributes")
+        raise InvalidInput(f"{where}: unknown field {sorted(unknown)[0]!r}; use categories, tags, available or attributes", field=where)
     available = raw.get("available", True)
     if not isinstance(available, bool):
-        raise InvalidInput(f"{where}.available: must be true or false")
+        raise InvalidInput(f"{where}.available: must be true or false", field=f"{where}.available")
     attributes = raw.get("attributes", {})
     if not isinstance(attributes, dict):
-        raise InvalidInput(f"{where}.attributes: must be an object of attribute name to condition")
+        raise InvalidInput(f"{where}.attributes: must be an object of attribute name to condition", field=f"{where}.attributes")
     return ItemFilter(
         categories=_strings(raw["categories"], f"{where}.categories") if "categories" in raw else (),
         tags=_strings(raw["tags"], f"{where}.tags") if "tags" in raw else (),
@@ -142,7 +142,7 @@ def parse_exclude(raw: Any, where: str = "exclude") -> tuple[str, ...]:
         return ()
     values = [v.strip() for v in raw.split(",")] if isinstance(raw, str) else raw
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise InvalidInput(f"{where}: must be a list of item ids (comma-separated in a query string)")
+        raise InvalidInput(f"{where}: must be a list of item ids (comma-separated in a query string)", field=where)
     if len(values) > MAX_VALUES:
-        raise InvalidInput(f"{where}: at most {MAX_VALUES} ids")
+        raise InvalidInput(f"{where}: at most {MAX_VALUES} ids", field=where)
     return tuple(v for v in values if v)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar import records
-from lodestar.cdp import CdpStore
+from lodestar.cdp import CdpStore, require_tenant
 from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
 
@@ -177,8 +177,7 @@ def _run_import(
 ) -> ImportSummary:
     """Import ``(entity, rows, source)`` in order, writing rejects and ``summary.json`` under
     ``<data dir>/imports/<tenant>/<time>/``."""
-    if store.get_tenant(tenant) is None:
-        raise InvalidInput(f"tenant {tenant!r} does not exist; create it with `lodestar tenants create {tenant}`")
+    require_tenant(store, tenant)
     run_dir = settings.data_dir / "imports" / tenant / time.strftime("%Y%m%dT%H%M%S")
     summary = ImportSummary(tenant=tenant, directory=str(run_dir))
     for entity, rows, source in sources:

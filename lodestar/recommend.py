@@ -21,15 +21,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lodestar.collab import CollabModel, event_item_weights
-from lodestar.controls import Controls, Rule, apply, parse_rules
+from lodestar.controls import Controls, Rule, apply
+from lodestar.event_weights import event_weight
 from lodestar.features import DAY
 from lodestar.filters import ItemFilter
-from lodestar.index import COLLAB, Hit, IndexReader
+from lodestar.index import COLLAB, Hit, IndexReader, PublishedVersion
+
+if TYPE_CHECKING:
+    from lodestar.cdp import CdpStore
+    from lodestar.embed import Embedder
+    from lodestar.tenant_config import TenantConfig
 
 HYBRID = "hybrid"
 PERSONALIZED = "content_profile"
@@ -45,16 +51,15 @@ class Recommendation:
     strategy: str
 
 
-def _recent(events: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(events, key=lambda e: e["ts"], reverse=True)[: int(config["max_profile_events"])]
+def _recent(events: list[dict[str, Any]], config: TenantConfig) -> list[dict[str, Any]]:
+    return sorted(events, key=lambda e: e["ts"], reverse=True)[: config.max_profile_events]
 
 
 def taste_vector(
-    events: list[dict[str, Any]], vectors: dict[str, np.ndarray], config: dict[str, Any]
+    events: list[dict[str, Any]], vectors: dict[str, np.ndarray], config: TenantConfig
 ) -> np.ndarray | None:
     """Weighted, recency-decayed mean of interacted items' vectors; ``None`` if nothing positive."""
-    weights = config["event_weights"]
-    half_life = float(config["recency_half_life_days"])
+    half_life = config.recency_half_life_days
     recent = _recent(events, config)
     if not recent:
         return None
@@ -63,9 +68,7 @@ def taste_vector(
     positive = 0.0
     for event in recent:
         vector = vectors.get(event["item_id"])
-        weight = float(weights.get(event["type"], 0.0))
-        if event["type"] == "rating" and event.get("value") is not None:
-            weight *= float(event["value"]) / 5.0
+        weight = event_weight(event["type"], event.get("value"), config.event_weights)
         if vector is None or weight == 0.0:
             continue
         weight *= math.pow(0.5, (newest - event["ts"]) / DAY / half_life)
@@ -77,7 +80,7 @@ def taste_vector(
     return None if norm == 0.0 else (total / norm).astype(np.float32)
 
 
-def user_taste(reader: IndexReader, events: list[dict[str, Any]], config: dict[str, Any]) -> np.ndarray | None:
+def user_taste(reader: IndexReader, events: list[dict[str, Any]], config: TenantConfig) -> np.ndarray | None:
     """The user's taste vector, reading only the content vectors of their recent items."""
     recent = _recent(events, config)
     return taste_vector(recent, reader.vectors({e["item_id"] for e in recent}), config) if recent else None
@@ -96,9 +99,9 @@ def _scaled(values: np.ndarray) -> np.ndarray:
 
 def _hybrid(
     reader: IndexReader, model: CollabModel, item_weights: dict[str, float], query: np.ndarray,
-    taste: np.ndarray | None, exclude: set[str], k: int, config: dict[str, Any], item_filter: ItemFilter,
+    taste: np.ndarray | None, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
 ) -> list[Hit]:
-    limit = max(int(config["collab"]["candidates"]), k)
+    limit = max(config.collab.candidates, k)
     candidates: dict[str, Hit] = {
         h.item_id: h for h in reader.nearest(query, limit, exclude, using=COLLAB, item_filter=item_filter)
     }
@@ -107,20 +110,20 @@ def _hybrid(
             candidates.setdefault(hit.item_id, hit)
     if not candidates:
         return []
-    weights = config["ranking"]
+    weights = config.ranking
     hits = list(candidates.values())
     collab = _scaled(model.scores(item_weights, [h.item_id for h in hits]))
     popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
-    partial = float(weights["collab"]) * collab + float(weights["popularity"]) * popularity
+    partial = weights.collab * collab + weights.popularity * popularity
     # Content similarity only reorders the head: fetch content vectors for it alone (a vector
     # costs more to fetch than everything else about a candidate).
     head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, k)]
     content = np.zeros(len(head))
     vectors: dict[str, np.ndarray] = {}
-    if taste is not None and float(weights["content"]):
+    if taste is not None and weights.content:
         vectors = reader.vectors([hits[i].item_id for i in head])
         sims = np.asarray([float(vectors[hits[i].item_id] @ taste) if hits[i].item_id in vectors else 0.0 for i in head])
-        content = float(weights["content"]) * _scaled(sims)
+        content = weights.content * _scaled(sims)
     final = partial[head] + content
     order = np.argsort(-final, kind="stable")[:k]
     # The fetched vectors travel with the hits, so diversity does not fetch them again.
@@ -129,17 +132,17 @@ def _hybrid(
 
 
 def _content_ranked(
-    reader: IndexReader, vector: np.ndarray, exclude: set[str], k: int, config: dict[str, Any], item_filter: ItemFilter,
+    reader: IndexReader, vector: np.ndarray, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
 ) -> list[Hit]:
     """Nearest items to a taste or profile vector, re-ranked with popularity: among items that fit
     the taste, the ones people actually engage with come first."""
-    hits = reader.nearest(vector, max(int(config["collab"]["candidates"]) // 3, k), exclude, item_filter=item_filter)
+    hits = reader.nearest(vector, max(config.collab.candidates // 3, k), exclude, item_filter=item_filter)
     if not hits:
         return []
     similarity = _scaled(np.asarray([h.score for h in hits]))
     popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
     # Multiplicative: popularity reorders items that fit, it never lifts one that does not.
-    final = similarity * (1.0 + float(config["ranking"]["content_popularity"]) * popularity)
+    final = similarity * (1.0 + config.ranking.content_popularity * popularity)
     order = np.argsort(-final, kind="stable")[:k]
     return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
 
@@ -152,7 +155,7 @@ def preference_events(preferences: dict[str, Any] | None, now: float) -> list[di
 
 
 def recommend(
-    reader: IndexReader, events: list[dict[str, Any]], k: int, config: dict[str, Any],
+    reader: IndexReader, events: list[dict[str, Any]], k: int, config: TenantConfig,
     model: CollabModel | None = None, profile_vector: np.ndarray | None = None,
     controls: Controls | None = None, preferences: dict[str, Any] | None = None, now: float | None = None,
 ) -> Recommendation:
@@ -160,7 +163,7 @@ def recommend(
     now = time.time() if now is None else now
     prefs = preferences or {}
     events = list(events) + preference_events(prefs, now)
-    rules = parse_rules(config.get("rules"))
+    rules = list(config.parsed_rules)
     if prefs.get("liked_categories"):
         rules.append(Rule("boost", ItemFilter(categories=tuple(prefs["liked_categories"])), LIKED_CATEGORY_BOOST))
     item_filter = controls.item_filter
@@ -186,10 +189,10 @@ def recommend(
     return Recommendation(apply(reader, ranked, k, replace(controls, item_filter=item_filter), rules, now), strategy)
 
 
-def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: dict[str, Any]) -> str:
+def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: TenantConfig) -> str:
     """The text describing a user without history: chosen profile attributes and liked categories."""
     parts: list[str] = []
-    for key in config["profile_attributes"]:
+    for key in config.profile_attributes:
         value = attributes.get(key)
         if isinstance(value, str) and value.strip():
             parts.append(value.strip())
@@ -203,22 +206,58 @@ def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None,
 
 
 def nearest_controlled(
-    reader: IndexReader, vector: np.ndarray, k: int, config: dict[str, Any], controls: Controls | None = None,
+    reader: IndexReader, vector: np.ndarray, k: int, config: TenantConfig, controls: Controls | None = None,
     exclude: tuple[str, ...] = (),
 ) -> list[Hit]:
     """Nearest items to a vector under the request's controls and the tenant's rules."""
     controls = controls or Controls()
-    rules = parse_rules(config.get("rules"))
+    rules = list(config.parsed_rules)
     hits = reader.nearest(vector, controls.pool(k, rules), set(controls.exclude) | set(exclude),
                           item_filter=controls.item_filter)
     return apply(reader, hits, k, controls, rules)
 
 
 def similar_items(
-    reader: IndexReader, item_id: str, k: int, config: dict[str, Any], controls: Controls | None = None
+    reader: IndexReader, item_id: str, k: int, config: TenantConfig, controls: Controls | None = None
 ) -> list[Hit] | None:
     """Items closest to ``item_id``; ``None`` if the item is not in the index."""
     item = reader.get(item_id)
     if item is None:
         return None
     return nearest_controlled(reader, item.vector, k, config, controls, exclude=(item_id,))
+
+
+# Enough history to exclude everything a user interacted with and to build their taste vector.
+HISTORY_LIMIT = 5000
+
+
+def recommend_for_user(
+    published: PublishedVersion, cdp: CdpStore, embedder: Embedder, tenant: str, user_id: str, k: int,
+    config: TenantConfig, controls: Controls | None = None,
+) -> Recommendation:
+    """A known (or unknown) user's recommendations from what the CDP holds of them now: their events
+    and preferences, and, when they have neither events nor liked items, the embedding of their
+    profile text (cold start), which is the only case that needs the embedding model."""
+    events = cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
+    preferences = cdp.get_preferences(tenant, user_id)
+    profile_vector = None
+    if not interacted_items(events) and not (preferences or {}).get("liked_items"):
+        user = cdp.get_user(tenant, user_id)
+        text = profile_text(user["attributes"] if user else {}, preferences, config)
+        profile_vector = embedder.encode([text])[0] if text else None
+    return recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences)
+
+
+def session_events(item_ids: list[str], now: float) -> list[dict[str, Any]]:
+    """An anonymous visitor's items (oldest first) as the view events they stand for, one second
+    apart and ending now, so the latest item counts most."""
+    return [{"item_id": item_id, "type": "view", "ts": now - len(item_ids) + n} for n, item_id in enumerate(item_ids)]
+
+
+def recommend_for_session(
+    published: PublishedVersion, item_ids: list[str], k: int, config: TenantConfig, controls: Controls | None = None,
+    now: float | None = None,
+) -> Recommendation:
+    """Recommendations for an anonymous visitor from the items they just interacted with."""
+    events = session_events(item_ids, time.time() if now is None else now)
+    return recommend(published.reader, events, k, config, published.model, None, controls)

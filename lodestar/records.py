@@ -18,6 +18,16 @@ ITEM_KINDS = ("product", "content")
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", "dislike", "impression")
 MAX_ID_LENGTH = 256
 
+# The fields each entity is stored with, in storage order: the CDP adapters and the pipeline's
+# extracts all use these, so a new field is added here once.
+ITEM_FIELDS = (
+    "id", "kind", "title", "description", "categories", "tags", "attributes", "available",
+    "deleted", "source_updated_at",
+)
+USER_FIELDS = ("id", "attributes", "deleted", "source_updated_at")
+EVENT_FIELDS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id")
+ENTITY_FIELDS: dict[str, tuple[str, ...]] = {"items": ITEM_FIELDS, "users": USER_FIELDS, "events": EVENT_FIELDS}
+
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
@@ -33,16 +43,16 @@ def _missing(value: Any) -> bool:
 def parse_id(value: Any, field: str = "id") -> str:
     """An identifier: a non-empty string (integers are accepted and turned into strings)."""
     if _missing(value):
-        raise InvalidInput(f"{field} is required")
+        raise InvalidInput(f"{field} is required", field=field)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}")
+        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}", field=field)
     if isinstance(value, float):
         if not value.is_integer():
-            raise InvalidInput(f"{field} must be a string or an integer, got {value!r}")
+            raise InvalidInput(f"{field} must be a string or an integer, got {value!r}", field=field)
         value = int(value)
     text = str(value).strip()
     if len(text) > MAX_ID_LENGTH:
-        raise InvalidInput(f"{field} is longer than {MAX_ID_LENGTH} characters")
+        raise InvalidInput(f"{field} is longer than {MAX_ID_LENGTH} characters", field=field)
     return text
 
 
@@ -56,7 +66,7 @@ def parse_timestamp(value: Any, field: str) -> float | None:
     if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
         return parse_timestamp(value.to_pydatetime(), field)
     if isinstance(value, bool):
-        raise InvalidInput(f"{field} must be ISO-8601 text or epoch seconds, got {value!r}")
+        raise InvalidInput(f"{field} must be ISO-8601 text or epoch seconds, got {value!r}", field=field)
     if isinstance(value, (int, float)):
         return float(value)
     text = str(value).strip()
@@ -68,7 +78,7 @@ def parse_timestamp(value: Any, field: str) -> float | None:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(
-            f"{field} {text!r} is not a timestamp: use ISO-8601 (2024-05-01T12:00:00Z) or epoch seconds"
+            f"{field} {text!r} is not a timestamp: use ISO-8601 (2024-05-01T12:00:00Z) or epoch seconds", field=field
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -87,7 +97,7 @@ def parse_bool(value: Any, field: str, default: bool) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise InvalidInput(f"{field} must be true or false, got {value!r}")
+    raise InvalidInput(f"{field} must be true or false, got {value!r}", field=field)
 
 
 def parse_str_list(value: Any, field: str) -> list[str]:
@@ -99,11 +109,11 @@ def parse_str_list(value: Any, field: str) -> list[str]:
     elif isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
         parts = list(value.tolist() if hasattr(value, "tolist") else value)
     else:
-        raise InvalidInput(f"{field} must be a list of strings (in CSV: a|b|c), got {type(value).__name__}")
+        raise InvalidInput(f"{field} must be a list of strings (in CSV: a|b|c), got {type(value).__name__}", field=field)
     out: list[str] = []
     for part in parts:
         if not isinstance(part, (str, int, float)) or isinstance(part, bool):
-            raise InvalidInput(f"{field} must contain only strings, got {part!r}")
+            raise InvalidInput(f"{field} must contain only strings, got {part!r}", field=field)
         text = str(part).strip()
         if text and text not in out:
             out.append(text)
@@ -118,13 +128,13 @@ def parse_attributes(value: Any, field: str = "attributes") -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{field} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise InvalidInput(f"{field} is not valid JSON ({exc.msg} at column {exc.colno})", field=field) from None
     if not isinstance(value, dict):
-        raise InvalidInput(f"{field} must be an object such as {{\"price\": 9.5}}, got {type(value).__name__}")
+        raise InvalidInput(f"{field} must be an object such as {{\"price\": 9.5}}, got {type(value).__name__}", field=field)
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{field} must hold only JSON values ({exc})") from None
+        raise InvalidInput(f"{field} must hold only JSON values ({exc})", field=field) from None
     return value
 
 
@@ -132,7 +142,7 @@ def parse_item(row: dict[str, Any]) -> dict[str, Any]:
     kind = row.get("kind")
     kind = "product" if _missing(kind) else str(kind).strip().lower()
     if kind not in ITEM_KINDS:
-        raise InvalidInput(f"kind must be one of {', '.join(ITEM_KINDS)}, got {row.get('kind')!r}")
+        raise InvalidInput(f"kind must be one of {', '.join(ITEM_KINDS)}, got {row.get('kind')!r}", field="kind")
     return {
         "id": parse_id(row.get("id")),
         "kind": kind,
@@ -161,7 +171,7 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
     etype = row.get("type")
     etype = None if _missing(etype) else str(etype).strip().lower()
     if etype not in EVENT_TYPES:
-        raise InvalidInput(f"type must be one of {', '.join(EVENT_TYPES)}, got {row.get('type')!r}")
+        raise InvalidInput(f"type must be one of {', '.join(EVENT_TYPES)}, got {row.get('type')!r}", field="type")
     value = row.get("value")
     if _missing(value):
         value = None
@@ -169,15 +179,15 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise InvalidInput(f"value must be a number, got {row.get('value')!r}") from None
+            raise InvalidInput(f"value must be a number, got {row.get('value')!r}", field="value") from None
         if not math.isfinite(value):
-            raise InvalidInput(f"value must be a finite number, got {row.get('value')!r}")
+            raise InvalidInput(f"value must be a finite number, got {row.get('value')!r}", field="value")
     if etype == "rating" and value is None:
-        raise InvalidInput("a rating event needs a numeric value (for example 4.5)")
+        raise InvalidInput("a rating event needs a numeric value (for example 4.5)", field="value")
     ts = parse_timestamp(row.get("ts"), "ts")
     if ts is None:
         if default_ts is None:
-            raise InvalidInput("ts is required (ISO-8601 or epoch seconds) so that a re-import stays idempotent")
+            raise InvalidInput("ts is required (ISO-8601 or epoch seconds) so that a re-import stays idempotent", field="ts")
         ts = default_ts
     rec_id = row.get("recommendation_id")
     event = {
@@ -204,16 +214,16 @@ PREFERENCE_KEYS = ("liked_items", "disliked_items", "liked_categories", "dislike
 def parse_preferences(raw: Any) -> dict[str, list[str]]:
     """A user's stated preferences: lists of item ids and category names (up to 1000 each)."""
     if not isinstance(raw, dict):
-        raise InvalidInput(f"preferences must be an object with {', '.join(PREFERENCE_KEYS)}")
+        raise InvalidInput(f"preferences must be an object with {', '.join(PREFERENCE_KEYS)}", field="preferences")
     unknown = set(raw) - set(PREFERENCE_KEYS)
     if unknown:
-        raise InvalidInput(f"{sorted(unknown)[0]}: unknown field; use {', '.join(PREFERENCE_KEYS)}")
+        raise InvalidInput(f"{sorted(unknown)[0]}: unknown field; use {', '.join(PREFERENCE_KEYS)}", field=f"{sorted(unknown)[0]}")
     out = {}
     for key in PREFERENCE_KEYS:
         values = raw.get(key, [])
         if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
-            raise InvalidInput(f"{key}: must be a list of non-empty strings")
+            raise InvalidInput(f"{key}: must be a list of non-empty strings", field=key)
         if len(values) > 1000:
-            raise InvalidInput(f"{key}: at most 1000 values")
+            raise InvalidInput(f"{key}: at most 1000 values", field=key)
         out[key] = list(dict.fromkeys(v.strip() for v in values))
     return out

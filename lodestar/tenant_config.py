@@ -1,56 +1,140 @@
-"""Per-tenant configuration: defaults merged with what the tenant stored, validated on write."""
+"""Per-tenant configuration: one typed object, its defaults written once (the dataclass fields below).
+
+Tenants store a partial JSON object; :func:`effective_config` overlays it on the defaults and returns
+a frozen :class:`TenantConfig`. :func:`validate_config` checks what a tenant admin wants to store.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from lodestar.controls import parse_rules
+from lodestar.controls import Rule, parse_rules
 from lodestar.errors import InvalidInput
 from lodestar.records import EVENT_TYPES
 
-DEFAULTS: dict[str, Any] = {
-    # How much one event of each type says about a user's taste; negative means "less like this".
-    # A rating's weight is scaled by value / 5.
-    "event_weights": {
-        "view": 1.0,
-        "click": 2.0,
-        "add_to_cart": 4.0,
-        "purchase": 8.0,
-        "rating": 4.0,
-        "like": 4.0,
-        "dislike": -4.0,
-        "impression": 0.0,
-    },
-    # Older events count less: an event this many days older than the user's latest counts half.
-    "recency_half_life_days": 30.0,
-    # How many of a user's latest events shape their taste vector.
-    "max_profile_events": 200,
-    # The collaborative model (lodestar.collab).
-    "collab": {
-        "ease_max_items": 12000,  # above this, PureSVD factors replace the dense EASE matrix
-        "ease_lambda": 200.0,
-        "factors": 64,
-        "recency_half_life_events": 5.0,  # the 5th-latest event counts half as much as the latest...
-        "recency_floor": 0.1,  # ...and every event keeps at least this much (long-term taste)
-        "candidates": 300,  # retrieved from the index, then re-ranked
-    },
-    # How the final ranking blends its signals (each scaled to [0, 1] over the candidates).
-    # content_popularity: how much popularity counts next to similarity for users the
-    # collaborative model does not know yet (content_profile and cold_start_profile).
-    "ranking": {"collab": 1.0, "content": 0.1, "popularity": 0.0, "content_popularity": 2.0},
-    # Profile attributes whose text describes a new user's taste (cold start).
-    "profile_attributes": ["interests", "favorite_categories", "favorite_genres", "topics"],
-    # Offline evaluation: held-out share per user, and how much worse (relative NDCG@10) a new
-    # index version may be than the published one before publishing is blocked.
-    # max_users: a deterministic sample of test users keeps evaluation time bounded on big tenants.
-    "evaluation": {"test_fraction": 0.2, "max_regression": 0.05, "min_test_users": 20, "max_users": 5000},
-    # Index builds: a new version starts from the published one and applies the changed items when
-    # at most this share of the items changed (and the collaborative model did not); else full rebuild.
-    "index": {"incremental_max_fraction": 0.1},
-    # Merchandising rules (lodestar.controls): boost, bury, pin, each optionally timed.
-    "rules": [],
+# How much one event of each type says about a user's taste; negative means "less like this".
+# A rating's weight is scaled by value / 5 (lodestar.event_weights).
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+    "rating": 4.0,
+    "like": 4.0,
+    "dislike": -4.0,
+    "impression": 0.0,
 }
+
+
+@dataclass(frozen=True)
+class CollabSettings:
+    """The collaborative model (lodestar.collab)."""
+
+    ease_max_items: int = 12000  # above this, PureSVD factors replace the dense EASE matrix
+    ease_lambda: float = 200.0
+    factors: int = 64
+    recency_half_life_events: float = 5.0  # the 5th-latest event counts half as much as the latest...
+    recency_floor: float = 0.1  # ...and every event keeps at least this much (long-term taste)
+    candidates: int = 300  # retrieved from the index, then re-ranked
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """How the final ranking blends its signals (each scaled to [0, 1] over the candidates).
+    ``content_popularity``: how much popularity counts next to similarity for users the
+    collaborative model does not know yet (content_profile and cold_start_profile)."""
+
+    collab: float = 1.0
+    content: float = 0.1
+    popularity: float = 0.0
+    content_popularity: float = 2.0
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Offline evaluation: held-out share per user, and how much worse (relative NDCG@10) a new index
+    version may be than the published one before publishing is blocked. ``max_users``: a
+    deterministic sample of test users keeps evaluation time bounded on big tenants."""
+
+    test_fraction: float = 0.2
+    max_regression: float = 0.05
+    min_test_users: int = 20
+    max_users: int = 5000
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Index builds: a new version starts from the published one and applies the changed items when
+    at most this share of the items changed (and the collaborative model did not); else a full rebuild."""
+
+    incremental_max_fraction: float = 0.1
+
+
+SECTIONS: dict[str, type] = {
+    "collab": CollabSettings, "ranking": RankingSettings, "evaluation": EvaluationSettings, "index": IndexSettings,
+}
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """A tenant's effective configuration (defaults overlaid with what the tenant stored)."""
+
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    # Older events count less: an event this many days older than the user's latest counts half.
+    recency_half_life_days: float = 30.0
+    # How many of a user's latest events shape their taste vector.
+    max_profile_events: int = 200
+    collab: CollabSettings = field(default_factory=CollabSettings)
+    ranking: RankingSettings = field(default_factory=RankingSettings)
+    # Profile attributes whose text describes a new user's taste (cold start).
+    profile_attributes: tuple[str, ...] = ("interests", "favorite_categories", "favorite_genres", "topics")
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    # Merchandising rules as stored (lodestar.controls): boost, bury, pin, each optionally timed.
+    rules: tuple[dict[str, Any], ...] = ()
+
+    @cached_property
+    def parsed_rules(self) -> tuple[Rule, ...]:
+        """The rules, validated once per configuration object."""
+        return tuple(parse_rules(list(self.rules)))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data (for fingerprints and for showing the configuration)."""
+        out = dataclasses.asdict(self)
+        out["profile_attributes"] = list(self.profile_attributes)
+        out["rules"] = [copy.deepcopy(r) for r in self.rules]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TenantConfig:
+        """A configuration from a complete (defaults already overlaid) dict."""
+        def section(name: str) -> Any:
+            kind = SECTIONS[name]
+            values = data[name]
+            return kind(**{f.name: _as(f.type, values[f.name]) for f in dataclasses.fields(kind)})
+
+        return cls(
+            event_weights={k: float(v) for k, v in data["event_weights"].items()},
+            recency_half_life_days=float(data["recency_half_life_days"]),
+            max_profile_events=int(data["max_profile_events"]),
+            collab=section("collab"),
+            ranking=section("ranking"),
+            profile_attributes=tuple(data["profile_attributes"]),
+            evaluation=section("evaluation"),
+            index=section("index"),
+            rules=tuple(data.get("rules") or ()),
+        )
+
+
+DEFAULTS: dict[str, Any] = TenantConfig().as_dict()
+
+
+def _as(type_name: str, value: Any) -> Any:
+    return int(value) if type_name == "int" else float(value)
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -61,9 +145,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def effective_config(stored: dict[str, Any] | None) -> dict[str, Any]:
+def effective_config(stored: dict[str, Any] | None) -> TenantConfig:
     """The defaults overlaid with a tenant's stored configuration."""
-    return deep_merge(DEFAULTS, stored or {})
+    return TenantConfig.from_dict(deep_merge(DEFAULTS, stored or {}))
 
 
 def _number(value: Any, where: str, minimum: float = 0.0) -> None:
@@ -90,7 +174,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     max_events = config.get("max_profile_events", 1)
     if isinstance(max_events, bool) or not isinstance(max_events, int) or not 1 <= max_events <= 10000:
         raise InvalidInput("max_profile_events must be an integer between 1 and 10000")
-    for section in ("collab", "ranking", "evaluation", "index"):
+    for section in SECTIONS:
         values = config.get(section, {})
         if not isinstance(values, dict):
             raise InvalidInput(f"{section} must be an object")
@@ -98,10 +182,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             if key not in DEFAULTS[section]:
                 raise InvalidInput(f"{section}.{key}: unknown key; known: {', '.join(DEFAULTS[section])}")
             _number(value, f"{section}.{key}")
-    test_fraction = config.get("evaluation", {}).get("test_fraction", 0.2)
+    test_fraction = config.get("evaluation", {}).get("test_fraction", EvaluationSettings.test_fraction)
     if not 0 < test_fraction < 1:
         raise InvalidInput("evaluation.test_fraction must be between 0 and 1")
-    if not 0 <= config.get("index", {}).get("incremental_max_fraction", 0.1) <= 1:
+    if not 0 <= config.get("index", {}).get("incremental_max_fraction", IndexSettings.incremental_max_fraction) <= 1:
         raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: any change rebuilds in full)")
     parse_rules(config.get("rules", []))
     attributes = config.get("profile_attributes", [])

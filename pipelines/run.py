@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from dagster import DagsterEventType, DagsterInstance
 
-from pipelines.definitions import MATERIALIZE_TENANT, defs
-from pipelines.partitions import TENANTS
+from assets.partitions import TENANTS
+from pipelines.definitions import all_assets, defs
+from pipelines.jobs import MATERIALIZE_TENANT
 
 
 @dataclass
@@ -35,7 +36,7 @@ def ensure_partition(instance: DagsterInstance, tenant: str) -> None:
 
 def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
     ensure_partition(instance, tenant)
-    job = defs.resolve_job_def(MATERIALIZE_TENANT)
+    job = defs().resolve_job_def(MATERIALIZE_TENANT)
     result = job.execute_in_process(
         partition_key=tenant,
         instance=instance,
@@ -62,13 +63,12 @@ def materialize_in_process(
     explicit data dir, for tests and benchmarks. Returns Dagster's ``ExecuteInProcessResult``."""
     from dagster import materialize
 
-    from pipelines.definitions import all_assets
-    from pipelines.resources import LodestarResource
+    from assets.resources import LodestarResource
 
     instance = instance or DagsterInstance.ephemeral()
     ensure_partition(instance, tenant)
     return materialize(
-        all_assets,
+        all_assets(),
         selection=selection,
         partition_key=tenant,
         instance=instance,

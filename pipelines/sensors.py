@@ -6,6 +6,9 @@
   (re-evaluating a tick never duplicates work); everything downstream follows by declarative
   automation. When that run failed, a later tick requests it again (up to ``MAX_RETRIES`` times).
 * ``nightly_rebuild``: a full rebuild of every tenant (re-reading every CDP row), on a cron.
+
+Intervals and the cron come from the settings, so the sensors and the schedule are built by
+:func:`build_sensors` and :func:`build_schedule` when the code location loads, not at import.
 """
 
 from __future__ import annotations
@@ -23,29 +26,25 @@ from dagster import (
     ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
+    SensorDefinition,
+    ScheduleDefinition,
     SkipReason,
     schedule,
     sensor,
 )
 
+from assets.partitions import FULL_REBUILD_TAG, TENANTS, tenants_partitions
+from assets.resources import LodestarResource
 from lodestar.cdp import ENTITIES
 from lodestar.settings import Settings
-from pipelines.definitions_jobs import extract_job, materialize_tenant
-from pipelines.partitions import FULL_REBUILD_TAG, TENANTS, tenants_partitions
-from pipelines.resources import LodestarResource
+from pipelines.jobs import extract_job, materialize_tenant
 
 MAX_RETRIES = 3
 EXTRACTS = [AssetKey(f"cdp_{entity}") for entity in ENTITIES]
-_settings = Settings.from_env()  # intervals and cron must be known when Dagster loads the code
 
 
-@sensor(
-    name="tenant_discovery",
-    minimum_interval_seconds=_settings.sensor_interval_s,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Adds a partition for each CDP tenant and removes those of deleted tenants.",
-)
-def tenant_discovery(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult | SkipReason:
+def discover_tenants(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult | SkipReason:
+    """Adds a partition for each CDP tenant and removes those of deleted tenants."""
     with lodestar.cdp() as store:
         current = {t["name"] for t in store.list_tenants()}
     known = set(context.instance.get_dynamic_partitions(TENANTS))
@@ -66,14 +65,8 @@ def _failed(context: SensorEvaluationContext, run_key: str) -> bool:
     return bool(runs) and runs[0].status == DagsterRunStatus.FAILURE
 
 
-@sensor(
-    name="cdp_changes",
-    job=extract_job,
-    minimum_interval_seconds=_settings.sensor_interval_s,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Requests a tenant's extracts when its items, users or events changed in the CDP.",
-)
-def cdp_changes(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult:
+def request_changed_tenants(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult:
+    """Requests a tenant's extracts when its items, users or events changed in the CDP."""
     cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
     requests = []
     with lodestar.cdp() as store:
@@ -97,14 +90,30 @@ def cdp_changes(context: SensorEvaluationContext, lodestar: LodestarResource) ->
     return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
 
-@schedule(
-    name="nightly_rebuild",
-    cron_schedule=_settings.rebuild_cron,
-    job=materialize_tenant,
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="A full rebuild of every tenant (every CDP row re-read); cron from LODESTAR_REBUILD_CRON.",
-)
-def nightly_rebuild(context: ScheduleEvaluationContext):
+def rebuild_every_tenant(context: ScheduleEvaluationContext):
+    """A full rebuild of every tenant (every CDP row re-read)."""
     day = (context.scheduled_execution_time or datetime.now(UTC)).strftime("%Y-%m-%d")
     for tenant in context.instance.get_dynamic_partitions(TENANTS):
         yield RunRequest(partition_key=tenant, run_key=f"{tenant}:nightly:{day}", tags={FULL_REBUILD_TAG: "true"})
+
+
+def build_sensors(settings: Settings) -> list[SensorDefinition]:
+    """``tenant_discovery`` and ``cdp_changes`` at the settings' interval."""
+    return [
+        sensor(name="tenant_discovery", minimum_interval_seconds=settings.sensor_interval_s,
+               default_status=DefaultSensorStatus.RUNNING,
+               description="Adds a partition for each CDP tenant and removes those of deleted tenants.",
+               )(discover_tenants),
+        sensor(name="cdp_changes", job=extract_job, minimum_interval_seconds=settings.sensor_interval_s,
+               default_status=DefaultSensorStatus.RUNNING,
+               description="Requests a tenant's extracts when its items, users or events changed in the CDP.",
+               )(request_changed_tenants),
+    ]
+
+
+def build_schedule(settings: Settings) -> ScheduleDefinition:
+    """``nightly_rebuild`` on the settings' cron (LODESTAR_REBUILD_CRON)."""
+    return schedule(name="nightly_rebuild", cron_schedule=settings.rebuild_cron, job=materialize_tenant,
+                    default_status=DefaultScheduleStatus.RUNNING,
+                    description="A full rebuild of every tenant (every CDP row re-read); cron from LODESTAR_REBUILD_CRON.",
+                    )(rebuild_every_tenant)

@@ -8,17 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from lodestar import __version__
 from lodestar.cdp import open_cdp
-from lodestar.collab import CollabModel
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
 from lodestar.settings import Settings
-from lodestar.stages import TenantFiles
-from serving.auth import provide_tenant, require_tenant_key
+from serving.auth import require_tenant_key
 from serving.controllers import (
     EventController,
     HealthController,
@@ -28,9 +25,11 @@ from serving.controllers import (
     SearchController,
     UserController,
 )
+from serving.dependencies import DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
 from serving.served_log import ServedLog
+from serving.tenant_configs import TenantConfigs
 
 log = logging.getLogger("lodestar.serving")
 
@@ -40,19 +39,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        """Opens the long-lived collaborators (handlers receive them through serving.dependencies)
+        and closes them at shutdown."""
         cdp = open_cdp(settings)
-        def load_model(tenant: str, version: str) -> CollabModel | None:
-            path = TenantFiles(settings.tenant_dir(tenant)).model(version)
-            return CollabModel.load(path) if (path / "meta.json").is_file() else None
-
-        indexes = TenantIndexes(open_index_store(settings), load_model)
+        indexes = TenantIndexes(open_index_store(settings))
         embedder = Embedder(settings.embed_model, settings.cache_dir)
-        app.state.cdp, app.state.indexes, app.state.embedder = cdp, indexes, embedder
-        app.state.served_log = served_log = ServedLog(cdp)
+        served_log = ServedLog(cdp)
+        app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
+                         configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
+
         # Load the model off the event loop so that the first search does not pay for it; /ready
         # waits for it.
-        app.state.embedder_loaded = threading.Event()
-
         def load() -> None:
             try:
                 embedder.warm_up()
@@ -73,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[RecommendationController, ItemController, SearchController, EventController,
                         PreferenceController, UserController, HealthController],
         guards=[require_tenant_key],
-        dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
+        dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Lodestar", version=__version__, path="/schema"),

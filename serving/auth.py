@@ -23,7 +23,3 @@ def require_tenant_key(connection: ASGIConnection, handler: BaseRouteHandler) ->
     if tenant is None:
         raise NotAuthorizedException("the API key is not valid; ask your tenant admin for a current key")
     connection.state.tenant = tenant
-
-
-def provide_tenant(request: ASGIConnection) -> str:
-    return request.state.tenant

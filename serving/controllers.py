@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, delete, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from lodestar.controls import Controls, parse_diversity
+from lodestar.cdp import CdpStore
+from lodestar.controls import Controls
+from lodestar.embed import Embedder
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import parse_exclude, parse_filter
-from lodestar.index import Hit
-from lodestar.recommend import interacted_items, nearest_controlled, profile_text, recommend, similar_items
+from lodestar.index import Hit, PublishedVersion
+from lodestar.recommend import nearest_controlled, recommend_for_session, recommend_for_user, similar_items
 from lodestar.records import parse_event, parse_id, parse_preferences
-from lodestar.tenant_config import effective_config
+from lodestar.tenant_config import TenantConfig
 from serving.schemas import (
     EventBatch,
     EventsAccepted,
@@ -31,17 +34,19 @@ from serving.schemas import (
     SessionRequest,
     UserErased,
 )
+from serving.indexes import TenantIndexes
+from serving.served_log import ServedLog
 
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
 FILTER = Annotated[str | None, Parameter(description='URL-encoded JSON filter, e.g. {"categories": ["shoes"]}')]
 EXCLUDE = Annotated[str | None, Parameter(description="Comma-separated item ids to leave out")]
+# Validated here (422 naming the field) and only here; bodies validate it in their msgspec schema.
 DIVERSITY = Annotated[float, Parameter(ge=0.0, le=1.0, description="0 (pure relevance) to 1 (most diverse)")]
-# Enough history to exclude everything a user interacted with and to build their taste vector.
-HISTORY_LIMIT = 5000
 
 
 def _items(
-    request: Request, tenant: str, hits: list[Hit], version: str, strategy: str, user_id: str | None = None
+    served_log: ServedLog, tenant: str, hits: list[Hit], version: str, strategy: str, endpoint: str,
+    user_id: str | None = None,
 ) -> ItemList:
     """The response, recorded in the served log under its recommendation_id for attribution."""
     body = ItemList(
@@ -50,20 +55,15 @@ def _items(
         index_version=version,
         strategy=strategy,
     )
-    request.app.state.served_log.record(tenant, {
-        "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": request.url.path.split("/")[-1],
+    served_log.record(tenant, {
+        "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": endpoint,
         "strategy": strategy, "items": [h.item_id for h in hits],
     })
     return body
 
 
-def _controls(item_filter: Any, exclude: Any, diversity: Any) -> Controls:
-    return Controls(parse_filter(item_filter), parse_exclude(exclude), parse_diversity(diversity))
-
-
-def _config(request: Request, tenant: str) -> dict[str, Any]:
-    record = request.app.state.cdp.get_tenant(tenant)
-    return effective_config(record["config"] if record else None)
+def _controls(item_filter: Any, exclude: Any, diversity: float) -> Controls:
+    return Controls(parse_filter(item_filter), parse_exclude(exclude), diversity)
 
 
 class RecommendationController(Controller):
@@ -72,35 +72,26 @@ class RecommendationController(Controller):
 
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", sync_to_thread=True)
     def for_user(
-        self, request: Request, tenant: str, user_id: str, k: K = 10, filter: FILTER = None,
-        exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
+        self, tenant: str, user_id: str, published: PublishedVersion, config: TenantConfig, cdp: CdpStore,
+        embedder: Embedder, served_log: ServedLog, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
+        diversity: DIVERSITY = 0.0,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which)."""
         controls = _controls(filter, exclude, diversity)
-        state = request.app.state
-        published = state.indexes.get(tenant)
-        config = _config(request, tenant)
-        events = state.cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
-        preferences = state.cdp.get_preferences(tenant, user_id)
-        profile_vector = None
-        if not interacted_items(events) and not (preferences or {}).get("liked_items"):
-            user = state.cdp.get_user(tenant, user_id)
-            text = profile_text(user["attributes"] if user else {}, preferences, config)
-            profile_vector = state.embedder.encode([text])[0] if text else None
-        result = recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences)
-        return _items(request, tenant, result.items, published.reader.version, result.strategy, user_id)
+        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls)
+        return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id)
 
     @post("/recommendations/session", operation_id="recommendForSession", status_code=200, sync_to_thread=True)
-    def for_session(self, request: Request, tenant: str, data: SessionRequest) -> ItemList:
+    def for_session(
+        self, tenant: str, data: SessionRequest, published: PublishedVersion, config: TenantConfig,
+        served_log: ServedLog,
+    ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
         controls = _controls(data.filter, data.exclude, data.diversity)
-        published = request.app.state.indexes.get(tenant)
-        now = time.time()
-        events = [{"item_id": parse_id(i, f"item_ids[{n}]"), "type": "view", "ts": now - len(data.item_ids) + n}
-                  for n, i in enumerate(data.item_ids)]
-        result = recommend(published.reader, events, data.k, _config(request, tenant), published.model, None, controls)
-        return _items(request, tenant, result.items, published.reader.version, result.strategy)
+        item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
+        result = recommend_for_session(published, item_ids, data.k, config, controls)
+        return _items(served_log, tenant, result.items, published.version, result.strategy, "session")
 
 
 class ItemController(Controller):
@@ -109,16 +100,15 @@ class ItemController(Controller):
 
     @get("/{item_id:str}/similar", operation_id="similarItems", sync_to_thread=True)
     def similar(
-        self, request: Request, tenant: str, item_id: str, k: K = 10, filter: FILTER = None,
-        exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
+        self, tenant: str, item_id: str, published: PublishedVersion, config: TenantConfig, served_log: ServedLog,
+        k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
         controls = _controls(filter, exclude, diversity)
-        reader = request.app.state.indexes.reader(tenant)
-        hits = similar_items(reader, item_id, k, _config(request, tenant), controls)
+        hits = similar_items(published.reader, item_id, k, config, controls)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
-        return _items(request, tenant, hits, reader.version, "similar_items")
+        return _items(served_log, tenant, hits, published.version, "similar_items", "similar")
 
 
 class SearchController(Controller):
@@ -126,15 +116,17 @@ class SearchController(Controller):
     tags = ["search"]
 
     @post("/", operation_id="semanticSearch", status_code=200, sync_to_thread=True)
-    def search(self, request: Request, tenant: str, data: SearchRequest) -> ItemList:
+    def search(
+        self, tenant: str, data: SearchRequest, published: PublishedVersion, config: TenantConfig,
+        embedder: Embedder, served_log: ServedLog,
+    ) -> ItemList:
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
-            raise InvalidInput("query: must contain some text")
+            raise InvalidInput("query: must contain some text", field="query")
         controls = _controls(data.filter, data.exclude, data.diversity)
-        reader = request.app.state.indexes.reader(tenant)
-        vector = request.app.state.embedder.encode([data.query])[0]
-        hits = nearest_controlled(reader, vector, data.k, _config(request, tenant), controls)
-        return _items(request, tenant, hits, reader.version, "semantic_search")
+        vector = embedder.encode([data.query])[0]
+        hits = nearest_controlled(published.reader, vector, data.k, config, controls)
+        return _items(served_log, tenant, hits, published.version, "semantic_search", "search")
 
 
 class EventController(Controller):
@@ -143,7 +135,7 @@ class EventController(Controller):
 
     @post("/", operation_id="ingestEvents", status_code=200, sync_to_thread=True)
     def ingest(
-        self, request: Request, tenant: str, data: EventBatch,
+        self, tenant: str, data: EventBatch, cdp: CdpStore,
         atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
     ) -> EventsAccepted:
         """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
@@ -162,7 +154,7 @@ class EventController(Controller):
                 f"{len(rejected)} event(s) are invalid, e.g. events[{rejected[0].index}]: {rejected[0].reason}"
             raise HTTPException(status_code=422, detail=detail, extra=[
                 {"key": f"events[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
-        stored = request.app.state.cdp.append_events(tenant, valid)
+        stored = cdp.append_events(tenant, valid)
         return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected)
 
 
@@ -171,15 +163,15 @@ class PreferenceController(Controller):
     tags = ["users"]
 
     @put("/", operation_id="putPreferences", sync_to_thread=True)
-    def put_preferences(self, request: Request, tenant: str, user_id: str, data: Preferences) -> Preferences:
+    def put_preferences(self, tenant: str, user_id: str, data: Preferences, cdp: CdpStore) -> Preferences:
         """Replace the user's liked and disliked items and categories; the next recommendations follow them."""
         clean = parse_preferences(msgspec.to_builtins(data))
-        request.app.state.cdp.put_preferences(tenant, parse_id(user_id, "user_id"), clean)
+        cdp.put_preferences(tenant, parse_id(user_id, "user_id"), clean)
         return Preferences(**clean)
 
     @get("/", operation_id="getPreferences", sync_to_thread=True)
-    def get_preferences(self, request: Request, tenant: str, user_id: str) -> Preferences:
-        stored = request.app.state.cdp.get_preferences(tenant, user_id)
+    def get_preferences(self, tenant: str, user_id: str, cdp: CdpStore) -> Preferences:
+        stored = cdp.get_preferences(tenant, user_id)
         return Preferences(**(stored or {}))
 
 
@@ -188,11 +180,11 @@ class UserController(Controller):
     tags = ["users"]
 
     @delete("/", operation_id="eraseUser", status_code=200, sync_to_thread=True)
-    def erase(self, request: Request, tenant: str, user_id: str) -> UserErased:
+    def erase(self, tenant: str, user_id: str, cdp: CdpStore) -> UserErased:
         """Erase a user: their events, preferences and served lists are deleted from the CDP store
         at once (the user's next recommendations are those of a stranger); the next sync drops them
         from the pipeline's extracts and features."""
-        counts = request.app.state.cdp.erase_user(tenant, parse_id(user_id, "user_id"))
+        counts = cdp.erase_user(tenant, parse_id(user_id, "user_id"))
         return UserErased(user_id=user_id, **counts)
 
 
@@ -205,17 +197,16 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready", operation_id="ready", opt={"public": True}, sync_to_thread=True)
-    def ready(self, request: Request) -> Ready:
+    def ready(self, cdp: CdpStore, indexes: TenantIndexes, embedder_loaded: threading.Event) -> Ready:
         """Ready once the embedding model and a published index are loaded (503 before)."""
-        state = request.app.state
-        if not state.embedder_loaded.is_set():
+        if not embedder_loaded.is_set():
             raise HTTPException(status_code=503, detail="the embedding model is still loading")
-        for tenant in state.cdp.list_tenants():
+        for tenant in cdp.list_tenants():
             try:
-                state.indexes.reader(tenant["name"])
+                indexes.get(tenant["name"])
             except Exception:  # noqa: BLE001 - a tenant without an index does not make us unready
                 continue
-        loaded = state.indexes.loaded()
+        loaded = indexes.loaded()
         if not loaded:
             raise HTTPException(status_code=503, detail="no published index is loaded yet; materialize a tenant")
         return Ready(status="ready", tenants=loaded)

@@ -52,7 +52,7 @@ EXCEPTION_HANDLERS = {
     HTTPException: _http,
     NotFound: lambda _, exc: problem(404, "Not found", str(exc)),
     InvalidInput: lambda _, exc: problem(422, "Invalid request", str(exc),
-                                         errors=[{"field": str(exc).split(":")[0], "message": str(exc)}]),
+                                         errors=[{"field": exc.field, "message": str(exc)}]),
     Conflict: lambda _, exc: problem(409, "Conflict", str(exc)),
     IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
     Exception: _unexpected,

@@ -1,6 +1,6 @@
 """Published index versions per tenant, hot-swapped when a new version is published.
 
-:meth:`TenantIndexes.reader` is the only way a request reaches an index, and it takes the tenant
+:meth:`TenantIndexes.get` is the only way a request reaches an index, and it takes the tenant
 that the API key resolved to: a tenant's requests can only ever see that tenant's shard.
 """
 
@@ -8,48 +8,34 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from lodestar.collab import CollabModel
 from lodestar.errors import IndexNotReady
-from lodestar.index import IndexReader, IndexStore
-
-ModelLoader = Callable[[str, str], "CollabModel | None"]
+from lodestar.index import IndexReader, IndexStore, PublishedVersion
 
 # A retired reader stays open this long so that requests already using it can finish.
 RETIRE_AFTER_S = 30.0
 
 
-@dataclass(frozen=True)
-class Published:
-    """A published version: its index and the collaborative model built with it (if any)."""
-
-    reader: IndexReader
-    model: CollabModel | None
-
-
 @dataclass
 class _Slot:
-    published: Published | None
+    published: PublishedVersion | None
     checked_at: float
 
 
 class TenantIndexes:
-    def __init__(
-        self, index_store: IndexStore, load_model: ModelLoader = lambda _t, _v: None, check_interval_s: float = 0.5
-    ) -> None:
+    def __init__(self, index_store: IndexStore, check_interval_s: float = 0.5) -> None:
         self._store = index_store
-        self._load_model = load_model
         self._interval = check_interval_s
         self._slots: dict[str, _Slot] = {}
         self._retired: list[tuple[float, IndexReader]] = []
         self._lock = threading.Lock()
 
-    def get(self, tenant: str) -> Published:
+    def get(self, tenant: str) -> PublishedVersion:
         """The tenant's published version, reloaded when the pointer moved (checked at most every
         ``check_interval_s``). A version is only ever opened after it was published, so a
-        half-built one is never served; index and model change together."""
+        half-built one is never served; index and model change together (the index port opens
+        them as one)."""
         now = time.monotonic()
         slot = self._slots.get(tenant)
         if slot is None or now - slot.checked_at >= self._interval:
@@ -68,13 +54,14 @@ class TenantIndexes:
             slot = self._slots.get(tenant)
             if slot is not None and now - slot.checked_at < self._interval:
                 return slot  # another thread refreshed it meanwhile
-            version = self._store.published(tenant)
+            version = self._store.published(tenant)  # cheap: the pointer only
             current = slot.published if slot else None
-            if version is not None and (current is None or current.reader.version != version):
-                fresh = Published(self._store.open(tenant, version), self._load_model(tenant, version))
-                if current is not None:
-                    self._retired.append((now, current.reader))
-                current = fresh
+            if version is not None and (current is None or current.version != version):
+                fresh = self._store.open_published(tenant)
+                if fresh is not None:
+                    if current is not None:
+                        self._retired.append((now, current.reader))
+                    current = fresh
             slot = _Slot(current, now)
             self._slots[tenant] = slot
             self._close_retired(now)
@@ -90,13 +77,13 @@ class TenantIndexes:
         self._retired = keep
 
     def loaded(self) -> dict[str, str]:
-        return {t: s.published.reader.version for t, s in self._slots.items() if s.published is not None}
+        return {t: s.published.version for t, s in self._slots.items() if s.published is not None}
 
     def close(self) -> None:
         with self._lock:
             for slot in self._slots.values():
                 if slot.published is not None:
-                    slot.published.reader.close()
+                    slot.published.close()
             for _, reader in self._retired:
                 reader.close()
             self._slots.clear()

@@ -143,3 +143,28 @@ def test_deleted_tenant_leaves_the_list_and_its_keys_stop_working(store):
     store.add_api_key("acme", "kid", "hash")
     store.delete_tenant("acme")
     assert store.list_tenants() == [] and store.find_api_key("kid") is None
+
+
+
+def test_cdp_session_closes_the_store_even_on_error_and_require_tenant_names_the_fix(settings, monkeypatch):
+    import lodestar.cdp
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.cdp.sqlite import SqliteCdpStore
+
+    closed = []
+
+    class Spy(SqliteCdpStore):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    monkeypatch.setattr(lodestar.cdp, "open_cdp", lambda s: Spy(s.cdp_path))
+    with pytest.raises(NotFound, match="does not exist; create it with `lodestar tenants create ghost`"):
+        with cdp_session(settings) as cdp:
+            cdp.create_tenant("acme")
+            assert require_tenant(cdp, "acme")["name"] == "acme"
+            require_tenant(cdp, "ghost")
+    assert closed == [True]
+    with cdp_session(settings) as cdp:
+        assert [t["name"] for t in cdp.list_tenants()] == ["acme"]
+    assert closed == [True, True]

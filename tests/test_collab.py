@@ -56,7 +56,7 @@ def test_event_weights_follow_type_recency_and_dislikes():
 def test_positive_interactions_net_out_dislikes():
     events = pd.DataFrame({"user_id": ["u", "u", "u"], "item_id": ["a", "a", "b"],
                            "type": ["view", "dislike", "like"], "value": [None, None, None], "ts": [1, 2, 3]})
-    pairs = collab.positive_interactions(events, effective_config(None)["event_weights"])
+    pairs = collab.positive_interactions(events, effective_config(None).event_weights)
     assert pairs.values.tolist() == [["u", "b"]]
 
 

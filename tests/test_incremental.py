@@ -1,9 +1,10 @@
 """Incremental extracts, deletes and erasure, without Dagster."""
 
-from lodestar import stages
 from lodestar.embed import Embedder
+from lodestar.lineage import collab_fit, embeddings, evaluation_gate, feature_tables, index_build, publishing
+from lodestar.lineage.extracts import extract
+from lodestar.lineage.files import TenantFiles, read_extract
 from lodestar.records import parse_event, parse_item, parse_user
-from lodestar.stages import TenantFiles, extract, read_extract
 
 
 def test_incremental_extract_merges_changes_and_sees_deletes(settings, store):
@@ -11,18 +12,18 @@ def test_incremental_extract_merges_changes_and_sees_deletes(settings, store):
     store.create_tenant("acme")
     store.upsert_items("acme", [parse_item({"id": str(n), "title": f"item {n}"}) for n in range(5)])
     first = extract(store, "acme", "items", files)
-    assert (first["mode"], first["rows"], first["changed"]) == ("full", 5, 5)
+    assert (first.mode, first.rows, first.changed) == ("full", 5, 5)
     again = extract(store, "acme", "items", files)
-    assert (again["mode"], again["rows"], again["changed"]) == ("incremental", 5, 0)
+    assert (again.mode, again.rows, again.changed) == ("incremental", 5, 0)
     store.upsert_items("acme", [parse_item({"id": "2", "title": "renamed"}),
                                 parse_item({"id": "4", "title": "item 4", "deleted": True}),
                                 parse_item({"id": "9", "title": "new"})])
     delta = extract(store, "acme", "items", files)
-    assert (delta["mode"], delta["rows"], delta["changed"], delta["deleted"]) == ("incremental", 6, 3, 1)
+    assert (delta.mode, delta.rows, delta.changed, delta.deleted) == ("incremental", 6, 3, 1)
     df = read_extract(files, "items").set_index("id")
     assert df.loc["2", "title"] == "renamed" and bool(df.loc["4", "deleted"]) and df.loc["9", "title"] == "new"
     full = extract(store, "acme", "items", files, full=True)
-    assert full["mode"] == "full" and sorted(read_extract(files, "items")["id"]) == sorted(df.index)
+    assert full.mode == "full" and sorted(read_extract(files, "items")["id"]) == sorted(df.index)
 
 
 def test_an_erased_users_events_leave_the_extract(settings, store):
@@ -31,13 +32,13 @@ def test_an_erased_users_events_leave_the_extract(settings, store):
     store.upsert_users("acme", [parse_user({"id": u}) for u in ("gone", "kept")])
     store.append_events("acme", [parse_event({"user_id": u, "item_id": "1", "type": "view", "ts": t})
                                  for u in ("gone", "kept") for t in (1, 2)])
-    assert extract(store, "acme", "events", files)["rows"] == 4
+    assert extract(store, "acme", "events", files).rows == 4
     extract(store, "acme", "users", files)
     store.erase_user("acme", "gone")
     events = extract(store, "acme", "events", files)
-    assert events["erased"] == 2 and set(read_extract(files, "events")["user_id"]) == {"kept"}
+    assert events.erased == 2 and set(read_extract(files, "events")["user_id"]) == {"kept"}
     users = extract(store, "acme", "users", files)
-    assert users["deleted"] == 1
+    assert users.deleted == 1
 
 
 def _sync(store, settings, tenant):
@@ -49,15 +50,15 @@ def _sync(store, settings, tenant):
     config = effective_config(store.get_tenant(tenant)["config"])
     for entity in ("items", "users", "events"):
         extract(store, tenant, entity, files)
-    out = {"features": stages.item_features(files, config, settings.embed_model)}
-    out |= {"embeddings": stages.item_embeddings(files, Embedder(settings.embed_model, settings.cache_dir)),
-           "model": stages.collab_model(files, config),
-           "evaluation": stages.offline_evaluation(files, config, tenant)}
+    out = {"features": feature_tables.item_features(files, config, settings.embed_model)}
+    out |= {"embeddings": embeddings.item_embeddings(files, Embedder(settings.embed_model, settings.cache_dir)),
+           "model": collab_fit.collab_model(files, config),
+           "evaluation": evaluation_gate.offline_evaluation(files, config, tenant)}
     index_store = open_index_store(settings)
-    out["index"], probe = stages.build_index(files, index_store, tenant, config)
-    assert stages.canary_problem(index_store, tenant, out["index"]["version"], probe) is None
-    stages.publish(files, index_store, tenant)
-    out["reader"] = index_store.open(tenant, out["index"]["version"])
+    out["index"] = index_build.build_index(files, index_store, tenant, config)
+    assert publishing.canary_problem(index_store, tenant, out["index"].version, out["index"].probe) is None
+    publishing.publish(files, index_store, tenant)
+    out["reader"] = index_store.open(tenant, out["index"].version)
     return out
 
 
@@ -66,7 +67,7 @@ def test_a_small_catalog_change_builds_the_index_from_the_published_version(sett
 
     load_demo_tenant(store, settings, "shop", "shop", n_items=120, n_users=30)
     first = _sync(store, settings, "shop")
-    assert first["index"]["mode"] == "full" and first["model"]["refit"] and not first["evaluation"]["reused"]
+    assert first["index"].mode == "full" and first["model"].refit and not first["evaluation"].reused
     before = first["reader"].get("p00010")
     first["reader"].close()
 
@@ -76,12 +77,12 @@ def test_a_small_catalog_change_builds_the_index_from_the_published_version(sett
     second = _sync(store, settings, "shop")
     index, reader = second["index"], second["reader"]
     try:
-        assert (index["mode"], index["upserted"], index["deleted"]) == ("incremental", 2, 1), index["why"]
+        assert (index.mode, index.upserted, index.deleted) == ("incremental", 2, 1), index.why
         # Two new texts: the run loads the model ahead of item_embeddings; those two are all it encodes.
-        assert second["features"]["new_texts"] == 2 and second["embeddings"]["encoded"] == 2
-        assert index["base_version"] == first["index"]["version"]
-        assert not second["model"]["refit"] and second["evaluation"]["reused"]
-        assert reader.count() == index["items"] == first["index"]["items"]  # one in, one out
+        assert second["features"].new_texts == 2 and second["embeddings"].encoded == 2
+        assert index.base_version == first["index"].version
+        assert not second["model"].refit and second["evaluation"].reused
+        assert reader.count() == index.items == first["index"].items  # one in, one out
         assert reader.get("p00007") is None and reader.get("n1").payload["title"].startswith("A brand new")
         assert reader.get("p00003").payload["title"] == "Completely new title: a red kayak"
         # The new item's own text finds it; an unchanged item kept its point.
@@ -103,11 +104,11 @@ def test_a_changed_model_or_a_large_change_rebuilds_in_full(settings, store):
                                               "ts": 1.9e9 + n}) for n in range(40, 50)])
     after_events = _sync(store, settings, "shop")
     after_events["reader"].close()
-    assert after_events["model"]["refit"] and not after_events["evaluation"]["reused"]
-    assert after_events["index"]["mode"] == "full" and "model" in after_events["index"]["why"]
+    assert after_events["model"].refit and not after_events["evaluation"].reused
+    assert after_events["index"].mode == "full" and "model" in after_events["index"].why
     # 30% of the catalog renamed: over index.incremental_max_fraction (10%).
     store.upsert_items("shop", [parse_item({"id": f"p{n:05d}", "title": f"renamed {n}"}) for n in range(30)])
     renamed = _sync(store, settings, "shop")
     renamed["reader"].close()
-    assert renamed["index"]["mode"] == "full" and "of items changed (more than 10%)" in renamed["index"]["why"]
-    assert not renamed["evaluation"]["reused"]
+    assert renamed["index"].mode == "full" and "of items changed (more than 10%)" in renamed["index"].why
+    assert not renamed["evaluation"].reused

@@ -49,9 +49,10 @@ def index(request, tmp_path):
     for collection in client.get_collections().collections:
         if collection.name.startswith(f"lodestar--{run}"):
             client.delete_collection(collection.name)
-    if used and client.collection_exists("lodestar--shared"):
-        client.delete("lodestar--shared", points_selector=models.FilterSelector(filter=models.Filter(
-            must=[models.FieldCondition(key="tenant_id", match=models.MatchAny(any=used))])))
+    for shared in ("lodestar--shared", "lodestar--models"):
+        if used and client.collection_exists(shared):
+            client.delete(shared, points_selector=models.FilterSelector(filter=models.Filter(
+                must=[models.FieldCondition(key="tenant_id", match=models.MatchAny(any=used))])))
 
 
 def _build(store, tenant, n=20, seed=0, base=None):
@@ -166,3 +167,52 @@ def test_drop_old_keeps_published_and_recent(index):
         assert reader.count() == 3
     finally:
         reader.close()
+
+
+def _model():
+    import pandas as pd
+
+    from lodestar import collab
+    from lodestar.tenant_config import TenantConfig
+
+    baskets = [["i0", "i1", "i2"], ["i1", "i2"], ["i2", "i3", "i4"], ["i0", "i4"], ["i3", "i4", "i5"]]
+    pairs = pd.DataFrame([(f"u{u}", i) for u, items in enumerate(baskets) for i in items], columns=["user_id", "item_id"])
+    return collab.fit(pairs, [f"i{k}" for k in range(6)], TenantConfig())
+
+
+def test_a_published_version_opens_with_its_model(index, monkeypatch):
+    """The model is part of the version: ``open_published`` returns both, for every adapter (the
+    Qdrant adapters keep it in Qdrant, split in chunks: a tiny chunk size makes this one span several)."""
+    from lodestar.index import qdrant_server
+
+    monkeypatch.setattr(qdrant_server, "MODEL_CHUNK", 1000)
+    store, name = index
+    acme = name("acme")
+    assert store.open_published(acme) is None
+    model = _model()
+    ids = [f"i{k}" for k in range(6)]
+    vectors = np.eye(8, dtype=np.float32)[:6]
+    builder = store.build(acme, 8, collab_dimension=model.factors.shape[1])
+    builder.upsert(ids, vectors, [{"title": i, "popularity": 0.0, "categories": [], "tags": [], "attributes": {}}
+                                  for i in ids], model.factors_for(ids))
+    builder.attach_model(model)
+    builder.finish()
+    store.publish(acme, builder.version, {"points": 6})
+    published = store.open_published(acme)
+    try:
+        assert published.version == builder.version and published.record["points"] == 6
+        assert published.reader.count() == 6 and published.model.kind == model.kind
+        assert published.model.item_ids == model.item_ids
+        weights = {"i0": 1.0, "i2": 0.5}
+        assert np.allclose(published.model.scores(weights, ids), model.scores(weights, ids), atol=1e-6)
+    finally:
+        published.close()
+    # A version built without a model opens without one; dropping versions drops their models.
+    plain, _, _ = _build(store, acme, n=3)
+    store.publish(acme, plain)
+    assert store.open_published(acme).model is None
+    assert store.drop_old(acme, keep=0) == [builder.version]
+    if isinstance(store, EdgeIndexStore):
+        assert not (store.data_dir / "tenants" / acme / "models" / builder.version).exists()
+    else:
+        assert qdrant_server._ModelBlobs(store.client).load(acme, builder.version) is None

@@ -7,19 +7,21 @@ from dagster import DagsterInstance
 from lodestar.cdp import open_cdp
 from lodestar.index import open_index_store
 from lodestar.records import parse_item
-from lodestar.stages import TenantFiles, read_embeddings
+from lodestar.lineage.embeddings import read_embeddings
+from lodestar.lineage.files import TenantFiles
 from tests.conftest import materialize_tenant
 
 
 def test_definitions_load():
     from pipelines.definitions import defs
 
-    job = defs.resolve_job_def("materialize_tenant")
+    definitions = defs()  # what Dagster's loader calls when the code location loads
+    job = definitions.resolve_job_def("materialize_tenant")
     assert job.partitions_def is not None
-    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    keys = {k.to_user_string() for k in definitions.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"cdp_items", "cdp_users", "cdp_events", "item_features", "user_features", "item_embeddings",
                     "collab_model", "offline_evaluation", "tenant_index", "published_index", "attribution_report"}
-    check_names = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
+    check_names = {c.name for c in definitions.resolve_asset_graph().asset_check_keys}
     assert {"schema_and_rows", "dimension_and_nan", "point_count_matches_items", "canary_query",
             "no_regression"} <= check_names
 

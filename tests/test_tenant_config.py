@@ -6,8 +6,8 @@ from lodestar.tenant_config import effective_config, validate_config
 
 def test_effective_config_overlays_nested_sections():
     config = effective_config({"collab": {"ease_lambda": 50}, "event_weights": {"view": 0.5}})
-    assert config["collab"]["ease_lambda"] == 50 and config["collab"]["factors"] == 64
-    assert config["event_weights"]["view"] == 0.5 and config["event_weights"]["purchase"] == 8.0
+    assert config.collab.ease_lambda == 50 and config.collab.factors == 64
+    assert config.event_weights["view"] == 0.5 and config.event_weights["purchase"] == 8.0
 
 
 @pytest.mark.parametrize("config, message", [

@@ -8,15 +8,24 @@ document key in ArangoDB); deletes are seen through soft-delete flags.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
-from lodestar.errors import InvalidInput
+from lodestar.errors import InvalidInput, UnknownTenant
+from lodestar.records import ENTITY_FIELDS, USER_FIELDS
 from lodestar.settings import Settings
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-ENTITIES = ("items", "users", "events")
+ENTITIES = tuple(ENTITY_FIELDS)
+# Fields stored as JSON lists or objects (absent ones become empty) and as booleans.
+JSON_FIELDS = {"categories": list, "tags": list, "attributes": dict}
+FLAG_FIELDS = frozenset({"available", "deleted"})
+# A served list as ``read_served`` returns it.
+SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts")
 
 
 class Watermark(NamedTuple):
@@ -41,6 +50,46 @@ def check_tenant_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def check_entity(entity: str) -> str:
+    """``entity`` when it names one of the CDP's entities; otherwise an error listing them."""
+    if entity not in ENTITIES:
+        raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+    return entity
+
+
+def unknown_tenant(name: str) -> UnknownTenant:
+    """The error for an unknown (or deleted) tenant, saying how to create it."""
+    return UnknownTenant(f"tenant {name!r} does not exist; create it with `lodestar tenants create {name}`")
+
+
+def stored_values(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The values an adapter stores for ``fields`` of a record: absent lists and attributes become
+    empty ones, flags become booleans."""
+    out = {}
+    for f in fields:
+        value = record.get(f)
+        if value is None and f in JSON_FIELDS:
+            value = JSON_FIELDS[f]()
+        elif f in FLAG_FIELDS:
+            value = bool(value)
+        out[f] = value
+    return out
+
+
+def row_hash(record: dict[str, Any], fields: tuple[str, ...]) -> str:
+    """A digest of a record's content; an upsert whose digest equals the stored one changes nothing.
+    ``source_updated_at`` is left out: a newer source stamp on the same content is not a change."""
+    payload = json.dumps([record.get(f) for f in fields if f != "source_updated_at"], sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+def erased_user(user_id: str) -> tuple[dict[str, Any], str]:
+    """The tombstone that replaces an erased user's profile, and its row hash. The hash carries an
+    ``-erased`` suffix, so it never equals the hash of any upserted row."""
+    record = {"id": user_id, "attributes": {}, "deleted": True, "source_updated_at": None}
+    return record, row_hash(record, USER_FIELDS) + "-erased"
 
 
 class CdpStore(Protocol):
@@ -103,3 +152,21 @@ def open_cdp(settings: Settings) -> CdpStore:
     from lodestar.cdp.sqlite import SqliteCdpStore
 
     return SqliteCdpStore(settings.cdp_path)
+
+
+@contextmanager
+def cdp_session(settings: Settings) -> Iterator[CdpStore]:
+    """The CDP store the settings choose (:func:`open_cdp`), closed when the block ends, also on error."""
+    store = open_cdp(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def require_tenant(store: CdpStore, name: str) -> dict[str, Any]:
+    """The tenant's record, or :func:`unknown_tenant`'s error when there is none."""
+    tenant = store.get_tenant(name)
+    if tenant is None:
+        raise unknown_tenant(name)
+    return tenant

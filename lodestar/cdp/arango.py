@@ -23,13 +23,23 @@ batch spanning shards is not atomic (each document is).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lodestar.cdp import ENTITIES, Watermark, check_tenant_name
-from lodestar.errors import Conflict, InvalidInput, NotFound
+from lodestar.cdp import (
+    ENTITIES,
+    SERVED_FIELDS,
+    Watermark,
+    check_entity,
+    check_tenant_name,
+    erased_user,
+    require_tenant,
+    row_hash,
+    stored_values,
+)
+from lodestar.errors import Conflict
+from lodestar.records import EVENT_FIELDS, ITEM_FIELDS, USER_FIELDS
 
 TENANTS = "tenants"
 PREFERENCES = "preferences"
@@ -49,10 +59,6 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (SERVED, ("tenant_id", "user_id"), False),
 )
 
-_ITEM_FIELDS = ("id", "kind", "title", "description", "categories", "tags", "attributes", "available",
-                "deleted", "source_updated_at")
-_USER_FIELDS = ("id", "attributes", "deleted", "source_updated_at")
-_EVENT_FIELDS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id")
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
 
 # Stamps come from the server clock, taken once per query.
@@ -137,11 +143,6 @@ FOR s IN {SERVED}
 def document_key(tenant: str, ident: str) -> str:
     """A valid, collision-free ``_key`` for an entity id of a tenant (ids may hold any character)."""
     return hashlib.sha1(f"{tenant}\x00{ident}".encode()).hexdigest()
-
-
-def row_hash(record: dict[str, Any], fields: tuple[str, ...]) -> str:
-    payload = json.dumps([record.get(f) for f in fields if f != "source_updated_at"], sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()
 
 
 def batches(cursor: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -239,7 +240,7 @@ class ArangoCdpStore:
         return [self._tenant(d) for d in docs]
 
     def set_tenant_config(self, name: str, config: dict[str, Any]) -> None:
-        self._require_tenant(name)
+        require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "config": config, "updated_at": time.time()},
                                            merge=False)
 
@@ -248,17 +249,13 @@ class ArangoCdpStore:
         return {"name": doc["name"], "config": doc.get("config") or {}, "created_at": doc["created_at"],
                 "updated_at": doc["updated_at"]}
 
-    def _require_tenant(self, tenant: str) -> None:
-        if self.get_tenant(tenant) is None:
-            raise NotFound(f"tenant {tenant!r} does not exist; create it with `lodestar tenants create {tenant}`")
-
     def delete_tenant(self, name: str) -> None:
-        self._require_tenant(name)
+        require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
 
     # -- API keys ----------------------------------------------------------------------------
     def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None:
-        self._require_tenant(tenant)
+        require_tenant(self, tenant)
         self.db.collection(API_KEYS).insert(
             {"_key": key_id, "tenant_id": tenant, "key_hash": key_hash, "created_at": time.time()})
 
@@ -269,61 +266,46 @@ class ArangoCdpStore:
         return doc["tenant_id"], doc["key_hash"]
 
     # -- items, users, events ----------------------------------------------------------------
-    def _docs(self, tenant: str, records: list[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
-        docs = []
-        for r in records:
-            doc = {f: r.get(f) for f in fields}
-            for f in ("categories", "tags"):
-                if f in doc and doc[f] is None:
-                    doc[f] = []
-            if "attributes" in doc and doc["attributes"] is None:
-                doc["attributes"] = {}
-            for f in ("available", "deleted"):
-                if f in doc:
-                    doc[f] = bool(doc[f])
-            doc.update(_key=document_key(tenant, r["id"]), tenant_id=tenant, row_hash=row_hash(r, fields))
-            docs.append(doc)
-        return docs
+    @staticmethod
+    def _doc(tenant: str, record: dict[str, Any], fields: tuple[str, ...], **extra: Any) -> dict[str, Any]:
+        """A record as the document stored for a tenant (``extra``: more fields, such as its row hash)."""
+        return {**stored_values(record, fields), "_key": document_key(tenant, record["id"]), "tenant_id": tenant,
+                **extra}
 
     def _upsert(self, collection: str, fields: tuple[str, ...], tenant: str, records: list[dict[str, Any]]) -> int:
         if not records:
             return 0
-        self._require_tenant(tenant)
-        result = self._query(UPSERT_AQL, docs=self._docs(tenant, records, fields), **{"@collection": collection})
+        require_tenant(self, tenant)
+        docs = [self._doc(tenant, r, fields, row_hash=row_hash(r, fields)) for r in records]
+        result = self._query(UPSERT_AQL, docs=docs, **{"@collection": collection})
         return int(result[0]) if result else 0
 
     def upsert_items(self, tenant: str, items: list[dict[str, Any]]) -> int:
-        return self._upsert("items", _ITEM_FIELDS, tenant, items)
+        return self._upsert("items", ITEM_FIELDS, tenant, items)
 
     def upsert_users(self, tenant: str, users: list[dict[str, Any]]) -> int:
-        return self._upsert("users", _USER_FIELDS, tenant, users)
+        return self._upsert("users", USER_FIELDS, tenant, users)
 
     def append_events(self, tenant: str, events: list[dict[str, Any]]) -> int:
         """Store events; one already stored (same id) is ignored. Returns how many were new."""
         if not events:
             return 0
-        self._require_tenant(tenant)
-        docs = [{**{f: e.get(f) for f in _EVENT_FIELDS}, "_key": document_key(tenant, e["id"]), "tenant_id": tenant}
-                for e in events]
+        require_tenant(self, tenant)
+        docs = [self._doc(tenant, e, EVENT_FIELDS) for e in events]
         # Duplicates fail the unique _key and are skipped (ignoreErrors); only stored ones return a key.
         return sum(1 for key in self._query(INSERT_NEW_AQL, docs=docs, **{"@collection": "events"}) if key)
 
     def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
         docs = self._query(USER_EVENTS_AQL, tenant=tenant, user=user_id, limit=limit)
-        return [{f: d.get(f) for f in _EVENT_FIELDS} for d in docs]
+        return [{f: d.get(f) for f in EVENT_FIELDS} for d in docs]
 
     # -- change streams ----------------------------------------------------------------------
-    @staticmethod
-    def _check_entity(entity: str) -> None:
-        if entity not in ENTITIES:
-            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
-
     def read_changes(
         self, tenant: str, entity: str, since: Watermark | None = None, batch_size: int = 5000
     ) -> Iterator[list[dict[str, Any]]]:
         """Rows changed after ``since`` in ``(updated_at, _key)`` order, from one streamed cursor
         fetched ``batch_size`` documents per round trip."""
-        self._check_entity(entity)
+        check_entity(entity)
         mark = since or Watermark(-1.0, "")
         cursor = self.db.aql.execute(
             CHANGES_AQL,
@@ -335,21 +317,20 @@ class ArangoCdpStore:
             yield [decode(d) for d in batch]
 
     def latest_watermark(self, tenant: str, entity: str) -> Watermark | None:
-        self._check_entity(entity)
+        check_entity(entity)
         rows = self._query(LATEST_AQL, tenant=tenant, settle=self.settle_s, **{"@collection": entity})
         return Watermark(rows[0]["updated_at"], rows[0]["key"]) if rows else None
 
     def erase_user(self, tenant: str, user_id: str) -> dict[str, int]:
         """Events, preferences and served lists deleted and the profile replaced by a tombstone, in
         one stream transaction."""
-        self._require_tenant(tenant)
+        require_tenant(self, tenant)
         txn = self.db.begin_transaction(write=["events", PREFERENCES, SERVED, "users"], sync=True)
         try:
             counts = {name: int(next(iter(txn.aql.execute(query, bind_vars={"tenant": tenant, "user": user_id})), 0))
                       for name, query in ERASE_AQL.items()}
-            tombstone = {"id": user_id, "attributes": {}, "deleted": True, "source_updated_at": None}
-            doc = {**tombstone, "_key": document_key(tenant, user_id), "tenant_id": tenant,
-                   "row_hash": row_hash(tombstone, _USER_FIELDS) + "-erased"}
+            tombstone, digest = erased_user(user_id)
+            doc = self._doc(tenant, tombstone, USER_FIELDS, row_hash=digest)
             txn.aql.execute(TOMBSTONE_AQL, bind_vars={"doc": doc})
             txn.commit_transaction()
         except BaseException:
@@ -358,7 +339,7 @@ class ArangoCdpStore:
         return counts
 
     def count(self, tenant: str, entity: str) -> int:
-        self._check_entity(entity)
+        check_entity(entity)
         rows = self._query(COUNT_AQL, tenant=tenant, with_deleted=entity == "events", **{"@collection": entity})
         return int(rows[0]) if rows else 0
 
@@ -387,12 +368,11 @@ class ArangoCdpStore:
 
     def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         docs = self._query(SERVED_AQL, tenant=tenant, since=since)
-        fields = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts")
-        return [{f: d.get(f) for f in fields} for d in docs]
+        return [{f: d.get(f) for f in SERVED_FIELDS} for d in docs]
 
     # -- preferences -------------------------------------------------------------------------
     def put_preferences(self, tenant: str, user_id: str, preferences: dict[str, Any]) -> None:
-        self._require_tenant(tenant)
+        require_tenant(self, tenant)
         self.db.collection(PREFERENCES).insert(
             {"_key": document_key(tenant, user_id), "tenant_id": tenant, "user_id": user_id,
              "preferences": preferences, "updated_at": time.time()},

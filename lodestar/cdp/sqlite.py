@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -12,8 +11,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lodestar.cdp import ENTITIES, Watermark, check_tenant_name
-from lodestar.errors import Conflict, InvalidInput, NotFound
+from lodestar.cdp import (
+    FLAG_FIELDS,
+    JSON_FIELDS,
+    SERVED_FIELDS,
+    Watermark,
+    check_entity,
+    check_tenant_name,
+    erased_user,
+    row_hash,
+    stored_values,
+    unknown_tenant,
+)
+from lodestar.errors import Conflict
+from lodestar.records import EVENT_FIELDS, ITEM_FIELDS, USER_FIELDS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -90,21 +101,6 @@ CREATE TABLE IF NOT EXISTS preferences (
     PRIMARY KEY (tenant, user_id)
 );
 """
-
-_ITEM_COLUMNS = (
-    "id", "kind", "title", "description", "categories", "tags", "attributes", "available",
-    "deleted", "source_updated_at",
-)
-_USER_COLUMNS = ("id", "attributes", "deleted", "source_updated_at")
-_EVENT_COLUMNS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id")
-_JSON_COLUMNS = {"categories", "tags", "attributes"}
-_BOOL_COLUMNS = {"available", "deleted"}
-
-
-def _row_hash(record: dict[str, Any], columns: tuple[str, ...]) -> str:
-    payload = json.dumps([record.get(c) for c in columns if c != "source_updated_at"], sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()
-
 
 class SqliteCdpStore:
     """SQLite adapter of the CDP port. One connection per thread; WAL lets readers run beside a writer."""
@@ -184,7 +180,7 @@ class SqliteCdpStore:
                 (json.dumps(config), time.time(), name),
             )
             if cur.rowcount == 0:
-                raise NotFound(f"tenant {name!r} does not exist")
+                raise unknown_tenant(name)
 
     @staticmethod
     def _tenant(row: sqlite3.Row) -> dict[str, Any]:
@@ -196,8 +192,10 @@ class SqliteCdpStore:
         }
 
     def _require_tenant(self, conn: sqlite3.Connection, tenant: str) -> None:
+        # Checked on the write's own connection, inside its transaction: a concurrent delete cannot
+        # slip between the check and the write, as it could with ``require_tenant``.
         if conn.execute("SELECT 1 FROM tenants WHERE name = ? AND deleted = 0", (tenant,)).fetchone() is None:
-            raise NotFound(f"tenant {tenant!r} does not exist; create it with `lodestar tenants create {tenant}`")
+            raise unknown_tenant(tenant)
 
     # -- API keys ----------------------------------------------------------------------------
     def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None:
@@ -217,66 +215,74 @@ class SqliteCdpStore:
         return None if row is None else (row["tenant"], row["key_hash"])
 
     # -- items and users ---------------------------------------------------------------------
-    def _upsert(self, table: str, columns: tuple[str, ...], tenant: str, records: list[dict[str, Any]]) -> int:
-        """Insert or update rows; a row whose content is unchanged, or whose source ``updated_at``
-        is older than the stored one, is left alone (its watermark does not move)."""
-        if not records:
-            return 0
+    @staticmethod
+    def _upsert_sql(table: str, columns: tuple[str, ...], only_if_newer: bool = True) -> str:
+        """Insert or update by ``(tenant, id)``; with ``only_if_newer`` a row whose content is
+        unchanged, or whose source ``updated_at`` is older than the stored one, is left alone (its
+        watermark does not move)."""
         cols = ("tenant", *columns, "row_hash", "updated_at")
         placeholders = ", ".join("?" for _ in cols)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("tenant", "id"))
         sql = (
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({placeholders}) "
-            f"ON CONFLICT(tenant, id) DO UPDATE SET {updates} "
-            f"WHERE {table}.row_hash IS NOT excluded.row_hash AND ("
-            f"excluded.source_updated_at IS NULL OR {table}.source_updated_at IS NULL "
-            f"OR excluded.source_updated_at >= {table}.source_updated_at)"
+            f"ON CONFLICT(tenant, id) DO UPDATE SET {updates}"
         )
+        if only_if_newer:
+            sql += (
+                f" WHERE {table}.row_hash IS NOT excluded.row_hash AND ("
+                f"excluded.source_updated_at IS NULL OR {table}.source_updated_at IS NULL "
+                f"OR excluded.source_updated_at >= {table}.source_updated_at)"
+            )
+        return sql
+
+    def _upsert(self, table: str, columns: tuple[str, ...], tenant: str, records: list[dict[str, Any]]) -> int:
+        """Insert or update rows as :meth:`_upsert_sql` says; returns how many changed."""
+        if not records:
+            return 0
+        sql = self._upsert_sql(table, columns)
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             stamp = time.time()  # taken inside the write lock, so stamps only move forward
             before = conn.total_changes
-            conn.executemany(sql, [self._encode(tenant, columns, r, stamp) for r in records])
+            conn.executemany(sql, [self._encode(tenant, columns, r, row_hash(r, columns), stamp) for r in records])
             return conn.total_changes - before
 
     @staticmethod
-    def _encode(tenant: str, columns: tuple[str, ...], record: dict[str, Any], stamp: float) -> tuple:
+    def _encode(tenant: str, columns: tuple[str, ...], record: dict[str, Any], digest: str, stamp: float) -> tuple:
         values: list[Any] = [tenant]
-        for c in columns:
-            v = record.get(c)
-            if c in _JSON_COLUMNS:
-                v = json.dumps(v if v is not None else ({} if c == "attributes" else []), sort_keys=True)
-            elif c in _BOOL_COLUMNS:
-                v = int(bool(v))
+        for c, v in stored_values(record, columns).items():
+            if c in JSON_FIELDS:
+                v = json.dumps(v, sort_keys=True)
+            elif c in FLAG_FIELDS:
+                v = int(v)
             values.append(v)
-        values.append(_row_hash(record, columns))
+        values.append(digest)
         values.append(stamp)
         return tuple(values)
 
     def upsert_items(self, tenant: str, items: list[dict[str, Any]]) -> int:
-        return self._upsert("items", _ITEM_COLUMNS, tenant, items)
+        return self._upsert("items", ITEM_FIELDS, tenant, items)
 
     def upsert_users(self, tenant: str, users: list[dict[str, Any]]) -> int:
-        return self._upsert("users", _USER_COLUMNS, tenant, users)
+        return self._upsert("users", USER_FIELDS, tenant, users)
 
     # -- events ------------------------------------------------------------------------------
     def append_events(self, tenant: str, events: list[dict[str, Any]]) -> int:
         """Store events; one already stored (same id) is ignored. Returns how many were new."""
         if not events:
             return 0
-        cols = ("tenant", *_EVENT_COLUMNS, "updated_at")
+        cols = ("tenant", *EVENT_FIELDS, "updated_at")
         sql = f"INSERT OR IGNORE INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             stamp = time.time()
             before = conn.total_changes
-            conn.executemany(sql, [(tenant, *(e.get(c) for c in _EVENT_COLUMNS), stamp) for e in events])
+            conn.executemany(sql, [(tenant, *(e.get(c) for c in EVENT_FIELDS), stamp) for e in events])
             return conn.total_changes - before
 
     def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT id, user_id, item_id, type, value, ts, recommendation_id FROM events "
-            "WHERE tenant = ? AND user_id = ? ORDER BY ts DESC LIMIT ?",
+            f"SELECT {', '.join(EVENT_FIELDS)} FROM events WHERE tenant = ? AND user_id = ? ORDER BY ts DESC LIMIT ?",
             (tenant, user_id, limit),
         ).fetchall()
         return [dict(r) for r in rows]
@@ -287,8 +293,7 @@ class SqliteCdpStore:
     ) -> Iterator[list[dict[str, Any]]]:
         """Rows of ``entity`` changed after ``since``, in watermark order, in batches (keyset paging).
         A row's ``_key`` (here its id) is its watermark tie-break."""
-        if entity not in ENTITIES:
-            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        check_entity(entity)
         mark = since or Watermark(float("-inf"), "")
         conn = self._conn()
         while True:
@@ -307,8 +312,7 @@ class SqliteCdpStore:
 
     def latest_watermark(self, tenant: str, entity: str) -> Watermark | None:
         """The position of the newest change of an entity (``None`` when the tenant has none)."""
-        if entity not in ENTITIES:
-            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        check_entity(entity)
         row = self._conn().execute(
             f"SELECT updated_at, id FROM {entity} WHERE tenant = ? ORDER BY updated_at DESC, id DESC LIMIT 1",
             (tenant,),
@@ -329,13 +333,9 @@ class SqliteCdpStore:
                 "served_lists": conn.execute(
                     "DELETE FROM served WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
             }
-            tombstone = {"id": user_id, "attributes": {}, "deleted": True, "source_updated_at": None}
-            conn.execute(
-                "INSERT INTO users (tenant, id, attributes, deleted, source_updated_at, row_hash, updated_at) "
-                "VALUES (?, ?, '{}', 1, NULL, ?, ?) ON CONFLICT(tenant, id) DO UPDATE SET attributes = '{}', "
-                "deleted = 1, source_updated_at = NULL, row_hash = excluded.row_hash, updated_at = excluded.updated_at",
-                (tenant, user_id, _row_hash(tombstone, _USER_COLUMNS) + "-erased", stamp),
-            )
+            tombstone, digest = erased_user(user_id)
+            conn.execute(self._upsert_sql("users", USER_FIELDS, only_if_newer=False),
+                         self._encode(tenant, USER_FIELDS, tombstone, digest, stamp))
         return counts
 
     def delete_tenant(self, name: str) -> None:
@@ -344,11 +344,10 @@ class SqliteCdpStore:
             cur = conn.execute("UPDATE tenants SET deleted = 1, updated_at = ? WHERE name = ? AND deleted = 0",
                                (time.time(), name))
             if cur.rowcount == 0:
-                raise NotFound(f"tenant {name!r} does not exist")
+                raise unknown_tenant(name)
 
     def count(self, tenant: str, entity: str) -> int:
-        if entity not in ENTITIES:
-            raise InvalidInput(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        check_entity(entity)
         deleted = " AND deleted = 0" if entity != "events" else ""
         return self._conn().execute(f"SELECT COUNT(*) FROM {entity} WHERE tenant = ?{deleted}", (tenant,)).fetchone()[0]
 
@@ -369,9 +368,9 @@ class SqliteCdpStore:
         out = dict(row)
         out.pop("tenant", None)
         out.pop("row_hash", None)
-        for c in _JSON_COLUMNS & out.keys():
+        for c in JSON_FIELDS.keys() & out.keys():
             out[c] = json.loads(out[c])
-        for c in _BOOL_COLUMNS & out.keys():
+        for c in FLAG_FIELDS & out.keys():
             out[c] = bool(out[c])
         return out
 
@@ -389,8 +388,7 @@ class SqliteCdpStore:
 
     def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT recommendation_id, user_id, endpoint, strategy, items, ts FROM served "
-            "WHERE tenant = ? AND ts >= ? ORDER BY ts", (tenant, since),
+            f"SELECT {', '.join(SERVED_FIELDS)} FROM served WHERE tenant = ? AND ts >= ? ORDER BY ts", (tenant, since),
         ).fetchall()
         return [{**dict(r), "items": json.loads(r["items"])} for r in rows]
 

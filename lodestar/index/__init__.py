@@ -1,21 +1,30 @@
 """The vector index port: per-tenant immutable versions, published atomically, opened read-only.
 
 Points carry the item's payload (title, categories, tags, attributes, popularity); their ids are
-``uuid5(tenant, item id)`` so a rebuild is idempotent.
+``uuid5(tenant, item id)`` so a rebuild is idempotent. A version also holds the collaborative model
+it was built with (:meth:`IndexBuilder.attach_model`): :meth:`IndexStore.open_published` returns
+the index and its model together, so a server swaps both at once and never needs the pipeline's files.
+
+What both Qdrant adapters share is defined here once: payload index fields, the version name, the
+translation of an :class:`ItemFilter` into Qdrant conditions, and the conversion of query results.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from lodestar.filters import ItemFilter
 from lodestar.settings import Settings
+
+if TYPE_CHECKING:
+    from lodestar.collab import CollabModel
 
 _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
 
@@ -23,6 +32,13 @@ _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
 def point_id(tenant: str, item_id: str) -> str:
     """Deterministic point id of an item of a tenant."""
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
+
+
+def new_version() -> str:
+    """A new version name: sortable by creation time (microseconds, UTC), and valid as a directory
+    and a Qdrant collection name; the random suffix keeps concurrent builds apart."""
+    now = time.time()
+    return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}_{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
 
 
 CONTENT = "content"  # named vector: the item's text embedding (cosine)
@@ -76,14 +92,77 @@ def versions_to_drop(versions: Sequence[str], published: str | None, keep: int) 
     return older[: max(0, len(older) - keep)]
 
 
-def to_hits(points: Iterable[Any]) -> list[Hit]:
-    """Qdrant query results (Edge or client: both have ``payload``, ``score``, named ``vector``) as hits."""
+def to_hits(points: Iterable[Any], score_field: str | None = None) -> list[Hit]:
+    """Qdrant query results (Edge or client: both have ``payload``, ``score``, named ``vector``) as
+    hits. ``score_field``: score each hit by that payload field instead (an order-by query, such as
+    popularity, has no similarity score)."""
     def content(p: Any) -> np.ndarray | None:
         if isinstance(p.vector, dict) and CONTENT in p.vector:
             return np.asarray(p.vector[CONTENT], dtype=np.float32)
         return None
 
-    return [Hit(p.payload["item_id"], float(p.score), dict(p.payload), content(p)) for p in points]
+    def score(p: Any) -> float:
+        return float(p.payload.get(score_field, 0.0)) if score_field else float(p.score)
+
+    return [Hit(p.payload["item_id"], score(p), dict(p.payload), content(p)) for p in points]
+
+
+POPULARITY = "popularity"
+
+
+class ConditionFactory(Protocol):
+    """Builds one Qdrant library's filter objects (qdrant-edge-py and qdrant-client spell them apart)."""
+
+    def match_any(self, key: str, values: list[Any]) -> Any: ...
+    def range(self, key: str, bounds: dict[str, float]) -> Any: ...
+    def has_id(self, point_ids: list[str]) -> Any: ...
+    def combine(self, must: list[Any] | None = None, must_not: list[Any] | None = None,
+                should: list[Any] | None = None) -> Any: ...
+
+
+def translate_filter(
+    item_filter: ItemFilter | None, exclude_ids: list[str], make: ConditionFactory, base: Sequence[Any] = (),
+) -> Any | None:
+    """The query's filter in Qdrant's terms, the one translation both adapters use: ``base`` (the
+    tenant conditions of a shared collection), the filter's fields ANDed, excluded point ids and
+    disliked categories as ``must_not``. ``None`` when nothing restricts the query."""
+    must: list[Any] = list(base)
+    must_not: list[Any] = [make.has_id(exclude_ids)] if exclude_ids else []
+    if item_filter is not None:
+        if item_filter.categories:
+            must.append(make.match_any("categories", list(item_filter.categories)))
+        if item_filter.tags:
+            must.append(make.match_any("tags", list(item_filter.tags)))
+        for cond in item_filter.attributes:
+            key = f"attributes.{cond.key}"
+            if cond.range:
+                must.append(make.range(key, dict(cond.range)))
+            if cond.values:
+                strings = [v for v in cond.values if isinstance(v, str)]
+                options = [make.match_any(key, strings)] if strings else []
+                options += [make.range(key, {"gte": v, "lte": v}) for v in cond.values if not isinstance(v, str)]
+                must.append(options[0] if len(options) == 1 else make.combine(should=options))
+        if item_filter.exclude_categories:
+            must_not.append(make.match_any("categories", list(item_filter.exclude_categories)))
+    if not must and not must_not:
+        return None
+    return make.combine(must=must or None, must_not=must_not or None)
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """An opened index version and the collaborative model built with it (``None`` without one)."""
+
+    reader: IndexReader
+    model: CollabModel | None
+    record: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.reader.version
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 class IndexBuilder(Protocol):
@@ -94,6 +173,9 @@ class IndexBuilder(Protocol):
         collab: np.ndarray | None = None,
     ) -> None: ...
     def delete(self, item_ids: Sequence[str]) -> None: ...
+    def attach_model(self, model: CollabModel) -> None:
+        """Keep the collaborative model with this version (opened with it by ``open_published``)."""
+        ...
     def finish(self) -> int:
         """Flush and optimize; return the number of points. The version stays unpublished."""
         ...
@@ -118,11 +200,38 @@ class IndexStore(Protocol):
     def build(self, tenant: str, dimension: int, collab_dimension: int = 0, base: str | None = None) -> IndexBuilder:
         """A new unpublished version, empty or starting with every point of version ``base``."""
         ...
-    def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None: ...
-    def published(self, tenant: str) -> str | None: ...
-    def open(self, tenant: str, version: str) -> IndexReader: ...
+    def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
+        """Make ``version`` the served one in one atomic step; ``info`` is kept in its record."""
+        ...
+    def published(self, tenant: str) -> str | None:
+        """The served version's name (cheap: servers poll it)."""
+        ...
+    def published_record(self, tenant: str) -> dict[str, Any] | None:
+        """The served version's record: ``version``, ``published_at`` and the ``info`` it was published with."""
+        ...
+    def open(self, tenant: str, version: str) -> IndexReader:
+        """A version's index alone, read-only (checks and canaries)."""
+        ...
+    def open_published(self, tenant: str) -> PublishedVersion | None:
+        """The served version, index and model together (``None`` before the first publish)."""
+        ...
+    def location(self, tenant: str, version: str) -> str:
+        """Where a version lives, in this adapter's terms (a directory, a collection), for people."""
+        ...
     def versions(self, tenant: str) -> list[str]: ...
-    def drop_old(self, tenant: str, keep: int = 2) -> list[str]: ...
+    def drop_old(self, tenant: str, keep: int = 2) -> list[str]:
+        """Drop versions (and their models) older than the published one but the ``keep`` newest."""
+        ...
+
+
+def open_published(store: IndexStore, tenant: str, load_model: Callable[[str, str], CollabModel | None]) \
+        -> PublishedVersion | None:
+    """``IndexStore.open_published`` for every adapter: the published record, its index and its model."""
+    record = store.published_record(tenant)
+    if record is None:
+        return None
+    version = record["version"]
+    return PublishedVersion(store.open(tenant, version), load_model(tenant, version), record)
 
 
 def open_index_store(settings: Settings) -> IndexStore:

@@ -4,6 +4,8 @@ Layout under the data dir::
 
     tenants/<tenant>/index/versions/<version>/   an EdgeShard, WAL disabled, never written after finish()
     tenants/<tenant>/index/PUBLISHED             {"version": ...} swapped with an atomic rename
+    tenants/<tenant>/models/<version>/           the collaborative model built with that version
+                                                 (its EASE matrix memory-mapped by every server)
 
 The WAL is disabled so that several serving processes can load the same finished shard read-only.
 """
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from lodestar.collab import CollabModel
 from lodestar.errors import NotFound
 from lodestar.filters import ItemFilter
 from lodestar.index import (
@@ -29,12 +32,17 @@ from lodestar.index import (
     CONTENT,
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
+    POPULARITY,
     RESULT_FIELDS,
     Hit,
+    PublishedVersion,
     check_collab,
     common_attributes,
+    new_version,
+    open_published,
     point_id,
     to_hits,
+    translate_filter,
     versions_to_drop,
 )
 
@@ -65,19 +73,24 @@ class EdgeIndexStore:
     def _version_dir(self, tenant: str, version: str) -> Path:
         return self._root(tenant) / "versions" / version
 
+    def _model_dir(self, tenant: str, version: str) -> Path:
+        return self.data_dir / "tenants" / tenant / "models" / version
+
+    def location(self, tenant: str, version: str) -> str:
+        return str(self._version_dir(tenant, version))
+
     def build(self, tenant: str, dimension: int, collab_dimension: int = 0, base: str | None = None) -> EdgeIndexBuilder:
         """A builder for a new version: empty, or starting as a copy of version ``base`` (whose files
         are never written: the copy is a new directory)."""
-        # Sortable by creation time (microseconds, UTC); the suffix keeps concurrent builds apart.
-        now = time.time()
-        version = f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
+        version = new_version()
         path = self._version_dir(tenant, version)
         if base is not None:
             source = self._version_dir(tenant, base)
             if not (source / "edge_config.json").is_file():
                 raise NotFound(f"index version {base!r} of tenant {tenant!r} does not exist")
             shutil.copytree(source, path)
-        return EdgeIndexBuilder(tenant, version, path, dimension, collab_dimension, derived=base is not None)
+        return EdgeIndexBuilder(tenant, version, path, self._model_dir(tenant, version), dimension, collab_dimension,
+                                derived=base is not None)
 
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
         if not (self._version_dir(tenant, version) / "edge_config.json").is_file():
@@ -101,6 +114,13 @@ class EdgeIndexStore:
             raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
         return EdgeIndexReader(tenant, version, qe.EdgeShard.load(str(path)))
 
+    def open_published(self, tenant: str) -> PublishedVersion | None:
+        return open_published(self, tenant, self._load_model)
+
+    def _load_model(self, tenant: str, version: str) -> CollabModel | None:
+        path = self._model_dir(tenant, version)
+        return CollabModel.load(path) if (path / "meta.json").is_file() else None
+
     def versions(self, tenant: str) -> list[str]:
         root = self._root(tenant) / "versions"
         return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -112,16 +132,19 @@ class EdgeIndexStore:
         dropped = versions_to_drop(self.versions(tenant), self.published(tenant), keep)
         for version in dropped:
             shutil.rmtree(self._version_dir(tenant, version), ignore_errors=True)
+            shutil.rmtree(self._model_dir(tenant, version), ignore_errors=True)
         return dropped
 
 
 class EdgeIndexBuilder:
     def __init__(
-        self, tenant: str, version: str, path: Path, dimension: int, collab_dimension: int = 0, derived: bool = False
+        self, tenant: str, version: str, path: Path, model_dir: Path, dimension: int, collab_dimension: int = 0,
+        derived: bool = False,
     ) -> None:
         self.tenant = tenant
         self.version = version
         self.path = path
+        self.model_dir = model_dir
         self.collab_dimension = collab_dimension
         path.parent.mkdir(parents=True, exist_ok=True)
         vectors = {CONTENT: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)}
@@ -175,6 +198,9 @@ class EdgeIndexBuilder:
         for start in range(0, len(ids), BATCH):
             self._shard.update(qe.UpdateOperation.delete_points(ids[start:start + BATCH]))
 
+    def attach_model(self, model: CollabModel) -> None:
+        model.save(self.model_dir)
+
     def finish(self) -> int:
         self._shard.flush()
         self._shard.optimize()
@@ -193,14 +219,7 @@ class EdgeIndexReader:
         self._shard = shard
 
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> qe.Filter | None:
-        ids = {point_id(self.tenant, i) for i in exclude}
-        must = _conditions(item_filter) if item_filter is not None else []
-        must_not: list = [qe.HasIdCondition(ids)] if ids else []
-        if item_filter is not None and item_filter.exclude_categories:
-            must_not.append(qe.FieldCondition("categories", match=qe.MatchAny(list(item_filter.exclude_categories))))
-        if not must and not must_not:
-            return None
-        return qe.Filter(must=must or None, must_not=must_not or None)
+        return translate_filter(item_filter, list(dict.fromkeys(point_id(self.tenant, i) for i in exclude)), _EDGE)
 
     def count(self) -> int:
         return self._shard.info().points_count
@@ -225,14 +244,11 @@ class EdgeIndexReader:
             return []
         request = qe.QueryRequest(
             limit=k,
-            query=qe.OrderBy("popularity", qe.Direction.Desc),
+            query=qe.OrderBy(POPULARITY, qe.Direction.Desc),
             filter=self._filter(exclude, item_filter),
             with_payload=RESULT_FIELDS,
         )
-        hits = to_hits(self._shard.query(request))
-        for hit in hits:
-            hit.score = float(hit.payload.get("popularity", 0.0))
-        return hits
+        return to_hits(self._shard.query(request), score_field=POPULARITY)
 
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
@@ -252,21 +268,20 @@ class EdgeIndexReader:
         self._shard.close()
 
 
-def _conditions(item_filter: ItemFilter) -> list:
-    """The filter as Qdrant conditions (ANDed). Attribute keys need no payload index."""
-    must: list = []
-    if item_filter.categories:
-        must.append(qe.FieldCondition("categories", match=qe.MatchAny(list(item_filter.categories))))
-    if item_filter.tags:
-        must.append(qe.FieldCondition("tags", match=qe.MatchAny(list(item_filter.tags))))
-    for cond in item_filter.attributes:
-        key = f"attributes.{cond.key}"
-        if cond.range:
-            must.append(qe.FieldCondition(key, range=qe.RangeFloat(**cond.range)))
-        if cond.values:
-            strings = [v for v in cond.values if isinstance(v, str)]
-            options = [qe.FieldCondition(key, match=qe.MatchAny(strings))] if strings else []
-            options += [qe.FieldCondition(key, range=qe.RangeFloat(gte=v, lte=v)) for v in cond.values
-                        if not isinstance(v, str)]
-            must.append(options[0] if len(options) == 1 else qe.Filter(should=options))
-    return must
+class _EdgeConditions:
+    """Filter objects of qdrant-edge-py (for :func:`lodestar.index.translate_filter`)."""
+
+    def match_any(self, key: str, values: list[Any]) -> qe.FieldCondition:
+        return qe.FieldCondition(key, match=qe.MatchAny(values))
+
+    def range(self, key: str, bounds: dict[str, float]) -> qe.FieldCondition:
+        return qe.FieldCondition(key, range=qe.RangeFloat(**bounds))
+
+    def has_id(self, point_ids: list[str]) -> qe.HasIdCondition:
+        return qe.HasIdCondition(set(point_ids))
+
+    def combine(self, must: list | None = None, must_not: list | None = None, should: list | None = None) -> qe.Filter:
+        return qe.Filter(must=must, must_not=must_not, should=should)
+
+
+_EDGE = _EdgeConditions()

@@ -12,20 +12,27 @@ collection ``lodestar--shared`` whose points carry ``tenant_id`` (a keyword inde
 ``is_tenant=true``) and ``lodestar_version``; every query is filtered by both. The published version
 of each tenant is a point of the ``lodestar--registry`` collection, replaced atomically.
 
+The collaborative model built with a version lives in Qdrant too, so API replicas need no shared
+volume: ``lodestar--models`` holds it as an ``.npz`` blob split into base64 chunks (one point per
+chunk, ids derived from tenant, version and chunk number), written before the version can be
+published and dropped with it. A server reads it whole when it opens the version (into memory: no
+page-cache sharing between processes, unlike the embedded adapter's memory-mapped file).
+
 With a ``:memory:`` or ``path:`` URL the same code runs on qdrant-client's local mode (one process;
 the tests use it); with an ``http(s)://`` URL, on a server.
 """
 
 from __future__ import annotations
 
+import base64
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from lodestar.collab import CollabModel
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import ItemFilter
 from lodestar.index import (
@@ -33,12 +40,17 @@ from lodestar.index import (
     CONTENT,
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
+    POPULARITY,
     RESULT_FIELDS,
     Hit,
+    PublishedVersion,
     check_collab,
     common_attributes,
+    new_version,
+    open_published,
     point_id,
     to_hits,
+    translate_filter,
     versions_to_drop,
 )
 
@@ -46,6 +58,8 @@ BATCH = 256
 PREFIX = "lodestar--"
 SHARED = f"{PREFIX}shared"
 REGISTRY = f"{PREFIX}registry"
+MODELS = f"{PREFIX}models"
+MODEL_CHUNK = 4 * 1024 * 1024  # raw bytes per model point (~5.6 MB of base64, under Qdrant's 32 MB request limit)
 MODES = ("collection", "shared")
 
 
@@ -60,36 +74,72 @@ def client_for(url: str, api_key: str | None = None) -> QdrantClient:
     return QdrantClient(url=url, api_key=api_key, timeout=60)
 
 
-def new_version() -> str:
-    now = time.time()
-    return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}_{int(now * 1e6) % 1_000_000:06d}-{uuid.uuid4().hex[:4]}"
+class _ClientConditions:
+    """Filter objects of qdrant-client (for :func:`lodestar.index.translate_filter`)."""
+
+    def match_any(self, key: str, values: list[Any]) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+
+    def range(self, key: str, bounds: dict[str, float]) -> models.FieldCondition:
+        return models.FieldCondition(key=key, range=models.Range(**bounds))
+
+    def has_id(self, point_ids: list[str]) -> models.HasIdCondition:
+        return models.HasIdCondition(has_id=point_ids)
+
+    def combine(self, must: list | None = None, must_not: list | None = None, should: list | None = None) -> models.Filter:
+        return models.Filter(must=must, must_not=must_not, should=should)
 
 
-def to_filter(item_filter: ItemFilter | None, exclude_ids: list[str], base: list) -> models.Filter | None:
-    """The query's filter as a Qdrant filter (``base``: the tenant conditions of the shared layout)."""
-    must: list = list(base)
-    must_not: list = [models.HasIdCondition(has_id=exclude_ids)] if exclude_ids else []
-    if item_filter is not None:
-        if item_filter.categories:
-            must.append(models.FieldCondition(key="categories", match=models.MatchAny(any=list(item_filter.categories))))
-        if item_filter.tags:
-            must.append(models.FieldCondition(key="tags", match=models.MatchAny(any=list(item_filter.tags))))
-        for cond in item_filter.attributes:
-            key = f"attributes.{cond.key}"
-            if cond.range:
-                must.append(models.FieldCondition(key=key, range=models.Range(**cond.range)))
-            if cond.values:
-                strings = [v for v in cond.values if isinstance(v, str)]
-                options: list = [models.FieldCondition(key=key, match=models.MatchAny(any=strings))] if strings else []
-                options += [models.FieldCondition(key=key, range=models.Range(gte=v, lte=v))
-                            for v in cond.values if not isinstance(v, str)]
-                must.append(options[0] if len(options) == 1 else models.Filter(should=options))
-        if item_filter.exclude_categories:
-            must_not.append(models.FieldCondition(key="categories",
-                                                  match=models.MatchAny(any=list(item_filter.exclude_categories))))
-    if not must and not must_not:
-        return None
-    return models.Filter(must=must or None, must_not=must_not or None)
+_CLIENT = _ClientConditions()
+
+
+class _ModelBlobs:
+    """Collaborative models kept in Qdrant as chunked blobs (see the module docstring)."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client = client
+
+    @staticmethod
+    def _id(tenant: str, version: str, chunk: int) -> str:
+        return point_id(tenant, f"model/{version}/{chunk}")
+
+    @staticmethod
+    def _selector(tenant: str, version: str) -> models.Filter:
+        return models.Filter(must=[models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant)),
+                                   models.FieldCondition(key="version", match=models.MatchValue(value=version))])
+
+    def save(self, tenant: str, version: str, model: CollabModel) -> None:
+        if not self.client.collection_exists(MODELS):
+            self.client.create_collection(MODELS, vectors_config=models.VectorParams(size=1, distance=models.Distance.DOT))
+            for key in ("tenant_id", "version"):
+                self.client.create_payload_index(MODELS, key, models.PayloadSchemaType.KEYWORD, wait=True)
+        blob = model.to_bytes()
+        chunks = [blob[start:start + MODEL_CHUNK] for start in range(0, len(blob), MODEL_CHUNK)] or [b""]
+        for n, chunk in enumerate(chunks):
+            payload = {"tenant_id": tenant, "version": version, "chunk": n, "chunks": len(chunks),
+                       "data": base64.b64encode(chunk).decode("ascii")}
+            self.client.upsert(MODELS, points=[models.PointStruct(id=self._id(tenant, version, n), vector=[1.0],
+                                                                  payload=payload)], wait=True)
+
+    def load(self, tenant: str, version: str) -> CollabModel | None:
+        if not self.client.collection_exists(MODELS):
+            return None
+        first = self.client.retrieve(MODELS, ids=[self._id(tenant, version, 0)], with_payload=True)
+        if not first:
+            return None
+        parts = [base64.b64decode(first[0].payload["data"])]
+        for n in range(1, int(first[0].payload["chunks"])):
+            record = self.client.retrieve(MODELS, ids=[self._id(tenant, version, n)], with_payload=True)
+            if not record:
+                raise NotFound(f"the collaborative model of index version {version!r} of tenant {tenant!r} is "
+                               f"incomplete (chunk {n} is missing): rebuild the index")
+            parts.append(base64.b64decode(record[0].payload["data"]))
+        return CollabModel.from_bytes(b"".join(parts))
+
+    def drop(self, tenant: str, version: str) -> None:
+        if self.client.collection_exists(MODELS):
+            self.client.delete(MODELS, points_selector=models.FilterSelector(filter=self._selector(tenant, version)),
+                               wait=True)
 
 
 class _Layout:
@@ -124,6 +174,7 @@ class QdrantIndexStore:
             raise InvalidInput(f"LODESTAR_QDRANT_MODE must be one of {', '.join(MODES)}, got {mode!r}")
         self.client = client
         self.mode = mode
+        self._models = _ModelBlobs(client)
 
     # -- registry (shared layout) --------------------------------------------------------------
     def _ensure_registry(self) -> None:
@@ -166,7 +217,7 @@ class QdrantIndexStore:
             self.client.create_payload_index(layout.collection, name, models.PayloadSchemaType.KEYWORD, wait=True)
         for name in FLOAT_FIELDS:
             self.client.create_payload_index(layout.collection, name, models.PayloadSchemaType.FLOAT, wait=True)
-        builder = QdrantIndexBuilder(self.client, layout, collab_dimension)
+        builder = QdrantIndexBuilder(self.client, layout, collab_dimension, self._models)
         if base is not None:
             builder.copy_from(_Layout(self.mode, tenant, base))
         return builder
@@ -217,6 +268,13 @@ class QdrantIndexStore:
         target = self._aliased(tenant)
         return None if target is None else target[len(f"{PREFIX}{tenant}--"):]
 
+    def open_published(self, tenant: str) -> PublishedVersion | None:
+        return open_published(self, tenant, self._models.load)
+
+    def location(self, tenant: str, version: str) -> str:
+        layout = _Layout(self.mode, tenant, version)
+        return f"collection {layout.collection}" + (f" (points of version {version})" if self.shared else "")
+
     def open(self, tenant: str, version: str) -> QdrantIndexReader:
         if version not in self.versions(tenant):
             raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
@@ -232,6 +290,7 @@ class QdrantIndexStore:
         """Drop versions older than the published one but the ``keep`` newest of them."""
         dropped = versions_to_drop(self.versions(tenant), self.published(tenant), keep)
         for version in dropped:
+            self._models.drop(tenant, version)
             layout = _Layout(self.mode, tenant, version)
             if self.shared:
                 self.client.delete(SHARED, points_selector=models.FilterSelector(filter=models.Filter(must=layout.base)),
@@ -245,9 +304,10 @@ class QdrantIndexStore:
 
 
 class QdrantIndexBuilder:
-    def __init__(self, client: QdrantClient, layout: _Layout, collab_dimension: int) -> None:
+    def __init__(self, client: QdrantClient, layout: _Layout, collab_dimension: int, model_blobs: _ModelBlobs) -> None:
         self.client = client
         self.layout = layout
+        self._models = model_blobs
         self.version = layout.version
         self.collab_dimension = collab_dimension
         self._attributes_indexed = False
@@ -296,6 +356,9 @@ class QdrantIndexBuilder:
             self.client.delete(self.layout.collection, points_selector=models.PointIdsList(points=ids[start:start + BATCH]),
                                wait=True)
 
+    def attach_model(self, model: CollabModel) -> None:
+        self._models.save(self.layout.tenant, self.version, model)
+
     def finish(self) -> int:
         return QdrantIndexReader(self.client, self.layout).count()
 
@@ -310,7 +373,7 @@ class QdrantIndexReader:
         self.version = layout.version
 
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> models.Filter | None:
-        return to_filter(item_filter, [self.layout.pid(i) for i in exclude], self.layout.base)
+        return translate_filter(item_filter, [self.layout.pid(i) for i in exclude], _CLIENT, self.layout.base)
 
     def count(self) -> int:
         base = self.layout.base
@@ -335,13 +398,10 @@ class QdrantIndexReader:
             return []
         response = self.client.query_points(
             self.layout.collection,
-            query=models.OrderByQuery(order_by=models.OrderBy(key="popularity", direction=models.Direction.DESC)),
+            query=models.OrderByQuery(order_by=models.OrderBy(key=POPULARITY, direction=models.Direction.DESC)),
             limit=k, query_filter=self._filter(exclude, item_filter), with_payload=RESULT_FIELDS,
         )
-        hits = to_hits(response.points)
-        for hit in hits:
-            hit.score = float(hit.payload.get("popularity", 0.0))
-        return hits
+        return to_hits(response.points, score_field=POPULARITY)
 
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         ids = [self.layout.pid(i) for i in dict.fromkeys(item_ids)]

@@ -1,5 +1,7 @@
-"""Resources: the one place that turns settings into adapters (SQLite or ArangoDB, Qdrant Edge or
-server). Nothing is opened at import time."""
+"""The resource the assets need: Lodestar's settings and the adapters they choose (SQLite or
+ArangoDB, Qdrant Edge or server, the embedding model). Nothing is opened at import time; the
+``LODESTAR_*`` environment is read once per resource instance, when it is first used in a run,
+sensor or schedule, not when Dagster imports the code location."""
 
 from __future__ import annotations
 
@@ -9,14 +11,17 @@ from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from dagster import AssetKey, ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
 
-from lodestar.cdp import CdpStore, open_cdp
+from lodestar.cdp import CdpStore, cdp_session
 from lodestar.embed import Embedder
 from lodestar.index import IndexStore, open_index_store
+from lodestar.lineage.files import TenantFiles
 from lodestar.settings import Settings
-from lodestar.stages import TenantFiles
+from lodestar.tenant_config import TenantConfig, effective_config
 
 progress_log = logging.getLogger("lodestar.progress")
 
@@ -28,11 +33,12 @@ def _embedder(model: str, cache_dir: str) -> Embedder:
 
 
 class LodestarResource(ConfigurableResource):
-    """Lodestar's settings and adapters. Unset fields fall back to ``LODESTAR_*`` variables,
-    read when a run starts, not when Dagster imports the code location."""
+    """Lodestar's settings and adapters. Unset fields fall back to ``LODESTAR_*`` variables."""
 
     data_dir: str | None = None
     embed_model: str | None = None
+
+    _resolved: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """At the start of a run that embeds a tenant whose items changed since its features were
@@ -50,23 +56,25 @@ class LodestarResource(ConfigurableResource):
             self.embedder().prewarm()
 
     def settings(self) -> Settings:
-        settings = Settings.from_env()
-        if self.data_dir:
-            settings = replace(settings, data_dir=Path(self.data_dir).resolve())
-        if self.embed_model:
-            settings = replace(settings, embed_model=self.embed_model)
-        return settings
+        """The settings, read from the environment once and overridden by this resource's fields."""
+        if "settings" not in self._resolved:
+            settings = Settings.from_env()
+            if self.data_dir:
+                settings = replace(settings, data_dir=Path(self.data_dir).resolve())
+            if self.embed_model:
+                settings = replace(settings, embed_model=self.embed_model)
+            self._resolved["settings"] = settings
+        return self._resolved["settings"]
 
     @contextmanager
     def cdp(self) -> Iterator[CdpStore]:
-        store = open_cdp(self.settings())
-        try:
+        with cdp_session(self.settings()) as store:
             yield store
-        finally:
-            store.close()
 
     def index_store(self) -> IndexStore:
-        return open_index_store(self.settings())
+        if "index_store" not in self._resolved:
+            self._resolved["index_store"] = open_index_store(self.settings())
+        return self._resolved["index_store"]
 
     def embedder(self) -> Embedder:
         settings = self.settings()
@@ -75,9 +83,7 @@ class LodestarResource(ConfigurableResource):
     def files(self, tenant: str) -> TenantFiles:
         return TenantFiles(self.settings().tenant_dir(tenant))
 
-    def tenant_config(self, tenant: str) -> dict:
-        from lodestar.tenant_config import effective_config
-
+    def tenant_config(self, tenant: str) -> TenantConfig:
         with self.cdp() as store:
             record = store.get_tenant(tenant)
         return effective_config(record["config"] if record else None)

@@ -1,8 +1,8 @@
-"""Jobs, in a module of their own so that sensors and schedules can import them."""
+"""Jobs: every asset of a tenant, and a tenant's CDP extracts (sensors and schedules target them)."""
 
 from dagster import AssetSelection, define_asset_job
 
-from pipelines.partitions import tenants_partitions
+from assets.partitions import tenants_partitions
 
 MATERIALIZE_TENANT = "materialize_tenant"
 

@@ -1,0 +1,68 @@
+"""What handlers receive, by Litestar dependency injection: the one place that knows where the
+lifespan keeps the long-lived collaborators (``app.state``)."""
+
+from __future__ import annotations
+
+import threading
+
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from lodestar.cdp import CdpStore
+from lodestar.embed import Embedder
+from lodestar.index import PublishedVersion
+from lodestar.tenant_config import TenantConfig
+from serving.indexes import TenantIndexes
+from serving.served_log import ServedLog
+from serving.tenant_configs import TenantConfigs
+
+
+def provide_tenant(request: ASGIConnection) -> str:
+    """The tenant the API key resolved to (set by the guard; never from a path or body)."""
+    return request.state.tenant
+
+
+def provide_cdp(state: State) -> CdpStore:
+    return state.cdp
+
+
+def provide_published(state: State, tenant: str) -> PublishedVersion:
+    """The tenant's published index version and its model (503 before the first publish)."""
+    indexes: TenantIndexes = state.indexes
+    return indexes.get(tenant)
+
+
+def provide_config(state: State, tenant: str) -> TenantConfig:
+    """The tenant's effective configuration, parsed once per change."""
+    configs: TenantConfigs = state.configs
+    return configs.get(tenant)
+
+
+def provide_embedder(state: State) -> Embedder:
+    return state.embedder
+
+
+def provide_served_log(state: State) -> ServedLog:
+    return state.served_log
+
+
+def provide_indexes(state: State) -> TenantIndexes:
+    return state.indexes
+
+
+def provide_embedder_loaded(state: State) -> threading.Event:
+    return state.embedder_loaded
+
+
+DEPENDENCIES = {
+    "tenant": Provide(provide_tenant, sync_to_thread=False),
+    "cdp": Provide(provide_cdp, sync_to_thread=False),
+    # These two may read the CDP or open an index version: off the event loop.
+    "published": Provide(provide_published, sync_to_thread=True),
+    "config": Provide(provide_config, sync_to_thread=True),
+    "embedder": Provide(provide_embedder, sync_to_thread=False),
+    "served_log": Provide(provide_served_log, sync_to_thread=False),
+    "indexes": Provide(provide_indexes, sync_to_thread=False),
+    "embedder_loaded": Provide(provide_embedder_loaded, sync_to_thread=False),
+}

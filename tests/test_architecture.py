@@ -1,0 +1,58 @@
+"""The layering ARCHITECTURE.md agrees on, checked on the code itself: who may import whom."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module file -> the top-level-qualified names it imports (anywhere in the file)."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(path.relative_to(ROOT))] = names
+    return out
+
+
+def _offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{module} imports {name}" for module, names in _imports(package).items() for name in sorted(names)
+            if name == forbidden or name.startswith(forbidden)]
+
+
+def test_the_serving_process_loads_no_pipeline_code():
+    """Importing and building the app pulls in neither Dagster nor the pipeline's modules."""
+    code = ("import sys; from serving.app import create_app; create_app(); "
+            "print(sorted({m.split('.')[0] if not m.startswith('lodestar.lineage') else m for m in sys.modules "
+            "if m.startswith(('assets', 'pipelines', 'lodestar.lineage', 'dagster'))}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("serving", ("assets", "pipelines", "lodestar.lineage", "dagster")),
+    ("assets", ("pipelines", "serving", "litestar")),  # pipelines composes assets, never the other way round
+    ("lodestar", ("dagster", "litestar", "assets", "pipelines", "serving")),
+])
+def test_layers_import_only_downwards(package, forbidden):
+    offenders = _offenders(package, forbidden)
+    if package == "lodestar":  # the CLI is the one place that wires the layers together
+        offenders = [o for o in offenders if not o.startswith("lodestar/cli.py")]
+    assert offenders == []
+
+
+def test_the_monolithic_stages_module_is_gone():
+    assert not (ROOT / "lodestar" / "stages.py").exists()
+    assert sorted(p.stem for p in (ROOT / "lodestar" / "lineage").glob("*.py")) == [
+        "__init__", "collab_fit", "embeddings", "evaluation_gate", "extracts", "feature_tables", "files",
+        "index_build", "publishing"]
