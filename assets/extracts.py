@@ -33,7 +33,7 @@ def _extract_asset(entity: str) -> AssetsDefinition:
     )
     def _extract(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
         tenant = context.partition_key
-        full = context.run.tags.get(FULL_REBUILD_TAG) == "true"
+        full = context.run_tags.get(FULL_REBUILD_TAG) == "true"
         with lodestar.cdp() as store:
             result = extract(store, tenant, entity, lodestar.files(tenant), full=full)
         report(context, f"{result.rows} rows ({result.mode}: {result.changed} changed)")

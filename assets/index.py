@@ -35,7 +35,7 @@ from lodestar.lineage.publishing import canary_problem, publish
 def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     index_store = lodestar.index_store()
-    full = context.run.tags.get(FULL_REBUILD_TAG) == "true"
+    full = context.run_tags.get(FULL_REBUILD_TAG) == "true"
     built = build_index(lodestar.files(tenant), index_store, tenant, lodestar.tenant_config(tenant), full=full)
     report(context, f"version {built.version} built {built.mode} with {built.points} points: {built.why}")
     canary = canary_problem(index_store, tenant, built.version, built.probe)

@@ -1,61 +1,32 @@
-"""The ``lodestar`` command line. Every subcommand has ``--help``."""
+"""The ``lodestar`` command line: argument parsing and one thin function per command, which wire
+the domain core (``lodestar``), the Dagster runs (``pipelines.run``) and the API server
+(``serving.server``) together. Every subcommand has ``--help``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from lodestar.errors import LodestarError
 from lodestar.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _dagster_home(settings: Settings) -> Path:
-    """``DAGSTER_HOME``: as set, else the repo's ``dagster_home/``, else one under the data dir."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    home = REPO_ROOT / "dagster_home"
-    if not (home / "dagster.yaml").is_file():
-        home = settings.data_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home.resolve())
-    return home
-
-
-def _progress_to_console() -> None:
-    logger = logging.getLogger("lodestar.progress")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("  %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 # -- tenants -------------------------------------------------------------------------------------
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import open_cdp
+    from lodestar.cdp import cdp_session
     from lodestar.keys import issue_key
 
-    store = open_cdp(settings)
-    try:
+    with cdp_session(settings) as store:
         tenant = store.create_tenant(args.name)
         key = issue_key(store, args.name)
-    finally:
-        store.close()
     if args.json:
         print(json.dumps({"tenant": tenant["name"], "api_key": key}))
     else:
@@ -65,12 +36,11 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import open_cdp
+    from lodestar.cdp import cdp_session
     from lodestar.index import open_index_store
 
-    store = open_cdp(settings)
     index_store = open_index_store(settings)
-    try:
+    with cdp_session(settings) as store:
         rows = [
             {
                 "name": t["name"],
@@ -81,8 +51,6 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
             }
             for t in store.list_tenants()
         ]
-    finally:
-        store.close()
     if args.json:
         print(json.dumps(rows))
     elif not rows:
@@ -95,31 +63,23 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import open_cdp
-    from lodestar.errors import NotFound
+    from lodestar.cdp import cdp_session, require_tenant
     from lodestar.keys import issue_key
 
-    store = open_cdp(settings)
-    try:
-        if store.get_tenant(args.name) is None:
-            raise NotFound(f"tenant {args.name!r} does not exist; create it with `lodestar tenants create {args.name}`")
+    with cdp_session(settings) as store:
+        require_tenant(store, args.name)
         key = issue_key(store, args.name)
-    finally:
-        store.close()
     print(json.dumps({"tenant": args.name, "api_key": key}) if args.json else f"New API key for {args.name!r} (shown once): {key}")
     return 0
 
 
 def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import open_cdp
-    from lodestar.errors import InvalidInput, NotFound
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.errors import InvalidInput
     from lodestar.tenant_config import deep_merge, effective_config, validate_config
 
-    store = open_cdp(settings)
-    try:
-        tenant = store.get_tenant(args.name)
-        if tenant is None:
-            raise NotFound(f"tenant {args.name!r} does not exist; create it with `lodestar tenants create {args.name}`")
+    with cdp_session(settings) as store:
+        tenant = require_tenant(store, args.name)
         if args.set is not None:
             text = Path(args.set).read_text() if Path(args.set).is_file() else args.set
             try:
@@ -128,21 +88,18 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
                 raise InvalidInput(f"--set is not valid JSON ({exc.msg} at column {exc.colno})") from None
             merged = validate_config(deep_merge(tenant["config"] if args.merge else {}, update))
             store.set_tenant_config(args.name, merged)
-            tenant = store.get_tenant(args.name)
-    finally:
-        store.close()
-    print(json.dumps({"stored": tenant["config"], "effective": effective_config(tenant["config"])}, indent=2))
+            tenant = require_tenant(store, args.name)
+    print(json.dumps({"stored": tenant["config"], "effective": effective_config(tenant["config"]).as_dict()}, indent=2))
     return 0
 
 
-# -- import --------------------------------------------------------------------------------------
+# -- cdp -----------------------------------------------------------------------------------------
 def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import open_cdp
+    from lodestar.cdp import cdp_session
     from lodestar.errors import InvalidInput
     from lodestar.importer import import_files, import_movielens
 
-    store = open_cdp(settings)
-    try:
+    with cdp_session(settings) as store:
         if args.format == "movielens":
             if not args.directory:
                 raise InvalidInput("--format movielens needs the MovieLens directory: lodestar cdp import --tenant T --format movielens DIR")
@@ -152,44 +109,19 @@ def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
             if not files:
                 raise InvalidInput("nothing to import: give --items, --users and/or --events (or --format movielens DIR)")
             summary = import_files(store, settings, args.tenant, files, progress=_say)
-    finally:
-        store.close()
     _say(f"Summary and reject files: {summary.directory}")
     if summary.rejected:
         _say(f"{summary.rejected} rows were rejected; the accepted rows are committed. Fix the rejected rows and re-import them.")
     return 0
 
 
-# -- materialize ---------------------------------------------------------------------------------
-def _materialize(settings: Settings, tenants: list[str]) -> int:
-    _dagster_home(settings)
-    _progress_to_console()
-    from dagster import DagsterInstance
-
-    from pipelines.run import materialize_tenant
-
-    failed = 0
-    with DagsterInstance.get() as instance:
-        for tenant in tenants:
-            _say(f"Materializing tenant {tenant!r} (every asset, through Dagster)...")
-            started = time.monotonic()
-            outcome = materialize_tenant(instance, tenant)
-            if outcome.success:
-                _say(f"Tenant {tenant!r} materialized in {time.monotonic() - started:.1f}s (run {outcome.run_id}).")
-            else:
-                failed += 1
-                _say(f"Tenant {tenant!r}: run {outcome.run_id} FAILED.")
-                for step, reason in outcome.failures or [("?", "see the run in the Dagster UI")]:
-                    _say(f"  failing step: {step}: {reason}")
-    return 1 if failed else 0
-
-
 def cmd_cdp_init(args: argparse.Namespace, settings: Settings) -> int:
     """Create the CDP's collections and indexes (ArangoDB) or tables (SQLite); safe to run again."""
     if not settings.arango_url:
-        from lodestar.cdp import open_cdp
+        from lodestar.cdp import cdp_session
 
-        open_cdp(settings).close()  # the SQLite store creates its schema when opened
+        with cdp_session(settings):  # the SQLite store creates its schema when opened
+            pass
         print(f"SQLite CDP store ready at {settings.cdp_path} (set LODESTAR_ARANGO_URL to initialize ArangoDB)")
         return 0
     from lodestar.cdp.arango import connect, init_schema
@@ -207,115 +139,74 @@ def cmd_cdp_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import open_cdp
-    from lodestar.errors import InvalidInput, NotFound
+# -- materialize, serve, ui, demo ----------------------------------------------------------------
+def _materialize(settings: Settings, tenants: list[str]) -> int:
+    from pipelines.run import materialize_tenants
 
-    store = open_cdp(settings)
-    try:
+    outcomes = materialize_tenants(settings, tenants, say=_say)
+    return 0 if all(outcome.success for outcome in outcomes) else 1
+
+
+def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import cdp_session, unknown_tenant
+    from lodestar.errors import InvalidInput, UnknownTenant
+
+    with cdp_session(settings) as store:
         known = [t["name"] for t in store.list_tenants()]
-    finally:
-        store.close()
     if args.all:
         tenants = known
         if not tenants:
             raise InvalidInput("there are no tenants to materialize; create one with `lodestar tenants create NAME`")
     elif args.tenant:
         if args.tenant not in known:
-            raise NotFound(f"tenant {args.tenant!r} does not exist; known tenants: {', '.join(known) or 'none'}")
+            raise UnknownTenant(f"{unknown_tenant(args.tenant)}; known tenants: {', '.join(known) or 'none'}")
         tenants = [args.tenant]
     else:
         raise InvalidInput("say which tenant: --tenant NAME or --all")
     return _materialize(settings, tenants)
 
 
-# -- serve, ui, demo -----------------------------------------------------------------------------
-def _serve(settings: Settings, host: str, port: int, log_level: str, on_ready: Callable[[], None] | None = None) -> int:
-    import socket
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.server import serve
 
-    import uvicorn
-
-    from serving.app import create_app
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            from lodestar.errors import InvalidInput
-
-            raise InvalidInput(f"{host}:{port} is already in use; stop the other server or pass --port") from None
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level))
-    if on_ready is not None:
-        def wait_then_announce() -> None:
-            while not server.started and not server.should_exit:
-                time.sleep(0.1)
-            if server.started:
-                on_ready()
-        threading.Thread(target=wait_then_announce, daemon=True).start()
-    server.run()
+    _say(f"Serving Lodestar on http://{args.host}:{args.port} (data dir {settings.data_dir}); OpenAPI at /schema")
+    serve(settings, args.host, args.port, "info")
     return 0
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    _say(f"Serving Lodestar on http://{args.host}:{args.port} (data dir {settings.data_dir}); OpenAPI at /schema")
-    return _serve(settings, args.host, args.port, "info")
-
-
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
-    home = _dagster_home(settings)
+    from pipelines.run import REPO_ROOT, WORKSPACE, dagster_home
+
+    home = dagster_home(settings)
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     _say(f"Dagster UI with DAGSTER_HOME={home}, LODESTAR_DATA_DIR={settings.data_dir}")
-    os.environ["LODESTAR_DATA_DIR"] = str(settings.data_dir)
+    os.environ.update(DAGSTER_HOME=str(home), LODESTAR_DATA_DIR=str(settings.data_dir))
     os.chdir(REPO_ROOT)
-    os.execv(dagster, [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)])
+    os.execv(dagster, [dagster, "dev", "-w", str(WORKSPACE), "-h", args.host, "-p", str(args.port)])
     return 0  # not reached
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar import demo
-    from lodestar.cdp import open_cdp
-    from lodestar.importer import import_files
-    from lodestar.keys import issue_key
+    from lodestar.cdp import cdp_session
 
     _say(f"Lodestar demo (data dir {settings.data_dir})")
-    store = open_cdp(settings)
-    keys: dict[str, str] = {}
-    try:
-        for tenant in demo.GENERATORS:
-            _say(f"Generating and importing demo tenant {tenant!r}...")
-            files = demo.write_demo(settings.data_dir / "demo", tenant)
-            if store.get_tenant(tenant) is None:
-                store.create_tenant(tenant)
-            keys[tenant] = issue_key(store, tenant)
-            import_files(store, settings, tenant, files, progress=lambda line: _say(f"  {line}"))
-    finally:
-        store.close()
+    with cdp_session(settings) as store:
+        keys = demo.load_demo_tenants(store, settings, say=_say)
     if _materialize(settings, list(keys)) != 0:
         return 1
     if args.no_serve:
         for tenant, key in keys.items():
             _say(f"{tenant}: API key {key}")
         return 0
-    base = f"http://{args.host}:{args.port}"
+    from serving.server import serve
 
     def announce() -> None:
-        examples = {
-            "shop": ("u0001", "p00001", "waterproof hiking boots"),
-            "news": ("r0001", "a00001", "rockets going to mars"),
-        }
-        _say("")
-        _say(f"The API is up at {base} (OpenAPI: {base}/schema). Press Ctrl+C to stop.")
-        for tenant, key in keys.items():
-            user, item, query = examples[tenant]
-            auth = f'-H "Authorization: Bearer {key}"'
-            _say(f"\nTenant {tenant!r}, API key (shown once): {key}")
-            _say(f'  curl -s {auth} "{base}/v1/users/{user}/recommendations?k=5"')
-            _say(f'  curl -s {auth} "{base}/v1/items/{item}/similar?k=5"')
-            _say(f"  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"query\": \"{query}\", \"k\": 5}}' {base}/v1/search")
-        _say("\nDagster UI: .venv/bin/lodestar ui")
+        for line in demo.announcement(keys, f"http://{args.host}:{args.port}"):
+            _say(line)
 
-    return _serve(settings, args.host, args.port, "warning", on_ready=announce)
+    serve(settings, args.host, args.port, "warning", on_ready=announce)
+    return 0
 
 
 # -- parser --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Deterministic synthetic demo data: an e-shop and a content site, in the import format.
+"""Deterministic synthetic demo data: an e-shop and a content site, in the import format, and
+loading them as the demo's tenants.
 
 Users have latent tastes (favourite categories or topics, a price band) and their events follow
 them, so a recommender that learns taste beats one that does not. The same seed gives the same files.
@@ -7,11 +8,17 @@ them, so a recommender that learns taste beats one that does not. The same seed 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lodestar.cdp import CdpStore
+from lodestar.importer import import_files
+from lodestar.keys import issue_key
+from lodestar.settings import Settings
 
 END = datetime(2026, 10, 31, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -200,3 +207,44 @@ def write_demo(out_dir: Path, tenant: str, **sizes: int) -> dict[str, Path]:
         paths[entity] = out_dir / tenant / f"{entity}.jsonl"
         _write_jsonl(paths[entity], rows)
     return paths
+
+
+# Per demo tenant, a user, an item and a search query that the printed curl examples ask about.
+EXAMPLES = {
+    "shop": ("u0001", "p00001", "waterproof hiking boots"),
+    "news": ("r0001", "a00001", "rockets going to mars"),
+}
+
+
+def load_demo_tenants(
+    store: CdpStore, settings: Settings, say: Callable[[str], None] = lambda _line: None,
+) -> dict[str, str]:
+    """Generate every demo tenant's files under ``<data_dir>/demo``, create the tenant if it is new,
+    import the files (a re-import upserts) and issue a fresh API key. Returns tenant -> key."""
+    keys: dict[str, str] = {}
+    for tenant in GENERATORS:
+        say(f"Generating and importing demo tenant {tenant!r}...")
+        files = write_demo(settings.data_dir / "demo", tenant)
+        if store.get_tenant(tenant) is None:
+            store.create_tenant(tenant)
+        keys[tenant] = issue_key(store, tenant)
+        import_files(store, settings, tenant, files, progress=lambda line: say(f"  {line}"))
+    return keys
+
+
+def announcement(keys: dict[str, str], base: str) -> list[str]:
+    """What the demo prints once the API at ``base`` is up: each tenant's key and curl calls that
+    work as printed."""
+    lines = ["", f"The API is up at {base} (OpenAPI: {base}/schema). Press Ctrl+C to stop."]
+    for tenant, key in keys.items():
+        user, item, query = EXAMPLES[tenant]
+        auth = f'-H "Authorization: Bearer {key}"'
+        lines += [
+            "",
+            f"Tenant {tenant!r}, API key (shown once): {key}",
+            f'  curl -s {auth} "{base}/v1/users/{user}/recommendations?k=5"',
+            f'  curl -s {auth} "{base}/v1/items/{item}/similar?k=5"',
+            f"  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"query\": \"{query}\", \"k\": 5}}' {base}/v1/search",
+        ]
+    lines += ["", "Dagster UI: .venv/bin/lodestar ui"]
+    return lines

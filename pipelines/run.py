@@ -1,15 +1,67 @@
 """Materialize a tenant's partition of every asset through Dagster, recorded in the instance
-(``DAGSTER_HOME``) exactly like a run launched from the UI."""
+exactly like a run launched from the UI; and which instance that is (:func:`dagster_home`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import DagsterEventType, DagsterInstance
 
 from assets.partitions import TENANTS
+from assets.resources import progress_log
+from lodestar.errors import InvalidInput
+from lodestar.settings import Settings
 from pipelines.definitions import all_assets, defs
 from pipelines.jobs import MATERIALIZE_TENANT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = REPO_ROOT / "workspace.yaml"  # the code location of `dagster dev -w workspace.yaml`
+# The committed instance configuration (concurrency limits, pools, telemetry). Its folder is also a
+# working DAGSTER_HOME of its own, for `dagster dev` run by hand.
+INSTANCE_CONFIG = REPO_ROOT / "dagster_home" / "dagster.yaml"
+_COPY_HEADER = f"# A copy of {INSTANCE_CONFIG}, refreshed by the lodestar CLI: edit that file, not this one.\n"
+
+
+def dagster_home(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:
+    """The Dagster instance directory for the settings' data dir: ``DAGSTER_HOME`` when it is set,
+    else ``<data_dir>/dagster``.
+
+    Dagster keeps run, event log and schedule storage (and compute logs) in its home unless the
+    instance configuration names other storage, so a home per data dir gives each data dir its own
+    run history and partitions: tenants materialized with a benchmark's or a test's data dir never
+    show in the demo's UI. The home's ``dagster.yaml`` is the committed :data:`INSTANCE_CONFIG`,
+    copied there again whenever it changed, so its concurrency settings hold for every data dir.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("DAGSTER_HOME"):
+        home = Path(env["DAGSTER_HOME"]).resolve()
+        if not home.is_dir():
+            raise InvalidInput(f"DAGSTER_HOME={home} is not a directory; create it (with a dagster.yaml) "
+                               "or unset DAGSTER_HOME to use the data dir's own Dagster instance")
+        return home
+    home = (settings.data_dir / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    _refresh_instance_config(home / "dagster.yaml")
+    return home
+
+
+def _refresh_instance_config(target: Path) -> None:
+    if not INSTANCE_CONFIG.is_file():  # installed without the repository: Dagster's defaults
+        target.touch()
+        return
+    text = _COPY_HEADER + INSTANCE_CONFIG.read_text()
+    if target.is_file() and target.read_text() == text:
+        return
+    # Written aside and renamed, so a `dagster dev` or another CLI reading it never sees half a file.
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, target)
 
 
 @dataclass
@@ -76,3 +128,54 @@ def materialize_in_process(
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
+
+
+class _Say(logging.Handler):
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.say(f"  {record.getMessage()}")
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _progress_to(say: Callable[[str], None]) -> Iterator[None]:
+    """The assets' progress lines (one per stage, with counts) go to ``say``, indented, while the
+    block runs, and nowhere else."""
+    handler, level, propagate = _Say(say), progress_log.level, progress_log.propagate
+    progress_log.addHandler(handler)
+    progress_log.setLevel(logging.INFO)
+    progress_log.propagate = False
+    try:
+        yield
+    finally:
+        progress_log.removeHandler(handler)
+        progress_log.setLevel(level)
+        progress_log.propagate = propagate
+
+
+def materialize_tenants(
+    settings: Settings, tenants: list[str], say: Callable[[str], None] = print,
+) -> list[RunOutcome]:
+    """Materialize each tenant's partition of every asset, one tenant after another, through the
+    instance in :func:`dagster_home`, telling ``say`` the progress, the time each took and, for a
+    failed run, every failing step with its reason. The assets read the ``LODESTAR_*`` environment,
+    so ``settings`` are the environment's (``Settings.from_env()``)."""
+    outcomes = []
+    with DagsterInstance.from_config(str(dagster_home(settings))) as instance, _progress_to(say):
+        for tenant in tenants:
+            say(f"Materializing tenant {tenant!r} (every asset, through Dagster)...")
+            started = time.monotonic()
+            outcome = materialize_tenant(instance, tenant)
+            if outcome.success:
+                say(f"Tenant {tenant!r} materialized in {time.monotonic() - started:.1f}s (run {outcome.run_id}).")
+            else:
+                say(f"Tenant {tenant!r}: run {outcome.run_id} FAILED.")
+                for step, reason in outcome.failures or [("?", "see the run in the Dagster UI")]:
+                    say(f"  failing step: {step}: {reason}")
+            outcomes.append(outcome)
+    return outcomes

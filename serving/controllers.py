@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import Annotated, Any
@@ -12,15 +11,12 @@ from litestar import Controller, delete, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from lodestar.cdp import CdpStore
 from lodestar.controls import Controls
-from lodestar.embed import Embedder
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import parse_exclude, parse_filter
-from lodestar.index import Hit, PublishedVersion
+from lodestar.index import Hit
 from lodestar.recommend import nearest_controlled, recommend_for_session, recommend_for_user, similar_items
 from lodestar.records import parse_event, parse_id, parse_preferences
-from lodestar.tenant_config import TenantConfig
 from serving.schemas import (
     EventBatch,
     EventsAccepted,
@@ -34,7 +30,16 @@ from serving.schemas import (
     SessionRequest,
     UserErased,
 )
-from serving.indexes import TenantIndexes
+from serving.dependencies import (
+    Cdp,
+    Config,
+    EmbedderDep,
+    EmbedderLoaded,
+    Indexes,
+    Published,
+    ServedLogDep,
+    Tenant,
+)
 from serving.served_log import ServedLog
 
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
@@ -72,8 +77,8 @@ class RecommendationController(Controller):
 
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", sync_to_thread=True)
     def for_user(
-        self, tenant: str, user_id: str, published: PublishedVersion, config: TenantConfig, cdp: CdpStore,
-        embedder: Embedder, served_log: ServedLog, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
+        self, tenant: Tenant, user_id: str, published: Published, config: Config, cdp: Cdp,
+        embedder: EmbedderDep, served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
         diversity: DIVERSITY = 0.0,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
@@ -84,8 +89,8 @@ class RecommendationController(Controller):
 
     @post("/recommendations/session", operation_id="recommendForSession", status_code=200, sync_to_thread=True)
     def for_session(
-        self, tenant: str, data: SessionRequest, published: PublishedVersion, config: TenantConfig,
-        served_log: ServedLog,
+        self, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
+        served_log: ServedLogDep,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
         controls = _controls(data.filter, data.exclude, data.diversity)
@@ -100,7 +105,7 @@ class ItemController(Controller):
 
     @get("/{item_id:str}/similar", operation_id="similarItems", sync_to_thread=True)
     def similar(
-        self, tenant: str, item_id: str, published: PublishedVersion, config: TenantConfig, served_log: ServedLog,
+        self, tenant: Tenant, item_id: str, published: Published, config: Config, served_log: ServedLogDep,
         k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
@@ -117,8 +122,8 @@ class SearchController(Controller):
 
     @post("/", operation_id="semanticSearch", status_code=200, sync_to_thread=True)
     def search(
-        self, tenant: str, data: SearchRequest, published: PublishedVersion, config: TenantConfig,
-        embedder: Embedder, served_log: ServedLog,
+        self, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
+        embedder: EmbedderDep, served_log: ServedLogDep,
     ) -> ItemList:
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
@@ -135,7 +140,7 @@ class EventController(Controller):
 
     @post("/", operation_id="ingestEvents", status_code=200, sync_to_thread=True)
     def ingest(
-        self, tenant: str, data: EventBatch, cdp: CdpStore,
+        self, tenant: Tenant, data: EventBatch, cdp: Cdp,
         atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
     ) -> EventsAccepted:
         """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
@@ -163,14 +168,14 @@ class PreferenceController(Controller):
     tags = ["users"]
 
     @put("/", operation_id="putPreferences", sync_to_thread=True)
-    def put_preferences(self, tenant: str, user_id: str, data: Preferences, cdp: CdpStore) -> Preferences:
+    def put_preferences(self, tenant: Tenant, user_id: str, data: Preferences, cdp: Cdp) -> Preferences:
         """Replace the user's liked and disliked items and categories; the next recommendations follow them."""
         clean = parse_preferences(msgspec.to_builtins(data))
         cdp.put_preferences(tenant, parse_id(user_id, "user_id"), clean)
         return Preferences(**clean)
 
     @get("/", operation_id="getPreferences", sync_to_thread=True)
-    def get_preferences(self, tenant: str, user_id: str, cdp: CdpStore) -> Preferences:
+    def get_preferences(self, tenant: Tenant, user_id: str, cdp: Cdp) -> Preferences:
         stored = cdp.get_preferences(tenant, user_id)
         return Preferences(**(stored or {}))
 
@@ -180,7 +185,7 @@ class UserController(Controller):
     tags = ["users"]
 
     @delete("/", operation_id="eraseUser", status_code=200, sync_to_thread=True)
-    def erase(self, tenant: str, user_id: str, cdp: CdpStore) -> UserErased:
+    def erase(self, tenant: Tenant, user_id: str, cdp: Cdp) -> UserErased:
         """Erase a user: their events, preferences and served lists are deleted from the CDP store
         at once (the user's next recommendations are those of a stranger); the next sync drops them
         from the pipeline's extracts and features."""
@@ -197,7 +202,7 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready", operation_id="ready", opt={"public": True}, sync_to_thread=True)
-    def ready(self, cdp: CdpStore, indexes: TenantIndexes, embedder_loaded: threading.Event) -> Ready:
+    def ready(self, cdp: Cdp, indexes: Indexes, embedder_loaded: EmbedderLoaded) -> Ready:
         """Ready once the embedding model and a published index are loaded (503 before)."""
         if not embedder_loaded.is_set():
             raise HTTPException(status_code=503, detail="the embedding model is still loading")

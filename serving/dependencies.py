@@ -7,7 +7,8 @@ import threading
 
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import SkipValidation
 
 from lodestar.cdp import CdpStore
 from lodestar.embed import Embedder
@@ -54,6 +55,17 @@ def provide_indexes(state: State) -> TenantIndexes:
 def provide_embedder_loaded(state: State) -> threading.Event:
     return state.embedder_loaded
 
+
+# What a handler declares to receive a collaborator (by parameter name). The collaborators are
+# objects, not request data: Litestar must not try to validate them as such.
+Tenant = NamedDependency[str]
+Cdp = NamedDependency[SkipValidation[CdpStore]]
+Published = NamedDependency[SkipValidation[PublishedVersion]]
+Config = NamedDependency[SkipValidation[TenantConfig]]
+EmbedderDep = NamedDependency[SkipValidation[Embedder]]
+ServedLogDep = NamedDependency[SkipValidation[ServedLog]]
+Indexes = NamedDependency[SkipValidation[TenantIndexes]]
+EmbedderLoaded = NamedDependency[SkipValidation[threading.Event]]
 
 DEPENDENCIES = {
     "tenant": Provide(provide_tenant, sync_to_thread=False),

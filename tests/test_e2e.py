@@ -5,13 +5,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from lodestar import demo
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "lodestar.cli"]
@@ -62,15 +62,15 @@ def test_create_import_materialize_serve(tmp_path, cli_env):
     try:
         base = f"http://127.0.0.1:{port}"
         http = httpx.Client(base_url=base, timeout=30)
-        deadline = time.monotonic() + 90
-        while True:
+
+        def ready() -> bool:
+            assert server.poll() is None, "server did not become ready"  # it exited: no use waiting
             try:
-                if http.get("/ready").status_code == 200:
-                    break
+                return http.get("/ready").status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
-            time.sleep(0.3)
+                return False
+
+        wait_until(ready, timeout=90, interval=0.3, message="server did not become ready")
         shop = {"Authorization": f"Bearer {keys['shop']}"}
         news = {"Authorization": f"Bearer {keys['news']}"}
         recs = http.get("/v1/users/u0001/recommendations?k=5", headers=shop).json()

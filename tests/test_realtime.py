@@ -157,7 +157,8 @@ def test_exclude_and_diversity(client, env, store):
     assert not set(dropped) & {i["id"] for i in excluded["items"]}
     body = client.post("/v1/search", json={"query": "gift", "k": 10, "exclude": dropped}, headers=_auth(env)).json()
     assert not set(dropped) & {i["id"] for i in body["items"]}
-    from lodestar.stages import TenantFiles, read_embeddings
+    from lodestar.lineage.embeddings import read_embeddings
+    from lodestar.lineage.files import TenantFiles
 
     ids, vectors = read_embeddings(TenantFiles(env.settings.tenant_dir("alpha")))
     by_id = dict(zip(ids, vectors, strict=True))

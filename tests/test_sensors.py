@@ -11,15 +11,21 @@ from dagster import (
     build_schedule_context,
     build_sensor_context,
     evaluate_automation_conditions,
+    job,
+    op,
 )
-from dagster._core.test_utils import create_run_for_test
 
+from assets.partitions import FULL_REBUILD_TAG, TENANTS
+from assets.resources import LodestarResource
 from lodestar.cdp import open_cdp
 from lodestar.records import parse_item
-from pipelines.definitions import defs
-from pipelines.partitions import FULL_REBUILD_TAG, TENANTS
-from pipelines.resources import LodestarResource
-from pipelines.sensors import cdp_changes, nightly_rebuild, tenant_discovery
+from lodestar.settings import Settings
+from pipelines.definitions import build_definitions
+
+defs = build_definitions(Settings())
+tenant_discovery = defs.get_sensor_def("tenant_discovery")
+cdp_changes = defs.get_sensor_def("cdp_changes")
+nightly_rebuild = defs.get_schedule_def("nightly_rebuild")
 
 
 @pytest.fixture()
@@ -31,6 +37,23 @@ def instance():
 def _context(instance, settings, cursor=None):
     return build_sensor_context(instance=instance, cursor=cursor,
                                 resources={"lodestar": LodestarResource(data_dir=str(settings.data_dir))})
+
+
+@op
+def _extract_fails() -> None:
+    raise RuntimeError("the CDP went away")
+
+
+@job(name="refresh_extracts")  # the sensor's job, as far as its run history goes
+def _failing_refresh_extracts() -> None:
+    _extract_fails()
+
+
+def _fail_a_run(instance: DagsterInstance, run_key: str) -> None:
+    """A failed run of the extracts carrying ``run_key``, as the sensor would find one."""
+    result = _failing_refresh_extracts.execute_in_process(instance=instance, tags={"dagster/run_key": run_key},
+                                                          raise_on_error=False)
+    assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.FAILURE
 
 
 def test_discovery_adds_and_removes_tenant_partitions(instance, settings, store):
@@ -61,8 +84,7 @@ def test_change_sensor_requests_once_per_watermark_and_retries_failures(instance
     changed = cdp_changes(_context(instance, settings, quiet.cursor))
     assert len(changed.run_requests) == 1 and changed.run_requests[0].run_key != run_key
 
-    create_run_for_test(instance, job_name="refresh_extracts", status=DagsterRunStatus.FAILURE,
-                        tags={"dagster/run_key": changed.run_requests[0].run_key})
+    _fail_a_run(instance, run_key=changed.run_requests[0].run_key)
     retry = cdp_changes(_context(instance, settings, changed.cursor))
     assert retry.run_requests[0].run_key.endswith(":retry1")
     assert json.loads(retry.cursor)["acme"]["attempt"] == 1

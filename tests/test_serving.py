@@ -5,11 +5,13 @@ import time
 import pytest
 from litestar.testing import TestClient
 
-from lodestar import stages
 from lodestar.cdp import open_cdp
 from lodestar.index import open_index_store
-from lodestar.stages import TenantFiles
+from lodestar.lineage.files import TenantFiles
+from lodestar.lineage.index_build import build_index
+from lodestar.lineage.publishing import publish
 from serving.app import create_app
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +137,18 @@ def test_new_version_is_picked_up_without_restart_and_unpublished_is_never_serve
     files = TenantFiles(env.settings.tenant_dir("alpha"))
     index_store = open_index_store(env.settings)
     before = client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
-    built, _ = stages.build_index(files, index_store, "alpha")  # built, checked, not yet published
-    time.sleep(0.6)
+    built = build_index(files, index_store, "alpha")  # built, checked, not yet published
+
+    def served_version() -> str:  # each request also lets the API re-check the published pointer
+        return client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
+
+    # "Never served" means something only once the API has looked: wait until it re-read alpha's
+    # published pointer after the build.
+    built_at = time.monotonic()
+    wait_until(lambda: served_version() and client.app.state.indexes._slots["alpha"].checked_at > built_at,
+               timeout=5, message="the API did not re-check alpha's published version")
     assert client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"] == before
-    stages.publish(files, index_store, "alpha")
-    deadline = time.monotonic() + 5
-    seen = before
-    while seen == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-        seen = client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
-    assert seen == built["version"] != before
+    publish(files, index_store, "alpha")
+    wait_until(lambda: served_version() != before, timeout=5, message="the API did not pick up the published version")
+    seen = served_version()
+    assert seen == built.version != before

@@ -16,15 +16,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from lodestar.filters import ItemFilter
+from lodestar.collab import CollabModel
 from lodestar.settings import Settings
-
-if TYPE_CHECKING:
-    from lodestar.collab import CollabModel
 
 _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
 
