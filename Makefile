@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv ui clean
+.PHONY: demo test test-fast venv ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# The fast tier: no test that loads the real embedding model.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not model"
 
 ui: $(STAMP)
 	$(VENV)/bin/lodestar ui

@@ -76,6 +76,12 @@ class TenantIndexes:
                 keep.append((retired_at, reader))
         self._retired = keep
 
+    def checked_at(self, tenant: str) -> float | None:
+        """When the tenant's published pointer was last read (``time.monotonic()``; ``None`` before
+        its first request)."""
+        slot = self._slots.get(tenant)
+        return None if slot is None else slot.checked_at
+
     def loaded(self) -> dict[str, str]:
         return {t: s.published.version for t, s in self._slots.items() if s.published is not None}
 

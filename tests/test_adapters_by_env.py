@@ -1,6 +1,7 @@
 """Switching adapters takes environment variables, not code: the whole pipeline and the API on the
 Qdrant server adapter (qdrant-client's local mode standing in for the server, which cannot run here)."""
 
+import pytest
 from litestar.testing import TestClient
 
 from lodestar.cdp import open_cdp
@@ -8,6 +9,8 @@ from lodestar.index import open_index_store
 from lodestar.index.qdrant_server import QdrantIndexStore
 from lodestar.settings import Settings
 from tests.conftest import load_demo_tenant
+
+pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
 
 
 def test_pipeline_and_api_run_on_the_qdrant_server_adapter_by_environment_alone(tmp_path, monkeypatch):

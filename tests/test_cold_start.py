@@ -1,5 +1,6 @@
 """Cold start on the demo content tenant: a user's profile beats popularity."""
 
+import pytest
 import numpy as np
 import pandas as pd
 
@@ -10,6 +11,8 @@ from lodestar.features import item_text
 from lodestar.index.memory import MemoryIndexReader
 from lodestar.recommend import COLD_START, POPULAR, profile_text, recommend
 from lodestar.tenant_config import effective_config
+
+pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
 
 
 def test_profile_beats_popularity_for_new_users_on_demo_news(tmp_path):

@@ -72,3 +72,74 @@ def test_docker_compose_parses_the_file():
     result = subprocess.run([*command, "-f", str(DEPLOY / "compose.yaml"), "--env-file", str(DEPLOY / ".env.example"),
                              "config", "--quiet"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture()
+def postgres():
+    """A throwaway PostgreSQL server on a free loopback port (skipped where none is installed)."""
+    import os
+    import pwd
+    import socket
+    import tempfile
+
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL server installed here (initdb, pg_ctl)")
+    # Not under pytest's tmp_path: the postgres user could not traverse root's private folders.
+    tmp_path = Path(tempfile.mkdtemp(prefix="lodestar-pg-"))
+    data, sockets = tmp_path / "pgdata", tmp_path / "pgsock"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a postgres user to run PostgreSQL as")
+        shutil.chown(tmp_path, "postgres")
+        shutil.chown(sockets, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "dagster", "--auth=trust"], check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(tmp_path / "pg.log"), "-o",
+                    f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   capture_output=True, timeout=120)
+    createdb = shutil.which("createdb") or str(Path(initdb).with_name("createdb"))
+    subprocess.run([*as_user, createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        yield port
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_deployed_instance_keeps_runs_in_postgres(postgres, tmp_path, monkeypatch):
+    """deploy/dagster.yaml against a real PostgreSQL: a materialization's run and its tenant
+    partition are stored there (the port is the only change to the file)."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    from lodestar import demo
+    from lodestar.cdp import cdp_session
+    from lodestar.importer import import_files
+    from lodestar.settings import Settings
+    from pipelines.run import materialize_in_process
+
+    for key, value in {**ENV, "DAGSTER_PG_HOST": "127.0.0.1", "LODESTAR_EMBED_MODEL": "hashing-64"}.items():
+        monkeypatch.setenv(key, value)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text().replace("port: 5432", f"port: {postgres}"))
+    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64")
+    with cdp_session(settings) as store:
+        store.create_tenant("acme")
+        import_files(store, settings, "acme", demo.write_demo(tmp_path / "in", "shop", n_items=24, n_users=6))
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert materialize_in_process(str(settings.data_dir), "acme", instance).success
+    with DagsterInstance.from_config(str(home)) as reopened:  # read back from the database
+        runs = reopened.get_runs()
+        assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS]
+        assert reopened.get_dynamic_partitions("tenants") == ["acme"]

@@ -13,7 +13,7 @@ import pytest
 from lodestar import demo
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 CLI = [sys.executable, "-m", "lodestar.cli"]
 
 

@@ -13,6 +13,7 @@ from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
 
 
+@pytest.mark.model
 def test_real_model_meaning_and_cache(tmp_path):
     embedder = Embedder(cache_dir=tmp_path)
     texts = ["waterproof hiking boots", "trail boots for wet mountain walks", "espresso machine for the kitchen"]
@@ -27,11 +28,13 @@ def test_real_model_meaning_and_cache(tmp_path):
     assert np.allclose(again[0], vectors[2]) and np.allclose(again[2], vectors[0])
 
 
+@pytest.mark.model
 def test_duplicate_texts_are_encoded_once(tmp_path):
     vectors, stats = Embedder(cache_dir=tmp_path).embed(["same", "same", "other"])
     assert stats.encoded == 2 and np.allclose(vectors[0], vectors[1])
 
 
+@pytest.mark.model
 def test_a_run_with_every_text_cached_does_not_load_the_model(tmp_path):
     first = Embedder(cache_dir=tmp_path)
     first.embed(["cached text"])

@@ -1,10 +1,14 @@
 """Incremental extracts, deletes and erasure, without Dagster."""
 
+import pytest
+
 from lodestar.embed import Embedder
 from lodestar.lineage import collab_fit, embeddings, evaluation_gate, feature_tables, index_build, publishing
 from lodestar.lineage.extracts import extract
 from lodestar.lineage.files import TenantFiles, read_extract
 from lodestar.records import parse_event, parse_item, parse_user
+
+pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
 
 
 def test_incremental_extract_merges_changes_and_sees_deletes(settings, store):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from dagster import DagsterInstance
 
 from lodestar.cdp import open_cdp
@@ -10,6 +11,8 @@ from lodestar.records import parse_item
 from lodestar.lineage.embeddings import read_embeddings
 from lodestar.lineage.files import TenantFiles
 from tests.conftest import materialize_tenant
+
+pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
 
 
 def test_definitions_load():

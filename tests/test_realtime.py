@@ -10,6 +10,8 @@ from litestar.testing import TestClient
 from lodestar.cdp import open_cdp
 from serving.app import create_app
 
+pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
+
 
 @pytest.fixture(scope="module")
 def client(env):

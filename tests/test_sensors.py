@@ -104,6 +104,7 @@ def test_nightly_schedule_rebuilds_every_tenant_in_full():
     assert requests[0].run_key.endswith(":nightly:2026-11-21")
 
 
+@pytest.mark.model
 def test_downstream_follows_updated_extracts_by_automation(instance, settings):
     from pipelines.run import materialize_in_process
     from tests.conftest import load_demo_tenant

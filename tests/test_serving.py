@@ -13,6 +13,8 @@ from lodestar.lineage.publishing import publish
 from serving.app import create_app
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
+
 
 @pytest.fixture(scope="module")
 def client(env):
@@ -145,7 +147,7 @@ def test_new_version_is_picked_up_without_restart_and_unpublished_is_never_serve
     # "Never served" means something only once the API has looked: wait until it re-read alpha's
     # published pointer after the build.
     built_at = time.monotonic()
-    wait_until(lambda: served_version() and client.app.state.indexes._slots["alpha"].checked_at > built_at,
+    wait_until(lambda: served_version() and client.app.state.indexes.checked_at("alpha") > built_at,
                timeout=5, message="the API did not re-check alpha's published version")
     assert client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"] == before
     publish(files, index_store, "alpha")
