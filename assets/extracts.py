@@ -1,6 +1,7 @@
 """CDP extracts: each entity of a tenant copied from the CDP store into Parquet."""
 
 
+import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -11,8 +12,6 @@ from dagster import (
     MetadataValue,
     asset,
 )
-
-import pyarrow.parquet as pq
 
 from assets import report
 from assets.partitions import FULL_REBUILD_TAG, tenants_partitions

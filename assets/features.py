@@ -1,9 +1,9 @@
 """Feature tables: per item (text to embed, popularity) and per user (activity, top categories)."""
 
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
-
 import dataclasses
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets import DOWNSTREAM, report
 from assets.partitions import tenants_partitions

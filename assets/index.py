@@ -6,7 +6,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 

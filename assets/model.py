@@ -13,7 +13,8 @@ from assets import DOWNSTREAM, bar, report
 from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
 from lodestar.lineage.collab_fit import collab_model as fit_collab_model
-from lodestar.lineage.evaluation_gate import offline_evaluation as evaluate_offline, regression_problem
+from lodestar.lineage.evaluation_gate import offline_evaluation as evaluate_offline
+from lodestar.lineage.evaluation_gate import regression_problem
 
 
 @asset(

@@ -8,8 +8,8 @@ nothing and opens nothing.
 from __future__ import annotations
 
 from dagster import (
-    AssetSelection,
     AssetsDefinition,
+    AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     Definitions,

@@ -17,6 +17,16 @@ from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
 from lodestar.recommend import nearest_controlled, recommend_for_session, recommend_for_user, similar_items
 from lodestar.records import parse_event, parse_id, parse_preferences
+from serving.dependencies import (
+    Cdp,
+    Config,
+    EmbedderDep,
+    EmbedderLoaded,
+    Indexes,
+    Published,
+    ServedLogDep,
+    Tenant,
+)
 from serving.schemas import (
     EventBatch,
     EventsAccepted,
@@ -29,16 +39,6 @@ from serving.schemas import (
     SearchRequest,
     SessionRequest,
     UserErased,
-)
-from serving.dependencies import (
-    Cdp,
-    Config,
-    EmbedderDep,
-    EmbedderLoaded,
-    Indexes,
-    Published,
-    ServedLogDep,
-    Tenant,
 )
 from serving.served_log import ServedLog
 

@@ -1,8 +1,8 @@
 """Cold start on the demo content tenant: a user's profile beats popularity."""
 
-import pytest
 import numpy as np
 import pandas as pd
+import pytest
 
 from lodestar import demo
 from lodestar.embed import Embedder

@@ -7,9 +7,9 @@ from dagster import DagsterInstance
 
 from lodestar.cdp import open_cdp
 from lodestar.index import open_index_store
-from lodestar.records import parse_item
 from lodestar.lineage.embeddings import read_embeddings
 from lodestar.lineage.files import TenantFiles
+from lodestar.records import parse_item
 from tests.conftest import materialize_tenant
 
 pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")

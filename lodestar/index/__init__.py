@@ -5,8 +5,9 @@ Points carry the item's payload (title, categories, tags, attributes, popularity
 it was built with (:meth:`IndexBuilder.attach_model`): :meth:`IndexStore.open_published` returns
 the index and its model together, so a server swaps both at once and never needs the pipeline's files.
 
-What both Qdrant adapters share is defined here once: payload index fields, the version name, the
-translation of an :class:`ItemFilter` into Qdrant conditions, and the conversion of query results.
+What both Qdrant adapters share is defined here once: payload index fields, the version name and
+the conversion of query results; the translation of an :class:`ItemFilter` into Qdrant conditions
+is :mod:`lodestar.index.qdrant_filters`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lodestar.filters import ItemFilter
 from lodestar.collab import CollabModel
+from lodestar.filters import ItemFilter
 from lodestar.settings import Settings
 
 _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
@@ -106,45 +107,6 @@ def to_hits(points: Iterable[Any], score_field: str | None = None) -> list[Hit]:
 
 
 POPULARITY = "popularity"
-
-
-class ConditionFactory(Protocol):
-    """Builds one Qdrant library's filter objects (qdrant-edge-py and qdrant-client spell them apart)."""
-
-    def match_any(self, key: str, values: list[Any]) -> Any: ...
-    def range(self, key: str, bounds: dict[str, float]) -> Any: ...
-    def has_id(self, point_ids: list[str]) -> Any: ...
-    def combine(self, must: list[Any] | None = None, must_not: list[Any] | None = None,
-                should: list[Any] | None = None) -> Any: ...
-
-
-def translate_filter(
-    item_filter: ItemFilter | None, exclude_ids: list[str], make: ConditionFactory, base: Sequence[Any] = (),
-) -> Any | None:
-    """The query's filter in Qdrant's terms, the one translation both adapters use: ``base`` (the
-    tenant conditions of a shared collection), the filter's fields ANDed, excluded point ids and
-    disliked categories as ``must_not``. ``None`` when nothing restricts the query."""
-    must: list[Any] = list(base)
-    must_not: list[Any] = [make.has_id(exclude_ids)] if exclude_ids else []
-    if item_filter is not None:
-        if item_filter.categories:
-            must.append(make.match_any("categories", list(item_filter.categories)))
-        if item_filter.tags:
-            must.append(make.match_any("tags", list(item_filter.tags)))
-        for cond in item_filter.attributes:
-            key = f"attributes.{cond.key}"
-            if cond.range:
-                must.append(make.range(key, dict(cond.range)))
-            if cond.values:
-                strings = [v for v in cond.values if isinstance(v, str)]
-                options = [make.match_any(key, strings)] if strings else []
-                options += [make.range(key, {"gte": v, "lte": v}) for v in cond.values if not isinstance(v, str)]
-                must.append(options[0] if len(options) == 1 else make.combine(should=options))
-        if item_filter.exclude_categories:
-            must_not.append(make.match_any("categories", list(item_filter.exclude_categories)))
-    if not must and not must_not:
-        return None
-    return make.combine(must=must or None, must_not=must_not or None)
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ from lodestar.index import (
     open_published,
     point_id,
     to_hits,
-    translate_filter,
     versions_to_drop,
 )
+from lodestar.index.qdrant_filters import translate_filter
 
 BATCH = 512
 

@@ -50,9 +50,9 @@ from lodestar.index import (
     open_published,
     point_id,
     to_hits,
-    translate_filter,
     versions_to_drop,
 )
+from lodestar.index.qdrant_filters import translate_filter
 
 BATCH = 256
 PREFIX = "lodestar--"
