@@ -8,9 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-
-from lodestar import __version__
 from lodestar.cdp import open_cdp
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
@@ -28,6 +25,7 @@ from serving.controllers import (
 from serving.dependencies import DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
+from serving.openapi import openapi_config
 from serving.served_log import ServedLog
 from serving.tenant_configs import TenantConfigs
 
@@ -73,5 +71,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="Lodestar", version=__version__, path="/schema"),
+        openapi_config=openapi_config(),
     )
