@@ -75,8 +75,8 @@ def parse_rules(raw: Any) -> list[Rule]:
         if unknown:
             raise InvalidInput(f"{where}: unknown field {sorted(unknown)[0]!r}", field=where)
         try:
-            start = parse_timestamp(spec.get("start"), f"{where}.start")
-            end = parse_timestamp(spec.get("end"), f"{where}.end")
+            start = parse_timestamp(spec.get("start"), f"{where}.start", bounded=False)
+            end = parse_timestamp(spec.get("end"), f"{where}.end", bounded=False)
         except InvalidInput as exc:
             raise InvalidInput(str(exc), field=exc.field) from None
         if spec["type"] == "pin":
@@ -88,7 +88,7 @@ def parse_rules(raw: Any) -> list[Rule]:
             rules.append(Rule("pin", item_id=item_id, position=position, start=start, end=end))
         else:
             amount = spec.get("amount", 0.5)
-            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount <= 10:
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount <= 10:  # NaN fails too
                 raise InvalidInput(f"{where}.amount: must be a number above 0 (1.0 = the whole score range)", field=f"{where}.amount")
             if "filter" not in spec:
                 raise InvalidInput(f"{where}.filter: a {spec['type']} rule needs a filter", field=f"{where}.filter")

@@ -34,3 +34,8 @@ class IndexNotReady(LodestarError):
 class UnknownTenant(NotFound, InvalidInput):
     """A tenant that does not exist (or was deleted): not found to the API (404), and an invalid
     argument to a command or an import that names it."""
+
+
+class IndexEngineError(LodestarError):
+    """The vector engine failed on a query (for example a panic inside Qdrant Edge's native code).
+    The message is for the log; users get a generic error."""

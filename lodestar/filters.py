@@ -11,11 +11,13 @@ items are indexed, so ``"available": true`` always holds and ``"available": fals
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from lodestar.errors import InvalidInput
+from lodestar.jsonvalues import decode_json
+from lodestar.records import parse_id
 
 RANGE_OPS = ("gte", "gt", "lte", "lt")
 MAX_VALUES = 1000
@@ -83,7 +85,15 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 def _scalar(value: Any, where: str) -> str | float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise InvalidInput(f"{where}: must be a string or a number", field=where)
-    return float(value) if isinstance(value, (int, float)) else value
+    return _finite(value, where) if isinstance(value, (int, float)) else value
+
+
+def _finite(value: int | float, where: str) -> float:
+    # NaN and infinities have no order: a query engine given one fails or matches nothing.
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput(f"{where}: must be a finite number", field=where)
+    return number
 
 
 def _attribute(key: str, spec: Any, where: str) -> AttributeCondition:
@@ -97,7 +107,7 @@ def _attribute(key: str, spec: Any, where: str) -> AttributeCondition:
         if op in spec:
             if isinstance(spec[op], bool) or not isinstance(spec[op], (int, float)):
                 raise InvalidInput(f"{where}.{op}: must be a number", field=f"{where}.{op}")
-            bounds[op] = float(spec[op])
+            bounds[op] = _finite(spec[op], f"{where}.{op}")
     values: tuple[str | float, ...] = ()
     if "in" in spec:
         if not isinstance(spec["in"], list) or not spec["in"] or len(spec["in"]) > MAX_VALUES:
@@ -113,10 +123,7 @@ def parse_filter(raw: Any, where: str = "filter") -> ItemFilter:
     if raw is None or raw == "":
         return ItemFilter()
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})", field=where) from None
+        raw = decode_json(raw, where)
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where}: must be a JSON object", field=where)
     unknown = set(raw) - {"categories", "tags", "available", "attributes"}
@@ -140,9 +147,9 @@ def parse_exclude(raw: Any, where: str = "exclude") -> tuple[str, ...]:
     """Item ids to leave out: a list (bodies) or comma-separated text (query strings)."""
     if raw is None or raw == "":
         return ()
-    values = [v.strip() for v in raw.split(",")] if isinstance(raw, str) else raw
+    values = [v for v in raw.split(",") if v.strip()] if isinstance(raw, str) else raw
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise InvalidInput(f"{where}: must be a list of item ids (comma-separated in a query string)", field=where)
     if len(values) > MAX_VALUES:
         raise InvalidInput(f"{where}: at most {MAX_VALUES} ids", field=where)
-    return tuple(v for v in values if v)
+    return tuple(parse_id(v, f"{where}[{n}]") for n, v in enumerate(values))

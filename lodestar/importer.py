@@ -2,18 +2,36 @@
 
 Good rows are committed in batches; every rejected row goes to a reject file with its line and
 reason, next to a summary; nothing is dropped silently. A re-import upserts by id, so it is
-idempotent (events are keyed by a hash of user, item, type and timestamp).
+idempotent (events are keyed by a hash of user, item, type and timestamp). Each import writes to a
+directory of its own, ``<data dir>/imports/<tenant>/<UTC time to the microsecond>/``.
+
+Hostile files, decided here once for every format:
+
+- A file that cannot be read at all is an :class:`InvalidInput` raised before any row of any file
+  is imported: an unknown extension, a missing file, a Parquet file that pyarrow cannot open, and a
+  JSONL or CSV file that is plainly not text: it starts with the signature of gzip, ZIP (``.xlsx``
+  too), Parquet or a UTF-16/32 byte-order mark, or holds a NUL byte in its first 64 KiB (UTF-8 text
+  never does).
+- Otherwise a text file is read line by line. Bytes that are not UTF-8 make their row a reject
+  (line and byte), and the rest of the file still imports; a UTF-8 byte-order mark is skipped.
+- Any string in a row, field names included, that UTF-8 cannot store (a lone surrogate such as the
+  JSON escape ``"\\ud800"``) rejects that row.
+- A CSV quote that is never closed makes the row where it opens, and every line after it, a reject
+  (one per line, with its number): past that point the row boundaries cannot be trusted, so nothing
+  there is guessed into a row.
+- A Parquet row group that cannot be decoded makes each of its rows not yet read a reject.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lodestar import records
 from lodestar.cdp import CdpStore, require_tenant

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +19,19 @@ from lodestar.errors import InvalidInput
 ITEM_KINDS = ("product", "content")
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "like", "dislike", "impression")
 MAX_ID_LENGTH = 256
+
+# The time range an event or a catalog change may carry. Older than this is a unit mistake (epoch
+# milliseconds read as seconds go the other way; 0 and small numbers are missing values in
+# disguise); MovieLens, the oldest data set people commonly load, starts in 1996. Later than a day
+# ahead is a clock or unit error: one future-dated event made every other event decay to nothing
+# and one item the only popular one.
+MIN_TIMESTAMP = datetime(1990, 1, 1, tzinfo=UTC).timestamp()
+MAX_FUTURE_S = 86400.0
+# Event values: finite, and small enough that weighting them can never overflow a float. A rating's
+# value is on a scale whose top, lodestar.event_weights.RATING_SCALE (5), counts the full rating
+# weight; up to twice that is accepted for 10-point scales.
+MAX_EVENT_VALUE = 1e9
+MAX_RATING = 10.0
 
 # The fields each entity is stored with, in storage order: the CDP adapters and the pipeline's
 # extracts all use these, so a new field is added here once.
@@ -41,7 +56,10 @@ def _missing(value: Any) -> bool:
 
 
 def parse_id(value: Any, field: str = "id") -> str:
-    """An identifier: a non-empty string (integers are accepted and turned into strings)."""
+    """An identifier, the one rule for every id in files, bodies, query strings and paths: a
+    non-empty string (integers are accepted and turned into strings) of at most ``MAX_ID_LENGTH``
+    characters, surrounding white space removed, with no control character and nothing that is not
+    valid UTF-8."""
     if _missing(value):
         raise InvalidInput(f"{field} is required", field=field)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -50,21 +68,71 @@ def parse_id(value: Any, field: str = "id") -> str:
         if not value.is_integer():
             raise InvalidInput(f"{field} must be a string or an integer, got {value!r}", field=field)
         value = int(value)
-    text = str(value).strip()
-    if len(text) > MAX_ID_LENGTH:
+    text = str(value)
+    if len(text) > 4 * MAX_ID_LENGTH or len(text := text.strip()) > MAX_ID_LENGTH:
         raise InvalidInput(f"{field} is longer than {MAX_ID_LENGTH} characters", field=field)
+    check_text(text, field)
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise InvalidInput(f"{field} must not contain control characters (such as NUL or a line break)", field=field)
     return text
 
 
-def parse_timestamp(value: Any, field: str) -> float | None:
-    """ISO-8601 text or epoch seconds, returned as epoch seconds (UTC); ``None`` when absent."""
+def check_text(text: str, field: str) -> str:
+    """``text`` when it is valid Unicode that UTF-8 can store: no lone surrogate (a JSON ``\\ud800``
+    escape) and no replacement character standing for bytes that were not UTF-8."""
+    if "\ufffd" in text:
+        raise InvalidInput(f"{field} is not valid UTF-8 (it holds bytes that are not UTF-8 text)", field=field)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field} is not valid UTF-8 (it holds a lone surrogate such as \\ud800)",
+                           field=field) from None
+    return text
+
+
+def finite_number(value: Any, field: str, limit: float | None = None) -> float:
+    """A finite number (bools are not numbers), at most ``limit`` in absolute value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{field} must be a number", field=field)
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput(f"{field} must be a finite number, got {value!r}", field=field)
+    if limit is not None and abs(number) > limit:
+        raise InvalidInput(f"{field} must be between {-limit:g} and {limit:g}, got {value!r}", field=field)
+    return number
+
+
+def check_time_range(ts: float, field: str, now: float | None = None) -> float:
+    """``ts`` (epoch seconds) when it lies between ``MIN_TIMESTAMP`` and a day from now."""
+    latest = (time.time() if now is None else now) + MAX_FUTURE_S
+    if not MIN_TIMESTAMP <= ts <= latest:
+        when = datetime.fromtimestamp(min(max(ts, -6e10), 2.5e11), UTC).strftime("%Y-%m-%d") if math.isfinite(ts) else ts
+        raise InvalidInput(f"{field} {when} is out of range: it must lie between 1990-01-01 and a day from now "
+                           "(epoch seconds, not milliseconds)", field=field)
+    return ts
+
+
+def parse_timestamp(value: Any, field: str, bounded: bool = True) -> float | None:
+    """ISO-8601 text or epoch seconds, returned as epoch seconds (UTC); ``None`` when absent.
+    ``bounded``: the time must lie in the range events and catalog changes may carry
+    (:func:`check_time_range`); always, it must be finite."""
+    ts = _timestamp(value, field)
+    if ts is not None:
+        if not math.isfinite(ts):
+            raise InvalidInput(f"{field} must be a finite time, got {value!r}", field=field)
+        if bounded:
+            check_time_range(ts, field)
+    return ts
+
+
+def _timestamp(value: Any, field: str) -> float | None:
     if _missing(value):
         return None
     if isinstance(value, datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=UTC)
         return dt.timestamp()
     if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
-        return parse_timestamp(value.to_pydatetime(), field)
+        return _timestamp(value.to_pydatetime(), field)
     if isinstance(value, bool):
         raise InvalidInput(f"{field} must be ISO-8601 text or epoch seconds, got {value!r}", field=field)
     if isinstance(value, (int, float)):
@@ -178,13 +246,17 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
     else:
         try:
             value = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidInput(f"value must be a number, got {row.get('value')!r}", field="value") from None
-        if not math.isfinite(value):
-            raise InvalidInput(f"value must be a finite number, got {row.get('value')!r}", field="value")
+        value = finite_number(value, "value", MAX_EVENT_VALUE)
+        if etype == "rating" and not 0.0 <= value <= MAX_RATING:
+            raise InvalidInput(f"a rating's value must be between 0 and {MAX_RATING:g}, got {row.get('value')!r}",
+                               field="value")
     if etype == "rating" and value is None:
         raise InvalidInput("a rating event needs a numeric value (for example 4.5)", field="value")
-    ts = parse_timestamp(row.get("ts"), "ts")
+    ts = parse_timestamp(row.get("ts"), "ts", bounded=False)
+    if ts is not None:
+        check_time_range(ts, "ts")
     if ts is None:
         if default_ts is None:
             raise InvalidInput("ts is required (ISO-8601 or epoch seconds) so that a re-import stays idempotent", field="ts")
@@ -196,7 +268,7 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
         "type": etype,
         "value": value,
         "ts": ts,
-        "recommendation_id": None if _missing(rec_id) else str(rec_id).strip(),
+        "recommendation_id": None if _missing(rec_id) else parse_id(rec_id, "recommendation_id"),
     }
     event["id"] = event_id(event)
     return event
@@ -225,5 +297,6 @@ def parse_preferences(raw: Any) -> dict[str, list[str]]:
             raise InvalidInput(f"{key}: must be a list of non-empty strings", field=key)
         if len(values) > 1000:
             raise InvalidInput(f"{key}: at most 1000 values", field=key)
-        out[key] = list(dict.fromkeys(v.strip() for v in values))
+        # Item ids and category names follow the one id rule (length, characters).
+        out[key] = list(dict.fromkeys(parse_id(v, f"{key}[{n}]") for n, v in enumerate(values)))
     return out

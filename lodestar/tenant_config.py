@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from lodestar.controls import Rule, parse_rules
 from lodestar.errors import InvalidInput
+from lodestar.jsonvalues import check_depth
 from lodestar.records import EVENT_TYPES
 
 # How much one event of each type says about a user's taste; negative means "less like this".
@@ -151,14 +153,16 @@ def effective_config(stored: dict[str, Any] | None) -> TenantConfig:
 
 
 def _number(value: Any, where: str, minimum: float = 0.0) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise InvalidInput(f"{where} must be a number >= {minimum:g}")
+    # NaN compares false with everything and infinities have no use here: both are refused.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise InvalidInput(f"{where} must be a number >= {minimum:g}", field=where)
 
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a configuration a tenant admin wants to store; return it unchanged when valid."""
     if not isinstance(config, dict):
         raise InvalidInput("tenant configuration must be a JSON object")
+    check_depth(config, "configuration")
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise InvalidInput(f"unknown configuration keys: {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")

@@ -83,6 +83,7 @@ class RecommendationController(Controller):
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which)."""
+        user_id = parse_id(user_id, "user_id")
         controls = _controls(filter, exclude, diversity)
         result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls)
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id)
@@ -109,6 +110,7 @@ class ItemController(Controller):
         k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
+        item_id = parse_id(item_id, "item_id")
         controls = _controls(filter, exclude, diversity)
         hits = similar_items(published.reader, item_id, k, config, controls)
         if hits is None:
@@ -176,7 +178,7 @@ class PreferenceController(Controller):
 
     @get("/", operation_id="getPreferences", sync_to_thread=True)
     def get_preferences(self, tenant: Tenant, user_id: str, cdp: Cdp) -> Preferences:
-        stored = cdp.get_preferences(tenant, user_id)
+        stored = cdp.get_preferences(tenant, parse_id(user_id, "user_id"))
         return Preferences(**(stored or {}))
 
 
@@ -189,7 +191,8 @@ class UserController(Controller):
         """Erase a user: their events, preferences and served lists are deleted from the CDP store
         at once (the user's next recommendations are those of a stranger); the next sync drops them
         from the pipeline's extracts and features."""
-        counts = cdp.erase_user(tenant, parse_id(user_id, "user_id"))
+        user_id = parse_id(user_id, "user_id")
+        counts = cdp.erase_user(tenant, user_id)
         return UserErased(user_id=user_id, **counts)
 
 

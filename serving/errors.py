@@ -11,7 +11,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 
-from lodestar.errors import Conflict, IndexNotReady, InvalidInput, NotFound
+from lodestar.errors import Conflict, IndexEngineError, IndexNotReady, InvalidInput, NotFound
 
 log = logging.getLogger("lodestar.serving")
 
@@ -41,6 +41,16 @@ def _http(request: Request, exc: HTTPException) -> Response:
     return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
 
 
+def _engine(request: Request, exc: IndexEngineError) -> Response:
+    log.error("index engine error on %s %s: %s", request.method, request.url.path, exc)
+    return problem(500, "Internal error", "the index engine failed to answer this query; the error was logged")
+
+
+def _too_deep(request: Request, exc: RecursionError) -> Response:
+    # msgspec raises RecursionError for a body nested thousands of levels deep.
+    return problem(400, "Bad request", "the request body nests too deeply to be read; send ordinary JSON")
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "the server failed to answer; the error was logged")
@@ -55,5 +65,7 @@ EXCEPTION_HANDLERS = {
                                          errors=[{"field": exc.field, "message": str(exc)}]),
     Conflict: lambda _, exc: problem(409, "Conflict", str(exc)),
     IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
+    IndexEngineError: _engine,
+    RecursionError: _too_deep,
     Exception: _unexpected,
 }

@@ -11,6 +11,8 @@ from lodestar.cdp import Watermark
 from lodestar.errors import Conflict, InvalidInput, NotFound
 from lodestar.records import parse_event, parse_item
 
+T0 = 1_700_000_000.0  # a time events and catalog changes may carry (2023-11-14)
+
 pytestmark = pytest.mark.contract
 
 
@@ -87,10 +89,10 @@ def test_watermark_tie_break_pages_through_equal_timestamps(store):
 
 def test_stale_source_update_is_ignored_and_soft_delete_is_seen(store):
     store.create_tenant("acme")
-    store.upsert_items("acme", _items("a", updated_at=200))
-    assert store.upsert_items("acme", [parse_item({"id": "a", "title": "old", "updated_at": 100})]) == 0
+    store.upsert_items("acme", _items("a", updated_at=T0 + 200))
+    assert store.upsert_items("acme", [parse_item({"id": "a", "title": "old", "updated_at": T0 + 100})]) == 0
     assert store.get_item("acme", "a")["title"] == "item a"
-    store.upsert_items("acme", [parse_item({"id": "a", "title": "gone", "deleted": True, "updated_at": 300})])
+    store.upsert_items("acme", [parse_item({"id": "a", "title": "gone", "deleted": True, "updated_at": T0 + 300})])
     assert store.get_item("acme", "a") is None
     assert _all(store, "acme", "items")[0]["deleted"] is True
     assert store.count("acme", "items") == 0
@@ -99,7 +101,7 @@ def test_stale_source_update_is_ignored_and_soft_delete_is_seen(store):
 def test_events_are_deduplicated_and_scoped_by_tenant(store):
     store.create_tenant("acme")
     store.create_tenant("zeta")
-    events = [parse_event({"user_id": "u", "item_id": str(i), "type": "view", "ts": 1000 + i}) for i in range(3)]
+    events = [parse_event({"user_id": "u", "item_id": str(i), "type": "view", "ts": T0 + i}) for i in range(3)]
     assert store.append_events("acme", events) == 3
     assert store.append_events("acme", events) == 0
     assert [e["item_id"] for e in store.user_events("acme", "u")] == ["2", "1", "0"]
@@ -123,8 +125,8 @@ def test_latest_watermark_and_erasing_a_user(store):
     store.create_tenant("acme")
     assert store.latest_watermark("acme", "events") is None
     store.upsert_users("acme", [parse_user({"id": "u", "attributes": {"email": "u@example.com"}})])
-    store.append_events("acme", [parse_event({"user_id": "u", "item_id": "1", "type": "view", "ts": 1}),
-                                 parse_event({"user_id": "v", "item_id": "1", "type": "view", "ts": 1})])
+    store.append_events("acme", [parse_event({"user_id": "u", "item_id": "1", "type": "view", "ts": T0}),
+                                 parse_event({"user_id": "v", "item_id": "1", "type": "view", "ts": T0})])
     store.put_preferences("acme", "u", {"liked_items": ["1"]})
     store.log_served("acme", [{"recommendation_id": "r", "user_id": "u", "endpoint": "x", "strategy": "popular",
                                "items": ["1"], "ts": 1.0}])

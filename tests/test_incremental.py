@@ -34,7 +34,7 @@ def test_an_erased_users_events_leave_the_extract(settings, store):
     files = TenantFiles(settings.tenant_dir("acme"))
     store.create_tenant("acme")
     store.upsert_users("acme", [parse_user({"id": u}) for u in ("gone", "kept")])
-    store.append_events("acme", [parse_event({"user_id": u, "item_id": "1", "type": "view", "ts": t})
+    store.append_events("acme", [parse_event({"user_id": u, "item_id": "1", "type": "view", "ts": 1.7e9 + t})
                                  for u in ("gone", "kept") for t in (1, 2)])
     assert extract(store, "acme", "events", files).rows == 4
     extract(store, "acme", "users", files)
@@ -105,7 +105,7 @@ def test_a_changed_model_or_a_large_change_rebuilds_in_full(settings, store):
     _sync(store, settings, "shop")["reader"].close()
     # New positive interactions: the model is refitted, every collab vector may move.
     store.append_events("shop", [parse_event({"user_id": "u0001", "item_id": f"p{n:05d}", "type": "purchase",
-                                              "ts": 1.9e9 + n}) for n in range(40, 50)])
+                                              "ts": 1.7935e9 + n}) for n in range(40, 50)])
     after_events = _sync(store, settings, "shop")
     after_events["reader"].close()
     assert after_events["model"].refit and not after_events["evaluation"].reused

@@ -12,20 +12,21 @@ The WAL is disabled so that several serving processes can load the same finished
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import qdrant_edge as qe
 
 from lodestar.collab import CollabModel
-from lodestar.errors import NotFound
+from lodestar.errors import IndexEngineError, NotFound
 from lodestar.filters import ItemFilter
 from lodestar.index import (
     COLLAB,
@@ -47,6 +48,24 @@ from lodestar.index import (
 from lodestar.index.qdrant_filters import translate_filter
 
 BATCH = 512
+T = TypeVar("T")
+
+
+def _engine_call(method: Callable[..., T]) -> Callable[..., T]:
+    """Qdrant Edge's native code reports a panic as pyo3's ``PanicException``, a ``BaseException``
+    that no ``except Exception`` catches (a server would answer a bare 500): it becomes an
+    :class:`IndexEngineError` here, which the API answers as a problem document."""
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise IndexEngineError(f"Qdrant Edge failed in {method.__name__}: {exc}") from None
+    return call
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -224,6 +243,7 @@ class EdgeIndexReader:
     def count(self) -> int:
         return self._shard.info().points_count
 
+    @_engine_call
     def nearest(
         self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
         with_vectors: bool = False, item_filter: ItemFilter | None = None,
@@ -239,6 +259,7 @@ class EdgeIndexReader:
         )
         return to_hits(self._shard.query(request))
 
+    @_engine_call
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
             return []
@@ -250,6 +271,7 @@ class EdgeIndexReader:
         )
         return to_hits(self._shard.query(request), score_field=POPULARITY)
 
+    @_engine_call
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
         if not ids:
@@ -257,6 +279,7 @@ class EdgeIndexReader:
         records = self._shard.retrieve(ids, with_payload=["item_id"], with_vector=[CONTENT])
         return {r.payload["item_id"]: np.asarray(r.vector[CONTENT], dtype=np.float32) for r in records}
 
+    @_engine_call
     def get(self, item_id: str) -> Hit | None:
         records = self._shard.retrieve([point_id(self.tenant, item_id)], with_payload=True, with_vector=[CONTENT])
         if not records:
