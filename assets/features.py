@@ -3,7 +3,7 @@
 
 import dataclasses
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets import DOWNSTREAM, report
 from assets.partitions import tenants_partitions
@@ -18,13 +18,23 @@ from lodestar.lineage import feature_tables
     kinds={"pandas", "parquet"},
     deps=["cdp_items", "cdp_events"],
     description="One row per item: the text the model embeds, its content hash, and decayed popularity.",
+    check_specs=[
+        AssetCheckSpec("popularity_sane", asset="item_features", blocking=True,
+                       description="Popularity is finite everywhere and no single item holds most of it "
+                                   "(a symptom of future-dated or otherwise broken events)"),
+    ],
 )
 def item_features(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
     result = feature_tables.item_features(files, lodestar.tenant_config(tenant), lodestar.settings().embed_model)
     report(context, f"{result.rows} items, {result.indexable} available, {result.new_texts} new texts")
-    return MaterializeResult(metadata={**dataclasses.asdict(result), "path": MetadataValue.path(str(files.item_features))})
+    metadata = {k: v for k, v in dataclasses.asdict(result).items() if k != "problems"}
+    return MaterializeResult(
+        metadata={**metadata, "path": MetadataValue.path(str(files.item_features))},
+        check_results=[AssetCheckResult(check_name="popularity_sane", passed=not result.problems,
+                                        metadata={"problems": "; ".join(result.problems) or "none"})],
+    )
 
 
 @asset(

@@ -25,13 +25,19 @@ from lodestar.lineage.evaluation_gate import regression_problem
     deps=["cdp_events", "item_embeddings"],
     description="Item-to-item EASE (dense, up to collab.ease_max_items items) or PureSVD factors above that, "
                 "fitted on users' positive interactions; its item factors become the index's collab vectors.",
+    check_specs=[AssetCheckSpec("finite_model", asset="collab_model", blocking=True,
+                                description="Every number of the model is finite (no NaN or infinity)")],
 )
 def collab_model(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     fitted = fit_collab_model(lodestar.files(tenant), lodestar.tenant_config(tenant))
     how = "fitted" if fitted.refit else "unchanged (same interactions and settings), not refitted"
     report(context, f"{fitted.kind} over {fitted.meta['items']} items, {fitted.meta['interactions']} interactions: {how}")
-    return MaterializeResult(metadata={"kind": fitted.kind, **fitted.meta, "refit": fitted.refit})
+    return MaterializeResult(
+        metadata={"kind": fitted.kind, **fitted.meta, "refit": fitted.refit},
+        check_results=[AssetCheckResult(check_name="finite_model", passed=not fitted.problems,
+                                        metadata={"problems": "; ".join(fitted.problems) or "none"})],
+    )
 
 
 def _chart(result: dict) -> str:

@@ -110,6 +110,11 @@ def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
                 raise InvalidInput("nothing to import: give --items, --users and/or --events (or --format movielens DIR)")
             summary = import_files(store, settings, args.tenant, files, progress=_say)
     _say(f"Summary and reject files: {summary.directory}")
+    # Exit 1 when rows were given and none was accepted (a wrong file or format, most likely);
+    # 0 when some were accepted, since those are committed and the rejects are reported.
+    if summary.rejected and not summary.accepted:
+        _say(f"No row was accepted ({summary.rejected} rejected). Fix the rejected rows (see the reject files) and import again.")
+        return 1
     if summary.rejected:
         _say(f"{summary.rejected} rows were rejected; the accepted rows are committed. Fix the rejected rows and re-import them.")
     return 0
@@ -276,15 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
     try:
-        return args.func(args, settings)
-    except LodestarError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        try:
+            args = build_parser().parse_args(argv)
+            settings = Settings.from_env()
+            code = args.func(args, settings)
+        except LodestarError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = 2
+        finally:
+            # Here, not at exit, a reader that has gone away can still be handled.
+            sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) has gone: stop quietly, with devnull as stdout so that the flush at
+        # exit fails no more (https://docs.python.org/3/library/signal.html#note-on-sigpipe), and
+        # exit 141 (128 + SIGPIPE), as a shell reports a command that SIGPIPE ended.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return code
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
             raise InvalidInput(f"value must be a number, got {row.get('value')!r}", field="value") from None
         value = finite_number(value, "value", MAX_EVENT_VALUE)
         if etype == "rating" and not 0.0 <= value <= MAX_RATING:
-            raise InvalidInput(f"a rating's value must be between 0 and {MAX_RATING:g}, got {row.get('value')!r}",
+            raise InvalidInput(f"value must be between 0 and {MAX_RATING:g} for a rating, got {row.get('value')!r}",
                                field="value")
     if etype == "rating" and value is None:
         raise InvalidInput("a rating event needs a numeric value (for example 4.5)", field="value")

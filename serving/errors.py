@@ -51,6 +51,12 @@ def _too_deep(request: Request, exc: RecursionError) -> Response:
     return problem(400, "Bad request", "the request body nests too deeply to be read; send ordinary JSON")
 
 
+def _not_utf8(request: Request, exc: UnicodeDecodeError) -> Response:
+    # Litestar decodes JSON bodies (and form fields) as UTF-8 while reading the request.
+    return problem(400, "Bad request", f"the request is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                                        "send UTF-8 encoded JSON")
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "the server failed to answer; the error was logged")
@@ -67,5 +73,6 @@ EXCEPTION_HANDLERS = {
     IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
     IndexEngineError: _engine,
     RecursionError: _too_deep,
+    UnicodeDecodeError: _not_utf8,
     Exception: _unexpected,
 }

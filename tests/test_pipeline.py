@@ -61,7 +61,8 @@ def test_checks_and_metadata_are_recorded(settings):
     assert result.success
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations == {"schema_and_rows": True, "dimension_and_nan": True, "no_regression": True,
-                           "point_count_matches_items": True, "canary_query": True}
+                           "point_count_matches_items": True, "canary_query": True, "popularity_sane": True,
+                           "finite_model": True}
     meta = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
             [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
     assert meta["cdp_items"]["rows"].value == 24

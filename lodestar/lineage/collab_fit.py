@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lodestar import collab
@@ -20,6 +21,17 @@ class CollabFitResult:
     kind: str  # "ease" or "svd"
     refit: bool  # False: the inputs were those of the current model, which stands
     meta: dict[str, Any]  # users, items, interactions, factors (and lambda), fingerprint
+    problems: list[str] = field(default_factory=list)  # what the finite_model check reports
+
+
+def model_problems(model: CollabModel) -> list[str]:
+    """What is wrong with a fitted model's numbers (empty when fine)."""
+    problems = []
+    for name in ("factors", "damping", "ease"):
+        values = getattr(model, name)
+        if values is not None and not np.isfinite(np.asarray(values)).all():
+            problems.append(f"the model's {name} hold values that are not finite numbers")
+    return problems
 
 
 def collab_model(files: TenantFiles, config: TenantConfig) -> CollabFitResult:
@@ -36,12 +48,13 @@ def collab_model(files: TenantFiles, config: TenantConfig) -> CollabFitResult:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint:
-            return CollabFitResult(kind=meta.pop("kind"), refit=False, meta=meta)
+            return CollabFitResult(kind=meta.pop("kind"), refit=False, meta=meta,
+                                   problems=model_problems(CollabModel.load(files.model_candidate)))
     model = collab.fit(pairs, sorted(pd.unique(pairs["item_id"])), config)
     model.meta = {**(model.meta or {}), "fingerprint": fingerprint}
     shutil.rmtree(files.model_candidate, ignore_errors=True)
     model.save(files.model_candidate)
-    return CollabFitResult(kind=model.kind, refit=True, meta=dict(model.meta))
+    return CollabFitResult(kind=model.kind, refit=True, meta=dict(model.meta), problems=model_problems(model))
 
 
 def candidate_model(files: TenantFiles) -> CollabModel | None:

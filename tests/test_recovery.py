@@ -1,0 +1,155 @@
+"""A run whose process dies holding a pool slot (``kill -9`` in the middle of ``item_embeddings``)
+must not block the runs after it: the next run finds it dead, marks it failed and frees its slots;
+and a run waiting for a live holder backs off and says which run it waits for."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+
+from lodestar.cdp import open_cdp
+from lodestar.settings import Settings
+try:
+    from pipelines.recovery import RunProcess, held_slots, install_claim_backoff
+except ImportError: pass
+from pipelines.run import REPO_ROOT, dagster_home, materialize_tenants
+from tests.conftest import load_demo_tenant
+from tests.helpers import wait_until
+
+LODESTAR = [str(Path(sys.executable).with_name("lodestar"))]
+POOL = "embedding"
+
+# The run to be killed: `lodestar materialize` as the CLI runs it, except that encoding texts (inside
+# item_embeddings, while the run holds the embedding pool's slot) never ends. The stand-in encoder
+# lives in this child process only; nothing in Lodestar has a test hook for it.
+HOLDS_THE_SLOT = textwrap.dedent("""
+    import sys, time
+    from lodestar.embed import Embedder
+
+    def encode_for_ever(self, texts, progress=None):
+        time.sleep(3600)
+
+    Embedder.embed = encode_for_ever
+    from lodestar.settings import Settings
+    from pipelines.run import materialize_tenants
+
+    materialize_tenants(Settings.from_env(), [sys.argv[1]])
+""")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and not k.startswith("LODESTAR_")}
+    env.update(LODESTAR_DATA_DIR=str(data_dir), LODESTAR_EMBED_MODEL="hashing-64", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture()
+def two_tenants(tmp_path: Path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "var")
+    store = open_cdp(settings)
+    try:
+        for tenant in ("t1", "t2"):
+            load_demo_tenant(store, settings, tenant, "shop", n_items=20, n_users=5)
+    finally:
+        store.close()
+    return settings
+
+
+def _instance(settings: Settings) -> DagsterInstance:
+    """The instance `lodestar materialize` uses for this data dir (created here, before any child
+    process opens it, so that two processes never create its storage at once)."""
+    return DagsterInstance.from_config(str(dagster_home(settings, environ={})))
+
+
+def _failure_message(instance: DagsterInstance, run_id: str) -> str:
+    failures = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+    return failures[-1].dagster_event.message if failures else ""
+
+
+def test_a_killed_run_is_failed_and_its_slot_freed_by_the_next_run(two_tenants):
+    settings = two_tenants
+    env = _env(settings.data_dir)
+    with _instance(settings) as instance:
+        holder = subprocess.Popen([sys.executable, "-c", HOLDS_THE_SLOT, "t1"], env=env, cwd=REPO_ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            killed_run = wait_until(lambda: next(iter(held_slots(instance, POOL)), None), timeout=60,
+                                    message="the first run never claimed the embedding slot")
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=10)
+        assert instance.get_run_by_id(killed_run).status == DagsterRunStatus.STARTED  # what kill -9 leaves
+
+        started = time.monotonic()
+        try:
+            second = subprocess.run(LODESTAR + ["materialize", "--tenant", "t2"], env=env, cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the next run still waited for the killed run {killed_run} after 60 s")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert time.monotonic() - started < 60
+        # The CLI says what it recovered: the run, its tenant and its dead process.
+        assert killed_run in second.stdout and f"pid {holder.pid}" in second.stdout, second.stdout
+        assert "Tenant 't2' materialized in" in second.stdout
+
+        run = instance.get_run_by_id(killed_run)
+        assert run.status == DagsterRunStatus.FAILURE
+        reason = _failure_message(instance, killed_run)
+        assert f"pid {holder.pid}" in reason and "is gone" in reason, reason
+        assert held_slots(instance, POOL) == {}
+        assert instance.event_log_storage.get_concurrency_run_ids() == set()  # no pending claim either
+
+
+def test_a_live_holder_is_waited_for_with_back_off_and_a_message_naming_it(two_tenants, monkeypatch):
+    settings = two_tenants
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("LODESTAR_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LODESTAR_EMBED_MODEL", "hashing-64")
+    with _instance(settings) as instance:
+        # A live holder: a run of tenant t1 in this very process, holding the embedding slot.
+        holder = DagsterRun(job_name="materialize_tenant", status=DagsterRunStatus.STARTED,
+                            tags={"lodestar/tenant": "t1", **RunProcess.current().tags()})
+        instance.add_run(holder)
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default(POOL)
+        assert storage.claim_concurrency_slot(POOL, holder.run_id, "item_embeddings").is_claimed
+
+        said: list[str] = []
+        outcomes: list = []
+        waiter = threading.Thread(target=lambda: outcomes.extend(materialize_tenants(settings, ["t2"], say=said.append)),
+                                  daemon=True)
+        waiter.start()
+        try:
+            message = wait_until(lambda: next((line for line in said if holder.run_id in line), None), timeout=30,
+                                 message=f"the waiting run never said it waits for {holder.run_id}")
+            assert "t1" in message and f"pid {os.getpid()}" in message and POOL in message, message
+            # It backs off: a few seconds of waiting cost this process a small fraction of a core.
+            cpu = time.process_time()
+            time.sleep(2.0)
+            assert time.process_time() - cpu < 0.5, "the waiting run spins instead of backing off"
+            assert not outcomes and instance.get_run_by_id(holder.run_id).status == DagsterRunStatus.STARTED
+        finally:
+            storage.free_concurrency_slots_for_run(holder.run_id)  # the holder finishes
+            waiter.join(timeout=60)
+        assert outcomes and outcomes[0].success, said
+
+
+def test_the_claim_back_off_is_installed():
+    """Dagster 1.13's in-process executor sleeps ``min(0, ...)`` between pool claim checks, that
+    is never; the installed fix sleeps until the next check is due."""
+    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+
+    assert install_claim_backoff()
+    waiting = InstanceConcurrencyContext.__new__(InstanceConcurrencyContext)
+    waiting._pending_claims = {"item_embeddings"}
+    waiting._pending_timeouts = {"item_embeddings": time.time() + 5}
+    assert 4 < waiting.interval_to_next_pending_claim_check() <= 5
