@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from lodestar.errors import LodestarError
@@ -17,6 +18,10 @@ from lodestar.settings import Settings
 
 def _say(message: str) -> None:
     print(message, flush=True)
+
+
+def _utc(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else "-"
 
 
 # -- tenants -------------------------------------------------------------------------------------
@@ -64,12 +69,45 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar.cdp import cdp_session, require_tenant
-    from lodestar.keys import issue_key
+    from lodestar.keys import issue_key, parse_scopes
+
+    scopes = parse_scopes(args.scope)
+    with cdp_session(settings) as store:
+        require_tenant(store, args.name)
+        key = issue_key(store, args.name, scopes, args.label)
+    if args.json:
+        print(json.dumps({"tenant": args.name, "api_key": key, "scopes": list(scopes)}))
+    else:
+        print(f"New API key for {args.name!r} with scopes {', '.join(scopes)} (shown once): {key}")
+    return 0
+
+
+def cmd_tenants_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import cdp_session, require_tenant
 
     with cdp_session(settings) as store:
         require_tenant(store, args.name)
-        key = issue_key(store, args.name)
-    print(json.dumps({"tenant": args.name, "api_key": key}) if args.json else f"New API key for {args.name!r} (shown once): {key}")
+        keys = store.list_api_keys(args.name)
+    if args.json:
+        print(json.dumps(keys))
+        return 0
+    _say(f"{'key id':<18} {'scopes':<20} {'created (UTC)':<20} {'revoked (UTC)':<20} label")
+    for k in keys:
+        _say(f"{k['key_id']:<18} {','.join(k['scopes']):<20} {_utc(k['created_at']):<20} "
+             f"{_utc(k['revoked_at']):<20} {k['label']}")
+    return 0
+
+
+def cmd_tenants_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.errors import NotFound
+
+    with cdp_session(settings) as store:
+        require_tenant(store, args.name)
+        if not store.revoke_api_key(args.name, args.key_id):
+            raise NotFound(f"tenant {args.name!r} has no API key {args.key_id!r}; "
+                           f"list them with `lodestar tenants keys {args.name}`")
+    _say(f"Revoked API key {args.key_id} of {args.name!r}: every server refuses it from the next request on.")
     return 0
 
 
@@ -229,8 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tenants_list)
     p = tenants.add_parser("key", help="issue an additional API key for a tenant (shown once)")
     p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="print {tenant, api_key} as JSON")
+    p.add_argument("--scope", metavar="SCOPES", help="comma-separated: read (recommendations, similar items, search; "
+                   "safe inside a browser or app), events (events, preferences), admin (erase users, manage keys); "
+                   "default: all three")
+    p.add_argument("--label", default="", help="a note to tell keys apart in `tenants keys`")
+    p.add_argument("--json", action="store_true", help="print {tenant, api_key, scopes} as JSON")
     p.set_defaults(func=cmd_tenants_key)
+    p = tenants.add_parser("keys", help="list a tenant's API keys (ids, scopes, revoked or not; never the secret)")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_tenants_keys)
+    p = tenants.add_parser("revoke", help="revoke one of a tenant's API keys at once")
+    p.add_argument("name")
+    p.add_argument("key_id", help="the key id from `tenants keys` (the part after lsk_ and before the next _)")
+    p.set_defaults(func=cmd_tenants_revoke)
 
     p = tenants.add_parser(
         "config", help="show a tenant's configuration, or change it with --set",
@@ -249,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cdp.add_parser(
         "import",
         help="import items, users and events (JSONL, CSV or Parquet) or a MovieLens directory",
-        description="Rows that do not fit go to a reject file with line and reason; good rows are committed; a re-import upserts.",
+        description="Rows that do not fit go to a reject file with line and reason; good rows are committed; a re-import "
+                    "upserts. Exit status: 0 when rows were accepted (rejects, if any, are reported), 1 when every row "
+                    "was rejected, 2 when a file or argument cannot be used (then nothing is imported).",
     )
     p.add_argument("--tenant", required=True)
     p.add_argument("--items", help="items file (.jsonl, .csv or .parquet)")

@@ -18,7 +18,8 @@ Hostile files, decided here once for every format:
   JSON escape ``"\\ud800"``) rejects that row.
 - A CSV quote that is never closed makes the row where it opens, and every line after it, a reject
   (one per line, with its number): past that point the row boundaries cannot be trusted, so nothing
-  there is guessed into a row.
+  there is guessed into a row. A single line the csv module cannot read (a field longer than its
+  limit) is a reject of its own.
 - A Parquet row group that cannot be decoded makes each of its rows not yet read a reject.
 """
 
@@ -203,7 +204,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Row]]:
                 values = next(reader)
             except StopIteration:
                 return
-            except csv.Error as exc:  # in practice a field past csv.field_size_limit(): an open quote
+            except csv.Error as exc:  # in practice a field longer than csv.field_size_limit()
+                if len(lines.row_lines) == 1 and header is not None:
+                    # Within one line the row boundaries are sure; the csv module goes on at the next line.
+                    line_no, text = lines.row_lines[0]
+                    yield line_no, InvalidInput(f"the row on this line cannot be read ({exc}): shorten that field",
+                                                _shown(text))
+                    continue
                 yield from _unreadable_rest(lines, f"the row that starts on this line cannot be read ({exc}), most "
                                                    "likely because a quote opened in it is never closed")
                 return

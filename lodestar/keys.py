@@ -1,8 +1,13 @@
-"""API keys: random, shown once, stored hashed, compared in constant time.
+"""API keys: random, shown once, stored hashed, compared in constant time; each with scopes.
 
-A key reads ``lsk_<key_id>_<secret>``. The store keeps ``key_id`` and the SHA-256 of the whole key;
-the key_id finds the row and :func:`hmac.compare_digest` compares the hash. Keys carry 256 bits of
-randomness, so a fast hash is enough (a slow password hash protects low-entropy secrets).
+A key reads ``lsk_<key_id>_<secret>``. The store keeps ``key_id``, the SHA-256 of the whole key and
+the key's scopes; the key_id finds the row and :func:`hmac.compare_digest` compares the hash. Keys
+carry 256 bits of randomness, so a fast hash is enough (a slow password hash protects
+low-entropy secrets).
+
+Scopes (``lodestar.cdp.ALL_SCOPES``): ``read`` (recommendations, similar items, search: safe to
+ship inside a browser or an app), ``events`` (write events and preferences), ``admin`` (erase users,
+list, issue and revoke keys). The operator key (``LODESTAR_ADMIN_KEY``) stands above tenants.
 """
 
 from __future__ import annotations
@@ -10,26 +15,63 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from lodestar.cdp import CdpStore
+from lodestar.cdp import ALL_SCOPES, CdpStore
+from lodestar.errors import InvalidInput
 
 PREFIX = "lsk_"
+OPERATOR = "operator"
 
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def issue_key(store: CdpStore, tenant: str) -> str:
+@dataclass(frozen=True)
+class Principal:
+    """Who a request speaks for: a tenant's key with its scopes, or the operator (every tenant)."""
+
+    kind: str  # "tenant_key" or "operator"
+    tenant: str | None = None
+    scopes: tuple[str, ...] = ()
+    key_id: str | None = None
+
+    def may(self, scope: str) -> bool:
+        return self.kind == OPERATOR or scope in self.scopes
+
+
+def parse_scopes(raw: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Scopes from ``read,events`` text or a list; every scope when none are given."""
+    if raw is None:
+        return ALL_SCOPES
+    items = [s.strip() for s in (raw.split(",") if isinstance(raw, str) else raw)]
+    scopes = tuple(dict.fromkeys(s for s in items if s))
+    unknown = [s for s in scopes if s not in ALL_SCOPES]
+    if unknown or not scopes:
+        raise InvalidInput(f"scopes must be some of {', '.join(ALL_SCOPES)} (got {', '.join(unknown) or 'none'})",
+                           field="scopes")
+    return scopes
+
+
+def issue_key(store: CdpStore, tenant: str, scopes: tuple[str, ...] = ALL_SCOPES, label: str = "") -> str:
     """Create a new API key for ``tenant``; the returned text is the only copy of the key."""
     key_id = secrets.token_hex(8)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    store.add_api_key(tenant, key_id, _hash(key))
+    store.add_api_key(tenant, key_id, _hash(key), scopes, label)
     return key
 
 
-def tenant_for_key(store: CdpStore, key: str) -> str | None:
-    """The tenant a key belongs to, or ``None`` for a malformed, unknown or wrong key."""
+def key_id_of(key: str) -> str:
+    """The public part of a key (what lists show and revocation names)."""
+    return key[len(PREFIX):].partition("_")[0]
+
+
+def principal_for_key(store: CdpStore, key: str, operator_key: str | None = None) -> Principal | None:
+    """Who ``key`` speaks for, or ``None`` for a malformed, unknown, revoked or wrong key."""
+    if operator_key and hmac.compare_digest(key.encode(), operator_key.encode()):
+        return Principal(OPERATOR)
     if not key.startswith(PREFIX):
         return None
     key_id, sep, secret = key[len(PREFIX):].partition("_")
@@ -38,5 +80,12 @@ def tenant_for_key(store: CdpStore, key: str) -> str | None:
     found = store.find_api_key(key_id)
     if found is None:
         return None
-    tenant, stored_hash = found
-    return tenant if hmac.compare_digest(stored_hash, _hash(key)) else None
+    if not hmac.compare_digest(found.key_hash, _hash(key)):
+        return None
+    return Principal("tenant_key", found.tenant, found.scopes, key_id)
+
+
+def tenant_for_key(store: CdpStore, key: str) -> str | None:
+    """The tenant a key belongs to, or ``None`` for a malformed, unknown, revoked or wrong key."""
+    principal = principal_for_key(store, key)
+    return None if principal is None else principal.tenant

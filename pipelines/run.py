@@ -1,11 +1,15 @@
 """Materialize a tenant's partition of every asset through Dagster, recorded in the instance
-exactly like a run launched from the UI; and which instance that is (:func:`dagster_home`)."""
+exactly like a run launched from the UI; and which instance that is (:func:`dagster_home`).
+
+Each run carries its process's identity and first recovers the runs whose process died holding a
+pool slot (:mod:`pipelines.recovery`), so a killed ``lodestar materialize`` never blocks the next."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +23,14 @@ from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
 from pipelines.definitions import all_assets, defs
 from pipelines.jobs import MATERIALIZE_TENANT
+from pipelines.recovery import (
+    TENANT_TAG,
+    RunProcess,
+    install_claim_backoff,
+    recover_dead_runs,
+    release_slots,
+    watching_slot_waits,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO_ROOT / "workspace.yaml"  # the code location of `dagster dev -w workspace.yaml`
@@ -86,16 +98,27 @@ def ensure_partition(instance: DagsterInstance, tenant: str) -> None:
         instance.add_dynamic_partitions(TENANTS, [tenant])
 
 
-def materialize_tenant(instance: DagsterInstance, tenant: str) -> RunOutcome:
+def materialize_tenant(instance: DagsterInstance, tenant: str, say: Callable[[str], None] = print) -> RunOutcome:
+    """Run ``materialize_tenant`` for the tenant in this process. Runs of this host whose process
+    died are failed and their pool slots freed first, and again if this run waits for a slot one of
+    them holds; ``say`` hears about those, and which live run this one waits for."""
     ensure_partition(instance, tenant)
+    install_claim_backoff()
+    recover_dead_runs(instance, say)
     job = defs().resolve_job_def(MATERIALIZE_TENANT)
-    result = job.execute_in_process(
-        partition_key=tenant,
-        instance=instance,
-        raise_on_error=False,
-        tags={"lodestar/tenant": tenant},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    run_id = str(uuid.uuid4())  # as Dagster makes them; known before the run starts
+    try:
+        with watching_slot_waits(instance, run_id, say):
+            result = job.execute_in_process(
+                partition_key=tenant,
+                instance=instance,
+                raise_on_error=False,
+                run_id=run_id,
+                tags={TENANT_TAG: tenant, **RunProcess.current().tags()},
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+    finally:
+        release_slots(instance, run_id)
     failures: list[tuple[str, str]] = []
     for event in result.all_events:
         if event.event_type == DagsterEventType.STEP_FAILURE:
@@ -170,7 +193,7 @@ def materialize_tenants(
         for tenant in tenants:
             say(f"Materializing tenant {tenant!r} (every asset, through Dagster)...")
             started = time.monotonic()
-            outcome = materialize_tenant(instance, tenant)
+            outcome = materialize_tenant(instance, tenant, say)
             if outcome.success:
                 say(f"Tenant {tenant!r} materialized in {time.monotonic() - started:.1f}s (run {outcome.run_id}).")
             else:

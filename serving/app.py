@@ -12,11 +12,13 @@ from lodestar.cdp import open_cdp
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
 from lodestar.settings import Settings
-from serving.auth import require_tenant_key
+from serving.auth import require_principal
 from serving.controllers import (
     EventController,
     HealthController,
     ItemController,
+    KeyController,
+    OperatorController,
     PreferenceController,
     RecommendationController,
     SearchController,
@@ -25,6 +27,8 @@ from serving.controllers import (
 from serving.dependencies import DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
+from serving.limits import RequestLimits, RequestLimitsPlugin
+from serving.observability import ObservabilityPlugin, json_logging_config
 from serving.openapi import openapi_config
 from serving.served_log import ServedLog
 from serving.tenant_configs import TenantConfigs
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedder = Embedder(settings.embed_model, settings.cache_dir)
         served_log = ServedLog(cdp)
         app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
+                         operator_key=settings.admin_key,
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 
         # Load the model off the event loop so that the first search does not pay for it; /ready
@@ -66,10 +71,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[RecommendationController, ItemController, SearchController, EventController,
-                        PreferenceController, UserController, HealthController],
-        guards=[require_tenant_key],
+                        PreferenceController, UserController, KeyController, OperatorController, HealthController],
+        guards=[require_principal],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         openapi_config=openapi_config(),
+        # In this order: the request log and metrics wrap the limits, so what a limit refuses is
+        # logged and counted.
+        plugins=[ObservabilityPlugin(), RequestLimitsPlugin(RequestLimits.from_env())],
+        logging_config=json_logging_config(),
     )

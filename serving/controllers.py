@@ -7,16 +7,19 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, delete, get, post, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
+from lodestar.cdp import ADMIN, EVENTS, CdpStore, require_tenant
 from lodestar.controls import Controls
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
 from lodestar.recommend import nearest_controlled, recommend_for_session, recommend_for_user, similar_items
-from lodestar.records import parse_event, parse_id, parse_preferences
+from lodestar.keys import OPERATOR, issue_key, key_id_of, parse_scopes
+from lodestar.records import check_text, parse_event, parse_id, parse_preferences
+from serving.auth import SCOPE
 from serving.dependencies import (
     Cdp,
     Config,
@@ -32,12 +35,17 @@ from serving.schemas import (
     EventsAccepted,
     Health,
     ItemList,
+    KeyInfo,
+    KeyList,
+    KeyRequest,
+    NewKey,
     Preferences,
     Ready,
     RejectedEvent,
     ScoredItem,
     SearchRequest,
     SessionRequest,
+    TenantList,
     UserErased,
 )
 from serving.served_log import ServedLog
@@ -139,6 +147,7 @@ class SearchController(Controller):
 class EventController(Controller):
     path = "/v1/events"
     tags = ["events"]
+    opt = {SCOPE: EVENTS}
 
     @post("/", operation_id="ingestEvents", status_code=200, sync_to_thread=True)
     def ingest(
@@ -168,6 +177,7 @@ class EventController(Controller):
 class PreferenceController(Controller):
     path = "/v1/users/{user_id:str}/preferences"
     tags = ["users"]
+    opt = {SCOPE: EVENTS}  # a user's stated data: not for keys shipped inside a browser
 
     @put("/", operation_id="putPreferences", sync_to_thread=True)
     def put_preferences(self, tenant: Tenant, user_id: str, data: Preferences, cdp: Cdp) -> Preferences:
@@ -185,6 +195,7 @@ class PreferenceController(Controller):
 class UserController(Controller):
     path = "/v1/users/{user_id:str}"
     tags = ["users"]
+    opt = {SCOPE: ADMIN}
 
     @delete("/", operation_id="eraseUser", status_code=200, sync_to_thread=True)
     def erase(self, tenant: Tenant, user_id: str, cdp: Cdp) -> UserErased:
@@ -205,16 +216,78 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/ready", operation_id="ready", opt={"public": True}, sync_to_thread=True)
-    def ready(self, cdp: Cdp, indexes: Indexes, embedder_loaded: EmbedderLoaded) -> Ready:
-        """Ready once the embedding model and a published index are loaded (503 before)."""
+    def ready(self, request: Request, cdp: Cdp, indexes: Indexes, embedder_loaded: EmbedderLoaded) -> Ready:
+        """Ready once the embedding model is loaded and the CDP store answers (503 before). It names
+        no tenant to the public; with a tenant's key it also says which index version that tenant
+        is served from (503 while it has none). The same few reads whatever the number of tenants."""
         if not embedder_loaded.is_set():
             raise HTTPException(status_code=503, detail="the embedding model is still loading")
-        for tenant in cdp.list_tenants():
-            try:
-                indexes.get(tenant["name"])
-            except Exception:  # noqa: BLE001 - a tenant without an index does not make us unready
-                continue
-        loaded = indexes.loaded()
-        if not loaded:
-            raise HTTPException(status_code=503, detail="no published index is loaded yet; materialize a tenant")
-        return Ready(status="ready", tenants=loaded)
+        cdp.get_tenant("-")  # one keyed read (no tenant has that name): the store answers
+        principal = request.state.principal
+        if principal is None or principal.tenant is None:
+            return Ready(status="ready")
+        return Ready(status="ready", tenant=principal.tenant, index_version=indexes.get(principal.tenant).version)
+
+
+class KeyController(Controller):
+    """A tenant's API keys, managed with an admin-scoped key of that tenant."""
+
+    path = "/v1/keys"
+    tags = ["keys"]
+    opt = {SCOPE: ADMIN}
+
+    @get("/", operation_id="listKeys", sync_to_thread=True)
+    def list_keys(self, tenant: Tenant, cdp: Cdp) -> KeyList:
+        """Every key of the tenant (never the secret), revoked ones with the time they were revoked."""
+        return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
+
+    @post("/", operation_id="createKey", status_code=201, sync_to_thread=True)
+    def create_key(self, tenant: Tenant, data: KeyRequest, cdp: Cdp) -> NewKey:
+        """Issue a key with the given scopes (``read`` is safe inside a browser or an app); the
+        answer is the only time the key is shown."""
+        return _new_key(cdp, tenant, data)
+
+    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, sync_to_thread=True)
+    def revoke_key(self, tenant: Tenant, key_id: str, cdp: Cdp) -> KeyInfo:
+        """Revoke a key at once: every server refuses it from the next request on."""
+        return _revoke(cdp, tenant, key_id)
+
+
+class OperatorController(Controller):
+    """Tenants and their keys for the operator (``Authorization: Bearer $LODESTAR_ADMIN_KEY``)."""
+
+    path = "/v1/operator/tenants"
+    tags = ["operator"]
+    opt = {SCOPE: OPERATOR}
+
+    @get("/", operation_id="operatorListTenants", sync_to_thread=True)
+    def list_tenants(self, cdp: Cdp) -> TenantList:
+        return TenantList(tenants=[t["name"] for t in cdp.list_tenants()])
+
+    @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", sync_to_thread=True)
+    def list_keys(self, tenant_name: str, cdp: Cdp) -> KeyList:
+        tenant = require_tenant(cdp, tenant_name)["name"]
+        return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
+
+    @post("/{tenant_name:str}/keys", operation_id="operatorCreateKey", status_code=201, sync_to_thread=True)
+    def create_key(self, tenant_name: str, data: KeyRequest, cdp: Cdp) -> NewKey:
+        return _new_key(cdp, require_tenant(cdp, tenant_name)["name"], data)
+
+    @delete("/{tenant_name:str}/keys/{key_id:str}", operation_id="operatorRevokeKey", status_code=200,
+            sync_to_thread=True)
+    def revoke_key(self, tenant_name: str, key_id: str, cdp: Cdp) -> KeyInfo:
+        return _revoke(cdp, require_tenant(cdp, tenant_name)["name"], key_id)
+
+
+def _new_key(cdp: CdpStore, tenant: str, data: KeyRequest) -> NewKey:
+    scopes = parse_scopes(data.scopes)
+    label = check_text(data.label.strip(), "label")
+    key = issue_key(cdp, tenant, scopes, label)
+    return NewKey(api_key=key, key_id=key_id_of(key), scopes=list(scopes), label=label)
+
+
+def _revoke(cdp: CdpStore, tenant: str, key_id: str) -> KeyInfo:
+    key_id = parse_id(key_id, "key_id")
+    if not cdp.revoke_api_key(tenant, key_id):
+        raise NotFound(f"tenant {tenant!r} has no API key {key_id!r}; list them with GET /v1/keys")
+    return next(KeyInfo(**k) for k in cdp.list_api_keys(tenant) if k["key_id"] == key_id)

@@ -68,9 +68,38 @@ class Health(msgspec.Struct):
     status: str
 
 
-class Ready(msgspec.Struct):
+class Ready(msgspec.Struct, omit_defaults=True):
     status: str
-    tenants: dict[str, str]
+    tenant: str | None = None  # only with a tenant's key: which tenant, and its served version
+    index_version: str | None = None
+
+
+class KeyInfo(msgspec.Struct):
+    key_id: str
+    scopes: list[str]
+    label: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class KeyList(msgspec.Struct):
+    keys: list[KeyInfo]
+
+
+class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["read", "events", "admin"])
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class NewKey(msgspec.Struct):
+    api_key: str  # shown once
+    key_id: str
+    scopes: list[str]
+    label: str
+
+
+class TenantList(msgspec.Struct):
+    tenants: list[str]
 
 
 class UserErased(msgspec.Struct):

@@ -115,8 +115,27 @@ def test_preferences_and_keys(store):
     assert store.get_preferences("acme", "u") == {"liked_categories": ["x"]}
     assert store.get_preferences("acme", "other") is None
     store.add_api_key("acme", "kid", "hash")
-    assert store.find_api_key("kid") == ("acme", "hash")
+    assert store.find_api_key("kid")[:2] == ("acme", "hash")
     assert store.find_api_key("nope") is None
+
+
+def test_keys_have_scopes_and_can_be_listed_and_revoked(store):
+    store.create_tenant("acme")
+    store.create_tenant("zeta")
+    store.add_api_key("acme", "all", "h1")
+    store.add_api_key("acme", "browser", "h2", ("read",), "web shop")
+    assert store.find_api_key("all").scopes == ("read", "events", "admin")
+    assert store.find_api_key("browser") == ("acme", "h2", ("read",))
+    listed = store.list_api_keys("acme")
+    assert [(k["key_id"], k["scopes"], k["label"], k["revoked_at"]) for k in listed] == [
+        ("all", ["read", "events", "admin"], "", None), ("browser", ["read"], "web shop", None)]
+    assert "h1" not in str(listed)  # never the hash
+    assert store.revoke_api_key("zeta", "browser") is False  # another tenant's key
+    assert store.revoke_api_key("acme", "browser") is True
+    assert store.find_api_key("browser") is None and store.find_api_key("all") is not None
+    assert store.revoke_api_key("acme", "browser") is True  # revoking again is harmless
+    assert next(k for k in store.list_api_keys("acme") if k["key_id"] == "browser")["revoked_at"] > 0
+    assert store.list_api_keys("zeta") == [] and store.revoke_api_key("acme", "nope") is False
 
 
 def test_latest_watermark_and_erasing_a_user(store):

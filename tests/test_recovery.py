@@ -18,9 +18,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 
 from lodestar.cdp import open_cdp
 from lodestar.settings import Settings
-try:
-    from pipelines.recovery import RunProcess, held_slots, install_claim_backoff
-except ImportError: pass
+from pipelines.recovery import RunProcess, held_slots, install_claim_backoff
 from pipelines.run import REPO_ROOT, dagster_home, materialize_tenants
 from tests.conftest import load_demo_tenant
 from tests.helpers import wait_until

@@ -28,6 +28,23 @@ FLAG_FIELDS = frozenset({"available", "deleted"})
 SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts")
 
 
+# What an API key may do: ``read`` recommendations, similar items and search (safe to ship inside a
+# browser or an app), write ``events`` and preferences, ``admin``: erase users and manage keys.
+READ, EVENTS, ADMIN = "read", "events", "admin"
+ALL_SCOPES = (READ, EVENTS, ADMIN)
+
+
+class StoredKey(NamedTuple):
+    tenant: str
+    key_hash: str
+    scopes: tuple[str, ...]
+
+
+def stored_scopes(text: str | None) -> tuple[str, ...]:
+    """Scopes as stored (comma-separated); keys issued before scopes existed hold every scope."""
+    return ALL_SCOPES if not text else tuple(s for s in text.split(",") if s)
+
+
 class Watermark(NamedTuple):
     """Position in an entity's change stream: rows strictly after ``(updated_at, id)``."""
 
@@ -101,9 +118,18 @@ class CdpStore(Protocol):
     def list_tenants(self) -> list[dict[str, Any]]: ...
     def set_tenant_config(self, name: str, config: dict[str, Any]) -> None: ...
 
-    # API keys (stored hashed)
-    def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None: ...
-    def find_api_key(self, key_id: str) -> tuple[str, str] | None: ...
+    # API keys (stored hashed), each with scopes; a revoked key is kept (listed) but never found
+    def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
+                    label: str = "") -> None: ...
+    def find_api_key(self, key_id: str) -> StoredKey | None:
+        """The key's tenant, hash and scopes; ``None`` for an unknown or revoked key or a deleted tenant."""
+        ...
+    def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
+        """Every key of a tenant: ``key_id``, ``scopes``, ``label``, ``created_at``, ``revoked_at`` (never the hash)."""
+        ...
+    def revoke_api_key(self, tenant: str, key_id: str) -> bool:
+        """Revoke a key of the tenant at once; ``False`` when the tenant has no such key."""
+        ...
 
     # catalog, users, events
     def upsert_items(self, tenant: str, items: list[dict[str, Any]]) -> int: ...

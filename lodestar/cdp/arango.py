@@ -28,14 +28,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from lodestar.cdp import (
+    ALL_SCOPES,
     ENTITIES,
     SERVED_FIELDS,
+    StoredKey,
     Watermark,
     check_entity,
     check_tenant_name,
     erased_user,
     require_tenant,
     row_hash,
+    stored_scopes,
     stored_values,
 )
 from lodestar.errors import Conflict
@@ -254,16 +257,31 @@ class ArangoCdpStore:
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
 
     # -- API keys ----------------------------------------------------------------------------
-    def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None:
+    def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
+                    label: str = "") -> None:
         require_tenant(self, tenant)
         self.db.collection(API_KEYS).insert(
-            {"_key": key_id, "tenant_id": tenant, "key_hash": key_hash, "created_at": time.time()})
+            {"_key": key_id, "tenant_id": tenant, "key_hash": key_hash, "created_at": time.time(),
+             "scopes": ",".join(scopes), "label": label, "revoked_at": None}, sync=True)
 
-    def find_api_key(self, key_id: str) -> tuple[str, str] | None:
+    def find_api_key(self, key_id: str) -> StoredKey | None:
         doc = self.db.collection(API_KEYS).get(key_id)
-        if doc is None or self.get_tenant(doc["tenant_id"]) is None:
+        if doc is None or doc.get("revoked_at") is not None or self.get_tenant(doc["tenant_id"]) is None:
             return None
-        return doc["tenant_id"], doc["key_hash"]
+        return StoredKey(doc["tenant_id"], doc["key_hash"], stored_scopes(doc.get("scopes")))
+
+    def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR k IN {API_KEYS} FILTER k.tenant_id == @tenant SORT k.created_at RETURN k", tenant=tenant)
+        return [{"key_id": d["_key"], "scopes": list(stored_scopes(d.get("scopes"))), "label": d.get("label") or "",
+                 "created_at": d["created_at"], "revoked_at": d.get("revoked_at")} for d in docs]
+
+    def revoke_api_key(self, tenant: str, key_id: str) -> bool:
+        doc = self.db.collection(API_KEYS).get(key_id)
+        if doc is None or doc["tenant_id"] != tenant:
+            return False
+        if doc.get("revoked_at") is None:
+            self.db.collection(API_KEYS).update({"_key": key_id, "revoked_at": time.time()}, sync=True)
+        return True
 
     # -- items, users, events ----------------------------------------------------------------
     @staticmethod

@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.cdp import (
+    ALL_SCOPES,
     FLAG_FIELDS,
     JSON_FIELDS,
     SERVED_FIELDS,
+    StoredKey,
     Watermark,
     check_entity,
     check_tenant_name,
     erased_user,
     row_hash,
+    stored_scopes,
     stored_values,
     unknown_tenant,
 )
@@ -112,6 +115,16 @@ class SqliteCdpStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._conn().executescript(SCHEMA)  # runs in its own transaction
+        self._migrate()
+
+    # Columns added after the first release, created on open when a store predates them.
+    MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"))
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            for table, column, kind in self.MIGRATIONS:
+                if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -198,21 +211,40 @@ class SqliteCdpStore:
             raise unknown_tenant(tenant)
 
     # -- API keys ----------------------------------------------------------------------------
-    def add_api_key(self, tenant: str, key_id: str, key_hash: str) -> None:
+    def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
+                    label: str = "") -> None:
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             conn.execute(
-                "INSERT INTO api_keys (key_id, tenant, key_hash, created_at) VALUES (?, ?, ?, ?)",
-                (key_id, tenant, key_hash, time.time()),
+                "INSERT INTO api_keys (key_id, tenant, key_hash, created_at, scopes, label) VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, tenant, key_hash, time.time(), ",".join(scopes), label),
             )
 
-    def find_api_key(self, key_id: str) -> tuple[str, str] | None:
+    def find_api_key(self, key_id: str) -> StoredKey | None:
         row = self._conn().execute(
-            "SELECT k.tenant, k.key_hash FROM api_keys k JOIN tenants t ON t.name = k.tenant "
-            "WHERE k.key_id = ? AND t.deleted = 0",
+            "SELECT k.tenant, k.key_hash, k.scopes FROM api_keys k JOIN tenants t ON t.name = k.tenant "
+            "WHERE k.key_id = ? AND k.revoked_at IS NULL AND t.deleted = 0",
             (key_id,),
         ).fetchone()
-        return None if row is None else (row["tenant"], row["key_hash"])
+        return None if row is None else StoredKey(row["tenant"], row["key_hash"], stored_scopes(row["scopes"]))
+
+    def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT key_id, scopes, label, created_at, revoked_at FROM api_keys WHERE tenant = ? ORDER BY created_at",
+            (tenant,),
+        ).fetchall()
+        return [{**dict(r), "scopes": list(stored_scopes(r["scopes"])), "label": r["label"] or ""} for r in rows]
+
+    def revoke_api_key(self, tenant: str, key_id: str) -> bool:
+        with self._write() as conn:
+            found = conn.execute("SELECT revoked_at FROM api_keys WHERE tenant = ? AND key_id = ?",
+                                 (tenant, key_id)).fetchone()
+            if found is None:
+                return False
+            if found["revoked_at"] is None:
+                conn.execute("UPDATE api_keys SET revoked_at = ? WHERE tenant = ? AND key_id = ?",
+                             (time.time(), tenant, key_id))
+            return True
 
     # -- items and users ---------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,218 @@
+"""Request limits: the server ``lodestar serve`` runs refuses oversized and slow request heads and
+oversized bodies at once, and the API sheds load past its slots with 503 + Retry-After instead of
+queueing without limit. The server tests run the real CLI on a free loopback port; every wait and
+every request loop is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar import get
+from litestar.testing import AsyncTestClient
+
+from lodestar.errors import InvalidInput
+from lodestar.settings import Settings
+from serving.app import create_app
+from serving.limits import RequestLimits
+from tests.helpers import wait_until
+
+CLI = [sys.executable, "-m", "lodestar.cli"]
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    log: Path  # the server's stderr and stdout, complete once the server has stopped
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(tmp_path: Path, **env: str) -> Iterator[Server]:
+    """``lodestar serve`` on a free loopback port with a fresh data dir and the tiny embedder."""
+    port = _free_port()
+    log = tmp_path / f"server-{port}.log"
+    environ = {**os.environ, "LODESTAR_DATA_DIR": str(tmp_path / "var"), "LODESTAR_EMBED_MODEL": "hashing-64", **env}
+    with log.open("w") as out:
+        process = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)], env=environ,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", port, log)
+    try:
+        def up() -> bool:
+            assert process.poll() is None, f"the server exited: {log.read_text()}"
+            try:
+                return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, timeout=60, interval=0.1, message="the server did not start")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _health_latencies(url: str, stop: threading.Event, out: list[float]) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(400):  # bounded: about 20 s at most
+            if stop.is_set():
+                return
+            started = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            out.append(time.perf_counter() - started)
+            time.sleep(0.05)
+
+
+def test_an_oversized_header_is_refused_at_once_and_health_stays_fast(tmp_path):
+    with running_server(tmp_path) as server:
+        stop, latencies = threading.Event(), []
+        prober = threading.Thread(target=_health_latencies, args=(server.url, stop, latencies))
+        prober.start()
+        try:
+            time.sleep(0.3)
+            started = time.perf_counter()
+            answer = b""
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+                try:
+                    conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n")
+                    answer = conn.recv(4096)
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # refused while still sending: the server closed the connection
+            refused_after = time.perf_counter() - started
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            prober.join(timeout=30)
+    assert not answer.startswith(b"HTTP/1.1 200"), "an 8 MB header was accepted"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    if answer:
+        assert b"application/problem+json" in answer and b"larger than 32768 bytes" in answer
+    # Generous bounds (2 shared cores): the point is seconds before, not milliseconds now.
+    assert refused_after < 3, f"the big request took {refused_after:.1f} s to refuse"
+    assert latencies and max(latencies) < 1.5, f"/health took up to {max(latencies):.2f} s meanwhile"
+
+
+def test_a_request_head_that_trickles_in_is_cut_off(tmp_path):
+    with running_server(tmp_path, LODESTAR_HEADER_TIMEOUT="0.5") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            started = time.perf_counter()
+            closed = False
+            for n in range(40):  # one header byte every 0.1 s, for 4 s at most
+                try:
+                    conn.sendall(b"X-Slow: %d\r\n" % n)
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = True
+                    break
+                conn.settimeout(0.1)
+                try:
+                    if conn.recv(1024) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+                except ConnectionResetError:
+                    closed = True
+                    break
+        assert closed, "a head still arriving after 4 s was not cut off"
+        assert time.perf_counter() - started < 2.5
+        assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_body_over_the_limit_gets_413_problem_details(tmp_path):
+    with running_server(tmp_path, LODESTAR_MAX_BODY_BYTES="1024") as server, \
+            httpx.Client(base_url=server.url, timeout=10) as client:
+        big = b'{"events": [' + b'{"user_id": "u1", "item_id": "i1", "type": "view"},' * 40 + b"{}]}"
+        answer = client.post("/v1/events", content=big, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 413, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert "larger than 1024 bytes" in answer.json()["detail"]
+
+        def chunks():  # no Content-Length: the size is only known while reading
+            for _ in range(8):
+                yield b"x" * 512
+
+        assert client.post("/v1/events", content=chunks()).status_code == 413
+        small = client.post("/v1/events", json={"events": []})
+        assert small.status_code == 401  # under the limit: on to the key check
+
+
+def _slow_app(monkeypatch, tmp_path: Path, **limits: str):
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+
+    @get("/test/slow", opt={"public": True})
+    async def slow(seconds: float) -> dict[str, str]:
+        await asyncio.sleep(seconds)
+        return {"status": "done"}
+
+    app = create_app(Settings(data_dir=tmp_path / "var", embed_model="hashing-64"))
+    app.register(slow)  # test-only route: the production route list has none
+    return app
+
+
+def test_past_its_slots_the_api_answers_503_with_retry_after(monkeypatch, tmp_path):
+    app = _slow_app(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="2", LODESTAR_MAX_WAITING="1",
+                    LODESTAR_MAX_WAIT="0.1", LODESTAR_RETRY_AFTER="3")
+
+    async def scenario():
+        async with AsyncTestClient(app) as client:
+            requests = [client.get("/test/slow", params={"seconds": 0.6}) for _ in range(6)]
+            health = asyncio.create_task(_after(0.2, client.get("/health")))
+            answers = await asyncio.gather(*requests)
+            return answers, await health
+
+    answers, health = asyncio.run(scenario())
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    for shed in (a for a in answers if a.status_code == 503):
+        assert shed.headers["retry-after"] == "3"
+        assert shed.headers["content-type"].startswith("application/problem+json")
+        assert shed.json()["title"] == "Overloaded" and "2 requests in flight" in shed.json()["detail"]
+    assert health.status_code == 200  # probes never wait for a slot
+
+
+def test_a_request_waits_briefly_for_a_slot_rather_than_failing(monkeypatch, tmp_path):
+    app = _slow_app(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="1", LODESTAR_MAX_WAITING="2",
+                    LODESTAR_MAX_WAIT="5")
+
+    async def scenario():
+        async with AsyncTestClient(app) as client:
+            return await asyncio.gather(*(client.get("/test/slow", params={"seconds": 0.2}) for _ in range(3)))
+
+    assert [a.status_code for a in asyncio.run(scenario())] == [200, 200, 200]
+
+
+async def _after(delay: float, coroutine):
+    await asyncio.sleep(delay)
+    return await coroutine
+
+
+def test_limits_come_from_the_environment_with_defaults():
+    default = RequestLimits.from_env({})
+    assert default.max_waiting == 2 * default.max_in_flight and default.max_body_bytes == 1 << 20
+    tuned = RequestLimits.from_env({"LODESTAR_MAX_IN_FLIGHT": "3", "LODESTAR_MAX_WAIT": "0.25"})
+    assert (tuned.max_in_flight, tuned.max_waiting, tuned.max_wait_s) == (3, 6, 0.25)
+    with pytest.raises(InvalidInput, match="LODESTAR_MAX_IN_FLIGHT must be a number >= 1, not 'lots'"):
+        RequestLimits.from_env({"LODESTAR_MAX_IN_FLIGHT": "lots"})
