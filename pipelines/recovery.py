@@ -117,9 +117,14 @@ class RunProcess:
         """The process recorded in the run's tags; ``None`` for a run launched without them (by the
         daemon, the UI, or an older Lodestar)."""
         try:
-            return cls(run.tags[HOST_TAG], int(run.tags[PID_TAG]), run.tags.get(PROCESS_TAG, ""))
+            pid = int(run.tags[PID_TAG])
+            host = run.tags[HOST_TAG]
         except (KeyError, ValueError):
             return None
+        identity = run.tags.get(PROCESS_TAG, "")
+        if pid <= 0:  # os.kill(0 or -1, ...) would ask about whole process groups
+            return None
+        return cls(host, pid, identity if identity.count("/") == 2 else "")
 
     def tags(self) -> dict[str, str]:
         tags = {HOST_TAG: self.host, PID_TAG: str(self.pid)}
@@ -131,8 +136,9 @@ class RunProcess:
         return f"pid {self.pid} on host {self.host}"
 
     def liveness(self) -> Liveness:
-        """GONE only when it is certain: same host and pid namespace, and the pid is free, or a
-        zombie, or another process's (another start time), or the machine restarted since."""
+        """GONE only when it is certain: same host (hosts are told apart by hostname) and pid
+        namespace, and the pid is free, or a zombie, or another process's (another start time), or
+        the host restarted since (another boot id)."""
         if self.host != socket.gethostname() or os.name != "posix":  # os.kill(pid, 0) kills on Windows
             return Liveness.UNKNOWN
         if not self.identity or not _boot_id():
@@ -172,22 +178,45 @@ def held_slots(instance: DagsterInstance, pool: str) -> dict[str, list[str]]:
     return held
 
 
+def _end_run(instance: DagsterInstance, run: DagsterRun, why: str) -> str | None:
+    """Mark the run failed (canceled if it was being canceled) unless it finished, and free its pool
+    slots; what was done, or ``None`` when there was nothing to do."""
+    from dagster._core.events import JobFailureData, RunFailureReason
+
+    run = instance.get_run_by_id(run.run_id) or run  # another process may have just done it
+    storage = instance.event_log_storage
+    held = _pools_of(instance, run.run_id) if storage.supports_global_concurrency_limits else []
+    done = []
+    if not run.is_finished:
+        canceling = run.status == DagsterRunStatus.CANCELING
+        reason = (f"{why} Marked {'canceled' if canceling else 'failed'} by Lodestar (pid {os.getpid()} on "
+                  f"host {socket.gethostname()}), which freed its pool slots.")
+        if canceling:
+            instance.report_run_canceled(run, reason)
+        else:
+            instance.report_run_failed(run, reason, JobFailureData(
+                error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION))
+        done.append(f"marked it {'canceled' if canceling else 'failed'}")
+    if held:
+        storage.free_concurrency_slots_for_run(run.run_id)
+        done.append(f"freed its slots (pool {', '.join(repr(p) for p in held)})")
+    return " and ".join(done) or None
+
+
 def recover_dead_runs(
     instance: DagsterInstance, say: Callable[[str], None] = print, among: Collection[str] | None = None,
 ) -> list[str]:
     """Mark failed each unfinished run (of ``among``, or all) whose process is provably gone, and free
     the pool slots of those and of finished runs whose process is gone; tell ``say`` about each.
     Returns their run ids. Runs of other hosts and runs without a recorded process are left alone."""
-    from dagster._core.events import JobFailureData, RunFailureReason
-
     storage = instance.event_log_storage
-    pools = storage.supports_global_concurrency_limits
     if among is not None:
         runs = instance.get_runs(RunsFilter(run_ids=list(among))) if among else []
     else:
         runs = list(instance.get_runs(RunsFilter(statuses=UNFINISHED)))
         # A finished run can still hold a slot (marked failed by hand while its process was stuck).
-        in_pools = storage.get_concurrency_run_ids() - {run.run_id for run in runs} if pools else set()
+        in_pools = (storage.get_concurrency_run_ids() - {run.run_id for run in runs}
+                    if storage.supports_global_concurrency_limits else set())
         if in_pools:
             runs += instance.get_runs(RunsFilter(run_ids=sorted(in_pools)))
     recovered = []
@@ -195,29 +224,30 @@ def recover_dead_runs(
         process = RunProcess.of_run(run)
         if process is None or process.liveness() is not Liveness.GONE:
             continue
-        run = instance.get_run_by_id(run.run_id) or run  # another process may have just recovered it
-        held = _pools_of(instance, run.run_id) if pools else []
-        if not held and run.is_finished:
-            continue
-        what = f"run {run.run_id} (tenant {_tenant(run)!r}, {process.describe()})"
-        done = []
-        if not run.is_finished:
-            reason = (f"The process of this run ({process.describe()}) is gone: it was killed, or its "
-                      f"machine restarted, while the run was {run.status.value}. Marked failed by Lodestar "
-                      f"(pid {os.getpid()}), which freed its pool slots.")
-            if run.status == DagsterRunStatus.CANCELING:
-                instance.report_run_canceled(run, reason)
-                done.append("marked it canceled")
-            else:
-                instance.report_run_failed(run, reason, JobFailureData(
-                    error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION))
-                done.append("marked it failed")
-        if held:
-            storage.free_concurrency_slots_for_run(run.run_id)
-            done.append(f"freed its slots (pool {', '.join(repr(p) for p in held)})")
-        say(f"  Recovered {what}: it was {run.status.value} but its process is gone; {' and '.join(done)}.")
-        recovered.append(run.run_id)
+        why = (f"The process of this run ({process.describe()}) is gone: it was killed, or its machine "
+               f"restarted, while the run was {run.status.value}.")
+        done = _end_run(instance, run, why)
+        if done:
+            say(f"  Recovered run {run.run_id} (tenant {_tenant(run)!r}, {process.describe()}): it was "
+                f"{run.status.value} but its process is gone; {done}.")
+            recovered.append(run.run_id)
     return recovered
+
+
+def end_runs(instance: DagsterInstance, run_ids: Collection[str], say: Callable[[str], None] = print) -> bool:
+    """Mark the runs failed and free their pool slots, whatever their process: for runs a person
+    found dead where this module cannot look (another host, a run launched by the daemon). False
+    when one of them does not exist."""
+    found = True
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            say(f"No run {run_id} in this instance ({instance.root_directory}).")
+            found = False
+            continue
+        done = _end_run(instance, run, "Its process was found dead by hand.")
+        say(f"Run {run_id} (tenant {_tenant(run)!r}): {done or 'already ended, and holds no pool slot'}.")
+    return found
 
 
 def slot_blockers(instance: DagsterInstance, run_id: str) -> dict[str, list[str]]:
@@ -319,7 +349,9 @@ def install_claim_backoff() -> bool:
     every 1 to 15 s; upstream's fix, dagster-io/dagster#20367, was closed unmerged). The replacement
     returns the time until the next check is due. Installed only while the method has that flaw,
     so a Dagster that fixed it keeps its own; returns whether the process now backs off."""
-    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+    from dagster._core.execution.plan.instance_concurrency_context import (
+        InstanceConcurrencyContext,
+    )
 
     current = InstanceConcurrencyContext.interval_to_next_pending_claim_check
     if getattr(current, "lodestar_backoff", False):
@@ -343,3 +375,36 @@ def install_claim_backoff() -> bool:
     interval_to_next_pending_claim_check.lodestar_backoff = True  # type: ignore[attr-defined]
     InstanceConcurrencyContext.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.recovery [RUN_ID ...]``: see the README, "Recovering from a killed run"."""
+    import argparse
+
+    from lodestar.settings import Settings
+    from pipelines.run import dagster_home
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.recovery",
+        description="Without RUN_ID: recover the runs of this host whose process is gone (as the next "
+                    "`lodestar materialize` would) and name the runs that still hold pool slots. With "
+                    "RUN_IDs: mark those runs failed and free their slots; only for runs whose process "
+                    "you know is gone. The instance is the one `lodestar materialize` uses.",
+    )
+    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    args = parser.parse_args(argv)
+    with DagsterInstance.from_config(str(dagster_home(Settings.from_env()))) as instance:
+        if args.run_ids:
+            return 0 if end_runs(instance, args.run_ids) else 2
+        if not recover_dead_runs(instance):
+            print("No run of this host with a dead process.")
+        storage = instance.event_log_storage
+        pools = sorted(storage.get_concurrency_keys()) if storage.supports_global_concurrency_limits else []
+        for pool in pools:
+            for run_id in held_slots(instance, pool):
+                print(f"Pool {pool!r}: a slot is held by {_holder(instance, run_id)[0]}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

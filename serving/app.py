@@ -31,6 +31,7 @@ from serving.limits import RequestLimits, RequestLimitsPlugin
 from serving.observability import ObservabilityPlugin, json_logging_config
 from serving.openapi import openapi_config
 from serving.served_log import ServedLog
+from serving.strict import strict_request
 from serving.tenant_configs import TenantConfigs
 
 log = logging.getLogger("lodestar.serving")
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[RecommendationController, ItemController, SearchController, EventController,
                         PreferenceController, UserController, KeyController, OperatorController, HealthController],
         guards=[require_principal],
+        before_request=strict_request,
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -20,6 +20,7 @@ from lodestar.recommend import nearest_controlled, recommend_for_session, recomm
 from lodestar.keys import OPERATOR, issue_key, key_id_of, parse_scopes
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
 from serving.auth import SCOPE
+from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.dependencies import (
     Cdp,
     Config,
@@ -50,6 +51,8 @@ from serving.schemas import (
 )
 from serving.served_log import ServedLog
 
+PathId = Annotated[str, Parameter(min_length=1, max_length=256,
+                                  description="An id: 1 to 256 characters, no control characters")]
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
 FILTER = Annotated[str | None, Parameter(description='URL-encoded JSON filter, e.g. {"categories": ["shoes"]}')]
 EXCLUDE = Annotated[str | None, Parameter(description="Comma-separated item ids to leave out")]
@@ -80,12 +83,13 @@ def _controls(item_filter: Any, exclude: Any, diversity: float) -> Controls:
 
 
 class RecommendationController(Controller):
+    security = SECURED
     path = "/v1"
     tags = ["recommendations"]
 
-    @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", sync_to_thread=True)
+    @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
     def for_user(
-        self, tenant: Tenant, user_id: str, published: Published, config: Config, cdp: Cdp,
+        self, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
         embedder: EmbedderDep, served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
         diversity: DIVERSITY = 0.0,
     ) -> ItemList:
@@ -96,7 +100,8 @@ class RecommendationController(Controller):
         result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls)
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id)
 
-    @post("/recommendations/session", operation_id="recommendForSession", status_code=200, sync_to_thread=True)
+    @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
+          sync_to_thread=True)
     def for_session(
         self, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
         served_log: ServedLogDep,
@@ -109,12 +114,13 @@ class RecommendationController(Controller):
 
 
 class ItemController(Controller):
+    security = SECURED
     path = "/v1/items"
     tags = ["items"]
 
-    @get("/{item_id:str}/similar", operation_id="similarItems", sync_to_thread=True)
+    @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
     def similar(
-        self, tenant: Tenant, item_id: str, published: Published, config: Config, served_log: ServedLogDep,
+        self, tenant: Tenant, item_id: PathId, published: Published, config: Config, served_log: ServedLogDep,
         k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
@@ -127,10 +133,11 @@ class ItemController(Controller):
 
 
 class SearchController(Controller):
+    security = SECURED
     path = "/v1/search"
     tags = ["search"]
 
-    @post("/", operation_id="semanticSearch", status_code=200, sync_to_thread=True)
+    @post("/", operation_id="semanticSearch", responses=WRITES, status_code=200, sync_to_thread=True)
     def search(
         self, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
         embedder: EmbedderDep, served_log: ServedLogDep,
@@ -145,11 +152,12 @@ class SearchController(Controller):
 
 
 class EventController(Controller):
+    security = SECURED
     path = "/v1/events"
     tags = ["events"]
     opt = {SCOPE: EVENTS}
 
-    @post("/", operation_id="ingestEvents", status_code=200, sync_to_thread=True)
+    @post("/", operation_id="ingestEvents", responses=WRITES, status_code=200, sync_to_thread=True)
     def ingest(
         self, tenant: Tenant, data: EventBatch, cdp: Cdp,
         atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
@@ -175,30 +183,32 @@ class EventController(Controller):
 
 
 class PreferenceController(Controller):
+    security = SECURED
     path = "/v1/users/{user_id:str}/preferences"
     tags = ["users"]
     opt = {SCOPE: EVENTS}  # a user's stated data: not for keys shipped inside a browser
 
-    @put("/", operation_id="putPreferences", sync_to_thread=True)
-    def put_preferences(self, tenant: Tenant, user_id: str, data: Preferences, cdp: Cdp) -> Preferences:
+    @put("/", operation_id="putPreferences", responses=WRITES, sync_to_thread=True)
+    def put_preferences(self, tenant: Tenant, user_id: PathId, data: Preferences, cdp: Cdp) -> Preferences:
         """Replace the user's liked and disliked items and categories; the next recommendations follow them."""
         clean = parse_preferences(msgspec.to_builtins(data))
         cdp.put_preferences(tenant, parse_id(user_id, "user_id"), clean)
         return Preferences(**clean)
 
-    @get("/", operation_id="getPreferences", sync_to_thread=True)
-    def get_preferences(self, tenant: Tenant, user_id: str, cdp: Cdp) -> Preferences:
+    @get("/", operation_id="getPreferences", responses=READS, sync_to_thread=True)
+    def get_preferences(self, tenant: Tenant, user_id: PathId, cdp: Cdp) -> Preferences:
         stored = cdp.get_preferences(tenant, parse_id(user_id, "user_id"))
         return Preferences(**(stored or {}))
 
 
 class UserController(Controller):
+    security = SECURED
     path = "/v1/users/{user_id:str}"
     tags = ["users"]
     opt = {SCOPE: ADMIN}
 
-    @delete("/", operation_id="eraseUser", status_code=200, sync_to_thread=True)
-    def erase(self, tenant: Tenant, user_id: str, cdp: Cdp) -> UserErased:
+    @delete("/", operation_id="eraseUser", responses=READS, status_code=200, sync_to_thread=True)
+    def erase(self, tenant: Tenant, user_id: PathId, cdp: Cdp) -> UserErased:
         """Erase a user: their events, preferences and served lists are deleted from the CDP store
         at once (the user's next recommendations are those of a stranger); the next sync drops them
         from the pipeline's extracts and features."""
@@ -215,7 +225,7 @@ class HealthController(Controller):
         """The process is up."""
         return Health(status="ok")
 
-    @get("/ready", operation_id="ready", opt={"public": True}, sync_to_thread=True)
+    @get("/ready", operation_id="ready", responses=problem_responses(503), opt={"public": True}, sync_to_thread=True)
     def ready(self, request: Request, cdp: Cdp, indexes: Indexes, embedder_loaded: EmbedderLoaded) -> Ready:
         """Ready once the embedding model is loaded and the CDP store answers (503 before). It names
         no tenant to the public; with a tenant's key it also says which index version that tenant
@@ -232,23 +242,25 @@ class HealthController(Controller):
 class KeyController(Controller):
     """A tenant's API keys, managed with an admin-scoped key of that tenant."""
 
+    security = SECURED
     path = "/v1/keys"
     tags = ["keys"]
     opt = {SCOPE: ADMIN}
 
-    @get("/", operation_id="listKeys", sync_to_thread=True)
+    @get("/", operation_id="listKeys", responses=problem_responses(401, 403, 503), sync_to_thread=True)
     def list_keys(self, tenant: Tenant, cdp: Cdp) -> KeyList:
         """Every key of the tenant (never the secret), revoked ones with the time they were revoked."""
         return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
 
-    @post("/", operation_id="createKey", status_code=201, sync_to_thread=True)
+    @post("/", operation_id="createKey", responses=WRITES, status_code=201, sync_to_thread=True)
     def create_key(self, tenant: Tenant, data: KeyRequest, cdp: Cdp) -> NewKey:
         """Issue a key with the given scopes (``read`` is safe inside a browser or an app); the
         answer is the only time the key is shown."""
         return _new_key(cdp, tenant, data)
 
-    @delete("/{key_id:str}", operation_id="revokeKey", status_code=200, sync_to_thread=True)
-    def revoke_key(self, tenant: Tenant, key_id: str, cdp: Cdp) -> KeyInfo:
+    @delete("/{key_id:str}", operation_id="revokeKey", responses=READS | NOT_FOUND, status_code=200,
+            sync_to_thread=True)
+    def revoke_key(self, tenant: Tenant, key_id: PathId, cdp: Cdp) -> KeyInfo:
         """Revoke a key at once: every server refuses it from the next request on."""
         return _revoke(cdp, tenant, key_id)
 
@@ -256,26 +268,28 @@ class KeyController(Controller):
 class OperatorController(Controller):
     """Tenants and their keys for the operator (``Authorization: Bearer $LODESTAR_ADMIN_KEY``)."""
 
+    security = SECURED
     path = "/v1/operator/tenants"
     tags = ["operator"]
     opt = {SCOPE: OPERATOR}
 
-    @get("/", operation_id="operatorListTenants", sync_to_thread=True)
+    @get("/", operation_id="operatorListTenants", responses=problem_responses(401, 403, 503), sync_to_thread=True)
     def list_tenants(self, cdp: Cdp) -> TenantList:
         return TenantList(tenants=[t["name"] for t in cdp.list_tenants()])
 
-    @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", sync_to_thread=True)
-    def list_keys(self, tenant_name: str, cdp: Cdp) -> KeyList:
+    @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", responses=READS | NOT_FOUND, sync_to_thread=True)
+    def list_keys(self, tenant_name: PathId, cdp: Cdp) -> KeyList:
         tenant = require_tenant(cdp, tenant_name)["name"]
         return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
 
-    @post("/{tenant_name:str}/keys", operation_id="operatorCreateKey", status_code=201, sync_to_thread=True)
-    def create_key(self, tenant_name: str, data: KeyRequest, cdp: Cdp) -> NewKey:
+    @post("/{tenant_name:str}/keys", operation_id="operatorCreateKey", responses=WRITES | NOT_FOUND, status_code=201,
+          sync_to_thread=True)
+    def create_key(self, tenant_name: PathId, data: KeyRequest, cdp: Cdp) -> NewKey:
         return _new_key(cdp, require_tenant(cdp, tenant_name)["name"], data)
 
-    @delete("/{tenant_name:str}/keys/{key_id:str}", operation_id="operatorRevokeKey", status_code=200,
+    @delete("/{tenant_name:str}/keys/{key_id:str}", operation_id="operatorRevokeKey", responses=READS | NOT_FOUND, status_code=200,
             sync_to_thread=True)
-    def revoke_key(self, tenant_name: str, key_id: str, cdp: Cdp) -> KeyInfo:
+    def revoke_key(self, tenant_name: PathId, key_id: PathId, cdp: Cdp) -> KeyInfo:
         return _revoke(cdp, require_tenant(cdp, tenant_name)["name"], key_id)
 
 

@@ -18,9 +18,9 @@ log = logging.getLogger("lodestar.serving")
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, **extra: object) -> Response:
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object) -> Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return Response(body, status_code=status, media_type=PROBLEM)
+    return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _validation(_: Request, exc: ValidationException) -> Response:
@@ -37,8 +37,12 @@ def _http(request: Request, exc: HTTPException) -> Response:
         errors = [{"field": e.get("key"), "source": e.get("source"), "message": e.get("message")} for e in extra]
         return problem(422, "Invalid request", exc.detail, errors=errors)
     titles = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-              503: "Not ready"}
-    return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
+              413: "Request too large", 415: "Unsupported media type", 503: "Not ready"}
+    # The exception's headers stay: Allow on a 405, WWW-Authenticate on a 401, Retry-After on a 503.
+    headers = dict(exc.headers or {})
+    if exc.status_code == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="lodestar"')
+    return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail, headers=headers or None)
 
 
 def _engine(request: Request, exc: IndexEngineError) -> Response:

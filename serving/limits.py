@@ -58,7 +58,9 @@ class RequestLimits:
     max_header_bytes: int = 32 * 1024  # request line and headers together
     header_timeout_s: float = 10.0  # from a request's first byte (or the connection) to its last header
     keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
-    max_connections: int = 1000  # open connections (and tasks) before the server answers 503 itself
+    # Open connections (and tasks) before the server answers 503 itself. Bodies are read before a
+    # slot is taken, so this times max_body_bytes bounds the memory that bodies can take.
+    max_connections: int = 256
     max_body_bytes: int = 1024 * 1024  # an event batch of 1000 events is well under this
     body_timeout_s: float = 10.0  # for the whole body to arrive
     # Four per core: enough to overlap the I/O of sync handlers (SQLite, index reads) without

@@ -53,6 +53,7 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 access_log = logging.getLogger("lodestar.access")
+log = logging.getLogger("lodestar.serving")
 
 TENANT_REQUESTS = Counter("lodestar_tenant_requests_total", "Requests answered per tenant, by status class",
                           ["tenant", "status_class"])
@@ -69,7 +70,8 @@ def _request_id_from(scope: Scope) -> str:
 
 
 # -- logs -----------------------------------------------------------------------------------------
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# A record's own attributes; the rest came as ``extra``. uvicorn's color_message repeats the message.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,7 +88,8 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None) or request_id.get()
         if rid:
             entry["request_id"] = rid
-        entry.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k != "request_id")
+        entry.update((k, v) for k, v in vars(record).items()
+                     if k not in _RECORD_ATTRIBUTES and k != "request_id" and v is not None)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -179,7 +182,8 @@ async def stamp_unrouted(message: Message, scope: Scope) -> None:
 
 # -- /metrics -------------------------------------------------------------------------------------
 class ServedStateCollector(Collector):
-    """Metrics read from what the app serves, when scraped."""
+    """Metrics read from what the app serves, when scraped: the indexes already loaded (no index is
+    opened for a scrape) and one count per tenant from the CDP store (an indexed count)."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -193,7 +197,11 @@ class ServedStateCollector(Collector):
         now = time.time()
         if indexes is not None:
             for tenant in indexes.loaded():
-                published_at = indexes.get(tenant).record.get("published_at")
+                try:
+                    published_at = indexes.get(tenant).record.get("published_at")
+                except Exception:  # noqa: BLE001 - one tenant's broken index must not hide every metric
+                    log.warning("no index age for tenant %s", tenant, exc_info=True)
+                    continue
                 if published_at is not None:
                     age.add_metric([tenant], max(0.0, now - float(published_at)))
         if cdp is not None:

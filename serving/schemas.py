@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from serving.openapi import FILTER_SCHEMA
+
 
 class ScoredItem(msgspec.Struct):
     id: str
@@ -21,24 +23,27 @@ class ItemList(msgspec.Struct):
 
 
 K = Annotated[int, msgspec.Meta(ge=1, le=100)]
+# Validated by lodestar.filters (errors name the field); documented with the language's schema.
+Filter = Annotated[dict[str, Any] | None, msgspec.Meta(extra_json_schema={"extra": FILTER_SCHEMA})]
+ItemId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Diversity = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     query: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
     k: K = 10
-    filter: dict[str, Any] | None = None
-    exclude: list[str] = []
+    filter: Filter = None
+    exclude: Annotated[list[ItemId], msgspec.Meta(max_length=1000)] = []
     diversity: Diversity = 0.0
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
     """An anonymous visitor: the items they just interacted with, oldest first."""
 
-    item_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
+    item_ids: Annotated[list[ItemId], msgspec.Meta(min_length=1, max_length=100)]
     k: K = 10
-    filter: dict[str, Any] | None = None
-    exclude: list[str] = []
+    filter: Filter = None
+    exclude: Annotated[list[ItemId], msgspec.Meta(max_length=1000)] = []
     diversity: Diversity = 0.0
 
 

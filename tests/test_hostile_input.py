@@ -161,7 +161,7 @@ def test_malformed_bodies_are_client_errors(client, tenant):
     invalid_utf8 = b'{"query": "caf\xe9 \xff", "k": 3}'
     assert client.post("/v1/search", content=invalid_utf8, headers=headers).status_code in (400, 422)
     deep = b'{"query": "x", "filter": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    _problem(client.post("/v1/search", content=deep, headers=headers), 400)
+    assert _problem(client.post("/v1/search", content=deep, headers=headers), 422)["errors"][0]["field"] == "filter"
     deep_events = b'{"events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     _problem(client.post("/v1/events", content=deep_events, headers=headers), 400)
     deep_filter = quote("[" * 10_000 + "]" * 10_000)  # as deep as a URL httpx sends allows
@@ -190,3 +190,28 @@ def test_huge_ids_in_bodies_and_lists_are_422(client, tenant):
     _problem(client.post("/v1/search", json={"query": "x", "exclude": [huge]}, headers=_auth(tenant)), 422)
     _problem(client.get(f"/v1/items/p00001/similar?exclude={huge[:5000]}", headers=_auth(tenant)), 422)
     _problem(client.post("/v1/recommendations/session", json={"item_ids": [huge]}, headers=_auth(tenant)), 422)
+
+
+# -- item 10: strict typing, media types, 405 ------------------------------------------------------
+def test_parameters_and_bodies_are_typed_strictly(client, tenant):
+    for url in ("/v1/users/u0001/recommendations?k=1e2", "/v1/users/u0001/recommendations?k=5.0",
+                "/v1/items/p00001/similar?diversity=nan", "/v1/items/p00001/similar?diversity=1e-1"):
+        problem = _problem(client.get(url, headers=_auth(tenant)), 422)
+        assert problem["errors"][0]["field"] in ("k", "diversity"), url
+    for body in ({"query": "boots", "k": "5"}, {"query": "boots", "k": 5.0}, {"query": "boots", "diversity": "0.5"}):
+        problem = _problem(client.post("/v1/search", json=body, headers=_auth(tenant)), 422)
+        assert problem["errors"][0]["field"] in ("k", "diversity")
+    assert client.post("/v1/search", json={"query": "boots", "k": 5}, headers=_auth(tenant)).status_code == 200
+
+
+def test_bodies_must_be_sent_as_json(client, tenant):
+    body = json.dumps({"query": "boots"})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {**_auth(tenant), **({"Content-Type": content_type} if content_type else {})}
+        _problem(client.post("/v1/search", content=body, headers=headers), 415)
+
+
+def test_a_wrong_method_is_405_with_allow(client, tenant):
+    response = client.delete("/v1/search", headers=_auth(tenant))
+    _problem(response, 405)
+    assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"POST"}

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from litestar import get
-from litestar.testing import AsyncTestClient
 
 from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
 from serving.app import create_app
 from serving.limits import RequestLimits
+from serving.server import server_config
 from tests.helpers import wait_until
 
 CLI = [sys.executable, "-m", "lodestar.cli"]
@@ -158,7 +159,10 @@ def test_a_body_over_the_limit_gets_413_problem_details(tmp_path):
         assert small.status_code == 401  # under the limit: on to the key check
 
 
-def _slow_app(monkeypatch, tmp_path: Path, **limits: str):
+@contextmanager
+def slow_app_served(monkeypatch, tmp_path: Path, **limits: str) -> Iterator[str]:
+    """The app with a test-only slow route (``/test/slow?seconds=``), served by uvicorn with
+    :func:`serving.server.server_config` in a thread; yields its URL."""
     for name, value in limits.items():
         monkeypatch.setenv(name, value)
 
@@ -168,24 +172,42 @@ def _slow_app(monkeypatch, tmp_path: Path, **limits: str):
         return {"status": "done"}
 
     app = create_app(Settings(data_dir=tmp_path / "var", embed_model="hashing-64"))
-    app.register(slow)  # test-only route: the production route list has none
-    return app
+    app.register(slow)  # the production route list has no such route
+    port = _free_port()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, "warning"))
+    thread = threading.Thread(target=server.run, name="test-server")
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=30, message="the server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _concurrently(url: str, n: int, seconds: float) -> tuple[list[httpx.Response], httpx.Response]:
+    """``n`` slow requests at once, and a /health request while they run."""
+    async def scenario():
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=n + 1)) as client:
+            slow = [client.get("/test/slow", params={"seconds": seconds}) for _ in range(n)]
+            health = asyncio.create_task(_after(seconds / 3, client.get("/health")))
+            answers = await asyncio.gather(*slow)
+            return answers, await health
+
+    return asyncio.run(scenario())
+
+
+async def _after(delay: float, coroutine):
+    await asyncio.sleep(delay)
+    return await coroutine
 
 
 def test_past_its_slots_the_api_answers_503_with_retry_after(monkeypatch, tmp_path):
-    app = _slow_app(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="2", LODESTAR_MAX_WAITING="1",
-                    LODESTAR_MAX_WAIT="0.1", LODESTAR_RETRY_AFTER="3")
-
-    async def scenario():
-        async with AsyncTestClient(app) as client:
-            requests = [client.get("/test/slow", params={"seconds": 0.6}) for _ in range(6)]
-            health = asyncio.create_task(_after(0.2, client.get("/health")))
-            answers = await asyncio.gather(*requests)
-            return answers, await health
-
-    answers, health = asyncio.run(scenario())
-    statuses = sorted(a.status_code for a in answers)
-    assert statuses == [200, 200, 503, 503, 503, 503]
+    with slow_app_served(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="2", LODESTAR_MAX_WAITING="1",
+                         LODESTAR_MAX_WAIT="0.1", LODESTAR_RETRY_AFTER="3") as url:
+        answers, health = _concurrently(url, 6, 0.6)
+    # 2 run; 1 waits 0.1 s and gives up (the slots are held 0.6 s); 3 find the queue full.
+    assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503, 503]
     for shed in (a for a in answers if a.status_code == 503):
         assert shed.headers["retry-after"] == "3"
         assert shed.headers["content-type"].startswith("application/problem+json")
@@ -194,19 +216,10 @@ def test_past_its_slots_the_api_answers_503_with_retry_after(monkeypatch, tmp_pa
 
 
 def test_a_request_waits_briefly_for_a_slot_rather_than_failing(monkeypatch, tmp_path):
-    app = _slow_app(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="1", LODESTAR_MAX_WAITING="2",
-                    LODESTAR_MAX_WAIT="5")
-
-    async def scenario():
-        async with AsyncTestClient(app) as client:
-            return await asyncio.gather(*(client.get("/test/slow", params={"seconds": 0.2}) for _ in range(3)))
-
-    assert [a.status_code for a in asyncio.run(scenario())] == [200, 200, 200]
-
-
-async def _after(delay: float, coroutine):
-    await asyncio.sleep(delay)
-    return await coroutine
+    with slow_app_served(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="1", LODESTAR_MAX_WAITING="2",
+                         LODESTAR_MAX_WAIT="5") as url:
+        answers, _ = _concurrently(url, 3, 0.2)
+    assert [a.status_code for a in answers] == [200, 200, 200]
 
 
 def test_limits_come_from_the_environment_with_defaults():

@@ -4,6 +4,7 @@ and a run waiting for a live holder backs off and says which run it waits for.""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunSta
 
 from lodestar.cdp import open_cdp
 from lodestar.settings import Settings
+from pipelines import recovery
 from pipelines.recovery import RunProcess, held_slots, install_claim_backoff
 from pipelines.run import REPO_ROOT, dagster_home, materialize_tenants
 from tests.conftest import load_demo_tenant
@@ -46,7 +49,7 @@ HOLDS_THE_SLOT = textwrap.dedent("""
 
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and not k.startswith("LODESTAR_")}
-    env.update(LODESTAR_DATA_DIR=str(data_dir), LODESTAR_EMBED_MODEL="hashing-64", PYTHONUNBUFFERED="1")
+    env.update(LODESTAR_DATA_DIR=str(data_dir), LODESTAR_EMBED_MODEL="hashing-64")
     return env
 
 
@@ -89,7 +92,7 @@ def test_a_killed_run_is_failed_and_its_slot_freed_by_the_next_run(two_tenants):
 
         started = time.monotonic()
         try:
-            second = subprocess.run(LODESTAR + ["materialize", "--tenant", "t2"], env=env, cwd=REPO_ROOT,
+            second = subprocess.run(LODESTAR + ["materialize", "--tenant", "t2"], check=False, env=env, cwd=REPO_ROOT,
                                     capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the next run still waited for the killed run {killed_run} after 60 s")
@@ -107,11 +110,12 @@ def test_a_killed_run_is_failed_and_its_slot_freed_by_the_next_run(two_tenants):
         assert instance.event_log_storage.get_concurrency_run_ids() == set()  # no pending claim either
 
 
-def test_a_live_holder_is_waited_for_with_back_off_and_a_message_naming_it(two_tenants, monkeypatch):
+def test_a_live_holder_is_waited_for_with_back_off_and_recovered_once_it_dies(two_tenants, monkeypatch):
     settings = two_tenants
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setenv("LODESTAR_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("LODESTAR_EMBED_MODEL", "hashing-64")
+    monkeypatch.setattr(recovery, "RECHECK_MAX_S", 2.0)  # the watcher's back-off ceiling, short for a test
     with _instance(settings) as instance:
         # A live holder: a run of tenant t1 in this very process, holding the embedding slot.
         holder = DagsterRun(job_name="materialize_tenant", status=DagsterRunStatus.STARTED,
@@ -135,19 +139,83 @@ def test_a_live_holder_is_waited_for_with_back_off_and_a_message_naming_it(two_t
             time.sleep(2.0)
             assert time.process_time() - cpu < 0.5, "the waiting run spins instead of backing off"
             assert not outcomes and instance.get_run_by_id(holder.run_id).status == DagsterRunStatus.STARTED
+
+            # The holder's process dies while the run waits (its tags now name a process that ended).
+            ended = subprocess.Popen(["true"])
+            ended.wait()
+            instance.add_run_tags(holder.run_id, {"lodestar/pid": str(ended.pid)})
+            waiter.join(timeout=45)
+            assert outcomes and outcomes[0].success, said
         finally:
-            storage.free_concurrency_slots_for_run(holder.run_id)  # the holder finishes
+            storage.free_concurrency_slots_for_run(holder.run_id)  # whatever happened, let the waiter end
             waiter.join(timeout=60)
-        assert outcomes and outcomes[0].success, said
+        assert instance.get_run_by_id(holder.run_id).status == DagsterRunStatus.FAILURE
+        assert any(line.startswith(f"  Recovered run {holder.run_id}") for line in said), said
 
 
 def test_the_claim_back_off_is_installed():
     """Dagster 1.13's in-process executor sleeps ``min(0, ...)`` between pool claim checks, that
     is never; the installed fix sleeps until the next check is due."""
-    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+    from dagster._core.execution.plan.instance_concurrency_context import (
+        InstanceConcurrencyContext,
+    )
 
     assert install_claim_backoff()
     waiting = InstanceConcurrencyContext.__new__(InstanceConcurrencyContext)
     waiting._pending_claims = {"item_embeddings"}
     waiting._pending_timeouts = {"item_embeddings": time.time() + 5}
     assert 4 < waiting.interval_to_next_pending_claim_check() <= 5
+
+
+@pytest.mark.parametrize("config", ["dagster_home/dagster.yaml", "deploy/dagster.yaml"])
+def test_the_daemon_frees_the_slots_of_a_run_marked_failed_by_hand(config, tmp_path, monkeypatch):
+    """What Dagster's run monitoring covers, with the committed instance configs: the pool slots of
+    a run that was marked failed (by hand, in the UI) are freed once it ended some seconds ago."""
+    import types
+
+    import yaml
+    from dagster import instance_for_test
+    from dagster._daemon.monitoring import concurrency
+
+    settings = yaml.safe_load((REPO_ROOT / config).read_text())["run_monitoring"]
+    assert settings["enabled"] and settings["free_slots_after_run_end_seconds"] > 0
+    with instance_for_test(temp_dir=str(tmp_path), overrides={"run_monitoring": settings,
+                                                              "concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        run = DagsterRun(job_name="materialize_tenant", status=DagsterRunStatus.STARTED)
+        instance.add_run(run)
+        instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
+        instance.event_log_storage.claim_concurrency_slot(POOL, run.run_id, "item_embeddings")
+        instance.report_run_failed(run, "marked failed by hand")
+        assert held_slots(instance, POOL) == {run.run_id: ["item_embeddings"]}  # marking it freed nothing
+
+        later = concurrency.get_current_datetime() + timedelta(seconds=settings["free_slots_after_run_end_seconds"] + 1)
+        monkeypatch.setattr(concurrency, "get_current_datetime", lambda: later)
+        list(concurrency.execute_concurrency_slots_iteration(types.SimpleNamespace(instance=instance), logging.getLogger()))
+        assert held_slots(instance, POOL) == {}
+
+
+def test_by_hand_a_run_found_dead_elsewhere_is_failed_and_its_slot_freed(tmp_path, monkeypatch, capsys):
+    """`python -m pipelines.recovery` names who holds a slot and leaves a run it cannot check alone;
+    with the run's id it marks it failed and frees its slot (README, "Recovering from a killed run")."""
+    settings = Settings(data_dir=tmp_path / "var")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("LODESTAR_DATA_DIR", str(settings.data_dir))
+    with _instance(settings) as instance:
+        elsewhere = RunProcess("another-host", 4242, "")
+        run = DagsterRun(job_name="materialize_tenant", status=DagsterRunStatus.STARTED,
+                         tags={"lodestar/tenant": "t1", **elsewhere.tags()})
+        instance.add_run(run)
+        instance.event_log_storage.initialize_concurrency_limit_to_default(POOL)
+        instance.event_log_storage.claim_concurrency_slot(POOL, run.run_id, "item_embeddings")
+
+        assert recovery.main([]) == 0
+        out = capsys.readouterr().out
+        assert f"held by run {run.run_id} (tenant 't1', STARTED, pid 4242 on host another-host" in out, out
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED  # not provably dead
+
+        assert recovery.main([run.run_id]) == 0
+        assert "marked it failed and freed its slots (pool 'embedding')" in capsys.readouterr().out
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        assert "found dead by hand" in _failure_message(instance, run.run_id)
+        assert held_slots(instance, POOL) == {}
+        assert recovery.main(["no-such-run"]) == 2
