@@ -12,6 +12,7 @@ items are indexed, so ``"available": true`` always holds and ``"available": fals
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from lodestar.jsonvalues import decode_json
 from lodestar.records import parse_id
 
 RANGE_OPS = ("gte", "gt", "lte", "lt")
+# Attribute names a filter (and a payload index) can address: the index engines read a name as a
+# JSON path, where spaces, dots, brackets and quotes mean something else.
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_VALUES = 1000
 
 
@@ -97,6 +101,8 @@ def _finite(value: int | float, where: str) -> float:
 
 
 def _attribute(key: str, spec: Any, where: str) -> AttributeCondition:
+    if not ATTRIBUTE_NAME.match(key):
+        raise InvalidInput(f"{where}: attribute names in filters are 1 to 64 letters, digits, '_' or '-'", field=where)
     if not isinstance(spec, dict):
         return AttributeCondition(key, values=(_scalar(spec, where),))
     unknown = set(spec) - set(RANGE_OPS) - {"in", "eq"}

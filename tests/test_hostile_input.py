@@ -133,6 +133,13 @@ def test_non_finite_numbers_in_filters_are_422(client, tenant, raw):
         assert problem["errors"][0]["field"].startswith("filter")
 
 
+def test_attribute_names_a_query_engine_cannot_address_are_422(client, tenant):
+    """Found by schemathesis: a name such as "8 |" was an invalid JSON path inside Qdrant (a 500)."""
+    body = {"query": "boots", "filter": {"attributes": {"8 |": 3}}}
+    problem = _problem(client.post("/v1/search", json=body, headers=_auth(tenant)), 422)
+    assert problem["errors"][0]["field"] == "filter.attributes.8 |"
+
+
 def test_non_finite_numbers_in_body_filters_are_refused(client, tenant):
     body = b'{"query": "boots", "filter": {"attributes": {"price": {"gte": NaN}}}}'
     response = client.post("/v1/search", content=body, headers={**_auth(tenant), "Content-Type": "application/json"})

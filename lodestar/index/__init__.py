@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lodestar.collab import CollabModel
-from lodestar.filters import ItemFilter
+from lodestar.filters import ATTRIBUTE_NAME, ItemFilter
 from lodestar.settings import Settings
 
 _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
@@ -66,6 +66,8 @@ def common_attributes(payloads: Sequence[dict[str, Any]]) -> list[tuple[str, str
     counts: dict[tuple[str, str], int] = {}
     for payload in payloads:
         for key, value in (payload.get("attributes") or {}).items():
+            if not ATTRIBUTE_NAME.match(key):
+                continue  # not addressable by a filter, so not worth an index (nor valid as a path)
             kind = "float" if isinstance(value, (int, float)) and not isinstance(value, bool) else (
                 "keyword" if isinstance(value, str) else None)
             if kind:
