@@ -22,6 +22,7 @@ from assets import analytics, embeddings, extracts, features, index, model
 from assets.resources import LodestarResource
 from lodestar.settings import Settings
 from pipelines.jobs import extract_job, materialize_tenant
+from pipelines.recovery import install_claim_backoff
 from pipelines.sensors import build_schedule, build_sensors
 
 ASSET_MODULES = (extracts, features, embeddings, model, index, analytics)
@@ -56,5 +57,8 @@ def build_definitions(settings: Settings, lodestar: LodestarResource | None = No
 
 @definitions
 def defs() -> Definitions:
-    """The code location's Definitions, with the settings of the environment it loads in."""
+    """The code location's Definitions, with the settings of the environment it loads in. Every run
+    worker the daemon launches loads them, so this is also where its pool waits learn to back off
+    instead of spinning a core (pipelines.recovery.install_claim_backoff)."""
+    install_claim_backoff()
     return build_definitions(Settings.from_env())
