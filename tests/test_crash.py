@@ -1,0 +1,109 @@
+"""``kill -9`` of ``lodestar serve`` while clients are POSTing events: every event the server
+acknowledged (a 200) is in the CDP store afterwards, and a restarted server serves on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lodestar.cdp import cdp_session
+from lodestar.keys import issue_key
+from lodestar.records import event_id, parse_event
+from lodestar.settings import Settings
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert server.poll() is None, "the server exited"
+        try:
+            return httpx.get(f"{base}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=60, message="lodestar serve did not come up")
+    return server
+
+
+def test_every_acknowledged_event_survives_kill_9_of_the_server(tmp_path):
+    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64")
+    with cdp_session(settings) as store:
+        store.create_tenant("acme")
+        key = issue_key(store, "acme", ("events",))
+    env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
+    port = _free_port()
+    server = _serve(env, port)
+    acknowledged: list[str] = []
+    sent = threading.Event()
+    stop = threading.Event()
+    lock = threading.Lock()
+    start = time.time() - 3600
+
+    def client(worker: int) -> None:
+        # Bounded: at most 400 batches per client, and it stops when the server is gone.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                          timeout=5) as http:
+            for batch in range(400):
+                if stop.is_set():
+                    return
+                events = [{"user_id": f"u{worker}", "item_id": f"i{n}", "type": "view",
+                           "ts": start + worker * 1000 + batch * 0.01 + n * 0.0001} for n in range(20)]
+                try:
+                    response = http.post("/v1/events", json={"events": events})
+                except httpx.HTTPError:
+                    return  # the server was killed mid-request: that batch was never acknowledged
+                if response.status_code == 200:
+                    assert response.json()["accepted"] == 20
+                    with lock:
+                        acknowledged.extend(event_id(parse_event(e)) for e in events)
+                    sent.set()
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert sent.wait(30), "no batch was acknowledged"
+        time.sleep(0.5)  # let the clients keep writing while the server dies
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        if server.poll() is None:
+            server.kill()
+    assert len(acknowledged) >= 20
+    with cdp_session(settings) as store:
+        stored = {e["id"] for w in range(4) for e in store.user_events("acme", f"u{w}", limit=1_000_000)}
+    lost = set(acknowledged) - stored
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged events were lost"
+    restarted = _serve(env, port)  # the store opens cleanly after the crash and takes events again
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/events", headers={"Authorization": f"Bearer {key}"},
+                              json={"events": [{"user_id": "after", "item_id": "i1", "type": "view"}]}, timeout=10)
+        assert response.status_code == 200 and response.json()["stored"] == 1
+    finally:
+        restarted.terminate()
+        restarted.wait(10)
