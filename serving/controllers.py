@@ -250,7 +250,7 @@ class KeyController(Controller):
     @get("/", operation_id="listKeys", responses=problem_responses(401, 403, 503), sync_to_thread=True)
     def list_keys(self, tenant: Tenant, cdp: Cdp) -> KeyList:
         """Every key of the tenant (never the secret), revoked ones with the time they were revoked."""
-        return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
+        return _keys(cdp, tenant)
 
     @post("/", operation_id="createKey", responses=WRITES, status_code=201, sync_to_thread=True)
     def create_key(self, tenant: Tenant, data: KeyRequest, cdp: Cdp) -> NewKey:
@@ -279,8 +279,7 @@ class OperatorController(Controller):
 
     @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", responses=READS | NOT_FOUND, sync_to_thread=True)
     def list_keys(self, tenant_name: PathId, cdp: Cdp) -> KeyList:
-        tenant = require_tenant(cdp, tenant_name)["name"]
-        return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
+        return _keys(cdp, require_tenant(cdp, tenant_name)["name"])
 
     @post("/{tenant_name:str}/keys", operation_id="operatorCreateKey", responses=WRITES | NOT_FOUND, status_code=201,
           sync_to_thread=True)
@@ -291,6 +290,10 @@ class OperatorController(Controller):
             sync_to_thread=True)
     def revoke_key(self, tenant_name: PathId, key_id: PathId, cdp: Cdp) -> KeyInfo:
         return _revoke(cdp, require_tenant(cdp, tenant_name)["name"], key_id)
+
+
+def _keys(cdp: CdpStore, tenant: str) -> KeyList:
+    return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
 
 
 def _new_key(cdp: CdpStore, tenant: str, data: KeyRequest) -> NewKey:

@@ -19,6 +19,7 @@ what is going on, exactly when the API is overloaded.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -63,8 +64,8 @@ class RequestLimits:
     max_connections: int = 256
     max_body_bytes: int = 1024 * 1024  # an event batch of 1000 events is well under this
     body_timeout_s: float = 10.0  # for the whole body to arrive
-    # Four per core: enough to overlap the I/O of sync handlers (SQLite, index reads) without
-    # the GIL contention that made throughput fall when clients were added.
+    # Four per core: enough to overlap the I/O of sync handlers (SQLite, index reads); more only
+    # share the same cores more thinly.
     max_in_flight: int = field(default_factory=lambda: 4 * _cpus())
     max_waiting: int | None = None  # None: twice max_in_flight
     max_wait_s: float = 1.0
@@ -86,7 +87,7 @@ class RequestLimits:
                 value = kind(text)
             except ValueError:
                 value = None
-            if value is None or value < minimum:
+            if value is None or not math.isfinite(value) or value < minimum:
                 raise InvalidInput(f"{var} must be a number >= {minimum}, not {text!r}", field=var)
             values[name] = value
         return cls(**values)
@@ -116,10 +117,6 @@ class Slots:
         self.limit, self.max_waiting, self.max_wait_s = limit, max_waiting, max_wait_s
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
 
     async def acquire(self) -> bool:
         """Take a slot (``True``) or give up (``False``): at once when the queue is full, after

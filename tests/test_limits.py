@@ -110,8 +110,8 @@ def test_an_oversized_header_is_refused_at_once_and_health_stays_fast(tmp_path):
     if answer:
         assert b"application/problem+json" in answer and b"larger than 32768 bytes" in answer
     # Generous bounds (2 shared cores): the point is seconds before, not milliseconds now.
-    assert refused_after < 3, f"the big request took {refused_after:.1f} s to refuse"
-    assert latencies and max(latencies) < 1.5, f"/health took up to {max(latencies):.2f} s meanwhile"
+    assert refused_after < 5, f"the big request took {refused_after:.1f} s to refuse"
+    assert latencies and max(latencies) < 2, f"/health took up to {max(latencies):.2f} s meanwhile"
 
 
 def test_a_request_head_that_trickles_in_is_cut_off(tmp_path):
@@ -205,8 +205,8 @@ async def _after(delay: float, coroutine):
 def test_past_its_slots_the_api_answers_503_with_retry_after(monkeypatch, tmp_path):
     with slow_app_served(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="2", LODESTAR_MAX_WAITING="1",
                          LODESTAR_MAX_WAIT="0.1", LODESTAR_RETRY_AFTER="3") as url:
-        answers, health = _concurrently(url, 6, 0.6)
-    # 2 run; 1 waits 0.1 s and gives up (the slots are held 0.6 s); 3 find the queue full.
+        answers, health = _concurrently(url, 6, 1.2)
+    # 2 run; 1 waits 0.1 s and gives up (the slots are held 1.2 s); 3 find the queue full.
     assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503, 503]
     for shed in (a for a in answers if a.status_code == 503):
         assert shed.headers["retry-after"] == "3"
@@ -229,3 +229,5 @@ def test_limits_come_from_the_environment_with_defaults():
     assert (tuned.max_in_flight, tuned.max_waiting, tuned.max_wait_s) == (3, 6, 0.25)
     with pytest.raises(InvalidInput, match="LODESTAR_MAX_IN_FLIGHT must be a number >= 1, not 'lots'"):
         RequestLimits.from_env({"LODESTAR_MAX_IN_FLIGHT": "lots"})
+    with pytest.raises(InvalidInput, match="LODESTAR_MAX_WAIT must be"):
+        RequestLimits.from_env({"LODESTAR_MAX_WAIT": "nan"})
