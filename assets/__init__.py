@@ -20,9 +20,13 @@ def report(context: AssetExecutionContext, message: str) -> None:
 # Downstream of the CDP extracts every asset follows its dependencies by declarative automation,
 # in one run per tick (within a run, a failed blocking check skips what is downstream of it).
 DOWNSTREAM = AutomationCondition.eager()
-# Publishing also waits for the latest blocking checks of its dependencies, so that a later tick
-# never publishes a version that a check rejected.
-PUBLISH = AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed()
+# Publishing also waits for the latest blocking checks of its dependencies and of theirs (every
+# blocking check upstream: popularity, embeddings, the model, the index, the evaluation), so that a
+# later tick never publishes what a check rejected, even when eager automation rebuilt on top of it.
+# Gating only publishing keeps the rest of the chain at one tick (a gate on every asset would wait a
+# tick per level for checks that run in the same run).
+_CHECKS_PASSED = AutomationCondition.all_deps_blocking_checks_passed()
+PUBLISH = AutomationCondition.eager() & _CHECKS_PASSED & AutomationCondition.all_deps_match(_CHECKS_PASSED)
 
 
 def bar(value: float, top: float, width: int = 30) -> str:

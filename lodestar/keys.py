@@ -84,8 +84,3 @@ def principal_for_key(store: CdpStore, key: str, operator_key: str | None = None
         return None
     return Principal("tenant_key", found.tenant, found.scopes, key_id)
 
-
-def tenant_for_key(store: CdpStore, key: str) -> str | None:
-    """The tenant a key belongs to, or ``None`` for a malformed, unknown, revoked or wrong key."""
-    principal = principal_for_key(store, key)
-    return None if principal is None else principal.tenant

@@ -6,12 +6,16 @@ that the API key resolved to: a tenant's requests can only ever see that tenant'
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 from lodestar.errors import IndexNotReady
 from lodestar.index import IndexReader, IndexStore, PublishedVersion
+
+log = logging.getLogger("lodestar.serving")
 
 # A retired reader stays open this long so that requests already using it can finish.
 RETIRE_AFTER_S = 30.0
@@ -29,7 +33,10 @@ class TenantIndexes:
         self._interval = check_interval_s
         self._slots: dict[str, _Slot] = {}
         self._retired: list[tuple[float, IndexReader]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _slots and _retired (held briefly, never during I/O)
+        # One lock per tenant serializes its refreshes: opening one tenant's new version (reading a
+        # model over the network, say) never holds up another tenant's requests.
+        self._tenant_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def get(self, tenant: str) -> PublishedVersion:
         """The tenant's published version, reloaded when the pointer moved (checked at most every
@@ -46,25 +53,32 @@ class TenantIndexes:
             )
         return slot.published
 
-    def reader(self, tenant: str) -> IndexReader:
-        return self.get(tenant).reader
-
     def _refresh(self, tenant: str, now: float) -> _Slot:
         with self._lock:
+            tenant_lock = self._tenant_locks[tenant]
+        with tenant_lock:
             slot = self._slots.get(tenant)
             if slot is not None and now - slot.checked_at < self._interval:
                 return slot  # another thread refreshed it meanwhile
-            version = self._store.published(tenant)  # cheap: the pointer only
             current = slot.published if slot else None
-            if version is not None and (current is None or current.version != version):
-                fresh = self._store.open_published(tenant)
+            try:
+                version = self._store.published(tenant)  # cheap: the pointer only
+                fresh = (self._store.open_published(tenant)
+                         if version is not None and (current is None or current.version != version) else None)
+            except Exception:  # noqa: BLE001 - a version that cannot be opened must not take the served one down
+                if current is None:
+                    raise
+                log.exception("tenant %s: could not open its newly published index version; the loaded "
+                              "version %s keeps serving and the next check tries again", tenant, current.version)
+                fresh = None
+            with self._lock:
                 if fresh is not None:
                     if current is not None:
                         self._retired.append((now, current.reader))
                     current = fresh
-            slot = _Slot(current, now)
-            self._slots[tenant] = slot
-            self._close_retired(now)
+                slot = _Slot(current, now)
+                self._slots[tenant] = slot
+                self._close_retired(now)
             return slot
 
     def _close_retired(self, now: float) -> None:
@@ -82,8 +96,10 @@ class TenantIndexes:
         slot = self._slots.get(tenant)
         return None if slot is None else slot.checked_at
 
-    def loaded(self) -> dict[str, str]:
-        return {t: s.published.version for t, s in self._slots.items() if s.published is not None}
+    def loaded(self) -> dict[str, PublishedVersion]:
+        """The versions loaded now, by tenant (read without opening anything)."""
+        with self._lock:
+            return {t: s.published for t, s in self._slots.items() if s.published is not None}
 
     def close(self) -> None:
         with self._lock:

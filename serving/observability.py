@@ -196,12 +196,8 @@ class ServedStateCollector(Collector):
         indexes, cdp = self.state.get("indexes"), self.state.get("cdp")
         now = time.time()
         if indexes is not None:
-            for tenant in indexes.loaded():
-                try:
-                    published_at = indexes.get(tenant).record.get("published_at")
-                except Exception:  # noqa: BLE001 - one tenant's broken index must not hide every metric
-                    log.warning("no index age for tenant %s", tenant, exc_info=True)
-                    continue
+            for tenant, published in indexes.loaded().items():  # loaded versions only: a scrape opens nothing
+                published_at = published.record.get("published_at")
                 if published_at is not None:
                     age.add_metric([tenant], max(0.0, now - float(published_at)))
         if cdp is not None:

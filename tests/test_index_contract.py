@@ -216,3 +216,22 @@ def test_a_published_version_opens_with_its_model(index, monkeypatch):
         assert not (store.data_dir / "tenants" / acme / "models" / builder.version).exists()
     else:
         assert qdrant_server._ModelBlobs(store.client).load(acme, builder.version) is None
+
+
+def test_tenants_whose_names_share_a_prefix_are_kept_apart(index):
+    """Tenant names may hold '-': a version of ``a`` is never one of ``a-x`` or ``a--b``, and
+    publishing and dropping ``a``'s versions leaves theirs alone."""
+    store, name = index
+    a, ax, ab = name("a"), name("a-x"), name("a--b")
+    va, _, _ = _build(store, a, n=3)
+    vax, _, _ = _build(store, ax, n=3)
+    vab, _, _ = _build(store, ab, n=3)
+    store.publish(ax, vax)
+    store.publish(ab, vab)
+    assert store.versions(a) == [va] and store.versions(ax) == [vax] and store.versions(ab) == [vab]
+    store.publish(a, va)
+    newer, _, _ = _build(store, a, n=3)
+    store.publish(a, newer)
+    assert store.drop_old(a, keep=0) == [va]
+    assert store.versions(ax) == [vax] and store.published(ax) == vax
+    assert store.versions(ab) == [vab] and store.published(ab) == vab

@@ -60,12 +60,19 @@ class Watermark(NamedTuple):
         return cls(float(stamp), ident)
 
 
+# Names the Qdrant server adapter gives its own collections (lodestar--shared, lodestar--registry),
+# which a tenant's alias (lodestar--<tenant>) must never take.
+RESERVED_TENANT_NAMES = ("shared", "registry")
+
+
 def check_tenant_name(name: str) -> str:
     if not isinstance(name, str) or not TENANT_NAME.match(name):
         raise InvalidInput(
             f"tenant name {name!r} is not valid: use 1-63 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
+    if name in RESERVED_TENANT_NAMES:
+        raise InvalidInput(f"tenant name {name!r} is reserved (the index uses it); pick another name")
     return name
 
 

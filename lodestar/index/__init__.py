@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lodestar.collab import CollabModel
+from lodestar.errors import NotFound
 from lodestar.filters import ATTRIBUTE_NAME, ItemFilter
 from lodestar.settings import Settings
 
@@ -31,6 +32,11 @@ _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
 def point_id(tenant: str, item_id: str) -> str:
     """Deterministic point id of an item of a tenant."""
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
+
+
+def unknown_version(tenant: str, version: str) -> NotFound:
+    """The error for an index version a tenant does not have."""
+    return NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
 
 
 def new_version() -> str:

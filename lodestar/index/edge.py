@@ -26,7 +26,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from lodestar.collab import CollabModel
-from lodestar.errors import IndexEngineError, NotFound
+from lodestar.errors import IndexEngineError
 from lodestar.filters import ItemFilter
 from lodestar.index import (
     COLLAB,
@@ -43,6 +43,7 @@ from lodestar.index import (
     open_published,
     point_id,
     to_hits,
+    unknown_version,
     versions_to_drop,
 )
 from lodestar.index.qdrant_filters import translate_filter
@@ -106,14 +107,14 @@ class EdgeIndexStore:
         if base is not None:
             source = self._version_dir(tenant, base)
             if not (source / "edge_config.json").is_file():
-                raise NotFound(f"index version {base!r} of tenant {tenant!r} does not exist")
+                raise unknown_version(tenant, base)
             shutil.copytree(source, path)
         return EdgeIndexBuilder(tenant, version, path, self._model_dir(tenant, version), dimension, collab_dimension,
                                 derived=base is not None)
 
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
         if not (self._version_dir(tenant, version) / "edge_config.json").is_file():
-            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+            raise unknown_version(tenant, version)
         record = {"version": version, "published_at": time.time(), **(info or {})}
         _atomic_write(self._root(tenant) / "PUBLISHED", json.dumps(record))
 
@@ -130,7 +131,7 @@ class EdgeIndexStore:
     def open(self, tenant: str, version: str) -> EdgeIndexReader:
         path = self._version_dir(tenant, version)
         if not (path / "edge_config.json").is_file():
-            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+            raise unknown_version(tenant, version)
         return EdgeIndexReader(tenant, version, qe.EdgeShard.load(str(path)))
 
     def open_published(self, tenant: str) -> PublishedVersion | None:

@@ -25,6 +25,7 @@ the tests use it); with an ``http(s)://`` URL, on a server.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -50,6 +51,7 @@ from lodestar.index import (
     open_published,
     point_id,
     to_hits,
+    unknown_version,
     versions_to_drop,
 )
 from lodestar.index.qdrant_filters import translate_filter
@@ -58,7 +60,9 @@ BATCH = 256
 PREFIX = "lodestar--"
 SHARED = f"{PREFIX}shared"
 REGISTRY = f"{PREFIX}registry"
-MODELS = f"{PREFIX}models"
+# Tenant names start with a letter or digit (lodestar.cdp.TENANT_NAME), so no tenant's alias can
+# take this name.
+MODELS = f"{PREFIX}_models"
 MODEL_CHUNK = 4 * 1024 * 1024  # raw bytes per model point (~5.6 MB of base64, under Qdrant's 32 MB request limit)
 MODES = ("collection", "shared")
 
@@ -72,6 +76,14 @@ def client_for(url: str, api_key: str | None = None) -> QdrantClient:
     if not url.startswith(("http://", "https://")):
         raise InvalidInput(f"LODESTAR_QDRANT_URL {url!r} is not valid: use http(s)://host:6333, :memory: or path:/dir")
     return QdrantClient(url=url, api_key=api_key, timeout=60)
+
+
+def _version_of(tenant: str, collection: str) -> str | None:
+    """The version a collection ``lodestar--<tenant>--<version>`` holds, or ``None`` when it is not
+    one of ``tenant``'s. Tenant names may contain ``-``, so a prefix test would take tenant ``a-x``'s
+    (or ``a--b``'s) collections for ``a``'s; a version name has a fixed shape (lodestar.index.new_version)."""
+    match = re.fullmatch(rf"{re.escape(PREFIX + tenant)}--(v[0-9]{{8}}T[0-9]{{6}}[._][0-9]{{6}}-[0-9a-f]{{4}})", collection)
+    return match.group(1) if match else None
 
 
 class _ClientConditions:
@@ -199,7 +211,7 @@ class QdrantIndexStore:
         if collab_dimension:
             vectors[COLLAB] = models.VectorParams(size=collab_dimension, distance=models.Distance.DOT)
         if base is not None and base not in self.versions(tenant):
-            raise NotFound(f"index version {base!r} of tenant {tenant!r} does not exist")
+            raise unknown_version(tenant, base)
         if self.shared:
             if not self.client.collection_exists(SHARED):
                 self.client.create_collection(SHARED, vectors_config=vectors)
@@ -231,7 +243,7 @@ class QdrantIndexStore:
 
     def publish(self, tenant: str, version: str, info: dict[str, Any] | None = None) -> None:
         if version not in self.versions(tenant):
-            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+            raise unknown_version(tenant, version)
         record = {"version": version, "published_at": time.time(), **(info or {})}
         if self.shared:
             self._set_registry(tenant, {**self._registry(tenant), "published": record})
@@ -258,7 +270,7 @@ class QdrantIndexStore:
         if target is None:
             return None
         metadata = self.client.get_collection(target).config.metadata or {}
-        return metadata.get("lodestar_published") or {"version": target[len(f"{PREFIX}{tenant}--"):]}
+        return metadata.get("lodestar_published") or {"version": _version_of(tenant, target)}
 
     def published(self, tenant: str) -> str | None:
         """The served version: the alias's target (one request; servers poll it)."""
@@ -266,7 +278,7 @@ class QdrantIndexStore:
             record = self.published_record(tenant)
             return None if record is None else record["version"]
         target = self._aliased(tenant)
-        return None if target is None else target[len(f"{PREFIX}{tenant}--"):]
+        return None if target is None else _version_of(tenant, target)
 
     def open_published(self, tenant: str) -> PublishedVersion | None:
         return open_published(self, tenant, self._models.load)
@@ -277,14 +289,14 @@ class QdrantIndexStore:
 
     def open(self, tenant: str, version: str) -> QdrantIndexReader:
         if version not in self.versions(tenant):
-            raise NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")
+            raise unknown_version(tenant, version)
         return QdrantIndexReader(self.client, _Layout(self.mode, tenant, version))
 
     def versions(self, tenant: str) -> list[str]:
         if self.shared:
             return sorted(self._registry(tenant).get("versions", []))
-        prefix = f"{PREFIX}{tenant}--"
-        return sorted(c.name[len(prefix):] for c in self.client.get_collections().collections if c.name.startswith(prefix))
+        names = (_version_of(tenant, c.name) for c in self.client.get_collections().collections)
+        return sorted(v for v in names if v is not None)
 
     def drop_old(self, tenant: str, keep: int = 2) -> list[str]:
         """Drop versions older than the published one but the ``keep`` newest of them."""
