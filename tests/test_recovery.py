@@ -136,8 +136,8 @@ def test_a_live_holder_is_waited_for_with_back_off_and_recovered_once_it_dies(tw
             assert "t1" in message and f"pid {os.getpid()}" in message and POOL in message, message
             # It backs off: a few seconds of waiting cost this process a small fraction of a core.
             cpu = time.process_time()
-            time.sleep(2.0)
-            assert time.process_time() - cpu < 0.5, "the waiting run spins instead of backing off"
+            time.sleep(1.0)
+            assert time.process_time() - cpu < 0.25, "the waiting run spins instead of backing off"
             assert not outcomes and instance.get_run_by_id(holder.run_id).status == DagsterRunStatus.STARTED
 
             # The holder's process dies while the run waits (its tags now name a process that ended).

@@ -40,7 +40,7 @@ OPERATOR_KEY = "op-" + "s" * 40
 CHECKS = (not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection)
 KEYS: dict[str, str] = {}
-EXAMPLES = 20
+EXAMPLES = 12
 
 
 @pytest.fixture(scope="module")
