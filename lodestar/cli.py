@@ -212,8 +212,13 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from serving.server import serve
 
-    _say(f"Serving Lodestar on http://{args.host}:{args.port} (data dir {settings.data_dir}); OpenAPI at /schema")
-    serve(settings, args.host, args.port, "info")
+    if args.workers < 1:
+        from lodestar.errors import InvalidInput
+
+        raise InvalidInput(f"--workers must be 1 or more, got {args.workers}")
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
+    _say(f"Serving Lodestar on http://{args.host}:{args.port} (data dir {settings.data_dir}{workers}); OpenAPI at /schema")
+    serve(settings, args.host, args.port, "info", workers=args.workers)
     return 0
 
 
@@ -328,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=port)
         if name == "demo":
             p.add_argument("--no-serve", action="store_true", help="stop after materializing (print the keys)")
+        if name == "serve":
+            p.add_argument("--workers", type=int, default=1,
+                           help="worker processes accepting on the one port (e.g. one per core); they share the "
+                                "index and model files through the page cache")
         p.set_defaults(func=func)
     return parser
 

@@ -10,6 +10,7 @@ request with a 64 MB header stalled every other request for seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -26,6 +27,8 @@ from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
 from serving.app import create_app
 from serving.limits import RequestLimits
+
+APP_FACTORY = "serving.app:create_app"  # what each worker process imports and calls
 
 
 def _ensure_port_free(host: str, port: int) -> None:
@@ -97,13 +100,30 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+@functools.cache
+def _environment_limits() -> RequestLimits:
+    return RequestLimits.from_env()
+
+
+class EnvironmentH11Protocol(BoundedH11Protocol):
+    """The protocol of worker processes (``--workers``): importable by name, so that uvicorn can
+    start it in a fresh process, with the header timeout of the environment it inherits."""
+
+    @property
+    def header_timeout_s(self) -> float:  # type: ignore[override]
+        return _environment_limits().header_timeout_s
+
+
 def server_config(app: Any, host: str, port: int, log_level: str = "info",
-                  limits: RequestLimits | None = None) -> uvicorn.Config:
-    """The uvicorn configuration ``lodestar serve`` runs ``app`` with."""
+                  limits: RequestLimits | None = None, workers: int = 1) -> uvicorn.Config:
+    """The uvicorn configuration ``lodestar serve`` runs ``app`` with (an app object, or with
+    several ``workers`` the import path of the app factory, which each worker calls)."""
     limits = limits or RequestLimits.from_env()
-    protocol = type("LodestarH11Protocol", (BoundedH11Protocol,), {"header_timeout_s": limits.header_timeout_s})
+    protocol: type[BoundedH11Protocol] = (
+        EnvironmentH11Protocol if workers > 1 else
+        type("LodestarH11Protocol", (BoundedH11Protocol,), {"header_timeout_s": limits.header_timeout_s}))
     return uvicorn.Config(
-        app, host=host, port=port, log_level=log_level,
+        app, host=host, port=port, log_level=log_level, workers=workers, factory=workers > 1,
         http=protocol,
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=limits.keep_alive_s,
@@ -121,11 +141,24 @@ def server_config(app: Any, host: str, port: int, log_level: str = "info",
 
 def serve(
     settings: Settings, host: str, port: int, log_level: str = "info", on_ready: Callable[[], None] | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve the API on ``host:port`` until interrupted. ``on_ready`` is called once, from another
-    thread, when the server accepts connections (not called if it never starts)."""
+    thread, when the server accepts connections (not called if it never starts).
+
+    With ``workers`` > 1, that many processes accept on one socket, each with its own app (created
+    from the environment, as ``settings`` were); they share the index versions and collaborative
+    models through the page cache (both are memory-mapped files), so memory grows by each worker's
+    interpreter and embedding model, not by another copy of the data."""
     _ensure_port_free(host, port)
     limits = RequestLimits.from_env()
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        logging.getLogger("lodestar").setLevel(log_level.upper())
+        config = server_config(APP_FACTORY, host, port, log_level, limits, workers=workers)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
     app = create_app(settings)
     logging.getLogger("lodestar").setLevel(log_level.upper())  # the request log too (`demo` serves quietly)
     server = uvicorn.Server(server_config(app, host, port, log_level, limits))

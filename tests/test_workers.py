@@ -1,0 +1,82 @@
+"""``lodestar serve --workers N``: N processes answer on one port, each with its own app, and stop
+together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lodestar.cdp import cdp_session
+from lodestar.keys import issue_key
+from lodestar.settings import Settings
+from tests.helpers import wait_until
+from tests.test_crash import _free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _children(pid: int) -> set[int]:
+    """The worker processes of ``pid`` (multiprocessing's resource tracker is a child too: left out)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and b"resource_tracker" not in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_workers_share_one_port_and_stop_together(tmp_path):
+    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64")
+    with cdp_session(settings) as store:
+        store.create_tenant("acme")
+        key = issue_key(store, "acme", ("events",))
+    env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port), "--workers", "2"],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert server.poll() is None, "the server exited"
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, message="lodestar serve --workers 2 did not come up")
+        workers = wait_until(lambda: len(_children(server.pid)) >= 2 and _children(server.pid), timeout=30,
+                             message="two worker processes were not started")
+        assert len(workers) == 2
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10) as http:
+            for n in range(20):  # fresh connections, so both workers take some
+                answer = http.post("/v1/events", json={"events": [{"user_id": "u", "item_id": f"i{n}", "type": "view",
+                                                                   "ts": time.time() - 60 + n}]},
+                                   headers={"Connection": "close"})
+                assert answer.status_code == 200 and answer.json()["stored"] == 1
+        with cdp_session(settings) as store:
+            assert len(store.user_events("acme", "u")) == 20
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    assert server.returncode is not None
+    assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+                   for pid in workers), "a worker outlived the server"
+
+
+def test_workers_must_be_positive(tmp_path):
+    env = {**os.environ, "LODESTAR_DATA_DIR": str(tmp_path / "var")}
+    done = subprocess.run([sys.executable, "-m", "lodestar.cli", "serve", "--workers", "0"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers must be 1 or more" in done.stderr
