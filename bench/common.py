@@ -17,11 +17,12 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], headers: dict[str, str] | None = None,
-                 timeout_s: float = 120) -> tuple[subprocess.Popen, httpx.Client]:
-    """Start `lodestar serve` with ``env`` and return it with a client, once /ready answers 200."""
+                 timeout_s: float = 120, args: list[str] | None = None) -> tuple[subprocess.Popen, httpx.Client]:
+    """Start `lodestar serve` with ``env`` (and extra ``args``, e.g. ``--workers 2``) and return it
+    with a client, once /ready answers 200."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port), *(args or [])],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers or {})
     deadline = time.monotonic() + timeout_s
     while True:

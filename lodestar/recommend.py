@@ -30,7 +30,7 @@ from lodestar.controls import Controls, Rule, apply
 from lodestar.event_weights import event_weight
 from lodestar.features import DAY
 from lodestar.filters import ItemFilter
-from lodestar.index import COLLAB, Hit, IndexReader, PublishedVersion
+from lodestar.index import CANDIDATE_FIELDS, COLLAB, Hit, IndexReader, PublishedVersion
 
 if TYPE_CHECKING:
     from lodestar.cdp import CdpStore
@@ -102,11 +102,14 @@ def _hybrid(
     taste: np.ndarray | None, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
 ) -> list[Hit]:
     limit = max(config.collab.candidates, k)
+    # Candidates carry what ranking needs (id, popularity); the head's full payloads and content
+    # vectors are read once, below (converting hundreds of payloads costs more than the query).
     candidates: dict[str, Hit] = {
-        h.item_id: h for h in reader.nearest(query, limit, exclude, using=COLLAB, item_filter=item_filter)
+        h.item_id: h for h in reader.nearest(query, limit, exclude, using=COLLAB, item_filter=item_filter,
+                                             fields=CANDIDATE_FIELDS)
     }
     if taste is not None:
-        for hit in reader.nearest(taste, k, exclude, item_filter=item_filter):
+        for hit in reader.nearest(taste, k, exclude, item_filter=item_filter, fields=CANDIDATE_FIELDS):
             candidates.setdefault(hit.item_id, hit)
     if not candidates:
         return []
@@ -118,17 +121,17 @@ def _hybrid(
     # Content similarity only reorders the head: fetch content vectors for it alone (a vector
     # costs more to fetch than everything else about a candidate).
     head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, k)]
+    points = reader.points([hits[i].item_id for i in head])
     content = np.zeros(len(head))
-    vectors: dict[str, np.ndarray] = {}
     if taste is not None and weights.content:
-        vectors = reader.vectors([hits[i].item_id for i in head])
-        sims = np.asarray([float(vectors[hits[i].item_id] @ taste) if hits[i].item_id in vectors else 0.0 for i in head])
+        sims = np.asarray([float(points[hits[i].item_id].vector @ taste) if hits[i].item_id in points else 0.0
+                           for i in head])
         content = weights.content * _scaled(sims)
     final = partial[head] + content
-    order = np.argsort(-final, kind="stable")[:k]
+    order = [i for i in np.argsort(-final, kind="stable") if hits[head[i]].item_id in points][:k]
     # The fetched vectors travel with the hits, so diversity does not fetch them again.
-    return [Hit(hits[head[i]].item_id, float(final[i]), hits[head[i]].payload, vectors.get(hits[head[i]].item_id))
-            for i in order]
+    return [Hit(hits[head[i]].item_id, float(final[i]), points[hits[head[i]].item_id].payload,
+                points[hits[head[i]].item_id].vector) for i in order]
 
 
 def _content_ranked(

@@ -1,10 +1,11 @@
 """Keeping tenants fresh without anyone pressing "materialize".
 
 * ``tenant_discovery``: the ``tenants`` partitions follow the CDP's tenant list (added and removed).
-* ``cdp_changes``: per tenant, the newest ``(updated_at, id)`` of items, users and events; when it
-  moved past the cursor, the tenant's extracts are requested with ``run_key = tenant:watermarks``
-  (re-evaluating a tick never duplicates work); everything downstream follows by declarative
-  automation. When that run failed, a later tick requests it again (up to ``MAX_RETRIES`` times).
+* ``cdp_changes``: per tenant, the newest ``(updated_at, id)`` of items, users and events, read for
+  every tenant at once (one CDP query per entity and tick); when it moved past the cursor, the
+  tenant's extracts are requested with ``run_key = tenant:watermarks`` (re-evaluating a tick never
+  duplicates work); everything downstream follows by declarative automation. When that run failed,
+  a later tick requests it again (up to ``MAX_RETRIES`` times).
 * ``nightly_rebuild``: a full rebuild of every tenant (re-reading every CDP row), on a cron.
 
 Intervals and the cron come from the settings, so the sensors and the schedule are built by
@@ -40,6 +41,9 @@ from lodestar.settings import Settings
 from pipelines.jobs import extract_job, materialize_tenant
 
 MAX_RETRIES = 3
+RUN_KEY_TAG = "dagster/run_key"
+# Run keys looked up per run-storage query (bound parameters of one SQL statement).
+RUN_KEYS_PER_QUERY = 500
 EXTRACTS = [AssetKey(f"cdp_{entity}") for entity in ENTITIES]
 
 
@@ -60,32 +64,52 @@ def discover_tenants(context: SensorEvaluationContext, lodestar: LodestarResourc
     return SensorResult(dynamic_partitions_requests=requests)
 
 
-def _failed(context: SensorEvaluationContext, run_key: str) -> bool:
-    runs = context.instance.get_runs(filters=RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
-    return bool(runs) and runs[0].status == DagsterRunStatus.FAILURE
+def _latest_run_statuses(context: SensorEvaluationContext, run_keys: list[str]) -> dict[str, DagsterRunStatus]:
+    """The status of the newest run of each of ``run_keys`` that has one, from one run-storage
+    query per ``RUN_KEYS_PER_QUERY`` keys (not one per tenant)."""
+    statuses: dict[str, DagsterRunStatus] = {}
+    for start in range(0, len(run_keys), RUN_KEYS_PER_QUERY):
+        chunk = run_keys[start:start + RUN_KEYS_PER_QUERY]
+        for run in context.instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: chunk})):  # newest first
+            statuses.setdefault(run.tags[RUN_KEY_TAG], run.status)
+    return statuses
 
 
 def request_changed_tenants(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult:
-    """Requests a tenant's extracts when its items, users or events changed in the CDP."""
+    """Requests a tenant's extracts when its items, users or events changed in the CDP.
+
+    A tick reads every tenant's watermarks with one CDP query per entity, and the runs it still
+    waits on with one run-storage query (per ``RUN_KEYS_PER_QUERY`` of them): no query per tenant.
+    A run that succeeded or was canceled is not looked up again."""
     cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
-    requests = []
+    tenants = context.instance.get_dynamic_partitions(TENANTS)
     with lodestar.cdp() as store:
-        for tenant in context.instance.get_dynamic_partitions(TENANTS):
-            marks = [store.latest_watermark(tenant, entity) for entity in ENTITIES]
-            if all(m is None for m in marks):
-                continue  # nothing imported yet
-            watermark = "|".join(m.encode() if m else "-" for m in marks)
-            state = cursor.get(tenant, {})
-            if state.get("watermark") != watermark:
-                run_key = f"{tenant}:{watermark}"
-                requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "cdp_change"}))
-                cursor[tenant] = {"watermark": watermark, "run_key": run_key, "attempt": 0}
-            elif state.get("run_key") and state["attempt"] < MAX_RETRIES and _failed(context, state["run_key"]):
-                attempt = state["attempt"] + 1
-                run_key = f"{tenant}:{watermark}:retry{attempt}"
-                requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "retry"}))
-                cursor[tenant] = {**state, "run_key": run_key, "attempt": attempt}
-    for tenant in set(cursor) - set(context.instance.get_dynamic_partitions(TENANTS)):
+        latest = {entity: store.latest_watermarks(entity) for entity in ENTITIES}
+    requests, waiting = [], []
+    for tenant in tenants:
+        marks = [latest[entity].get(tenant) for entity in ENTITIES]
+        if all(m is None for m in marks):
+            continue  # nothing imported yet
+        watermark = "|".join(m.encode() if m else "-" for m in marks)
+        state = cursor.get(tenant, {})
+        if state.get("watermark") != watermark:
+            run_key = f"{tenant}:{watermark}"
+            requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "cdp_change"}))
+            cursor[tenant] = {"watermark": watermark, "run_key": run_key, "attempt": 0}
+        elif state.get("run_key") and state["attempt"] < MAX_RETRIES:
+            waiting.append(tenant)
+    statuses = _latest_run_statuses(context, [cursor[t]["run_key"] for t in waiting])
+    for tenant in waiting:
+        state = cursor[tenant]
+        status = statuses.get(state["run_key"])
+        if status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.CANCELED):
+            cursor[tenant] = {k: v for k, v in state.items() if k != "run_key"}  # done: stop looking it up
+        elif status == DagsterRunStatus.FAILURE:
+            attempt = state["attempt"] + 1
+            run_key = f"{tenant}:{state['watermark']}:retry{attempt}"
+            requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "retry"}))
+            cursor[tenant] = {**state, "run_key": run_key, "attempt": attempt}
+    for tenant in set(cursor) - set(tenants):
         del cursor[tenant]
     return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 

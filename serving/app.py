@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         """Opens the long-lived collaborators (handlers receive them through serving.dependencies)
         and closes them at shutdown."""
         cdp = open_cdp(settings)
-        indexes = TenantIndexes(open_index_store(settings))
+        indexes = TenantIndexes.from_env(open_index_store(settings))  # LODESTAR_INDEX_IDLE, LODESTAR_MAX_OPEN_TENANTS
         embedder = Embedder(settings.embed_model, settings.cache_dir)
         served_log = ServedLog(cdp)
         app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,

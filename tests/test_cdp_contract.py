@@ -159,6 +159,26 @@ def test_latest_watermark_and_erasing_a_user(store):
     assert store.latest_watermark("acme", "users") > before
 
 
+def test_latest_watermarks_of_every_tenant_in_one_call(store):
+    for name in ("acme", "empty", "gone", "zeta"):
+        store.create_tenant(name)
+    store.upsert_items("acme", _items("b", "c", "a"))  # one stamp for all three: the greatest id wins
+    store.upsert_items("zeta", _items("z"))
+    store.upsert_items("gone", _items("g"))
+    store.delete_tenant("gone")
+    store.append_events("zeta", [parse_event({"user_id": "u", "item_id": "z", "type": "view", "ts": T0})])
+    marks = store.latest_watermarks("items")
+    assert set(marks) == {"acme", "zeta"}  # no rows, or deleted: not there
+    assert marks == {t: store.latest_watermark(t, "items") for t in ("acme", "zeta")}
+    assert marks["acme"].id == max(r["_key"] for r in _all(store, "acme", "items"))
+    assert set(store.latest_watermarks("events")) == {"zeta"} and store.latest_watermarks("users") == {}
+    store.upsert_items("acme", [parse_item({"id": "a", "title": "renamed"})])
+    moved = store.latest_watermarks("items")
+    assert moved["acme"] > marks["acme"] and moved["zeta"] == marks["zeta"]
+    with pytest.raises(InvalidInput, match="entity must be one of"):
+        store.latest_watermarks("orders")
+
+
 def test_deleted_tenant_leaves_the_list_and_its_keys_stop_working(store):
     store.create_tenant("acme")
     store.add_api_key("acme", "kid", "hash")

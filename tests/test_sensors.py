@@ -1,6 +1,7 @@
 """Sensors, schedule and declarative automation, evaluated without a daemon."""
 
 import json
+from collections import Counter
 from datetime import UTC
 
 import pytest
@@ -17,7 +18,9 @@ from dagster import (
 
 from assets.partitions import FULL_REBUILD_TAG, TENANTS
 from assets.resources import LodestarResource
-from lodestar.cdp import open_cdp
+import lodestar.cdp
+from lodestar.cdp import cdp_session, open_cdp
+from lodestar.cdp.sqlite import SqliteCdpStore
 from lodestar.records import parse_item
 from lodestar.settings import Settings
 from pipelines.definitions import build_definitions
@@ -88,6 +91,93 @@ def test_change_sensor_requests_once_per_watermark_and_retries_failures(instance
     retry = cdp_changes(_context(instance, settings, changed.cursor))
     assert retry.run_requests[0].run_key.endswith(":retry1")
     assert json.loads(retry.cursor)["acme"]["attempt"] == 1
+
+
+@op
+def _extract_succeeds() -> None:
+    pass
+
+
+@job(name="refresh_extracts")
+def _succeeding_refresh_extracts() -> None:
+    _extract_succeeds()
+
+
+class TickCost:
+    """What the ``cdp_changes`` sensor asks of the CDP store and of Dagster's run storage: port
+    calls and SQL ``SELECT``s (the stores a tick opens), and run lookups (``instance.get_runs``)."""
+
+    def __init__(self, monkeypatch, instance: DagsterInstance) -> None:
+        self.port_calls: Counter[str] = Counter()
+        self.selects = 0
+        self.run_lookups = 0
+        cost = self
+
+        class CountingStore(SqliteCdpStore):
+            def _conn(self):
+                conn = super()._conn()
+                conn.set_trace_callback(cost._statement)
+                return conn
+
+            def __getattribute__(self, name):
+                if name[0].islower() and name not in ("close", "path"):  # the port's methods
+                    cost.port_calls[name] += 1
+                return super().__getattribute__(name)
+
+        get_runs = instance.get_runs
+
+        def counted_get_runs(*args, **kwargs):
+            cost.run_lookups += 1
+            return get_runs(*args, **kwargs)
+
+        monkeypatch.setattr(lodestar.cdp, "open_cdp", lambda settings: CountingStore(settings.cdp_path))
+        monkeypatch.setattr(instance, "get_runs", counted_get_runs)
+
+    def _statement(self, sql: str) -> None:
+        self.selects += sql.lstrip().upper().startswith("SELECT")
+
+    def tick(self, instance, settings, cursor=None) -> tuple[SensorResult, tuple]:
+        """One tick of ``cdp_changes``, and what it cost: (port calls, SELECTs, run lookups)."""
+        self.port_calls.clear()
+        self.selects = self.run_lookups = 0
+        result = cdp_changes(_context(instance, settings, cursor))
+        return result, (dict(self.port_calls), self.selects, self.run_lookups)
+
+
+def _tenants_with_items(settings: Settings, instance: DagsterInstance, n: int) -> list[str]:
+    names = [f"t{k:04d}" for k in range(n)]
+    with cdp_session(settings) as store:
+        for name in names:
+            store.create_tenant(name)
+            store.upsert_items(name, [parse_item({"id": "1", "title": f"one of {name}"})])
+    instance.add_dynamic_partitions(TENANTS, names)
+    return names
+
+
+def test_a_tick_makes_the_same_few_queries_at_3_and_at_40_tenants(tmp_path, monkeypatch):
+    """One CDP query per entity for every tenant's watermarks, one run-storage query for the runs
+    the sensor waits on: the count does not grow with the tenants."""
+    costs = {}
+    for n in (3, 40):
+        settings = Settings(data_dir=tmp_path / f"var{n}")
+        with DagsterInstance.ephemeral() as instance:
+            names = _tenants_with_items(settings, instance, n)
+            cost = TickCost(monkeypatch, instance)
+            first, first_cost = cost.tick(instance, settings)
+            assert len(first.run_requests) == n
+            quiet, quiet_cost = cost.tick(instance, settings, first.cursor)
+            assert quiet.run_requests == []
+            _fail_a_run(instance, first.run_requests[0].run_key)
+            _succeeding_refresh_extracts.execute_in_process(
+                instance=instance, tags={"dagster/run_key": first.run_requests[1].run_key})
+            retry, retry_cost = cost.tick(instance, settings, quiet.cursor)
+            assert [r.run_key for r in retry.run_requests] == [f"{first.run_requests[0].run_key}:retry1"]
+            state = json.loads(retry.cursor)
+            assert "run_key" not in state[names[1]] and state[names[2]]["run_key"]  # done: not looked up again
+            monkeypatch.undo()
+        costs[n] = [first_cost, quiet_cost, retry_cost]
+    every_entity = {"latest_watermarks": 3}
+    assert costs[3] == costs[40] == [(every_entity, 3, 0), (every_entity, 3, 1), (every_entity, 3, 1)]
 
 
 def test_nightly_schedule_rebuilds_every_tenant_in_full():

@@ -29,8 +29,10 @@ from lodestar.settings import Settings
 _NAMESPACE = uuid.UUID("6f1c3c52-52a4-4f43-9d0e-5a7f6b1f4c11")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def point_id(tenant: str, item_id: str) -> str:
-    """Deterministic point id of an item of a tenant."""
+    """Deterministic point id of an item of a tenant (cached: every request excludes the user's
+    items by point id, and a uuid5 costs microseconds each)."""
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
 
 
@@ -62,6 +64,8 @@ class Hit:
 KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
 FLOAT_FIELDS = ("popularity",)
 RESULT_FIELDS = ["item_id", "title", "popularity", "categories", "tags", "attributes"]
+# What a candidate needs before it is ranked (its full payload is read for the head only).
+CANDIDATE_FIELDS = ["item_id", "popularity"]
 MAX_ATTRIBUTE_INDEXES = 16
 
 
@@ -156,10 +160,15 @@ class IndexReader(Protocol):
     def count(self) -> int: ...
     def nearest(
         self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
-        with_vectors: bool = False, item_filter: ItemFilter | None = None,
-    ) -> list[Hit]: ...
+        with_vectors: bool = False, item_filter: ItemFilter | None = None, fields: Sequence[str] = RESULT_FIELDS,
+    ) -> list[Hit]:
+        """The ``k`` nearest items; ``fields``: the payload fields each hit carries."""
+        ...
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]: ...
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]: ...
+    def points(self, item_ids: Iterable[str]) -> dict[str, Hit]:
+        """Items by id, each with its result payload and content vector (missing ids left out)."""
+        ...
     def get(self, item_id: str) -> Hit | None: ...
     def close(self) -> None: ...
 

@@ -247,7 +247,7 @@ class EdgeIndexReader:
     @_engine_call
     def nearest(
         self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
-        with_vectors: bool = False, item_filter: ItemFilter | None = None,
+        with_vectors: bool = False, item_filter: ItemFilter | None = None, fields: Sequence[str] = RESULT_FIELDS,
     ) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
             return []
@@ -255,7 +255,7 @@ class EdgeIndexReader:
             limit=k,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
             filter=self._filter(exclude, item_filter),
-            with_payload=RESULT_FIELDS,
+            with_payload=list(fields),
             with_vector=[CONTENT] if with_vectors else False,
         )
         return to_hits(self._shard.query(request))
@@ -279,6 +279,15 @@ class EdgeIndexReader:
             return {}
         records = self._shard.retrieve(ids, with_payload=["item_id"], with_vector=[CONTENT])
         return {r.payload["item_id"]: np.asarray(r.vector[CONTENT], dtype=np.float32) for r in records}
+
+    @_engine_call
+    def points(self, item_ids: Iterable[str]) -> dict[str, Hit]:
+        ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
+        if not ids:
+            return {}
+        records = self._shard.retrieve(ids, with_payload=RESULT_FIELDS, with_vector=[CONTENT])
+        return {r.payload["item_id"]: Hit(r.payload["item_id"], 0.0, r.payload,
+                                          np.asarray(r.vector[CONTENT], dtype=np.float32)) for r in records}
 
     @_engine_call
     def get(self, item_id: str) -> Hit | None:

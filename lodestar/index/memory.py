@@ -50,7 +50,8 @@ class MemoryIndexReader:
         return len(self.item_ids)
 
     def nearest(self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
-                with_vectors: bool = False, item_filter: ItemFilter | None = None) -> list[Hit]:
+                with_vectors: bool = False, item_filter: ItemFilter | None = None,
+                fields: Sequence[str] = ()) -> list[Hit]:  # every hit carries its whole payload
         scores = self._vectors[using] @ np.asarray(vector, dtype=np.float32)
         return self._top(scores, k, exclude, with_vectors, item_filter)
 
@@ -60,6 +61,9 @@ class MemoryIndexReader:
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         content = self._vectors[CONTENT]
         return {i: content[self._index[i]] for i in item_ids if i in self._index}
+
+    def points(self, item_ids: Iterable[str]) -> dict[str, Hit]:
+        return {i: hit for i in item_ids if (hit := self.get(i)) is not None}
 
     def get(self, item_id: str) -> Hit | None:
         k = self._index.get(item_id)

@@ -394,13 +394,13 @@ class QdrantIndexReader:
 
     def nearest(
         self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
-        with_vectors: bool = False, item_filter: ItemFilter | None = None,
+        with_vectors: bool = False, item_filter: ItemFilter | None = None, fields: Sequence[str] = RESULT_FIELDS,
     ) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
             return []
         response = self.client.query_points(
             self.layout.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=using, limit=k,
-            query_filter=self._filter(exclude, item_filter), with_payload=RESULT_FIELDS,
+            query_filter=self._filter(exclude, item_filter), with_payload=list(fields),
             with_vectors=[CONTENT] if with_vectors else False,
         )
         return to_hits(response.points)
@@ -421,6 +421,15 @@ class QdrantIndexReader:
             return {}
         records = self.client.retrieve(self.layout.collection, ids=ids, with_payload=["item_id"], with_vectors=[CONTENT])
         return {r.payload["item_id"]: np.asarray(r.vector[CONTENT], dtype=np.float32) for r in records}
+
+    def points(self, item_ids: Iterable[str]) -> dict[str, Hit]:
+        ids = [self.layout.pid(i) for i in dict.fromkeys(item_ids)]
+        if not ids:
+            return {}
+        records = self.client.retrieve(self.layout.collection, ids=ids, with_payload=RESULT_FIELDS,
+                                       with_vectors=[CONTENT])
+        return {r.payload["item_id"]: Hit(r.payload["item_id"], 0.0, dict(r.payload),
+                                          np.asarray(r.vector[CONTENT], dtype=np.float32)) for r in records}
 
     def get(self, item_id: str) -> Hit | None:
         records = self.client.retrieve(self.layout.collection, ids=[self.layout.pid(item_id)], with_payload=True,

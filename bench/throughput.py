@@ -1,0 +1,187 @@
+"""Answers per core: the API's recommendation throughput against the raw engine's, side by side.
+
+    .venv/bin/python bench/throughput.py [--seconds 8] [--embed-model all-MiniLM-L6-v2]
+
+On the demo shop tenant (2,400 products, 600 users), materialized first:
+  * baseline "raw engine": the index work one recommendation needs (the 300 nearest collab vectors
+    and the 10 nearest content vectors to the user's taste, with the user's items excluded), in
+    process, one process per core, no HTTP: recommendations' worth of index queries per second;
+  * `/health` over HTTP (the HTTP floor), and `GET /v1/users/{id}/recommendations?k=10` from 8 and
+    16 keep-alive clients (one thread each), with `lodestar serve --workers 1` and `--workers N`
+    (N = cores): requests per second, p50, p99, and the ratio to the raw engine (issue 12's goal:
+    >= 0.5, p99 under 16 clients <= 50 ms), and the resident memory of each worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import start_server, stop  # noqa: E402
+from lodestar import demo  # noqa: E402
+from lodestar.cdp import cdp_session  # noqa: E402
+from lodestar.collab import event_item_weights  # noqa: E402
+from lodestar.importer import import_files  # noqa: E402
+from lodestar.index import CANDIDATE_FIELDS, COLLAB, open_index_store  # noqa: E402
+from lodestar.keys import issue_key  # noqa: E402
+from lodestar.recommend import HISTORY_LIMIT, interacted_items, user_taste  # noqa: E402
+from lodestar.settings import Settings  # noqa: E402
+from lodestar.tenant_config import TenantConfig  # noqa: E402
+from pipelines.run import materialize_in_process  # noqa: E402
+
+USERS = 600
+
+
+def _queries(settings: Settings) -> list[tuple[np.ndarray, np.ndarray | None, list[str]]]:
+    """Per user: the collab query vector, the taste vector and the items to exclude, as the API
+    computes them (lodestar.recommend)."""
+    config = TenantConfig()
+    published = open_index_store(settings).open_published("shop")
+    out = []
+    with cdp_session(settings) as store:
+        for n in range(USERS):
+            events = store.user_events("shop", f"u{n:04d}", limit=HISTORY_LIMIT)
+            query = published.model.query_vector(event_item_weights(events, config)) if events else None
+            if query is not None:
+                out.append((query, user_taste(published.reader, events, config), sorted(interacted_items(events))))
+    published.close()
+    return out
+
+
+def _engine_worker(data_dir: str, queries, seconds: float, counts) -> None:
+    published = open_index_store(Settings(data_dir=Path(data_dir))).open_published("shop")
+    done, deadline, n = 0, time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        query, taste, exclude = queries[n % len(queries)]
+        published.reader.nearest(query, 300, exclude, using=COLLAB, fields=CANDIDATE_FIELDS)
+        if taste is not None:
+            published.reader.nearest(taste, 10, exclude, fields=CANDIDATE_FIELDS)
+        done, n = done + 1, n + 1
+    counts.append(done)
+    published.close()
+
+
+def raw_engine_rate(settings: Settings, queries, seconds: float, processes: int) -> float:
+    with multiprocessing.Manager() as manager:
+        counts = manager.list()
+        workers = [multiprocessing.Process(target=_engine_worker, args=(str(settings.data_dir), queries, seconds, counts))
+                   for _ in range(processes)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts) / seconds
+
+
+def load(base: str, path_of, clients: int, seconds: float, headers: dict[str, str]) -> tuple[float, float, float, int]:
+    """``clients`` keep-alive clients, one thread each, for ``seconds``: (req/s, p50 ms, p99 ms, non-200s)."""
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        mine, bad = [], 0
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                response = http.get(path_of(rng))
+                mine.append(time.perf_counter() - started)
+                bad += response.status_code != 200
+        with lock:
+            latencies.extend(mine)
+            failures[0] += bad
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.asarray(latencies) * 1000
+    return len(latencies) / seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), failures[0]
+
+
+def worker_rss_mb(pid: int) -> list[float]:
+    """Resident memory of the server's worker processes (or of the server itself with one worker)."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid
+            and b"resource_tracker" not in _read(p / "cmdline")] or [pid]
+    out = []
+    for p in pids:
+        for line in _read(Path(f"/proc/{p}/status")).decode().splitlines():
+            if line.startswith("VmRSS:"):
+                out.append(int(line.split()[1]) / 1024)
+    return out
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _parent(proc: Path) -> int:
+    stat = _read(proc / "stat").decode()
+    return int(stat.rsplit(")", 1)[1].split()[1]) if ")" in stat else -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--embed-model", default=os.environ.get("LODESTAR_EMBED_MODEL", "all-MiniLM-L6-v2"))
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "var", embed_model=args.embed_model)
+        with cdp_session(settings) as store:
+            store.create_tenant("shop")
+            key = issue_key(store, "shop", ("read",))
+            import_files(store, settings, "shop", demo.write_demo(Path(tmp) / "input", "shop"))
+        env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": args.embed_model}
+        os.environ.update(LODESTAR_EMBED_MODEL=args.embed_model)
+        started = time.perf_counter()
+        assert materialize_in_process(str(settings.data_dir), "shop", log_level="WARNING").success
+        print(f"materialized the demo shop in {time.perf_counter() - started:.0f}s ({args.embed_model})", flush=True)
+
+        queries = _queries(settings)
+        raw = raw_engine_rate(settings, queries, args.seconds, cores)
+        print(f"raw engine (baseline): {raw:.0f} recommendations' index work per second "
+              f"({cores} processes, no HTTP; {len(queries)} users with a collaborative query)", flush=True)
+        headers = {"Authorization": f"Bearer {key}"}
+        users = [f"u{n:04d}" for n in range(USERS)]
+        print("| workers | clients | route | req/s | p50 ms | p99 ms | non-200 | req/s / raw engine |")
+        print("|---|---|---|---|---|---|---|---|")
+        for workers in sorted({1, cores}):
+            process, http = start_server(env, args=["--workers", str(workers)])
+            base = str(http.base_url).rstrip("/")
+            try:
+                http.get(f"/v1/users/{users[0]}/recommendations", headers=headers)  # open the index
+                rate, p50, p99, bad = load(base, lambda _rng: "/health", 8, args.seconds / 2, {})
+                print(f"| {workers} | 8 | /health | {rate:.0f} | {p50:.1f} | {p99:.1f} | {bad} | - |", flush=True)
+                for clients in (8, 16):
+                    rate, p50, p99, bad = load(base, lambda rng: f"/v1/users/{users[rng.integers(USERS)]}/recommendations"
+                                               "?k=10", clients, args.seconds, headers)
+                    print(f"| {workers} | {clients} | recommendations | {rate:.0f} | {p50:.1f} | {p99:.1f} | {bad} | "
+                          f"{rate / raw:.2f} |", flush=True)
+                rss = worker_rss_mb(process.pid)
+                print(f"  (resident memory per worker: {', '.join(f'{m:.0f} MB' for m in rss)})", flush=True)
+            finally:
+                http.close()
+                stop(process)
+
+
+if __name__ == "__main__":
+    main()
