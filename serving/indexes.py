@@ -102,33 +102,42 @@ class TenantIndexes:
         return slot.published
 
     def _refresh(self, tenant: str, now: float) -> _Slot:
-        with self._lock:
-            tenant_lock = self._tenant_locks[tenant]
-        with tenant_lock:
-            slot = self._slots.get(tenant)
-            if slot is not None and now - slot.checked_at < self._interval:
-                return slot  # another thread refreshed it meanwhile
-            current = slot.published if slot else None
-            try:
-                version = self._store.published(tenant)  # cheap: the pointer only
-                fresh = (self._store.open_published(tenant)
-                         if version is not None and (current is None or current.version != version) else None)
-            except Exception:  # noqa: BLE001 - a version that cannot be opened must not take the served one down
-                if current is None:
-                    raise
-                log.exception("tenant %s: could not open its newly published index version; the loaded "
-                              "version %s keeps serving and the next check tries again", tenant, current.version)
-                fresh = None
+        while True:
             with self._lock:
-                if fresh is not None:
-                    if current is not None:
-                        self._retired.append((now, current.reader))
-                    current = fresh
-                slot = _Slot(current, now, now)
-                self._slots[tenant] = slot  # a known tenant keeps its place; get() moves it to the end
-                closing = self._evict(now, keep=tenant)
+                tenant_lock = self._tenant_locks[tenant]
+            with tenant_lock:
+                # Eviction drops a tenant's lock with its slot (memory follows the tenants being
+                # queried): a lock taken from before an eviction is not the tenant's any more.
+                if self._tenant_locks.get(tenant) is tenant_lock:
+                    slot, closing = self._refresh_locked(tenant, now)
+                    break
         _close(closing)
         return slot
+
+    def _refresh_locked(self, tenant: str, now: float) -> tuple[_Slot, list[IndexReader]]:
+        """Under the tenant's lock: its slot, reloaded when the pointer moved, and the readers to close."""
+        slot = self._slots.get(tenant)
+        if slot is not None and now - slot.checked_at < self._interval:
+            return slot, []  # another thread refreshed it meanwhile
+        current = slot.published if slot else None
+        try:
+            version = self._store.published(tenant)  # cheap: the pointer only
+            fresh = (self._store.open_published(tenant)
+                     if version is not None and (current is None or current.version != version) else None)
+        except Exception:  # noqa: BLE001 - a version that cannot be opened must not take the served one down
+            if current is None:
+                raise
+            log.exception("tenant %s: could not open its newly published index version; the loaded "
+                          "version %s keeps serving and the next check tries again", tenant, current.version)
+            fresh = None
+        with self._lock:
+            if fresh is not None:
+                if current is not None:
+                    self._retired.append((self._clock(), current.reader))  # now: opening may have taken a while
+                current = fresh
+            slot = _Slot(current, now, now)
+            self._slots[tenant] = slot  # a known tenant keeps its place; get() moves it to the end
+            return slot, self._evict(now, keep=tenant)
 
     def _evict(self, now: float, keep: str | None = None) -> list[IndexReader]:
         """Under ``_lock``: retire the tenants idle for ``idle_s`` and those past ``max_open`` (least
@@ -146,6 +155,7 @@ class TenantIndexes:
                     victims.append(tenant)
             for tenant in victims:
                 slot = self._slots.pop(tenant)
+                del self._tenant_locks[tenant]  # held here, so no refresh of the tenant is under way
                 if slot.published is not None:
                     self._retired.append((now, slot.published.reader))
         finally:

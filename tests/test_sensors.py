@@ -16,9 +16,9 @@ from dagster import (
     op,
 )
 
+import lodestar.cdp
 from assets.partitions import FULL_REBUILD_TAG, TENANTS
 from assets.resources import LodestarResource
-import lodestar.cdp
 from lodestar.cdp import cdp_session, open_cdp
 from lodestar.cdp.sqlite import SqliteCdpStore
 from lodestar.records import parse_item
