@@ -23,3 +23,36 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} (waited {timeout:g} s)")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_serve(env: dict[str, str], port: int, *args: str):
+    """``lodestar serve`` on ``port`` in a subprocess (extra ``args`` such as ``--workers 2``),
+    returned once ``/health`` answers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    server = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port), *args], env=env,
+                              cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        assert server.poll() is None, "the server exited"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=60, message="lodestar serve did not come up")
+    return server

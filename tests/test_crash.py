@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,32 +16,10 @@ from lodestar.cdp import cdp_session
 from lodestar.keys import issue_key
 from lodestar.records import event_id, parse_event
 from lodestar.settings import Settings
-from tests.helpers import wait_until
+from tests.helpers import free_port, start_serve
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert server.poll() is None, "the server exited"
-        try:
-            return httpx.get(f"{base}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=60, message="lodestar serve did not come up")
-    return server
 
 
 def test_every_acknowledged_event_survives_kill_9_of_the_server(tmp_path):
@@ -53,8 +28,8 @@ def test_every_acknowledged_event_survives_kill_9_of_the_server(tmp_path):
         store.create_tenant("acme")
         key = issue_key(store, "acme", ("events",))
     env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
-    port = _free_port()
-    server = _serve(env, port)
+    port = free_port()
+    server = start_serve(env, port)
     acknowledged: list[str] = []
     sent = threading.Event()
     stop = threading.Event()
@@ -99,7 +74,7 @@ def test_every_acknowledged_event_survives_kill_9_of_the_server(tmp_path):
         stored = {e["id"] for w in range(4) for e in store.user_events("acme", f"u{w}", limit=1_000_000)}
     lost = set(acknowledged) - stored
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged events were lost"
-    restarted = _serve(env, port)  # the store opens cleanly after the crash and takes events again
+    restarted = start_serve(env, port)  # the store opens cleanly after the crash and takes events again
     try:
         response = httpx.post(f"http://127.0.0.1:{port}/v1/events", headers={"Authorization": f"Bearer {key}"},
                               json={"events": [{"user_id": "after", "item_id": "i1", "type": "view"}]}, timeout=10)

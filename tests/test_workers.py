@@ -16,8 +16,7 @@ import pytest
 from lodestar.cdp import cdp_session
 from lodestar.keys import issue_key
 from lodestar.settings import Settings
-from tests.helpers import wait_until
-from tests.test_crash import _free_port
+from tests.helpers import free_port, start_serve, wait_until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,19 +42,10 @@ def test_workers_share_one_port_and_stop_together(tmp_path):
         store.create_tenant("acme")
         key = issue_key(store, "acme", ("events",))
     env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "serve", "--port", str(port), "--workers", "2"],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    server = start_serve(env, port, "--workers", "2")
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            assert server.poll() is None, "the server exited"
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout=60, message="lodestar serve --workers 2 did not come up")
         workers = wait_until(lambda: len(_children(server.pid)) >= 2 and _children(server.pid), timeout=30,
                              message="two worker processes were not started")
         assert len(workers) == 2
