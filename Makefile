@@ -21,9 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
-# The fast tier: no test that loads the real embedding model.
+# The fast tier: no test that loads the real embedding model or starts real processes.
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not model"
+	$(VENV)/bin/python -m pytest -q -m "not model and not slow"
 
 ui: $(STAMP)
 	$(VENV)/bin/lodestar ui

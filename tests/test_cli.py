@@ -33,6 +33,7 @@ def _run(args: list[str], env: dict[str, str], expect: int = 0) -> subprocess.Co
     return result
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_tenant_commands(tmp_path):
     env = _env(tmp_path / "var")
     created = json.loads(_run(["tenants", "create", "acme", "--json"], env).stdout)
@@ -104,6 +105,7 @@ def test_each_data_dir_has_its_own_dagster_home(tmp_path, monkeypatch):
         dagster_home(Settings(data_dir=tmp_path / "b"))
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_two_data_dirs_never_see_each_others_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     a, b = tmp_path / "a", tmp_path / "b"

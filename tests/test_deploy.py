@@ -66,6 +66,7 @@ def _compose_command() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_docker_compose_parses_the_file():
     command = _compose_command()
     if command is None:
@@ -117,6 +118,7 @@ def postgres():
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_the_deployed_instance_keeps_runs_in_postgres(postgres, tmp_path, monkeypatch):
     """deploy/dagster.yaml against a real PostgreSQL: a materialization's run and its tenant
     partition are stored there (the port is the only change to the file)."""
@@ -285,6 +287,7 @@ def _local_nginx_conf(tmp_path: Path, upstream_ports: list[int], port: int) -> P
     return conf
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_nginx_accepts_the_config(nginx_binary, tmp_path):
     conf = _local_nginx_conf(tmp_path, [_free_port()], _free_port())
     result = subprocess.run([nginx_binary, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)],
@@ -338,6 +341,7 @@ class _Replica:
         self.server.server_close()
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_nginx_spreads_requests_over_live_replicas_and_refuses_what_the_api_would(nginx_binary, tmp_path):
     """The real nginx with deploy/nginx.conf in front of two stand-in replicas and one dead one."""
     import json

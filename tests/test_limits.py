@@ -85,6 +85,7 @@ def _health_latencies(url: str, stop: threading.Event, out: list[float]) -> None
             time.sleep(0.05)
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_an_oversized_header_is_refused_at_once_and_health_stays_fast(tmp_path):
     with running_server(tmp_path) as server:
         stop, latencies = threading.Event(), []
@@ -119,6 +120,7 @@ def test_an_oversized_header_is_refused_at_once_and_health_stays_fast(tmp_path):
     assert after > before, "/health did not answer again once the oversized header was sent"
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_request_head_that_trickles_in_is_cut_off(tmp_path):
     with running_server(tmp_path, LODESTAR_HEADER_TIMEOUT="0.5") as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
@@ -146,6 +148,7 @@ def test_a_request_head_that_trickles_in_is_cut_off(tmp_path):
         assert httpx.get(f"{server.url}/health").status_code == 200
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_body_over_the_limit_gets_413_problem_details(tmp_path):
     with running_server(tmp_path, LODESTAR_MAX_BODY_BYTES="1024") as server, \
             httpx.Client(base_url=server.url, timeout=10) as client:
@@ -207,6 +210,7 @@ async def _after(delay: float, coroutine):
     return await coroutine
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_past_its_slots_the_api_answers_503_with_retry_after(monkeypatch, tmp_path):
     with slow_app_served(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="2", LODESTAR_MAX_WAITING="1",
                          LODESTAR_MAX_WAIT="0.1", LODESTAR_RETRY_AFTER="3") as url:
@@ -220,6 +224,7 @@ def test_past_its_slots_the_api_answers_503_with_retry_after(monkeypatch, tmp_pa
     assert health.status_code == 200  # probes never wait for a slot
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_request_waits_briefly_for_a_slot_rather_than_failing(monkeypatch, tmp_path):
     with slow_app_served(monkeypatch, tmp_path, LODESTAR_MAX_IN_FLIGHT="1", LODESTAR_MAX_WAITING="2",
                          LODESTAR_MAX_WAIT="5") as url:

@@ -104,6 +104,7 @@ def test_every_response_carries_a_request_id(served):
             assert answer.status_code in (401, 404, 405) and len(answer.headers["x-request-id"]) == 32
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_each_request_writes_one_json_log_line_with_its_request_id(tmp_path):
     with running_server(tmp_path) as server:
         answer = httpx.get(f"{server.url}/v1/items/i1/similar", headers={"X-Request-ID": "trace-me-42"})

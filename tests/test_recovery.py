@@ -76,6 +76,7 @@ def _failure_message(instance: DagsterInstance, run_id: str) -> str:
     return failures[-1].dagster_event.message if failures else ""
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_killed_run_is_failed_and_its_slot_freed_by_the_next_run(two_tenants):
     settings = two_tenants
     env = _env(settings.data_dir)
@@ -110,6 +111,7 @@ def test_a_killed_run_is_failed_and_its_slot_freed_by_the_next_run(two_tenants):
         assert instance.event_log_storage.get_concurrency_run_ids() == set()  # no pending claim either
 
 
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_live_holder_is_waited_for_with_back_off_and_recovered_once_it_dies(two_tenants, monkeypatch):
     settings = two_tenants
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
