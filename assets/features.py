@@ -3,11 +3,19 @@
 
 import dataclasses
 
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from assets import DOWNSTREAM, report
 from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
+from lodestar.embed import model_key
 from lodestar.lineage import feature_tables
 
 
@@ -27,7 +35,10 @@ from lodestar.lineage import feature_tables
 def item_features(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
-    result = feature_tables.item_features(files, lodestar.tenant_config(tenant), lodestar.settings().embed_model)
+    settings = lodestar.settings()
+    # The content hash names the model and its backend: vectors of another backend make new points.
+    result = feature_tables.item_features(files, lodestar.tenant_config(tenant),
+                                          model_key(settings.embed_model, settings.embed_backend))
     report(context, f"{result.rows} items, {result.indexable} available, {result.new_texts} new texts")
     metadata = {k: v for k, v in dataclasses.asdict(result).items() if k != "problems"}
     return MaterializeResult(

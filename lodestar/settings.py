@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_EMBED_BACKEND = "torch"  # or "onnx", "onnx-int8" (lodestar/embed.py, EMBED_BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Settings:
 
     data_dir: Path = field(default_factory=lambda: Path("var"))
     embed_model: str = DEFAULT_MODEL
+    embed_backend: str = DEFAULT_EMBED_BACKEND
     admin_key: str | None = None
     arango_url: str | None = None
     arango_database: str = "lodestar"
@@ -38,6 +40,7 @@ class Settings:
         return cls(
             data_dir=Path(env.get("LODESTAR_DATA_DIR", "var")).resolve(),
             embed_model=env.get("LODESTAR_EMBED_MODEL", DEFAULT_MODEL),
+            embed_backend=env.get("LODESTAR_EMBED_BACKEND", DEFAULT_EMBED_BACKEND),
             admin_key=env.get("LODESTAR_ADMIN_KEY") or None,
             arango_url=env.get("LODESTAR_ARANGO_URL") or None,
             arango_database=env.get("LODESTAR_ARANGO_DATABASE", "lodestar"),

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+
 from lodestar.cdp import open_cdp
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         and closes them at shutdown."""
         cdp = open_cdp(settings)
         indexes = TenantIndexes.from_env(open_index_store(settings))  # LODESTAR_INDEX_IDLE, LODESTAR_MAX_OPEN_TENANTS
-        embedder = Embedder(settings.embed_model, settings.cache_dir)
+        embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend)
         served_log = ServedLog(cdp)
         app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
                          operator_key=settings.admin_key,

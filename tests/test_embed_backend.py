@@ -1,0 +1,114 @@
+"""The ONNX backends of the embedder: exported once from the shipped model and reused, agreeing
+with torch, never mixed with torch's vectors in the cache, and a clear error for a wrong name."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lodestar import demo, embed
+from lodestar.embed import Embedder, export_name, model_key
+from lodestar.errors import InvalidInput
+from lodestar.features import item_text
+from lodestar.settings import DEFAULT_MODEL
+
+TEXTS = ["waterproof hiking boots", "trail boots for wet mountain walks", "espresso machine for the kitchen",
+         "Central bank raises rates again", "a quiet novel about a lighthouse keeper", ""]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A cache dir whose onnx-int8 export of the shipped model is made once for this module."""
+    directory = tmp_path_factory.mktemp("cache")
+    Embedder(cache_dir=directory, backend="onnx-int8").encode(["export me"])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def torch_embedder():
+    return Embedder(backend="torch")
+
+
+def demo_texts(per_catalog: int) -> list[str]:
+    return [item_text(i["title"], i["description"], i["categories"], i["tags"], i["attributes"])
+            for generate in demo.GENERATORS.values() for i in generate()["items"][:per_catalog]]
+
+
+@pytest.mark.model
+def test_the_export_is_made_once_and_loaded_from_the_cache(cache_dir, monkeypatch):
+    export = cache_dir / "models" / export_name(DEFAULT_MODEL, "onnx-int8")
+    assert (export / "model.onnx").is_file() and (export / "tokenizer.json").is_file()
+    assert not [p for p in export.parent.iterdir() if p.name.startswith(".")], "a staging folder was left behind"
+
+    def no_export(*_args):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(embed, "export_onnx", no_export)
+    embed._load_onnx.cache_clear()  # a new process: only the files on disk remain
+    vectors = Embedder(cache_dir=cache_dir, backend="onnx-int8").encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.model
+def test_a_stale_export_is_not_used(cache_dir, tmp_path):
+    stale = tmp_path / "export"
+    shutil.copytree(cache_dir / "models" / export_name(DEFAULT_MODEL, "onnx-int8"), stale)
+    meta = json.loads((stale / "lodestar-export.json").read_text())
+    assert embed._export_is_current(stale, meta["source"])
+    assert not embed._export_is_current(stale, "the model package was upgraded")
+    (stale / "lodestar-export.json").write_text(json.dumps(dict(meta, format=meta["format"] - 1)))
+    assert not embed._export_is_current(stale, meta["source"])
+
+
+@pytest.mark.model
+def test_onnx_int8_agrees_with_torch(cache_dir, torch_embedder):
+    onnx = Embedder(cache_dir=cache_dir, backend="onnx-int8")
+    cosine = np.sum(onnx.encode(TEXTS) * torch_embedder.encode(TEXTS), axis=1)
+    assert cosine.min() > 0.95, cosine
+
+    texts = demo_texts(per_catalog=40)
+    mine, theirs = onnx.encode(texts), torch_embedder.encode(texts)
+    nearest = []
+    for vectors in (mine, theirs):
+        scores = vectors @ vectors.T
+        np.fill_diagonal(scores, -np.inf)
+        nearest.append(np.argsort(-scores, axis=1)[:, :5])
+    shared = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(*nearest, strict=True)])
+    assert shared >= 0.9, shared
+
+
+@pytest.mark.model
+def test_the_cache_never_mixes_backends(cache_dir, torch_embedder):
+    assert model_key(DEFAULT_MODEL, "torch") == DEFAULT_MODEL  # vectors cached before backends stay valid
+    assert model_key(DEFAULT_MODEL, "onnx-int8") != model_key(DEFAULT_MODEL, "onnx") != DEFAULT_MODEL
+    text = ["a text both backends embed"]
+    from_torch, stats = Embedder(cache_dir=cache_dir, backend="torch").embed(text)
+    assert (stats.encoded, stats.cached) == (1, 0)
+    from_onnx, stats = Embedder(cache_dir=cache_dir, backend="onnx-int8").embed(text)
+    assert (stats.encoded, stats.cached) == (1, 0), "the int8 backend took torch's vector from the cache"
+    assert not np.array_equal(from_torch, from_onnx)
+    for backend, expected in (("torch", from_torch), ("onnx-int8", from_onnx)):
+        again, stats = Embedder(cache_dir=cache_dir, backend=backend).embed(text)
+        assert stats.cached == 1 and np.array_equal(again, expected)
+
+
+@pytest.mark.model
+def test_loading_an_export_imports_no_torch(cache_dir):
+    script = (f"import sys; from lodestar.embed import Embedder; "
+              f"Embedder(cache_dir={str(cache_dir)!r}, backend='onnx-int8').encode(['hello']); "
+              f"assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_a_wrong_backend_name_is_a_clear_error(monkeypatch):
+    with pytest.raises(InvalidInput, match="'tensorrt' is not one of torch, onnx, onnx-int8.*LODESTAR_EMBED_BACKEND"):
+        Embedder("hashing-8", backend="tensorrt")
+    monkeypatch.setenv("LODESTAR_EMBED_BACKEND", "onnx_int8")
+    with pytest.raises(InvalidInput, match="'onnx_int8'"):
+        Embedder("hashing-8")
+    monkeypatch.setenv("LODESTAR_EMBED_BACKEND", "onnx-int8")
+    hashing = Embedder("hashing-8")  # the hashing embedder has no backend: one cache key whatever the setting
+    assert hashing.backend == "onnx-int8" and hashing.cache_model == "hashing-8"
