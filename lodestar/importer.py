@@ -224,7 +224,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Row]]:
             if header is None:
                 header = values
                 continue
-            row: dict[Any, Any] = dict(zip(header, values))
+            row: dict[Any, Any] = dict(zip(header, values, strict=False))  # ragged rows: handled below
             if len(values) > len(header):
                 row[None] = values[len(header):]
                 yield line_no, InvalidInput("the row has more fields than the header", row)

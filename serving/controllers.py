@@ -16,11 +16,15 @@ from lodestar.controls import Controls
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
-from lodestar.recommend import nearest_controlled, recommend_for_session, recommend_for_user, similar_items
 from lodestar.keys import OPERATOR, issue_key, key_id_of, parse_scopes
+from lodestar.recommend import (
+    nearest_controlled,
+    recommend_for_session,
+    recommend_for_user,
+    similar_items,
+)
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
 from serving.auth import SCOPE
-from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.dependencies import (
     Cdp,
     Config,
@@ -31,6 +35,7 @@ from serving.dependencies import (
     ServedLogDep,
     Tenant,
 )
+from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
     EventBatch,
     EventsAccepted,

@@ -11,7 +11,13 @@ from litestar.exceptions import (
     ValidationException,
 )
 
-from lodestar.errors import Conflict, IndexEngineError, IndexNotReady, InvalidInput, NotFound
+from lodestar.errors import (
+    Conflict,
+    IndexEngineError,
+    IndexNotReady,
+    InvalidInput,
+    NotFound,
+)
 
 log = logging.getLogger("lodestar.serving")
 

@@ -6,7 +6,14 @@ LODESTAR_ARANGO_URL is set."""
 import pytest
 
 from lodestar.cdp import Watermark
-from lodestar.cdp.arango import COLLECTIONS, INDEXES, ArangoCdpStore, batches, document_key, init_schema
+from lodestar.cdp.arango import (
+    COLLECTIONS,
+    INDEXES,
+    ArangoCdpStore,
+    batches,
+    document_key,
+    init_schema,
+)
 from lodestar.records import parse_item
 
 

@@ -14,8 +14,16 @@ ENV = {"DAGSTER_PG_HOST": "postgres", "DAGSTER_PG_DB": "dagster", "DAGSTER_PG_US
 
 
 def test_dagster_instance_config_is_valid_and_uses_postgres(monkeypatch):
-    from dagster import QueuedRunCoordinator, instance_for_test, job, op, validate_run_config
-    from dagster_postgres import DagsterPostgresStorage  # the storage class the instance names is installed
+    from dagster import (
+        QueuedRunCoordinator,
+        instance_for_test,
+        job,
+        op,
+        validate_run_config,
+    )
+    from dagster_postgres import (
+        DagsterPostgresStorage,  # the storage class the instance names is installed
+    )
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)

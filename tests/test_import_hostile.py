@@ -208,7 +208,7 @@ def test_imports_at_the_same_moment_keep_their_own_reject_files_and_summary(sett
     directories = [Path(s.directory) for s in summaries]
     assert len(set(directories)) == 3
     assert sorted(directories, key=lambda d: d.name) == directories  # the names sort by time
-    for n, (summary, directory) in enumerate(zip(summaries, directories)):
+    for n, (summary, directory) in enumerate(zip(summaries, directories, strict=True)):
         _, rejects = _result(summary, "items")
         assert [r["row"] for r in rejects] == [{"title": f"no id {n}"}]
         written = json.loads((directory / "summary.json").read_text())

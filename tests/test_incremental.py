@@ -3,7 +3,14 @@
 import pytest
 
 from lodestar.embed import Embedder
-from lodestar.lineage import collab_fit, embeddings, evaluation_gate, feature_tables, index_build, publishing
+from lodestar.lineage import (
+    collab_fit,
+    embeddings,
+    evaluation_gate,
+    feature_tables,
+    index_build,
+    publishing,
+)
 from lodestar.lineage.extracts import extract
 from lodestar.lineage.files import TenantFiles, read_extract
 from lodestar.records import parse_event, parse_item, parse_user

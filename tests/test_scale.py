@@ -21,7 +21,12 @@ from lodestar.errors import IndexNotReady, InvalidInput
 from lodestar.index.edge import EdgeIndexReader, EdgeIndexStore
 from lodestar.keys import issue_key
 from lodestar.settings import Settings
-from serving.indexes import IDLE_AFTER_S, MAX_OPEN_TENANTS, RETIRE_AFTER_S, TenantIndexes
+from serving.indexes import (
+    IDLE_AFTER_S,
+    MAX_OPEN_TENANTS,
+    RETIRE_AFTER_S,
+    TenantIndexes,
+)
 
 DIM = 8
 

@@ -9,9 +9,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from lodestar import features
-from lodestar.lineage.files import TenantFiles, read_extract, read_parquet, write_parquet
+from lodestar.lineage.files import (
+    TenantFiles,
+    read_extract,
+    read_parquet,
+    write_parquet,
+)
 from lodestar.tenant_config import TenantConfig
-
 
 # One item holding more than this share of all popularity means the events are broken (a single
 # future-dated event makes every other event decay to nothing), not that the item is popular: on
