@@ -56,3 +56,20 @@ def start_serve(env: dict[str, str], port: int, *args: str):
 
     wait_until(up, timeout=60, message="lodestar serve did not come up")
     return server
+
+
+def events_tenant(tmp_path):
+    """A data dir with tenant ``acme`` and an events-scoped key, for ``lodestar serve`` subprocesses
+    (hashing embedder): ``(settings, key, env)``."""
+    import os
+
+    from lodestar.cdp import cdp_session
+    from lodestar.keys import issue_key
+    from lodestar.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64")
+    with cdp_session(settings) as store:
+        store.create_tenant("acme")
+        key = issue_key(store, "acme", ("events",))
+    env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
+    return settings, key, env

@@ -13,21 +13,15 @@ import httpx
 import pytest
 
 from lodestar.cdp import cdp_session
-from lodestar.keys import issue_key
 from lodestar.records import event_id, parse_event
-from lodestar.settings import Settings
-from tests.helpers import free_port, start_serve
+from tests.helpers import events_tenant, free_port, start_serve
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_acknowledged_event_survives_kill_9_of_the_server(tmp_path):
-    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64")
-    with cdp_session(settings) as store:
-        store.create_tenant("acme")
-        key = issue_key(store, "acme", ("events",))
-    env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
+    settings, key, env = events_tenant(tmp_path)
     port = free_port()
     server = start_serve(env, port)
     acknowledged: list[str] = []

@@ -14,9 +14,7 @@ import httpx
 import pytest
 
 from lodestar.cdp import cdp_session
-from lodestar.keys import issue_key
-from lodestar.settings import Settings
-from tests.helpers import free_port, start_serve, wait_until
+from tests.helpers import events_tenant, free_port, start_serve, wait_until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +35,7 @@ def _children(pid: int) -> set[int]:
 
 
 def test_workers_share_one_port_and_stop_together(tmp_path):
-    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64")
-    with cdp_session(settings) as store:
-        store.create_tenant("acme")
-        key = issue_key(store, "acme", ("events",))
-    env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
+    settings, key, env = events_tenant(tmp_path)
     port = free_port()
     server = start_serve(env, port, "--workers", "2")
     base = f"http://127.0.0.1:{port}"
