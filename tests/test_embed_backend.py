@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from lodestar import demo, embed
-from lodestar.embed import Embedder, export_name, model_key
+from lodestar import demo, embed_onnx
+from lodestar.embed import Embedder, model_key
+from lodestar.embed_onnx import export_name
 from lodestar.errors import InvalidInput
 from lodestar.features import item_text
 from lodestar.settings import DEFAULT_MODEL
@@ -46,8 +47,8 @@ def test_the_export_is_made_once_and_loaded_from_the_cache(cache_dir, monkeypatc
     def no_export(*_args):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(embed, "export_onnx", no_export)
-    embed._load_onnx.cache_clear()  # a new process: only the files on disk remain
+    monkeypatch.setattr(embed_onnx, "export_onnx", no_export)
+    embed_onnx.load_onnx.cache_clear()  # a new process: only the files on disk remain
     vectors = Embedder(cache_dir=cache_dir, backend="onnx-int8").encode(TEXTS)
     assert vectors.shape == (len(TEXTS), 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
@@ -57,10 +58,10 @@ def test_a_stale_export_is_not_used(cache_dir, tmp_path):
     stale = tmp_path / "export"
     shutil.copytree(cache_dir / "models" / export_name(DEFAULT_MODEL, "onnx-int8"), stale)
     meta = json.loads((stale / "lodestar-export.json").read_text())
-    assert embed._export_is_current(stale, meta["source"])
-    assert not embed._export_is_current(stale, "the model package was upgraded")
+    assert embed_onnx._export_is_current(stale, meta["source"])
+    assert not embed_onnx._export_is_current(stale, "the model package was upgraded")
     (stale / "lodestar-export.json").write_text(json.dumps(dict(meta, format=meta["format"] - 1)))
-    assert not embed._export_is_current(stale, meta["source"])
+    assert not embed_onnx._export_is_current(stale, meta["source"])
 
 
 @pytest.mark.model
