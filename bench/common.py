@@ -8,6 +8,31 @@ import sys
 import time
 
 import httpx
+import numpy as np
+
+from lodestar.cdp import cdp_session
+from lodestar.collab import event_item_weights
+from lodestar.index import open_index_store
+from lodestar.recommend import HISTORY_LIMIT, interacted_items, user_taste
+from lodestar.settings import Settings
+from lodestar.tenant_config import TenantConfig
+
+
+def engine_queries(settings: Settings, tenant: str, users: list[str]) -> list[tuple[str, np.ndarray, np.ndarray | None, list[str]]]:
+    """What the raw-engine baselines send the index per user, computed as the API computes it
+    (lodestar.recommend): (user, collaborative query vector, taste vector, items to exclude), for
+    the users with a collaborative query."""
+    config = TenantConfig()
+    published = open_index_store(settings).open_published(tenant)
+    out = []
+    with cdp_session(settings) as store:
+        for user in users:
+            events = store.user_events(tenant, user, limit=HISTORY_LIMIT)
+            query = published.model.query_vector(event_item_weights(events, config)) if events else None
+            if query is not None:
+                out.append((user, query, user_taste(published.reader, events, config), sorted(interacted_items(events))))
+    published.close()
+    return out
 
 
 def free_port() -> int:

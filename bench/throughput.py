@@ -29,42 +29,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import start_server, stop  # noqa: E402
+from bench.common import engine_queries, start_server, stop  # noqa: E402
 from lodestar import demo  # noqa: E402
 from lodestar.cdp import cdp_session  # noqa: E402
-from lodestar.collab import event_item_weights  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
 from lodestar.index import CANDIDATE_FIELDS, COLLAB, open_index_store  # noqa: E402
 from lodestar.keys import issue_key  # noqa: E402
-from lodestar.recommend import HISTORY_LIMIT, interacted_items, user_taste  # noqa: E402
 from lodestar.settings import Settings  # noqa: E402
-from lodestar.tenant_config import TenantConfig  # noqa: E402
 from pipelines.run import materialize_in_process  # noqa: E402
 
 USERS = 600
-
-
-def _queries(settings: Settings) -> list[tuple[np.ndarray, np.ndarray | None, list[str]]]:
-    """Per user: the collab query vector, the taste vector and the items to exclude, as the API
-    computes them (lodestar.recommend)."""
-    config = TenantConfig()
-    published = open_index_store(settings).open_published("shop")
-    out = []
-    with cdp_session(settings) as store:
-        for n in range(USERS):
-            events = store.user_events("shop", f"u{n:04d}", limit=HISTORY_LIMIT)
-            query = published.model.query_vector(event_item_weights(events, config)) if events else None
-            if query is not None:
-                out.append((query, user_taste(published.reader, events, config), sorted(interacted_items(events))))
-    published.close()
-    return out
 
 
 def _engine_worker(data_dir: str, queries, seconds: float, counts) -> None:
     published = open_index_store(Settings(data_dir=Path(data_dir))).open_published("shop")
     done, deadline, n = 0, time.monotonic() + seconds, 0
     while time.monotonic() < deadline:
-        query, taste, exclude = queries[n % len(queries)]
+        _user, query, taste, exclude = queries[n % len(queries)]
         published.reader.nearest(query, 300, exclude, using=COLLAB, fields=CANDIDATE_FIELDS)
         if taste is not None:
             published.reader.nearest(taste, 10, exclude, fields=CANDIDATE_FIELDS)
@@ -156,7 +137,7 @@ def main() -> None:
         assert materialize_in_process(str(settings.data_dir), "shop", log_level="WARNING").success
         print(f"materialized the demo shop in {time.perf_counter() - started:.0f}s ({args.embed_model})", flush=True)
 
-        queries = _queries(settings)
+        queries = engine_queries(settings, "shop", [f"u{n:04d}" for n in range(USERS)])
         raw = raw_engine_rate(settings, queries, args.seconds, cores)
         print(f"raw engine (baseline): {raw:.0f} recommendations' index work per second "
               f"({cores} processes, no HTTP; {len(queries)} users with a collaborative query)", flush=True)

@@ -43,6 +43,9 @@ class CollabModel:
     damping: np.ndarray  # per item, how much its interactions count in a user's vector (popularity damped)
     ease: np.ndarray | None = None  # items x items (EASE only)
     meta: dict[str, Any] | None = None
+    # diag(P) of EASE's inverse (EASE only; absent in models saved before it was kept). With it, a
+    # column of B is a rescaled row: B[i, c] = B[c, i] * d[i] / d[c], since P is symmetric.
+    ease_diag: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.index = {item: k for k, item in enumerate(self.item_ids)}
@@ -55,12 +58,14 @@ class CollabModel:
         np.save(directory / "damping.npy", self.damping.astype(np.float32))
         if self.ease is not None:
             np.save(directory / "ease.npy", self.ease.astype(np.float32))
+        if self.ease_diag is not None:
+            np.save(directory / "ease_diag.npy", self.ease_diag.astype(np.float64))
         (directory / "meta.json").write_text(json.dumps({"kind": self.kind, **(self.meta or {})}))
 
     @classmethod
     def load(cls, directory: Path) -> CollabModel:
         meta = json.loads((directory / "meta.json").read_text())
-        ease_path = directory / "ease.npy"
+        ease_path, diag_path = directory / "ease.npy", directory / "ease_diag.npy"
         return cls(
             kind=meta["kind"],
             item_ids=json.loads((directory / "items.json").read_text()),
@@ -69,6 +74,7 @@ class CollabModel:
             # Memory-mapped: several serving processes share one copy through the page cache.
             ease=np.load(ease_path, mmap_mode="r") if ease_path.is_file() else None,
             meta=meta,
+            ease_diag=np.load(diag_path) if diag_path.is_file() else None,
         )
 
     def to_bytes(self) -> bytes:
@@ -77,6 +83,8 @@ class CollabModel:
         arrays = {"factors": self.factors.astype(np.float32), "damping": self.damping.astype(np.float32)}
         if self.ease is not None:
             arrays["ease"] = np.asarray(self.ease, dtype=np.float32)
+        if self.ease_diag is not None:
+            arrays["ease_diag"] = np.asarray(self.ease_diag, dtype=np.float64)
         header = json.dumps({"kind": self.kind, "item_ids": self.item_ids, "meta": self.meta or {}})
         np.savez(buffer, header=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
         return buffer.getvalue()
@@ -87,7 +95,7 @@ class CollabModel:
             header = json.loads(data["header"].tobytes().decode())
             return cls(kind=header["kind"], item_ids=header["item_ids"], factors=data["factors"],
                        damping=data["damping"], ease=data["ease"] if "ease" in data.files else None,
-                       meta=header["meta"])
+                       meta=header["meta"], ease_diag=data["ease_diag"] if "ease_diag" in data.files else None)
 
     def factors_for(self, item_ids: list[str]) -> np.ndarray:
         """Item factors aligned with ``item_ids`` (zeros for items the model does not cover)."""
@@ -125,11 +133,24 @@ class CollabModel:
         if not known.any():
             return out
         if self.ease is not None:
-            rows = np.asarray(self.ease[idx])  # only the user's rows are read from the mapped file
-            out[known] = w @ rows[:, cand[known]]
+            out[known] = self._ease_scores(idx, w, cand[known])
         else:
             out[known] = ((w * self.damping[idx]) @ self.factors[idx]) @ self.factors[cand[known]].T
         return out
+
+
+    def _ease_scores(self, idx: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """``w @ B[idx][:, cand]``, reading whichever rows of the memory-mapped B are fewer: the
+        user's (a light user) or, through ``ease_diag``, the candidates' (a heavy user, whose
+        thousands of rows would be most of a request)."""
+        if self.ease_diag is None or len(idx) <= len(cand):
+            return w @ np.asarray(self.ease[idx])[:, cand]
+        order = np.argsort(cand, kind="stable")  # ascending rows read the mapped file forward
+        rows = np.asarray(self.ease[cand[order]])[:, idx]  # B[c, i]
+        d = self.ease_diag
+        scores = np.empty(len(cand), dtype=np.float64)
+        scores[order] = (rows @ (w * d[idx])) / d[cand[order]]
+        return scores.astype(np.float32)
 
 
 def event_item_weights(events: list[dict[str, Any]], config: TenantConfig) -> dict[str, float]:
@@ -191,7 +212,8 @@ def fit(pairs: pd.DataFrame, item_ids: list[str], config: TenantConfig) -> Colla
     meta = {"users": len(users), "items": len(item_ids), "interactions": int(X.nnz), "factors": rank}
     if len(item_ids) <= settings.ease_max_items:
         lam = settings.ease_lambda
-        return CollabModel(EASE, list(item_ids), factors, damping, _ease(X, lam), {**meta, "lambda": lam})
+        B, diag = _ease(X, lam)
+        return CollabModel(EASE, list(item_ids), factors, damping, B, {**meta, "lambda": lam}, diag)
     return CollabModel(SVD, list(item_ids), factors, damping, None, meta)
 
 
@@ -205,13 +227,15 @@ def gram_matrix(X: sp.csr_matrix, chunk_users: int = 8192) -> np.ndarray:
     return gram
 
 
-def _ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
+def _ease(X: sp.csr_matrix, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE's ``B = -P / diag(P)`` (float32, zero diagonal) and ``diag(P)``."""
     gram = gram_matrix(X)
     gram[np.diag_indices_from(gram)] += lam
     inverse = np.linalg.inv(gram)
+    diag = np.diag(inverse).astype(np.float64)
     B = -inverse / np.diag(inverse)
     np.fill_diagonal(B, 0.0)
-    return B.astype(np.float32)
+    return B.astype(np.float32), diag
 
 
 def _svd_factors(X: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:

@@ -118,20 +118,21 @@ def _hybrid(
     collab = _scaled(model.scores(item_weights, [h.item_id for h in hits]))
     popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
     partial = weights.collab * collab + weights.popularity * popularity
-    # Content similarity only reorders the head: fetch content vectors for it alone (a vector
-    # costs more to fetch than everything else about a candidate).
+    # Content similarity only reorders the head: content vectors are read for it alone, and full
+    # payloads for the k that are returned.
     head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, k)]
-    points = reader.points([hits[i].item_id for i in head])
+    head_ids = [hits[i].item_id for i in head]
     content = np.zeros(len(head))
     if taste is not None and weights.content:
-        sims = np.asarray([float(points[hits[i].item_id].vector @ taste) if hits[i].item_id in points else 0.0
-                           for i in head])
+        vectors = reader.vectors(head_ids)
+        sims = np.asarray([float(vectors[i] @ taste) if i in vectors else 0.0 for i in head_ids])
         content = weights.content * _scaled(sims)
     final = partial[head] + content
-    order = [i for i in np.argsort(-final, kind="stable") if hits[head[i]].item_id in points][:k]
-    # The fetched vectors travel with the hits, so diversity does not fetch them again.
-    return [Hit(hits[head[i]].item_id, float(final[i]), points[hits[head[i]].item_id].payload,
-                points[hits[head[i]].item_id].vector) for i in order]
+    order = np.argsort(-final, kind="stable")[:k]
+    points = reader.points([head_ids[i] for i in order])
+    # The vectors travel with the hits, so diversity does not fetch them again.
+    return [Hit(head_ids[i], float(final[i]), points[head_ids[i]].payload, points[head_ids[i]].vector)
+            for i in order if head_ids[i] in points]
 
 
 def _content_ranked(

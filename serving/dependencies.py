@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import anyio
+
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -28,10 +30,12 @@ def provide_cdp(state: State) -> CdpStore:
     return state.cdp
 
 
-def provide_published(state: State, tenant: str) -> PublishedVersion:
-    """The tenant's published index version and its model (503 before the first publish)."""
+async def provide_published(state: State, tenant: str) -> PublishedVersion:
+    """The tenant's published index version and its model (503 before the first publish): the
+    open one at once, or, when the pointer is due a look or the version must be opened, from a
+    worker thread (either may read files or the network)."""
     indexes: TenantIndexes = state.indexes
-    return indexes.get(tenant)
+    return indexes.current(tenant) or await anyio.to_thread.run_sync(indexes.get, tenant)
 
 
 def provide_config(state: State, tenant: str) -> TenantConfig:
@@ -70,8 +74,8 @@ EmbedderLoaded = NamedDependency[SkipValidation[threading.Event]]
 DEPENDENCIES = {
     "tenant": Provide(provide_tenant, sync_to_thread=False),
     "cdp": Provide(provide_cdp, sync_to_thread=False),
-    # These two may read the CDP or open an index version: off the event loop.
-    "published": Provide(provide_published, sync_to_thread=True),
+    "published": Provide(provide_published),
+    # Reads the tenant's record in the CDP: off the event loop.
     "config": Provide(provide_config, sync_to_thread=True),
     "embedder": Provide(provide_embedder, sync_to_thread=False),
     "served_log": Provide(provide_served_log, sync_to_thread=False),

@@ -80,6 +80,20 @@ class TenantIndexes:
         return cls(index_store, idle_s=_env_number(env, "LODESTAR_INDEX_IDLE", float, IDLE_AFTER_S),
                    max_open=_env_number(env, "LODESTAR_MAX_OPEN_TENANTS", int, MAX_OPEN_TENANTS))
 
+    def current(self, tenant: str) -> PublishedVersion | None:
+        """The tenant's open version when its pointer was read within ``check_interval_s`` (no I/O,
+        so the event loop may ask); ``None`` when :meth:`get` has to look (off the loop)."""
+        now = self._clock()
+        slot = self._slots.get(tenant)
+        if slot is None or slot.published is None or now - slot.checked_at >= self._interval:
+            return None
+        with self._lock:
+            if self._slots.get(tenant) is not slot:
+                return None
+            slot.used_at = now
+            self._slots.move_to_end(tenant)
+        return slot.published
+
     def get(self, tenant: str) -> PublishedVersion:
         """The tenant's published version, opened on first use and reloaded when the pointer moved
         (checked at most every ``check_interval_s``). A version is only ever opened after it was

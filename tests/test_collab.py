@@ -90,3 +90,22 @@ def test_cold_start_and_popular_fallbacks():
     assert result.strategy == COLD_START and result.items[0].item_id == "d"
     result = recommend(reader, [], 2, config, model)
     assert result.strategy == POPULAR and [h.item_id for h in result.items] == ["a", "b"]
+
+
+def test_ease_scores_read_the_fewer_rows_and_agree():
+    """A heavy user's scores are read from the candidates' rows of B (rescaled by diag(P)); a light
+    user's from their own rows. Both give w @ B[user items][:, candidates]."""
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(40)]
+    baskets = {f"u{n}": list(rng.choice(items, size=8, replace=False)) for n in range(60)}
+    model = collab.fit(_pairs(baskets), items, effective_config(None))
+    assert model.kind == "ease" and model.ease_diag is not None
+    weights = {i: float(rng.uniform(-0.5, 2.0)) for i in model.item_ids[:25]}  # 25 items of history
+    candidates = model.item_ids[25:30] + ["unknown"]  # 5 candidates: fewer than the history
+    idx, w = model.user_profile(weights)
+    expected = w @ np.asarray(model.ease)[idx][:, [model.index[c] for c in candidates[:-1]]]
+    scores = model.scores(weights, candidates)
+    assert np.allclose(scores[:-1], expected, rtol=1e-4, atol=1e-6) and scores[-1] == 0.0
+    legacy = collab.CollabModel(model.kind, model.item_ids, model.factors, model.damping, model.ease, model.meta)
+    assert np.allclose(legacy.scores(weights, candidates), scores, rtol=1e-4, atol=1e-6)  # saved before ease_diag
+    assert np.allclose(collab.CollabModel.from_bytes(model.to_bytes()).ease_diag, model.ease_diag)

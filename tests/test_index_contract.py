@@ -10,7 +10,7 @@ import pytest
 
 from lodestar.errors import NotFound
 from lodestar.filters import parse_filter
-from lodestar.index.edge import EdgeIndexStore
+from lodestar.index.edge import EdgeIndexReader, EdgeIndexStore
 
 pytestmark = pytest.mark.contract
 
@@ -235,3 +235,33 @@ def test_tenants_whose_names_share_a_prefix_are_kept_apart(index):
     assert store.drop_old(a, keep=0) == [va]
     assert store.versions(ax) == [vax] and store.published(ax) == vax
     assert store.versions(ab) == [vab] and store.published(ab) == vab
+
+
+def test_edge_sidecar_answers_as_the_engine_does(tmp_path):
+    """A finished Edge version carries its content vectors and popularity beside it; readers answer
+    vectors, points and candidate queries from it, exactly as from the engine (a version without
+    it, built before it existed, is still read from the engine)."""
+    from lodestar.index import CANDIDATE_FIELDS
+    from lodestar.index.edge import ContentMatrix
+
+    store = EdgeIndexStore(tmp_path)
+    version, ids, vectors = _build(store, "acme", n=30)
+    with_sidecar = store.open("acme", version)
+    model_dir = tmp_path / "tenants" / "acme" / "models" / version
+    assert (model_dir / ContentMatrix.IDS).is_file()
+    without = EdgeIndexReader("acme", version, with_sidecar._shard, None)
+    try:
+        some = ["i3", "i7", "missing", "i3"]
+        a, b = with_sidecar.vectors(some), without.vectors(some)
+        assert a.keys() == b.keys() == {"i3", "i7"} and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+        pa, pb = with_sidecar.points(some), without.points(some)
+        assert {k: v.payload for k, v in pa.items()} == {k: v.payload for k, v in pb.items()}
+        assert all(np.allclose(pa[k].vector, pb[k].vector, atol=1e-6) for k in pa)
+        for query in (vectors[5], -vectors[9]):
+            x = with_sidecar.nearest(query, 12, exclude=["i1", "i2"], fields=CANDIDATE_FIELDS)
+            y = without.nearest(query, 12, exclude=["i1", "i2"], fields=CANDIDATE_FIELDS)
+            assert [(h.item_id, round(h.score, 5), h.payload["popularity"]) for h in x] == \
+                   [(h.item_id, round(h.score, 5), h.payload["popularity"]) for h in y]
+            assert "i1" not in [h.item_id for h in x]
+    finally:
+        with_sidecar.close()

@@ -123,6 +123,22 @@ def test_an_idle_tenant_is_closed_and_its_next_request_opens_it_again(edge):
     assert set(closed) == set(opened)
 
 
+def test_the_event_loop_gets_an_open_version_without_io_only_while_its_pointer_is_fresh(edge):
+    store, opened, _closed = edge
+    clock = Clock()
+    indexes = TenantIndexes(store, check_interval_s=0.5, clock=clock, sweep_every_s=None)
+    assert indexes.current("t0") is None  # never opened: get() must open it, off the loop
+    first = indexes.get("t0")
+    assert indexes.current("t0") is first
+    clock.advance(0.6)
+    assert indexes.current("t0") is None  # the pointer is due a look
+    assert indexes.get("t0") is first and indexes.current("t0") is first  # looked, same version
+    clock.advance(0.4)
+    indexes.sweep()
+    assert indexes.current("t0") is first and len(opened) == 1
+    indexes.close()
+
+
 def test_past_the_cap_the_least_recently_queried_tenant_is_closed(edge):
     store, opened, closed = edge
     clock = Clock()

@@ -36,6 +36,12 @@ def point_id(tenant: str, item_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def point_uuid(tenant: str, item_id: str) -> uuid.UUID:
+    """:func:`point_id` as a UUID object (the engine takes those about twice as fast as strings)."""
+    return uuid.UUID(point_id(tenant, item_id))
+
+
 def unknown_version(tenant: str, version: str) -> NotFound:
     """The error for an index version a tenant does not have."""
     return NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")

@@ -5,7 +5,9 @@ Layout under the data dir::
     tenants/<tenant>/index/versions/<version>/   an EdgeShard, WAL disabled, never written after finish()
     tenants/<tenant>/index/PUBLISHED             {"version": ...} swapped with an atomic rename
     tenants/<tenant>/models/<version>/           the collaborative model built with that version
-                                                 (its EASE matrix memory-mapped by every server)
+                                                 (its EASE matrix memory-mapped by every server),
+                                                 and content.npy + content_ids.json: the version's
+                                                 content vectors as one memory-mapped matrix
 
 The WAL is disabled so that several serving processes can load the same finished shard read-only.
 """
@@ -29,6 +31,7 @@ from lodestar.collab import CollabModel
 from lodestar.errors import IndexEngineError
 from lodestar.filters import ItemFilter
 from lodestar.index import (
+    CANDIDATE_FIELDS,
     COLLAB,
     CONTENT,
     FLOAT_FIELDS,
@@ -42,6 +45,7 @@ from lodestar.index import (
     new_version,
     open_published,
     point_id,
+    point_uuid,
     to_hits,
     unknown_version,
     versions_to_drop,
@@ -132,7 +136,8 @@ class EdgeIndexStore:
         path = self._version_dir(tenant, version)
         if not (path / "edge_config.json").is_file():
             raise unknown_version(tenant, version)
-        return EdgeIndexReader(tenant, version, qe.EdgeShard.load(str(path)))
+        return EdgeIndexReader(tenant, version, qe.EdgeShard.load(str(path)),
+                               ContentMatrix.load(tenant, self._model_dir(tenant, version)))
 
     def open_published(self, tenant: str) -> PublishedVersion | None:
         return open_published(self, tenant, self._load_model)
@@ -226,20 +231,95 @@ class EdgeIndexBuilder:
         self._shard.optimize()
         self._shard.flush()
         count = self._shard.info().points_count
+        ContentMatrix.from_shard(self.tenant, self._shard).save(self.model_dir)
         self._shard.close()
         return count
+
+
+class ContentMatrix:
+    """A finished version's content vectors as one matrix (memory-mapped when loaded, so serving
+    processes share it through the page cache) and each item's popularity, written from the shard
+    when the version is built.
+
+    The engine hands results to Python one object at a time: reading a user's recent items'
+    vectors converts each into hundreds of Python floats, and the payloads of a query's 300
+    candidates cost more than the query. With this sidecar a candidate query asks the engine for
+    point ids alone, and vectors are rows of the matrix. Versions built before it was written have
+    none, and the reader asks the engine as before.
+    """
+
+    IDS, MATRIX, POPULARITY = "content_ids.json", "content.npy", "popularity.npy"
+
+    def __init__(self, tenant: str, item_ids: list[str], matrix: np.ndarray, popularity: np.ndarray) -> None:
+        self.item_ids = item_ids
+        self.matrix = matrix
+        self.popularity = popularity
+        self.rows = {item_id: row for row, item_id in enumerate(item_ids)}
+        self.by_point = {point_uuid(tenant, item_id): row for row, item_id in enumerate(item_ids)}
+
+    @classmethod
+    def from_shard(cls, tenant: str, shard: qe.EdgeShard) -> ContentMatrix:
+        item_ids: list[str] = []
+        vectors: list[list[float]] = []
+        popularity: list[float] = []
+        offset = None
+        while True:
+            records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=2048, with_payload=list(CANDIDATE_FIELDS),
+                                                            with_vector=[CONTENT]))
+            for record in records:
+                item_ids.append(record.payload["item_id"])
+                popularity.append(float(record.payload.get(POPULARITY, 0.0)))
+                vectors.append(record.vector[CONTENT])
+            if offset is None or not records:
+                break
+        return cls(tenant, item_ids, np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), -1),
+                   np.asarray(popularity, dtype=np.float64))
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / self.MATRIX, self.matrix)
+        np.save(directory / self.POPULARITY, self.popularity)
+        _atomic_write(directory / self.IDS, json.dumps(self.item_ids))  # written last: its presence means complete
+
+    @classmethod
+    def load(cls, tenant: str, directory: Path) -> ContentMatrix | None:
+        try:
+            item_ids = json.loads((directory / cls.IDS).read_text())
+            matrix = np.load(directory / cls.MATRIX, mmap_mode="r")
+            popularity = np.load(directory / cls.POPULARITY)
+        except FileNotFoundError:
+            return None
+        return cls(tenant, item_ids, matrix, popularity)
+
+    def candidates(self, points: Iterable[Any]) -> list[Hit]:
+        """Scored points (ids only) as candidate hits: item id and popularity."""
+        out = []
+        for point in points:
+            row = self.by_point[point.id]
+            item_id = self.item_ids[row]
+            out.append(Hit(item_id, float(point.score), {"item_id": item_id, POPULARITY: float(self.popularity[row])}))
+        return out
+
+    def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        found = [(i, self.rows[i]) for i in dict.fromkeys(item_ids) if i in self.rows]
+        if not found:
+            return {}
+        block = np.asarray(self.matrix[[row for _i, row in found]])  # one read of the mapped rows
+        return {item_id: block[n] for n, (item_id, _row) in enumerate(found)}
 
 
 class EdgeIndexReader:
     """A loaded, finished version. Only reads; safe to share between request threads."""
 
-    def __init__(self, tenant: str, version: str, shard: qe.EdgeShard) -> None:
+    def __init__(self, tenant: str, version: str, shard: qe.EdgeShard, content: ContentMatrix | None = None) -> None:
         self.tenant = tenant
         self.version = version
         self._shard = shard
+        self._content = content
 
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> qe.Filter | None:
-        return translate_filter(item_filter, list(dict.fromkeys(point_id(self.tenant, i) for i in exclude)), _EDGE)
+        excluded = frozenset(exclude)
+        return translate_filter(item_filter, _excluded(self.tenant, excluded) if excluded else None, _EDGE)
 
     def count(self) -> int:
         return self._shard.info().points_count
@@ -251,14 +331,17 @@ class EdgeIndexReader:
     ) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
             return []
+        # Candidates (id and popularity) come from the sidecar: the engine returns ids alone.
+        ids_only = self._content is not None and not with_vectors and set(fields) <= set(CANDIDATE_FIELDS)
         request = qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
             filter=self._filter(exclude, item_filter),
-            with_payload=list(fields),
+            with_payload=False if ids_only else list(fields),
             with_vector=[CONTENT] if with_vectors else False,
         )
-        return to_hits(self._shard.query(request))
+        points = self._shard.query(request)
+        return self._content.candidates(points) if ids_only else to_hits(points)
 
     @_engine_call
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
@@ -274,6 +357,8 @@ class EdgeIndexReader:
 
     @_engine_call
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        if self._content is not None:
+            return self._content.vectors(item_ids)
         ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
         if not ids:
             return {}
@@ -285,6 +370,11 @@ class EdgeIndexReader:
         ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
         if not ids:
             return {}
+        if self._content is not None:
+            records = self._shard.retrieve(ids, with_payload=RESULT_FIELDS, with_vector=False)
+            vectors = self._content.vectors(r.payload["item_id"] for r in records)
+            return {r.payload["item_id"]: Hit(r.payload["item_id"], 0.0, r.payload, vectors.get(r.payload["item_id"]))
+                    for r in records}
         records = self._shard.retrieve(ids, with_payload=RESULT_FIELDS, with_vector=[CONTENT])
         return {r.payload["item_id"]: Hit(r.payload["item_id"], 0.0, r.payload,
                                           np.asarray(r.vector[CONTENT], dtype=np.float32)) for r in records}
@@ -301,6 +391,14 @@ class EdgeIndexReader:
         self._shard.close()
 
 
+@functools.lru_cache(maxsize=256)
+def _excluded(tenant: str, item_ids: frozenset[str]) -> qe.HasIdCondition:
+    """The has-id condition excluding ``item_ids`` (kept: one recommendation queries twice with the
+    same exclusions and the user's next request usually repeats them; for a user with thousands of
+    items, converting the ids into the engine's condition costs milliseconds, more than a query)."""
+    return qe.HasIdCondition({point_uuid(tenant, i) for i in item_ids})
+
+
 class _EdgeConditions:
     """Filter objects of qdrant-edge-py (for :func:`lodestar.index.translate_filter`)."""
 
@@ -309,9 +407,6 @@ class _EdgeConditions:
 
     def range(self, key: str, bounds: dict[str, float]) -> qe.FieldCondition:
         return qe.FieldCondition(key, range=qe.RangeFloat(**bounds))
-
-    def has_id(self, point_ids: list[str]) -> qe.HasIdCondition:
-        return qe.HasIdCondition(set(point_ids))
 
     def combine(self, must: list | None = None, must_not: list | None = None, should: list | None = None) -> qe.Filter:
         return qe.Filter(must=must, must_not=must_not, should=should)

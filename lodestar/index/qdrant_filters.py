@@ -15,19 +15,20 @@ class ConditionFactory(Protocol):
 
     def match_any(self, key: str, values: list[Any]) -> Any: ...
     def range(self, key: str, bounds: dict[str, float]) -> Any: ...
-    def has_id(self, point_ids: list[str]) -> Any: ...
     def combine(self, must: list[Any] | None = None, must_not: list[Any] | None = None,
                 should: list[Any] | None = None) -> Any: ...
 
 
 def translate_filter(
-    item_filter: ItemFilter | None, exclude_ids: list[str], make: ConditionFactory, base: Sequence[Any] = (),
+    item_filter: ItemFilter | None, excluded: Any | None, make: ConditionFactory, base: Sequence[Any] = (),
 ) -> Any | None:
     """The query's filter in Qdrant's terms, the one translation both adapters use: ``base`` (the
-    tenant conditions of a shared collection), the filter's fields ANDed, excluded point ids and
-    disliked categories as ``must_not``. ``None`` when nothing restricts the query."""
+    tenant conditions of a shared collection), the filter's fields ANDed, and as ``must_not`` the
+    excluded points (``excluded``: the adapter's has-id condition, ``None`` for none; an adapter
+    may reuse one, since building it for thousands of ids costs more than the query) and the
+    disliked categories. ``None`` when nothing restricts the query."""
     must: list[Any] = list(base)
-    must_not: list[Any] = [make.has_id(exclude_ids)] if exclude_ids else []
+    must_not: list[Any] = [excluded] if excluded is not None else []
     if item_filter is not None:
         if item_filter.categories:
             must.append(make.match_any("categories", list(item_filter.categories)))

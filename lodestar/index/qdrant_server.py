@@ -95,8 +95,6 @@ class _ClientConditions:
     def range(self, key: str, bounds: dict[str, float]) -> models.FieldCondition:
         return models.FieldCondition(key=key, range=models.Range(**bounds))
 
-    def has_id(self, point_ids: list[str]) -> models.HasIdCondition:
-        return models.HasIdCondition(has_id=point_ids)
 
     def combine(self, must: list | None = None, must_not: list | None = None, should: list | None = None) -> models.Filter:
         return models.Filter(must=must, must_not=must_not, should=should)
@@ -385,7 +383,8 @@ class QdrantIndexReader:
         self.version = layout.version
 
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> models.Filter | None:
-        return translate_filter(item_filter, [self.layout.pid(i) for i in exclude], _CLIENT, self.layout.base)
+        ids = [self.layout.pid(i) for i in dict.fromkeys(exclude)]
+        return translate_filter(item_filter, models.HasIdCondition(has_id=ids) if ids else None, _CLIENT, self.layout.base)
 
     def count(self) -> int:
         base = self.layout.base

@@ -1,0 +1,145 @@
+"""Latency at the floor: every MovieLens user's recommendation against what the engine and HTTP cost.
+
+    .venv/bin/python bench/latency.py [DIR] [--embed-model all-MiniLM-L6-v2] [--data-dir D]
+
+DIR defaults to ../shared/data/movielens-small. The tenant is imported as a new user would
+(`import_movielens`, what `lodestar cdp import --format movielens` runs) and materialized through
+Dagster (reused when ``--data-dir`` already holds it); then, all in this run, on one machine:
+
+  * "HTTP floor": ``GET /health`` of the same server, over one kept-alive connection;
+  * "raw engine": per user, the index work one recommendation needs, in process, no HTTP: the 300
+    nearest collaborative vectors and the 10 nearest content vectors to the user's query vectors,
+    excluding the user's items (query vectors and the engine's filter objects built beforehand);
+  * the service: ``GET /v1/users/{id}/recommendations?k=10`` for every user in turn over one
+    kept-alive connection (one warm-up pass, then the measured pass);
+
+each with and without a category filter. Issue 12's bar, printed as a ratio (<= 1 meets it):
+service p99 <= 1.5 x raw engine p99 + HTTP floor p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import qdrant_edge as qe
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import engine_queries, start_server, stop  # noqa: E402
+from lodestar.cdp import cdp_session  # noqa: E402
+from lodestar.filters import ItemFilter  # noqa: E402
+from lodestar.importer import import_movielens  # noqa: E402
+from lodestar.index import COLLAB, CONTENT, open_index_store  # noqa: E402
+from lodestar.keys import issue_key  # noqa: E402
+from lodestar.settings import Settings  # noqa: E402
+from pipelines.run import materialize_in_process  # noqa: E402
+
+TENANT = "ml"
+CATEGORY = "Drama"  # the most common MovieLens genre: the filter keeps about half the catalog
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float, float]:
+    ms = np.asarray(seconds) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max())
+
+
+def raw_engine(settings: Settings, queries, item_filter: ItemFilter | None) -> list[float]:
+    """Per user: the two index queries of a recommendation, timed alone (best of two passes each)."""
+    reader = open_index_store(settings).open_published(TENANT).reader
+    prepared = [(q, taste, reader._filter(exclude, item_filter)) for _u, q, taste, exclude in queries]
+
+    def one(vector: np.ndarray, k: int, using: str, engine_filter) -> None:
+        reader._shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(vector.tolist(), using=using),
+                                            filter=engine_filter, with_payload=False, with_vector=False))
+
+    times: list[list[float]] = [[], []]
+    for attempt in range(2):
+        for query, taste, engine_filter in prepared:
+            started = time.perf_counter()
+            one(query, 300, COLLAB, engine_filter)
+            if taste is not None:
+                one(taste, 10, CONTENT, engine_filter)
+            times[attempt].append(time.perf_counter() - started)
+    reader.close()
+    return [min(a, b) for a, b in zip(*times, strict=True)]
+
+
+def service(http, users: list[str], query: str) -> list[float]:
+    """One warm-up pass over every user, then the measured one."""
+    times: list[float] = []
+    for measured in (False, True):
+        for user in users:
+            started = time.perf_counter()
+            response = http.get(f"/v1/users/{user}/recommendations?k=10{query}")
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise SystemExit(f"user {user}: {response.status_code} {response.text}")
+            if measured:
+                times.append(elapsed)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("directory", nargs="?", default=str(ROOT.parent / "shared" / "data" / "movielens-small"))
+    parser.add_argument("--embed-model", default=os.environ.get("LODESTAR_EMBED_MODEL", "all-MiniLM-L6-v2"))
+    parser.add_argument("--data-dir", help="keep the materialized tenant here (reused when present)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.data_dir) if args.data_dir else Path(tmp) / "var"
+        settings = Settings(data_dir=data_dir, embed_model=args.embed_model)
+        os.environ.update(LODESTAR_EMBED_MODEL=args.embed_model)
+        with cdp_session(settings) as store:
+            fresh = store.get_tenant(TENANT) is None
+            if fresh:
+                store.create_tenant(TENANT)
+                import_movielens(store, settings, TENANT, Path(args.directory))
+            key = issue_key(store, TENANT, ("read",))
+        if fresh or open_index_store(settings).published(TENANT) is None:
+            started = time.perf_counter()
+            assert materialize_in_process(str(data_dir), TENANT, log_level="WARNING").success
+            print(f"materialized MovieLens in {time.perf_counter() - started:.0f}s ({args.embed_model})", flush=True)
+        users = [str(u) for u in sorted(pd.read_csv(Path(args.directory) / "ratings.csv", usecols=["userId"])["userId"].unique())]
+        queries = engine_queries(settings, TENANT, users)
+        drama = ItemFilter(categories=(CATEGORY,))
+        filter_query = "&filter=" + urllib.parse.quote(json.dumps({"categories": [CATEGORY]}))
+
+        env = {**os.environ, "LODESTAR_DATA_DIR": str(data_dir), "LODESTAR_EMBED_MODEL": args.embed_model}
+        process, http = start_server(env, headers={"Authorization": f"Bearer {key}"})
+        try:
+            for _ in range(2):  # warm-up, then measured
+                floor = []
+                for _n in users:
+                    started = time.perf_counter()
+                    http.get("/health")
+                    floor.append(time.perf_counter() - started)
+            floor_p = percentiles(floor)
+            print(f"{len(users)} users ({len(queries)} with a collaborative query), k=10, one kept-alive connection")
+            print("| what | p50 ms | p99 ms | max ms | bar (1.5 x engine p99 + floor p99) | p99 / bar |")
+            print("|---|---|---|---|---|---|")
+            print(f"| HTTP floor (`GET /health`) | {floor_p[0]:.2f} | {floor_p[1]:.2f} | {floor_p[2]:.2f} | | |")
+            for name, item_filter, query in (("", None, ""), (f" with filter {CATEGORY}", drama, filter_query)):
+                engine = percentiles(raw_engine(settings, queries, item_filter))
+                served = percentiles(service(http, users, query))
+                bar = 1.5 * engine[1] + floor_p[1]
+                print(f"| raw engine{name} (collab top-300 + content top-10, in process) | {engine[0]:.2f} | "
+                      f"{engine[1]:.2f} | {engine[2]:.2f} | | |")
+                print(f"| `GET .../recommendations?k=10`{name} | {served[0]:.2f} | {served[1]:.2f} | {served[2]:.2f} | "
+                      f"{bar:.2f} | {served[1] / bar:.2f} |", flush=True)
+        finally:
+            http.close()
+            stop(process)
+
+
+if __name__ == "__main__":
+    main()
