@@ -161,17 +161,26 @@ def test_non_finite_numbers_in_body_filters_are_refused(client, tenant):
     assert response.status_code in (400, 422) and "Traceback" not in response.text
 
 
-def test_an_engine_panic_becomes_an_index_engine_error(tenant):
-    """Qdrant Edge panics on a NaN bound (a filter built behind the parser's back): the reader turns
-    pyo3's PanicException, which no ``except Exception`` catches, into an IndexEngineError."""
-    settings, _ = tenant
-    published = open_index_store(settings).open_published("acme")
+def test_an_engine_panic_becomes_an_index_engine_error(tmp_path, monkeypatch):
+    """Qdrant Edge panics on a NaN bound against a payload index (a filter built behind the parser's
+    back): the reader turns pyo3's PanicException, which no ``except Exception`` catches, into an
+    IndexEngineError."""
+    import lodestar.index.edge as edge
+
+    monkeypatch.setattr(edge, "FILTER_INDEX_MIN_POINTS", 1)  # index the price attribute
+    store = edge.EdgeIndexStore(tmp_path)
+    builder = store.build("acme", 4)
+    builder.upsert([f"i{n}" for n in range(8)], np.eye(8, 4, dtype=np.float32) + 0.1,
+                   [{"title": f"t{n}", "popularity": 0.1, "attributes": {"price": float(n)}} for n in range(8)])
+    builder.finish()
+    reader = store.open("acme", builder.version)
     nan_filter = ItemFilter(attributes=(AttributeCondition("price", {"gte": float("nan")}),))
     try:
+        assert "attributes.price" in reader._shard.info().payload_schema
         with pytest.raises(IndexEngineError):
-            published.reader.nearest(np.ones(64, dtype=np.float32), 3, item_filter=nan_filter)
+            reader.nearest(np.ones(4, dtype=np.float32), 3, item_filter=nan_filter)
     finally:
-        published.close()
+        reader.close()
 
 
 # -- item 6: malformed bodies ------------------------------------------------------------------

@@ -265,3 +265,35 @@ def test_edge_sidecar_answers_as_the_engine_does(tmp_path):
             assert "i1" not in [h.item_id for h in x]
     finally:
         with_sidecar.close()
+
+
+def test_edge_indexes_payload_fields_of_large_versions_only_and_answers_the_same(tmp_path, monkeypatch):
+    """Payload indexes cost an open tenant megabytes each: a small version has none (filters scan
+    its payloads; popularity order comes from the sidecar), a large one indexes the filter fields,
+    popularity and common attributes. Both answer every query alike."""
+    import lodestar.index.edge as edge
+
+    answers = {}
+    for size, threshold in (("small", 10_000), ("large", 10)):
+        monkeypatch.setattr(edge, "FILTER_INDEX_MIN_POINTS", threshold)
+        store = EdgeIndexStore(tmp_path / size)
+        version, _ids, vectors = _build(store, "acme", n=30)
+        reader = store.open("acme", version)
+        try:
+            indexed = set(reader._shard.info().payload_schema)
+            if size == "small":
+                assert indexed == set()
+            else:
+                assert {"item_id", "categories", "tags", "popularity", "attributes.price"} <= indexed
+            odd_cheap = parse_filter({"categories": ["odd"], "attributes": {"price": {"lt": 20}}})
+            answers[size] = (
+                [h.item_id for h in reader.popular(5, exclude=["i29"])],
+                [(h.item_id, h.score) for h in reader.popular(4, exclude=["i19"], item_filter=odd_cheap)],
+                [h.item_id for h in reader.nearest(vectors[2], 6, item_filter=odd_cheap)],
+                reader.popular(3, item_filter=parse_filter({"categories": ["none"]})),
+            )
+        finally:
+            reader.close()
+    assert answers["small"] == answers["large"]
+    assert answers["small"][0] == ["i28", "i27", "i26", "i25", "i24"]
+    assert [i for i, _ in answers["small"][1]] == ["i17", "i15", "i13", "i11"] and answers["small"][3] == []

@@ -53,6 +53,7 @@ from lodestar.index import (
 from lodestar.index.qdrant_filters import translate_filter
 
 BATCH = 512
+FILTER_INDEX_MIN_POINTS = 2000  # versions this large index their filter fields (see _index_filter_fields)
 T = TypeVar("T")
 
 
@@ -172,38 +173,44 @@ class EdgeIndexBuilder:
         self.model_dir = model_dir
         self.collab_dimension = collab_dimension
         path.parent.mkdir(parents=True, exist_ok=True)
-        vectors = {CONTENT: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)}
+        # Cold: memory-mapped without pre-warming. Qdrant's default tier warms every file into
+        # memory when a shard opens, preallocated chunks included: ~65-95 MB for a tenant of 200
+        # items whose data is 1 MB. Cold, an open tenant costs what its queries touch (the same
+        # pages the default warms, for a tenant that is queried), so a server holds thousands.
+        cold = qe.Memory.Cold
+        vectors = {CONTENT: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine, memory=cold)}
         if collab_dimension:
-            vectors[COLLAB] = qe.EdgeVectorParams(size=collab_dimension, distance=qe.Distance.Dot)
-        config = qe.EdgeConfig(vectors=vectors, wal_enabled=False)
+            vectors[COLLAB] = qe.EdgeVectorParams(size=collab_dimension, distance=qe.Distance.Dot, memory=cold)
+        config = qe.EdgeConfig(vectors=vectors, wal_enabled=False, payload_memory=cold, id_tracker_memory=cold)
+        self._attributes: list[tuple[str, str]] | None = None  # common attributes, from the first batch
         if derived:
             # A copy of an earlier version: same vectors config (checked by load), payload indexes kept.
             self._shard = qe.EdgeShard.load(str(path), config)
-            self._attributes_indexed = True
             return
         self._shard = qe.EdgeShard.create(str(path), config)
-        # Payload indexes before the upload, as Qdrant recommends.
-        for name in KEYWORD_FIELDS:
-            self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
-        for name in FLOAT_FIELDS:
-            self._shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
-        self._attributes_indexed = False
 
-    def _index_attributes(self, payloads: Sequence[dict[str, Any]]) -> None:
-        """Payload indexes for the attributes most items carry (numbers: float, text: keyword), so
-        filters on them do not scan payloads. Created on the first batch, before the upload."""
-        for key, kind in common_attributes(payloads):
-            schema = qe.PayloadSchemaType.Float if kind == "float" else qe.PayloadSchemaType.Keyword
-            self._shard.update(qe.UpdateOperation.create_field_index(f"attributes.{key}", schema))
-        self._attributes_indexed = True
+    def _index_filter_fields(self) -> None:
+        """Payload indexes for the filter fields, popularity and the attributes most items carry
+        (numbers: float, text: keyword), so that filters and the popularity order of a large
+        version do not scan payloads. A small version has none: a filter scans its few payloads as
+        fast, its popularity order comes from the sidecar (:meth:`EdgeIndexReader.popular`), and
+        each index would cost the server megabytes of memory per open tenant (Qdrant maps several
+        preallocated files per index), which is most of what a small tenant costs."""
+        present = set(self._shard.info().payload_schema)
+        wanted = [(name, "keyword") for name in KEYWORD_FIELDS] + [(name, "float") for name in FLOAT_FIELDS]
+        wanted += [(f"attributes.{key}", kind) for key, kind in (self._attributes or [])]
+        for name, kind in wanted:
+            if name not in present:
+                schema = qe.PayloadSchemaType.Float if kind == "float" else qe.PayloadSchemaType.Keyword
+                self._shard.update(qe.UpdateOperation.create_field_index(name, schema))
 
     def upsert(
         self, item_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
         collab: np.ndarray | None = None,
     ) -> None:
         check_collab(collab, len(item_ids), self.collab_dimension)
-        if not self._attributes_indexed:
-            self._index_attributes(payloads)
+        if self._attributes is None:
+            self._attributes = common_attributes(payloads)
 
         def named(i: int) -> dict[str, list[float]]:
             out = {CONTENT: vectors[i].tolist()}
@@ -227,6 +234,8 @@ class EdgeIndexBuilder:
         model.save(self.model_dir)
 
     def finish(self) -> int:
+        if self._shard.info().points_count >= FILTER_INDEX_MIN_POINTS:
+            self._index_filter_fields()  # before optimize(), which builds the HNSW graph
         self._shard.flush()
         self._shard.optimize()
         self._shard.flush()
@@ -255,6 +264,7 @@ class ContentMatrix:
         self.matrix = matrix
         self.popularity = popularity
         self.rows = {item_id: row for row, item_id in enumerate(item_ids)}
+        self.popularity_order = np.argsort(-popularity, kind="stable")  # most popular first
         self.by_point = {point_uuid(tenant, item_id): row for row, item_id in enumerate(item_ids)}
 
     @classmethod
@@ -316,6 +326,7 @@ class EdgeIndexReader:
         self.version = version
         self._shard = shard
         self._content = content
+        self._indexed = set(shard.info().payload_schema)  # fields with a payload index
 
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> qe.Filter | None:
         excluded = frozenset(exclude)
@@ -347,6 +358,8 @@ class EdgeIndexReader:
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
             return []
+        if self._content is not None and POPULARITY not in self._indexed:
+            return self._popular_from_sidecar(k, set(exclude), item_filter)
         request = qe.QueryRequest(
             limit=k,
             query=qe.OrderBy(POPULARITY, qe.Direction.Desc),
@@ -354,6 +367,27 @@ class EdgeIndexReader:
             with_payload=RESULT_FIELDS,
         )
         return to_hits(self._shard.query(request), score_field=POPULARITY)
+
+    def _popular_from_sidecar(self, k: int, exclude: set[str], item_filter: ItemFilter | None) -> list[Hit]:
+        """The popularity order of a small version (no popularity index): the sidecar's order,
+        excluded items skipped, payloads read batch by batch and matched against the filter."""
+        content = self._content
+        assert content is not None
+        out: list[Hit] = []
+        batch = max(4 * k, 64)
+        order = [content.item_ids[row] for row in content.popularity_order if content.item_ids[row] not in exclude]
+        for start in range(0, len(order), batch):
+            chunk = order[start:start + batch] if item_filter is not None and not item_filter.empty else order[:k]
+            points = self.points(chunk)
+            for item_id in chunk:
+                hit = points.get(item_id)
+                if hit is not None and (item_filter is None or item_filter.matches(hit.payload)):
+                    out.append(Hit(item_id, float(hit.payload.get(POPULARITY, 0.0)), hit.payload))
+                    if len(out) == k:
+                        return out
+            if item_filter is None or item_filter.empty:
+                break
+        return out
 
     @_engine_call
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:

@@ -50,6 +50,11 @@ class _Plan:
     why: str
 
 
+# The layout of index versions: a version of another format is never the base of an incremental
+# build (2: Edge versions open cold and carry their content vectors beside them).
+INDEX_FORMAT = 2
+
+
 def item_payloads(feats: pd.DataFrame, ids: list[str]) -> list[dict[str, Any]]:
     """The index payload of each item of ``ids`` (column-wise: a row lookup per item costs seconds at 100k)."""
     rows = feats.set_index("id").loc[ids, ["kind", "title", "categories", "tags", "attributes", "popularity"]]
@@ -146,7 +151,7 @@ def build_index(
         for row, item_id in enumerate(ids)
     }
     collab_dimension = 0 if model is None else int(model.factors.shape[1])
-    meta = {"dimension": int(vectors.shape[1]), "collab_dimension": collab_dimension,
+    meta = {"format": INDEX_FORMAT, "dimension": int(vectors.shape[1]), "collab_dimension": collab_dimension,
             "model": (model.meta or {}).get("fingerprint", "none") if model else "none"}
     plan = _plan(index_store, files, tenant, meta, fingerprints, config.index.incremental_max_fraction, full)
     builder = index_store.build(tenant, vectors.shape[1], collab_dimension, base=plan.base)
