@@ -183,11 +183,15 @@ def cmd_cdp_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- materialize, serve, ui, demo ----------------------------------------------------------------
-def _materialize(settings: Settings, tenants: list[str]) -> int:
-    from pipelines.run import materialize_tenants
+def _materialize(settings: Settings, tenants: list[str], processes: int = 1) -> int:
+    from pipelines.run import materialize_in_processes
 
-    outcomes = materialize_tenants(settings, tenants, say=_say)
-    return 0 if all(outcome.success for outcome in outcomes) else 1
+    outcomes = materialize_in_processes(settings, tenants, processes, say=_say)
+    failed = [outcome.tenant for outcome in outcomes if not outcome.success]
+    if len(tenants) > 1:
+        _say(f"{len(tenants) - len(failed)} of {len(tenants)} tenants materialized"
+             + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 0 if not failed else 1
 
 
 def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
@@ -206,7 +210,7 @@ def cmd_materialize(args: argparse.Namespace, settings: Settings) -> int:
         tenants = [args.tenant]
     else:
         raise InvalidInput("say which tenant: --tenant NAME or --all")
-    return _materialize(settings, tenants)
+    return _materialize(settings, tenants, args.processes)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -320,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("materialize", help="materialize every asset of a tenant through Dagster")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--tenant", help="the tenant to materialize")
-    group.add_argument("--all", action="store_true", help="every tenant, one after another")
+    group.add_argument("--all", action="store_true", help="every tenant, one run each")
+    p.add_argument("--processes", type=int, default=1,
+                   help="with --all: split the tenants over this many processes (default 1)")
     p.set_defaults(func=cmd_materialize)
 
     for name, helptext, func, port in (

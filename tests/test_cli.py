@@ -123,3 +123,23 @@ def test_two_data_dirs_never_see_each_others_runs(tmp_path, monkeypatch):
     with DagsterInstance.from_config(str(dagster_home(Settings(data_dir=b)))) as instance:
         assert instance.get_runs() == []
         assert instance.get_dynamic_partitions("tenants") == []
+
+
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
+def test_materialize_all_splits_the_tenants_over_processes_one_run_each(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    env = _env(tmp_path / "var")
+    tenants = ["t0", "t1", "t2"]
+    for n, tenant in enumerate(tenants):
+        _run(["tenants", "create", tenant], env)
+        files = demo.write_demo(tmp_path / f"input{n}", "shop", n_items=20 + n, n_users=6, seed=n)
+        _run(["cdp", "import", "--tenant", tenant, *(f"--{entity}={path}" for entity, path in files.items())], env)
+    out = _run(["materialize", "--all", "--processes", "2"], env).stdout
+    assert "Materializing 3 tenants in 2 processes" in out and "3 of 3 tenants materialized" in out
+    with DagsterInstance.from_config(str(dagster_home(Settings(data_dir=tmp_path / "var")))) as instance:
+        for tenant in tenants:
+            runs = instance.get_runs(RunsFilter(tags={"dagster/partition": tenant}))
+            assert len(runs) == 1 and runs[0].is_success  # one run per tenant, in whichever process
+    listed = json.loads(_run(["tenants", "list", "--json"], env).stdout)
+    assert all(row["index_version"] for row in listed)
+    assert "--processes must be 1 or more" in _run(["materialize", "--all", "--processes", "0"], env, expect=2).stderr
