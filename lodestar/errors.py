@@ -39,3 +39,13 @@ class UnknownTenant(NotFound, InvalidInput):
 class IndexEngineError(LodestarError):
     """The vector engine failed on a query (for example a panic inside Qdrant Edge's native code).
     The message is for the log; users get a generic error."""
+
+
+class QuotaExceeded(LodestarError):
+    """A request beyond a quota of its tenant or key (lodestar.tenant_config.QuotaSettings): answered
+    429 with ``Retry-After`` (``retry_after_s``), nothing of it done."""
+
+    def __init__(self, message: str, retry_after_s: int, quota: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.quota = quota

@@ -38,6 +38,7 @@ from lodestar import records
 from lodestar.cdp import CdpStore, require_tenant
 from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
+from lodestar.tenant_config import effective_config
 
 BATCH = 5000
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -328,19 +329,52 @@ def import_rows(
     reject_path: Path,
     source: str,
 ) -> EntitySummary:
-    """Validate and store rows of one entity, committing every ``BATCH`` good rows."""
+    """Validate and store rows of one entity, committing every ``BATCH`` good rows. New items past
+    the tenant's item quota (``quotas.items``) are rejected, each with the reason; updates of items
+    already in the catalog always pass."""
     parse = PARSERS[entity]
     summary = EntitySummary(entity=entity, source=source)
     good: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    lines: dict[str, tuple[int, Row]] = {}  # id -> where the kept row came from (for quota rejects)
     reject_fh = None
+    item_quota = 0
+    if entity == "items":
+        record = store.get_tenant(tenant)
+        item_quota = effective_config(record["config"] if record else None).quotas.items
+
+    def reject(line_no: int, reason: str, raw: Any) -> None:
+        nonlocal reject_fh
+        if reject_fh is None:
+            reject_path.parent.mkdir(parents=True, exist_ok=True)
+            reject_fh = reject_path.open("w", encoding="utf-8")
+            summary.reject_file = str(reject_path)
+        reject_fh.write(json.dumps({"line": line_no, "reason": reason, "row": raw}, default=str) + "\n")
+        summary.rejected += 1
+
+    def over_quota() -> None:
+        """Drop (as rejects) the new items of the batch that do not fit the quota."""
+        new = [r for r in good if store.get_item(tenant, r["id"]) is None]
+        room = max(item_quota - store.count(tenant, "items"), 0)
+        for record in new[room:]:
+            line_no, raw = lines[record["id"]]
+            reject(line_no, f"tenant {tenant!r} has reached its quota of {item_quota} items (quotas.items, set by "
+                            "the operator): this new item was not imported; remove items or ask the operator to "
+                            "raise the quota", raw)
+            summary.accepted -= 1
+        if len(new) > room:
+            dropped = {r["id"] for r in new[room:]}
+            good[:] = [r for r in good if r["id"] not in dropped]
 
     def flush() -> None:
+        if good and item_quota > 0:
+            over_quota()
         if good:
             write = {"items": store.upsert_items, "users": store.upsert_users, "events": store.append_events}[entity]
             summary.changed += write(tenant, good)
             good.clear()
             seen.clear()
+            lines.clear()
 
     try:
         for line_no, row in rows:
@@ -351,15 +385,10 @@ def import_rows(
                     raise InvalidInput(problem)
                 record = parse(row)
             except InvalidInput as exc:
-                if reject_fh is None:
-                    reject_path.parent.mkdir(parents=True, exist_ok=True)
-                    reject_fh = reject_path.open("w", encoding="utf-8")
-                    summary.reject_file = str(reject_path)
-                raw = row.row if isinstance(row, InvalidInput) else row
-                reject_fh.write(json.dumps({"line": line_no, "reason": str(exc), "row": raw}, default=str) + "\n")
-                summary.rejected += 1
+                reject(line_no, str(exc), row.row if isinstance(row, InvalidInput) else row)
                 continue
             summary.accepted += 1
+            lines[record["id"]] = (line_no, row)
             # The last occurrence of an id in a file wins, as it would in separate imports.
             if record["id"] in seen:
                 good[seen[record["id"]]] = record

@@ -76,8 +76,24 @@ class IndexSettings:
     incremental_max_fraction: float = 0.1
 
 
+@dataclass(frozen=True)
+class QuotaSettings:
+    """What a tenant may use, set by the operator; 0 means no limit (the default). Past a limit the
+    API answers 429 with ``Retry-After`` (serving.quotas) and an import rejects the rows beyond it.
+
+    ``requests_per_second``: every request of the tenant's keys together; ``key_requests_per_second``:
+    each API key alone; ``events_per_day``: events the API accepts per UTC day; ``items``: the size
+    the catalog may reach (new items past it are rejected; updates of existing items never are)."""
+
+    requests_per_second: float = 0.0
+    key_requests_per_second: float = 0.0
+    events_per_day: int = 0
+    items: int = 0
+
+
 SECTIONS: dict[str, type] = {
     "collab": CollabSettings, "ranking": RankingSettings, "evaluation": EvaluationSettings, "index": IndexSettings,
+    "quotas": QuotaSettings,
 }
 
 
@@ -96,6 +112,7 @@ class TenantConfig:
     profile_attributes: tuple[str, ...] = ("interests", "favorite_categories", "favorite_genres", "topics")
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
     # Merchandising rules as stored (lodestar.controls): boost, bury, pin, each optionally timed.
     rules: tuple[dict[str, Any], ...] = ()
 
@@ -128,6 +145,7 @@ class TenantConfig:
             profile_attributes=tuple(data["profile_attributes"]),
             evaluation=section("evaluation"),
             index=section("index"),
+            quotas=section("quotas"),
             rules=tuple(data.get("rules") or ()),
         )
 

@@ -31,6 +31,7 @@ from serving.indexes import TenantIndexes
 from serving.limits import RequestLimits, RequestLimitsPlugin
 from serving.observability import ObservabilityPlugin, json_logging_config
 from serving.openapi import openapi_config
+from serving.quotas import EventQuotas, RequestRates
 from serving.served_log import ServedLog
 from serving.strict import strict_request
 from serving.tenant_configs import TenantConfigs
@@ -40,6 +41,7 @@ log = logging.getLogger("lodestar.serving")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    rates = RequestRates.from_env()  # LODESTAR_RATE_LIMIT_STORAGE, LODESTAR_WORKERS: a bad value stops the start
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend)
         served_log = ServedLog(cdp)
         app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
-                         operator_key=settings.admin_key,
+                         operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 
         # Load the model off the event loop so that the first search does not pay for it; /ready

@@ -1,7 +1,8 @@
 """Authentication and authorization: every credential resolves to one principal (a tenant's API key
 with its scopes, or the operator key ``LODESTAR_ADMIN_KEY``); the one guard checks it against the
-scope the handler declares (``opt={"scope": ...}``, ``read`` by default). The tenant comes from the
-key, never from a path or body field; only operator routes name a tenant in their path."""
+scope the handler declares (``opt={"scope": ...}``, ``read`` by default), and a tenant key's request
+against its tenant's request-rate quotas (serving.quotas). The tenant comes from the key, never from
+a path or body field; only operator routes name a tenant in their path."""
 
 from __future__ import annotations
 
@@ -50,3 +51,10 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
             f"e.g. `lodestar tenants key {principal.tenant} --scope {needed}`")
     connection.state.principal = principal
     connection.state.tenant = principal.tenant
+    if principal.kind != OPERATOR:
+        # The tenant's configuration, read once here for the handler too (serving.dependencies),
+        # holds its quotas: a request past one is refused before any work (429, Retry-After).
+        state = connection.app.state
+        config = state.configs.get(principal.tenant)
+        connection.state.config = config
+        state.rates.admit(principal, config.quotas)

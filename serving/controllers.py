@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Annotated, Any
@@ -24,12 +25,14 @@ from lodestar.recommend import (
     similar_items,
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
+from lodestar.tenant_config import effective_config, validate_config
 from serving.auth import SCOPE
 from serving.dependencies import (
     Cdp,
     Config,
     EmbedderDep,
     EmbedderLoaded,
+    EventQuotasDep,
     Indexes,
     Published,
     ServedLogDep,
@@ -46,6 +49,7 @@ from serving.schemas import (
     KeyRequest,
     NewKey,
     Preferences,
+    Quotas,
     Ready,
     RejectedEvent,
     ScoredItem,
@@ -164,7 +168,7 @@ class EventController(Controller):
 
     @post("/", operation_id="ingestEvents", responses=WRITES, status_code=200, sync_to_thread=True)
     def ingest(
-        self, tenant: Tenant, data: EventBatch, cdp: Cdp,
+        self, tenant: Tenant, data: EventBatch, cdp: Cdp, config: Config, event_quotas: EventQuotasDep,
         atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
     ) -> EventsAccepted:
         """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
@@ -183,7 +187,9 @@ class EventController(Controller):
                 f"{len(rejected)} event(s) are invalid, e.g. events[{rejected[0].index}]: {rejected[0].reason}"
             raise HTTPException(status_code=422, detail=detail, extra=[
                 {"key": f"events[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
+        event_quotas.check(tenant, config.quotas, len(valid))  # 429 for the whole batch past today's quota
         stored = cdp.append_events(tenant, valid)
+        event_quotas.accepted(tenant, stored)
         return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected)
 
 
@@ -282,6 +288,24 @@ class OperatorController(Controller):
     def list_tenants(self, cdp: Cdp) -> TenantList:
         return TenantList(tenants=[t["name"] for t in cdp.list_tenants()])
 
+    @get("/{tenant_name:str}/quotas", operation_id="operatorGetQuotas", responses=READS | NOT_FOUND,
+         sync_to_thread=True)
+    def get_quotas(self, tenant_name: PathId, cdp: Cdp) -> Quotas:
+        """The tenant's quotas (0: no limit)."""
+        return _quotas(require_tenant(cdp, tenant_name))
+
+    @put("/{tenant_name:str}/quotas", operation_id="operatorSetQuotas", responses=WRITES | NOT_FOUND,
+         sync_to_thread=True)
+    def set_quotas(self, tenant_name: PathId, data: Quotas, cdp: Cdp) -> Quotas:
+        """Change the tenant's quotas (the fields sent; 0 lifts a limit). Every serving process applies
+        them from its next request of the tenant."""
+        record = require_tenant(cdp, tenant_name)
+        stored = dict(record["config"] or {})
+        changes = {k: v for k, v in msgspec.to_builtins(data).items() if v is not None}
+        stored["quotas"] = {**stored.get("quotas", {}), **changes}
+        cdp.set_tenant_config(record["name"], validate_config(stored))
+        return _quotas(require_tenant(cdp, tenant_name))
+
     @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", responses=READS | NOT_FOUND, sync_to_thread=True)
     def list_keys(self, tenant_name: PathId, cdp: Cdp) -> KeyList:
         return _keys(cdp, require_tenant(cdp, tenant_name)["name"])
@@ -295,6 +319,10 @@ class OperatorController(Controller):
             sync_to_thread=True)
     def revoke_key(self, tenant_name: PathId, key_id: PathId, cdp: Cdp) -> KeyInfo:
         return _revoke(cdp, require_tenant(cdp, tenant_name)["name"], key_id)
+
+
+def _quotas(record: dict[str, Any]) -> Quotas:
+    return Quotas(**dataclasses.asdict(effective_config(record["config"]).quotas))
 
 
 def _keys(cdp: CdpStore, tenant: str) -> KeyList:

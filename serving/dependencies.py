@@ -17,6 +17,7 @@ from lodestar.embed import Embedder
 from lodestar.index import PublishedVersion
 from lodestar.tenant_config import TenantConfig
 from serving.indexes import TenantIndexes
+from serving.quotas import EventQuotas
 from serving.served_log import ServedLog
 from serving.tenant_configs import TenantConfigs
 
@@ -38,10 +39,14 @@ async def provide_published(state: State, tenant: str) -> PublishedVersion:
     return indexes.current(tenant) or await anyio.to_thread.run_sync(indexes.get, tenant)
 
 
-def provide_config(state: State, tenant: str) -> TenantConfig:
-    """The tenant's effective configuration, parsed once per change."""
+async def provide_config(request: ASGIConnection, state: State, tenant: str) -> TenantConfig:
+    """The tenant's effective configuration, parsed once per change: as the guard read it for this
+    request (to check its quotas), else read now, off the event loop."""
+    config = getattr(request.state, "config", None)
+    if config is not None:
+        return config
     configs: TenantConfigs = state.configs
-    return configs.get(tenant)
+    return await anyio.to_thread.run_sync(configs.get, tenant)
 
 
 def provide_embedder(state: State) -> Embedder:
@@ -50,6 +55,10 @@ def provide_embedder(state: State) -> Embedder:
 
 def provide_served_log(state: State) -> ServedLog:
     return state.served_log
+
+
+def provide_event_quotas(state: State) -> EventQuotas:
+    return state.event_quotas
 
 
 def provide_indexes(state: State) -> TenantIndexes:
@@ -70,15 +79,16 @@ EmbedderDep = NamedDependency[SkipValidation[Embedder]]
 ServedLogDep = NamedDependency[SkipValidation[ServedLog]]
 Indexes = NamedDependency[SkipValidation[TenantIndexes]]
 EmbedderLoaded = NamedDependency[SkipValidation[threading.Event]]
+EventQuotasDep = NamedDependency[SkipValidation[EventQuotas]]
 
 DEPENDENCIES = {
     "tenant": Provide(provide_tenant, sync_to_thread=False),
     "cdp": Provide(provide_cdp, sync_to_thread=False),
     "published": Provide(provide_published),
-    # Reads the tenant's record in the CDP: off the event loop.
-    "config": Provide(provide_config, sync_to_thread=True),
+    "config": Provide(provide_config),
     "embedder": Provide(provide_embedder, sync_to_thread=False),
     "served_log": Provide(provide_served_log, sync_to_thread=False),
     "indexes": Provide(provide_indexes, sync_to_thread=False),
     "embedder_loaded": Provide(provide_embedder_loaded, sync_to_thread=False),
+    "event_quotas": Provide(provide_event_quotas, sync_to_thread=False),
 }

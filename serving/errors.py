@@ -17,6 +17,7 @@ from lodestar.errors import (
     IndexNotReady,
     InvalidInput,
     NotFound,
+    QuotaExceeded,
 )
 
 log = logging.getLogger("lodestar.serving")
@@ -72,6 +73,10 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     return problem(500, "Internal error", "the server failed to answer; the error was logged")
 
 
+def _quota(_: Request, exc: QuotaExceeded) -> Response:
+    return problem(429, "Too many requests", str(exc), headers={"Retry-After": str(exc.retry_after_s)}, quota=exc.quota)
+
+
 EXCEPTION_HANDLERS = {
     ValidationException: _validation,
     NotAuthorizedException: _http,
@@ -81,6 +86,7 @@ EXCEPTION_HANDLERS = {
                                          errors=[{"field": exc.field, "message": str(exc)}]),
     Conflict: lambda _, exc: problem(409, "Conflict", str(exc)),
     IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
+    QuotaExceeded: _quota,
     IndexEngineError: _engine,
     RecursionError: _too_deep,
     UnicodeDecodeError: _not_utf8,

@@ -30,6 +30,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] = []
+    quota: str | None = None  # with 429: tenant_rate, key_rate or events_per_day
 
 
 _MEANINGS = {
@@ -41,7 +42,7 @@ _MEANINGS = {
     413: "The request body is larger than the server accepts",
     415: "The body is not sent as application/json",
     422: "A parameter or body field is invalid; `errors` names each field",
-    429: "Too many requests in flight; retry after the Retry-After header's seconds",
+    429: "Past a quota of the tenant or the key (`quota` says which); retry after the Retry-After header's seconds",
     503: "Not ready (no published index for the tenant yet, or the model is loading) or overloaded; see Retry-After",
 }
 
@@ -53,8 +54,8 @@ def problem_responses(*codes: int) -> dict[int, ResponseSpec]:
 
 
 # What a route without a body (READS) and one with a JSON body (WRITES) may answer besides success.
-READS = problem_responses(401, 403, 422, 503)
-WRITES = problem_responses(400, 401, 403, 413, 415, 422, 503)
+READS = problem_responses(401, 403, 422, 429, 503)
+WRITES = problem_responses(400, 401, 403, 413, 415, 422, 429, 503)
 NOT_FOUND = problem_responses(404)
 
 

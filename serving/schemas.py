@@ -103,6 +103,15 @@ class NewKey(msgspec.Struct):
     label: str
 
 
+class Quotas(msgspec.Struct, forbid_unknown_fields=True):
+    """A tenant's quotas (0: no limit). In a PUT, the fields sent replace those stored; the others stay."""
+
+    requests_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    key_requests_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    events_per_day: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    items: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class TenantList(msgspec.Struct):
     tenants: list[str]
 

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -154,6 +155,9 @@ def serve(
     limits = RequestLimits.from_env()
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
+
+        # Each worker's rate quotas (serving.quotas) admit its share of a tenant's rate.
+        os.environ["LODESTAR_WORKERS"] = str(workers)
 
         logging.getLogger("lodestar").setLevel(log_level.upper())
         config = server_config(APP_FACTORY, host, port, log_level, limits, workers=workers)

@@ -3,6 +3,7 @@ LODESTAR_ARANGO_URL is set (reported as skipped otherwise; each run gets a datab
 dropped afterwards)."""
 
 import os
+import time
 import uuid
 
 import pytest
@@ -107,6 +108,10 @@ def test_events_are_deduplicated_and_scoped_by_tenant(store):
     assert [e["item_id"] for e in store.user_events("acme", "u")] == ["2", "1", "0"]
     assert store.user_events("zeta", "u") == []
     assert store.count("zeta", "events") == 0
+    # The events-per-day quota's count: by when they were stored, not by their own ts.
+    stored_by = time.time() + 1
+    assert store.count_events_since("acme", 0.0) == 3 and store.count_events_since("zeta", 0.0) == 0
+    assert store.count_events_since("acme", stored_by) == 0
 
 
 def test_preferences_and_keys(store):

@@ -158,6 +158,14 @@ FOR d IN @@collection
   RETURN n
 """
 
+# A range over the (tenant_id, updated_at) index.
+COUNT_SINCE_AQL = """
+FOR e IN events
+  FILTER e.tenant_id == @tenant AND e.updated_at >= @since
+  COLLECT WITH COUNT INTO n
+  RETURN n
+"""
+
 SERVED_AQL = f"""
 FOR s IN {SERVED}
   FILTER s.tenant_id == @tenant AND s.ts >= @since
@@ -389,6 +397,10 @@ class ArangoCdpStore:
     def count(self, tenant: str, entity: str) -> int:
         check_entity(entity)
         rows = self._query(COUNT_AQL, tenant=tenant, with_deleted=entity == "events", **{"@collection": entity})
+        return int(rows[0]) if rows else 0
+
+    def count_events_since(self, tenant: str, since: float) -> int:
+        rows = self._query(COUNT_SINCE_AQL, tenant=tenant, since=since)
         return int(rows[0]) if rows else 0
 
     def _get(self, collection: str, tenant: str, ident: str) -> dict[str, Any] | None:

@@ -398,6 +398,10 @@ class SqliteCdpStore:
         deleted = " AND deleted = 0" if entity != "events" else ""
         return self._conn().execute(f"SELECT COUNT(*) FROM {entity} WHERE tenant = ?{deleted}", (tenant,)).fetchone()[0]
 
+    def count_events_since(self, tenant: str, since: float) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM events WHERE tenant = ? AND updated_at >= ?",
+                                    (tenant, since)).fetchone()[0]
+
     def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
         return self._get("items", tenant, item_id)
 

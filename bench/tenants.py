@@ -1,0 +1,289 @@
+"""A thousand tenants on one machine (issue 13): import, materialize, serve and watch them all.
+
+    .venv/bin/python bench/tenants.py [--tenants 1000] [--processes CORES] [--embed-model all-MiniLM-L6-v2]
+                                      [--workers 1] [--seed 13] [--keep DIR]
+
+In one run, on one data dir:
+  1. N small shop tenants, each imported as a user's `lodestar cdp import` would (``import_files``):
+     a catalog of 50-500 items, 5-30 users and 100-600 view/add_to_cart/purchase events, drawn per
+     tenant. Shops sell similar products, so every item is drawn from one shared pool of
+     3,000 generated product texts: the embedding cache makes the real model affordable (what is
+     embedded is the pool, not N catalogs). Printed: the import time per tenant.
+  2. `lodestar materialize --tenant t0000` alone, as a user would ("one tenant's run"), then
+     `lodestar materialize --all --processes P` (every tenant, t0000 again too): wall time, time per
+     tenant, its ratio to one tenant's run, and both projected to 1,000 tenants. Every tenant must
+     have a published index (else the exit status is 1).
+  3. A read key per tenant; `lodestar serve --workers W`: its resident memory (per worker) after
+     0, 1, 10, 100 and N tenants were queried, each once (`GET /v1/users/{user}/recommendations?k=10`
+     with its own key; every answer must be a 200), and how many tenants it holds open at the end.
+  4. t0000's own latency (300 sequential recommendations over one keep-alive connection, its users
+     in turn, after one unmeasured request), with 1 tenant queried and after all N: p50, p99, ratio.
+  5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
+     instance (median of 5, after a first tick that requests every tenant's run): with every run
+     done, and while it still waits on N runs. It is measured before the server starts.
+
+``--keep DIR`` keeps the data dir; run again with the same DIR and ``--tenants``, steps 1 and 2 are
+skipped (the marker file ``bench-tenants.json`` says the tenants are materialized, and with which
+model). ``--embed-model hashing-384`` makes a quick run (no semantic quality; numbers not comparable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import start_server, stop  # noqa: E402
+from bench.large import EVENT_TYPES, item_row  # noqa: E402
+from bench.throughput import worker_rss_mb  # noqa: E402
+from lodestar.cdp import cdp_session  # noqa: E402
+from lodestar.demo import DAY, END  # noqa: E402
+from lodestar.importer import import_files  # noqa: E402
+from lodestar.index import open_index_store  # noqa: E402
+from lodestar.keys import issue_key  # noqa: E402
+from lodestar.settings import Settings  # noqa: E402
+from pipelines.run import dagster_home  # noqa: E402
+
+POOL_TEXTS = 3000  # distinct product texts all tenants draw their catalogs from
+LATENCY_REQUESTS = 300
+MARKER = "bench-tenants.json"
+
+
+def write_tenant(out: Path, pool: list[dict], rng: np.random.Generator) -> dict[str, Path]:
+    """One tenant's items, users and events as JSONL under ``out``; every user has an event."""
+    n_items, n_users, n_events = int(rng.integers(50, 501)), int(rng.integers(5, 31)), int(rng.integers(100, 601))
+    catalog = [pool[i] for i in sorted(rng.choice(len(pool), size=n_items, replace=False))]
+    by_cat: dict[str, list[str]] = {}
+    for row in catalog:
+        by_cat.setdefault(row["categories"][0], []).append(row["id"])
+    cats = list(by_cat)
+    favourite = rng.integers(len(cats), size=n_users)
+    activity = rng.pareto(1.5, size=n_users) + 1.0
+    who = np.concatenate([np.arange(n_users), rng.choice(n_users, size=n_events - n_users, p=activity / activity.sum())])
+    cat = np.where(rng.random(n_events) < 0.8, favourite[who], rng.integers(len(cats), size=n_events))
+    ranks = rng.zipf(1.3, size=n_events) - 1  # a Zipf-popular item of the category
+    types = EVENT_TYPES[rng.choice(3, size=n_events, p=[0.8, 0.15, 0.05])]
+    ts = np.round(END - rng.uniform(0, 90 * DAY, size=n_events), 3)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {entity: out / f"{entity}.jsonl" for entity in ("items", "users", "events")}
+    files["items"].write_text("".join(json.dumps(row) + "\n" for row in catalog))
+    files["users"].write_text("".join(json.dumps({"id": f"u{u:02d}", "attributes": {"interests": [cats[favourite[u]]]}})
+                                      + "\n" for u in range(n_users)))
+    with files["events"].open("w") as fh:
+        for u, c, r, t, s in zip(who, cat, ranks, types, ts, strict=True):
+            items = by_cat[cats[c]]
+            fh.write(json.dumps({"user_id": f"u{u:02d}", "item_id": items[min(r, len(items) - 1)], "type": str(t),
+                                 "ts": float(s)}) + "\n")
+    return files
+
+
+def generate(settings: Settings, names: list[str], seed: int, tmp: Path) -> None:
+    rng = np.random.default_rng(seed)
+    pool = [item_row(i, rng) for i in range(POOL_TEXTS)]
+    seconds, every = [], max(1, len(names) // 10)
+    started = time.perf_counter()
+    with cdp_session(settings) as store:
+        for n, tenant in enumerate(names, start=1):
+            files = write_tenant(tmp / "input", pool, rng)
+            t0 = time.perf_counter()
+            store.create_tenant(tenant)
+            summary = import_files(store, settings, tenant, files)
+            seconds.append(time.perf_counter() - t0)
+            if summary.rejected:
+                raise SystemExit(f"{tenant}: {summary.rejected} rows rejected, see {summary.directory}")
+            if n % every == 0:
+                print(f"  {n}/{len(names)} tenants imported ({time.perf_counter() - started:.0f}s)", flush=True)
+    ms = np.asarray(seconds) * 1000
+    print(f"imported {len(names)} tenants (catalogs from a pool of {POOL_TEXTS} texts) in "
+          f"{time.perf_counter() - started:.1f}s with generation; import_files per tenant: mean {ms.mean():.0f} ms, "
+          f"p50 {np.percentile(ms, 50):.0f} ms, max {ms.max():.0f} ms", flush=True)
+
+
+def lodestar_cli(env: dict[str, str], argv: list[str], log: Path, total: int = 0) -> float:
+    """Run the `lodestar` command with ``argv``, its output into ``log``; wall seconds. A failure
+    ends the bench with the log's last lines."""
+    script = Path(sys.executable).with_name("lodestar")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lodestar.cli"]
+    started, done, every = time.perf_counter(), 0, max(1, total // 10)
+    with log.open("w") as fh:
+        process = subprocess.Popen([*command, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            fh.write(line)
+            if total and " materialized in " in line:
+                done += 1
+                if done % every == 0:
+                    print(f"  {done}/{total} tenants materialized ({time.perf_counter() - started:.0f}s)", flush=True)
+        code = process.wait()
+    if code != 0:
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        raise SystemExit(f"`lodestar {' '.join(argv)}` exited with {code}; the end of {log}:\n{tail}")
+    return time.perf_counter() - started
+
+
+def materialize(env: dict[str, str], names: list[str], processes: int, logs: Path) -> None:
+    one = lodestar_cli(env, ["materialize", "--tenant", names[0]], logs / "materialize-one.log")
+    print(f"one tenant's run (`lodestar materialize --tenant {names[0]}`): {one:.1f}s", flush=True)
+    wall = lodestar_cli(env, ["materialize", "--all", "--processes", str(processes)], logs / "materialize-all.log",
+                        total=len(names))
+    per = wall / len(names)
+    print(f"`lodestar materialize --all --processes {processes}` ({len(names)} runs, {names[0]} again too): "
+          f"{wall:.1f}s wall, {per:.2f}s per tenant = {per / one:.3f} x one tenant's run", flush=True)
+    print(f"projected to 1,000 tenants: 1,000 x one tenant's run = {1000 * one / 60:.1f} min; "
+          f"at the measured rate {1000 * per / 60:.1f} min", flush=True)
+
+
+def check_published(settings: Settings, names: list[str]) -> None:
+    index_store = open_index_store(settings)
+    missing = [t for t in names if index_store.published(t) is None]
+    if missing:
+        print(f"{len(missing)} of {len(names)} tenants have no published index: {', '.join(missing[:20])}", flush=True)
+        raise SystemExit(1)
+    print(f"every one of the {len(names)} tenants has a published index", flush=True)
+
+
+def sensor_tick(settings: Settings, env: dict[str, str], n: int) -> None:
+    """As tests/test_scale.py times it, on the data dir's own instance (its N+ runs in run storage)."""
+    from dagster import DagsterInstance, build_sensor_context
+
+    from assets.resources import LodestarResource
+    from pipelines.sensors import build_sensors
+
+    cdp_changes = next(s for s in build_sensors(settings) if s.name == "cdp_changes")
+    resources = {"lodestar": LodestarResource(data_dir=str(settings.data_dir))}
+    with DagsterInstance.from_config(str(dagster_home(settings, env))) as instance:
+        def tick(cursor: str | None = None):
+            return cdp_changes(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+        first = tick()
+        if len(first.run_requests) != n:
+            raise SystemExit(f"the first cdp_changes tick requested {len(first.run_requests)} runs, not {n}")
+        settled = json.dumps({t: {k: v for k, v in s.items() if k != "run_key"}
+                              for t, s in json.loads(first.cursor).items()})
+
+        def median_ms(cursor: str) -> float:
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                result = tick(cursor)
+                times.append(time.perf_counter() - started)
+                assert result.run_requests == [], "a no-change tick requested runs"
+            return statistics.median(times) * 1000
+
+        waiting_ms, settled_ms = median_ms(first.cursor), median_ms(settled)
+    print(f"cdp_changes, no change, {n} tenants (median of 5): {settled_ms:.1f} ms with every run done, "
+          f"{waiting_ms:.1f} ms while waiting on {n} runs", flush=True)
+
+
+def recommend(http: httpx.Client, tenant: str, key: str, user: str) -> float:
+    started = time.perf_counter()
+    response = http.get(f"/v1/users/{user}/recommendations", params={"k": 10}, headers={"Authorization": f"Bearer {key}"})
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise SystemExit(f"{tenant}, user {user}: {response.status_code} {response.text[:300]}")
+    return elapsed
+
+
+def tenant_latency(http: httpx.Client, tenant: str, key: str, users: list[str]) -> tuple[float, float, float]:
+    """(first request ms, p50 ms, p99 ms of the next ``LATENCY_REQUESTS``), the tenant's users in turn."""
+    first = recommend(http, tenant, key, users[0]) * 1000
+    ms = np.asarray([recommend(http, tenant, key, users[n % len(users)]) for n in range(LATENCY_REQUESTS)]) * 1000
+    return first, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def rss(pid: int) -> str:
+    each = worker_rss_mb(pid)
+    return f"{each[0]:.0f}" if len(each) == 1 else f"{sum(each):.0f} ({' + '.join(f'{m:.0f}' for m in each)})"
+
+
+def serve_and_sweep(process, http: httpx.Client, names: list[str], keys: dict[str, str], users: list[str],
+                    admin: str) -> None:
+    """Steps 3 and 4: memory while every tenant is queried once, and t0000's latency before and after."""
+    checkpoints = sorted({c for c in (1, 10, 100) if c < len(names)} | {len(names)})
+    print(f"\n| tenants queried | server RSS MB | seconds for this stretch |\n|---|---|---|\n| 0 | {rss(process.pid)} | - |",
+          flush=True)
+    done, before = 0, None
+    for checkpoint in checkpoints:
+        started = time.perf_counter()
+        for tenant in names[done:checkpoint]:
+            recommend(http, tenant, keys[tenant], users[0] if tenant == names[0] else "u00")
+        done = checkpoint
+        print(f"| {done} | {rss(process.pid)} | {time.perf_counter() - started:.1f} |", flush=True)
+        if done == 1:
+            before = tenant_latency(http, names[0], keys[names[0]], users)
+    after = tenant_latency(http, names[0], keys[names[0]], users)
+    metrics = http.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
+    if metrics.status_code == 200:
+        held = sum(line.startswith("lodestar_index_version_age_seconds{") for line in metrics.text.splitlines())
+        print(f"after the sweep the server holds {held} tenants open (as /metrics of the worker that answered "
+              "says: lodestar_index_version_age_seconds per loaded tenant)", flush=True)
+    print(f"\n{names[0]}: {LATENCY_REQUESTS} sequential recommendations (k=10, its {len(users)} users in turn, one "
+          f"keep-alive connection)\n| | 1 tenant queried | {len(names)} tenants queried | ratio |\n|---|---|---|---|")
+    for label, a, b in zip(("first request ms (not in p50/p99)", "p50 ms", "p99 ms"), before, after, strict=True):
+        print(f"| {label} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="of `materialize --all`")
+    parser.add_argument("--embed-model", default=os.environ.get("LODESTAR_EMBED_MODEL", "all-MiniLM-L6-v2"))
+    parser.add_argument("--keep", metavar="DIR", help="the data dir, kept (reused when it holds this bench's tenants)")
+    parser.add_argument("--workers", type=int, default=1, help="of `lodestar serve`")
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args()
+    names = [f"t{k:04d}" for k in range(args.tenants)]
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.keep).resolve() if args.keep else Path(tmp) / "var"
+        marker = data_dir / MARKER
+        print(f"# {args.tenants} tenants on one machine ({os.cpu_count()} cores, data dir {data_dir})", flush=True)
+        if marker.is_file():
+            kept = json.loads(marker.read_text())
+            if kept["tenants"] != args.tenants:
+                raise SystemExit(f"{data_dir} holds {kept['tenants']} tenants of this bench, not {args.tenants}")
+            args.embed_model = kept["embed_model"]  # what the indexes were built with
+            print(f"reusing {data_dir}: {args.tenants} tenants, materialized with {args.embed_model}", flush=True)
+        elif data_dir.is_dir() and any(data_dir.iterdir()):
+            raise SystemExit(f"{data_dir} is not empty and holds no finished run of this bench ({MARKER}); "
+                             "give --keep a new or empty directory")
+        print(f"embedding model {args.embed_model}", flush=True)
+        settings = Settings(data_dir=data_dir, embed_model=args.embed_model)
+        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}  # the data dir's own instance
+        env.update(LODESTAR_DATA_DIR=str(data_dir), LODESTAR_EMBED_MODEL=args.embed_model)
+        if not marker.is_file():
+            generate(settings, names, args.seed, Path(tmp))
+            logs = data_dir / "bench-logs"
+            logs.mkdir()
+            materialize(env, names, args.processes, logs)
+        check_published(settings, names)
+        marker.write_text(json.dumps({"tenants": args.tenants, "embed_model": args.embed_model, "seed": args.seed}))
+        sensor_tick(settings, env, len(names))
+
+        with cdp_session(settings) as store:
+            keys = {tenant: issue_key(store, tenant, ("read",), label="bench/tenants.py") for tenant in names}
+            users = [f"u{k:02d}" for k in range(store.count(names[0], "users"))]
+        admin = secrets.token_urlsafe(24)  # for /metrics
+        process, http = start_server({**env, "LODESTAR_ADMIN_KEY": admin}, args=["--workers", str(args.workers)])
+        print(f"\n`lodestar serve --workers {args.workers}` (pid {process.pid})", flush=True)
+        try:
+            serve_and_sweep(process, http, names, keys, users, admin)
+            # Further sections that need the server running go here.
+        finally:
+            http.close()
+            stop(process)
+
+
+if __name__ == "__main__":
+    main()

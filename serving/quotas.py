@@ -1,0 +1,136 @@
+"""Per-tenant quotas and per-key rate limits (lodestar.tenant_config.QuotaSettings), so that one
+tenant's flood does not become every tenant's latency.
+
+Request rates are counted with the ``limits`` library (the one behind Flask-Limiter and SlowAPI),
+as moving windows: at most the rate's requests in any second, exactly (a fixed or sliding-counter
+window lets a burst through around a window's edge), in the storage ``LODESTAR_RATE_LIMIT_STORAGE``
+names: ``memory://``
+(the default) counts in each serving process, so with ``lodestar serve --workers N`` each worker
+admits 1/N of a rate (requests spread over the workers' shared socket); a ``redis://`` URI counts
+once for every worker and replica (``limits`` storage URIs; install ``limits[redis]``).
+
+A refused request is refused before any work, by the guard that resolved its key (serving.auth):
+429 with ``Retry-After`` and which quota it hit. Events per day are checked by the events route
+against the CDP's count of the tenant's events accepted since UTC midnight (refreshed every few
+seconds, plus what this process accepted since), so a batch past the quota is refused whole.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerSecond
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
+
+from lodestar.cdp import CdpStore
+from lodestar.errors import InvalidInput, QuotaExceeded
+from lodestar.keys import Principal
+from lodestar.tenant_config import QuotaSettings
+
+DAY = 86400.0
+COUNT_REFRESH_S = 5.0  # how old the CDP's count of today's events may be
+
+THROTTLED = Counter("lodestar_requests_throttled_total",
+                    "Requests refused with 429 by a quota: tenant_rate, key_rate or events_per_day", ["quota"])
+
+
+def _item(per_second: float) -> RateLimitItemPerSecond:
+    """A rate as ``limits`` counts it: whole requests per whole seconds (0.5/s: 1 per 2 s)."""
+    seconds = 1 if per_second >= 1 else math.ceil(1 / per_second)
+    return RateLimitItemPerSecond(max(1, round(per_second * seconds)), seconds)
+
+
+class RequestRates:
+    """The request-rate quotas of every tenant and key, checked by the guard (one event loop: no
+    other request is admitted between a check and its count)."""
+
+    def __init__(self, storage_uri: str = "memory://", workers: int = 1) -> None:
+        try:
+            storage = storage_from_string(storage_uri)
+        except Exception as exc:  # noqa: BLE001 - limits raises its own errors for bad URIs and missing drivers
+            raise InvalidInput(f"LODESTAR_RATE_LIMIT_STORAGE={storage_uri!r} cannot be used: {exc}",
+                               field="LODESTAR_RATE_LIMIT_STORAGE") from None
+        self._limiter = MovingWindowRateLimiter(storage)
+        self.workers = workers
+        self.shared = not storage_uri.startswith("memory://")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestRates:
+        env = os.environ if environ is None else environ
+        workers = env.get("LODESTAR_WORKERS", "1")
+        return cls(env.get("LODESTAR_RATE_LIMIT_STORAGE", "").strip() or "memory://",
+                   int(workers) if workers.isdigit() and int(workers) > 0 else 1)
+
+    def admit(self, principal: Principal, quotas: QuotaSettings) -> None:
+        """Count a request of ``principal`` or raise :class:`QuotaExceeded` (nothing counted)."""
+        share = 1 if self.shared else self.workers
+        limits = [(name, item, ids) for name, rate, ids in (
+            ("tenant_rate", quotas.requests_per_second, ("tenant", principal.tenant)),
+            ("key_rate", quotas.key_requests_per_second, ("key", principal.key_id)),
+        ) if rate > 0 for item in [_item(rate / share)]]
+        for name, item, ids in limits:
+            if not self._limiter.test(item, *ids):
+                reset = self._limiter.get_window_stats(item, *ids).reset_time
+                THROTTLED.labels(name).inc()
+                whose = (f"tenant {principal.tenant!r}" if name == "tenant_rate"
+                         else f"API key {principal.key_id!r} of tenant {principal.tenant!r}")
+                setting = "requests_per_second" if name == "tenant_rate" else "key_requests_per_second"
+                rate = quotas.requests_per_second if name == "tenant_rate" else quotas.key_requests_per_second
+                raise QuotaExceeded(
+                    f"{whose} is over its quota of {rate:g} requests per second (quotas.{setting}); "
+                    "slow down and retry after the Retry-After seconds, or ask the operator to raise it",
+                    max(1, math.ceil(reset - time.time())), name)
+        for _name, item, ids in limits:
+            self._limiter.hit(item, *ids)
+
+
+@dataclass
+class _Today:
+    day: int
+    counted: int  # the CDP's count of the day's events when it was read
+    read_at: float
+    since: int = 0  # accepted by this process since
+
+
+class EventQuotas:
+    """The events-per-day quota: the CDP's count of a tenant's events accepted since UTC midnight
+    (read at most every ``COUNT_REFRESH_S``) plus what this process accepted since."""
+
+    def __init__(self, cdp: CdpStore, clock=time.time) -> None:
+        self._cdp = cdp
+        self._clock = clock
+        self._today: dict[str, _Today] = {}
+        self._lock = threading.Lock()
+
+    def check(self, tenant: str, quotas: QuotaSettings, batch: int) -> None:
+        limit = quotas.events_per_day
+        if limit <= 0:
+            return
+        now = self._clock()
+        day = int(now // DAY)
+        with self._lock:
+            today = self._today.get(tenant)
+        if today is None or today.day != day or now - today.read_at >= COUNT_REFRESH_S:
+            today = _Today(day, self._cdp.count_events_since(tenant, day * DAY), now)
+            with self._lock:
+                self._today[tenant] = today
+        used = today.counted + today.since
+        if used + batch > limit:
+            THROTTLED.labels("events_per_day").inc()
+            raise QuotaExceeded(
+                f"tenant {tenant!r} has {used} of its {limit} events for today (UTC; quotas.events_per_day) and this "
+                f"batch of {batch} would pass it: nothing of the batch was stored; send it after UTC midnight, "
+                "or ask the operator to raise the quota", max(1, math.ceil((day + 1) * DAY - now)), "events_per_day")
+
+    def accepted(self, tenant: str, count: int) -> None:
+        with self._lock:
+            today = self._today.get(tenant)
+            if today is not None:
+                today.since += count

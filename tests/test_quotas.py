@@ -1,0 +1,151 @@
+"""Quotas: per-key and per-tenant request rates, events per day and catalog size, set by the
+operator; past one, 429 with Retry-After (nothing of the request done) or, for items, a reject."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from litestar.testing import TestClient
+
+from lodestar.cdp import cdp_session
+from lodestar.errors import InvalidInput
+from lodestar.importer import import_files
+from lodestar.keys import issue_key
+from lodestar.settings import Settings
+from serving.app import create_app
+from serving.quotas import RequestRates
+
+OPERATOR_KEY = "op-" + "q" * 40
+
+
+@pytest.fixture()
+def app_settings(tmp_path):
+    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64", admin_key=OPERATOR_KEY)
+    with cdp_session(settings) as store:
+        store.create_tenant("acme")
+        store.create_tenant("zeta")
+    return settings
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _set(client: TestClient, tenant: str, **quotas) -> dict:
+    response = client.put(f"/v1/operator/tenants/{tenant}/quotas", json=quotas, headers=_bearer(OPERATOR_KEY))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _event(user: str = "u1") -> dict:
+    return {"user_id": user, "item_id": "i1", "type": "view", "ts": time.time() - 5}
+
+
+def test_the_operator_sets_quotas_and_nobody_else_can(app_settings):
+    with cdp_session(app_settings) as store:
+        admin = issue_key(store, "acme", ("admin",))
+    with TestClient(create_app(app_settings)) as client:
+        op = _bearer(OPERATOR_KEY)
+        assert client.get("/v1/operator/tenants/acme/quotas", headers=op).json() == {
+            "requests_per_second": 0.0, "key_requests_per_second": 0.0, "events_per_day": 0, "items": 0}
+        assert _set(client, "acme", requests_per_second=20, items=500)["requests_per_second"] == 20
+        kept = _set(client, "acme", events_per_day=1000)  # the fields not sent stay
+        assert (kept["requests_per_second"], kept["items"], kept["events_per_day"]) == (20, 500, 1000)
+        bad = client.put("/v1/operator/tenants/acme/quotas", json={"items": -1}, headers=op)
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "items"
+        unknown = client.put("/v1/operator/tenants/acme/quotas", json={"cpu": 2}, headers=op)
+        assert unknown.status_code == 422
+        assert client.put("/v1/operator/tenants/ghost/quotas", json={"items": 1}, headers=op).status_code == 404
+        denied = client.put("/v1/operator/tenants/acme/quotas", json={"items": 10**9}, headers=_bearer(admin))
+        assert denied.status_code == 403  # a tenant's own admin key does not raise its quotas
+    with cdp_session(app_settings) as store:  # stored with the configuration, where the CLI shows it
+        assert store.get_tenant("acme")["config"]["quotas"] == {"requests_per_second": 20, "items": 500,
+                                                               "events_per_day": 1000}
+
+
+def test_a_key_past_its_rate_gets_429_with_retry_after_and_other_keys_and_tenants_do_not(app_settings):
+    with cdp_session(app_settings) as store:
+        flood, calm, other = (issue_key(store, t, ("events",)) for t in ("acme", "acme", "zeta"))
+    with TestClient(create_app(app_settings)) as client:
+        _set(client, "acme", key_requests_per_second=5, requests_per_second=8)
+        answers = [client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(flood)) for _ in range(7)]
+        codes = [a.status_code for a in answers]
+        assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+        refused = answers[-1]
+        assert int(refused.headers["Retry-After"]) >= 1
+        body = refused.json()
+        assert body["quota"] == "key_rate" and "5 requests per second" in body["detail"]
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        # Another key of the tenant has its own key rate, but the tenant's rate (8/s) is shared.
+        calm_codes = [client.post("/v1/events", json={"events": [_event("u2")]}, headers=_bearer(calm)).status_code
+                      for _ in range(4)]
+        assert calm_codes == [200, 200, 200, 429]
+        assert client.post("/v1/events", json={"events": [_event("u3")]},
+                           headers=_bearer(calm)).json()["quota"] == "tenant_rate"
+        # Another tenant is not limited at all; public routes never are.
+        assert all(client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(other)).status_code == 200
+                   for _ in range(12))
+        assert client.get("/health").status_code == 200
+        metrics = client.get("/metrics", headers=_bearer(OPERATOR_KEY)).text
+        assert 'lodestar_requests_throttled_total{quota="key_rate"} 2.0' in metrics
+    with cdp_session(app_settings) as store:  # refused requests stored nothing
+        assert store.count("acme", "events") == 5 + 3
+        assert len(store.user_events("acme", "u1")) == 5
+
+
+def test_events_past_the_daily_quota_are_refused_whole(app_settings):
+    with cdp_session(app_settings) as store:
+        key = issue_key(store, "acme", ("events",))
+    with TestClient(create_app(app_settings)) as client:
+        _set(client, "acme", events_per_day=5)
+        batch = {"events": [_event(f"u{n}") for n in range(3)]}
+        assert client.post("/v1/events", json=batch, headers=_bearer(key)).json()["stored"] == 3
+        refused = client.post("/v1/events", json=batch, headers=_bearer(key))  # 3 + 3 > 5
+        assert refused.status_code == 429 and refused.json()["quota"] == "events_per_day"
+        assert "3 of its 5 events for today" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["Retry-After"]) <= 86400  # until UTC midnight
+        two = {"events": [_event("u7"), _event("u8")]}
+        assert client.post("/v1/events", json=two, headers=_bearer(key)).json()["stored"] == 2  # exactly fills it
+        assert client.post("/v1/events", json={"events": [_event("u9")]}, headers=_bearer(key)).status_code == 429
+    with cdp_session(app_settings) as store:
+        assert store.count("acme", "events") == 5  # nothing of a refused batch was stored
+
+
+def test_an_import_stops_adding_items_at_the_quota_and_still_updates_existing_ones(app_settings, tmp_path):
+    with cdp_session(app_settings) as store:
+        store.set_tenant_config("acme", {"quotas": {"items": 3}})
+        first = tmp_path / "a.jsonl"
+        first.write_text("\n".join(json.dumps({"id": f"i{n}", "title": f"item {n}"}) for n in range(2)))
+        assert import_files(store, app_settings, "acme", {"items": first}).entities[0].accepted == 2
+        second = tmp_path / "b.jsonl"
+        rows = [{"id": "i0", "title": "item 0, renamed"}] + [{"id": f"i{n}", "title": f"item {n}"} for n in (2, 3, 4)]
+        second.write_text("\n".join(json.dumps(r) for r in rows))
+        summary = import_files(store, app_settings, "acme", {"items": second}).entities[0]
+        assert (summary.accepted, summary.rejected) == (2, 2)  # the update and one new item fit
+        assert store.get_item("acme", "i0")["title"] == "item 0, renamed" and store.count("acme", "items") == 3
+        rejects = [json.loads(line) for line in open(summary.reject_file)]
+        assert [(r["line"], r["row"]["id"]) for r in rejects] == [(3, "i3"), (4, "i4")]
+        assert "quota of 3 items" in rejects[0]["reason"]
+        zeta = tmp_path / "z.jsonl"
+        zeta.write_text("\n".join(json.dumps({"id": f"i{n}", "title": "x"}) for n in range(5)))
+        assert import_files(store, app_settings, "zeta", {"items": zeta}).entities[0].accepted == 5  # no quota
+
+
+def test_rates_are_shared_out_over_workers_and_a_bad_storage_says_which_variable():
+    from lodestar.keys import Principal
+    from lodestar.tenant_config import QuotaSettings
+
+    rates = RequestRates.from_env({"LODESTAR_WORKERS": "2"})
+    principal = Principal("tenant_key", "acme", ("read",), "k1")
+    admitted = 0
+    for _ in range(10):
+        try:
+            rates.admit(principal, QuotaSettings(requests_per_second=6))
+            admitted += 1
+        except Exception:  # noqa: BLE001 - QuotaExceeded, counted below
+            break
+    assert admitted == 3  # this worker's half of 6 per second
+    with pytest.raises(InvalidInput, match="LODESTAR_RATE_LIMIT_STORAGE"):
+        RequestRates.from_env({"LODESTAR_RATE_LIMIT_STORAGE": "nosuch://x"})
