@@ -13,6 +13,7 @@ from lodestar.lineage import (
 )
 from lodestar.lineage.extracts import extract
 from lodestar.lineage.files import TenantFiles, read_extract
+from lodestar.index import open_index_store
 from lodestar.records import parse_event, parse_item, parse_user
 
 pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
@@ -103,6 +104,11 @@ def test_a_small_catalog_change_builds_the_index_from_the_published_version(sett
         assert unchanged.payload == before.payload and (unchanged.vector == before.vector).all()
     finally:
         reader.close()
+    third = _sync(store, settings, "shop")  # nothing changed since: no new version at all
+    third["reader"].close()
+    assert (third["index"].mode, third["index"].version) == ("unchanged", index.version), third["index"].why
+    assert open_index_store(settings).published("shop") == index.version
+    assert open_index_store(settings).versions("shop") == sorted({first["index"].version, index.version})
 
 
 def test_a_changed_model_or_a_large_change_rebuilds_in_full(settings, store):

@@ -154,6 +154,15 @@ def build_index(
     meta = {"format": INDEX_FORMAT, "dimension": int(vectors.shape[1]), "collab_dimension": collab_dimension,
             "model": (model.meta or {}).get("fingerprint", "none") if model else "none"}
     plan = _plan(index_store, files, tenant, meta, fingerprints, config.index.incremental_max_fraction, full)
+    if plan.base and not plan.upserts and not plan.deletes:
+        # Nothing changed: the published version is the candidate again (no copy, no new version
+        # for servers to swap to, and nothing to drop).
+        _write_candidate(files, plan.base, len(ids), len(ids))
+        return IndexBuildResult(
+            version=plan.base, points=len(ids), items=len(ids), dimension=int(vectors.shape[1]),
+            collab_model=model.kind if model else "none", mode="unchanged", base_version=plan.base, upserted=0,
+            deleted=0, why="nothing changed since the published version, which stays", probe=(ids[0], vectors[0]),
+        )
     builder = index_store.build(tenant, vectors.shape[1], collab_dimension, base=plan.base)
     rows = {item_id: row for row, item_id in enumerate(ids)}
     for start in range(0, len(plan.upserts), BATCH):
@@ -166,8 +175,7 @@ def build_index(
         builder.attach_model(model)  # frozen with the version: a server swaps index and model together
     points = builder.finish()
     write_manifest(files, builder.version, meta, fingerprints)
-    files.candidate.parent.mkdir(parents=True, exist_ok=True)
-    files.candidate.write_text(json.dumps({"version": builder.version, "points": points, "items": len(ids)}))
+    _write_candidate(files, builder.version, points, len(ids))
     probe_row = rows[plan.upserts[0]] if plan.upserts else 0
     return IndexBuildResult(
         version=builder.version, points=points, items=len(ids), dimension=int(vectors.shape[1]),
@@ -175,6 +183,11 @@ def build_index(
         base_version=plan.base or "", upserted=len(plan.upserts), deleted=len(plan.deletes), why=plan.why,
         probe=(ids[probe_row], vectors[probe_row]),
     )
+
+
+def _write_candidate(files: TenantFiles, version: str, points: int, items: int) -> None:
+    files.candidate.parent.mkdir(parents=True, exist_ok=True)
+    files.candidate.write_text(json.dumps({"version": version, "points": points, "items": items}))
 
 
 def candidate(files: TenantFiles) -> dict[str, Any]:
