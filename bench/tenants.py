@@ -21,6 +21,10 @@ In one run, on one data dir:
   5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
      instance (median of 5, after a first tick that requests every tenant's run): with every run
      done, and while it still waits on N runs. It is measured before the server starts.
+  6. Noisy neighbours: the operator gives t0002 a quota (``--flood-quota``, 20 requests/s) and it
+     sends ten times that from another process; t0001's sequential recommendations are timed with
+     and without the flood: p50, p99 and the ratio of the p99s (issue 13's goal: <= 1.20), and what
+     the flooder got (200s and 429s).
 
 ``--keep DIR`` keeps the data dir; run again with the same DIR and ``--tenants``, steps 1 and 2 are
 skipped (the marker file ``bench-tenants.json`` says the tenants are materialized, and with which
@@ -235,6 +239,46 @@ def serve_and_sweep(process, http: httpx.Client, names: list[str], keys: dict[st
         print(f"| {label} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
 
 
+def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str], users: list[str], admin: str,
+                     quota: float, seconds: float) -> None:
+    """One tenant (the flooder) gets a quota of ``quota`` requests per second from the operator and
+    sends ten times that for ``seconds``; another tenant's sequential requests are timed over the
+    same stretch, and over one without the flood (issue 13: its p99 may rise by 20% at most)."""
+    victim, flooder = names[1 % len(names)], names[2 % len(names)]
+    set_quota = http.put(f"/v1/operator/tenants/{flooder}/quotas", json={"requests_per_second": quota},
+                         headers={"Authorization": f"Bearer {admin}"})
+    if set_quota.status_code != 200:
+        raise SystemExit(f"could not set {flooder}'s quota: {set_quota.status_code} {set_quota.text[:300]}")
+
+    def victim_ms() -> np.ndarray:
+        deadline, times, n = time.monotonic() + seconds, [], 0
+        while time.monotonic() < deadline:
+            times.append(recommend(http, victim, keys[victim], "u00" if n % 2 else "u01"))
+            n += 1
+        return np.asarray(times) * 1000
+
+    recommend(http, victim, keys[victim], "u00")  # open both tenants' indexes first
+    recommend(http, flooder, keys[flooder], "u00")
+    calm = victim_ms()
+    base = str(http.base_url).rstrip("/")
+    flood = subprocess.Popen([sys.executable, str(ROOT / "bench" / "flood.py"), base, keys[flooder], str(10 * quota),
+                              str(seconds + 2), "8", "u00", "u01", "u02"], stdout=subprocess.PIPE, text=True)
+    assert flood.stdout is not None and flood.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # the flood under way
+    flooded = victim_ms()
+    counts = {int(k): v for k, v in json.loads(flood.stdout.readline()).items()}
+    flood.wait(timeout=60)
+    sent = sum(counts.values())
+    print(f"\nNoisy neighbours: {flooder} has a quota of {quota:g} requests/s and sends {10 * quota:g}/s "
+          f"(8 connections from bench/flood.py, {seconds + 2:.0f} s): answers {dict(sorted(counts.items()))} "
+          f"({sent / (seconds + 2):.0f} sent/s, {counts.get(200, 0) / (seconds + 2):.1f} admitted/s)")
+    print(f"| {victim}'s sequential recommendations | requests | p50 ms | p99 ms |\n|---|---|---|---|")
+    for label, ms in (("without the flood", calm), (f"while {flooder} floods", flooded)):
+        print(f"| {label} | {len(ms)} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} |")
+    ratio = np.percentile(flooded, 99) / np.percentile(calm, 99)
+    print(f"p99 with the flood / without = {ratio:.2f} (goal <= 1.20)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
@@ -243,6 +287,8 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", help="the data dir, kept (reused when it holds this bench's tenants)")
     parser.add_argument("--workers", type=int, default=1, help="of `lodestar serve`")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--flood-quota", type=float, default=20.0, help="the flooding tenant's requests/s quota")
+    parser.add_argument("--flood-seconds", type=float, default=15.0)
     args = parser.parse_args()
     names = [f"t{k:04d}" for k in range(args.tenants)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,7 +325,8 @@ def main() -> None:
         print(f"\n`lodestar serve --workers {args.workers}` (pid {process.pid})", flush=True)
         try:
             serve_and_sweep(process, http, names, keys, users, admin)
-            # Further sections that need the server running go here.
+            if len(names) >= 3:
+                noisy_neighbours(http, names, keys, users, admin, args.flood_quota, args.flood_seconds)
         finally:
             http.close()
             stop(process)
