@@ -178,3 +178,13 @@ def test_erasure_is_one_transaction_and_is_aborted_on_failure():
     with pytest.raises(RuntimeError):
         store.erase_user("acme", "u")
     assert db.transactions[-1][1].state == "aborted"
+
+
+def test_the_events_per_day_count_is_one_range_query_over_the_change_index():
+    db = Database(results=[Cursor([42])])
+    store = _with_tenant(db)
+    assert store.count_events_since("acme", 1_700_000_000.0) == 42
+    query, bind, _ = db.queries[-1]
+    assert bind == {"tenant": "acme", "since": 1_700_000_000.0}
+    assert "e.tenant_id == @tenant AND e.updated_at >= @since" in query and "COLLECT WITH COUNT" in query
+    assert ("events", ("tenant_id", "updated_at"), False) in INDEXES  # the index the range runs on
