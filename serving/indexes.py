@@ -8,7 +8,8 @@ Memory follows the tenants being queried, not the tenants that exist: a tenant's
 by its first request, and closed when nobody asked for it for ``idle_s`` seconds or when more than
 ``max_open`` tenants are open (the least recently used goes first). A closed tenant's next request
 simply opens it again. Closing never pulls an index from under a request: the reader is retired,
-like a reader replaced by a newer version, and closed ``RETIRE_AFTER_S`` later.
+like a reader replaced by a newer version, and closed ``RETIRE_AFTER_S`` later by the background
+sweep, never by a request (closing hundreds of shards inline once made a tenant's requests wait).
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from lodestar.index import IndexReader, IndexStore, PublishedVersion
 
 log = logging.getLogger("lodestar.serving")
 
-# A retired reader stays open this long so that requests already using it can finish.
-RETIRE_AFTER_S = 30.0
+# A retired reader stays open this long so that requests already using it can finish (a request
+# takes milliseconds; its wait for a slot is bounded by LODESTAR_MAX_WAIT).
+RETIRE_AFTER_S = 10.0
 # A tenant not queried for this long is closed (LODESTAR_INDEX_IDLE, seconds).
 IDLE_AFTER_S = 600.0
 # At most this many tenants are held open; past it the least recently queried is closed
 # (LODESTAR_MAX_OPEN_TENANTS). A small Qdrant Edge tenant touches tens of MB when opened.
 MAX_OPEN_TENANTS = 256
-# How often a background thread closes idle tenants and expired readers, so that they are closed
-# even while no request comes.
-SWEEP_EVERY_S = 30.0
+# How often a background thread closes idle tenants and expired readers (requests only retire them).
+SWEEP_EVERY_S = 5.0
 
 
 @dataclass
@@ -107,8 +108,7 @@ class TenantIndexes:
             if self._slots.get(tenant) is slot:  # not evicted meanwhile (then it stays closed)
                 slot.used_at = now
                 self._slots.move_to_end(tenant)
-            closing = self._evict(now, keep=tenant)
-        _close(closing)
+            self._evict(now, keep=tenant)
         if slot.published is None:
             raise IndexNotReady(
                 f"tenant {tenant!r} has no published index yet; run `lodestar materialize --tenant {tenant}`"
@@ -123,16 +123,13 @@ class TenantIndexes:
                 # Eviction drops a tenant's lock with its slot (memory follows the tenants being
                 # queried): a lock taken from before an eviction is not the tenant's any more.
                 if self._tenant_locks.get(tenant) is tenant_lock:
-                    slot, closing = self._refresh_locked(tenant, now)
-                    break
-        _close(closing)
-        return slot
+                    return self._refresh_locked(tenant, now)
 
-    def _refresh_locked(self, tenant: str, now: float) -> tuple[_Slot, list[IndexReader]]:
-        """Under the tenant's lock: its slot, reloaded when the pointer moved, and the readers to close."""
+    def _refresh_locked(self, tenant: str, now: float) -> _Slot:
+        """Under the tenant's lock: its slot, reloaded when the pointer moved."""
         slot = self._slots.get(tenant)
         if slot is not None and now - slot.checked_at < self._interval:
-            return slot, []  # another thread refreshed it meanwhile
+            return slot  # another thread refreshed it meanwhile
         current = slot.published if slot else None
         try:
             version = self._store.published(tenant)  # cheap: the pointer only
@@ -151,12 +148,12 @@ class TenantIndexes:
                 current = fresh
             slot = _Slot(current, now, now)
             self._slots[tenant] = slot  # a known tenant keeps its place; get() moves it to the end
-            return slot, self._evict(now, keep=tenant)
+            self._evict(now, keep=tenant)
+            return slot
 
-    def _evict(self, now: float, keep: str | None = None) -> list[IndexReader]:
+    def _evict(self, now: float, keep: str | None = None) -> None:
         """Under ``_lock``: retire the tenants idle for ``idle_s`` and those past ``max_open`` (least
-        recently used first; never ``keep``, the tenant being asked for); return the retired
-        readers whose grace period is over, to be closed outside the lock."""
+        recently used first; never ``keep``, the tenant being asked for)."""
         victims, held = [], []
         try:
             for tenant, slot in self._slots.items():
@@ -175,16 +172,16 @@ class TenantIndexes:
         finally:
             for tenant_lock in held:
                 tenant_lock.release()
-        expired = []
-        while self._retired and now - self._retired[0][0] >= RETIRE_AFTER_S:
-            expired.append(self._retired.popleft()[1])
-        return expired
 
     def sweep(self) -> None:
-        """Close idle tenants and the retired readers whose grace period is over (the background
-        thread does this every ``sweep_every_s``; requests do it as they come)."""
+        """Retire idle tenants and close the retired readers whose grace period is over (the
+        background thread does this every ``sweep_every_s``)."""
+        now = self._clock()
         with self._lock:
-            closing = self._evict(self._clock())
+            self._evict(now)
+            closing = []
+            while self._retired and now - self._retired[0][0] >= RETIRE_AFTER_S:
+                closing.append(self._retired.popleft()[1])
         _close(closing)
 
     def _sweep_loop(self, every_s: float) -> None:
