@@ -229,7 +229,7 @@ def serve_and_sweep(process, http: httpx.Client, names: list[str], keys: dict[st
         print(f"| {done} | {rss(process.pid)} | {time.perf_counter() - started:.1f} |", flush=True)
         if done == 1:
             before = tenant_latency(http, names[0], keys[names[0]], users)
-    grace = RETIRE_AFTER_S + SWEEP_EVERY_S + 1
+    grace = RETIRE_AFTER_S + 2 * SWEEP_EVERY_S + 5
     time.sleep(grace)  # readers evicted past the cap are closed by the sweep after their grace period
     print(f"| {done}, {grace:.0f} s later (evicted readers closed) | {rss(process.pid)} | - |", flush=True)
     after = tenant_latency(http, names[0], keys[names[0]], users)

@@ -84,6 +84,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(),
         # In this order: the request log and metrics wrap the limits, so what a limit refuses is
         # logged and counted.
-        plugins=[ObservabilityPlugin(), RequestLimitsPlugin(RequestLimits.from_env())],
+        plugins=[ObservabilityPlugin(), RequestLimitsPlugin(RequestLimits.from_env(), rates)],
         logging_config=json_logging_config(),
     )

@@ -57,4 +57,4 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         state = connection.app.state
         config = state.configs.get(principal.tenant)
         connection.state.config = config
-        state.rates.admit(principal, config.quotas)
+        state.rates.admit(principal, config.quotas, connection.headers.get("authorization"))

@@ -33,8 +33,9 @@ from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge
 
-from lodestar.errors import InvalidInput
+from lodestar.errors import InvalidInput, QuotaExceeded
 from serving.errors import problem
+from serving.quotas import RequestRates
 
 # Paths that never wait for a slot and never have a body worth bounding here.
 UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -164,9 +165,9 @@ class Slots:
 
 
 async def _send_problem(scope: Scope, receive: Receive, send: Send, status: int, title: str, detail: str,
-                        headers: dict[str, str]) -> None:
+                        headers: dict[str, str], **extra: object) -> None:
     """Answer from a middleware with the same problem details as :mod:`serving.errors`."""
-    response = problem(status, title, detail)
+    response = problem(status, title, detail, **extra)
     asgi = response.to_asgi_response(app=None, request=Request(scope, receive), headers=headers)
     await asgi(scope, receive, send)
 
@@ -183,12 +184,19 @@ class RequestLimitsMiddleware(ASGIMiddleware):
 
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, limits: RequestLimits) -> None:
+    def __init__(self, limits: RequestLimits, rates: RequestRates | None = None) -> None:
         self.limits = limits
+        self.rates = rates
         self.slots = Slots(limits.max_in_flight, limits.max_waiting, limits.max_wait_s)
         self.should_bypass_for_scope = lambda scope: scope["path"] in UNLIMITED_PATHS
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if self.rates is not None and (refusal := self._refused(scope)) is not None:
+            # Still inside the window that refused this credential: answered here, before the
+            # body, a slot, routing and the key lookup (serving.quotas).
+            await _send_problem(scope, receive, send, 429, "Too many requests", str(refusal),
+                                {"Retry-After": str(refusal.retry_after_s)}, quota=refusal.quota)
+            return
         replay = await self._read_body(scope, receive, send)
         if replay is None:
             return  # refused (the answer is sent) or the client left
@@ -204,6 +212,13 @@ class RequestLimitsMiddleware(ASGIMiddleware):
             await next_app(scope, replay, send)
         finally:
             self.slots.release()
+
+    def _refused(self, scope: Scope) -> QuotaExceeded | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                assert self.rates is not None
+                return self.rates.refused(value.decode("latin-1"))
+        return None
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The whole body, bounded in size and time, as a ``receive`` that replays it (``None``
@@ -270,9 +285,9 @@ class RequestLimitsPlugin(InitPluginProtocol):
     """Adds :class:`RequestLimitsMiddleware` and the same body limit in Litestar itself (a second
     line for any route that bypasses the middleware)."""
 
-    def __init__(self, limits: RequestLimits | None = None) -> None:
+    def __init__(self, limits: RequestLimits | None = None, rates: RequestRates | None = None) -> None:
         self.limits = limits or RequestLimits.from_env()
-        self.middleware = RequestLimitsMiddleware(self.limits)
+        self.middleware = RequestLimitsMiddleware(self.limits, rates)
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.append(self.middleware)

@@ -10,7 +10,10 @@ admits 1/N of a rate (requests spread over the workers' shared socket); a ``redi
 once for every worker and replica (``limits`` storage URIs; install ``limits[redis]``).
 
 A refused request is refused before any work, by the guard that resolved its key (serving.auth):
-429 with ``Retry-After`` and which quota it hit. Events per day are checked by the events route
+429 with ``Retry-After`` and which quota it hit. Until that window frees, the same credential's next
+requests are refused earlier still, before routing, the key lookup and the body (serving.limits
+asks :meth:`RequestRates.refused`): a flood past its quota then costs the server little more than
+reading the request heads. Events per day are checked by the events route
 against the CDP's count of the tenant's events accepted since UTC midnight (refreshed every few
 seconds, plus what this process accepted since), so a batch past the quota is refused whole.
 """
@@ -36,6 +39,7 @@ from lodestar.tenant_config import QuotaSettings
 
 DAY = 86400.0
 COUNT_REFRESH_S = 5.0  # how old the CDP's count of today's events may be
+MAX_REMEMBERED = 10_000  # refused credentials remembered at once (expired ones are dropped first)
 
 THROTTLED = Counter("lodestar_requests_throttled_total",
                     "Requests refused with 429 by a quota: tenant_rate, key_rate or events_per_day", ["quota"])
@@ -60,6 +64,9 @@ class RequestRates:
         self._limiter = MovingWindowRateLimiter(storage)
         self.workers = workers
         self.shared = not storage_uri.startswith("memory://")
+        # Credentials refused for a rate, until the window that refused them frees: the
+        # Authorization header (the same secret, so the same key) -> (until, message, quota).
+        self._refused: dict[str, tuple[float, str, str]] = {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestRates:
@@ -68,8 +75,22 @@ class RequestRates:
         return cls(env.get("LODESTAR_RATE_LIMIT_STORAGE", "").strip() or "memory://",
                    int(workers) if workers.isdigit() and int(workers) > 0 else 1)
 
-    def admit(self, principal: Principal, quotas: QuotaSettings) -> None:
-        """Count a request of ``principal`` or raise :class:`QuotaExceeded` (nothing counted)."""
+    def refused(self, authorization: str) -> QuotaExceeded | None:
+        """The refusal still in force for this Authorization header (set by :meth:`admit`), if any."""
+        entry = self._refused.get(authorization)
+        if entry is None:
+            return None
+        until, message, quota = entry
+        now = time.time()
+        if now >= until:
+            self._refused.pop(authorization, None)
+            return None
+        THROTTLED.labels(quota).inc()
+        return QuotaExceeded(message, max(1, math.ceil(until - now)), quota)
+
+    def admit(self, principal: Principal, quotas: QuotaSettings, authorization: str | None = None) -> None:
+        """Count a request of ``principal`` or raise :class:`QuotaExceeded` (nothing counted); a
+        refusal is remembered for ``authorization`` until its window frees (:meth:`refused`)."""
         share = 1 if self.shared else self.workers
         limits = [(name, item, ids) for name, rate, ids in (
             ("tenant_rate", quotas.requests_per_second, ("tenant", principal.tenant)),
@@ -83,10 +104,15 @@ class RequestRates:
                          else f"API key {principal.key_id!r} of tenant {principal.tenant!r}")
                 setting = "requests_per_second" if name == "tenant_rate" else "key_requests_per_second"
                 rate = quotas.requests_per_second if name == "tenant_rate" else quotas.key_requests_per_second
-                raise QuotaExceeded(
-                    f"{whose} is over its quota of {rate:g} requests per second (quotas.{setting}); "
-                    "slow down and retry after the Retry-After seconds, or ask the operator to raise it",
-                    max(1, math.ceil(reset - time.time())), name)
+                message = (f"{whose} is over its quota of {rate:g} requests per second (quotas.{setting}); "
+                           "slow down and retry after the Retry-After seconds, or ask the operator to raise it")
+                if authorization is not None:
+                    if len(self._refused) >= MAX_REMEMBERED:
+                        now = time.time()
+                        self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
+                    if len(self._refused) < MAX_REMEMBERED:
+                        self._refused[authorization] = (reset, message, name)
+                raise QuotaExceeded(message, max(1, math.ceil(reset - time.time())), name)
         for _name, item, ids in limits:
             self._limiter.hit(item, *ids)
 

@@ -149,3 +149,28 @@ def test_rates_are_shared_out_over_workers_and_a_bad_storage_says_which_variable
     assert admitted == 3  # this worker's half of 6 per second
     with pytest.raises(InvalidInput, match="LODESTAR_RATE_LIMIT_STORAGE"):
         RequestRates.from_env({"LODESTAR_RATE_LIMIT_STORAGE": "nosuch://x"})
+
+
+def test_a_refused_key_is_refused_early_until_its_window_frees(app_settings):
+    """After a refusal the same credential is answered before routing and the key lookup, with the
+    same 429, until the moving window frees; then it is admitted again."""
+    with cdp_session(app_settings) as store:
+        key = issue_key(store, "acme", ("events",))
+    with TestClient(create_app(app_settings)) as client:
+        _set(client, "acme", key_requests_per_second=2)
+        lookups = []
+        cdp = client.app.state.cdp
+        find = cdp.find_api_key
+        cdp.find_api_key = lambda key_id: lookups.append(key_id) or find(key_id)
+        answers = [client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429] and len(lookups) == 3
+        early = [client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)) for _ in range(3)]
+        assert [a.status_code for a in early] == [429] * 3 and len(lookups) == 3  # no lookup, no work
+        assert early[0].json()["quota"] == "key_rate" and int(early[0].headers["Retry-After"]) >= 1
+        assert early[0].json()["detail"] == answers[2].json()["detail"]
+        wrong = client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key + "x"))
+        assert wrong.status_code == 401  # another credential is not refused early: it is checked
+        time.sleep(1.05)  # the window frees
+        assert client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)).status_code == 200
+    with cdp_session(app_settings) as store:
+        assert store.count("acme", "events") == 3  # nothing refused was stored
