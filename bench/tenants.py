@@ -54,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 from bench.common import start_server, stop  # noqa: E402
 from bench.large import EVENT_TYPES, item_row  # noqa: E402
 from bench.throughput import worker_rss_mb  # noqa: E402
-from serving.indexes import RETIRE_AFTER_S, SWEEP_EVERY_S  # noqa: E402
 from lodestar.cdp import cdp_session  # noqa: E402
 from lodestar.demo import DAY, END  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
@@ -62,6 +61,7 @@ from lodestar.index import open_index_store  # noqa: E402
 from lodestar.keys import issue_key  # noqa: E402
 from lodestar.settings import Settings  # noqa: E402
 from pipelines.run import dagster_home  # noqa: E402
+from serving.indexes import RETIRE_AFTER_S, SWEEP_EVERY_S  # noqa: E402
 
 POOL_TEXTS = 3000  # distinct product texts all tenants draw their catalogs from
 LATENCY_REQUESTS = 300
