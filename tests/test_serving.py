@@ -141,7 +141,7 @@ def test_new_version_is_picked_up_without_restart_and_unpublished_is_never_serve
     files = TenantFiles(env.settings.tenant_dir("alpha"))
     index_store = open_index_store(env.settings)
     before = client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
-    built = build_index(files, index_store, "alpha")  # built, checked, not yet published
+    built = build_index(files, index_store, "alpha", full=True)  # built, checked, not yet published
 
     def served_version() -> str:  # each request also lets the API re-check the published pointer
         return client.get("/v1/users/u0001/recommendations", headers=_auth(env, "alpha")).json()["index_version"]
