@@ -22,8 +22,9 @@ In one run, on one data dir:
   5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
      instance (median of 5, after a first tick that requests every tenant's run): with every run
      done, and while it still waits on N runs. It is measured before the server starts.
-  6. Noisy neighbours: the operator gives t0002 a quota (``--flood-quotas``: 5 and 20 requests/s)
-     and it sends ten times that from another process; t0001's sequential recommendations are
+  6. Noisy neighbours: the operator gives t0002 a quota (``--flood-quotas``: 5 and 20 requests/s,
+     and ``--flood-concurrency``: 1 request in flight) and it sends ten times the rate from another
+     process; t0001's sequential recommendations are
      timed in alternating stretches with and without the flood: p50, p99 and the ratio of the p99s
      (issue 13's goal: <= 1.20), and what the flooder got (200s and 429s).
 
@@ -245,7 +246,7 @@ def serve_and_sweep(process, http: httpx.Client, names: list[str], keys: dict[st
 
 
 def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str], admin: str,
-                     quotas: list[float], seconds: float, rounds: int) -> None:
+                     quotas: list[float], seconds: float, rounds: int, concurrency: int) -> None:
     """One tenant (the flooder) gets a quota of ``quota`` requests per second from the operator and
     sends ten times that; another tenant's sequential requests are timed while it floods and while
     it does not, in ``rounds`` alternating stretches of ``seconds`` each (pooled: a shared machine's
@@ -262,12 +263,14 @@ def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str],
 
     recommend(http, victim, keys[victim], "u00")  # open both tenants' indexes first
     recommend(http, flooder, keys[flooder], "u00")
-    print(f"\nNoisy neighbours: {flooder} floods at ten times its quota (8 connections from bench/flood.py); "
-          f"{victim}'s sequential recommendations, {rounds} alternating stretches of {seconds:g} s with and without")
+    print(f"\nNoisy neighbours: {flooder} floods at ten times its rate quota (8 connections from bench/flood.py; its "
+          f"concurrency quota {concurrency or 'none'}); {victim}'s sequential recommendations, {rounds} alternating "
+          f"stretches of {seconds:g} s with and without")
     print(f"| {flooder}'s quota | flood sent/s | admitted/s | refused (429) | {victim} p50 / p99 ms without | "
           "with the flood | p99 with / without |\n|---|---|---|---|---|---|---|")
     for quota in quotas:
-        set_quota = http.put(f"/v1/operator/tenants/{flooder}/quotas", json={"requests_per_second": quota},
+        set_quota = http.put(f"/v1/operator/tenants/{flooder}/quotas",
+                             json={"requests_per_second": quota, "concurrent_requests": concurrency},
                              headers={"Authorization": f"Bearer {admin}"})
         if set_quota.status_code != 200:
             raise SystemExit(f"could not set {flooder}'s quota: {set_quota.status_code} {set_quota.text[:300]}")
@@ -304,6 +307,8 @@ def main() -> None:
                         help="the flooding tenant's requests/s quotas, one measurement each")
     parser.add_argument("--flood-seconds", type=float, default=8.0, help="per stretch")
     parser.add_argument("--flood-rounds", type=int, default=3)
+    parser.add_argument("--flood-concurrency", type=int, default=1,
+                        help="the flooding tenant's concurrent_requests quota (0: none)")
     args = parser.parse_args()
     names = [f"t{k:04d}" for k in range(args.tenants)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -341,7 +346,8 @@ def main() -> None:
         try:
             serve_and_sweep(process, http, names, keys, users, admin)
             if len(names) >= 3:
-                noisy_neighbours(http, names, keys, admin, args.flood_quotas, args.flood_seconds, args.flood_rounds)
+                noisy_neighbours(http, names, keys, admin, args.flood_quotas, args.flood_seconds, args.flood_rounds,
+                                 args.flood_concurrency)
         finally:
             http.close()
             stop(process)

@@ -82,11 +82,14 @@ class QuotaSettings:
     API answers 429 with ``Retry-After`` (serving.quotas) and an import rejects the rows beyond it.
 
     ``requests_per_second``: every request of the tenant's keys together; ``key_requests_per_second``:
-    each API key alone; ``events_per_day``: events the API accepts per UTC day; ``items``: the size
-    the catalog may reach (new items past it are rejected; updates of existing items never are)."""
+    each API key alone; ``concurrent_requests``: the tenant's requests being worked on at once (so
+    that a rate's burst cannot occupy the server); ``events_per_day``: events the API accepts per UTC
+    day; ``items``: the size the catalog may reach (new items past it are rejected; updates of
+    existing items never are)."""
 
     requests_per_second: float = 0.0
     key_requests_per_second: float = 0.0
+    concurrent_requests: int = 0
     events_per_day: int = 0
     items: int = 0
 

@@ -12,6 +12,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from lodestar.cdp import READ
 from lodestar.keys import OPERATOR, Principal, principal_for_key
+from serving.quotas import SLOT
 
 PUBLIC = "public"
 SCOPE = "scope"  # handler opt: the scope a tenant key needs (read, events, admin), or "operator"
@@ -57,4 +58,6 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         state = connection.app.state
         config = state.configs.get(principal.tenant)
         connection.state.config = config
-        state.rates.admit(principal, config.quotas, connection.headers.get("authorization"))
+        held = state.rates.admit(principal, config.quotas, connection.headers.get("authorization"))
+        if held is not None:
+            connection.scope[SLOT] = held  # given back when the request is done (serving.limits)

@@ -35,7 +35,7 @@ from prometheus_client import Counter, Gauge
 
 from lodestar.errors import InvalidInput, QuotaExceeded
 from serving.errors import problem
-from serving.quotas import RequestRates
+from serving.quotas import SLOT, RequestRates
 
 # Paths that never wait for a slot and never have a body worth bounding here.
 UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -212,6 +212,8 @@ class RequestLimitsMiddleware(ASGIMiddleware):
             await next_app(scope, replay, send)
         finally:
             self.slots.release()
+            if self.rates is not None and (tenant := scope.get(SLOT)) is not None:
+                self.rates.finished(tenant)  # a tenant's concurrency slot (serving.quotas)
 
     def _refused(self, scope: Scope) -> QuotaExceeded | None:
         for name, value in scope["headers"]:

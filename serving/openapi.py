@@ -30,7 +30,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     status: int
     detail: str
     errors: list[FieldError] = []
-    quota: str | None = None  # with 429: tenant_rate, key_rate or events_per_day
+    quota: str | None = None  # with 429: tenant_rate, key_rate, tenant_concurrency or events_per_day
 
 
 _MEANINGS = {

@@ -42,7 +42,9 @@ COUNT_REFRESH_S = 5.0  # how old the CDP's count of today's events may be
 MAX_REMEMBERED = 10_000  # refused credentials remembered at once (expired ones are dropped first)
 
 THROTTLED = Counter("lodestar_requests_throttled_total",
-                    "Requests refused with 429 by a quota: tenant_rate, key_rate or events_per_day", ["quota"])
+                    "Requests refused with 429 by a quota: tenant_rate, key_rate, tenant_concurrency or events_per_day",
+                    ["quota"])
+SLOT = "lodestar.tenant_slot"  # the ASGI scope key of a request holding a tenant's concurrency slot
 
 
 def _item(per_second: float) -> RateLimitItemPerSecond:
@@ -67,6 +69,7 @@ class RequestRates:
         # Credentials refused for a rate, until the window that refused them frees: the
         # Authorization header (the same secret, so the same key) -> (until, message, quota).
         self._refused: dict[str, tuple[float, str, str]] = {}
+        self._in_flight: dict[str, int] = {}  # per tenant with a concurrency quota (event loop only)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestRates:
@@ -88,9 +91,11 @@ class RequestRates:
         THROTTLED.labels(quota).inc()
         return QuotaExceeded(message, max(1, math.ceil(until - now)), quota)
 
-    def admit(self, principal: Principal, quotas: QuotaSettings, authorization: str | None = None) -> None:
+    def admit(self, principal: Principal, quotas: QuotaSettings, authorization: str | None = None) -> str | None:
         """Count a request of ``principal`` or raise :class:`QuotaExceeded` (nothing counted); a
-        refusal is remembered for ``authorization`` until its window frees (:meth:`refused`)."""
+        refusal for a rate is remembered for ``authorization`` until its window frees
+        (:meth:`refused`). Returns the tenant when the request holds one of its concurrency slots,
+        to be given back with :meth:`finished` when the request is done."""
         share = 1 if self.shared else self.workers
         limits = [(name, item, ids) for name, rate, ids in (
             ("tenant_rate", quotas.requests_per_second, ("tenant", principal.tenant)),
@@ -113,8 +118,28 @@ class RequestRates:
                     if len(self._refused) < MAX_REMEMBERED:
                         self._refused[authorization] = (reset, message, name)
                 raise QuotaExceeded(message, max(1, math.ceil(reset - time.time())), name)
+        if quotas.concurrent_requests > 0:
+            allowed = quotas.concurrent_requests if self.shared else max(1, quotas.concurrent_requests // self.workers)
+            if self._in_flight.get(principal.tenant, 0) >= allowed:
+                THROTTLED.labels("tenant_concurrency").inc()
+                raise QuotaExceeded(
+                    f"tenant {principal.tenant!r} already has {allowed} requests in flight, its quota "
+                    f"(quotas.concurrent_requests = {quotas.concurrent_requests}); send fewer at once and retry",
+                    1, "tenant_concurrency")
         for _name, item, ids in limits:
             self._limiter.hit(item, *ids)
+        if quotas.concurrent_requests > 0:
+            self._in_flight[principal.tenant] = self._in_flight.get(principal.tenant, 0) + 1
+            return principal.tenant
+        return None
+
+    def finished(self, tenant: str) -> None:
+        """A request counted by :meth:`admit` against a concurrency quota is done."""
+        left = self._in_flight.get(tenant, 0) - 1
+        if left > 0:
+            self._in_flight[tenant] = left
+        else:
+            self._in_flight.pop(tenant, None)
 
 
 @dataclass

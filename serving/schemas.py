@@ -108,6 +108,7 @@ class Quotas(msgspec.Struct, forbid_unknown_fields=True):
 
     requests_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
     key_requests_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    concurrent_requests: Annotated[int, msgspec.Meta(ge=0)] | None = None
     events_per_day: Annotated[int, msgspec.Meta(ge=0)] | None = None
     items: Annotated[int, msgspec.Meta(ge=0)] | None = None
 

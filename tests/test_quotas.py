@@ -49,7 +49,8 @@ def test_the_operator_sets_quotas_and_nobody_else_can(app_settings):
     with TestClient(create_app(app_settings)) as client:
         op = _bearer(OPERATOR_KEY)
         assert client.get("/v1/operator/tenants/acme/quotas", headers=op).json() == {
-            "requests_per_second": 0.0, "key_requests_per_second": 0.0, "events_per_day": 0, "items": 0}
+            "requests_per_second": 0.0, "key_requests_per_second": 0.0, "concurrent_requests": 0,
+            "events_per_day": 0, "items": 0}
         assert _set(client, "acme", requests_per_second=20, items=500)["requests_per_second"] == 20
         kept = _set(client, "acme", events_per_day=1000)  # the fields not sent stay
         assert (kept["requests_per_second"], kept["items"], kept["events_per_day"]) == (20, 500, 1000)
@@ -174,3 +175,35 @@ def test_a_refused_key_is_refused_early_until_its_window_frees(app_settings):
         assert client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)).status_code == 200
     with cdp_session(app_settings) as store:
         assert store.count("acme", "events") == 3  # nothing refused was stored
+
+
+def test_a_tenant_past_its_concurrency_quota_gets_429_and_a_finished_request_gives_its_slot_back(app_settings):
+    from lodestar.keys import Principal
+    from lodestar.tenant_config import QuotaSettings
+
+    rates = RequestRates.from_env({})
+    acme, zeta = (Principal("tenant_key", t, ("read",), f"k-{t}") for t in ("acme", "zeta"))
+    two = QuotaSettings(concurrent_requests=2)
+    assert rates.admit(acme, two) == "acme" and rates.admit(acme, two) == "acme"
+    with pytest.raises(Exception, match="already has 2 requests in flight") as refused:
+        rates.admit(acme, two)
+    assert refused.value.quota == "tenant_concurrency" and refused.value.retry_after_s == 1
+    assert rates.admit(zeta, two) == "zeta"  # another tenant has its own
+    rates.finished("acme")
+    assert rates.admit(acme, two) == "acme"  # a slot came back
+    assert rates.admit(acme, QuotaSettings()) is None  # no concurrency quota: nothing held
+    halves = RequestRates.from_env({"LODESTAR_WORKERS": "2"})
+    halves.admit(acme, QuotaSettings(concurrent_requests=3))
+    with pytest.raises(Exception, match="already has 1 requests in flight"):
+        halves.admit(acme, QuotaSettings(concurrent_requests=3))  # this worker's share of 3 over 2
+    # Over HTTP every request gives its slot back when it is done, refused or not.
+    with cdp_session(app_settings) as store:
+        key = issue_key(store, "acme", ("events",))
+    with TestClient(create_app(app_settings)) as client:
+        _set(client, "acme", concurrent_requests=1)
+        codes = [client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)).status_code
+                 for _ in range(5)]
+        codes.append(client.post("/v1/events", json={"events": "nope"}, headers=_bearer(key)).status_code)
+        codes.append(client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)).status_code)
+        assert codes == [200] * 5 + [422, 200]
+        assert client.app.state.rates._in_flight == {}
