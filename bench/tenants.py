@@ -18,7 +18,8 @@ In one run, on one data dir:
      with its own key; every answer must be a 200), and how many tenants it holds open at the end.
   4. t0000's own latency (300 sequential recommendations over one keep-alive connection, its users
      in turn, after one unmeasured request), with 1 tenant queried and after all N (once the readers
-     evicted past LODESTAR_MAX_OPEN_TENANTS were closed): p50, p99, ratio.
+     evicted past LODESTAR_MAX_OPEN_TENANTS were closed): p50, p99, ratio; and the same in process,
+     without HTTP and its noise (the API's TenantIndexes and ranking code, 500 recommendations).
   5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
      instance (median of 5, after a first tick that requests every tenant's run): with every run
      done, and while it still waits on N runs. It is measured before the server starts.
@@ -194,6 +195,40 @@ def sensor_tick(settings: Settings, env: dict[str, str], n: int) -> None:
           f"{waiting_ms:.1f} ms while waiting on {n} runs", flush=True)
 
 
+def in_process_latency(settings: Settings, names: list[str], users: list[str]) -> None:
+    """Step 4 without HTTP (less noise): t0000's recommendations through the API's own index cache
+    (`TenantIndexes`, default cap) and ranking code, before and after every tenant was asked once."""
+    from lodestar.cdp import open_cdp
+    from lodestar.index import open_index_store
+    from lodestar.recommend import recommend_for_user
+    from lodestar.tenant_config import TenantConfig
+    from serving.indexes import TenantIndexes
+
+    cdp, config = open_cdp(settings), TenantConfig()
+    indexes = TenantIndexes(open_index_store(settings), sweep_every_s=1.0)
+
+    def ask(tenant: str, user: str) -> float:
+        started = time.perf_counter()
+        recommend_for_user(indexes.get(tenant), cdp, None, tenant, user, 10, config)
+        return time.perf_counter() - started
+
+    def percentiles() -> tuple[float, float]:
+        ms = np.asarray([ask(names[0], users[n % len(users)]) for n in range(600)][100:]) * 1000
+        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+    before = percentiles()
+    for tenant in names:
+        ask(tenant, "u00")
+    time.sleep(RETIRE_AFTER_S + 2)  # the evicted readers closed by the sweep
+    after = percentiles()
+    indexes.close()
+    cdp.close()
+    print(f"\n{names[0]} in process (no HTTP; 500 recommendations after 100 unmeasured)\n| | 1 tenant queried | "
+          f"{len(names)} tenants queried | ratio |\n|---|---|---|---|")
+    for label, a, b in zip(("p50 ms", "p99 ms"), before, after, strict=True):
+        print(f"| {label} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
+
+
 def recommend(http: httpx.Client, tenant: str, key: str, user: str) -> float:
     started = time.perf_counter()
     response = http.get(f"/v1/users/{user}/recommendations", params={"k": 10}, headers={"Authorization": f"Bearer {key}"})
@@ -336,6 +371,8 @@ def main() -> None:
         check_published(settings, names)
         marker.write_text(json.dumps({"tenants": args.tenants, "embed_model": args.embed_model, "seed": args.seed}))
         sensor_tick(settings, env, len(names))
+        with cdp_session(settings) as store:
+            in_process_latency(settings, names, [f"u{k:02d}" for k in range(store.count(names[0], "users"))])
 
         with cdp_session(settings) as store:
             keys = {tenant: issue_key(store, tenant, ("read",), label="bench/tenants.py") for tenant in names}
