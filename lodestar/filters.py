@@ -34,20 +34,24 @@ class AttributeCondition:
     values: tuple[str | float, ...] = ()  # any of these (eq is a one-value list)
 
     def matches(self, attributes: dict[str, Any]) -> bool:
+        """As Qdrant matches a field condition: a list-valued attribute matches when any of its
+        elements does (the range and the values each by any element)."""
         value = attributes.get(self.key)
         if value is None or isinstance(value, bool):
             return False
-        if self.range:
-            if not isinstance(value, (int, float)):
-                return False
-            checks = {"gte": value >= self.range.get("gte", value), "gt": "gt" not in self.range or value > self.range["gt"],
-                      "lte": value <= self.range.get("lte", value), "lt": "lt" not in self.range or value < self.range["lt"]}
-            if not all(checks.values()):
-                return False
+        candidates = value if isinstance(value, list) else [value]
+        if self.range and not any(self._in_range(v) for v in candidates):
+            return False
         if self.values:
-            candidates = value if isinstance(value, list) else [value]
-            return any(v in self.values for v in candidates)
+            return any(v in self.values for v in candidates if not isinstance(v, bool))
         return True
+
+    def _in_range(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        bounds = self.range
+        return (("gte" not in bounds or value >= bounds["gte"]) and ("gt" not in bounds or value > bounds["gt"])
+                and ("lte" not in bounds or value <= bounds["lte"]) and ("lt" not in bounds or value < bounds["lt"]))
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,15 @@ def materialize_in_processes(
             instance.add_dynamic_partitions(TENANTS, missing)
     environ = {k: v for k, v in os.environ.items() if k.startswith(("LODESTAR_", "DAGSTER_"))}
     environ["LODESTAR_DATA_DIR"] = str(settings.data_dir)
+    by_tenant: dict[str, RunOutcome] = {}
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_materialize_share, [environ] * processes, shares))
-    by_tenant = {outcome.tenant: outcome for share in results for outcome in share}
+        futures = [(share, pool.submit(_materialize_share, environ, share)) for share in shares]
+        for share, future in futures:
+            try:
+                by_tenant.update((outcome.tenant, outcome) for outcome in future.result())
+            except Exception as exc:  # noqa: BLE001 - a process that died (killed, out of memory) fails its share only
+                say(f"A materializing process failed ({type(exc).__name__}: {exc}); its tenants count as failed "
+                    "here (the runs it finished are in the instance): run them again")
+                reason = [("process", f"{type(exc).__name__}: {exc}")]
+                by_tenant.update((t, RunOutcome(t, "", False, reason)) for t in share if t not in by_tenant)
     return [by_tenant[t] for t in tenants]

@@ -187,9 +187,12 @@ class EventController(Controller):
                 f"{len(rejected)} event(s) are invalid, e.g. events[{rejected[0].index}]: {rejected[0].reason}"
             raise HTTPException(status_code=422, detail=detail, extra=[
                 {"key": f"events[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
-        event_quotas.check(tenant, config.quotas, len(valid))  # 429 for the whole batch past today's quota
-        stored = cdp.append_events(tenant, valid)
-        event_quotas.accepted(tenant, stored)
+        held = event_quotas.reserve(tenant, config.quotas, len(valid))  # 429 for a whole batch past today's quota
+        stored = 0
+        try:
+            stored = cdp.append_events(tenant, valid)
+        finally:
+            event_quotas.settle(tenant, held, stored)
         return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected)
 
 

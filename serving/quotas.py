@@ -10,12 +10,13 @@ admits 1/N of a rate (requests spread over the workers' shared socket); a ``redi
 once for every worker and replica (``limits`` storage URIs; install ``limits[redis]``).
 
 A refused request is refused before any work, by the guard that resolved its key (serving.auth):
-429 with ``Retry-After`` and which quota it hit. Until that window frees, the same credential's next
-requests are refused earlier still, before routing, the key lookup and the body (serving.limits
-asks :meth:`RequestRates.refused`): a flood past its quota then costs the server little more than
-reading the request heads. Events per day are checked by the events route
-against the CDP's count of the tenant's events accepted since UTC midnight (refreshed every few
-seconds, plus what this process accepted since), so a batch past the quota is refused whole.
+429 with ``Retry-After`` and which quota it hit. For up to a second after (at most until that window
+frees), the same credential's next requests are refused earlier still, before routing, the key
+lookup and the body (serving.limits asks :meth:`RequestRates.refused`): a flood past its quota then
+costs the server little more than reading the request heads. Events per day are checked by the events route
+against the CDP's count of the tenant's events stored since UTC midnight, by the API or an import
+(refreshed every few seconds, plus what this process stored or is storing since), so a batch past
+the quota is refused whole.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from lodestar.tenant_config import QuotaSettings
 DAY = 86400.0
 COUNT_REFRESH_S = 5.0  # how old the CDP's count of today's events may be
 MAX_REMEMBERED = 10_000  # refused credentials remembered at once (expired ones are dropped first)
+EARLY_REFUSAL_S = 1.0  # how long a refusal answers for the guard before the guard looks again
 
 THROTTLED = Counter("lodestar_requests_throttled_total",
                     "Requests refused with 429 by a quota: tenant_rate, key_rate, tenant_concurrency or events_per_day",
@@ -48,14 +50,21 @@ SLOT = "lodestar.tenant_slot"  # the ASGI scope key of a request holding a tenan
 
 
 def _item(per_second: float) -> RateLimitItemPerSecond:
-    """A rate as ``limits`` counts it: whole requests per whole seconds (0.5/s: 1 per 2 s)."""
-    seconds = 1 if per_second >= 1 else math.ceil(1 / per_second)
-    return RateLimitItemPerSecond(max(1, round(per_second * seconds)), seconds)
+    """A rate as ``limits`` counts it, whole requests per whole seconds: exactly when a short window
+    holds a whole number of requests (2.5/s: 5 per 2 s; 0.5/s: 1 per 2 s), else rounded down (never
+    more than the quota)."""
+    for seconds in (1, 2, 4, 5, 10, 20, 60):
+        amount = per_second * seconds
+        if amount >= 1 and abs(amount - round(amount)) < 1e-9:
+            return RateLimitItemPerSecond(round(amount), seconds)
+    seconds = max(1, math.ceil(1 / per_second))
+    return RateLimitItemPerSecond(max(1, math.floor(per_second * seconds)), seconds)
 
 
 class RequestRates:
-    """The request-rate quotas of every tenant and key, checked by the guard (one event loop: no
-    other request is admitted between a check and its count)."""
+    """The request-rate and concurrency quotas of every tenant and key. The guard checks them from
+    worker threads (Litestar runs sync guards off the loop) and requests give their slots back on
+    the loop: one lock makes each check-and-count, and each give-back, whole."""
 
     def __init__(self, storage_uri: str = "memory://", workers: int = 1) -> None:
         try:
@@ -69,7 +78,8 @@ class RequestRates:
         # Credentials refused for a rate, until the window that refused them frees: the
         # Authorization header (the same secret, so the same key) -> (until, message, quota).
         self._refused: dict[str, tuple[float, str, str]] = {}
-        self._in_flight: dict[str, int] = {}  # per tenant with a concurrency quota (event loop only)
+        self._in_flight: dict[str, int] = {}  # per tenant with a concurrency quota
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RequestRates:
@@ -80,14 +90,15 @@ class RequestRates:
 
     def refused(self, authorization: str) -> QuotaExceeded | None:
         """The refusal still in force for this Authorization header (set by :meth:`admit`), if any."""
-        entry = self._refused.get(authorization)
-        if entry is None:
-            return None
-        until, message, quota = entry
-        now = time.time()
-        if now >= until:
-            self._refused.pop(authorization, None)
-            return None
+        with self._lock:
+            entry = self._refused.get(authorization)
+            if entry is None:
+                return None
+            until, message, quota = entry
+            now = time.time()
+            if now >= until:
+                self._refused.pop(authorization, None)
+                return None
         THROTTLED.labels(quota).inc()
         return QuotaExceeded(message, max(1, math.ceil(until - now)), quota)
 
@@ -96,6 +107,10 @@ class RequestRates:
         refusal for a rate is remembered for ``authorization`` until its window frees
         (:meth:`refused`). Returns the tenant when the request holds one of its concurrency slots,
         to be given back with :meth:`finished` when the request is done."""
+        with self._lock:
+            return self._admit(principal, quotas, authorization)
+
+    def _admit(self, principal: Principal, quotas: QuotaSettings, authorization: str | None) -> str | None:
         share = 1 if self.shared else self.workers
         limits = [(name, item, ids) for name, rate, ids in (
             ("tenant_rate", quotas.requests_per_second, ("tenant", principal.tenant)),
@@ -112,11 +127,13 @@ class RequestRates:
                 message = (f"{whose} is over its quota of {rate:g} requests per second (quotas.{setting}); "
                            "slow down and retry after the Retry-After seconds, or ask the operator to raise it")
                 if authorization is not None:
+                    now = time.time()
                     if len(self._refused) >= MAX_REMEMBERED:
-                        now = time.time()
                         self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
                     if len(self._refused) < MAX_REMEMBERED:
-                        self._refused[authorization] = (reset, message, name)
+                        # At most EARLY_REFUSAL_S ahead: a quota the operator raised meanwhile is
+                        # looked at again by the guard within that time.
+                        self._refused[authorization] = (min(reset, now + EARLY_REFUSAL_S), message, name)
                 raise QuotaExceeded(message, max(1, math.ceil(reset - time.time())), name)
         if quotas.concurrent_requests > 0:
             allowed = quotas.concurrent_requests if self.shared else max(1, quotas.concurrent_requests // self.workers)
@@ -135,11 +152,12 @@ class RequestRates:
 
     def finished(self, tenant: str) -> None:
         """A request counted by :meth:`admit` against a concurrency quota is done."""
-        left = self._in_flight.get(tenant, 0) - 1
-        if left > 0:
-            self._in_flight[tenant] = left
-        else:
-            self._in_flight.pop(tenant, None)
+        with self._lock:
+            left = self._in_flight.get(tenant, 0) - 1
+            if left > 0:
+                self._in_flight[tenant] = left
+            else:
+                self._in_flight.pop(tenant, None)
 
 
 @dataclass
@@ -147,7 +165,8 @@ class _Today:
     day: int
     counted: int  # the CDP's count of the day's events when it was read
     read_at: float
-    since: int = 0  # accepted by this process since
+    stored: int = 0  # stored by this process since it was read
+    holding: int = 0  # held by batches of this process being written now
 
 
 class EventQuotas:
@@ -160,28 +179,41 @@ class EventQuotas:
         self._today: dict[str, _Today] = {}
         self._lock = threading.Lock()
 
-    def check(self, tenant: str, quotas: QuotaSettings, batch: int) -> None:
+    def reserve(self, tenant: str, quotas: QuotaSettings, batch: int) -> int:
+        """Hold ``batch`` of the tenant's events for today, or raise :class:`QuotaExceeded`. Returns
+        what was held (0 without a quota), to be settled with :meth:`settle` once the batch is
+        stored (or not): concurrent batches cannot pass the quota together."""
         limit = quotas.events_per_day
         if limit <= 0:
-            return
+            return 0
         now = self._clock()
         day = int(now // DAY)
         with self._lock:
             today = self._today.get(tenant)
         if today is None or today.day != day or now - today.read_at >= COUNT_REFRESH_S:
-            today = _Today(day, self._cdp.count_events_since(tenant, day * DAY), now)
+            counted = self._cdp.count_events_since(tenant, day * DAY)  # outside the lock: a CDP read
             with self._lock:
-                self._today[tenant] = today
-        used = today.counted + today.since
-        if used + batch > limit:
-            THROTTLED.labels("events_per_day").inc()
-            raise QuotaExceeded(
-                f"tenant {tenant!r} has {used} of its {limit} events for today (UTC; quotas.events_per_day) and this "
-                f"batch of {batch} would pass it: nothing of the batch was stored; send it after UTC midnight, "
-                "or ask the operator to raise the quota", max(1, math.ceil((day + 1) * DAY - now)), "events_per_day")
-
-    def accepted(self, tenant: str, count: int) -> None:
+                held = self._today.get(tenant)
+                # Batches being written are not in the count yet: they stay held. (One stored just
+                # before the count is counted twice until the next read: refused early, never late.)
+                self._today[tenant] = _Today(day, counted, now, 0, held.holding if held and held.day == day else 0)
         with self._lock:
-            today = self._today.get(tenant)
-            if today is not None:
-                today.since += count
+            today = self._today[tenant]
+            used = today.counted + today.stored + today.holding
+            if used + batch <= limit:
+                today.holding += batch
+                return batch
+        THROTTLED.labels("events_per_day").inc()
+        raise QuotaExceeded(
+            f"tenant {tenant!r} has {used} of its {limit} events for today (UTC; quotas.events_per_day) and this "
+            f"batch of {batch} would pass it: nothing of the batch was stored; send it after UTC midnight, "
+            "or ask the operator to raise the quota", max(1, math.ceil((day + 1) * DAY - now)), "events_per_day")
+
+    def settle(self, tenant: str, held: int, stored: int) -> None:
+        """A held batch is done: ``stored`` of its ``held`` events were new (0 when writing failed)."""
+        if held:
+            with self._lock:
+                today = self._today.get(tenant)
+                if today is not None:
+                    today.holding = max(0, today.holding - held)
+                    today.stored += stored

@@ -297,3 +297,30 @@ def test_edge_indexes_payload_fields_of_large_versions_only_and_answers_the_same
     assert answers["small"] == answers["large"]
     assert answers["small"][0] == ["i28", "i27", "i26", "i25", "i24"]
     assert [i for i, _ in answers["small"][1]] == ["i17", "i15", "i13", "i11"] and answers["small"][3] == []
+
+
+def test_edge_filters_on_list_valued_attributes_match_as_qdrant_does_without_an_index(tmp_path, monkeypatch):
+    """A range on a list-valued attribute matches when any element is in it: the sidecar's popular
+    order (a small version, filters checked in Python) answers as Qdrant does (a large one)."""
+    import lodestar.index.edge as edge
+
+    answers = {}
+    for size, threshold in (("small", 10_000), ("large", 10)):
+        monkeypatch.setattr(edge, "FILTER_INDEX_MIN_POINTS", threshold)
+        store = EdgeIndexStore(tmp_path / size)
+        builder = store.build("acme", 4)
+        builder.upsert([f"i{k}" for k in range(20)], np.eye(20, 4, dtype=np.float32) + 0.1,
+                       [{"title": f"t{k}", "popularity": k / 20, "attributes": {"sizes": [k % 5, 40]}}
+                        for k in range(20)])
+        builder.finish()
+        reader = store.open("acme", builder.version)
+        try:
+            answers[size] = [
+                [h.item_id for h in reader.popular(20, item_filter=parse_filter({"attributes": {"sizes": f}}))]
+                for f in ({"gte": 39}, {"lt": 1}, {"gt": 40}, 3)
+            ]
+        finally:
+            reader.close()
+    assert answers["small"] == answers["large"]
+    assert len(answers["small"][0]) == 20 and answers["small"][2] == []
+    assert answers["small"][1] == ["i15", "i10", "i5", "i0"] and answers["small"][3] == ["i18", "i13", "i8", "i3"]

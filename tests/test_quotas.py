@@ -207,3 +207,41 @@ def test_a_tenant_past_its_concurrency_quota_gets_429_and_a_finished_request_giv
         codes.append(client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key)).status_code)
         assert codes == [200] * 5 + [422, 200]
         assert client.app.state.rates._in_flight == {}
+
+
+def test_concurrency_slots_stay_exact_when_threads_admit_and_the_loop_gives_back():
+    """The guard admits from worker threads while requests give slots back on the event loop: no
+    slot is lost or doubled, and no more than the quota are ever held at once."""
+    import sys
+    import threading
+
+    from lodestar.keys import Principal
+    from lodestar.tenant_config import QuotaSettings
+
+    rates = RequestRates.from_env({})
+    principal, quota = Principal("tenant_key", "acme", ("read",), "k1"), QuotaSettings(concurrent_requests=3)
+    held_max, lock, held = [0], threading.Lock(), [0]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+
+    def worker() -> None:
+        for _ in range(2000):
+            try:
+                rates.admit(principal, quota)
+            except Exception:  # noqa: BLE001 - refused: the quota is full
+                continue
+            with lock:
+                held[0] += 1
+                held_max[0] = max(held_max[0], held[0])
+                held[0] -= 1
+            rates.finished("acme")
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert rates._in_flight == {} and held_max[0] <= 3

@@ -271,21 +271,31 @@ class ContentMatrix:
 
     @classmethod
     def from_shard(cls, tenant: str, shard: qe.EdgeShard) -> ContentMatrix:
+        """Read every point's content vector and popularity, a batch at a time into one float32
+        matrix (a float list per vector for the whole catalog would take ~12 KB per item)."""
+        count = shard.info().points_count
         item_ids: list[str] = []
-        vectors: list[list[float]] = []
-        popularity: list[float] = []
+        popularity = np.zeros(count, dtype=np.float64)
+        matrix: np.ndarray | None = None
         offset = None
-        while True:
+        while len(item_ids) < count:
             records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=2048, with_payload=list(CANDIDATE_FIELDS),
                                                             with_vector=[CONTENT]))
-            for record in records:
-                item_ids.append(record.payload["item_id"])
-                popularity.append(float(record.payload.get(POPULARITY, 0.0)))
-                vectors.append(record.vector[CONTENT])
-            if offset is None or not records:
+            if not records:
                 break
-        return cls(tenant, item_ids, np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), -1),
-                   np.asarray(popularity, dtype=np.float64))
+            block = np.asarray([record.vector[CONTENT] for record in records], dtype=np.float32)
+            if matrix is None:
+                matrix = np.empty((count, block.shape[1]), dtype=np.float32)
+            start = len(item_ids)
+            matrix[start:start + len(records)] = block
+            for n, record in enumerate(records):
+                item_ids.append(record.payload["item_id"])
+                popularity[start + n] = float(record.payload.get(POPULARITY, 0.0))
+            if offset is None:
+                break
+        rows = len(item_ids)
+        return cls(tenant, item_ids, (matrix if matrix is not None else np.zeros((0, 0), np.float32))[:rows],
+                   popularity[:rows])
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
