@@ -73,3 +73,24 @@ def events_tenant(tmp_path):
         key = issue_key(store, "acme", ("events",))
     env = {**os.environ, "LODESTAR_DATA_DIR": str(settings.data_dir), "LODESTAR_EMBED_MODEL": "hashing-64"}
     return settings, key, env
+
+
+OPERATOR_KEY = "op-" + "x" * 40  # the operator key of app_settings_with()
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header of an API key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def app_settings_with(tmp_path, *tenants: str):
+    """Settings of a fresh data dir (the tiny hashing embedder, :data:`OPERATOR_KEY` as the
+    operator key) whose CDP holds ``tenants``."""
+    from lodestar.cdp import cdp_session
+    from lodestar.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64", admin_key=OPERATOR_KEY)
+    with cdp_session(settings) as store:
+        for tenant in tenants:
+            store.create_tenant(tenant)
+    return settings

@@ -19,21 +19,15 @@ from lodestar.cdp.sqlite import SqliteCdpStore
 from lodestar.keys import issue_key, principal_for_key
 from lodestar.settings import Settings
 from serving.app import create_app
-
-OPERATOR_KEY = "op-" + "x" * 40
+from tests.helpers import OPERATOR_KEY, app_settings_with, bearer
 
 
 @pytest.fixture()
 def app_settings(tmp_path):
-    settings = Settings(data_dir=tmp_path / "var", embed_model="hashing-64", admin_key=OPERATOR_KEY)
-    with cdp_session(settings) as store:
-        store.create_tenant("acme")
-        store.create_tenant("zeta")
-    return settings
+    return app_settings_with(tmp_path, "acme", "zeta")
 
 
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+_bearer = bearer
 
 
 def test_each_scope_opens_only_its_routes(app_settings):
