@@ -27,9 +27,9 @@ progress_log = logging.getLogger("lodestar.progress")
 
 
 @lru_cache(maxsize=4)
-def _embedder(model: str, cache_dir: str, backend: str) -> Embedder:
+def _embedder(model: str, cache_dir: str, backend: str, models_dir: str) -> Embedder:
     # One model per process: loading it costs seconds, and runs of several tenants share it.
-    return Embedder(model, Path(cache_dir), backend=backend)
+    return Embedder(model, Path(cache_dir), backend=backend, models_dir=Path(models_dir))
 
 
 class LodestarResource(ConfigurableResource):
@@ -78,7 +78,7 @@ class LodestarResource(ConfigurableResource):
 
     def embedder(self) -> Embedder:
         settings = self.settings()
-        return _embedder(settings.embed_model, str(settings.cache_dir), settings.embed_backend)
+        return _embedder(settings.embed_model, str(settings.cache_dir), settings.embed_backend, str(settings.models_dir))
 
     def files(self, tenant: str) -> TenantFiles:
         return TenantFiles(self.settings().tenant_dir(tenant))

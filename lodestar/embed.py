@@ -119,19 +119,16 @@ def model_key(model: str, backend: str) -> str:
 def load_encoder(name: str, backend: str = DEFAULT_EMBED_BACKEND, models_dir: Path | None = None):
     """The encoder a model name and backend stand for: a :class:`HashingEncoder` (built in no time,
     so it takes no place in the caches of loaded models), a sentence-transformers model (torch), or
-    an ONNX encoder over the export kept under ``models_dir`` (made there on first use;
-    :mod:`lodestar.embed_onnx`)."""
+    an ONNX encoder over the export kept under ``models_dir`` (default: the settings'; made there on
+    first use; :mod:`lodestar.embed_onnx`)."""
     dimension = hashing_dimension(name)
     if dimension is not None:
         return HashingEncoder(dimension)
     if check_backend(backend) == "torch":
         return _load_transformer(name)
-    from lodestar.embed_onnx import (  # onnxruntime only when asked for
-        DEFAULT_MODELS_DIR,
-        load_onnx,
-    )
+    from lodestar.embed_onnx import load_onnx  # onnxruntime only when asked for
 
-    return load_onnx(name, backend, str(models_dir or DEFAULT_MODELS_DIR))
+    return load_onnx(name, backend, str(models_dir or Settings.from_env().models_dir))
 
 
 def _offline() -> None:
@@ -174,16 +171,17 @@ class Embedder:
     """Encodes texts into L2-normalized float32 vectors (cosine similarity = dot product)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, cache_dir: Path | None = None, batch_size: int = BATCH_SIZE,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, models_dir: Path | None = None) -> None:
         self.model_name = model
-        # A caller holding Settings passes its embed_backend; without one, LODESTAR_EMBED_BACKEND decides.
+        # A caller holding Settings passes its embed_backend and models_dir; without them, the
+        # environment decides (LODESTAR_EMBED_BACKEND, LODESTAR_MODELS_DIR).
         self.backend = check_backend(Settings.from_env().embed_backend if backend is None else backend)
         self.cache_model = model_key(model, self.backend)
         self.batch_size = batch_size
         self._model = None
         self._lock = threading.Lock()
         self._cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite") if cache_dir else None
-        self._models_dir = Path(cache_dir) / "models" if cache_dir else None
+        self._models_dir = Path(models_dir) if models_dir else None
 
     @property
     def model(self):

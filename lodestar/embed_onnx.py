@@ -1,6 +1,6 @@
 """The ONNX backends of the embedder (``LODESTAR_EMBED_BACKEND=onnx`` or ``onnx-int8``): the shipped
 model exported once to ONNX, offline from its own files (``onnx-int8``: dynamically quantized with
-onnxruntime's tools), cached under the cache dir's ``models/``, and run by onnxruntime without torch.
+onnxruntime's tools), cached in the settings' models dir (``LODESTAR_MODELS_DIR``), and run by onnxruntime without torch.
 :func:`lodestar.embed.load_encoder` chooses between this and sentence-transformers."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ import numpy as np
 from lodestar.embed import _sentence_transformer, check_backend, resolve_model
 from lodestar.errors import InvalidInput
 
-DEFAULT_MODELS_DIR = Path(tempfile.gettempdir()) / "lodestar-models"  # for an Embedder without a cache dir
 _EXPORT_FORMAT = 1  # raise when the export recipe changes: exports of an older format are made again
 _EXPORT_META = "lodestar-export.json"
 _GELU_OPS = {"Gelu", "BiasGelu", "FastGelu"}

@@ -2,10 +2,13 @@
 
 * ``tenant_discovery``: the ``tenants`` partitions follow the CDP's tenant list (added and removed).
 * ``cdp_changes``: per tenant, the newest ``(updated_at, id)`` of items, users and events, read for
-  every tenant at once (one CDP query per entity and tick); when it moved past the cursor, the
-  tenant's extracts are requested with ``run_key = tenant:watermarks`` (re-evaluating a tick never
-  duplicates work); everything downstream follows by declarative automation. When that run failed,
-  a later tick requests it again (up to ``MAX_RETRIES`` times).
+  every tenant at once (one CDP query per entity and tick); when it moved past the cursor, one run
+  of every asset of the tenant (``materialize_tenant``) is requested with
+  ``run_key = tenant:watermarks`` (re-evaluating a tick never duplicates work). Every stage is
+  incremental (extracts past their watermark, embeddings by content hash, the model refitted only
+  when its inputs changed, the index a copy plus the changed items), so the one run does what
+  changed, and the change reaches the API in one hop: no second run waiting for an automation tick.
+  When that run failed, a later tick requests it again (up to ``MAX_RETRIES`` times).
 * ``nightly_rebuild``: a full rebuild of every tenant (re-reading every CDP row), on a cron.
 
 Intervals and the cron come from the settings, so the sensors and the schedule are built by
@@ -38,7 +41,7 @@ from assets.partitions import FULL_REBUILD_TAG, TENANTS, tenants_partitions
 from assets.resources import LodestarResource
 from lodestar.cdp import ENTITIES
 from lodestar.settings import Settings
-from pipelines.jobs import extract_job, materialize_tenant
+from pipelines.jobs import materialize_tenant
 
 MAX_RETRIES = 3
 RUN_KEY_TAG = "dagster/run_key"
@@ -76,7 +79,7 @@ def _latest_run_statuses(context: SensorEvaluationContext, run_keys: list[str]) 
 
 
 def request_changed_tenants(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult:
-    """Requests a tenant's extracts when its items, users or events changed in the CDP.
+    """Requests a run of every asset of a tenant when its items, users or events changed in the CDP.
 
     A tick reads every tenant's watermarks with one CDP query per entity, and the runs it still
     waits on with one run-storage query (per ``RUN_KEYS_PER_QUERY`` of them): no query per tenant.
@@ -128,9 +131,10 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
                default_status=DefaultSensorStatus.RUNNING,
                description="Adds a partition for each CDP tenant and removes those of deleted tenants.",
                )(discover_tenants),
-        sensor(name="cdp_changes", job=extract_job, minimum_interval_seconds=settings.sensor_interval_s,
+        sensor(name="cdp_changes", job=materialize_tenant, minimum_interval_seconds=settings.sensor_interval_s,
                default_status=DefaultSensorStatus.RUNNING,
-               description="Requests a tenant's extracts when its items, users or events changed in the CDP.",
+               description="Requests one run of every asset of a tenant (each stage incremental) when its items, "
+                           "users or events changed in the CDP.",
                )(request_changed_tenants),
     ]
 

@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         and closes them at shutdown."""
         cdp = open_cdp(settings)
         indexes = TenantIndexes.from_env(open_index_store(settings))  # LODESTAR_INDEX_IDLE, LODESTAR_MAX_OPEN_TENANTS
-        embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend)
+        embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
+                            models_dir=settings.models_dir)
         served_log = ServedLog(cdp)
         app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 
 import anyio
-
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide

@@ -22,9 +22,10 @@ TEXTS = ["waterproof hiking boots", "trail boots for wet mountain walks", "espre
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    """A cache dir whose onnx-int8 export of the shipped model is made once for this module."""
+    """A cache dir (with a models dir of its own inside) whose onnx-int8 export of the shipped model
+    is made once for this module."""
     directory = tmp_path_factory.mktemp("cache")
-    Embedder(cache_dir=directory, backend="onnx-int8").encode(["export me"])
+    Embedder(cache_dir=directory, backend="onnx-int8", models_dir=directory / "models").encode(["export me"])
     return directory
 
 
@@ -49,7 +50,7 @@ def test_the_export_is_made_once_and_loaded_from_the_cache(cache_dir, monkeypatc
 
     monkeypatch.setattr(embed_onnx, "export_onnx", no_export)
     embed_onnx.load_onnx.cache_clear()  # a new process: only the files on disk remain
-    vectors = Embedder(cache_dir=cache_dir, backend="onnx-int8").encode(TEXTS)
+    vectors = Embedder(cache_dir=cache_dir, backend="onnx-int8", models_dir=cache_dir / "models").encode(TEXTS)
     assert vectors.shape == (len(TEXTS), 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
@@ -66,7 +67,7 @@ def test_a_stale_export_is_not_used(cache_dir, tmp_path):
 
 @pytest.mark.model
 def test_onnx_int8_agrees_with_torch(cache_dir, torch_embedder):
-    onnx = Embedder(cache_dir=cache_dir, backend="onnx-int8")
+    onnx = Embedder(cache_dir=cache_dir, backend="onnx-int8", models_dir=cache_dir / "models")
     cosine = np.sum(onnx.encode(TEXTS) * torch_embedder.encode(TEXTS), axis=1)
     assert cosine.min() > 0.95, cosine
 
@@ -88,18 +89,19 @@ def test_the_cache_never_mixes_backends(cache_dir, torch_embedder):
     text = ["a text both backends embed"]
     from_torch, stats = Embedder(cache_dir=cache_dir, backend="torch").embed(text)
     assert (stats.encoded, stats.cached) == (1, 0)
-    from_onnx, stats = Embedder(cache_dir=cache_dir, backend="onnx-int8").embed(text)
+    from_onnx, stats = Embedder(cache_dir=cache_dir, backend="onnx-int8", models_dir=cache_dir / "models").embed(text)
     assert (stats.encoded, stats.cached) == (1, 0), "the int8 backend took torch's vector from the cache"
     assert not np.array_equal(from_torch, from_onnx)
     for backend, expected in (("torch", from_torch), ("onnx-int8", from_onnx)):
-        again, stats = Embedder(cache_dir=cache_dir, backend=backend).embed(text)
+        again, stats = Embedder(cache_dir=cache_dir, backend=backend, models_dir=cache_dir / "models").embed(text)
         assert stats.cached == 1 and np.array_equal(again, expected)
 
 
 @pytest.mark.model
 def test_loading_an_export_imports_no_torch(cache_dir):
     script = (f"import sys; from lodestar.embed import Embedder; "
-              f"Embedder(cache_dir={str(cache_dir)!r}, backend='onnx-int8').encode(['hello']); "
+              f"Embedder(cache_dir={str(cache_dir)!r}, backend='onnx-int8', models_dir={str(cache_dir / 'models')!r})"
+              f".encode(['hello']); "
               f"assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
@@ -113,3 +115,15 @@ def test_a_wrong_backend_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LODESTAR_EMBED_BACKEND", "onnx-int8")
     hashing = Embedder("hashing-8")  # the hashing embedder has no backend: one cache key whatever the setting
     assert hashing.backend == "onnx-int8" and hashing.cache_model == "hashing-8"
+
+
+def test_onnx_int8_is_the_default_and_its_exports_are_shared_by_every_data_dir(tmp_path):
+    from lodestar.settings import DEFAULT_EMBED_BACKEND, Settings
+
+    assert DEFAULT_EMBED_BACKEND == "onnx-int8" == Settings.from_env({}).embed_backend
+    one, two = (Settings.from_env({"LODESTAR_DATA_DIR": str(tmp_path / d), "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+                for d in ("a", "b"))
+    assert one.models_dir == two.models_dir == (tmp_path / "xdg" / "lodestar" / "models").resolve()
+    chosen = Settings.from_env({"LODESTAR_MODELS_DIR": str(tmp_path / "models"), "XDG_CACHE_HOME": str(tmp_path)})
+    assert chosen.models_dir == (tmp_path / "models").resolve()
+    assert Embedder("hashing-8", cache_dir=tmp_path, models_dir=chosen.models_dir).encode(["x"]).shape == (1, 8)

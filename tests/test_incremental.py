@@ -3,6 +3,7 @@
 import pytest
 
 from lodestar.embed import Embedder
+from lodestar.index import open_index_store
 from lodestar.lineage import (
     collab_fit,
     embeddings,
@@ -13,7 +14,6 @@ from lodestar.lineage import (
 )
 from lodestar.lineage.extracts import extract
 from lodestar.lineage.files import TenantFiles, read_extract
-from lodestar.index import open_index_store
 from lodestar.records import parse_event, parse_item, parse_user
 
 pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")

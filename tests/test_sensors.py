@@ -47,14 +47,14 @@ def _extract_fails() -> None:
     raise RuntimeError("the CDP went away")
 
 
-@job(name="refresh_extracts")  # the sensor's job, as far as its run history goes
-def _failing_refresh_extracts() -> None:
+@job(name="materialize_tenant")  # the sensor's job, as far as its run history goes
+def _failing_materialize_tenant() -> None:
     _extract_fails()
 
 
 def _fail_a_run(instance: DagsterInstance, run_key: str) -> None:
-    """A failed run of the extracts carrying ``run_key``, as the sensor would find one."""
-    result = _failing_refresh_extracts.execute_in_process(instance=instance, tags={"dagster/run_key": run_key},
+    """A failed run of the tenant carrying ``run_key``, as the sensor would find one."""
+    result = _failing_materialize_tenant.execute_in_process(instance=instance, tags={"dagster/run_key": run_key},
                                                           raise_on_error=False)
     assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.FAILURE
 
@@ -70,6 +70,16 @@ def test_discovery_adds_and_removes_tenant_partitions(instance, settings, store)
     result = tenant_discovery(_context(instance, settings))
     assert [(type(r).__name__, r.partition_keys) for r in result.dynamic_partitions_requests] == [
         ("DeleteDynamicPartitionsRequest", ["gone", "zeta"])]
+
+
+def test_a_change_requests_one_run_of_every_asset_at_a_short_interval():
+    # One hop from a CDP change to the API: the sensor's run is the whole tenant (each stage
+    # incremental), not the extracts followed by an automation tick and a second run.
+    assert cdp_changes.job_name == "materialize_tenant"
+    assert defs.resolve_job_def("materialize_tenant").asset_layer.selected_asset_keys == set(
+        defs.resolve_asset_graph().get_all_asset_keys())
+    assert cdp_changes.minimum_interval_seconds == Settings().sensor_interval_s <= 5
+    assert build_definitions(Settings(sensor_interval_s=30)).get_sensor_def("cdp_changes").minimum_interval_seconds == 30
 
 
 def test_change_sensor_requests_once_per_watermark_and_retries_failures(instance, settings, store):
@@ -98,8 +108,8 @@ def _extract_succeeds() -> None:
     pass
 
 
-@job(name="refresh_extracts")
-def _succeeding_refresh_extracts() -> None:
+@job(name="materialize_tenant")
+def _succeeding_materialize_tenant() -> None:
     _extract_succeeds()
 
 
@@ -168,7 +178,7 @@ def test_a_tick_makes_the_same_few_queries_at_3_and_at_40_tenants(tmp_path, monk
             quiet, quiet_cost = cost.tick(instance, settings, first.cursor)
             assert quiet.run_requests == []
             _fail_a_run(instance, first.run_requests[0].run_key)
-            _succeeding_refresh_extracts.execute_in_process(
+            _succeeding_materialize_tenant.execute_in_process(
                 instance=instance, tags={"dagster/run_key": first.run_requests[1].run_key})
             retry, retry_cost = cost.tick(instance, settings, quiet.cursor)
             assert [r.run_key for r in retry.run_requests] == [f"{first.run_requests[0].run_key}:retry1"]
@@ -232,3 +242,21 @@ def test_downstream_follows_updated_extracts_by_automation(instance, settings):
     assert materialize_in_process(str(settings.data_dir), "shop", instance, selection=extracts).success
     tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
     assert requested(tick) == downstream | {"published_index"}
+    assert materialize_in_process(str(settings.data_dir), "shop", instance,
+                                  selection=sorted(downstream | {"published_index"})).success
+    tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert requested(tick) == set()
+
+    # What the change sensor requests: one run of every asset. Automation then has nothing left to
+    # do (no second run of what that run already did).
+    store = open_cdp(settings)
+    try:
+        store.upsert_items("shop", [parse_item({"id": "p00002", "title": "another renamed product"})])
+    finally:
+        store.close()
+    result = materialize_in_process(str(settings.data_dir), "shop", instance)
+    assert result.success
+    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {
+        *extracts, *downstream, "published_index"}
+    tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert requested(tick) == set()
