@@ -5,6 +5,7 @@ sensor or schedule, not when Dagster imports the code location."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,11 @@ from lodestar.tenant_config import TenantConfig, effective_config
 progress_log = logging.getLogger("lodestar.progress")
 
 
+@lru_cache(maxsize=1)
+def _freeze_imports() -> None:
+    gc.freeze()
+
+
 @lru_cache(maxsize=4)
 def _embedder(model: str, cache_dir: str, backend: str, models_dir: str) -> Embedder:
     # One model per process: loading it costs seconds, and runs of several tenants share it.
@@ -43,7 +49,14 @@ class LodestarResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """At the start of a run that embeds a tenant whose items changed since its features were
         computed, load the embedding model in the background: its imports take seconds, which then
-        overlap the steps before item_embeddings instead of delaying it."""
+        overlap the steps before item_embeddings instead of delaying it.
+
+        At the first run of a process, what it holds by then (Dagster's, pandas' and pyarrow's
+        modules: millions of objects) is moved out of the garbage collector's sight (``gc.freeze``):
+        the steps build hundreds of thousands of rows as Python objects, and each full collection
+        they trigger would otherwise walk every one of those objects again. Once per process, so
+        that a process running many tenants never freezes one run's garbage."""
+        _freeze_imports()
         run = context.dagster_run
         selection = run.asset_selection if run is not None else None
         tenant = run.tags.get("dagster/partition") if run is not None else None

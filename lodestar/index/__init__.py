@@ -36,6 +36,12 @@ def point_id(tenant: str, item_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}"))
 
 
+def point_uuids(tenant: str, item_ids: Iterable[str]) -> list[uuid.UUID]:
+    """:func:`point_uuid` of many items at once, past the caches (a whole catalog would only churn
+    them: a version's 100,000 items take 0.25 s this way and about a second through the caches)."""
+    return [uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}") for item_id in item_ids]
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def point_uuid(tenant: str, item_id: str) -> uuid.UUID:
     """:func:`point_id` as a UUID object (the engine takes those about twice as fast as strings)."""

@@ -46,6 +46,7 @@ from lodestar.index import (
     open_published,
     point_id,
     point_uuid,
+    point_uuids,
     to_hits,
     unknown_version,
     versions_to_drop,
@@ -267,7 +268,12 @@ class ContentMatrix:
         self.popularity = popularity
         self.rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self.popularity_order = np.argsort(-popularity, kind="stable")  # most popular first
-        self.by_point = {point_uuid(tenant, item_id): row for row, item_id in enumerate(item_ids)}
+        self.tenant = tenant
+
+    @functools.cached_property
+    def by_point(self) -> dict[uuid.UUID, int]:
+        """Row of each point id, made when a query first needs it (a build writing the sidecar never does)."""
+        return {point: row for row, point in enumerate(point_uuids(self.tenant, self.item_ids))}
 
     @classmethod
     def from_shard(cls, tenant: str, shard: qe.EdgeShard) -> ContentMatrix:
