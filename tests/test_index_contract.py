@@ -267,6 +267,37 @@ def test_edge_sidecar_answers_as_the_engine_does(tmp_path):
         with_sidecar.close()
 
 
+def test_edge_sidecar_of_a_derived_version_is_the_base_one_plus_the_changes(tmp_path):
+    """A version copied from another and changed in a few items takes the other's sidecar rows for
+    the rest: the same vectors and popularity, per item, as reading every point back would give."""
+    from lodestar.index.edge import ContentMatrix
+
+    store = EdgeIndexStore(tmp_path)
+    base, ids, vectors = _build(store, "acme", n=30)
+    builder = store.build("acme", 8, base=base)
+    moved = -vectors[4]
+    builder.upsert(["i4", "new"], np.stack([moved, vectors[0]]),
+                   [{"title": "moved", "popularity": 0.99}, {"title": "new", "popularity": 0.5}])
+    builder.delete(["i7", "never-there"])
+    assert builder.finish() == 30
+    models = tmp_path / "tenants" / "acme" / "models"
+    derived = ContentMatrix.load("acme", models / builder.version)
+    reader = store.open("acme", builder.version)
+    try:
+        read_back = ContentMatrix.from_shard("acme", reader._shard)
+    finally:
+        reader.close()
+    assert sorted(derived.item_ids) == sorted(read_back.item_ids) == sorted([*(set(ids) - {"i7"}), "new"])
+    for item_id in read_back.item_ids:
+        a, b = derived.rows[item_id], read_back.rows[item_id]
+        assert np.array_equal(derived.matrix[a], read_back.matrix[b]), item_id
+        assert derived.popularity[a] == read_back.popularity[b], item_id
+    assert np.allclose(derived.matrix[derived.rows["i4"]], moved, atol=1e-6)
+    assert derived.popularity[derived.rows["i4"]] == 0.99
+    base_rows = ContentMatrix.load("acme", models / base)
+    assert np.allclose(base_rows.matrix[base_rows.rows["i4"]], vectors[4], atol=1e-6)  # the base is untouched
+
+
 def test_edge_indexes_payload_fields_of_large_versions_only_and_answers_the_same(tmp_path, monkeypatch):
     """Payload indexes cost an open tenant megabytes each: a small version has none (filters scan
     its payloads; popularity order comes from the sidecar), a large one indexes the filter fields,
