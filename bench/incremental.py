@@ -4,14 +4,18 @@
                                           [--change 0.01] [--trials 3] [--no-daemon] [--keep DIR]
 
 On a generated shop tenant (every item text distinct; see bench/large.py) it prints:
-  * the full materialization (every asset through Dagster, cold embedding cache): the baseline;
+  * the full materialization (every asset through Dagster, cold embedding cache), each stage's
+    share, and beside it the same full materialization of the same tenant in a data dir of its own
+    with ``--baseline-backend`` (default torch, the embedding backend before onnx-int8 was the
+    default): their ratio (goal: <= 0.5 of the 857 s that issue 12 measured; both printed);
   * the materialization after changing ``--change`` of the items (new titles) in the CDP, and its
     ratio to the full one (goal: <= 0.10);
   * with a real Dagster daemon (`dagster-daemon run`, the settings' sensor interval: 5 s unless
     ``--sensor-interval``) and `lodestar serve` running: the time from a new item written to the CDP
     store to the API knowing it (GET /v1/items/{id}/similar answers 200), per trial, with its
-    median and p95 (goal: p95 <= 20 s over at least 10 trials), and the CPU the daemon and its code
-    server spend per minute while nothing changes (what a short sensor interval costs).
+    median and p95 (goal: p95 <= 20 s over at least 10 trials); before the trials, the CPU the
+    daemon and its code servers spend per minute while nothing changes, at that interval and at
+    ``--idle-baseline`` (30 s, the old default) side by side: what a short sensor interval costs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,7 @@ from lodestar.records import parse_item  # noqa: E402
 from lodestar.settings import Settings  # noqa: E402
 
 TENANT = "large"
+ISSUE_FULL_S = 857.0  # issue 12: the full materialization of this tenant when the issue was filed
 
 
 def materialize(settings: Settings) -> tuple[float, dict[str, dict]]:
@@ -119,9 +125,10 @@ def cpu_seconds(root: int) -> float:
     return total
 
 
-def daemon_latency(settings: Settings, key: str, trials: int, work: Path, next_item: int,
-                   interval: int) -> list[float]:
-    """Seconds from a new item in the CDP to the API serving it, with the Dagster daemon deciding."""
+@contextmanager
+def running_daemon(settings: Settings, work: Path, interval: int):
+    """`dagster-daemon run` on the tenant's data dir with the given sensor interval, once its first
+    ticks have synced the tenant and every run is over: yields (daemon process, instance, env)."""
     from dagster import DagsterInstance, RunsFilter
 
     home = work / "dagster_home"
@@ -132,52 +139,70 @@ def daemon_latency(settings: Settings, key: str, trials: int, work: Path, next_i
     daemon = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
                                str(REPO / "workspace.yaml")], env=env, cwd=REPO,
                               stdout=(work / "daemon.log").open("w"), stderr=subprocess.STDOUT)
-    server = None
     try:
-        os.environ["DAGSTER_HOME"] = str(home)
-        instance = DagsterInstance.get()
-        # The first ticks discover the tenant and sync it once (nothing changed: a quick pass).
-        deadline = time.monotonic() + 600
-        while not instance.get_runs(filters=RunsFilter(tags={"dagster/partition": TENANT}), limit=1):
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise SystemExit(f"the daemon requested no run; see {work / 'daemon.log'}")
-            time.sleep(1.0)
-        quiet(instance)
-        before, started = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(60)
-        idle = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - started) * 60
-        print(f"  daemon and code server while nothing changes: {idle:.2f} CPU s per minute "
-              f"(sensor ticks every {interval} s)", flush=True)
-        server, client = start_server({**env, "LODESTAR_DATA_DIR": str(settings.data_dir)},
-                                      headers={"Authorization": f"Bearer {key}"})
-        latencies = []
-        rng = np.random.default_rng(99)
-        store = open_cdp(settings)
-        try:
-            for trial in range(trials):
-                time.sleep(float(rng.uniform(0, interval)))  # land anywhere in the sensor's interval
-                row = item_row(next_item + trial, rng)
-                started = time.monotonic()
-                store.upsert_items(TENANT, [parse_item(row)])
-                while client.get(f"/v1/items/{row['id']}/similar", params={"k": 1}).status_code != 200:
-                    if time.monotonic() - started > 600:
-                        raise SystemExit(f"item {row['id']} never became visible; see {work / 'daemon.log'}")
-                    time.sleep(0.25)
-                latencies.append(time.monotonic() - started)
-                print(f"  trial {trial + 1}: new item {row['id']} served after {latencies[-1]:.1f} s", flush=True)
-                quiet(instance)
-                print(f"    runs: {runs_since(instance, time.time() - (time.monotonic() - started) - 1)}", flush=True)
-        finally:
-            store.close()
-        return latencies
+        with DagsterInstance.from_config(str(home)) as instance:
+            # The first ticks discover the tenant and sync it once (nothing changed: a quick pass).
+            deadline = time.monotonic() + 600
+            while not instance.get_runs(filters=RunsFilter(tags={"dagster/partition": TENANT}), limit=1):
+                if time.monotonic() > deadline or daemon.poll() is not None:
+                    raise SystemExit(f"the daemon requested no run; see {work / 'daemon.log'}")
+                time.sleep(1.0)
+            quiet(instance)
+            yield daemon, instance, env
     finally:
-        if server is not None:
-            stop(server)
         daemon.terminate()
         try:
             daemon.wait(timeout=60)
         except subprocess.TimeoutExpired:
             daemon.kill()
+
+
+def idle_cpu(daemon: subprocess.Popen, seconds: float = 60) -> float:
+    """CPU seconds per minute that the daemon and its code servers spend while nothing changes."""
+    before, started = cpu_seconds(daemon.pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(daemon.pid) - before) / (time.monotonic() - started) * 60
+
+
+def daemon_latency(settings: Settings, key: str, trials: int, work: Path, next_item: int,
+                   interval: int, idle_baseline: int) -> list[float]:
+    """Seconds from a new item in the CDP to the API serving it, with the Dagster daemon deciding;
+    first what the daemon costs while nothing changes, at ``idle_baseline`` and at ``interval``."""
+    if idle_baseline:
+        with running_daemon(settings, work, idle_baseline) as (daemon, _instance, _env):
+            baseline = idle_cpu(daemon)
+    server = None
+    with running_daemon(settings, work, interval) as (daemon, instance, env):
+        idle = idle_cpu(daemon)
+        print(f"  daemon and code servers while nothing changes: {idle:.2f} CPU s per minute with sensor ticks "
+              f"every {interval} s" + (f", {baseline:.2f} every {idle_baseline} s (ratio {idle / baseline:.2f})"
+                                       if idle_baseline else ""), flush=True)
+        try:
+            server, client = start_server(env, headers={"Authorization": f"Bearer {key}"})
+            latencies = []
+            rng = np.random.default_rng(99)
+            store = open_cdp(settings)
+            try:
+                for trial in range(trials):
+                    time.sleep(float(rng.uniform(0, interval)))  # land anywhere in the sensor's interval
+                    row = item_row(next_item + trial, rng)
+                    started = time.monotonic()
+                    store.upsert_items(TENANT, [parse_item(row)])
+                    while client.get(f"/v1/items/{row['id']}/similar", params={"k": 1}).status_code != 200:
+                        if time.monotonic() - started > 600:
+                            raise SystemExit(f"item {row['id']} never became visible; see {work / 'daemon.log'}")
+                        time.sleep(0.25)
+                    latencies.append(time.monotonic() - started)
+                    print(f"  trial {trial + 1}: new item {row['id']} served after {latencies[-1]:.1f} s", flush=True)
+                    quiet(instance)
+                    print(f"    runs: {runs_since(instance, time.time() - (time.monotonic() - started) - 1)}",
+                          flush=True)
+            finally:
+                store.close()
+            return latencies
+        finally:
+            if server is not None:
+                stop(server)
 
 
 def visibility(latencies: list[float]) -> str:
@@ -198,7 +223,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10, help="CDP-change-to-API trials with the daemon")
     parser.add_argument("--sensor-interval", type=int, default=Settings().sensor_interval_s,
                         help="seconds between CDP change sensor ticks (default: the settings' default)")
+    parser.add_argument("--idle-baseline", type=int, default=30,
+                        help="sensor interval whose idle daemon CPU is printed beside (0: skip; 30 was the default)")
     parser.add_argument("--no-daemon", action="store_true", help="skip the daemon latency part")
+    parser.add_argument("--baseline-backend", default="torch", choices=["torch", "onnx", "onnx-int8", "none"],
+                        help="embedding backend of the side-by-side full materialization ('none': skip it)")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
     parser.add_argument("--daemon-only", action="store_true",
                         help="with --keep DIR of an earlier run: only the daemon part, on the tenant already there")
@@ -216,7 +245,7 @@ def main() -> None:
         store.close()
         shutil.rmtree(work / "dagster_home", ignore_errors=True)
         print(f"CDP change to API, daemon running (sensor interval {args.sensor_interval} s):", flush=True)
-        latencies = daemon_latency(settings, key, args.trials, work, next_item, args.sensor_interval)
+        latencies = daemon_latency(settings, key, args.trials, work, next_item, args.sensor_interval, args.idle_baseline)
         print(visibility(latencies))
         return
     try:
@@ -233,7 +262,28 @@ def main() -> None:
               f"{summary.rejected} rejected)", flush=True)
 
         full, _ = materialize(settings)
-        print(f"full materialization (baseline):        {full:7.1f} s", flush=True)
+        backend = Settings.from_env().embed_backend
+        print(f"full materialization ({backend}):        {full:7.1f} s   "
+              f"/ issue 12's 857 s = {full / ISSUE_FULL_S:.2f} (goal <= 0.5)", flush=True)
+        if args.baseline_backend != "none":
+            baseline = Settings(data_dir=work / "baseline" / "var", embed_backend=args.baseline_backend)
+            baseline_store = open_cdp(baseline)
+            baseline_store.create_tenant(TENANT)
+            import_files(baseline_store, baseline, TENANT, paths)
+            baseline_store.close()
+            previous = os.environ.get("LODESTAR_EMBED_BACKEND")
+            os.environ["LODESTAR_EMBED_BACKEND"] = args.baseline_backend  # what the run's resource reads
+            try:
+                base_s, _ = materialize(baseline)
+            finally:
+                if previous is None:
+                    os.environ.pop("LODESTAR_EMBED_BACKEND")
+                else:
+                    os.environ["LODESTAR_EMBED_BACKEND"] = previous
+            print(f"full materialization ({args.baseline_backend}, same tenant, same run): {base_s:7.1f} s   "
+                  f"{backend} / {args.baseline_backend} = {full / base_s:.2f}", flush=True)
+            if args.keep is None:
+                shutil.rmtree(work / "baseline", ignore_errors=True)
 
         rng = np.random.default_rng(1)
         changed = rng.choice(args.items, size=max(1, int(args.items * args.change)), replace=False)
@@ -250,7 +300,8 @@ def main() -> None:
 
         if not args.no_daemon:
             print(f"CDP change to API, daemon running (sensor interval {args.sensor_interval} s):", flush=True)
-            latencies = daemon_latency(settings, key, args.trials, work, args.items, args.sensor_interval)
+            latencies = daemon_latency(settings, key, args.trials, work, args.items, args.sensor_interval,
+                                       args.idle_baseline)
             print(visibility(latencies))
     finally:
         if args.keep is None:
