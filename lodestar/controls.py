@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.errors import InvalidInput
+from lodestar.explain import PINNED_SOURCE, Trace
 from lodestar.filters import ItemFilter, parse_filter
 from lodestar.index import Hit, IndexReader
 from lodestar.records import parse_timestamp
@@ -55,6 +56,7 @@ class Rule:
     position: int = 0
     start: float | None = None
     end: float | None = None
+    label: str = ""  # how explanations name it: ``rules[2]``, or where else it came from
 
     def active(self, now: float) -> bool:
         return (self.start is None or self.start <= now) and (self.end is None or now < self.end)
@@ -85,7 +87,7 @@ def parse_rules(raw: Any) -> list[Rule]:
                 raise InvalidInput(f"{where}.item_id: a pin needs the item id", field=f"{where}.item_id")
             if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position <= 100:
                 raise InvalidInput(f"{where}.position: must be an integer from 1 to 100", field=f"{where}.position")
-            rules.append(Rule("pin", item_id=item_id, position=position, start=start, end=end))
+            rules.append(Rule("pin", item_id=item_id, position=position, start=start, end=end, label=where))
         else:
             amount = spec.get("amount", 0.5)
             if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount <= 10:  # NaN fails too
@@ -93,7 +95,7 @@ def parse_rules(raw: Any) -> list[Rule]:
             if "filter" not in spec:
                 raise InvalidInput(f"{where}.filter: a {spec['type']} rule needs a filter", field=f"{where}.filter")
             rules.append(Rule(spec["type"], parse_filter(spec["filter"], f"{where}.filter"), float(amount),
-                              start=start, end=end))
+                              start=start, end=end, label=where))
     return rules
 
 
@@ -123,22 +125,36 @@ def mmr(hits: list[Hit], vectors: dict[str, np.ndarray], k: int, diversity: floa
 
 
 def apply(
-    reader: IndexReader, hits: list[Hit], k: int, controls: Controls, rules: list[Rule], now: float | None = None
+    reader: IndexReader, hits: list[Hit], k: int, controls: Controls, rules: list[Rule], now: float | None = None,
+    trace: Trace | None = None,
 ) -> list[Hit]:
-    """Boost and bury, diversify, cut to k, then pin."""
+    """Boost and bury, diversify, cut to k, then pin. With a ``trace``, each item's rank before
+    and after the rules, every rule that moved it and by how much, and its final rank are noted."""
     now = datetime.now(UTC).timestamp() if now is None else now
     active = [r for r in rules if r.active(now)]
     shifts = [r for r in active if r.type in ("boost", "bury")]
+    if trace is not None:
+        for rank, hit in enumerate(hits, 1):
+            trace.ranks(hit.item_id, rank_before_rules=rank)
+            trace.signals(hit.item_id, score=hit.score)
     if shifts and hits:
         scores = [h.score for h in hits]
         span = (max(scores) - min(scores)) or 1.0
         moved = []
         for hit in hits:
-            delta = sum((r.amount if r.type == "boost" else -r.amount) * span
-                        for r in shifts if r.item_filter is not None and r.item_filter.matches(hit.payload))
+            delta = 0.0
+            for rule in shifts:
+                if rule.item_filter is not None and rule.item_filter.matches(hit.payload):
+                    effect = (rule.amount if rule.type == "boost" else -rule.amount) * span
+                    delta += effect
+                    if trace is not None:
+                        trace.rule(hit.item_id, rule.label, rule.type, score_change=round(effect, 6))
             moved.append((Hit(hit.item_id, hit.score + delta, hit.payload, hit.vector), delta))
         # On a tie the shifted item wins: a boost of 1.0 really takes the last item to the top.
         hits = [h for h, _ in sorted(moved, key=lambda pair: (-pair[0].score, -pair[1]))]
+    if trace is not None:
+        for rank, hit in enumerate(hits, 1):
+            trace.ranks(hit.item_id, rank_after_rules=rank)
     if controls.diversity > 0:
         vectors = {h.item_id: h.vector for h in hits if h.vector is not None}
         missing = [h.item_id for h in hits if h.item_id not in vectors]
@@ -153,6 +169,13 @@ def apply(
             continue
         hits = [h for h in hits if h.item_id != rule.item_id]
         top = hits[0].score if hits else 1.0
-        hits.insert(min(rule.position, len(hits) + 1) - 1, Hit(pinned.item_id, top, pinned.payload))
+        position = min(rule.position, len(hits) + 1)
+        hits.insert(position - 1, Hit(pinned.item_id, top, pinned.payload))
         hits = hits[:k]
+        if trace is not None:
+            trace.source(pinned.item_id, PINNED_SOURCE)
+            trace.rule(pinned.item_id, rule.label, "pin", position=position)
+    if trace is not None:
+        for rank, hit in enumerate(hits, 1):
+            trace.ranks(hit.item_id, rank=rank)
     return hits

@@ -28,6 +28,15 @@ import numpy as np
 from lodestar.collab import CollabModel, event_item_weights
 from lodestar.controls import Controls, Rule, apply
 from lodestar.event_weights import event_weight
+from lodestar.explain import (
+    COLLAB_SOURCE,
+    CONTENT_SOURCE,
+    POPULAR_SOURCE,
+    PROFILE_SOURCE,
+    QUERY_SOURCE,
+    SIMILAR_SOURCE,
+    Trace,
+)
 from lodestar.features import DAY
 from lodestar.filters import ItemFilter
 from lodestar.index import CANDIDATE_FIELDS, COLLAB, Hit, IndexReader, PublishedVersion
@@ -100,6 +109,7 @@ def _scaled(values: np.ndarray) -> np.ndarray:
 def _hybrid(
     reader: IndexReader, model: CollabModel, item_weights: dict[str, float], query: np.ndarray,
     taste: np.ndarray | None, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
+    trace: Trace | None = None,
 ) -> list[Hit]:
     limit = max(config.collab.candidates, k)
     # Candidates carry what ranking needs (id, popularity); the head's full payloads and content
@@ -108,14 +118,20 @@ def _hybrid(
         h.item_id: h for h in reader.nearest(query, limit, exclude, using=COLLAB, item_filter=item_filter,
                                              fields=CANDIDATE_FIELDS)
     }
+    if trace is not None:
+        for item_id in candidates:
+            trace.source(item_id, COLLAB_SOURCE)
     if taste is not None:
         for hit in reader.nearest(taste, k, exclude, item_filter=item_filter, fields=CANDIDATE_FIELDS):
             candidates.setdefault(hit.item_id, hit)
+            if trace is not None:
+                trace.source(hit.item_id, CONTENT_SOURCE)
     if not candidates:
         return []
     weights = config.ranking
     hits = list(candidates.values())
-    collab = _scaled(model.scores(item_weights, [h.item_id for h in hits]))
+    raw_collab = model.scores(item_weights, [h.item_id for h in hits])
+    collab = _scaled(raw_collab)
     popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
     partial = weights.collab * collab + weights.popularity * popularity
     # Content similarity only reorders the head: content vectors are read for it alone, and full
@@ -129,6 +145,10 @@ def _hybrid(
         content = weights.content * _scaled(sims)
     final = partial[head] + content
     order = np.argsort(-final, kind="stable")[:k]
+    if trace is not None:
+        for n, i in enumerate(head[order]):
+            trace.signals(hits[i].item_id, collab_score=raw_collab[i], popularity=popularity[i],
+                          content_similarity=sims[order[n]] if taste is not None and weights.content else None)
     points = reader.points([head_ids[i] for i in order])
     # The vectors travel with the hits, so diversity does not fetch them again.
     return [Hit(head_ids[i], float(final[i]), points[head_ids[i]].payload, points[head_ids[i]].vector)
@@ -137,6 +157,7 @@ def _hybrid(
 
 def _content_ranked(
     reader: IndexReader, vector: np.ndarray, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
+    trace: Trace | None = None, source: str = CONTENT_SOURCE,
 ) -> list[Hit]:
     """Nearest items to a taste or profile vector, re-ranked with popularity: among items that fit
     the taste, the ones people actually engage with come first."""
@@ -148,6 +169,10 @@ def _content_ranked(
     # Multiplicative: popularity reorders items that fit, it never lifts one that does not.
     final = similarity * (1.0 + config.ranking.content_popularity * popularity)
     order = np.argsort(-final, kind="stable")[:k]
+    if trace is not None:
+        for i in order:
+            trace.source(hits[i].item_id, source)
+            trace.signals(hits[i].item_id, content_similarity=hits[i].score, popularity=popularity[i])
     return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
 
 
@@ -162,14 +187,18 @@ def recommend(
     reader: IndexReader, events: list[dict[str, Any]], k: int, config: TenantConfig,
     model: CollabModel | None = None, profile_vector: np.ndarray | None = None,
     controls: Controls | None = None, preferences: dict[str, Any] | None = None, now: float | None = None,
+    trace: Trace | None = None,
 ) -> Recommendation:
+    """Up to ``k`` items for a user with these events (see the module's strategies). With a
+    ``trace``, every stage notes why each item is where it is (:mod:`lodestar.explain`)."""
     controls = controls or Controls()
     now = time.time() if now is None else now
     prefs = preferences or {}
     events = list(events) + preference_events(prefs, now)
     rules = list(config.parsed_rules)
     if prefs.get("liked_categories"):
-        rules.append(Rule("boost", ItemFilter(categories=tuple(prefs["liked_categories"])), LIKED_CATEGORY_BOOST))
+        rules.append(Rule("boost", ItemFilter(categories=tuple(prefs["liked_categories"])), LIKED_CATEGORY_BOOST,
+                          label="preferences.liked_categories"))
     item_filter = controls.item_filter
     if prefs.get("disliked_categories"):
         item_filter = replace(item_filter, exclude_categories=tuple(prefs["disliked_categories"]))
@@ -183,14 +212,20 @@ def recommend(
         item_weights = event_item_weights(events, config)
         query = model.query_vector(item_weights)
         if query is not None:
-            ranked = _hybrid(reader, model, item_weights, query, taste, exclude, pool, config, item_filter)
+            ranked = _hybrid(reader, model, item_weights, query, taste, exclude, pool, config, item_filter, trace)
             strategy = HYBRID
-    for vector, name in ((taste, PERSONALIZED), (profile_vector, COLD_START)):
+    for vector, name, source in ((taste, PERSONALIZED, CONTENT_SOURCE), (profile_vector, COLD_START, PROFILE_SOURCE)):
         if not ranked and vector is not None:
-            ranked, strategy = _content_ranked(reader, vector, exclude, pool, config, item_filter), name
+            ranked = _content_ranked(reader, vector, exclude, pool, config, item_filter, trace, source)
+            strategy = name
     if not ranked:
         ranked, strategy = reader.popular(pool, exclude=exclude, item_filter=item_filter), POPULAR
-    return Recommendation(apply(reader, ranked, k, replace(controls, item_filter=item_filter), rules, now), strategy)
+        if trace is not None:
+            for hit in ranked:
+                trace.source(hit.item_id, POPULAR_SOURCE)
+                trace.signals(hit.item_id, popularity=hit.payload.get("popularity"))
+    items = apply(reader, ranked, k, replace(controls, item_filter=item_filter), rules, now, trace)
+    return Recommendation(items, strategy)
 
 
 def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: TenantConfig) -> str:
@@ -211,24 +246,30 @@ def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None,
 
 def nearest_controlled(
     reader: IndexReader, vector: np.ndarray, k: int, config: TenantConfig, controls: Controls | None = None,
-    exclude: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (), trace: Trace | None = None, source: str = QUERY_SOURCE,
 ) -> list[Hit]:
     """Nearest items to a vector under the request's controls and the tenant's rules."""
     controls = controls or Controls()
     rules = list(config.parsed_rules)
     hits = reader.nearest(vector, controls.pool(k, rules), set(controls.exclude) | set(exclude),
                           item_filter=controls.item_filter)
-    return apply(reader, hits, k, controls, rules)
+    if trace is not None:
+        for hit in hits:
+            trace.source(hit.item_id, source)
+            trace.signals(hit.item_id, content_similarity=hit.score, popularity=hit.payload.get("popularity"))
+    return apply(reader, hits, k, controls, rules, trace=trace)
 
 
 def similar_items(
-    reader: IndexReader, item_id: str, k: int, config: TenantConfig, controls: Controls | None = None
+    reader: IndexReader, item_id: str, k: int, config: TenantConfig, controls: Controls | None = None,
+    trace: Trace | None = None,
 ) -> list[Hit] | None:
     """Items closest to ``item_id``; ``None`` if the item is not in the index."""
     item = reader.get(item_id)
     if item is None:
         return None
-    return nearest_controlled(reader, item.vector, k, config, controls, exclude=(item_id,))
+    return nearest_controlled(reader, item.vector, k, config, controls, exclude=(item_id,), trace=trace,
+                              source=SIMILAR_SOURCE)
 
 
 # Enough history to exclude everything a user interacted with and to build their taste vector.
@@ -237,7 +278,7 @@ HISTORY_LIMIT = 5000
 
 def recommend_for_user(
     published: PublishedVersion, cdp: CdpStore, embedder: Embedder, tenant: str, user_id: str, k: int,
-    config: TenantConfig, controls: Controls | None = None,
+    config: TenantConfig, controls: Controls | None = None, trace: Trace | None = None,
 ) -> Recommendation:
     """A known (or unknown) user's recommendations from what the CDP holds of them now: their events
     and preferences, and, when they have neither events nor liked items, the embedding of their
@@ -249,7 +290,8 @@ def recommend_for_user(
         user = cdp.get_user(tenant, user_id)
         text = profile_text(user["attributes"] if user else {}, preferences, config)
         profile_vector = embedder.encode([text])[0] if text else None
-    return recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences)
+    return recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences,
+                     trace=trace)
 
 
 def session_events(item_ids: list[str], now: float) -> list[dict[str, Any]]:
@@ -260,8 +302,8 @@ def session_events(item_ids: list[str], now: float) -> list[dict[str, Any]]:
 
 def recommend_for_session(
     published: PublishedVersion, item_ids: list[str], k: int, config: TenantConfig, controls: Controls | None = None,
-    now: float | None = None,
+    now: float | None = None, trace: Trace | None = None,
 ) -> Recommendation:
     """Recommendations for an anonymous visitor from the items they just interacted with."""
     events = session_events(item_ids, time.time() if now is None else now)
-    return recommend(published.reader, events, k, config, published.model, None, controls)
+    return recommend(published.reader, events, k, config, published.model, None, controls, trace=trace)

@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, require_tenant
 from lodestar.controls import Controls
 from lodestar.errors import InvalidInput, NotFound
+from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
 from lodestar.keys import OPERATOR, issue_key, key_id_of, parse_scopes
@@ -42,6 +43,7 @@ from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
     EventBatch,
     EventsAccepted,
+    Explanation,
     Health,
     ItemList,
     KeyInfo,
@@ -52,6 +54,7 @@ from serving.schemas import (
     Quotas,
     Ready,
     RejectedEvent,
+    RuleEffect,
     ScoredItem,
     SearchRequest,
     SessionRequest,
@@ -67,15 +70,19 @@ FILTER = Annotated[str | None, Parameter(description='URL-encoded JSON filter, e
 EXCLUDE = Annotated[str | None, Parameter(description="Comma-separated item ids to leave out")]
 # Validated here (422 naming the field) and only here; bodies validate it in their msgspec schema.
 DIVERSITY = Annotated[float, Parameter(ge=0.0, le=1.0, description="0 (pure relevance) to 1 (most diverse)")]
+EXPLAIN = Annotated[bool, Parameter(description="true: each item says where it came from, its scores, the rules "
+                                                "that moved it and its rank before and after them")]
 
 
 def _items(
     served_log: ServedLog, tenant: str, hits: list[Hit], version: str, strategy: str, endpoint: str,
-    user_id: str | None = None,
+    user_id: str | None = None, trace: Trace | None = None,
 ) -> ItemList:
-    """The response, recorded in the served log under its recommendation_id for attribution."""
+    """The response, recorded in the served log under its recommendation_id for attribution; with a
+    trace, each item carries its explanation."""
     body = ItemList(
-        items=[ScoredItem(id=h.item_id, score=round(h.score, 6), title=h.payload.get("title", "")) for h in hits],
+        items=[ScoredItem(id=h.item_id, score=round(h.score, 6), title=h.payload.get("title", ""),
+                          explanation=None if trace is None else _explanation(trace, h.item_id)) for h in hits],
         recommendation_id=uuid.uuid4().hex,
         index_version=version,
         strategy=strategy,
@@ -85,6 +92,15 @@ def _items(
         "strategy": strategy, "items": [h.item_id for h in hits],
     })
     return body
+
+
+def _explanation(trace: Trace, item_id: str) -> Explanation:
+    why = trace.explanation(item_id)
+    return Explanation(**{**why, "rules": [RuleEffect(**rule) for rule in why["rules"]]})
+
+
+def _trace(explain: bool) -> Trace | None:
+    return Trace() if explain else None
 
 
 def _controls(item_filter: Any, exclude: Any, diversity: float) -> Controls:
@@ -100,14 +116,16 @@ class RecommendationController(Controller):
     def for_user(
         self, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
         embedder: EmbedderDep, served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
-        diversity: DIVERSITY = 0.0,
+        diversity: DIVERSITY = 0.0, explain: EXPLAIN = False,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which)."""
         user_id = parse_id(user_id, "user_id")
         controls = _controls(filter, exclude, diversity)
-        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls)
-        return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id)
+        trace = _trace(explain)
+        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace)
+        return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
+                      trace)
 
     @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
           sync_to_thread=True)
@@ -118,8 +136,9 @@ class RecommendationController(Controller):
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
         controls = _controls(data.filter, data.exclude, data.diversity)
         item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
-        result = recommend_for_session(published, item_ids, data.k, config, controls)
-        return _items(served_log, tenant, result.items, published.version, result.strategy, "session")
+        trace = _trace(data.explain)
+        result = recommend_for_session(published, item_ids, data.k, config, controls, trace=trace)
+        return _items(served_log, tenant, result.items, published.version, result.strategy, "session", trace=trace)
 
 
 class ItemController(Controller):
@@ -131,14 +150,16 @@ class ItemController(Controller):
     def similar(
         self, tenant: Tenant, item_id: PathId, published: Published, config: Config, served_log: ServedLogDep,
         k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
+        explain: EXPLAIN = False,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
         item_id = parse_id(item_id, "item_id")
         controls = _controls(filter, exclude, diversity)
-        hits = similar_items(published.reader, item_id, k, config, controls)
+        trace = _trace(explain)
+        hits = similar_items(published.reader, item_id, k, config, controls, trace)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
-        return _items(served_log, tenant, hits, published.version, "similar_items", "similar")
+        return _items(served_log, tenant, hits, published.version, "similar_items", "similar", trace=trace)
 
 
 class SearchController(Controller):
@@ -156,8 +177,9 @@ class SearchController(Controller):
             raise InvalidInput("query: must contain some text", field="query")
         controls = _controls(data.filter, data.exclude, data.diversity)
         vector = embedder.encode([data.query])[0]
-        hits = nearest_controlled(published.reader, vector, data.k, config, controls)
-        return _items(served_log, tenant, hits, published.version, "semantic_search", "search")
+        trace = _trace(data.explain)
+        hits = nearest_controlled(published.reader, vector, data.k, config, controls, trace=trace)
+        return _items(served_log, tenant, hits, published.version, "semantic_search", "search", trace=trace)
 
 
 class EventController(Controller):

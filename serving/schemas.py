@@ -9,10 +9,36 @@ import msgspec
 from serving.openapi import FILTER_SCHEMA
 
 
-class ScoredItem(msgspec.Struct):
+class RuleEffect(msgspec.Struct, omit_defaults=True):
+    """A rule that fired on an item: which (``rules[2]`` of the configuration, or the user's
+    ``preferences.liked_categories``), its type, and what it did."""
+
+    rule: str
+    type: str  # boost, bury or pin
+    score_change: float | None = None  # boost and bury: added to the score (a share of the list's score range)
+    position: int | None = None  # pin: the position it put the item at
+
+
+class Explanation(msgspec.Struct):
+    """Why an item is in the answer and where (``explain=true``); ``null`` where a signal did not
+    apply to it (a popular item has no collaborative score, say)."""
+
+    sources: list[str]  # collab, content, profile, popular, similar, query, pinned
+    collab_score: float | None  # the collaborative model's score for the user (before scaling)
+    content_similarity: float | None  # cosine to the user's taste, the item asked about, or the query
+    popularity: float | None  # the item's popularity (0 to 1) as ranking used it
+    score_before_rules: float | None  # the strategy's score, before rules and diversity
+    rules: list[RuleEffect]
+    rank_before_rules: int | None  # 1-based, among the strategy's candidates
+    rank_after_rules: int | None  # after boost and bury, before diversity and pins
+    rank: int  # in the answer
+
+
+class ScoredItem(msgspec.Struct, omit_defaults=True):
     id: str
     score: float
     title: str
+    explanation: Explanation | None = None  # only with explain=true
 
 
 class ItemList(msgspec.Struct):
@@ -35,6 +61,7 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     filter: Filter = None
     exclude: Annotated[list[ItemId], msgspec.Meta(max_length=1000)] = []
     diversity: Diversity = 0.0
+    explain: bool = False  # add an explanation to each item
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,6 +72,7 @@ class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
     filter: Filter = None
     exclude: Annotated[list[ItemId], msgspec.Meta(max_length=1000)] = []
     diversity: Diversity = 0.0
+    explain: bool = False  # add an explanation to each item
 
 
 class EventBatch(msgspec.Struct, forbid_unknown_fields=True):

@@ -96,3 +96,68 @@ def test_boost_bury_and_pin():
     assert "a3" not in [h.item_id for h in excluded]
     expired = parse_rules([{"type": "pin", "item_id": "a3", "position": 1, "end": "2001-01-01T00:00:00Z"}])
     assert "a3" not in [h.item_id for h in apply(reader, hits, 3, Controls(), expired)]
+
+
+def test_a_trace_notes_each_rule_and_the_ranks_before_and_after():
+    from lodestar.explain import Trace
+
+    reader = _reader()
+    hits = [Hit(i, s, {"categories": [i[0]]}) for i, s in (("a1", 0.9), ("a2", 0.8), ("b1", 0.5), ("b2", 0.4))]
+    rules = parse_rules([{"type": "bury", "filter": {"categories": ["a"]}, "amount": 0.25},
+                         {"type": "boost", "filter": {"categories": ["b"]}, "amount": 1},
+                         {"type": "pin", "item_id": "a3", "position": 2}])
+    trace = Trace()
+    out = apply(reader, hits, 3, Controls(), rules, trace=trace)
+    untraced = apply(reader, hits, 3, Controls(), rules)
+    assert [h.item_id for h in out] == [h.item_id for h in untraced] == ["b1", "a3", "b2"]
+    b1, a3, b2 = (trace.explanation(i) for i in ("b1", "a3", "b2"))
+    assert b1["rules"] == [{"rule": "rules[1]", "type": "boost", "score_change": 0.5}]  # 1.0 x the range 0.5
+    assert (b1["rank_before_rules"], b1["rank_after_rules"], b1["rank"]) == (3, 1, 1)
+    assert b1["score_before_rules"] == 0.5
+    assert (b2["rank_before_rules"], b2["rank_after_rules"], b2["rank"]) == (4, 2, 3)
+    assert a3["sources"] == ["pinned"] and a3["rules"] == [{"rule": "rules[2]", "type": "pin", "position": 2}]
+    assert (a3["rank_before_rules"], a3["rank"]) == (None, 2)  # not a candidate: the pin brought it
+    a1 = trace.explanation("a1")
+    assert a1["rules"] == [{"rule": "rules[0]", "type": "bury", "score_change": -0.125}]
+    assert (a1["rank_before_rules"], a1["rank_after_rules"]) == (1, 3)
+
+
+def test_explained_recommendations_say_where_each_item_came_from():
+    import pandas as pd
+
+    from lodestar import collab
+    from lodestar.explain import Trace
+    from lodestar.recommend import recommend
+    from lodestar.tenant_config import TenantConfig
+
+    config = TenantConfig()
+    ids = ["a1", "a2", "a3", "b1", "b2"]
+    rows = [(f"u{u}", item, "purchase", None, 1_700_000_000 + n) for u in range(6)
+            for n, item in enumerate(["a1", "a2", "a3"] if u % 2 else ["b1", "b2", "a1"])]
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "type", "value", "ts"])
+    model = collab.fit(collab.positive_interactions(events, config.event_weights), ids, config)
+    base = _reader()
+    reader = MemoryIndexReader("t", ids, np.stack([base.get(i).vector for i in ids]),
+                               [base.get(i).payload for i in ids], model.factors_for(ids))
+    history = [{"item_id": "a1", "type": "purchase", "ts": 1_700_000_100}]
+    for model_used, strategy, sources in ((model, "hybrid", {"collab", "content"}), (None, "content_profile", {"content"})):
+        trace = Trace()
+        explained = recommend(reader, history, 3, config, model_used, trace=trace, now=1_700_000_200)
+        plain = recommend(reader, history, 3, config, model_used, now=1_700_000_200)
+        assert explained.strategy == plain.strategy == strategy
+        assert [h.item_id for h in explained.items] == [h.item_id for h in plain.items]  # explaining changes nothing
+        for rank, hit in enumerate(explained.items, 1):
+            why = trace.explanation(hit.item_id)
+            assert why["rank"] == rank and why["sources"] and set(why["sources"]) <= sources, why
+            assert why["content_similarity"] is not None and why["popularity"] == 0.5
+            assert (why["collab_score"] is not None) == (strategy == "hybrid"), why
+            assert why["rules"] == [] and why["rank_before_rules"] == why["rank_after_rules"] == rank
+    trace = Trace()
+    nobody = recommend(reader, [], 2, config, model, trace=trace, now=1_700_000_200)
+    assert nobody.strategy == "popular"
+    assert all(trace.explanation(h.item_id)["sources"] == ["popular"] for h in nobody.items)
+    trace = Trace()
+    liked = recommend(reader, history, 3, config, None, preferences={"liked_categories": ["b"]}, trace=trace,
+                      now=1_700_000_200)
+    boosted = [trace.explanation(h.item_id) for h in liked.items if h.item_id.startswith("b")]
+    assert boosted and all(w["rules"][0]["rule"] == "preferences.liked_categories" for w in boosted)

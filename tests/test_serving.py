@@ -79,6 +79,39 @@ def test_new_user_with_a_profile_gets_cold_start_recommendations(client, env):
     assert categories[0] == ["coffee"]
 
 
+def test_explain_on_every_ranking_endpoint(client, env):
+    """explain=true (query on GET, body on POST) adds an explanation to each item; without it the
+    answer has none and the same items."""
+    auth = _auth(env, "alpha")
+    calls = [
+        ("get", "/v1/users/u0003/recommendations?k=5", None, {"collab", "content"}),
+        ("get", "/v1/items/p00001/similar?k=5", None, {"similar"}),
+        ("post", "/v1/recommendations/session", {"item_ids": ["p00001", "p00002"], "k": 5}, {"collab", "content"}),
+        ("post", "/v1/search", {"query": "waterproof hiking boot", "k": 5}, {"query"}),
+    ]
+    for method, url, body, sources in calls:
+        if method == "get":
+            plain = client.get(url, headers=auth).json()
+            explained = client.get(url + "&explain=true", headers=auth).json()
+        else:
+            plain = client.post(url, json=body, headers=auth).json()
+            explained = client.post(url, json={**body, "explain": True}, headers=auth).json()
+        assert all("explanation" not in item for item in plain["items"]), url
+        assert [i["id"] for i in explained["items"]] == [i["id"] for i in plain["items"]], url
+        for rank, item in enumerate(explained["items"], 1):
+            why = item["explanation"]
+            assert why["rank"] == rank and why["rank_before_rules"] is not None, (url, why)
+            assert why["sources"] and set(why["sources"]) <= sources, (url, why)
+            assert why["content_similarity"] is not None or "collab" in why["sources"], (url, why)
+            assert set(why) == {"sources", "collab_score", "content_similarity", "popularity", "score_before_rules",
+                                "rules", "rank_before_rules", "rank_after_rules", "rank"}
+    hybrid = client.get("/v1/users/u0003/recommendations?k=5&explain=true", headers=auth).json()
+    assert hybrid["strategy"] == "hybrid"
+    assert all(i["explanation"]["collab_score"] is not None for i in hybrid["items"])
+    refused = client.get("/v1/users/u0003/recommendations?explain=maybe", headers=auth)
+    assert refused.status_code == 422 and "explain" in refused.text
+
+
 def test_similar_items_and_search(client, env):
     body = client.get("/v1/items/p00001/similar?k=5", headers=_auth(env, "alpha")).json()
     assert body["strategy"] == "similar_items" and "p00001" not in {i["id"] for i in body["items"]}
