@@ -137,10 +137,15 @@ def minimum_interval(settings: Settings) -> int:
     return settings.sensor_interval_s if settings.sensor_interval_s > DAEMON_LOOP_S else 1
 
 
+# Tenants come and go far less often than their data changes: discovery ticks at most this often
+# (each tick is a gRPC call into the code server and a CDP query), the change sensor at the setting.
+DISCOVERY_INTERVAL_S = 30
+
+
 def build_sensors(settings: Settings) -> list[SensorDefinition]:
-    """``tenant_discovery`` and ``cdp_changes`` at the settings' interval."""
+    """``cdp_changes`` at the settings' interval, ``tenant_discovery`` every 30 s (or the setting when longer)."""
     return [
-        sensor(name="tenant_discovery", minimum_interval_seconds=minimum_interval(settings),
+        sensor(name="tenant_discovery", minimum_interval_seconds=max(DISCOVERY_INTERVAL_S, settings.sensor_interval_s),
                default_status=DefaultSensorStatus.RUNNING,
                description="Adds a partition for each CDP tenant and removes those of deleted tenants.",
                )(discover_tenants),
