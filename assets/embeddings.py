@@ -20,7 +20,7 @@ from lodestar.lineage.embeddings import item_embeddings as embed_items
     partitions_def=tenants_partitions,
     automation_condition=DOWNSTREAM,
     group_name="embeddings",
-    kinds={"pytorch", "parquet"},
+    kinds={"onnx", "parquet"},
     pool="embedding",  # bounds concurrent embedding work across runs (dagster_home/dagster.yaml)
     deps=["item_features"],
     description="A vector per available item from the configured sentence-transformers model.",

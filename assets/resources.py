@@ -56,8 +56,9 @@ class LodestarResource(ConfigurableResource):
         the steps build hundreds of thousands of rows as Python objects, and each full collection
         they trigger would otherwise walk every one of those objects again. Once per process, so
         that a process running many tenants never freezes one run's garbage."""
-        _freeze_imports()
         run = context.dagster_run
+        if run is not None:  # a run's process (a sensor evaluating in the code server has no run)
+            _freeze_imports()
         selection = run.asset_selection if run is not None else None
         tenant = run.tags.get("dagster/partition") if run is not None else None
         if not tenant or not selection or AssetKey("item_embeddings") not in selection:

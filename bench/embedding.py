@@ -5,14 +5,14 @@
 Every backend encodes the same texts: the items of the demo shop (2,400) and news site (1,200),
 written as the pipeline writes them (``lodestar.features.item_text``), with the Embedder's batch
 size and no vector cache. Rounds alternate the backends, so that other work on a shared machine
-falls on each of them; texts/s is a backend's best round, and the baseline is torch (today's
-backend) in the same run. Agreement with torch, per catalog (a tenant's index holds its own items):
+falls on each of them; texts/s is a backend's best round, and the baseline is torch (the default
+backend before onnx-int8) in the same run. Agreement with torch, per catalog (a tenant's index holds its own items):
 for each item, the share of its 10 nearest neighbours by cosine that torch's vectors also put in
 its 10 nearest; the mean over the items of both catalogs is the issue's figure (goal >= 0.95).
 
-ONNX exports are kept in the data dir's cache (``$LODESTAR_DATA_DIR/cache/models``, as the
-pipeline keeps them): the first run exports them (seconds, shown as the load time), later runs
-load them.
+ONNX exports are kept in the models dir (``LODESTAR_MODELS_DIR``, default
+``~/.cache/lodestar/models``, as the pipeline and the API keep them): the first run exports them
+(seconds, shown as the load time), later runs load them.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     encoders, load_s = {}, {}
     for backend in backends:
         started = time.perf_counter()
-        encoders[backend] = load_encoder(settings.embed_model, backend, settings.cache_dir / "models")
+        encoders[backend] = load_encoder(settings.embed_model, backend, settings.models_dir)
         encoders[backend].encode(texts[:batch_size], batch_size=batch_size, normalize_embeddings=True)  # warm up
         load_s[backend] = time.perf_counter() - started
 

@@ -34,7 +34,6 @@ class Trace:
     """What the ranking stages of one answer noted about each item, by item id."""
 
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
-    diversity: float = 0.0  # the request's diversity (0: the order after the rules is kept)
 
     def _entry(self, item_id: str) -> dict[str, Any]:
         entry = self.items.get(item_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,13 @@ def default_models_dir(environ: dict[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if env.get("LODESTAR_MODELS_DIR"):
         return Path(env["LODESTAR_MODELS_DIR"]).resolve()
-    cache = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    if env.get("XDG_CACHE_HOME"):
+        cache = Path(env["XDG_CACHE_HOME"])
+    else:
+        try:
+            cache = Path.home() / ".cache"
+        except RuntimeError:  # no home directory (a service account): the temporary directory
+            cache = Path(tempfile.gettempdir())
     return (cache / "lodestar" / "models").resolve()
 
 

@@ -44,6 +44,8 @@ from lodestar.settings import Settings
 from pipelines.jobs import materialize_tenant
 
 MAX_RETRIES = 3
+IN_FLIGHT = (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+             DagsterRunStatus.STARTED)
 RUN_KEY_TAG = "dagster/run_key"
 # Run keys looked up per run-storage query (bound parameters of one SQL statement).
 RUN_KEYS_PER_QUERY = 500
@@ -81,6 +83,10 @@ def _latest_run_statuses(context: SensorEvaluationContext, run_keys: list[str]) 
 def request_changed_tenants(context: SensorEvaluationContext, lodestar: LodestarResource) -> SensorResult:
     """Requests a run of every asset of a tenant when its items, users or events changed in the CDP.
 
+    A tenant whose last requested run is still queued or running gets no second one: that run reads
+    the CDP when it gets there, and the next tick after it ends requests one run for whatever came
+    meanwhile (events arriving every second must not queue a run per tick).
+
     A tick reads every tenant's watermarks with one CDP query per entity, and the runs it still
     waits on with one run-storage query (per ``RUN_KEYS_PER_QUERY`` of them): no query per tenant.
     A run that succeeded or was canceled is not looked up again."""
@@ -88,30 +94,35 @@ def request_changed_tenants(context: SensorEvaluationContext, lodestar: Lodestar
     tenants = context.instance.get_dynamic_partitions(TENANTS)
     with lodestar.cdp() as store:
         latest = {entity: store.latest_watermarks(entity) for entity in ENTITIES}
-    requests, waiting = [], []
+    marks: dict[str, str] = {}
     for tenant in tenants:
-        marks = [latest[entity].get(tenant) for entity in ENTITIES]
-        if all(m is None for m in marks):
-            continue  # nothing imported yet
-        watermark = "|".join(m.encode() if m else "-" for m in marks)
-        state = cursor.get(tenant, {})
-        if state.get("watermark") != watermark:
-            run_key = f"{tenant}:{watermark}"
-            requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "cdp_change"}))
-            cursor[tenant] = {"watermark": watermark, "run_key": run_key, "attempt": 0}
-        elif state.get("run_key") and state["attempt"] < MAX_RETRIES:
-            waiting.append(tenant)
+        found = [latest[entity].get(tenant) for entity in ENTITIES]
+        if any(m is not None for m in found):  # else nothing imported yet
+            marks[tenant] = "|".join(m.encode() if m else "-" for m in found)
+    waiting = [t for t in marks if cursor.get(t, {}).get("run_key")]
     statuses = _latest_run_statuses(context, [cursor[t]["run_key"] for t in waiting])
+    requests = []
     for tenant in waiting:
         state = cursor[tenant]
         status = statuses.get(state["run_key"])
         if status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.CANCELED):
             cursor[tenant] = {k: v for k, v in state.items() if k != "run_key"}  # done: stop looking it up
-        elif status == DagsterRunStatus.FAILURE:
+        elif status == DagsterRunStatus.FAILURE and state["watermark"] == marks[tenant] and state["attempt"] < MAX_RETRIES:
             attempt = state["attempt"] + 1
             run_key = f"{tenant}:{state['watermark']}:retry{attempt}"
             requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "retry"}))
             cursor[tenant] = {**state, "run_key": run_key, "attempt": attempt}
+        elif status == DagsterRunStatus.FAILURE and state["watermark"] == marks[tenant]:
+            cursor[tenant] = {k: v for k, v in state.items() if k != "run_key"}  # retries spent: wait for a change
+    for tenant, watermark in marks.items():
+        state = cursor.get(tenant, {})
+        if state.get("watermark") == watermark:
+            continue
+        if state.get("run_key") and statuses.get(state["run_key"]) in IN_FLIGHT:
+            continue  # its run reads the change when it gets there; a later tick covers the rest
+        run_key = f"{tenant}:{watermark}"
+        requests.append(RunRequest(partition_key=tenant, run_key=run_key, tags={"lodestar/trigger": "cdp_change"}))
+        cursor[tenant] = {"watermark": watermark, "run_key": run_key, "attempt": 0}
     for tenant in set(cursor) - set(tenants):
         del cursor[tenant]
     return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))

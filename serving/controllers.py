@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, require_tenant
@@ -70,8 +70,8 @@ FILTER = Annotated[str | None, Parameter(description='URL-encoded JSON filter, e
 EXCLUDE = Annotated[str | None, Parameter(description="Comma-separated item ids to leave out")]
 # Validated here (422 naming the field) and only here; bodies validate it in their msgspec schema.
 DIVERSITY = Annotated[float, Parameter(ge=0.0, le=1.0, description="0 (pure relevance) to 1 (most diverse)")]
-EXPLAIN = Annotated[bool, Parameter(description="true: each item says where it came from, its scores, the rules "
-                                                "that moved it and its rank before and after them")]
+EXPLAIN = Annotated[bool, Parameter(description="true (with an admin key): each item says where it came from, its "
+                                                "scores, the rules that moved it and its rank before and after them")]
 
 
 def _items(
@@ -99,8 +99,18 @@ def _explanation(trace: Trace, item_id: str) -> Explanation:
     return Explanation(**{**why, "rules": [RuleEffect(**rule) for rule in why["rules"]]})
 
 
-def _trace(explain: bool) -> Trace | None:
-    return Trace() if explain else None
+def _trace(explain: bool, request: Request) -> Trace | None:
+    """A trace for ``explain=true``, which needs an ``admin`` key: explanations show the tenant's
+    rules, its scores and popularity, and what a user's preferences did (their liked categories),
+    none of which a ``read`` key, made to ship inside a browser, may see."""
+    if not explain:
+        return None
+    principal = request.state.principal
+    if not principal.may(ADMIN):
+        raise PermissionDeniedException(
+            f"explain=true needs a key with the 'admin' scope (this one has {', '.join(principal.scopes)}): "
+            "explanations show the tenant's rules and scores; leave explain out with a read key")
+    return Trace()
 
 
 def _controls(item_filter: Any, exclude: Any, diversity: float) -> Controls:
@@ -114,7 +124,7 @@ class RecommendationController(Controller):
 
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
     def for_user(
-        self, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
+        self, request: Request, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
         embedder: EmbedderDep, served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
         diversity: DIVERSITY = 0.0, explain: EXPLAIN = False,
     ) -> ItemList:
@@ -122,7 +132,7 @@ class RecommendationController(Controller):
         they have no history, popular items when nothing is known (``strategy`` says which)."""
         user_id = parse_id(user_id, "user_id")
         controls = _controls(filter, exclude, diversity)
-        trace = _trace(explain)
+        trace = _trace(explain, request)
         result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace)
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
                       trace)
@@ -130,13 +140,13 @@ class RecommendationController(Controller):
     @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
           sync_to_thread=True)
     def for_session(
-        self, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
+        self, request: Request, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
         served_log: ServedLogDep,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
         controls = _controls(data.filter, data.exclude, data.diversity)
         item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
-        trace = _trace(data.explain)
+        trace = _trace(data.explain, request)
         result = recommend_for_session(published, item_ids, data.k, config, controls, trace=trace)
         return _items(served_log, tenant, result.items, published.version, result.strategy, "session", trace=trace)
 
@@ -148,14 +158,14 @@ class ItemController(Controller):
 
     @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
     def similar(
-        self, tenant: Tenant, item_id: PathId, published: Published, config: Config, served_log: ServedLogDep,
-        k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = 0.0,
-        explain: EXPLAIN = False,
+        self, request: Request, tenant: Tenant, item_id: PathId, published: Published, config: Config,
+        served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
+        diversity: DIVERSITY = 0.0, explain: EXPLAIN = False,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
         item_id = parse_id(item_id, "item_id")
         controls = _controls(filter, exclude, diversity)
-        trace = _trace(explain)
+        trace = _trace(explain, request)
         hits = similar_items(published.reader, item_id, k, config, controls, trace)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
@@ -169,7 +179,7 @@ class SearchController(Controller):
 
     @post("/", operation_id="semanticSearch", responses=WRITES, status_code=200, sync_to_thread=True)
     def search(
-        self, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
+        self, request: Request, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
         embedder: EmbedderDep, served_log: ServedLogDep,
     ) -> ItemList:
         """Items whose text is closest in meaning to the query."""
@@ -177,7 +187,7 @@ class SearchController(Controller):
             raise InvalidInput("query: must contain some text", field="query")
         controls = _controls(data.filter, data.exclude, data.diversity)
         vector = embedder.encode([data.query])[0]
-        trace = _trace(data.explain)
+        trace = _trace(data.explain, request)
         hits = nearest_controlled(published.reader, vector, data.k, config, controls, trace=trace)
         return _items(served_log, tenant, hits, published.version, "semantic_search", "search", trace=trace)
 

@@ -45,6 +45,8 @@ async def strict_request(request: Request) -> None:
             raise _invalid(name, "query", f"must be an integer written in digits, got {raw!r}")
         if kind is float and not _DECIMAL.match(raw):
             raise _invalid(name, "query", f"must be a decimal number such as 0.5, got {raw!r}")
+        if kind is bool and raw not in ("true", "false"):
+            raise _invalid(name, "query", f"must be true or false, got {raw!r}")
     data = parameters.get("data")
     if data is None:
         return

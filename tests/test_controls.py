@@ -127,7 +127,7 @@ def test_explained_recommendations_say_where_each_item_came_from():
 
     from lodestar import collab
     from lodestar.explain import Trace
-    from lodestar.recommend import recommend
+    from lodestar.recommend import recommend, user_taste
     from lodestar.tenant_config import TenantConfig
 
     config = TenantConfig()
@@ -146,10 +146,13 @@ def test_explained_recommendations_say_where_each_item_came_from():
         plain = recommend(reader, history, 3, config, model_used, now=1_700_000_200)
         assert explained.strategy == plain.strategy == strategy
         assert [h.item_id for h in explained.items] == [h.item_id for h in plain.items]  # explaining changes nothing
+        taste = user_taste(reader, history, config)
         for rank, hit in enumerate(explained.items, 1):
             why = trace.explanation(hit.item_id)
             assert why["rank"] == rank and why["sources"] and set(why["sources"]) <= sources, why
             assert why["content_similarity"] is not None and why["popularity"] == 0.5
+            # the similarity noted is this item's own (not a neighbour's in the ranking arrays)
+            assert abs(why["content_similarity"] - float(reader.get(hit.item_id).vector @ taste)) < 1e-5, why
             assert (why["collab_score"] is not None) == (strategy == "hybrid"), why
             assert why["rules"] == [] and why["rank_before_rules"] == why["rank_after_rules"] == rank
     trace = Trace()

@@ -126,4 +126,3 @@ def test_onnx_int8_is_the_default_and_its_exports_are_shared_by_every_data_dir(t
     assert one.models_dir == two.models_dir == (tmp_path / "xdg" / "lodestar" / "models").resolve()
     chosen = Settings.from_env({"LODESTAR_MODELS_DIR": str(tmp_path / "models"), "XDG_CACHE_HOME": str(tmp_path)})
     assert chosen.models_dir == (tmp_path / "models").resolve()
-    assert Embedder("hashing-8", cache_dir=tmp_path, models_dir=chosen.models_dir).encode(["x"]).shape == (1, 8)

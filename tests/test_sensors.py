@@ -191,6 +191,32 @@ def test_a_tick_makes_the_same_few_queries_at_3_and_at_40_tenants(tmp_path, monk
     assert costs[3] == costs[40] == [(every_entity, 3, 0), (every_entity, 3, 1), (every_entity, 3, 1)]
 
 
+def test_a_tenant_with_a_run_in_flight_gets_no_second_one(instance, settings, store):
+    """Events arriving every second must not queue a run per tick: while the tenant's run is queued
+    or running, changes wait for it to end, then one run covers all of them."""
+    from dagster._core.test_utils import create_run_for_test
+
+    store.create_tenant("acme")
+    instance.add_dynamic_partitions(TENANTS, ["acme"])
+    store.upsert_items("acme", [parse_item({"id": "1", "title": "one"})])
+    first = cdp_changes(_context(instance, settings))
+    run_key = first.run_requests[0].run_key
+    create_run_for_test(instance, job_name="materialize_tenant", status=DagsterRunStatus.STARTED,
+                        tags={"dagster/run_key": run_key})
+    cursor = first.cursor
+    for n in range(3):  # three ticks, a change before each, the run still going
+        store.upsert_items("acme", [parse_item({"id": "1", "title": f"one, edit {n}"})])
+        tick = cdp_changes(_context(instance, settings, cursor))
+        assert tick.run_requests == [], "a second run was queued behind the running one"
+        cursor = tick.cursor
+    create_run_for_test(instance, job_name="materialize_tenant", status=DagsterRunStatus.SUCCESS,
+                        tags={"dagster/run_key": run_key})  # the newest run of that key: it ended
+    after = cdp_changes(_context(instance, settings, cursor))
+    assert len(after.run_requests) == 1 and after.run_requests[0].run_key != run_key
+    assert store.latest_watermark("acme", "items").encode() in after.run_requests[0].run_key
+    assert cdp_changes(_context(instance, settings, after.cursor)).run_requests == []
+
+
 def test_nightly_schedule_rebuilds_every_tenant_in_full():
     from datetime import datetime
 

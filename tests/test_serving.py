@@ -7,6 +7,7 @@ from litestar.testing import TestClient
 
 from lodestar.cdp import open_cdp
 from lodestar.index import open_index_store
+from lodestar.keys import issue_key
 from lodestar.lineage.files import TenantFiles
 from lodestar.lineage.index_build import build_index
 from lodestar.lineage.publishing import publish
@@ -108,8 +109,22 @@ def test_explain_on_every_ranking_endpoint(client, env):
     hybrid = client.get("/v1/users/u0003/recommendations?k=5&explain=true", headers=auth).json()
     assert hybrid["strategy"] == "hybrid"
     assert all(i["explanation"]["collab_score"] is not None for i in hybrid["items"])
-    refused = client.get("/v1/users/u0003/recommendations?explain=maybe", headers=auth)
-    assert refused.status_code == 422 and "explain" in refused.text
+    for loose in ("maybe", "1", "TRUE"):
+        refused = client.get(f"/v1/users/u0003/recommendations?explain={loose}", headers=auth)
+        assert refused.status_code == 422 and "explain: must be true or false" in refused.text, loose
+    # Explanations show the tenant's rules and scores and what a user's preferences did: a read key
+    # (made to ship in a browser) gets the list, not the explanation.
+    store = open_cdp(env.settings)
+    try:
+        read_key = issue_key(store, "alpha", ("read",), label="test: read only")
+    finally:
+        store.close()
+    read = {"Authorization": f"Bearer {read_key}"}
+    assert client.get("/v1/users/u0003/recommendations?k=3", headers=read).status_code == 200
+    denied = client.get("/v1/users/u0003/recommendations?k=3&explain=true", headers=read)
+    assert denied.status_code == 403 and "admin" in denied.json()["detail"]
+    denied = client.post("/v1/search", json={"query": "boots", "explain": True}, headers=read)
+    assert denied.status_code == 403
 
 
 def test_similar_items_and_search(client, env):

@@ -249,9 +249,8 @@ class EdgeIndexBuilder:
         self._shard.flush()
         count = self._shard.info().points_count
         base = ContentMatrix.load(self.tenant, self._base_model_dir) if self._base_model_dir else None
-        if base is not None:
-            content = base.derived(self._shard, self._changed)
-        else:
+        content = base.derived(self._shard, self._changed) if base is not None else None
+        if content is None or len(content.item_ids) != count:  # no base sidecar, or one that disagrees
             content = ContentMatrix.from_shard(self.tenant, self._shard)
         content.save(self.model_dir)
         self._shard.close()
