@@ -125,9 +125,52 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
             except json.JSONDecodeError as exc:
                 raise InvalidInput(f"--set is not valid JSON ({exc.msg} at column {exc.colno})") from None
             merged = validate_config(deep_merge(tenant["config"] if args.merge else {}, update))
+            if args.preview:
+                return _preview_config(args, settings, store, tenant, merged)
             store.set_tenant_config(args.name, merged)
             tenant = require_tenant(store, args.name)
+        elif args.preview:
+            raise InvalidInput("--preview shows what --set would change: give both")
     print(json.dumps({"stored": tenant["config"], "effective": effective_config(tenant["config"]).as_dict()}, indent=2))
+    return 0
+
+
+def _preview_config(args: argparse.Namespace, settings: Settings, store, tenant: dict, proposed: dict) -> int:
+    """``tenants config NAME --set JSON --preview``: the change's effect on a sample of the tenant's
+    users (lodestar.preview), printed; nothing is stored."""
+    import pyarrow.parquet as pq
+
+    from lodestar.embed import Embedder
+    from lodestar.errors import InvalidInput
+    from lodestar.index import open_index_store
+    from lodestar.lineage.files import TenantFiles
+    from lodestar.preview import preview_change, sample_users
+    from lodestar.tenant_config import effective_config
+
+    if not 1 <= args.k <= 100 or args.sample < 1:
+        raise InvalidInput("--k must be 1 to 100 and --sample at least 1")
+    published = open_index_store(settings).open_published(args.name)
+    files = TenantFiles(settings.tenant_dir(args.name))
+    if published is None or not files.user_features.is_file():
+        raise InvalidInput(f"tenant {args.name!r} has no published index to preview on; "
+                           f"run `lodestar materialize --tenant {args.name}` first")
+    table = pq.read_table(files.user_features, columns=["id", "events"]).to_pandas()
+    users = sample_users(table.loc[table["events"] > 0, "id"].tolist(), args.sample)
+    embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
+                        models_dir=settings.models_dir)
+    try:
+        result = preview_change(published, store, embedder, args.name, effective_config(tenant["config"]),
+                                effective_config(proposed), users, args.k, args.user)
+    finally:
+        published.close()
+    print(json.dumps({"preview": result.as_dict(), "proposed": proposed, "stored": False}, indent=2))
+    # The summary goes to stderr, so that stdout stays one JSON document for a script to read.
+    say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    say(f"{result.lists_changed} of {result.users} sampled users' top-{args.k} lists change "
+         f"({result.sets_changed} in their items); nothing was stored. Run again without --preview to store it.")
+    if result.pipeline_keys:
+        say(f"{', '.join(result.pipeline_keys)} also change what the next materialization builds; "
+             "this preview shows their effect at request time only.")
     return 0
 
 
@@ -300,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--set", metavar="JSON", help="configuration to store (merged into the stored one)")
     p.add_argument("--replace", dest="merge", action="store_false", help="with --set: replace instead of merging")
+    p.add_argument("--preview", action="store_true",
+                   help="with --set: store nothing; show how the change would move the recommendations of a sample "
+                        "of the tenant's users (lists changed, items entering and leaving, mean rank shift)")
+    p.add_argument("--sample", type=int, default=200, metavar="N", help="with --preview: users sampled (default 200)")
+    p.add_argument("--user", metavar="ID", help="with --preview: show this user's two lists side by side")
+    p.add_argument("--k", type=int, default=10, help="with --preview: list length (default 10)")
     p.set_defaults(func=cmd_tenants_config)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")

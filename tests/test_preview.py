@@ -1,0 +1,79 @@
+"""Previewing a configuration change on a sample of a tenant's users, before it is stored."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from lodestar.cdp import open_cdp
+from lodestar.cli import main
+from lodestar.embed import Embedder
+from lodestar.index import open_index_store
+from lodestar.lineage.files import TenantFiles
+from lodestar.preview import preview_change, sample_users
+from lodestar.tenant_config import effective_config
+
+pytestmark = pytest.mark.model  # the shared tenants are materialized with the real model
+
+
+def _users(env) -> list[str]:
+    table = pq.read_table(TenantFiles(env.settings.tenant_dir("alpha")).user_features, columns=["id", "events"])
+    frame = table.to_pandas()
+    return sample_users(frame.loc[frame["events"] > 0, "id"].tolist(), 12)
+
+
+def _preview(env, proposed: dict, focus: str | None = None):
+    published = open_index_store(env.settings).open_published("alpha")
+    store = open_cdp(env.settings)
+    try:
+        embedder = Embedder(env.settings.embed_model, env.settings.cache_dir, models_dir=env.settings.models_dir)
+        return preview_change(published, store, embedder, "alpha", effective_config(None), effective_config(proposed),
+                              _users(env), 5, focus)
+    finally:
+        store.close()
+        published.close()
+
+
+def test_an_unchanged_configuration_changes_no_list(env):
+    same = _preview(env, {})
+    assert (same.users, same.lists_changed, same.sets_changed) == (12, 0, 0)
+    assert same.mean_overlap == 1.0 and same.mean_rank_shift == 0.0 and same.entering == same.leaving == []
+    assert same.pipeline_keys == []
+
+
+def test_a_boost_rule_brings_its_items_in_and_says_which(env):
+    store = open_cdp(env.settings)
+    try:
+        category = store.get_item("alpha", "p00001")["categories"][0]
+    finally:
+        store.close()
+    boost = {"rules": [{"type": "boost", "filter": {"categories": [category]}, "amount": 1.0}]}
+    result = _preview(env, boost, focus="u0003")
+    assert result.lists_changed > 0 and result.sets_changed > 0 and result.mean_overlap < 1.0
+    assert result.entering and result.leaving
+    store = open_cdp(env.settings)
+    try:
+        entered = [store.get_item("alpha", item_id)["categories"] for item_id, _title, _n in result.entering]
+    finally:
+        store.close()
+    assert all(category in categories for categories in entered), entered
+    assert result.side_by_side["user_id"] == "u0003" and len(result.side_by_side["proposed"]) == 5
+    assert result.side_by_side["now"] != result.side_by_side["proposed"]
+    assert _preview(env, {"event_weights": {"view": 0.5}}).pipeline_keys == ["event_weights"]
+
+
+def test_the_cli_previews_and_stores_nothing(env, monkeypatch, capsys):
+    monkeypatch.setenv("LODESTAR_DATA_DIR", str(env.settings.data_dir))
+    change = json.dumps({"ranking": {"popularity": 0.9}})
+    assert main(["tenants", "config", "alpha", "--set", change, "--preview", "--sample", "10", "--k", "5",
+                 "--user", "u0003"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stored"] is False and out["preview"]["users"] == 10
+    assert out["preview"]["side_by_side"]["user_id"] == "u0003"
+    store = open_cdp(env.settings)
+    try:
+        assert "ranking" not in store.get_tenant("alpha")["config"]  # nothing stored
+    finally:
+        store.close()
+    assert main(["tenants", "config", "alpha", "--preview"]) == 2
+    assert "--preview shows what --set would change" in capsys.readouterr().err
