@@ -138,13 +138,11 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
 def _preview_config(args: argparse.Namespace, settings: Settings, store, tenant: dict, proposed: dict) -> int:
     """``tenants config NAME --set JSON --preview``: the change's effect on a sample of the tenant's
     users (lodestar.preview), printed; nothing is stored."""
-    import pyarrow.parquet as pq
-
     from lodestar.embed import Embedder
     from lodestar.errors import InvalidInput
     from lodestar.index import open_index_store
     from lodestar.lineage.files import TenantFiles
-    from lodestar.preview import preview_change, sample_users
+    from lodestar.preview import active_users, preview_change, sample_users
     from lodestar.tenant_config import effective_config
 
     if not 1 <= args.k <= 100 or args.sample < 1:
@@ -154,8 +152,7 @@ def _preview_config(args: argparse.Namespace, settings: Settings, store, tenant:
     if published is None or not files.user_features.is_file():
         raise InvalidInput(f"tenant {args.name!r} has no published index to preview on; "
                            f"run `lodestar materialize --tenant {args.name}` first")
-    table = pq.read_table(files.user_features, columns=["id", "events"]).to_pandas()
-    users = sample_users(table.loc[table["events"] > 0, "id"].tolist(), args.sample)
+    users = sample_users(active_users(settings, args.name), args.sample)
     embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
                         models_dir=settings.models_dir)
     try:

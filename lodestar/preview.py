@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lodestar.cdp import CdpStore
     from lodestar.embed import Embedder
     from lodestar.index import PublishedVersion
+    from lodestar.settings import Settings
     from lodestar.tenant_config import TenantConfig
 
 # Top-level configuration keys whose change also changes what materialization builds.
@@ -60,6 +61,19 @@ class Preview:
 def changed_pipeline_keys(current: TenantConfig, proposed: TenantConfig) -> list[str]:
     now, then = current.as_dict(), proposed.as_dict()
     return [key for key in PIPELINE_KEYS if now.get(key) != then.get(key)]
+
+
+def active_users(settings: Settings, tenant: str) -> list[str]:
+    """The tenant's users with events, from its user feature table (empty before a materialization)."""
+    import pyarrow.parquet as pq
+
+    from lodestar.lineage.files import TenantFiles
+
+    path = TenantFiles(settings.tenant_dir(tenant)).user_features
+    if not path.is_file():
+        return []
+    table = pq.read_table(path, columns=["id", "events"]).to_pandas()
+    return table.loc[table["events"] > 0, "id"].tolist()
 
 
 def sample_users(user_ids: list[str], size: int, seed: int = 0) -> list[str]:

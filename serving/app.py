@@ -15,6 +15,7 @@ from lodestar.index import open_index_store
 from lodestar.settings import Settings
 from serving.auth import require_principal
 from serving.controllers import (
+    ConfigController,
     EventController,
     HealthController,
     ItemController,
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
                             models_dir=settings.models_dir)
         served_log = ServedLog(cdp)
-        app.state.update(cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
+        app.state.update(settings=settings, cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 
@@ -76,7 +77,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[RecommendationController, ItemController, SearchController, EventController,
-                        PreferenceController, UserController, KeyController, OperatorController, HealthController],
+                        PreferenceController, UserController, KeyController, ConfigController, OperatorController,
+                        HealthController],
         guards=[require_principal],
         before_request=strict_request,
         dependencies=DEPENDENCIES,

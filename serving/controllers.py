@@ -19,6 +19,7 @@ from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
 from lodestar.keys import OPERATOR, issue_key, key_id_of, parse_scopes
+from lodestar.preview import active_users, preview_change, sample_users
 from lodestar.recommend import (
     nearest_controlled,
     recommend_for_session,
@@ -26,7 +27,7 @@ from lodestar.recommend import (
     similar_items,
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
-from lodestar.tenant_config import effective_config, validate_config
+from lodestar.tenant_config import deep_merge, effective_config, validate_config
 from serving.auth import SCOPE
 from serving.dependencies import (
     Cdp,
@@ -41,6 +42,9 @@ from serving.dependencies import (
 )
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
+    ConfigChange,
+    ConfigPreviewRequest,
+    ConfigView,
     EventBatch,
     EventsAccepted,
     Explanation,
@@ -309,6 +313,58 @@ class KeyController(Controller):
     def revoke_key(self, tenant: Tenant, key_id: PathId, cdp: Cdp) -> KeyInfo:
         """Revoke a key at once: every server refuses it from the next request on."""
         return _revoke(cdp, tenant, key_id)
+
+
+class ConfigController(Controller):
+    """The tenant's configuration, for a key with the ``admin`` scope: read it, preview a change on
+    a sample of its users, store a change (validated as the CLI validates it; 422 naming the field)."""
+
+    security = SECURED
+    path = "/v1/config"
+    tags = ["configuration"]
+    opt = {SCOPE: ADMIN}
+
+    @get("/", operation_id="getConfig", responses=READS, sync_to_thread=True)
+    def get_config(self, tenant: Tenant, cdp: Cdp) -> ConfigView:
+        return _config_view(require_tenant(cdp, tenant))
+
+    @put("/", operation_id="setConfig", responses=WRITES, sync_to_thread=True)
+    def set_config(self, tenant: Tenant, data: ConfigChange, cdp: Cdp) -> ConfigView:
+        """Store a change; ranking weights and rules apply from the next request, model settings at
+        the next materialization."""
+        record = require_tenant(cdp, tenant)
+        cdp.set_tenant_config(tenant, _proposed(record, data.config, data.replace))
+        return _config_view(require_tenant(cdp, tenant))
+
+    @post("/preview", operation_id="previewConfig", responses=WRITES, status_code=200, sync_to_thread=True)
+    def preview_config(
+        self, request: Request, tenant: Tenant, data: ConfigPreviewRequest, cdp: Cdp, config: Config,
+        published: Published, embedder: EmbedderDep,
+    ) -> dict[str, Any]:
+        """How the change would move the recommendations of a seeded sample of the tenant's users
+        (lists changed, overlap, rank shift, items entering and leaving; ``user_id``'s two lists side
+        by side). Nothing is stored."""
+        proposed = effective_config(_proposed(require_tenant(cdp, tenant), data.config, data.replace))
+        user_id = parse_id(data.user_id, "user_id") if data.user_id is not None else None
+        users = sample_users(active_users(request.app.state.settings, tenant), data.sample)
+        return preview_change(published, cdp, embedder, tenant, config, proposed, users, data.k, user_id).as_dict()
+
+
+def _proposed(record: dict[str, Any], change: dict[str, Any], replace: bool) -> dict[str, Any]:
+    """The stored configuration with ``change`` merged in (or replacing it), validated; the
+    operator's quotas are kept as they are."""
+    if "quotas" in change:
+        raise PermissionDeniedException("quotas are set by the operator (PUT /v1/operator/tenants/{tenant}/quotas); "
+                                        "leave them out of the change")
+    stored = dict(record["config"] or {})
+    merged = dict(change) if replace else deep_merge(stored, change)
+    if "quotas" in stored:
+        merged["quotas"] = stored["quotas"]
+    return validate_config(merged)
+
+
+def _config_view(record: dict[str, Any]) -> ConfigView:
+    return ConfigView(stored=record["config"] or {}, effective=effective_config(record["config"]).as_dict())
 
 
 class OperatorController(Controller):

@@ -150,3 +150,26 @@ class UserErased(msgspec.Struct):
     events: int
     preferences: int
     served_lists: int
+
+
+class ConfigView(msgspec.Struct):
+    stored: dict[str, Any]  # what the tenant set
+    effective: dict[str, Any]  # with the defaults overlaid: what ranking and the pipeline use
+
+
+class ConfigChange(msgspec.Struct, forbid_unknown_fields=True):
+    """A configuration change: merged into the stored configuration, or replacing it (``replace``).
+    ``quotas`` are the operator's and cannot be sent here."""
+
+    config: dict[str, Any]
+    replace: bool = False
+
+
+class ConfigPreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``config`` would change, on a seeded sample of the tenant's users; nothing is stored."""
+
+    config: dict[str, Any]
+    replace: bool = False
+    sample: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 200
+    k: K = 10
+    user_id: ItemId | None = None  # shown side by side

@@ -77,3 +77,45 @@ def test_the_cli_previews_and_stores_nothing(env, monkeypatch, capsys):
         store.close()
     assert main(["tenants", "config", "alpha", "--preview"]) == 2
     assert "--preview shows what --set would change" in capsys.readouterr().err
+
+
+def test_the_config_api_reads_previews_and_stores_for_admin_keys_only(env):
+    from litestar.testing import TestClient
+
+    from lodestar.keys import issue_key
+    from serving.app import create_app
+
+    store = open_cdp(env.settings)
+    try:
+        read_key = issue_key(store, "alpha", ("read",), label="test: read only")
+        before = store.get_tenant("alpha")["config"]
+    finally:
+        store.close()
+    admin = {"Authorization": f"Bearer {env.keys['alpha']}"}
+    with TestClient(create_app(env.settings)) as client:
+        view = client.get("/v1/config", headers=admin).json()
+        assert view["stored"] == before and view["effective"]["ranking"]["collab"] > 0
+        assert client.get("/v1/config", headers={"Authorization": f"Bearer {read_key}"}).status_code == 403
+
+        change = {"rules": [{"type": "pin", "item_id": "p00002", "position": 1}]}
+        preview = client.post("/v1/config/preview", json={"config": change, "sample": 8, "k": 5, "user_id": "u0003"},
+                              headers=admin)
+        assert preview.status_code == 200, preview.text
+        body = preview.json()
+        assert body["users"] == 8 and body["lists_changed"] > 0
+        assert body["side_by_side"]["proposed"][0]["id"] == "p00002"
+        assert client.get("/v1/config", headers=admin).json()["stored"] == before  # a preview stores nothing
+
+        bad = client.put("/v1/config", json={"config": {"rules": [{"type": "pin", "item_id": "p1", "position": 0}]}},
+                         headers=admin)
+        assert bad.status_code == 422 and "rules[0].position" in bad.text
+        quotas = client.put("/v1/config", json={"config": {"quotas": {"requests_per_second": 0}}}, headers=admin)
+        assert quotas.status_code == 403 and "operator" in quotas.text
+        try:
+            stored = client.put("/v1/config", json={"config": change}, headers=admin)
+            assert stored.status_code == 200 and stored.json()["stored"]["rules"] == change["rules"]
+            first = client.get("/v1/users/u0003/recommendations?k=3", headers=admin).json()["items"][0]["id"]
+            assert first == "p00002"  # the next request ranks with the stored rule
+        finally:
+            reset = client.put("/v1/config", json={"config": before, "replace": True}, headers=admin)
+            assert reset.status_code == 200 and reset.json()["stored"] == before
