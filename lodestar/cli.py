@@ -20,6 +20,16 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _cli_actor() -> str:
+    """Who changed something from the CLI, for the audit log: ``cli:<login>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container with an unnamed uid)
+        return f"cli:uid{os.getuid()}"
+
+
 def _utc(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else "-"
 
@@ -68,13 +78,15 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import cdp_session, require_tenant
-    from lodestar.keys import issue_key, parse_scopes
+    from lodestar.cdp import audit_entry, cdp_session, require_tenant
+    from lodestar.keys import issue_key, key_id_of, parse_scopes
 
     scopes = parse_scopes(args.scope)
     with cdp_session(settings) as store:
         require_tenant(store, args.name)
         key = issue_key(store, args.name, scopes, args.label)
+        store.append_audit(args.name, audit_entry(_cli_actor(), "key.create", key_id_of(key), None,
+                                                  {"scopes": list(scopes), "label": args.label}))
     if args.json:
         print(json.dumps({"tenant": args.name, "api_key": key, "scopes": list(scopes)}))
     else:
@@ -99,7 +111,7 @@ def cmd_tenants_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenants_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.cdp import audit_entry, cdp_session, require_tenant
     from lodestar.errors import NotFound
 
     with cdp_session(settings) as store:
@@ -107,18 +119,35 @@ def cmd_tenants_revoke(args: argparse.Namespace, settings: Settings) -> int:
         if not store.revoke_api_key(args.name, args.key_id):
             raise NotFound(f"tenant {args.name!r} has no API key {args.key_id!r}; "
                            f"list them with `lodestar tenants keys {args.name}`")
+        store.append_audit(args.name, audit_entry(_cli_actor(), "key.revoke", args.key_id, {"revoked": False},
+                                                  {"revoked": True}))
     _say(f"Revoked API key {args.key_id} of {args.name!r}: every server refuses it from the next request on.")
     return 0
 
 
 def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import cdp_session, require_tenant
-    from lodestar.errors import InvalidInput
+    from lodestar.cdp import audit_entry, cdp_session, require_tenant
+    from lodestar.errors import InvalidInput, NotFound
     from lodestar.tenant_config import deep_merge, effective_config, validate_config
 
     with cdp_session(settings) as store:
         tenant = require_tenant(store, args.name)
-        if args.set is not None:
+        if args.history:
+            for entry in store.read_audit(args.name, 500, action_prefix="config."):
+                print(json.dumps({k: entry[k] for k in ("id", "at", "actor", "action", "after")}))
+            return 0
+        if args.restore is not None:
+            found = next((e for e in store.read_audit(args.name, 10_000, action_prefix="config.")
+                          if e["id"] == args.restore), None)
+            if found is None:
+                raise NotFound(f"tenant {args.name!r} has no configuration version {args.restore!r}; "
+                               f"list them with `lodestar tenants config {args.name} --history`")
+            after = validate_config({**{k: v for k, v in (found["after"] or {}).items() if k != "quotas"},
+                                     **({"quotas": tenant["config"]["quotas"]} if "quotas" in tenant["config"] else {})})
+            store.set_tenant_config(args.name, after, audit=audit_entry(_cli_actor(), "config.restore", args.restore,
+                                                                        tenant["config"], after))
+            tenant = require_tenant(store, args.name)
+        elif args.set is not None:
             text = Path(args.set).read_text() if Path(args.set).is_file() else args.set
             try:
                 update = json.loads(text)
@@ -127,7 +156,8 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
             merged = validate_config(deep_merge(tenant["config"] if args.merge else {}, update))
             if args.preview:
                 return _preview_config(args, settings, store, tenant, merged)
-            store.set_tenant_config(args.name, merged)
+            store.set_tenant_config(args.name, merged,
+                                    audit=audit_entry(_cli_actor(), "config.set", "config", tenant["config"], merged))
             tenant = require_tenant(store, args.name)
         elif args.preview:
             raise InvalidInput("--preview shows what --set would change: give both")
@@ -346,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=200, metavar="N", help="with --preview: users sampled (default 200)")
     p.add_argument("--user", metavar="ID", help="with --preview: show this user's two lists side by side")
     p.add_argument("--k", type=int, default=10, help="with --preview: list length (default 10)")
+    p.add_argument("--history", action="store_true",
+                   help="every stored configuration, newest first (JSON lines: id, time, who, what)")
+    p.add_argument("--restore", metavar="ID", help="store again the configuration of version ID (from --history)")
     p.set_defaults(func=cmd_tenants_config)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")

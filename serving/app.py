@@ -15,6 +15,7 @@ from lodestar.index import open_index_store
 from lodestar.settings import Settings
 from serving.auth import require_principal
 from serving.controllers import (
+    AuditController,
     ConfigController,
     EventController,
     HealthController,
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[RecommendationController, ItemController, SearchController, EventController,
-                        PreferenceController, UserController, KeyController, ConfigController, OperatorController,
+                        PreferenceController, UserController, KeyController, ConfigController, AuditController,
+                        OperatorController,
                         HealthController],
         guards=[require_principal],
         before_request=strict_request,

@@ -12,7 +12,7 @@ from litestar import Controller, Request, delete, get, post, put
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
-from lodestar.cdp import ADMIN, EVENTS, CdpStore, require_tenant
+from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
 from lodestar.controls import Controls
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.explain import Trace
@@ -42,6 +42,8 @@ from serving.dependencies import (
 )
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
+    AuditEntry,
+    AuditLog,
     ConfigChange,
     ConfigPreviewRequest,
     ConfigView,
@@ -303,16 +305,16 @@ class KeyController(Controller):
         return _keys(cdp, tenant)
 
     @post("/", operation_id="createKey", responses=WRITES, status_code=201, sync_to_thread=True)
-    def create_key(self, tenant: Tenant, data: KeyRequest, cdp: Cdp) -> NewKey:
+    def create_key(self, request: Request, tenant: Tenant, data: KeyRequest, cdp: Cdp) -> NewKey:
         """Issue a key with the given scopes (``read`` is safe inside a browser or an app); the
         answer is the only time the key is shown."""
-        return _new_key(cdp, tenant, data)
+        return _new_key(cdp, tenant, data, _actor(request))
 
     @delete("/{key_id:str}", operation_id="revokeKey", responses=READS | NOT_FOUND, status_code=200,
             sync_to_thread=True)
-    def revoke_key(self, tenant: Tenant, key_id: PathId, cdp: Cdp) -> KeyInfo:
+    def revoke_key(self, request: Request, tenant: Tenant, key_id: PathId, cdp: Cdp) -> KeyInfo:
         """Revoke a key at once: every server refuses it from the next request on."""
-        return _revoke(cdp, tenant, key_id)
+        return _revoke(cdp, tenant, key_id, _actor(request))
 
 
 class ConfigController(Controller):
@@ -329,11 +331,32 @@ class ConfigController(Controller):
         return _config_view(require_tenant(cdp, tenant))
 
     @put("/", operation_id="setConfig", responses=WRITES, sync_to_thread=True)
-    def set_config(self, tenant: Tenant, data: ConfigChange, cdp: Cdp) -> ConfigView:
-        """Store a change; ranking weights and rules apply from the next request, model settings at
-        the next materialization."""
+    def set_config(self, request: Request, tenant: Tenant, data: ConfigChange, cdp: Cdp) -> ConfigView:
+        """Store a change (a new version in the audit log); ranking weights and rules apply from the
+        next request, model settings at the next materialization."""
         record = require_tenant(cdp, tenant)
-        cdp.set_tenant_config(tenant, _proposed(record, data.config, data.replace))
+        after = _proposed(record, data.config, data.replace)
+        cdp.set_tenant_config(tenant, after, audit=audit_entry(_actor(request), "config.set", "config",
+                                                               record["config"] or {}, after))
+        return _config_view(require_tenant(cdp, tenant))
+
+    @get("/history", operation_id="configHistory", responses=READS, sync_to_thread=True)
+    def history(self, tenant: Tenant, cdp: Cdp, limit: Annotated[int, Parameter(ge=1, le=500)] = 50) -> AuditLog:
+        """Every stored configuration, newest first, with who stored it and when (``id`` restores it)."""
+        return _audit_log(cdp.read_audit(tenant, limit, action_prefix="config."))
+
+    @post("/restore/{entry_id:str}", operation_id="restoreConfig", responses=WRITES | NOT_FOUND, status_code=200,
+          sync_to_thread=True)
+    def restore(self, request: Request, tenant: Tenant, entry_id: PathId, cdp: Cdp) -> ConfigView:
+        """Store again the configuration of an earlier version (recorded as a restore)."""
+        entry_id = parse_id(entry_id, "entry_id")
+        record = require_tenant(cdp, tenant)
+        found = next((e for e in cdp.read_audit(tenant, 10_000, action_prefix="config.") if e["id"] == entry_id), None)
+        if found is None:
+            raise NotFound(f"no configuration version {entry_id!r}; list them with GET /v1/config/history")
+        after = _proposed(record, {k: v for k, v in (found["after"] or {}).items() if k != "quotas"}, replace=True)
+        cdp.set_tenant_config(tenant, after, audit=audit_entry(_actor(request), "config.restore", entry_id,
+                                                               record["config"] or {}, after))
         return _config_view(require_tenant(cdp, tenant))
 
     @post("/preview", operation_id="previewConfig", responses=WRITES, status_code=200, sync_to_thread=True)
@@ -367,6 +390,23 @@ def _config_view(record: dict[str, Any]) -> ConfigView:
     return ConfigView(stored=record["config"] or {}, effective=effective_config(record["config"]).as_dict())
 
 
+class AuditController(Controller):
+    """The tenant's audit log for an ``admin`` key: every change with who, when, and before and after."""
+
+    security = SECURED
+    path = "/v1/audit"
+    tags = ["configuration"]
+    opt = {SCOPE: ADMIN}
+
+    @get("/", operation_id="auditLog", responses=READS, sync_to_thread=True)
+    def audit(self, tenant: Tenant, cdp: Cdp, limit: Annotated[int, Parameter(ge=1, le=500)] = 100) -> AuditLog:
+        return _audit_log(cdp.read_audit(tenant, limit))
+
+
+def _audit_log(entries: list[dict[str, Any]]) -> AuditLog:
+    return AuditLog(entries=[AuditEntry(**e) for e in entries])
+
+
 class OperatorController(Controller):
     """Tenants and their keys for the operator (``Authorization: Bearer $LODESTAR_ADMIN_KEY``)."""
 
@@ -387,14 +427,16 @@ class OperatorController(Controller):
 
     @put("/{tenant_name:str}/quotas", operation_id="operatorSetQuotas", responses=WRITES | NOT_FOUND,
          sync_to_thread=True)
-    def set_quotas(self, tenant_name: PathId, data: Quotas, cdp: Cdp) -> Quotas:
+    def set_quotas(self, request: Request, tenant_name: PathId, data: Quotas, cdp: Cdp) -> Quotas:
         """Change the tenant's quotas (the fields sent; 0 lifts a limit). Every serving process applies
         them from its next request of the tenant."""
         record = require_tenant(cdp, tenant_name)
         stored = dict(record["config"] or {})
+        before = dict(stored.get("quotas", {}))
         changes = {k: v for k, v in msgspec.to_builtins(data).items() if v is not None}
-        stored["quotas"] = {**stored.get("quotas", {}), **changes}
-        cdp.set_tenant_config(record["name"], validate_config(stored))
+        stored["quotas"] = {**before, **changes}
+        cdp.set_tenant_config(record["name"], validate_config(stored),
+                              audit=audit_entry(_actor(request), "quotas.set", "quotas", before, stored["quotas"]))
         return _quotas(require_tenant(cdp, tenant_name))
 
     @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", responses=READS | NOT_FOUND, sync_to_thread=True)
@@ -403,13 +445,13 @@ class OperatorController(Controller):
 
     @post("/{tenant_name:str}/keys", operation_id="operatorCreateKey", responses=WRITES | NOT_FOUND, status_code=201,
           sync_to_thread=True)
-    def create_key(self, tenant_name: PathId, data: KeyRequest, cdp: Cdp) -> NewKey:
-        return _new_key(cdp, require_tenant(cdp, tenant_name)["name"], data)
+    def create_key(self, request: Request, tenant_name: PathId, data: KeyRequest, cdp: Cdp) -> NewKey:
+        return _new_key(cdp, require_tenant(cdp, tenant_name)["name"], data, _actor(request))
 
     @delete("/{tenant_name:str}/keys/{key_id:str}", operation_id="operatorRevokeKey", responses=READS | NOT_FOUND, status_code=200,
             sync_to_thread=True)
-    def revoke_key(self, tenant_name: PathId, key_id: PathId, cdp: Cdp) -> KeyInfo:
-        return _revoke(cdp, require_tenant(cdp, tenant_name)["name"], key_id)
+    def revoke_key(self, request: Request, tenant_name: PathId, key_id: PathId, cdp: Cdp) -> KeyInfo:
+        return _revoke(cdp, require_tenant(cdp, tenant_name)["name"], key_id, _actor(request))
 
 
 def _quotas(record: dict[str, Any]) -> Quotas:
@@ -420,15 +462,24 @@ def _keys(cdp: CdpStore, tenant: str) -> KeyList:
     return KeyList(keys=[KeyInfo(**k) for k in cdp.list_api_keys(tenant)])
 
 
-def _new_key(cdp: CdpStore, tenant: str, data: KeyRequest) -> NewKey:
+def _actor(request: Request) -> str:
+    """Who made a change, for the audit log: ``operator``, or ``key:<key id>`` of the tenant key."""
+    principal = request.state.principal
+    return "operator" if principal.kind == OPERATOR else f"key:{principal.key_id}"
+
+
+def _new_key(cdp: CdpStore, tenant: str, data: KeyRequest, actor: str) -> NewKey:
     scopes = parse_scopes(data.scopes)
     label = check_text(data.label.strip(), "label")
     key = issue_key(cdp, tenant, scopes, label)
+    cdp.append_audit(tenant, audit_entry(actor, "key.create", key_id_of(key), None,
+                                         {"scopes": list(scopes), "label": label}))
     return NewKey(api_key=key, key_id=key_id_of(key), scopes=list(scopes), label=label)
 
 
-def _revoke(cdp: CdpStore, tenant: str, key_id: str) -> KeyInfo:
+def _revoke(cdp: CdpStore, tenant: str, key_id: str, actor: str) -> KeyInfo:
     key_id = parse_id(key_id, "key_id")
     if not cdp.revoke_api_key(tenant, key_id):
         raise NotFound(f"tenant {tenant!r} has no API key {key_id!r}; list them with GET /v1/keys")
+    cdp.append_audit(tenant, audit_entry(actor, "key.revoke", key_id, {"revoked": False}, {"revoked": True}))
     return next(KeyInfo(**k) for k in cdp.list_api_keys(tenant) if k["key_id"] == key_id)

@@ -173,3 +173,17 @@ class ConfigPreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
     sample: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 200
     k: K = 10
     user_id: ItemId | None = None  # shown side by side
+
+
+class AuditEntry(msgspec.Struct):
+    id: str
+    at: float
+    actor: str  # operator, key:<key id>, cli:<user>
+    action: str  # config.set, config.restore, quotas.set, key.create, key.revoke
+    target: str
+    before: Any
+    after: Any
+
+
+class AuditLog(msgspec.Struct):
+    entries: list[AuditEntry]  # newest first

@@ -188,3 +188,25 @@ def test_the_events_per_day_count_is_one_range_query_over_the_change_index():
     assert bind == {"tenant": "acme", "since": 1_700_000_000.0}
     assert "e.tenant_id == @tenant AND e.updated_at >= @since" in query and "COLLECT WITH COUNT" in query
     assert ("events", ("tenant_id", "updated_at"), False) in INDEXES  # the index the range runs on
+
+
+def test_a_configuration_and_its_audit_entry_are_one_transaction():
+    from lodestar.cdp import audit_entry
+
+    db = Database()
+    store = _with_tenant(db)
+    store.set_tenant_config("acme", {"ranking": {"content": 0.2}},
+                            audit=audit_entry("key:abc", "config.set", before={}, after={"ranking": {"content": 0.2}}))
+    options, txn = db.transactions[0]
+    assert txn.state == "committed" and set(options["write"]) == {"tenants", "lodestar_audit"}
+    (update, update_vars, _), (insert, insert_vars, _) = db.queries[-2:]
+    assert "UPDATE" in update and "mergeObjects: false" in update and update_vars["config"] == {"ranking": {"content": 0.2}}
+    doc = insert_vars["doc"]
+    assert "INSERT" in insert and doc["tenant_id"] == "acme" and doc["action"] == "config.set"
+    assert doc["_key"].startswith("acme-") and doc["seq"] in doc["_key"] and len(doc["seq"]) == 23
+    db.fail_on = "INSERT"
+    with pytest.raises(RuntimeError):
+        store.set_tenant_config("acme", {}, audit=audit_entry("key:abc", "config.set"))
+    assert db.transactions[-1][1].state == "aborted"
+    store.read_audit("acme", limit=5, action_prefix="config.")
+    assert db.queries[-1][1] == {"tenant": "acme", "prefix": "config.", "limit": 5}

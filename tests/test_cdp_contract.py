@@ -214,3 +214,24 @@ def test_cdp_session_closes_the_store_even_on_error_and_require_tenant_names_the
     with cdp_session(settings) as cdp:
         assert [t["name"] for t in cdp.list_tenants()] == ["acme"]
     assert closed == [True, True]
+
+
+def test_audit_log_keeps_entries_per_tenant_newest_first_with_the_config_change(store):
+    from lodestar.cdp import audit_entry
+
+    store.create_tenant("acme")
+    store.create_tenant("zeta")
+    store.set_tenant_config("acme", {"ranking": {"content": 0.2}},
+                            audit=audit_entry("key:k1", "config.set", before={}, after={"ranking": {"content": 0.2}}))
+    store.append_audit("acme", audit_entry("operator", "quotas.set", "quotas", {"items": 0}, {"items": 10}))
+    store.append_audit("zeta", audit_entry("cli:root", "key.create", "k9", None, {"scopes": ["read"]}))
+    store.set_tenant_config("acme", {"ranking": {"content": 0.3}})  # no audit asked for: none written
+    entries = store.read_audit("acme")
+    assert [e["action"] for e in entries] == ["quotas.set", "config.set"]  # newest first, acme's only
+    assert entries[0]["before"] == {"items": 0} and entries[0]["after"] == {"items": 10}
+    assert entries[1]["actor"] == "key:k1" and entries[1]["after"] == {"ranking": {"content": 0.2}}
+    assert all(isinstance(e["id"], str) and e["at"] > 0 for e in entries) and entries[0]["id"] != entries[1]["id"]
+    assert [e["action"] for e in store.read_audit("acme", action_prefix="config.")] == ["config.set"]
+    assert len(store.read_audit("acme", limit=1)) == 1
+    assert [e["target"] for e in store.read_audit("zeta")] == ["k9"]
+    assert store.get_tenant("acme")["config"] == {"ranking": {"content": 0.3}}

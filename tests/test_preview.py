@@ -119,3 +119,48 @@ def test_the_config_api_reads_previews_and_stores_for_admin_keys_only(env):
         finally:
             reset = client.put("/v1/config", json={"config": before, "replace": True}, headers=admin)
             assert reset.status_code == 200 and reset.json()["stored"] == before
+
+
+def test_every_change_is_audited_and_an_earlier_configuration_restores_in_one_step(env, monkeypatch, capsys):
+    from litestar.testing import TestClient
+
+    from lodestar.keys import key_id_of
+    from serving.app import create_app
+
+    admin = {"Authorization": f"Bearer {env.keys['alpha']}"}
+    actor = f"key:{key_id_of(env.keys['alpha'])}"
+    store = open_cdp(env.settings)
+    try:
+        original = store.get_tenant("alpha")["config"]
+    finally:
+        store.close()
+    with TestClient(create_app(env.settings)) as client:
+        first = {"ranking": {"content": 0.25}}
+        second = {"ranking": {"content": 0.5}}
+        try:
+            assert client.put("/v1/config", json={"config": first}, headers=admin).status_code == 200
+            assert client.put("/v1/config", json={"config": second}, headers=admin).status_code == 200
+            history = client.get("/v1/config/history", headers=admin).json()["entries"]
+            assert [e["after"]["ranking"]["content"] for e in history[:2]] == [0.5, 0.25]
+            assert history[0]["actor"] == actor and history[0]["before"]["ranking"]["content"] == 0.25
+            restored = client.post(f"/v1/config/restore/{history[1]['id']}", headers=admin)
+            assert restored.status_code == 200 and restored.json()["stored"]["ranking"]["content"] == 0.25
+            assert client.post("/v1/config/restore/nope", headers=admin).status_code == 404
+            key = client.post("/v1/keys", json={"scopes": ["read"], "label": "audited"}, headers=admin).json()
+            assert client.delete(f"/v1/keys/{key['key_id']}", headers=admin).status_code == 200
+            log = client.get("/v1/audit?limit=4", headers=admin).json()["entries"]
+            assert [(e["action"], e["actor"]) for e in log] == [
+                ("key.revoke", actor), ("key.create", actor), ("config.restore", actor), ("config.set", actor)]
+            assert log[0]["target"] == key["key_id"] and log[2]["target"] == history[1]["id"]
+            # the CLI writes the same log, and restores too
+            monkeypatch.setenv("LODESTAR_DATA_DIR", str(env.settings.data_dir))
+            assert main(["tenants", "config", "alpha", "--history"]) == 0
+            lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert lines[0]["action"] == "config.restore" and lines[-1]["after"] is not None
+            assert main(["tenants", "config", "alpha", "--restore", history[0]["id"]]) == 0
+            capsys.readouterr()
+            newest = client.get("/v1/audit?limit=1", headers=admin).json()["entries"][0]
+            assert newest["action"] == "config.restore" and newest["actor"].startswith("cli:")
+            assert newest["after"]["ranking"]["content"] == 0.5
+        finally:
+            client.put("/v1/config", json={"config": original, "replace": True}, headers=admin)

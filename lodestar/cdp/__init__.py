@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
@@ -102,6 +103,13 @@ def stored_values(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, 
     return out
 
 
+def audit_entry(actor: str, action: str, target: str = "", before: Any = None, after: Any = None) -> dict[str, Any]:
+    """One audit log entry: ``actor`` (``key:<id>``, ``operator``, ``cli:<user>``), ``action``
+    (``config.set``, ``config.restore``, ``quotas.set``, ``key.create``, ``key.revoke``), what it
+    acted on, and the state before and after."""
+    return {"at": time.time(), "actor": actor, "action": action, "target": target, "before": before, "after": after}
+
+
 def row_hash(record: dict[str, Any], fields: tuple[str, ...]) -> str:
     """A digest of a record's content; an upsert whose digest equals the stored one changes nothing.
     ``source_updated_at`` is left out: a newer source stamp on the same content is not a change."""
@@ -123,7 +131,17 @@ class CdpStore(Protocol):
     def create_tenant(self, name: str, config: dict[str, Any] | None = None) -> dict[str, Any]: ...
     def get_tenant(self, name: str) -> dict[str, Any] | None: ...
     def list_tenants(self) -> list[dict[str, Any]]: ...
-    def set_tenant_config(self, name: str, config: dict[str, Any]) -> None: ...
+    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+        """Store the configuration; with ``audit`` (an :func:`audit_entry`), record it in the tenant's
+        audit log in the same transaction."""
+        ...
+
+    # the audit log: who changed what, when, with the state before and after
+    def append_audit(self, tenant: str, entry: dict[str, Any]) -> None: ...
+    def read_audit(self, tenant: str, limit: int = 100, action_prefix: str = "") -> list[dict[str, Any]]:
+        """The newest ``limit`` entries (newest first), each with its ``id``; only actions starting
+        with ``action_prefix`` when given."""
+        ...
 
     # API keys (stored hashed), each with scopes; a revoked key is kept (listed) but never found
     def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,

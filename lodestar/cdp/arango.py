@@ -23,6 +23,7 @@ batch spanning shards is not atomic (each document is).
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -48,7 +49,8 @@ TENANTS = "tenants"
 PREFERENCES = "preferences"
 API_KEYS = "lodestar_api_keys"
 SERVED = "lodestar_served"
-COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED)
+AUDIT = "lodestar_audit"
+COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -58,6 +60,7 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("events", ("tenant_id", "user_id", "ts"), False),
     (PREFERENCES, ("tenant_id", "updated_at"), False),
     (API_KEYS, ("tenant_id",), False),
+    (AUDIT, ("tenant_id", "seq"), False),
     (SERVED, ("tenant_id", "ts"), False),
     (SERVED, ("tenant_id", "user_id"), False),
 )
@@ -65,6 +68,18 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
 
 # Stamps come from the server clock, taken once per query.
+SET_CONFIG_AQL = f"""
+UPDATE {{_key: @key}} WITH {{config: @config, updated_at: @now}} IN {TENANTS} OPTIONS {{mergeObjects: false}}
+"""
+INSERT_AUDIT_AQL = f"INSERT @doc INTO {AUDIT}"
+AUDIT_AQL = f"""
+FOR d IN {AUDIT}
+    FILTER d.tenant_id == @tenant AND LEFT(d.action, LENGTH(@prefix)) == @prefix
+    SORT d.tenant_id DESC, d.seq DESC
+    LIMIT @limit
+    RETURN d
+"""
+
 UPSERT_AQL = """
 LET stamp = DATE_NOW() / 1000
 FOR d IN @docs
@@ -273,10 +288,36 @@ class ArangoCdpStore:
         docs = self._query("FOR t IN tenants FILTER t.deleted != true SORT t.name RETURN t")
         return [self._tenant(d) for d in docs]
 
-    def set_tenant_config(self, name: str, config: dict[str, Any]) -> None:
+    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+        """The configuration and its audit entry in one stream transaction."""
         require_tenant(self, name)
-        self.db.collection(TENANTS).update({"_key": name, "config": config, "updated_at": time.time()},
-                                           merge=False)
+        txn = self.db.begin_transaction(write=[TENANTS, AUDIT], sync=True)
+        try:
+            txn.aql.execute(SET_CONFIG_AQL, bind_vars={"key": name, "config": config, "now": time.time()})
+            if audit is not None:
+                txn.aql.execute(INSERT_AUDIT_AQL, bind_vars={"doc": self._audit_doc(name, audit)})
+            txn.commit_transaction()
+        except BaseException:
+            txn.abort_transaction()
+            raise
+
+    # -- audit log ---------------------------------------------------------------------------
+    @staticmethod
+    def _audit_doc(tenant: str, entry: dict[str, Any]) -> dict[str, Any]:
+        # seq orders entries (newest first) and names them: nanoseconds, plus a random tail so that
+        # two servers writing in the same nanosecond never collide.
+        seq = f"{time.time_ns():020d}{secrets.randbelow(1000):03d}"
+        return {"_key": f"{tenant}-{seq}", "tenant_id": tenant, "seq": seq, "at": entry["at"],
+                "actor": entry["actor"], "action": entry["action"], "target": entry.get("target", ""),
+                "before": entry.get("before"), "after": entry.get("after")}
+
+    def append_audit(self, tenant: str, entry: dict[str, Any]) -> None:
+        self.db.collection(AUDIT).insert(self._audit_doc(tenant, entry), sync=True)
+
+    def read_audit(self, tenant: str, limit: int = 100, action_prefix: str = "") -> list[dict[str, Any]]:
+        docs = self._query(AUDIT_AQL, tenant=tenant, prefix=action_prefix, limit=limit)
+        return [{"id": d["seq"], **{f: d.get(f) for f in ("at", "actor", "action", "target", "before", "after")}}
+                for d in docs]
 
     @staticmethod
     def _tenant(doc: dict[str, Any]) -> dict[str, Any]:

@@ -96,6 +96,17 @@ CREATE TABLE IF NOT EXISTS served (
     PRIMARY KEY (tenant, recommendation_id)
 );
 CREATE INDEX IF NOT EXISTS served_by_time ON served (tenant, ts);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, id);
 CREATE TABLE IF NOT EXISTS preferences (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -186,7 +197,7 @@ class SqliteCdpStore:
         ).fetchall()
         return [self._tenant(r) for r in rows]
 
-    def set_tenant_config(self, name: str, config: dict[str, Any]) -> None:
+    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE tenants SET config = ?, updated_at = ? WHERE name = ? AND deleted = 0",
@@ -194,6 +205,30 @@ class SqliteCdpStore:
             )
             if cur.rowcount == 0:
                 raise unknown_tenant(name)
+            if audit is not None:
+                self._audit(conn, name, audit)
+
+    # -- audit log ---------------------------------------------------------------------------
+    @staticmethod
+    def _audit(conn: sqlite3.Connection, tenant: str, entry: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT INTO audit (tenant, at, actor, action, target, before, after) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (tenant, entry["at"], entry["actor"], entry["action"], entry.get("target", ""),
+             json.dumps(entry.get("before")), json.dumps(entry.get("after"))),
+        )
+
+    def append_audit(self, tenant: str, entry: dict[str, Any]) -> None:
+        with self._write() as conn:
+            self._audit(conn, tenant, entry)
+
+    def read_audit(self, tenant: str, limit: int = 100, action_prefix: str = "") -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT id, at, actor, action, target, before, after FROM audit WHERE tenant = ? AND "
+            "substr(action, 1, ?) = ? ORDER BY id DESC LIMIT ?",
+            (tenant, len(action_prefix), action_prefix, limit),
+        ).fetchall()
+        return [{**dict(r), "id": str(r["id"]), "before": json.loads(r["before"]), "after": json.loads(r["after"])}
+                for r in rows]
 
     @staticmethod
     def _tenant(row: sqlite3.Row) -> dict[str, Any]:
