@@ -36,12 +36,14 @@ def _utc(stamp: float | None) -> str:
 
 # -- tenants -------------------------------------------------------------------------------------
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import cdp_session
-    from lodestar.keys import issue_key
+    from lodestar.cdp import ALL_SCOPES, audit_entry, cdp_session
+    from lodestar.keys import issue_key, key_id_of
 
     with cdp_session(settings) as store:
         tenant = store.create_tenant(args.name)
         key = issue_key(store, args.name)
+        store.append_audit(args.name, audit_entry(_cli_actor(), "key.create", key_id_of(key), None,
+                                                  {"scopes": list(ALL_SCOPES), "label": ""}))
     if args.json:
         print(json.dumps({"tenant": tenant["name"], "api_key": key}))
     else:
@@ -130,6 +132,8 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar.errors import InvalidInput, NotFound
     from lodestar.tenant_config import deep_merge, effective_config, validate_config
 
+    if sum([args.history, args.restore is not None, args.set is not None]) > 1:
+        raise InvalidInput("give one of --set, --history and --restore")
     with cdp_session(settings) as store:
         tenant = require_tenant(store, args.name)
         if args.history:
@@ -145,7 +149,8 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
             after = validate_config({**{k: v for k, v in (found["after"] or {}).items() if k != "quotas"},
                                      **({"quotas": tenant["config"]["quotas"]} if "quotas" in tenant["config"] else {})})
             store.set_tenant_config(args.name, after, audit=audit_entry(_cli_actor(), "config.restore", args.restore,
-                                                                        tenant["config"], after))
+                                                                        tenant["config"], after),
+                                    if_updated_at=tenant["updated_at"])
             tenant = require_tenant(store, args.name)
         elif args.set is not None:
             text = Path(args.set).read_text() if Path(args.set).is_file() else args.set
@@ -157,7 +162,8 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
             if args.preview:
                 return _preview_config(args, settings, store, tenant, merged)
             store.set_tenant_config(args.name, merged,
-                                    audit=audit_entry(_cli_actor(), "config.set", "config", tenant["config"], merged))
+                                    audit=audit_entry(_cli_actor(), "config.set", "config", tenant["config"], merged),
+                                    if_updated_at=tenant["updated_at"])
             tenant = require_tenant(store, args.name)
         elif args.preview:
             raise InvalidInput("--preview shows what --set would change: give both")

@@ -40,7 +40,7 @@ class Preview:
     k: int
     lists_changed: int  # users whose list differs in items or order
     sets_changed: int  # users whose list holds different items
-    mean_overlap: float  # items both lists hold, as a share of k, mean over users
+    mean_overlap: float  # items both lists hold, as a share of the longer list, mean over users
     mean_rank_shift: float  # |rank now - rank proposed| of the items both lists hold, mean over them
     entering: list[tuple[str, str, int]]  # (item id, title, in how many lists it enters), most first
     leaving: list[tuple[str, str, int]]
@@ -112,7 +112,7 @@ def preview_change(
         entering.update(set(then) - set(now))
         leaving.update(set(now) - set(then))
         kept = set(now) & set(then)
-        overlaps.append(len(kept) / k)
+        overlaps.append(len(kept) / max(len(now), len(then), 1))
         shifts.extend(abs(now.index(i) - then.index(i)) for i in kept)
 
     def top(counts: Counter[str]) -> list[tuple[str, str, int]]:

@@ -179,6 +179,16 @@ def _number(value: Any, where: str, minimum: float = 0.0) -> None:
         raise InvalidInput(f"{where} must be a number >= {minimum:g}", field=where)
 
 
+# Upper bounds of the settings that size work on the shared machines (candidates per request, the
+# dense EASE matrix, factors, users evaluated).
+RESOURCE_LIMITS = {
+    ("collab", "candidates"): 2000,
+    ("collab", "ease_max_items"): 20000,  # a dense 20,000 x 20,000 float32 matrix is 1.6 GB
+    ("collab", "factors"): 512,
+    ("evaluation", "max_users"): 20000,
+}
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check a configuration a tenant admin wants to store; return it unchanged when valid."""
     if not isinstance(config, dict):
@@ -207,6 +217,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             if key not in DEFAULTS[section]:
                 raise InvalidInput(f"{section}.{key}: unknown key; known: {', '.join(DEFAULTS[section])}")
             _number(value, f"{section}.{key}")
+    # What a tenant may set costs the shared server and pipeline memory and time: bounded.
+    for (section, key), top in RESOURCE_LIMITS.items():
+        value = config.get(section, {}).get(key)
+        if value is not None and value > top:
+            raise InvalidInput(f"{section}.{key}: at most {top} (it sizes work on the shared server), got {value}")
     test_fraction = config.get("evaluation", {}).get("test_fraction", EvaluationSettings.test_fraction)
     if not 0 < test_fraction < 1:
         raise InvalidInput("evaluation.test_fraction must be between 0 and 1")

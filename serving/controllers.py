@@ -330,14 +330,15 @@ class ConfigController(Controller):
     def get_config(self, tenant: Tenant, cdp: Cdp) -> ConfigView:
         return _config_view(require_tenant(cdp, tenant))
 
-    @put("/", operation_id="setConfig", responses=WRITES, sync_to_thread=True)
+    @put("/", operation_id="setConfig", responses=WRITES | problem_responses(409), sync_to_thread=True)
     def set_config(self, request: Request, tenant: Tenant, data: ConfigChange, cdp: Cdp) -> ConfigView:
         """Store a change (a new version in the audit log); ranking weights and rules apply from the
         next request, model settings at the next materialization."""
         record = require_tenant(cdp, tenant)
         after = _proposed(record, data.config, data.replace)
         cdp.set_tenant_config(tenant, after, audit=audit_entry(_actor(request), "config.set", "config",
-                                                               record["config"] or {}, after))
+                                                               record["config"] or {}, after),
+                              if_updated_at=record["updated_at"])
         return _config_view(require_tenant(cdp, tenant))
 
     @get("/history", operation_id="configHistory", responses=READS, sync_to_thread=True)
@@ -345,7 +346,8 @@ class ConfigController(Controller):
         """Every stored configuration, newest first, with who stored it and when (``id`` restores it)."""
         return _audit_log(cdp.read_audit(tenant, limit, action_prefix="config."))
 
-    @post("/restore/{entry_id:str}", operation_id="restoreConfig", responses=WRITES | NOT_FOUND, status_code=200,
+    @post("/restore/{entry_id:str}", operation_id="restoreConfig", responses=WRITES | NOT_FOUND | problem_responses(409),
+          status_code=200,
           sync_to_thread=True)
     def restore(self, request: Request, tenant: Tenant, entry_id: PathId, cdp: Cdp) -> ConfigView:
         """Store again the configuration of an earlier version (recorded as a restore)."""
@@ -356,7 +358,8 @@ class ConfigController(Controller):
             raise NotFound(f"no configuration version {entry_id!r}; list them with GET /v1/config/history")
         after = _proposed(record, {k: v for k, v in (found["after"] or {}).items() if k != "quotas"}, replace=True)
         cdp.set_tenant_config(tenant, after, audit=audit_entry(_actor(request), "config.restore", entry_id,
-                                                               record["config"] or {}, after))
+                                                               record["config"] or {}, after),
+                              if_updated_at=record["updated_at"])
         return _config_view(require_tenant(cdp, tenant))
 
     @post("/preview", operation_id="previewConfig", responses=WRITES, status_code=200, sync_to_thread=True)
@@ -370,6 +373,9 @@ class ConfigController(Controller):
         proposed = effective_config(_proposed(require_tenant(cdp, tenant), data.config, data.replace))
         user_id = parse_id(data.user_id, "user_id") if data.user_id is not None else None
         users = sample_users(active_users(request.app.state.settings, tenant), data.sample)
+        if not users:
+            raise InvalidInput(f"tenant {tenant!r} has no users with events to preview on yet: import events and "
+                               "materialize it first")
         return preview_change(published, cdp, embedder, tenant, config, proposed, users, data.k, user_id).as_dict()
 
 
@@ -425,7 +431,7 @@ class OperatorController(Controller):
         """The tenant's quotas (0: no limit)."""
         return _quotas(require_tenant(cdp, tenant_name))
 
-    @put("/{tenant_name:str}/quotas", operation_id="operatorSetQuotas", responses=WRITES | NOT_FOUND,
+    @put("/{tenant_name:str}/quotas", operation_id="operatorSetQuotas", responses=WRITES | NOT_FOUND | problem_responses(409),
          sync_to_thread=True)
     def set_quotas(self, request: Request, tenant_name: PathId, data: Quotas, cdp: Cdp) -> Quotas:
         """Change the tenant's quotas (the fields sent; 0 lifts a limit). Every serving process applies
@@ -436,7 +442,8 @@ class OperatorController(Controller):
         changes = {k: v for k, v in msgspec.to_builtins(data).items() if v is not None}
         stored["quotas"] = {**before, **changes}
         cdp.set_tenant_config(record["name"], validate_config(stored),
-                              audit=audit_entry(_actor(request), "quotas.set", "quotas", before, stored["quotas"]))
+                              audit=audit_entry(_actor(request), "quotas.set", "quotas", before, stored["quotas"]),
+                              if_updated_at=record["updated_at"])
         return _quotas(require_tenant(cdp, tenant_name))
 
     @get("/{tenant_name:str}/keys", operation_id="operatorListKeys", responses=READS | NOT_FOUND, sync_to_thread=True)

@@ -170,7 +170,7 @@ class ConfigPreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     config: dict[str, Any]
     replace: bool = False
-    sample: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 200
+    sample: Annotated[int, msgspec.Meta(ge=1, le=500)] = 200  # two rankings per user, in the request
     k: K = 10
     user_id: ItemId | None = None  # shown side by side
 

@@ -164,3 +164,41 @@ def test_every_change_is_audited_and_an_earlier_configuration_restores_in_one_st
             assert newest["after"]["ranking"]["content"] == 0.5
         finally:
             client.put("/v1/config", json={"config": original, "replace": True}, headers=admin)
+
+
+def test_a_tenant_admin_never_changes_quotas_or_another_tenants_config(env):
+    from litestar.testing import TestClient
+
+    from lodestar.errors import Conflict
+    from serving.app import create_app
+
+    store = open_cdp(env.settings)
+    try:
+        original = store.get_tenant("alpha")["config"]
+        record = store.get_tenant("alpha")
+        store.set_tenant_config("alpha", {**original, "quotas": {"items": 5000}})
+        with pytest.raises(Conflict):  # a configuration read before a change is not written over it
+            store.set_tenant_config("alpha", original, if_updated_at=record["updated_at"])
+    finally:
+        store.close()
+    alpha = {"Authorization": f"Bearer {env.keys['alpha']}"}
+    beta = {"Authorization": f"Bearer {env.keys['beta']}"}
+    with TestClient(create_app(env.settings)) as client:
+        try:
+            replaced = client.put("/v1/config", json={"config": {"ranking": {"content": 0.3}}, "replace": True},
+                                  headers=alpha).json()
+            assert replaced["stored"] == {"ranking": {"content": 0.3}, "quotas": {"items": 5000}}  # kept
+            entry = client.get("/v1/config/history?limit=1", headers=alpha).json()["entries"][0]
+            assert client.post(f"/v1/config/restore/{entry['id']}", headers=beta).status_code == 404
+            assert client.get("/v1/config/history", headers=beta).json()["entries"] == [] or all(
+                e["id"] != entry["id"] for e in client.get("/v1/config/history", headers=beta).json()["entries"])
+            too_big = client.put("/v1/config", json={"config": {"collab": {"candidates": 100000}}}, headers=alpha)
+            assert too_big.status_code == 422 and "collab.candidates: at most 2000" in too_big.text
+        finally:
+            reset = client.put("/v1/config", json={"config": original, "replace": True}, headers=alpha)
+            assert reset.status_code == 200
+    store = open_cdp(env.settings)
+    try:
+        store.set_tenant_config("alpha", original)  # the operator's quota of this test gone too
+    finally:
+        store.close()

@@ -131,9 +131,12 @@ class CdpStore(Protocol):
     def create_tenant(self, name: str, config: dict[str, Any] | None = None) -> dict[str, Any]: ...
     def get_tenant(self, name: str) -> dict[str, Any] | None: ...
     def list_tenants(self) -> list[dict[str, Any]]: ...
-    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None,
+                          if_updated_at: float | None = None) -> None:
         """Store the configuration; with ``audit`` (an :func:`audit_entry`), record it in the tenant's
-        audit log in the same transaction."""
+        audit log in the same transaction. With ``if_updated_at``, only if the tenant record is still
+        the one read then (else :class:`Conflict`: a concurrent change, say the operator's quotas,
+        is never overwritten by a configuration read before it)."""
         ...
 
     # the audit log: who changed what, when, with the state before and after

@@ -69,7 +69,10 @@ _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
 
 # Stamps come from the server clock, taken once per query.
 SET_CONFIG_AQL = f"""
-UPDATE {{_key: @key}} WITH {{config: @config, updated_at: @now}} IN {TENANTS} OPTIONS {{mergeObjects: false}}
+FOR t IN {TENANTS}
+    FILTER t._key == @key AND (@expected == null OR t.updated_at == @expected)
+    UPDATE t WITH {{config: @config, updated_at: @now}} IN {TENANTS} OPTIONS {{mergeObjects: false}}
+    RETURN NEW._key
 """
 INSERT_AUDIT_AQL = f"INSERT @doc INTO {AUDIT}"
 AUDIT_AQL = f"""
@@ -288,12 +291,16 @@ class ArangoCdpStore:
         docs = self._query("FOR t IN tenants FILTER t.deleted != true SORT t.name RETURN t")
         return [self._tenant(d) for d in docs]
 
-    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None,
+                          if_updated_at: float | None = None) -> None:
         """The configuration and its audit entry in one stream transaction."""
         require_tenant(self, name)
         txn = self.db.begin_transaction(write=[TENANTS, AUDIT], sync=True)
         try:
-            txn.aql.execute(SET_CONFIG_AQL, bind_vars={"key": name, "config": config, "now": time.time()})
+            updated = list(txn.aql.execute(SET_CONFIG_AQL, bind_vars={"key": name, "config": config, "now": time.time(),
+                                                                      "expected": if_updated_at}))
+            if not updated:
+                raise Conflict(f"tenant {name!r}'s configuration changed meanwhile; read it again and retry")
             if audit is not None:
                 txn.aql.execute(INSERT_AUDIT_AQL, bind_vars={"doc": self._audit_doc(name, audit)})
             txn.commit_transaction()

@@ -197,13 +197,18 @@ class SqliteCdpStore:
         ).fetchall()
         return [self._tenant(r) for r in rows]
 
-    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+    def set_tenant_config(self, name: str, config: dict[str, Any], audit: dict[str, Any] | None = None,
+                          if_updated_at: float | None = None) -> None:
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE tenants SET config = ?, updated_at = ? WHERE name = ? AND deleted = 0",
-                (json.dumps(config), time.time(), name),
+                "UPDATE tenants SET config = ?, updated_at = ? WHERE name = ? AND deleted = 0 "
+                "AND (? IS NULL OR updated_at = ?)",
+                (json.dumps(config), time.time(), name, if_updated_at, if_updated_at),
             )
             if cur.rowcount == 0:
+                if if_updated_at is not None and conn.execute(
+                        "SELECT 1 FROM tenants WHERE name = ? AND deleted = 0", (name,)).fetchone():
+                    raise Conflict(f"tenant {name!r}'s configuration changed meanwhile; read it again and retry")
                 raise unknown_tenant(name)
             if audit is not None:
                 self._audit(conn, name, audit)
