@@ -129,7 +129,8 @@ def cmd_tenants_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
     from lodestar.cdp import audit_entry, cdp_session, require_tenant
-    from lodestar.errors import InvalidInput, NotFound
+    from lodestar.config_versions import CONFIG_ACTIONS, restore_version
+    from lodestar.errors import InvalidInput
     from lodestar.tenant_config import deep_merge, effective_config, validate_config
 
     if sum([args.history, args.restore is not None, args.set is not None]) > 1:
@@ -137,20 +138,11 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
     with cdp_session(settings) as store:
         tenant = require_tenant(store, args.name)
         if args.history:
-            for entry in store.read_audit(args.name, 500, action_prefix="config."):
+            for entry in store.read_audit(args.name, 500, action_prefix=CONFIG_ACTIONS):
                 print(json.dumps({k: entry[k] for k in ("id", "at", "actor", "action", "after")}))
             return 0
         if args.restore is not None:
-            found = next((e for e in store.read_audit(args.name, 10_000, action_prefix="config.")
-                          if e["id"] == args.restore), None)
-            if found is None:
-                raise NotFound(f"tenant {args.name!r} has no configuration version {args.restore!r}; "
-                               f"list them with `lodestar tenants config {args.name} --history`")
-            after = validate_config({**{k: v for k, v in (found["after"] or {}).items() if k != "quotas"},
-                                     **({"quotas": tenant["config"]["quotas"]} if "quotas" in tenant["config"] else {})})
-            store.set_tenant_config(args.name, after, audit=audit_entry(_cli_actor(), "config.restore", args.restore,
-                                                                        tenant["config"], after),
-                                    if_updated_at=tenant["updated_at"])
+            restore_version(store, tenant, args.restore, _cli_actor(), f"`lodestar tenants config {args.name} --history`")
             tenant = require_tenant(store, args.name)
         elif args.set is not None:
             text = Path(args.set).read_text() if Path(args.set).is_file() else args.set

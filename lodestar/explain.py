@@ -51,6 +51,11 @@ class Trace:
         ``score``); a value already noted is replaced."""
         self._entry(item_id).update({k: None if v is None else round(float(v), 6) for k, v in values.items()})
 
+    def note(self, item_id: str, source: str, **values: float | None) -> None:
+        """:meth:`source` and :meth:`signals` at once: a candidate with the scores it came with."""
+        self.source(item_id, source)
+        self.signals(item_id, **values)
+
     def rule(self, item_id: str, rule: str, kind: str, **effect: Any) -> None:
         self._entry(item_id)["rules"].append({"rule": rule, "type": kind, **effect})
 

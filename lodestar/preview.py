@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lodestar.recommend import recommend_for_user
+from lodestar.recommend import recommend_for_user, user_history
 
 if TYPE_CHECKING:
     from lodestar.cdp import CdpStore
@@ -97,8 +97,9 @@ def preview_change(
     side_by_side: dict[str, Any] = {}
     for user in dict.fromkeys([*users, *([focus] if focus else [])]):
         lists = []
+        history = user_history(cdp, tenant, user)  # read once, ranked twice
         for config in (current, proposed):
-            items = recommend_for_user(published, cdp, embedder, tenant, user, k, config).items
+            items = recommend_for_user(published, cdp, embedder, tenant, user, k, config, history=history).items
             titles.update((h.item_id, str(h.payload.get("title", ""))) for h in items)
             lists.append([h.item_id for h in items])
         now, then = lists

@@ -171,8 +171,7 @@ def _content_ranked(
     order = np.argsort(-final, kind="stable")[:k]
     if trace is not None:
         for i in order:
-            trace.source(hits[i].item_id, source)
-            trace.signals(hits[i].item_id, content_similarity=hits[i].score, popularity=popularity[i])
+            trace.note(hits[i].item_id, source, content_similarity=hits[i].score, popularity=popularity[i])
     return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
 
 
@@ -222,8 +221,7 @@ def recommend(
         ranked, strategy = reader.popular(pool, exclude=exclude, item_filter=item_filter), POPULAR
         if trace is not None:
             for hit in ranked:
-                trace.source(hit.item_id, POPULAR_SOURCE)
-                trace.signals(hit.item_id, popularity=hit.payload.get("popularity"))
+                trace.note(hit.item_id, POPULAR_SOURCE, popularity=hit.payload.get("popularity"))
     items = apply(reader, ranked, k, replace(controls, item_filter=item_filter), rules, now, trace)
     return Recommendation(items, strategy)
 
@@ -255,8 +253,7 @@ def nearest_controlled(
                           item_filter=controls.item_filter)
     if trace is not None:
         for hit in hits:
-            trace.source(hit.item_id, source)
-            trace.signals(hit.item_id, content_similarity=hit.score, popularity=hit.payload.get("popularity"))
+            trace.note(hit.item_id, source, content_similarity=hit.score, popularity=hit.payload.get("popularity"))
     return apply(reader, hits, k, controls, rules, trace=trace)
 
 
@@ -276,15 +273,21 @@ def similar_items(
 HISTORY_LIMIT = 5000
 
 
+def user_history(cdp: CdpStore, tenant: str, user_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """What the CDP holds of a user now: their latest events and their preferences."""
+    return cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT), cdp.get_preferences(tenant, user_id)
+
+
 def recommend_for_user(
     published: PublishedVersion, cdp: CdpStore, embedder: Embedder, tenant: str, user_id: str, k: int,
     config: TenantConfig, controls: Controls | None = None, trace: Trace | None = None,
+    history: tuple[list[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> Recommendation:
     """A known (or unknown) user's recommendations from what the CDP holds of them now: their events
-    and preferences, and, when they have neither events nor liked items, the embedding of their
-    profile text (cold start), which is the only case that needs the embedding model."""
-    events = cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
-    preferences = cdp.get_preferences(tenant, user_id)
+    and preferences (``history``, when the caller read it already: :func:`user_history`), and, when
+    they have neither events nor liked items, the embedding of their profile text (cold start),
+    which is the only case that needs the embedding model."""
+    events, preferences = history if history is not None else user_history(cdp, tenant, user_id)
     profile_vector = None
     if not interacted_items(events) and not (preferences or {}).get("liked_items"):
         user = cdp.get_user(tenant, user_id)

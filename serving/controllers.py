@@ -13,6 +13,7 @@ from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
+from lodestar.config_versions import CONFIG_ACTIONS, restore_version
 from lodestar.controls import Controls
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.explain import Trace
@@ -344,22 +345,15 @@ class ConfigController(Controller):
     @get("/history", operation_id="configHistory", responses=READS, sync_to_thread=True)
     def history(self, tenant: Tenant, cdp: Cdp, limit: Annotated[int, Parameter(ge=1, le=500)] = 50) -> AuditLog:
         """Every stored configuration, newest first, with who stored it and when (``id`` restores it)."""
-        return _audit_log(cdp.read_audit(tenant, limit, action_prefix="config."))
+        return _audit_log(cdp.read_audit(tenant, limit, action_prefix=CONFIG_ACTIONS))
 
     @post("/restore/{entry_id:str}", operation_id="restoreConfig", responses=WRITES | NOT_FOUND | problem_responses(409),
           status_code=200,
           sync_to_thread=True)
     def restore(self, request: Request, tenant: Tenant, entry_id: PathId, cdp: Cdp) -> ConfigView:
         """Store again the configuration of an earlier version (recorded as a restore)."""
-        entry_id = parse_id(entry_id, "entry_id")
-        record = require_tenant(cdp, tenant)
-        found = next((e for e in cdp.read_audit(tenant, 10_000, action_prefix="config.") if e["id"] == entry_id), None)
-        if found is None:
-            raise NotFound(f"no configuration version {entry_id!r}; list them with GET /v1/config/history")
-        after = _proposed(record, {k: v for k, v in (found["after"] or {}).items() if k != "quotas"}, replace=True)
-        cdp.set_tenant_config(tenant, after, audit=audit_entry(_actor(request), "config.restore", entry_id,
-                                                               record["config"] or {}, after),
-                              if_updated_at=record["updated_at"])
+        restore_version(cdp, require_tenant(cdp, tenant), parse_id(entry_id, "entry_id"), _actor(request),
+                        "GET /v1/config/history")
         return _config_view(require_tenant(cdp, tenant))
 
     @post("/preview", operation_id="previewConfig", responses=WRITES, status_code=200, sync_to_thread=True)

@@ -1,0 +1,33 @@
+"""Configuration versions: every stored configuration is an entry of the tenant's audit log
+(``config.set`` or ``config.restore``), and any of them can be stored again in one step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lodestar.cdp import CdpStore, audit_entry
+from lodestar.errors import NotFound
+from lodestar.tenant_config import validate_config
+
+CONFIG_ACTIONS = "config."  # the audit actions that store a configuration
+SEARCHED = 10_000  # the newest versions a restore looks among
+
+
+def restore_version(store: CdpStore, record: dict[str, Any], version_id: str, actor: str, how_to_list: str) -> dict[str, Any]:
+    """Store again the configuration of version ``version_id`` of the tenant ``record`` (as read
+    now), keeping the operator's quotas as they are, audited as ``config.restore`` and written
+    only over that record; returns the configuration stored. ``how_to_list`` ends the error for
+    an unknown version."""
+    tenant = record["name"]
+    found = next((e for e in store.read_audit(tenant, SEARCHED, action_prefix=CONFIG_ACTIONS)
+                  if e["id"] == version_id), None)
+    if found is None:
+        raise NotFound(f"tenant {tenant!r} has no configuration version {version_id!r}; list them with {how_to_list}")
+    current = record["config"] or {}
+    after = {k: v for k, v in (found["after"] or {}).items() if k != "quotas"}
+    if "quotas" in current:
+        after["quotas"] = current["quotas"]
+    after = validate_config(after)
+    store.set_tenant_config(tenant, after, audit=audit_entry(actor, "config.restore", version_id, current, after),
+                            if_updated_at=record["updated_at"])
+    return after
