@@ -25,14 +25,19 @@ def _chart(totals) -> str:
     kinds={"pandas", "parquet"},
     deps=["cdp_events"],
     description="Impressions, clicks, conversions and CTR by strategy and by day, from the API's served-list "
-                "log and the events that carry its recommendation_id.",
+                "log and the events that carry its recommendation_id; with the events per day, kept as reports in "
+                "the CDP store for the console.",
 )
 def attribution_report(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
+    events = read_extract(files, "events")
     with lodestar.cdp() as store:
         served = store.read_served(tenant)
-    table = attribution.attribute(served, read_extract(files, "events"))
+        table = attribution.attribute(served, events)
+        # For the console (which reads the CDP store, never the pipeline's files).
+        store.put_report(tenant, "attribution", attribution.as_rows(table))
+        store.put_report(tenant, "activity", attribution.activity(events))
     path = files.attribution
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(path, index=False)

@@ -12,6 +12,7 @@ from dagster import (
 from assets import DOWNSTREAM, PUBLISH, report
 from assets.partitions import FULL_REBUILD_TAG, tenants_partitions
 from assets.resources import LodestarResource
+from lodestar.cdp import audit_entry
 from lodestar.lineage.index_build import build_index
 from lodestar.lineage.publishing import canary_problem, publish
 
@@ -62,8 +63,16 @@ def tenant_index(context: AssetExecutionContext, lodestar: LodestarResource) -> 
 )
 def published_index(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
-    published = publish(lodestar.files(tenant), lodestar.index_store(), tenant)
+    index_store = lodestar.index_store()
+    published = publish(lodestar.files(tenant), index_store, tenant)
     report(context, f"serving version {published.version} (was {published.previous or 'none'})")
+    if published.version != published.previous:
+        # The audit log keeps every published version with its evaluation (the console's chart of
+        # NDCG@10 over time), long after the version itself was dropped.
+        info = (index_store.published_record(tenant) or {}).get("info") or {}
+        with lodestar.cdp() as store:
+            store.append_audit(tenant, audit_entry(f"pipeline:{context.run_id}", "index.publish", published.version,
+                                                   {"version": published.previous}, {"version": published.version, **info}))
     return MaterializeResult(
         metadata={
             "version": published.version,

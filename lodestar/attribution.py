@@ -46,3 +46,21 @@ def by_strategy(table: pd.DataFrame) -> pd.DataFrame:
     totals = table.groupby("strategy")[["lists", "impressions", "clicks", "conversions"]].sum().reset_index()
     totals["ctr"] = (totals["clicks"] / totals["impressions"].where(totals["impressions"] > 0)).fillna(0.0)
     return totals
+
+
+def activity(events: pd.DataFrame, days: int = 60) -> list[dict[str, Any]]:
+    """Events per UTC day (by the time they happened) and type, over the ``days`` up to the newest
+    event: ``[{"day": "2026-11-01", "view": 120, "purchase": 4, ...}]``, oldest first."""
+    if events.empty:
+        return []
+    day = pd.to_datetime(events["ts"], unit="s", utc=True).dt.floor("D")
+    recent = events.assign(day=day)[day >= day.max() - pd.Timedelta(days=days - 1)]
+    table = recent.groupby(["day", "type"]).size().unstack(fill_value=0)
+    return [{"day": d.strftime("%Y-%m-%d"), **{t: int(n) for t, n in row.items() if n}}
+            for d, row in table.iterrows()]
+
+
+def as_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """An attribution table as JSON rows (what the CDP's reports keep for the console)."""
+    return [{**r, "ctr": float(r["ctr"])} for r in table.astype({"lists": int, "impressions": int, "clicks": int,
+                                                                 "conversions": int}).to_dict("records")]

@@ -36,14 +36,13 @@ def _utc(stamp: float | None) -> str:
 
 # -- tenants -------------------------------------------------------------------------------------
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import ALL_SCOPES, audit_entry, cdp_session
-    from lodestar.keys import issue_key, key_id_of
+    from lodestar.cdp import ALL_SCOPES, OPERATOR_LOG, audit_entry, cdp_session
+    from lodestar.keys import create_key
 
     with cdp_session(settings) as store:
         tenant = store.create_tenant(args.name)
-        key = issue_key(store, args.name)
-        store.append_audit(args.name, audit_entry(_cli_actor(), "key.create", key_id_of(key), None,
-                                                  {"scopes": list(ALL_SCOPES), "label": ""}))
+        store.append_audit(OPERATOR_LOG, audit_entry(_cli_actor(), "tenant.create", args.name))
+        key = create_key(store, args.name, ALL_SCOPES, "", _cli_actor())
     if args.json:
         print(json.dumps({"tenant": tenant["name"], "api_key": key}))
     else:
@@ -80,15 +79,13 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenants_key(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import audit_entry, cdp_session, require_tenant
-    from lodestar.keys import issue_key, key_id_of, parse_scopes
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.keys import create_key, parse_scopes
 
     scopes = parse_scopes(args.scope)
     with cdp_session(settings) as store:
         require_tenant(store, args.name)
-        key = issue_key(store, args.name, scopes, args.label)
-        store.append_audit(args.name, audit_entry(_cli_actor(), "key.create", key_id_of(key), None,
-                                                  {"scopes": list(scopes), "label": args.label}))
+        key = create_key(store, args.name, scopes, args.label, _cli_actor())
     if args.json:
         print(json.dumps({"tenant": args.name, "api_key": key, "scopes": list(scopes)}))
     else:
@@ -113,23 +110,19 @@ def cmd_tenants_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenants_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import audit_entry, cdp_session, require_tenant
-    from lodestar.errors import NotFound
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.keys import revoke_key
 
     with cdp_session(settings) as store:
         require_tenant(store, args.name)
-        if not store.revoke_api_key(args.name, args.key_id):
-            raise NotFound(f"tenant {args.name!r} has no API key {args.key_id!r}; "
-                           f"list them with `lodestar tenants keys {args.name}`")
-        store.append_audit(args.name, audit_entry(_cli_actor(), "key.revoke", args.key_id, {"revoked": False},
-                                                  {"revoked": True}))
+        revoke_key(store, args.name, args.key_id, _cli_actor(), f"`lodestar tenants keys {args.name}`")
     _say(f"Revoked API key {args.key_id} of {args.name!r}: every server refuses it from the next request on.")
     return 0
 
 
 def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
-    from lodestar.cdp import audit_entry, cdp_session, require_tenant
-    from lodestar.config_versions import CONFIG_ACTIONS, restore_version
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.config_versions import CONFIG_ACTIONS, restore_version, store_config
     from lodestar.errors import InvalidInput
     from lodestar.tenant_config import deep_merge, effective_config, validate_config
 
@@ -153,9 +146,7 @@ def cmd_tenants_config(args: argparse.Namespace, settings: Settings) -> int:
             merged = validate_config(deep_merge(tenant["config"] if args.merge else {}, update))
             if args.preview:
                 return _preview_config(args, settings, store, tenant, merged)
-            store.set_tenant_config(args.name, merged,
-                                    audit=audit_entry(_cli_actor(), "config.set", "config", tenant["config"], merged),
-                                    if_updated_at=tenant["updated_at"])
+            store_config(store, tenant, merged, _cli_actor())
             tenant = require_tenant(store, args.name)
         elif args.preview:
             raise InvalidInput("--preview shows what --set would change: give both")
@@ -247,6 +238,68 @@ def cmd_cdp_init(args: argparse.Namespace, settings: Settings) -> int:
                            f"(database {settings.arango_database!r}): {exc}") from None
     print(f"ArangoDB database {settings.arango_database!r} at {settings.arango_url}: "
           + (", ".join(created) + " created" if created else "already initialized"))
+    return 0
+
+
+# -- console members -----------------------------------------------------------------------------
+def cmd_members_add(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.accounts import add_member, check_role, ensure_account
+    from lodestar.cdp import cdp_session
+    from lodestar.errors import InvalidInput
+
+    if (args.tenant is None) == (not args.operator):
+        raise InvalidInput("give --tenant NAME (with --role) or --operator")
+    role = check_role(args.role) if args.tenant else None
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    with cdp_session(settings) as store:
+        made = ensure_account(store, args.email, password, _cli_actor(), operator=True if args.operator else None)
+        if args.tenant:
+            add_member(store, args.tenant, made.email, role, _cli_actor())
+    where = "an operator (every tenant)" if args.operator else f"{role} of tenant {args.tenant!r}"
+    _say(f"{made.email} is {where}.")
+    if made.password:
+        _say(f"Password (shown once; sign in at /console and keep it safe): {made.password}")
+    return 0
+
+
+def cmd_members_list(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import cdp_session, require_tenant
+
+    with cdp_session(settings) as store:
+        if args.tenant:
+            require_tenant(store, args.tenant)
+            rows = [{**m, "tenant": args.tenant} for m in store.list_members(args.tenant)]
+        else:
+            rows = [{"email": a["email"], "operator": a["operator"], "roles": store.account_roles(a["email"])}
+                    for a in store.list_accounts()]
+    if args.json:
+        print(json.dumps(rows))
+    elif args.tenant:
+        for r in rows:
+            _say(f"{r['email']:<40} {r['role']:<8} added {_utc(r['added_at'])}")
+    else:
+        for r in rows:
+            roles = ", ".join(f"{t}: {role}" for t, role in r["roles"].items()) or "-"
+            _say(f"{r['email']:<40} {'operator' if r['operator'] else '':<9} {roles}")
+    return 0
+
+
+def cmd_members_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.accounts import check_email, ensure_account, remove_member
+    from lodestar.cdp import cdp_session, unknown_account
+    from lodestar.errors import InvalidInput
+
+    if (args.tenant is None) == (not args.operator):
+        raise InvalidInput("give --tenant NAME or --operator")
+    with cdp_session(settings) as store:
+        if args.tenant:
+            remove_member(store, args.tenant, args.email, _cli_actor())
+        else:
+            if store.get_account(check_email(args.email)) is None:
+                raise unknown_account(args.email)
+            ensure_account(store, args.email, None, _cli_actor(), operator=False)
+    _say(f"{args.email} is no longer {'an operator' if args.operator else f'a member of {args.tenant!r}'}; "
+         "pages and actions refuse them from their next request.")
     return 0
 
 
@@ -378,6 +431,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every stored configuration, newest first (JSON lines: id, time, who, what)")
     p.add_argument("--restore", metavar="ID", help="store again the configuration of version ID (from --history)")
     p.set_defaults(func=cmd_tenants_config)
+
+    members = sub.add_parser("members", help="console accounts: operators and tenant members with roles") \
+        .add_subparsers(dest="members_command", required=True, metavar="ACTION")
+    p = members.add_parser("add", help="create a console account (password shown once) and give it a role",
+                           description="Roles: viewer (read only), editor (configuration, rules, materialize), owner "
+                                       "(also members, API keys, erasure). --operator: every tenant.")
+    p.add_argument("email")
+    p.add_argument("--tenant", help="the tenant the role is in")
+    p.add_argument("--role", default="viewer", help="viewer, editor or owner (default viewer)")
+    p.add_argument("--operator", action="store_true", help="make the account an operator (all tenants)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin (else a new account gets a generated one)")
+    p.set_defaults(func=cmd_members_add)
+    p = members.add_parser("list", help="every account with its roles, or a tenant's members")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_members_list)
+    p = members.add_parser("remove", help="take a tenant role (or the operator role) from an account")
+    p.add_argument("email")
+    p.add_argument("--tenant")
+    p.add_argument("--operator", action="store_true")
+    p.set_defaults(func=cmd_members_remove)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")
     p = cdp.add_parser("init", help="create the CDP collections and indexes (ArangoDB) or tables (SQLite)")

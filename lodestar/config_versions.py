@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from lodestar.cdp import CdpStore, audit_entry
-from lodestar.errors import NotFound
-from lodestar.tenant_config import validate_config
+from lodestar.errors import Forbidden, NotFound
+from lodestar.tenant_config import deep_merge, validate_config
 
 CONFIG_ACTIONS = "config."  # the audit actions that store a configuration
 SEARCHED = 10_000  # the newest versions a restore looks among
@@ -31,3 +31,24 @@ def restore_version(store: CdpStore, record: dict[str, Any], version_id: str, ac
     store.set_tenant_config(tenant, after, audit=audit_entry(actor, "config.restore", version_id, current, after),
                             if_updated_at=record["updated_at"])
     return after
+
+
+def proposed_config(record: dict[str, Any], change: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+    """The tenant ``record``'s stored configuration with ``change`` merged in (or replacing it),
+    validated; the operator's quotas are kept as they are and may not be part of the change."""
+    if "quotas" in change:
+        raise Forbidden("quotas are set by the operator (PUT /v1/operator/tenants/{tenant}/quotas); "
+                        "leave them out of the change")
+    stored = dict(record["config"] or {})
+    merged = dict(change) if replace else deep_merge(stored, change)
+    if "quotas" in stored:
+        merged["quotas"] = stored["quotas"]
+    return validate_config(merged)
+
+
+def store_config(store: CdpStore, record: dict[str, Any], after: dict[str, Any], actor: str) -> None:
+    """Store ``after`` as the tenant's configuration, a new version (``config.set``) by ``actor``,
+    written only over ``record`` as it was read (a concurrent change is a :class:`Conflict`)."""
+    store.set_tenant_config(record["name"], after, audit=audit_entry(actor, "config.set", "config",
+                                                                     record["config"] or {}, after),
+                            if_updated_at=record["updated_at"])

@@ -13,6 +13,10 @@ class Conflict(LodestarError):
     """The request clashes with existing state (for example a tenant name already taken)."""
 
 
+class Forbidden(LodestarError):
+    """An action the caller's role or key may not take (for example a tenant setting its own quotas)."""
+
+
 class InvalidInput(LodestarError):
     """Input that does not fit the data model or the parameters of a call.
 

@@ -18,8 +18,8 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lodestar.cdp import ALL_SCOPES, CdpStore
-from lodestar.errors import InvalidInput
+from lodestar.cdp import ALL_SCOPES, CdpStore, audit_entry
+from lodestar.errors import InvalidInput, NotFound
 
 PREFIX = "lsk_"
 OPERATOR = "operator"
@@ -29,17 +29,35 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+MEMBER = "member"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a request speaks for: a tenant's key with its scopes, or the operator (every tenant)."""
+    """Who a request speaks for: a tenant's key with its scopes, the operator (every tenant: the
+    operator key, or a console account with the operator role), or a console member with a role
+    in each of their tenants."""
 
-    kind: str  # "tenant_key" or "operator"
+    kind: str  # "tenant_key", "operator" or "member"
     tenant: str | None = None
     scopes: tuple[str, ...] = ()
     key_id: str | None = None
+    account: str | None = None  # a console account's email
+    roles: tuple[tuple[str, str], ...] = ()  # a member's (tenant, role) pairs
 
     def may(self, scope: str) -> bool:
         return self.kind == OPERATOR or scope in self.scopes
+
+    def role_in(self, tenant: str) -> str | None:
+        """The console role in ``tenant``: an operator is its owner; ``None`` without one."""
+        return "owner" if self.kind == OPERATOR else dict(self.roles).get(tenant)
+
+    @property
+    def actor(self) -> str:
+        """Who this is in the audit log: ``operator``, ``console:<email>`` or ``key:<key id>``."""
+        if self.account:
+            return f"console:{self.account}"
+        return "operator" if self.kind == OPERATOR else f"key:{self.key_id}"
 
 
 def parse_scopes(raw: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -84,3 +102,19 @@ def principal_for_key(store: CdpStore, key: str, operator_key: str | None = None
         return None
     return Principal("tenant_key", found.tenant, found.scopes, key_id)
 
+
+
+def create_key(store: CdpStore, tenant: str, scopes: tuple[str, ...], label: str, actor: str) -> str:
+    """:func:`issue_key`, audited as ``key.create`` by ``actor``; the returned text is the only copy."""
+    key = issue_key(store, tenant, scopes, label)
+    store.append_audit(tenant, audit_entry(actor, "key.create", key_id_of(key), None,
+                                           {"scopes": list(scopes), "label": label}))
+    return key
+
+
+def revoke_key(store: CdpStore, tenant: str, key_id: str, actor: str, how_to_list: str) -> None:
+    """Revoke the tenant's key at once, audited as ``key.revoke``; ``how_to_list`` ends the error
+    for an unknown key."""
+    if not store.revoke_api_key(tenant, key_id):
+        raise NotFound(f"tenant {tenant!r} has no API key {key_id!r}; list them with {how_to_list}")
+    store.append_audit(tenant, audit_entry(actor, "key.revoke", key_id, {"revoked": False}, {"revoked": True}))

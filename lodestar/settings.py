@@ -54,6 +54,8 @@ class Settings:
     sensor_interval_s: int = 5  # a tick that finds no change costs ~20 ms at 1,000 tenants
     automation_interval_s: int = 10
     rebuild_cron: str = "0 3 * * *"
+    dagster_ui_url: str = "http://127.0.0.1:3000"  # where the console's links into the Dagster UI go
+    console_secure_cookies: bool = False  # set (LODESTAR_CONSOLE_SECURE_COOKIES=1) when served over HTTPS
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -75,6 +77,8 @@ class Settings:
             sensor_interval_s=int(env.get("LODESTAR_SENSOR_INTERVAL", "5")),
             automation_interval_s=int(env.get("LODESTAR_AUTOMATION_INTERVAL", "10")),
             rebuild_cron=env.get("LODESTAR_REBUILD_CRON", "0 3 * * *"),
+            dagster_ui_url=env.get("LODESTAR_DAGSTER_UI_URL", "http://127.0.0.1:3000").rstrip("/"),
+            console_secure_cookies=env.get("LODESTAR_CONSOLE_SECURE_COOKIES", "") not in ("", "0", "false", "no"),
         )
 
     @property

@@ -7,13 +7,15 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 
 from lodestar.cdp import open_cdp
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
 from lodestar.settings import Settings
 from serving.auth import require_principal
+from serving.console import console_app_config
+from serving.console.pipeline import Pipeline
 from serving.controllers import (
     AuditController,
     ConfigController,
@@ -27,9 +29,10 @@ from serving.controllers import (
     SearchController,
     UserController,
 )
-from serving.dependencies import DEPENDENCIES
+from serving.dependencies import API_DEPENDENCIES, DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
 from serving.indexes import TenantIndexes
+from serving.key_usage import KeyUsage
 from serving.limits import RequestLimits, RequestLimitsPlugin
 from serving.observability import ObservabilityPlugin, json_logging_config
 from serving.openapi import openapi_config
@@ -50,11 +53,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         """Opens the long-lived collaborators (handlers receive them through serving.dependencies)
         and closes them at shutdown."""
         cdp = open_cdp(settings)
-        indexes = TenantIndexes.from_env(open_index_store(settings))  # LODESTAR_INDEX_IDLE, LODESTAR_MAX_OPEN_TENANTS
+        index_store = open_index_store(settings)
+        indexes = TenantIndexes.from_env(index_store)  # LODESTAR_INDEX_IDLE, LODESTAR_MAX_OPEN_TENANTS
         embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
                             models_dir=settings.models_dir)
         served_log = ServedLog(cdp)
-        app.state.update(settings=settings, cdp=cdp, indexes=indexes, embedder=embedder, served_log=served_log,
+        key_usage = KeyUsage(cdp)
+        console_pipeline = Pipeline(settings)
+        app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
+                         served_log=served_log, key_usage=key_usage, console_pipeline=console_pipeline,
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 
@@ -72,15 +79,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             yield
         finally:
+            console_pipeline.close()
+            key_usage.close()
             served_log.close()
             indexes.close()
             cdp.close()
 
+    console = console_app_config(settings)
+    api = Router(path="/", dependencies=API_DEPENDENCIES, route_handlers=[
+        RecommendationController, ItemController, SearchController, EventController, PreferenceController,
+        UserController, KeyController, ConfigController, AuditController, OperatorController, HealthController])
     return Litestar(
-        route_handlers=[RecommendationController, ItemController, SearchController, EventController,
-                        PreferenceController, UserController, KeyController, ConfigController, AuditController,
-                        OperatorController,
-                        HealthController],
+        route_handlers=[api, *console["route_handlers"]],
+        template_config=console["template_config"],
+        stores=console["stores"],
         guards=[require_principal],
         before_request=strict_request,
         dependencies=DEPENDENCIES,

@@ -2,20 +2,80 @@
 with its scopes, or the operator key ``LODESTAR_ADMIN_KEY``); the one guard checks it against the
 scope the handler declares (``opt={"scope": ...}``, ``read`` by default), and a tenant key's request
 against its tenant's request-rate quotas (serving.quotas). The tenant comes from the key, never from
-a path or body field; only operator routes name a tenant in their path."""
+a path or body field; only operator routes name a tenant in their path.
+
+The console's pages (``opt={"console": True}``) take no key: a signed-in session (an HttpOnly
+cookie, server-side data) resolves to an operator or a member with a role per tenant
+(:func:`console_principal`, read again on every request, so a role taken away is gone from the next
+one), and :func:`require_console_role` checks the role the page declares (``opt={"role": ...}``) in
+the tenant its path names."""
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
+from lodestar.accounts import role_at_least
 from lodestar.cdp import READ
-from lodestar.keys import OPERATOR, Principal, principal_for_key
+from lodestar.keys import MEMBER, OPERATOR, Principal, principal_for_key
 from serving.quotas import SLOT
 
 PUBLIC = "public"
 SCOPE = "scope"  # handler opt: the scope a tenant key needs (read, events, admin), or "operator"
+CONSOLE = "console"  # handler opt: a console page (a session, not a key)
+ROLE = "role"  # console handler opt: the least role needed in the path's tenant (viewer by default)
+OPERATORS_ONLY = "operators_only"  # console handler opt: for operators only
+
+
+def fingerprint(secret: str) -> str:
+    """What a session keeps of a secret it depends on (the operator key, a password hash): when the
+    secret changes, the session no longer matches and ends."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:32]
+
+
+def console_principal(connection: ASGIConnection) -> Principal | None:
+    """Who the console session speaks for, or ``None`` (not signed in, or the account, its password
+    or the operator key changed since)."""
+    session = connection.scope.get("session") or {}
+    state = connection.app.state
+    if session.get("operator_key"):
+        key = state.operator_key
+        return Principal(OPERATOR) if key and hmac.compare_digest(session["operator_key"], fingerprint(key)) else None
+    email = session.get("account")
+    if not email:
+        return None
+    account = state.cdp.get_account(email)
+    if account is None or not hmac.compare_digest(session.get("password", ""), fingerprint(account["password_hash"])):
+        return None
+    if account["operator"]:
+        return Principal(OPERATOR, account=email)
+    return Principal(MEMBER, account=email, roles=tuple(state.cdp.account_roles(email).items()))
+
+
+def require_console_role(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The console's guard: a signed-in principal with the page's role in the tenant its path names
+    (``/console/t/{tenant}/...``); 401 (the sign-in page) without one, 403 without the role."""
+    principal = console_principal(connection)
+    connection.state.principal = principal
+    if principal is None:
+        if handler.opt.get(PUBLIC):
+            return
+        raise NotAuthorizedException("sign in to use the console")
+    if handler.opt.get(OPERATORS_ONLY) and principal.kind != OPERATOR:
+        raise PermissionDeniedException("only operators may open this page")
+    tenant = connection.path_params.get("tenant")
+    if tenant is None:
+        return
+    role, needed = principal.role_in(tenant), handler.opt.get(ROLE, "viewer")
+    if role is None:
+        raise PermissionDeniedException(f"you have no role in tenant {tenant!r}; ask one of its owners to add you")
+    if not role_at_least(role, needed):
+        raise PermissionDeniedException(f"this needs the {needed} role in tenant {tenant!r} (you are {role}); "
+                                        "ask one of its owners")
 
 
 def _principal(connection: ASGIConnection) -> Principal | None:
@@ -29,13 +89,17 @@ def _principal(connection: ASGIConnection) -> Principal | None:
 
 def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """App-wide guard. Public routes (``opt={"public": True}``: health, readiness, schema) need no key;
-    a valid one sent to them is still resolved (``/ready`` then reports that tenant)."""
+    a valid one sent to them is still resolved (``/ready`` then reports that tenant). Console pages
+    have a guard of their own (:func:`require_console_role`)."""
+    if handler.opt.get(CONSOLE):
+        return
     if handler.opt.get(PUBLIC) or connection.scope["path"].startswith("/schema"):
         connection.state.principal = _principal(connection) if "authorization" in connection.headers else None
         return
     if "authorization" not in connection.headers:
         raise NotAuthorizedException("send your tenant's API key as 'Authorization: Bearer <key>'")
     principal = _principal(connection)
+    state = connection.app.state
     if principal is None:
         raise NotAuthorizedException("the API key is not valid (unknown, revoked or mistyped); "
                                      "ask your tenant admin for a current key")
@@ -52,10 +116,11 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
             f"e.g. `lodestar tenants key {principal.tenant} --scope {needed}`")
     connection.state.principal = principal
     connection.state.tenant = principal.tenant
+    if principal.key_id is not None:
+        state.key_usage.seen(principal.key_id)
     if principal.kind != OPERATOR:
         # The tenant's configuration, read once here for the handler too (serving.dependencies),
         # holds its quotas: a request past one is refused before any work (429, Retry-After).
-        state = connection.app.state
         config = state.configs.get(principal.tenant)
         connection.state.config = config
         held = state.rates.admit(principal, config.quotas, connection.headers.get("authorization"))

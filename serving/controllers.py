@@ -13,13 +13,18 @@ from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
-from lodestar.config_versions import CONFIG_ACTIONS, restore_version
+from lodestar.config_versions import (
+    CONFIG_ACTIONS,
+    proposed_config,
+    restore_version,
+    store_config,
+)
 from lodestar.controls import Controls
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
-from lodestar.keys import OPERATOR, issue_key, key_id_of, parse_scopes
+from lodestar.keys import OPERATOR, create_key, key_id_of, parse_scopes, revoke_key
 from lodestar.preview import active_users, preview_change, sample_users
 from lodestar.recommend import (
     nearest_controlled,
@@ -28,7 +33,7 @@ from lodestar.recommend import (
     similar_items,
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
-from lodestar.tenant_config import deep_merge, effective_config, validate_config
+from lodestar.tenant_config import effective_config, validate_config
 from serving.auth import SCOPE
 from serving.dependencies import (
     Cdp,
@@ -336,10 +341,7 @@ class ConfigController(Controller):
         """Store a change (a new version in the audit log); ranking weights and rules apply from the
         next request, model settings at the next materialization."""
         record = require_tenant(cdp, tenant)
-        after = _proposed(record, data.config, data.replace)
-        cdp.set_tenant_config(tenant, after, audit=audit_entry(_actor(request), "config.set", "config",
-                                                               record["config"] or {}, after),
-                              if_updated_at=record["updated_at"])
+        store_config(cdp, record, proposed_config(record, data.config, data.replace), _actor(request))
         return _config_view(require_tenant(cdp, tenant))
 
     @get("/history", operation_id="configHistory", responses=READS, sync_to_thread=True)
@@ -364,26 +366,13 @@ class ConfigController(Controller):
         """How the change would move the recommendations of a seeded sample of the tenant's users
         (lists changed, overlap, rank shift, items entering and leaving; ``user_id``'s two lists side
         by side). Nothing is stored."""
-        proposed = effective_config(_proposed(require_tenant(cdp, tenant), data.config, data.replace))
+        proposed = effective_config(proposed_config(require_tenant(cdp, tenant), data.config, data.replace))
         user_id = parse_id(data.user_id, "user_id") if data.user_id is not None else None
         users = sample_users(active_users(request.app.state.settings, tenant), data.sample)
         if not users:
             raise InvalidInput(f"tenant {tenant!r} has no users with events to preview on yet: import events and "
                                "materialize it first")
         return preview_change(published, cdp, embedder, tenant, config, proposed, users, data.k, user_id).as_dict()
-
-
-def _proposed(record: dict[str, Any], change: dict[str, Any], replace: bool) -> dict[str, Any]:
-    """The stored configuration with ``change`` merged in (or replacing it), validated; the
-    operator's quotas are kept as they are."""
-    if "quotas" in change:
-        raise PermissionDeniedException("quotas are set by the operator (PUT /v1/operator/tenants/{tenant}/quotas); "
-                                        "leave them out of the change")
-    stored = dict(record["config"] or {})
-    merged = dict(change) if replace else deep_merge(stored, change)
-    if "quotas" in stored:
-        merged["quotas"] = stored["quotas"]
-    return validate_config(merged)
 
 
 def _config_view(record: dict[str, Any]) -> ConfigView:
@@ -465,22 +454,17 @@ def _keys(cdp: CdpStore, tenant: str) -> KeyList:
 
 def _actor(request: Request) -> str:
     """Who made a change, for the audit log: ``operator``, or ``key:<key id>`` of the tenant key."""
-    principal = request.state.principal
-    return "operator" if principal.kind == OPERATOR else f"key:{principal.key_id}"
+    return request.state.principal.actor
 
 
 def _new_key(cdp: CdpStore, tenant: str, data: KeyRequest, actor: str) -> NewKey:
     scopes = parse_scopes(data.scopes)
     label = check_text(data.label.strip(), "label")
-    key = issue_key(cdp, tenant, scopes, label)
-    cdp.append_audit(tenant, audit_entry(actor, "key.create", key_id_of(key), None,
-                                         {"scopes": list(scopes), "label": label}))
+    key = create_key(cdp, tenant, scopes, label, actor)
     return NewKey(api_key=key, key_id=key_id_of(key), scopes=list(scopes), label=label)
 
 
 def _revoke(cdp: CdpStore, tenant: str, key_id: str, actor: str) -> KeyInfo:
     key_id = parse_id(key_id, "key_id")
-    if not cdp.revoke_api_key(tenant, key_id):
-        raise NotFound(f"tenant {tenant!r} has no API key {key_id!r}; list them with GET /v1/keys")
-    cdp.append_audit(tenant, audit_entry(actor, "key.revoke", key_id, {"revoked": False}, {"revoked": True}))
+    revoke_key(cdp, tenant, key_id, actor, "GET /v1/keys")
     return next(KeyInfo(**k) for k in cdp.list_api_keys(tenant) if k["key_id"] == key_id)

@@ -80,8 +80,10 @@ Indexes = NamedDependency[SkipValidation[TenantIndexes]]
 EmbedderLoaded = NamedDependency[SkipValidation[threading.Event]]
 EventQuotasDep = NamedDependency[SkipValidation[EventQuotas]]
 
+# The API's tenant comes from its key; console pages name theirs in the path (``/console/t/{tenant}``),
+# which Litestar hands to the same providers under the same name.
+API_DEPENDENCIES = {"tenant": Provide(provide_tenant, sync_to_thread=False)}
 DEPENDENCIES = {
-    "tenant": Provide(provide_tenant, sync_to_thread=False),
     "cdp": Provide(provide_cdp, sync_to_thread=False),
     "published": Provide(provide_published),
     "config": Provide(provide_config),

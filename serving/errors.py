@@ -13,6 +13,7 @@ from litestar.exceptions import (
 
 from lodestar.errors import (
     Conflict,
+    Forbidden,
     IndexEngineError,
     IndexNotReady,
     InvalidInput,
@@ -85,6 +86,7 @@ EXCEPTION_HANDLERS = {
     InvalidInput: lambda _, exc: problem(422, "Invalid request", str(exc),
                                          errors=[{"field": exc.field, "message": str(exc)}]),
     Conflict: lambda _, exc: problem(409, "Conflict", str(exc)),
+    Forbidden: lambda _, exc: problem(403, "Forbidden", str(exc)),
     IndexNotReady: lambda _, exc: problem(503, "Index not ready", str(exc)),
     QuotaExceeded: _quota,
     IndexEngineError: _engine,

@@ -235,3 +235,75 @@ def test_audit_log_keeps_entries_per_tenant_newest_first_with_the_config_change(
     assert len(store.read_audit("acme", limit=1)) == 1
     assert [e["target"] for e in store.read_audit("zeta")] == ["k9"]
     assert store.get_tenant("acme")["config"] == {"ranking": {"content": 0.3}}
+
+
+def test_console_accounts_members_and_failed_sign_ins(store):
+    from lodestar.errors import UnknownTenant
+
+    store.create_tenant("acme")
+    store.create_tenant("zeta")
+    store.put_account("ann@example.com", "hash-1")
+    store.put_account("root@example.com", "hash-2", operator=True)
+    assert store.get_account("nobody@example.com") is None
+    ann = store.get_account("ann@example.com")
+    assert (ann["password_hash"], ann["operator"], ann["failed_signins"]) == ("hash-1", False, 0)
+    assert [(a["email"], a["operator"]) for a in store.list_accounts()] == [
+        ("ann@example.com", False), ("root@example.com", True)]
+    assert all("password_hash" not in a for a in store.list_accounts())
+
+    store.record_signin("ann@example.com", False)
+    store.record_signin("ann@example.com", False)
+    ann = store.get_account("ann@example.com")
+    assert ann["failed_signins"] == 2 and ann["last_failed_at"] > 0
+    store.record_signin("ann@example.com", True)
+    assert store.get_account("ann@example.com")["failed_signins"] == 0
+    store.record_signin("ann@example.com", False)
+    store.put_account("ann@example.com", "hash-3")  # a new password clears the count
+    assert store.get_account("ann@example.com")["failed_signins"] == 0
+
+    store.set_member("acme", "ann@example.com", "editor")
+    store.set_member("zeta", "ann@example.com", "viewer")
+    store.set_member("acme", "ann@example.com", "owner")  # a new role replaces the old one
+    assert store.account_roles("ann@example.com") == {"acme": "owner", "zeta": "viewer"}
+    assert [(m["email"], m["role"]) for m in store.list_members("acme")] == [("ann@example.com", "owner")]
+    with pytest.raises(UnknownTenant, match="lodestar members add"):
+        store.set_member("acme", "ghost@example.com", "viewer")
+    with pytest.raises(NotFound):
+        store.set_member("ghost", "ann@example.com", "viewer")
+    assert store.remove_member("zeta", "ann@example.com") is True
+    assert store.remove_member("zeta", "ann@example.com") is False
+    assert store.account_roles("ann@example.com") == {"acme": "owner"}
+    store.delete_tenant("acme")  # a deleted tenant's roles are gone
+    assert store.account_roles("ann@example.com") == {}
+
+
+def test_reports_key_last_use_and_finding_items_and_users(store):
+    store.create_tenant("acme")
+    store.create_tenant("zeta")
+    assert store.get_report("acme", "activity") is None
+    store.put_report("acme", "activity", [{"day": "2026-11-01", "events": 3}])
+    store.put_report("acme", "activity", [{"day": "2026-11-02", "events": 4}])
+    store.put_report("zeta", "activity", [])
+    report = store.get_report("acme", "activity")
+    assert report["rows"] == [{"day": "2026-11-02", "events": 4}] and report["updated_at"] > 0
+    assert store.get_report("zeta", "activity")["rows"] == []
+
+    store.add_api_key("acme", "k1", "h1")
+    store.add_api_key("acme", "k2", "h2")
+    store.touch_api_keys({"k1": 200.0})
+    store.touch_api_keys({"k1": 100.0})  # an older use never replaces a newer one
+    used = {k["key_id"]: k["last_used_at"] for k in store.list_api_keys("acme")}
+    assert used == {"k1": 200.0, "k2": None}
+
+    store.upsert_items("acme", _items("boot-1", "boot-2", "hat_1"))
+    store.upsert_items("acme", [parse_item({"id": "x9", "title": "Waterproof BOOTS"})])
+    store.upsert_items("zeta", _items("boot-9"))
+    assert [i["id"] for i in store.find("acme", "items", "boot")] == ["boot-1", "boot-2", "x9"]
+    assert [i["id"] for i in store.find("acme", "items", "boot", limit=1)] == ["boot-1"]
+    assert [i["id"] for i in store.find("acme", "items", "e_")] == []  # LIKE's wildcards match themselves only
+    assert store.find("acme", "items", "x9")[0]["title"] == "Waterproof BOOTS"
+    store.upsert_users("acme", [{"id": "u1", "attributes": {}}, {"id": "u2", "attributes": {}},
+                                {"id": "v1", "attributes": {}}])
+    assert [u["id"] for u in store.find("acme", "users", "u")] == ["u1", "u2"]
+    with pytest.raises(InvalidInput):
+        store.find("acme", "events", "")

@@ -35,6 +35,14 @@ READ, EVENTS, ADMIN = "read", "events", "admin"
 ALL_SCOPES = (READ, EVENTS, ADMIN)
 
 
+# What a console member may do in a tenant, least first: ``viewer`` reads, ``editor`` also changes the
+# configuration and rules and materializes, ``owner`` also manages members and API keys and erases users.
+ROLES = ("viewer", "editor", "owner")
+# The audit log of what concerns no one tenant (tenants created, operators granted); no tenant name
+# can take it (names start with a letter or digit).
+OPERATOR_LOG = "_operators"
+
+
 class StoredKey(NamedTuple):
     tenant: str
     key_hash: str
@@ -87,6 +95,11 @@ def check_entity(entity: str) -> str:
 def unknown_tenant(name: str) -> UnknownTenant:
     """The error for an unknown (or deleted) tenant, saying how to create it."""
     return UnknownTenant(f"tenant {name!r} does not exist; create it with `lodestar tenants create {name}`")
+
+
+def unknown_account(email: str) -> UnknownTenant:
+    """The error for a console account that does not exist, saying how to create it."""
+    return UnknownTenant(f"there is no console account {email!r}; create it with `lodestar members add {email} ...`")
 
 
 def stored_values(record: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
@@ -153,10 +166,46 @@ class CdpStore(Protocol):
         """The key's tenant, hash and scopes; ``None`` for an unknown or revoked key or a deleted tenant."""
         ...
     def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
-        """Every key of a tenant: ``key_id``, ``scopes``, ``label``, ``created_at``, ``revoked_at`` (never the hash)."""
+        """Every key of a tenant: ``key_id``, ``scopes``, ``label``, ``created_at``, ``revoked_at``,
+        ``last_used_at`` (never the hash)."""
         ...
     def revoke_api_key(self, tenant: str, key_id: str) -> bool:
         """Revoke a key of the tenant at once; ``False`` when the tenant has no such key."""
+        ...
+
+    def touch_api_keys(self, used: dict[str, float]) -> None:
+        """Record when keys were last used (``key_id`` -> epoch seconds; an older time never
+        replaces a newer one). Servers batch these, so "last used" is right to within a minute."""
+        ...
+
+    # console accounts (people, signing in with a password) and their roles per tenant
+    def put_account(self, email: str, password_hash: str, operator: bool = False) -> None:
+        """Create the account or replace its password hash and operator flag (clearing failed sign-ins)."""
+        ...
+    def get_account(self, email: str) -> dict[str, Any] | None:
+        """``email``, ``password_hash``, ``operator``, ``created_at``, ``failed_signins``, ``last_failed_at``."""
+        ...
+    def list_accounts(self) -> list[dict[str, Any]]:
+        """Every account: ``email``, ``operator``, ``created_at`` (never the hash)."""
+        ...
+    def record_signin(self, email: str, succeeded: bool) -> None:
+        """Count a failed sign-in (and stamp it), or clear the count after a good one."""
+        ...
+    def set_member(self, tenant: str, email: str, role: str) -> None:
+        """Give the account a role in the tenant (replacing its role there); both must exist."""
+        ...
+    def remove_member(self, tenant: str, email: str) -> bool: ...
+    def list_members(self, tenant: str) -> list[dict[str, Any]]:
+        """``email``, ``role``, ``added_at`` of each member of the tenant."""
+        ...
+    def account_roles(self, email: str) -> dict[str, str]:
+        """Tenant name -> role, for the live tenants the account is a member of."""
+        ...
+
+    # reports: small tables the pipeline computes per tenant for the console (one JSON list each)
+    def put_report(self, tenant: str, name: str, rows: list[dict[str, Any]]) -> None: ...
+    def get_report(self, tenant: str, name: str) -> dict[str, Any] | None:
+        """``{"rows": [...], "updated_at": epoch}``, or ``None`` before the pipeline first wrote it."""
         ...
 
     # catalog, users, events
@@ -180,6 +229,10 @@ class CdpStore(Protocol):
         events-per-day quota): a range count over the change index, not a scan of the events."""
         ...
     def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None: ...
+    def find(self, tenant: str, entity: str, text: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Live ``items`` whose id starts with ``text`` or whose title contains it (case-insensitively),
+        or ``users`` whose id starts with it; by id, at most ``limit``."""
+        ...
     def get_user(self, tenant: str, user_id: str) -> dict[str, Any] | None: ...
     def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]: ...
 

@@ -41,8 +41,9 @@ from lodestar.cdp import (
     row_hash,
     stored_scopes,
     stored_values,
+    unknown_account,
 )
-from lodestar.errors import Conflict
+from lodestar.errors import Conflict, InvalidInput
 from lodestar.records import EVENT_FIELDS, ITEM_FIELDS, USER_FIELDS
 
 TENANTS = "tenants"
@@ -50,7 +51,10 @@ PREFERENCES = "preferences"
 API_KEYS = "lodestar_api_keys"
 SERVED = "lodestar_served"
 AUDIT = "lodestar_audit"
-COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT)
+ACCOUNTS = "lodestar_accounts"
+MEMBERS = "lodestar_members"
+REPORTS = "lodestar_reports"
+COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -63,6 +67,8 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (AUDIT, ("tenant_id", "seq"), False),
     (SERVED, ("tenant_id", "ts"), False),
     (SERVED, ("tenant_id", "user_id"), False),
+    (MEMBERS, ("tenant_id",), False),
+    (MEMBERS, ("email",), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -184,6 +190,34 @@ FOR e IN events
   RETURN n
 """
 
+TOUCH_KEYS_AQL = f"""
+FOR u IN @used
+  LET k = DOCUMENT({API_KEYS}, u.key)
+  FILTER k != null AND (k.last_used_at == null OR k.last_used_at < u.at)
+  UPDATE k WITH {{last_used_at: u.at}} IN {API_KEYS}
+"""
+
+MEMBERS_AQL = f"FOR m IN {MEMBERS} FILTER m.tenant_id == @tenant SORT m.email RETURN m"
+ROLES_AQL = f"""
+FOR m IN {MEMBERS}
+  FILTER m.email == @email
+  LET t = DOCUMENT({TENANTS}, m.tenant_id)
+  FILTER t != null AND t.deleted != true
+  SORT m.tenant_id
+  RETURN m
+"""
+
+# Ids by prefix over the primary index's key order would need a per-tenant key prefix; these scan
+# the tenant's documents (the console's lookups, not a request path).
+FIND_AQL = """
+FOR d IN @@collection
+  FILTER d.tenant_id == @tenant AND d.deleted != true
+  FILTER STARTS_WITH(LOWER(d.id), LOWER(@text)) OR (@titles AND CONTAINS(LOWER(d.title), LOWER(@text)))
+  SORT d.id
+  LIMIT @limit
+  RETURN d
+"""
+
 SERVED_AQL = f"""
 FOR s IN {SERVED}
   FILTER s.tenant_id == @tenant AND s.ts >= @since
@@ -195,6 +229,11 @@ FOR s IN {SERVED}
 def document_key(tenant: str, ident: str) -> str:
     """A valid, collision-free ``_key`` for an entity id of a tenant (ids may hold any character)."""
     return hashlib.sha1(f"{tenant}\x00{ident}".encode()).hexdigest()
+
+
+def email_key(email: str) -> str:
+    """An account's document key: its address's digest (an address may hold characters keys may not)."""
+    return document_key("", email)
 
 
 def batches(cursor: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -352,7 +391,8 @@ class ArangoCdpStore:
     def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
         docs = self._query(f"FOR k IN {API_KEYS} FILTER k.tenant_id == @tenant SORT k.created_at RETURN k", tenant=tenant)
         return [{"key_id": d["_key"], "scopes": list(stored_scopes(d.get("scopes"))), "label": d.get("label") or "",
-                 "created_at": d["created_at"], "revoked_at": d.get("revoked_at")} for d in docs]
+                 "created_at": d["created_at"], "revoked_at": d.get("revoked_at"),
+                 "last_used_at": d.get("last_used_at")} for d in docs]
 
     def revoke_api_key(self, tenant: str, key_id: str) -> bool:
         doc = self.db.collection(API_KEYS).get(key_id)
@@ -361,6 +401,68 @@ class ArangoCdpStore:
         if doc.get("revoked_at") is None:
             self.db.collection(API_KEYS).update({"_key": key_id, "revoked_at": time.time()}, sync=True)
         return True
+
+    def touch_api_keys(self, used: dict[str, float]) -> None:
+        if used:
+            self._query(TOUCH_KEYS_AQL, used=[{"key": k, "at": at} for k, at in used.items()])
+
+    # -- console accounts and memberships ----------------------------------------------------
+    def put_account(self, email: str, password_hash: str, operator: bool = False) -> None:
+        existing = self.db.collection(ACCOUNTS).get(email_key(email))
+        self.db.collection(ACCOUNTS).insert(
+            {"_key": email_key(email), "email": email, "password_hash": password_hash, "operator": bool(operator),
+             "created_at": existing["created_at"] if existing else time.time(), "failed_signins": 0,
+             "last_failed_at": None}, overwrite=True, sync=True)
+
+    def get_account(self, email: str) -> dict[str, Any] | None:
+        doc = self.db.collection(ACCOUNTS).get(email_key(email))
+        return None if doc is None else {f: doc.get(f) for f in ("email", "password_hash", "operator", "created_at",
+                                                                  "failed_signins", "last_failed_at")}
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR a IN {ACCOUNTS} SORT a.email RETURN a")
+        return [{"email": d["email"], "operator": bool(d.get("operator")), "created_at": d["created_at"]} for d in docs]
+
+    def record_signin(self, email: str, succeeded: bool) -> None:
+        key = email_key(email)
+        if succeeded:
+            self._query(f"FOR a IN {ACCOUNTS} FILTER a._key == @key "
+                        f"UPDATE a WITH {{failed_signins: 0, last_failed_at: null}} IN {ACCOUNTS}", key=key)
+        else:
+            self._query(f"FOR a IN {ACCOUNTS} FILTER a._key == @key UPDATE a WITH "
+                        f"{{failed_signins: a.failed_signins + 1, last_failed_at: @now}} IN {ACCOUNTS}",
+                        key=key, now=time.time())
+
+    def set_member(self, tenant: str, email: str, role: str) -> None:
+        require_tenant(self, tenant)
+        if self.db.collection(ACCOUNTS).get(email_key(email)) is None:
+            raise unknown_account(email)
+        self.db.collection(MEMBERS).insert(
+            {"_key": document_key(tenant, email_key(email)), "tenant_id": tenant, "email": email, "role": role,
+             "added_at": time.time()}, overwrite=True, sync=True)
+
+    def remove_member(self, tenant: str, email: str) -> bool:
+        key = document_key(tenant, email_key(email))
+        if not self.db.collection(MEMBERS).has(key):
+            return False
+        self.db.collection(MEMBERS).delete(key, sync=True)
+        return True
+
+    def list_members(self, tenant: str) -> list[dict[str, Any]]:
+        return [{"email": d["email"], "role": d["role"], "added_at": d["added_at"]}
+                for d in self._query(MEMBERS_AQL, tenant=tenant)]
+
+    def account_roles(self, email: str) -> dict[str, str]:
+        return {d["tenant_id"]: d["role"] for d in self._query(ROLES_AQL, email=email)}
+
+    # -- reports -----------------------------------------------------------------------------
+    def put_report(self, tenant: str, name: str, rows: list[dict[str, Any]]) -> None:
+        self.db.collection(REPORTS).insert({"_key": document_key(tenant, name), "tenant_id": tenant, "name": name,
+                                            "rows": rows, "updated_at": time.time()}, overwrite=True, sync=True)
+
+    def get_report(self, tenant: str, name: str) -> dict[str, Any] | None:
+        doc = self.db.collection(REPORTS).get(document_key(tenant, name))
+        return None if doc is None else {"rows": doc["rows"], "updated_at": doc["updated_at"]}
 
     # -- items, users, events ----------------------------------------------------------------
     @staticmethod
@@ -461,6 +563,13 @@ class ArangoCdpStore:
 
     def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
         return self._get("items", tenant, item_id)
+
+    def find(self, tenant: str, entity: str, text: str, limit: int = 50) -> list[dict[str, Any]]:
+        if entity not in ("items", "users"):
+            raise InvalidInput(f"find looks up items or users, not {entity!r}")
+        docs = self._query(FIND_AQL, **{"@collection": entity}, tenant=tenant, text=text, titles=entity == "items",
+                           limit=limit)
+        return [{k: v for k, v in decode(d).items() if k != "_key"} for d in docs]
 
     def get_user(self, tenant: str, user_id: str) -> dict[str, Any] | None:
         return self._get("users", tenant, user_id)

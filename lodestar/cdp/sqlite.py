@@ -24,9 +24,10 @@ from lodestar.cdp import (
     row_hash,
     stored_scopes,
     stored_values,
+    unknown_account,
     unknown_tenant,
 )
-from lodestar.errors import Conflict
+from lodestar.errors import Conflict, InvalidInput
 from lodestar.records import EVENT_FIELDS, ITEM_FIELDS, USER_FIELDS
 
 SCHEMA = """
@@ -107,6 +108,29 @@ CREATE TABLE IF NOT EXISTS audit (
     after TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, id);
+CREATE TABLE IF NOT EXISTS accounts (
+    email TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    operator INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    failed_signins INTEGER NOT NULL DEFAULT 0,
+    last_failed_at REAL
+);
+CREATE TABLE IF NOT EXISTS members (
+    tenant TEXT NOT NULL,
+    email TEXT NOT NULL,
+    role TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (tenant, email)
+);
+CREATE INDEX IF NOT EXISTS members_by_email ON members (email);
+CREATE TABLE IF NOT EXISTS reports (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    rows TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
 CREATE TABLE IF NOT EXISTS preferences (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -129,7 +153,8 @@ class SqliteCdpStore:
         self._migrate()
 
     # Columns added after the first release, created on open when a store predates them.
-    MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"))
+    MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"),
+                  ("api_keys", "last_used_at", "REAL"))
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -270,7 +295,8 @@ class SqliteCdpStore:
 
     def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT key_id, scopes, label, created_at, revoked_at FROM api_keys WHERE tenant = ? ORDER BY created_at",
+            "SELECT key_id, scopes, label, created_at, revoked_at, last_used_at FROM api_keys WHERE tenant = ? "
+            "ORDER BY created_at",
             (tenant,),
         ).fetchall()
         return [{**dict(r), "scopes": list(stored_scopes(r["scopes"])), "label": r["label"] or ""} for r in rows]
@@ -285,6 +311,74 @@ class SqliteCdpStore:
                 conn.execute("UPDATE api_keys SET revoked_at = ? WHERE tenant = ? AND key_id = ?",
                              (time.time(), tenant, key_id))
             return True
+
+    def touch_api_keys(self, used: dict[str, float]) -> None:
+        if not used:
+            return
+        with self._write() as conn:
+            conn.executemany("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE key_id = ?",
+                             [(at, key_id) for key_id, at in used.items()])
+
+    # -- console accounts and memberships ----------------------------------------------------
+    def put_account(self, email: str, password_hash: str, operator: bool = False) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO accounts (email, password_hash, operator, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(email) DO UPDATE SET password_hash = excluded.password_hash, "
+                "operator = excluded.operator, failed_signins = 0, last_failed_at = NULL",
+                (email, password_hash, int(operator), time.time()),
+            )
+
+    def get_account(self, email: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM accounts WHERE email = ?", (email,)).fetchone()
+        return None if row is None else {**dict(row), "operator": bool(row["operator"])}
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT email, operator, created_at FROM accounts ORDER BY email").fetchall()
+        return [{**dict(r), "operator": bool(r["operator"])} for r in rows]
+
+    def record_signin(self, email: str, succeeded: bool) -> None:
+        with self._write() as conn:
+            if succeeded:
+                conn.execute("UPDATE accounts SET failed_signins = 0, last_failed_at = NULL WHERE email = ?", (email,))
+            else:
+                conn.execute("UPDATE accounts SET failed_signins = failed_signins + 1, last_failed_at = ? "
+                             "WHERE email = ?", (time.time(), email))
+
+    def set_member(self, tenant: str, email: str, role: str) -> None:
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            if conn.execute("SELECT 1 FROM accounts WHERE email = ?", (email,)).fetchone() is None:
+                raise unknown_account(email)
+            conn.execute("INSERT INTO members (tenant, email, role, added_at) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(tenant, email) DO UPDATE SET role = excluded.role", (tenant, email, role, time.time()))
+
+    def remove_member(self, tenant: str, email: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM members WHERE tenant = ? AND email = ?", (tenant, email)).rowcount > 0
+
+    def list_members(self, tenant: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT email, role, added_at FROM members WHERE tenant = ? ORDER BY email",
+                                    (tenant,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def account_roles(self, email: str) -> dict[str, str]:
+        rows = self._conn().execute(
+            "SELECT m.tenant, m.role FROM members m JOIN tenants t ON t.name = m.tenant "
+            "WHERE m.email = ? AND t.deleted = 0 ORDER BY m.tenant", (email,)).fetchall()
+        return {r["tenant"]: r["role"] for r in rows}
+
+    # -- reports (tables the pipeline computes for the console) ------------------------------
+    def put_report(self, tenant: str, name: str, rows: list[dict[str, Any]]) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO reports (tenant, name, rows, updated_at) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(tenant, name) DO UPDATE SET rows = excluded.rows, updated_at = excluded.updated_at",
+                         (tenant, name, json.dumps(rows), time.time()))
+
+    def get_report(self, tenant: str, name: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT rows, updated_at FROM reports WHERE tenant = ? AND name = ?",
+                                   (tenant, name)).fetchone()
+        return None if row is None else {"rows": json.loads(row["rows"]), "updated_at": row["updated_at"]}
 
     # -- items and users ---------------------------------------------------------------------
     @staticmethod
@@ -444,6 +538,17 @@ class SqliteCdpStore:
 
     def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
         return self._get("items", tenant, item_id)
+
+    def find(self, tenant: str, entity: str, text: str, limit: int = 50) -> list[dict[str, Any]]:
+        if entity not in ("items", "users"):
+            raise InvalidInput(f"find looks up items or users, not {entity!r}")
+        pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        title = " OR title LIKE ? ESCAPE '\\'" if entity == "items" else ""
+        params: tuple = (tenant, f"{pattern}%") + ((f"%{pattern}%",) if title else ())
+        rows = self._conn().execute(
+            f"SELECT * FROM {entity} WHERE tenant = ? AND deleted = 0 AND (id LIKE ? ESCAPE '\\'{title}) "
+            "ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+        return [self._decode(r) for r in rows]
 
     def get_user(self, tenant: str, user_id: str) -> dict[str, Any] | None:
         return self._get("users", tenant, user_id)

@@ -44,6 +44,8 @@ def publish(files: TenantFiles, index_store: IndexStore, tenant: str) -> Publish
     evaluation = read_evaluation(files)
     if evaluation.get("status") == "evaluated":
         info["ndcg@10"] = evaluation["lodestar"]["ndcg@10"]
+        info["popularity_ndcg@10"] = evaluation["popular"]["ndcg@10"]
+        info["test_users"] = evaluation["test_users"]
     index_store.publish(tenant, built["version"], info)
     dropped = index_store.drop_old(tenant)
     for version in dropped:

@@ -1,0 +1,95 @@
+"""The console: a browser admin for operators and tenant members, served under ``/console`` by the
+same process as the API.
+
+Server-rendered Jinja templates, plain HTML forms and inline SVG charts, with no script at all: every
+page works with the keyboard and a screen reader as HTML does, nothing is loaded from elsewhere, and
+there is no front-end build to keep. Pages that follow a run refresh themselves (``<meta refresh>``).
+
+Sessions and CSRF come from Litestar: server-side sessions (an HttpOnly, SameSite=Lax cookie holding
+a random id; the data in a file store under the data dir, shared by ``serve --workers``) and its
+double-submit CSRF middleware (a token in every form; a state-changing request without it is a 403).
+Both apply to ``/console`` only: the API authenticates with bearer keys, which browsers never send
+on their own, so it needs neither.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from litestar import Router
+from litestar.config.csrf import CSRFConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.csrf import CSRFMiddleware
+from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.static_files import create_static_files_router
+from litestar.stores.file import FileStore
+from litestar.template.config import TemplateConfig
+
+from lodestar.settings import Settings
+from serving.auth import CONSOLE, require_console_role
+from serving.console.admin import (
+    AuditController,
+    ConfigController,
+    KeysController,
+    MembersController,
+    PipelineController,
+)
+from serving.console.signin import HomeController, SignInController, TenantsController
+from serving.console.tenant import (
+    CatalogController,
+    OverviewController,
+    PreviewController,
+)
+from serving.console.web import EXCEPTION_HANDLERS, PREFIX
+
+HERE = Path(__file__).resolve().parent
+SESSION_STORE = "console_sessions"
+SESSION_HOURS = 12
+
+
+def _secret(settings: Settings) -> str:
+    """The CSRF signing secret: ``LODESTAR_CONSOLE_SECRET``, else one made once per data dir (so that
+    every worker process, and a restart, agrees on it)."""
+    if os.environ.get("LODESTAR_CONSOLE_SECRET"):
+        return os.environ["LODESTAR_CONSOLE_SECRET"]
+    path = settings.data_dir / "console" / "secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def console_app_config(settings: Settings) -> dict[str, Any]:
+    """What the app needs for the console: its routes (one router, with the session and CSRF
+    middleware and its own guard and error pages), templates and the session store."""
+    sessions = ServerSideSessionConfig(store=SESSION_STORE, key="lodestar_console", path=PREFIX, httponly=True,
+                                       samesite="lax", secure=settings.console_secure_cookies,
+                                       max_age=SESSION_HOURS * 3600)
+    csrf = CSRFConfig(secret=_secret(settings), cookie_name="lodestar_csrf", cookie_path=PREFIX, cookie_samesite="lax",
+                      cookie_secure=settings.console_secure_cookies)
+    router = Router(
+        path="/",
+        route_handlers=[SignInController, HomeController, TenantsController, OverviewController, CatalogController,
+                        PreviewController, ConfigController, KeysController, MembersController, AuditController,
+                        PipelineController],
+        guards=[require_console_role],
+        middleware=[sessions.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        opt={CONSOLE: True},
+        include_in_schema=False,
+    )
+    static = create_static_files_router(path=f"{PREFIX}/static", directories=[HERE / "static"], opt={CONSOLE: True},
+                                        include_in_schema=False, name="console_static")
+    return {
+        "route_handlers": [router, static],
+        "template_config": TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
+        "stores": {SESSION_STORE: FileStore(settings.data_dir / "console" / "sessions")},
+    }

@@ -1,0 +1,146 @@
+"""Signing in and out, the console's home, and the operators' list of tenants."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from litestar import Controller, Request, get, post
+from litestar.response import Redirect, Template
+
+from lodestar.accounts import SignInRefused, authenticate
+from lodestar.cdp import ALL_SCOPES, OPERATOR_LOG, audit_entry
+from lodestar.errors import Conflict, InvalidInput
+from lodestar.keys import OPERATOR, create_key
+from serving.auth import OPERATORS_ONLY, PUBLIC, fingerprint
+from serving.console.web import (
+    PREFIX,
+    flash,
+    form_of,
+    off_loop,
+    principal,
+    redirect,
+    render,
+)
+
+# Failed sign-ins from one address, whatever the account (guessing many accounts' passwords);
+# each account also slows down on its own failures (lodestar.accounts), in every process.
+FAILURES_PER_ADDRESS = parse("20/10 minutes")
+_failures = MovingWindowRateLimiter(MemoryStorage())
+
+
+def _next(raw: str | None) -> str:
+    """Where to go after signing in: a console page only (never another site)."""
+    return raw if raw and raw.startswith(f"{PREFIX}/") and not raw.startswith("//") and "\\" not in raw else f"{PREFIX}/"
+
+
+class SignInController(Controller):
+    path = PREFIX
+    opt = {PUBLIC: True}
+
+    @get("/signin", operation_id="consoleSignInPage", include_in_schema=False)
+    async def page(self, request: Request, next: str | None = None) -> Template:
+        return render(request, "signin.html", next=_next(next), operator_key=bool(request.app.state.operator_key))
+
+    @post("/signin", operation_id="consoleSignIn", include_in_schema=False, status_code=303)
+    async def sign_in(self, request: Request) -> Template | Redirect:
+        form = await form_of(request)
+        address = request.client.host if request.client else "?"
+        target = _next(form.get("next"))
+        if not _failures.test(FAILURES_PER_ADDRESS, address):
+            return render(request, "signin.html", status_code=429, next=target, email=form.get("email", ""),
+                          operator_key=bool(request.app.state.operator_key),
+                          error="too many failed sign-ins from your address; wait a few minutes and try again")
+        state = request.app.state
+        try:
+            if form.get("operator_key"):
+                key = state.operator_key
+                if not key or not hmac.compare_digest(form["operator_key"].encode(), key.encode()):
+                    raise SignInRefused("that is not the operator key (LODESTAR_ADMIN_KEY)")
+                session: dict[str, Any] = {"operator_key": fingerprint(key)}
+            else:
+                account = await off_loop(authenticate, state.cdp, form.get("email", ""), form.get("password", ""))
+                session = {"account": account["email"], "password": fingerprint(account["password_hash"])}
+        except SignInRefused as exc:
+            if not exc.retry_after:
+                _failures.hit(FAILURES_PER_ADDRESS, address)
+            return render(request, "signin.html", status_code=429 if exc.retry_after else 401, next=target,
+                          email=form.get("email", ""), operator_key=bool(state.operator_key), error=str(exc))
+        request.clear_session()  # a new session for a new sign-in (no fixation)
+        request.set_session(session)
+        return redirect(target)
+
+    @post("/signout", operation_id="consoleSignOut", include_in_schema=False, status_code=303)
+    async def sign_out(self, request: Request) -> Redirect:
+        request.clear_session()
+        return redirect(f"{PREFIX}/signin")
+
+
+class HomeController(Controller):
+    path = PREFIX
+
+    @get(["/", ""], operation_id="consoleHome", include_in_schema=False)
+    async def home(self, request: Request) -> Template | Redirect:
+        who = principal(request)
+        if who.kind == OPERATOR:
+            return redirect(f"{PREFIX}/tenants")
+        tenants = sorted(dict(who.roles))
+        if len(tenants) == 1:
+            return redirect(f"{PREFIX}/t/{tenants[0]}")
+        return render(request, "home.html", tenants=dict(who.roles))
+
+
+class TenantsController(Controller):
+    """Every tenant with its index version, counts and last run; creating one (operators)."""
+
+    path = f"{PREFIX}/tenants"
+    opt = {OPERATORS_ONLY: True}
+
+    @get("/", operation_id="consoleTenants", include_in_schema=False)
+    async def tenants(self, request: Request) -> Template:
+        state = request.app.state
+
+        def rows() -> list[dict[str, Any]]:
+            index_store = state.indexes.store
+            out = []
+            for t in state.cdp.list_tenants():
+                record = index_store.published_record(t["name"])
+                out.append({"name": t["name"], "items": state.cdp.count(t["name"], "items"),
+                            "users": state.cdp.count(t["name"], "users"),
+                            "version": record["version"] if record else None,
+                            "published_at": record.get("published_at") if record else None})
+            return out
+
+        tenants = await off_loop(rows)
+        try:
+            runs = await off_loop(state.console_pipeline.latest)
+        except Exception as exc:  # noqa: BLE001 - the page still lists the tenants, and says why runs are missing
+            runs, runs_error = {}, f"the pipeline's run history could not be read: {exc}"
+        else:
+            runs_error = ""
+        log = await off_loop(state.cdp.read_audit, OPERATOR_LOG, 20)
+        return render(request, "tenants.html", tenants=tenants, runs=runs, runs_error=runs_error, log=log,
+                      dagster_ui=state.settings.dagster_ui_url)
+
+    @post("/", operation_id="consoleCreateTenant", include_in_schema=False, status_code=303)
+    async def create(self, request: Request) -> Template | Redirect:
+        form = await form_of(request)
+        state = request.app.state
+        name = form.get("name", "").strip()
+        actor = principal(request).actor
+
+        def make() -> str:
+            state.cdp.create_tenant(name)
+            state.cdp.append_audit(OPERATOR_LOG, audit_entry(actor, "tenant.create", name))
+            return create_key(state.cdp, name, ALL_SCOPES, "created in the console", actor)
+
+        try:
+            key = await off_loop(make)
+        except (InvalidInput, Conflict) as exc:
+            flash(request, str(exc), "error")
+            return redirect(f"{PREFIX}/tenants")
+        flash(request, f"Created tenant {name!r}. Its first API key (all scopes), shown once: {key}", "secret")
+        return redirect(f"{PREFIX}/t/{name}")

@@ -1,0 +1,220 @@
+"""A tenant's read pages: overview, catalog and users (with erasure), and the preview of what the API
+answers, each item explained. They call the same ``lodestar`` functions as the API, never copies."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.response import Redirect, Template
+
+from lodestar.cdp import require_tenant
+from lodestar.controls import Controls, parse_diversity
+from lodestar.errors import IndexNotReady, InvalidInput, NotFound
+from lodestar.explain import Trace
+from lodestar.filters import parse_exclude, parse_filter
+from lodestar.recommend import (
+    nearest_controlled,
+    recommend_for_session,
+    recommend_for_user,
+    similar_items,
+)
+from lodestar.records import parse_id
+from serving.auth import ROLE
+from serving.console.charts import line_chart
+from serving.console.web import PREFIX, flash, form_of, off_loop, redirect, render
+
+MODES = ("user", "session", "similar", "query")
+
+
+def _published(state: Any, tenant: str) -> Any:
+    return state.indexes.get(tenant)  # IndexNotReady (a page saying so) before the first publish
+
+
+def _evaluation_chart(entries: list[dict[str, Any]]) -> str:
+    published = [e for e in reversed(entries) if (e.get("after") or {}).get("ndcg@10") is not None]
+    labels = [f"{e['after']['version'][:13]}" for e in published]
+    return line_chart("NDCG@10 of each published version (held-out events), next to popularity's", labels, {
+        "Lodestar": [e["after"]["ndcg@10"] for e in published],
+        "popularity": [e["after"].get("popularity_ndcg@10") for e in published]})
+
+
+def _activity_chart(rows: list[dict[str, Any]]) -> str:
+    kinds = sorted({k for r in rows for k in r if k != "day"})
+    return line_chart("Events per day, by type (event time, UTC)", [r["day"][5:] for r in rows],
+                      {k: [r.get(k, 0) for r in rows] for k in kinds}, bars=True)
+
+
+def _served_charts(rows: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+    days = sorted({r["day"] for r in rows})
+    strategies = sorted({r["strategy"] for r in rows})
+    cell = {(r["day"], r["strategy"]): r for r in rows}
+    lists = line_chart("Served lists per day, by strategy", [d[5:] for d in days],
+                       {s: [cell.get((d, s), {}).get("lists", 0) for d in days] for s in strategies}, bars=True)
+    ctr = line_chart("CTR per day, by strategy (attributed clicks / impressions)", [d[5:] for d in days],
+                     {s: [cell[(d, s)]["ctr"] if (d, s) in cell else None for d in days] for s in strategies},
+                     percent=True)
+    totals: dict[str, dict[str, Any]] = defaultdict(lambda: {"lists": 0, "impressions": 0, "clicks": 0,
+                                                            "conversions": 0})
+    for r in rows:
+        for field in ("lists", "impressions", "clicks", "conversions"):
+            totals[r["strategy"]][field] += r[field]
+    table = [{"strategy": s, **t, "ctr": t["clicks"] / t["impressions"] if t["impressions"] else 0.0}
+             for s, t in sorted(totals.items())]
+    return lists, ctr, table
+
+
+class OverviewController(Controller):
+    path = f"{PREFIX}/t/{{tenant:str}}"
+
+    @get("/", operation_id="consoleOverview", include_in_schema=False)
+    async def overview(self, request: Request, tenant: str) -> Template:
+        state = request.app.state
+
+        def read() -> dict[str, Any]:
+            cdp = state.cdp
+            require_tenant(cdp, tenant)
+            activity = cdp.get_report(tenant, "activity")
+            served = cdp.get_report(tenant, "attribution")
+            lists_chart, ctr_chart, totals = _served_charts(served["rows"] if served else [])
+            return {
+                "counts": {e: cdp.count(tenant, e) for e in ("items", "users", "events")},
+                "published": state.index_store.published_record(tenant),
+                "evaluation_chart": _evaluation_chart(cdp.read_audit(tenant, 100, action_prefix="index.publish")),
+                "activity_chart": _activity_chart(activity["rows"] if activity else []),
+                "reports_at": (activity or served or {}).get("updated_at"),
+                "lists_chart": lists_chart, "ctr_chart": ctr_chart, "totals": totals,
+            }
+
+        page = await off_loop(read)
+        try:
+            runs, runs_error = await off_loop(state.console_pipeline.runs, tenant, 5), ""
+        except Exception as exc:  # noqa: BLE001 - the rest of the page stands; it says why runs are missing
+            runs, runs_error = [], f"the pipeline's run history could not be read: {exc}"
+        return render(request, "overview.html", tenant=tenant, runs=runs, runs_error=runs_error,
+                      dagster_ui=state.settings.dagster_ui_url, **page)
+
+
+class CatalogController(Controller):
+    path = f"{PREFIX}/t/{{tenant:str}}"
+
+    @get("/catalog", operation_id="consoleCatalog", include_in_schema=False)
+    async def catalog(self, request: Request, tenant: str, q: str = "", how: str = "text") -> Template:
+        state = request.app.state
+
+        def find() -> list[dict[str, Any]]:
+            if how == "meaning" and q.strip():
+                published = _published(state, tenant)
+                vector = state.embedder.encode([q])[0]
+                hits = nearest_controlled(published.reader, vector, 20, state.configs.get(tenant))
+                return [{"id": h.item_id, "title": h.payload.get("title", ""), "score": h.score,
+                         "categories": h.payload.get("categories", [])} for h in hits]
+            return state.cdp.find(tenant, "items", q.strip(), 50)
+
+        items = await off_loop(find)
+        return render(request, "catalog.html", tenant=tenant, q=q, how=how, items=items)
+
+    @get("/items/{item_id:str}", operation_id="consoleItem", include_in_schema=False)
+    async def item(self, request: Request, tenant: str, item_id: str) -> Template:
+        state = request.app.state
+
+        def read() -> tuple[dict[str, Any], list[Any]]:
+            item = state.cdp.get_item(tenant, parse_id(item_id, "item_id"))
+            if item is None:
+                raise NotFound(f"tenant {tenant!r} has no item {item_id!r}")
+            try:
+                similar = similar_items(_published(state, tenant).reader, item_id, 10, state.configs.get(tenant)) or []
+            except IndexNotReady:
+                similar = []
+            return item, similar
+
+        item, similar = await off_loop(read)
+        return render(request, "item.html", tenant=tenant, item=item, similar=similar)
+
+    @get("/users", operation_id="consoleUsers", include_in_schema=False)
+    async def users(self, request: Request, tenant: str, q: str = "") -> Template:
+        users = await off_loop(request.app.state.cdp.find, tenant, "users", q.strip(), 50)
+        return render(request, "users.html", tenant=tenant, q=q, users=users)
+
+    @get("/users/{user_id:str}", operation_id="consoleUser", include_in_schema=False)
+    async def user(self, request: Request, tenant: str, user_id: str) -> Template:
+        cdp = request.app.state.cdp
+
+        def read() -> dict[str, Any]:
+            user_id_ = parse_id(user_id, "user_id")
+            profile, events = cdp.get_user(tenant, user_id_), cdp.user_events(tenant, user_id_, limit=200)
+            if profile is None and not events:
+                raise NotFound(f"tenant {tenant!r} has no user {user_id!r}")
+            titles = {e["item_id"]: (cdp.get_item(tenant, e["item_id"]) or {}).get("title", "") for e in events[:50]}
+            return {"profile": profile, "events": events, "titles": titles,
+                    "preferences": cdp.get_preferences(tenant, user_id_)}
+
+        return render(request, "user.html", tenant=tenant, user_id=user_id, **await off_loop(read))
+
+    @get("/users/{user_id:str}/erase", operation_id="consoleEraseConfirm", include_in_schema=False,
+         opt={ROLE: "owner"})
+    async def erase_confirm(self, request: Request, tenant: str, user_id: str) -> Template:
+        return render(request, "erase.html", tenant=tenant, user_id=user_id)
+
+    @post("/users/{user_id:str}/erase", operation_id="consoleErase", include_in_schema=False, opt={ROLE: "owner"},
+          status_code=303)
+    async def erase(self, request: Request, tenant: str, user_id: str) -> Redirect | Template:
+        form = await form_of(request)
+        if form.get("confirm", "") != user_id:
+            return render(request, "erase.html", status_code=422, tenant=tenant, user_id=user_id,
+                          error="type the user's id exactly to confirm the erasure")
+        counts = await off_loop(request.app.state.cdp.erase_user, tenant, parse_id(user_id, "user_id"))
+        flash(request, f"Erased user {user_id}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
+        return redirect(f"{PREFIX}/t/{tenant}/users")
+
+
+class PreviewController(Controller):
+    """What the API would answer, explained, without serving it (nothing goes to the served log)."""
+
+    path = f"{PREFIX}/t/{{tenant:str}}"
+
+    @get("/preview", operation_id="consolePreview", include_in_schema=False)
+    async def preview(self, request: Request, tenant: str) -> Template:
+        params = dict(request.query_params)
+        mode = params.get("mode", "user") if params.get("mode") in MODES else "user"
+        state = request.app.state
+
+        def run() -> dict[str, Any]:
+            if not any(params.get(f) for f in ("user", "items", "item", "query")):
+                return {}
+            k = int(params.get("k") or 10) if (params.get("k") or "10").isdigit() else 10
+            if not 1 <= k <= 100:
+                raise InvalidInput("k: must be 1 to 100", field="k")
+            controls = Controls(parse_filter(params.get("filter") or None), parse_exclude(params.get("exclude") or None),
+                                parse_diversity(params.get("diversity")))
+            published, config, trace = _published(state, tenant), state.configs.get(tenant), Trace()
+            strategy = None
+            if mode == "user":
+                result = recommend_for_user(published, state.cdp, state.embedder, tenant,
+                                            parse_id(params.get("user"), "user"), k, config, controls, trace)
+                hits, strategy = result.items, result.strategy
+            elif mode == "session":
+                ids = [parse_id(i.strip(), "items") for i in (params.get("items") or "").split(",") if i.strip()]
+                result = recommend_for_session(published, ids, k, config, controls, trace=trace)
+                hits, strategy = result.items, result.strategy
+            elif mode == "similar":
+                hits = similar_items(published.reader, parse_id(params.get("item"), "item"), k, config, controls, trace)
+                if hits is None:
+                    raise InvalidInput(f"item: {params.get('item')!r} is not in the published index", field="item")
+            else:
+                query = (params.get("query") or "").strip()
+                if not query:
+                    raise InvalidInput("query: must contain some text", field="query")
+                hits = nearest_controlled(published.reader, state.embedder.encode([query])[0], k, config, controls,
+                                          trace=trace)
+            return {"hits": [(h, trace.explanation(h.item_id)) for h in hits], "strategy": strategy,
+                    "version": published.version}
+
+        try:
+            result, error = await off_loop(run), None
+        except InvalidInput as exc:
+            result, error = {}, exc
+        return render(request, "preview.html", status_code=422 if error else 200, tenant=tenant, mode=mode,
+                      params=params, error=error, json=json, **result)
