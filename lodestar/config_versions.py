@@ -13,9 +13,11 @@ CONFIG_ACTIONS = "config."  # the audit actions that store a configuration
 SEARCHED = 10_000  # the newest versions a restore looks among
 
 
-def restore_version(store: CdpStore, record: dict[str, Any], version_id: str, actor: str, how_to_list: str) -> dict[str, Any]:
+def restore_version(store: CdpStore, record: dict[str, Any], version_id: str, actor: str, how_to_list: str,
+                    before: bool = False) -> dict[str, Any]:
     """Store again the configuration of version ``version_id`` of the tenant ``record`` (as read
-    now), keeping the operator's quotas as they are, audited as ``config.restore`` and written
+    now), or with ``before`` the one that version replaced (undoing it, even when that was the
+    defaults), keeping the operator's quotas as they are, audited as ``config.restore`` and written
     only over that record; returns the configuration stored. ``how_to_list`` ends the error for
     an unknown version."""
     tenant = record["name"]
@@ -24,11 +26,12 @@ def restore_version(store: CdpStore, record: dict[str, Any], version_id: str, ac
     if found is None:
         raise NotFound(f"tenant {tenant!r} has no configuration version {version_id!r}; list them with {how_to_list}")
     current = record["config"] or {}
-    after = {k: v for k, v in (found["after"] or {}).items() if k != "quotas"}
+    after = {k: v for k, v in (found["before" if before else "after"] or {}).items() if k != "quotas"}
     if "quotas" in current:
         after["quotas"] = current["quotas"]
     after = validate_config(after)
-    store.set_tenant_config(tenant, after, audit=audit_entry(actor, "config.restore", version_id, current, after),
+    target = f"{version_id} (before it)" if before else version_id
+    store.set_tenant_config(tenant, after, audit=audit_entry(actor, "config.restore", target, current, after),
                             if_updated_at=record["updated_at"])
     return after
 

@@ -194,9 +194,11 @@ class ConfigController(Controller):
           opt={ROLE: "editor"}, status_code=303)
     async def restore(self, request: Request, tenant: str, version_id: str) -> Redirect:
         cdp = request.app.state.cdp
+        undo = (await form_of(request)).get("undo") == "1"
         await off_loop(lambda: restore_version(cdp, require_tenant(cdp, tenant), version_id, principal(request).actor,
-                                               "the configuration page's history"))
-        flash(request, f"Restored configuration version {version_id} (recorded as a new version).")
+                                               "the configuration page's history", before=undo))
+        what = f"the configuration before version {version_id}" if undo else f"configuration version {version_id}"
+        flash(request, f"Restored {what} (recorded as a new version).")
         return redirect(f"{PREFIX}/t/{tenant}/config")
 
 

@@ -104,7 +104,7 @@ class TenantsController(Controller):
         state = request.app.state
 
         def rows() -> list[dict[str, Any]]:
-            index_store = state.indexes.store
+            index_store = state.index_store
             out = []
             for t in state.cdp.list_tenants():
                 record = index_store.published_record(t["name"])

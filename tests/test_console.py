@@ -1,0 +1,217 @@
+"""The console over HTTP (Litestar's test client, the real app on a copy of the session's two
+published tenants): sign-in, sessions, CSRF, roles and tenant isolation on every route, and the
+configuration's preview, save and restore as the API then serves it."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+
+import pytest
+from litestar.testing import TestClient
+
+from lodestar.accounts import add_member, ensure_account
+from lodestar.cdp import open_cdp
+from lodestar.settings import Settings
+from serving.app import create_app
+
+pytestmark = pytest.mark.model
+PASSWORD = "correct horse battery staple"
+TOKEN = re.compile(r'name="_csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def console_settings(env, tmp_path_factory) -> Settings:
+    """A copy of the session's data dir (alpha and beta published), with accounts: an owner, an
+    editor and a viewer of alpha, an owner of beta and an operator."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("console") / "var", embed_model=env.settings.embed_model)
+    shutil.copytree(env.settings.data_dir, settings.data_dir)
+    store = open_cdp(settings)
+    try:
+        for email, tenant, role in (("owner@alpha.test", "alpha", "owner"), ("editor@alpha.test", "alpha", "editor"),
+                                    ("viewer@alpha.test", "alpha", "viewer"), ("owner@beta.test", "beta", "owner")):
+            ensure_account(store, email, PASSWORD, "test")
+            add_member(store, tenant, email, role, "test")
+        ensure_account(store, "root@ops.test", PASSWORD, "test", operator=True)
+    finally:
+        store.close()
+    return settings
+
+
+@pytest.fixture()
+def client(console_settings):
+    with TestClient(app=create_app(console_settings)) as test_client:
+        yield test_client
+
+
+def token(client: TestClient, path: str = "/console/signin") -> str:
+    page = client.get(path)
+    return TOKEN.search(page.text).group(1)
+
+
+def sign_in(client: TestClient, email: str, password: str = PASSWORD):
+    return client.post("/console/signin", data={"_csrf_token": token(client), "email": email, "password": password,
+                                                "next": "/console/"}, follow_redirects=False)
+
+
+def test_pages_need_a_session_and_a_wrong_password_says_nothing_about_the_account(client):
+    page = client.get("/console/t/alpha/config", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/console/signin?next=/console/t/alpha/config"
+    unknown = sign_in(client, "nobody@alpha.test")
+    wrong = sign_in(client, "owner@alpha.test", "not the password at all")
+    assert unknown.status_code == wrong.status_code == 401
+    assert "the email address or the password is not right" in wrong.text
+    assert re.sub(r'value="[^"]*"', "", unknown.text) == re.sub(r'value="[^"]*"', "", wrong.text)
+    signed = sign_in(client, "owner@alpha.test")
+    assert signed.status_code == 303 and signed.headers["location"] == "/console/"
+    cookie = next(c for c in signed.headers.get_list("set-cookie") if c.startswith("lodestar_console="))
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/console" in cookie
+    assert client.get("/console/", follow_redirects=False).headers["location"] == "/console/t/alpha"
+    assert client.get("/console/t/alpha").status_code == 200
+    client.post("/console/signout", data={"_csrf_token": token(client, "/console/t/alpha")})
+    assert client.get("/console/t/alpha", follow_redirects=False).status_code == 303
+
+
+def test_repeated_failed_sign_ins_are_slowed_down(client, console_settings):
+    store = open_cdp(console_settings)
+    try:
+        ensure_account(store, "guessed@alpha.test", PASSWORD, "test")
+    finally:
+        store.close()
+    for _ in range(5):
+        assert sign_in(client, "guessed@alpha.test", "wrong password!!").status_code == 401
+    refused = sign_in(client, "guessed@alpha.test", PASSWORD)  # even the right password waits now
+    assert refused.status_code == 429 and "too many failed sign-ins for this account" in refused.text
+
+
+def test_an_external_next_address_is_never_followed(client):
+    answer = client.post("/console/signin", data={"_csrf_token": token(client), "email": "owner@alpha.test",
+                                                  "password": PASSWORD, "next": "//evil.example/x"},
+                         follow_redirects=False)
+    assert answer.headers["location"] == "/console/"
+
+
+def _console_routes(app, method: str) -> list[str]:
+    return sorted({route.path for route in app.routes if route.path.startswith("/console/")
+                   and not route.path.startswith("/console/static") and method in getattr(route, "methods", ())})
+
+
+def _concrete(path: str, tenant: str) -> str:
+    return (path.replace("{tenant:str}", tenant).replace("{item_id:str}", "x").replace("{user_id:str}", "u0001")
+            .replace("{key_id:str}", "k").replace("{version_id:str}", "v"))
+
+
+def test_every_state_changing_request_without_the_csrf_token_is_refused(client):
+    assert sign_in(client, "root@ops.test").status_code == 303
+    posts = _console_routes(client.app, "POST")
+    assert len(posts) >= 12
+    for path in posts:
+        answer = client.post(_concrete(path, "alpha"), data={"name": "csrf-made", "email": "x@y.test", "role": "owner",
+                                                             "label": "x", "confirm": "u0001"})
+        assert answer.status_code == 403, path
+        assert "CSRF token" in answer.text, path
+    assert client.get("/console/tenants").text.count("csrf-made") == 0
+
+
+def test_a_member_of_one_tenant_gets_403_on_every_page_and_action_of_another(client):
+    assert sign_in(client, "owner@beta.test").status_code == 303
+    csrf = token(client, "/console/t/beta")
+    gets, posts = _console_routes(client.app, "GET"), _console_routes(client.app, "POST")
+    tenant_gets = [p for p in gets if "{tenant:str}" in p]
+    assert len(tenant_gets) >= 10
+    for path in tenant_gets:
+        answer = client.get(_concrete(path, "alpha"))
+        text = html.unescape(answer.text)
+        assert answer.status_code == 403 and "you have no role in tenant 'alpha'" in text, path
+        assert "alpha" not in text.replace("tenant 'alpha'", ""), path
+    for path in [p for p in posts if "{tenant:str}" in p]:
+        assert client.post(_concrete(path, "alpha"), data={"_csrf_token": csrf}).status_code == 403, path
+    assert client.get("/console/tenants").status_code == 403  # operators only
+    assert client.get("/console/t/beta").status_code == 200
+
+
+def test_a_viewer_sees_but_cannot_change_anything(client):
+    assert sign_in(client, "viewer@alpha.test").status_code == 303
+    page = client.get("/console/t/alpha/config")
+    assert page.status_code == 200 and "you see the configuration but cannot change it" in page.text
+    assert "Preview the change" not in page.text and "Restore" not in page.text
+    assert client.get("/console/t/alpha/keys").status_code == 403
+    csrf = token(client, "/console/t/alpha")
+    for path in [p for p in _console_routes(client.app, "POST") if "{tenant:str}" in p]:
+        answer = client.post(_concrete(path, "alpha"), data={"_csrf_token": csrf, "rules.0.type": "pin"})
+        assert answer.status_code == 403 and "(you are viewer)" in html.unescape(answer.text), path
+
+
+def _top(client: TestClient, key: str, user: str) -> list[str]:
+    answer = client.get(f"/v1/users/{user}/recommendations?k=10", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    return [i["id"] for i in answer.json()["items"]]
+
+
+def test_editing_a_rule_previews_saves_changes_what_the_api_serves_and_restores(client, env):
+    key = env.keys["alpha"]
+    before = _top(client, key, "u0001")
+    pinned = next(i for i in ("p00090", "p00080", "p00070") if i not in before)
+    assert sign_in(client, "editor@alpha.test").status_code == 303
+    csrf = token(client, "/console/t/alpha/config")
+    invalid = client.post("/console/t/alpha/config/preview", data={
+        "_csrf_token": csrf, "rules.0.type": "pin", "rules.0.item_id": pinned, "rules.0.position": "0"})
+    assert invalid.status_code == 422
+    assert 'id="rules.0.position-error"' in invalid.text and "must be an integer from 1 to 100" in invalid.text
+    preview = client.post("/console/t/alpha/config/preview", data={
+        "_csrf_token": csrf, "rules.0.type": "pin", "rules.0.item_id": pinned, "rules.0.position": "1",
+        "preview_user": "u0001"})
+    assert preview.status_code == 200 and "Lists that change" in preview.text
+    assert re.search(r"Lists that change</dt><dd>([1-9]\d*) of", preview.text)
+    assert re.search(r'<ol class="side" id="list-now"><li>', preview.text)
+    assert re.search(r'<ol class="side" id="list-proposed"><li>', preview.text)
+    assert _top(client, key, "u0001") == before  # nothing saved yet
+    saved_config = re.search(r'name="config" value="([^"]+)"', preview.text).group(1)
+    based_on = re.search(r'name="based_on" value="([^"]+)"', preview.text).group(1)
+    save = client.post("/console/t/alpha/config", data={"_csrf_token": csrf, "config": html.unescape(saved_config),
+                                                        "based_on": based_on}, follow_redirects=False)
+    assert save.status_code == 303
+    assert _top(client, key, "u0001")[0] == pinned
+    page = client.get("/console/t/alpha/config")
+    assert "Saved: a new configuration version" in page.text
+    newest = re.search(r'/console/t/alpha/config/restore/([^"]+)"', page.text).group(1)
+    audit = client.get("/console/t/alpha/audit").text
+    assert "console:editor@alpha.test" in audit and "config.set" in audit
+    client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf, "undo": "1"})  # roll back
+    assert _top(client, key, "u0001") == before
+    client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf})  # and forward again
+    assert _top(client, key, "u0001")[0] == pinned
+    restored = client.get("/console/t/alpha/config").text
+    assert restored.count("config.restore") == 2
+    client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf, "undo": "1"})
+
+
+def test_keys_are_created_once_shown_and_revoked_by_an_owner(client):
+    assert sign_in(client, "owner@alpha.test").status_code == 303
+    csrf = token(client, "/console/t/alpha/keys")
+    made = client.post("/console/t/alpha/keys", data={"_csrf_token": csrf, "label": "web shop", "scopes": "read"})
+    key = re.search(r"(lsk_[0-9a-f]+_[\w-]+)", made.text).group(1)
+    assert client.get("/v1/users/u0001/recommendations", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert key not in client.get("/console/t/alpha/keys").text  # shown once
+    key_id = key.split("_")[1]
+    client.post(f"/console/t/alpha/keys/{key_id}/revoke", data={"_csrf_token": csrf})
+    assert client.get("/v1/users/u0001/recommendations", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert "key.revoke" in client.get("/console/t/alpha/audit").text
+
+
+def test_pages_answer_for_every_role_they_allow(client):
+    assert sign_in(client, "root@ops.test").status_code == 303
+    tenants = client.get("/console/tenants")
+    assert tenants.status_code == 200 and "/console/t/alpha" in tenants.text and "/console/t/beta" in tenants.text
+    for path in ("/console/t/alpha/catalog?q=p0000", "/console/t/alpha/catalog?q=boots&how=meaning",
+                 "/console/t/alpha/items/p00001", "/console/t/alpha/users?q=u", "/console/t/alpha/users/u0001",
+                 "/console/t/alpha/preview?mode=user&user=u0001", "/console/t/alpha/preview?mode=query&query=boots",
+                 "/console/t/alpha/preview?mode=similar&item=p00001", "/console/t/alpha/preview?mode=session&items=p00001",
+                 "/console/t/alpha/members", "/console/t/alpha/keys", "/console/t/alpha/audit"):
+        answer = client.get(path)
+        assert answer.status_code == 200, (path, answer.text[-500:])
+    explained = client.get("/console/t/alpha/preview?mode=user&user=u0001").text
+    assert "Rank before" in explained and re.search(r"<td>(collab|content|popular)", explained)
+    bad = client.get('/console/t/alpha/preview?mode=user&user=u0001&filter={"price":1}')
+    assert bad.status_code == 422 and 'aria-invalid="true"' in bad.text
