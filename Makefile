@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv ui clean
+.PHONY: demo test test-fast venv ui clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lodestar demo
 
-test: $(STAMP)
+# The console's browser tests drive Debian's chromium (Playwright's own browser download cannot
+# work here): installed with apt-get when it is missing (with sudo when not root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest -q
 
 # The fast tier: no test that loads the real embedding model or starts real processes.

@@ -69,7 +69,8 @@ def published_index(context: AssetExecutionContext, lodestar: LodestarResource) 
     if published.version != published.previous:
         # The audit log keeps every published version with its evaluation (the console's chart of
         # NDCG@10 over time), long after the version itself was dropped.
-        info = (index_store.published_record(tenant) or {}).get("info") or {}
+        record = index_store.published_record(tenant) or {}
+        info = {k: v for k, v in record.items() if k not in ("version", "published_at")}
         with lodestar.cdp() as store:
             store.append_audit(tenant, audit_entry(f"pipeline:{context.run_id}", "index.publish", published.version,
                                                    {"version": published.previous}, {"version": published.version, **info}))

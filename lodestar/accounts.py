@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,9 @@ from lodestar.cdp import OPERATOR_LOG, ROLES, CdpStore, audit_entry, require_ten
 from lodestar.errors import InvalidInput, NotFound
 
 HASHER = PasswordHasher()
+# Each check takes Argon2's 64 MiB and tens of milliseconds on purpose: at most this many at once,
+# so that a burst of sign-ins cannot take the memory or the cores the API needs.
+_CHECKS = threading.BoundedSemaphore(2)
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 FREE_FAILURES = 5
@@ -92,7 +96,8 @@ def authenticate(store: CdpStore, email: str, password: str, now: float | None =
         raise SignInRefused(f"too many failed sign-ins for this account; try again in {int(left) + 1} s",
                             retry_after=int(left) + 1)
     try:
-        HASHER.verify(account["password_hash"] if account else _DUMMY_HASH, password or "")
+        with _CHECKS:
+            HASHER.verify(account["password_hash"] if account else _DUMMY_HASH, password or "")
     except (VerificationError, InvalidHashError):
         if account is not None:
             store.record_signin(email, False)
@@ -131,6 +136,8 @@ def ensure_account(store: CdpStore, email: str, password: str | None, actor: str
         store.append_audit(OPERATOR_LOG, audit_entry(actor, "account.create" if existing is None else "account.operator",
                                                      email, None if existing is None else {"operator": was_operator},
                                                      {"operator": now_operator}))
+    elif password is not None:  # recorded, never the password or its hash
+        store.append_audit(OPERATOR_LOG, audit_entry(actor, "account.password", email))
     return NewAccount(email, generated)
 
 

@@ -366,16 +366,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"Lodestar demo (data dir {settings.data_dir})")
     with cdp_session(settings) as store:
         keys = demo.load_demo_tenants(store, settings, say=_say)
+        accounts = demo.demo_accounts(store, list(keys))
     if _materialize(settings, list(keys)) != 0:
         return 1
     if args.no_serve:
         for tenant, key in keys.items():
             _say(f"{tenant}: API key {key}")
+        for email, password, role in accounts:
+            _say(f"console: {email} password {password} ({role})")
         return 0
     from serving.server import serve
 
     def announce() -> None:
-        for line in demo.announcement(keys, f"http://{args.host}:{args.port}"):
+        for line in demo.announcement(keys, f"http://{args.host}:{args.port}", accounts):
             _say(line)
 
     serve(settings, args.host, args.port, "warning", on_ready=announce)

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.cdp import CdpStore
+from lodestar.accounts import add_member, ensure_account, generated_password
+from lodestar.cdp import ALL_SCOPES, CdpStore
 from lodestar.importer import import_files
-from lodestar.keys import issue_key
+from lodestar.keys import create_key
 from lodestar.settings import Settings
 
 END = datetime(2026, 10, 31, tzinfo=UTC).timestamp()
@@ -227,15 +228,36 @@ def load_demo_tenants(
         files = write_demo(settings.data_dir / "demo", tenant)
         if store.get_tenant(tenant) is None:
             store.create_tenant(tenant)
-        keys[tenant] = issue_key(store, tenant)
+        keys[tenant] = create_key(store, tenant, ALL_SCOPES, "demo", DEMO_ACTOR)
         import_files(store, settings, tenant, files, progress=lambda line: say(f"  {line}"))
     return keys
 
 
-def announcement(keys: dict[str, str], base: str) -> list[str]:
-    """What the demo prints once the API at ``base`` is up: each tenant's key and curl calls that
-    work as printed."""
+DEMO_ACTOR = "demo"
+
+
+def demo_accounts(store: CdpStore, tenants: list[str]) -> list[tuple[str, str, str]]:
+    """Console accounts for the demo, each with a new password on every run (shown once, as the
+    keys are): an operator, and an owner of each demo tenant. Returns (email, password, role)."""
+    accounts = []
+    password = generated_password()
+    ensure_account(store, "operator@lodestar.demo", password, DEMO_ACTOR, operator=True)
+    accounts.append(("operator@lodestar.demo", password, "operator: every tenant"))
+    for tenant in tenants:
+        email, password = f"owner@{tenant}.demo", generated_password()
+        ensure_account(store, email, password, DEMO_ACTOR)
+        add_member(store, tenant, email, "owner", DEMO_ACTOR)
+        accounts.append((email, password, f"owner of {tenant}"))
+    return accounts
+
+
+def announcement(keys: dict[str, str], base: str, accounts: list[tuple[str, str, str]] = ()) -> list[str]:
+    """What the demo prints once the API at ``base`` is up: the console's address and sign-ins,
+    and each tenant's key with curl calls that work as printed."""
     lines = ["", f"The API is up at {base} (OpenAPI: {base}/schema). Press Ctrl+C to stop."]
+    if accounts:
+        lines += ["", f"Console: {base}/console/ — sign in as (passwords shown once):"]
+        lines += [f"  {email}  password {password}  ({role})" for email, password, role in accounts]
     for tenant, key in keys.items():
         user, item, query = EXAMPLES[tenant]
         auth = f'-H "Authorization: Bearer {key}"'

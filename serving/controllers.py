@@ -20,6 +20,7 @@ from lodestar.config_versions import (
     store_config,
 )
 from lodestar.controls import Controls
+from lodestar.erasure import erase_user
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
@@ -266,12 +267,12 @@ class UserController(Controller):
     opt = {SCOPE: ADMIN}
 
     @delete("/", operation_id="eraseUser", responses=READS, status_code=200, sync_to_thread=True)
-    def erase(self, tenant: Tenant, user_id: PathId, cdp: Cdp) -> UserErased:
+    def erase(self, request: Request, tenant: Tenant, user_id: PathId, cdp: Cdp) -> UserErased:
         """Erase a user: their events, preferences and served lists are deleted from the CDP store
         at once (the user's next recommendations are those of a stranger); the next sync drops them
         from the pipeline's extracts and features."""
         user_id = parse_id(user_id, "user_id")
-        counts = cdp.erase_user(tenant, user_id)
+        counts = erase_user(cdp, tenant, user_id, _actor(request))
         return UserErased(user_id=user_id, **counts)
 
 

@@ -13,8 +13,10 @@ from litestar.params import SkipValidation
 
 from lodestar.cdp import CdpStore
 from lodestar.embed import Embedder
-from lodestar.index import PublishedVersion
+from lodestar.index import IndexStore, PublishedVersion
+from lodestar.settings import Settings
 from lodestar.tenant_config import TenantConfig
+from serving.console.pipeline import Pipeline
 from serving.indexes import TenantIndexes
 from serving.quotas import EventQuotas
 from serving.served_log import ServedLog
@@ -48,6 +50,22 @@ async def provide_config(request: ASGIConnection, state: State, tenant: str) -> 
     return await anyio.to_thread.run_sync(configs.get, tenant)
 
 
+def provide_settings(state: State) -> Settings:
+    return state.settings
+
+
+def provide_index_store(state: State) -> IndexStore:
+    return state.index_store
+
+
+def provide_console_pipeline(state: State) -> Pipeline:
+    return state.console_pipeline
+
+
+def provide_configs(state: State) -> TenantConfigs:
+    return state.configs
+
+
 def provide_embedder(state: State) -> Embedder:
     return state.embedder
 
@@ -79,6 +97,10 @@ ServedLogDep = NamedDependency[SkipValidation[ServedLog]]
 Indexes = NamedDependency[SkipValidation[TenantIndexes]]
 EmbedderLoaded = NamedDependency[SkipValidation[threading.Event]]
 EventQuotasDep = NamedDependency[SkipValidation[EventQuotas]]
+SettingsDep = NamedDependency[SkipValidation[Settings]]
+IndexStoreDep = NamedDependency[SkipValidation[IndexStore]]
+PipelineDep = NamedDependency[SkipValidation[Pipeline]]
+Configs = NamedDependency[SkipValidation[TenantConfigs]]
 
 # The API's tenant comes from its key; console pages name theirs in the path (``/console/t/{tenant}``),
 # which Litestar hands to the same providers under the same name.
@@ -92,4 +114,8 @@ DEPENDENCIES = {
     "indexes": Provide(provide_indexes, sync_to_thread=False),
     "embedder_loaded": Provide(provide_embedder_loaded, sync_to_thread=False),
     "event_quotas": Provide(provide_event_quotas, sync_to_thread=False),
+    "settings": Provide(provide_settings, sync_to_thread=False),
+    "index_store": Provide(provide_index_store, sync_to_thread=False),
+    "console_pipeline": Provide(provide_console_pipeline, sync_to_thread=False),
+    "configs": Provide(provide_configs, sync_to_thread=False),
 }

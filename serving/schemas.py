@@ -113,6 +113,7 @@ class KeyInfo(msgspec.Struct):
     label: str
     created_at: float
     revoked_at: float | None = None
+    last_used_at: float | None = None  # to within a minute (serving.key_usage); null: never used
 
 
 class KeyList(msgspec.Struct):

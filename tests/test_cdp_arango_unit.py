@@ -3,6 +3,8 @@ creation, the streamed change cursor, what the queries are sent, transactions. T
 behaviour against a real server is the contract suite (tests/test_cdp_contract.py), which runs when
 LODESTAR_ARANGO_URL is set."""
 
+import re
+
 import pytest
 
 from lodestar.cdp import Watermark
@@ -14,6 +16,7 @@ from lodestar.cdp.arango import (
     document_key,
     init_schema,
 )
+from lodestar.errors import InvalidInput
 from lodestar.records import parse_item
 
 
@@ -46,6 +49,16 @@ class Collection:
 
     def get(self, key):
         return self.docs.get(key)
+
+    def has(self, key):
+        return key in self.docs
+
+    def insert(self, doc, overwrite=False, sync=None):
+        assert overwrite or doc["_key"] not in self.docs
+        self.docs[doc["_key"]] = dict(doc)
+
+    def delete(self, key, sync=None):
+        del self.docs[key]
 
 
 class Transaction:
@@ -210,3 +223,39 @@ def test_a_configuration_and_its_audit_entry_are_one_transaction():
     assert db.transactions[-1][1].state == "aborted"
     store.read_audit("acme", limit=5, action_prefix="config.")
     assert db.queries[-1][1] == {"tenant": "acme", "prefix": "config.", "limit": 5}
+
+
+def test_console_accounts_members_and_reports_round_trip_under_valid_keys():
+    from lodestar.cdp.arango import ACCOUNTS, MEMBERS
+    from lodestar.errors import UnknownTenant
+
+    db = Database()
+    store = _with_tenant(db)
+    with pytest.raises(UnknownTenant, match="lodestar members add"):
+        store.set_member("acme", "ann@example.com", "viewer")
+    store.put_account("ann@example.com", "hash", operator=False)
+    (key, doc), = db.collection(ACCOUNTS).docs.items()
+    assert re.fullmatch(r"[0-9a-f]{40}", key) and doc["email"] == "ann@example.com"
+    assert store.get_account("ann@example.com")["password_hash"] == "hash"
+    store.set_member("acme", "ann@example.com", "editor")
+    (member_key, member), = db.collection(MEMBERS).docs.items()
+    assert member == {"_key": member_key, "tenant_id": "acme", "email": "ann@example.com", "role": "editor",
+                      "added_at": member["added_at"]}
+    assert store.remove_member("acme", "ann@example.com") and not store.remove_member("acme", "ann@example.com")
+    store.put_report("acme", "activity", [{"day": "2026-11-01", "view": 3}])
+    assert store.get_report("acme", "activity")["rows"] == [{"day": "2026-11-01", "view": 3}]
+
+
+def test_roles_key_use_and_lookups_are_one_query_each():
+    db = Database()
+    store = _with_tenant(db)
+    store.account_roles("ann@example.com")
+    store.touch_api_keys({"k1": 5.0})
+    store.touch_api_keys({})  # nothing used: no query
+    store.find("acme", "users", "u1", limit=7)
+    with pytest.raises(InvalidInput):
+        store.find("acme", "events", "x")
+    (roles, roles_bind, _), (touch, touch_bind, _), (find, find_bind, _) = db.queries
+    assert "t.deleted != true" in roles and roles_bind == {"email": "ann@example.com"}
+    assert "k.last_used_at < u.at" in touch and touch_bind == {"used": [{"key": "k1", "at": 5.0}]}
+    assert find_bind == {"@collection": "users", "tenant": "acme", "text": "u1", "titles": False, "limit": 7}

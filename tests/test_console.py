@@ -18,6 +18,7 @@ from serving.app import create_app
 
 pytestmark = pytest.mark.model
 PASSWORD = "correct horse battery staple"
+OPERATOR_KEY = "operator-key-for-the-console-tests"
 TOKEN = re.compile(r'name="_csrf_token" value="([^"]+)"')
 
 
@@ -25,7 +26,8 @@ TOKEN = re.compile(r'name="_csrf_token" value="([^"]+)"')
 def console_settings(env, tmp_path_factory) -> Settings:
     """A copy of the session's data dir (alpha and beta published), with accounts: an owner, an
     editor and a viewer of alpha, an owner of beta and an operator."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("console") / "var", embed_model=env.settings.embed_model)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("console") / "var", embed_model=env.settings.embed_model,
+                        admin_key=OPERATOR_KEY)
     shutil.copytree(env.settings.data_dir, settings.data_dir)
     store = open_cdp(settings)
     try:
@@ -178,12 +180,13 @@ def test_editing_a_rule_previews_saves_changes_what_the_api_serves_and_restores(
     newest = re.search(r'/console/t/alpha/config/restore/([^"]+)"', page.text).group(1)
     audit = client.get("/console/t/alpha/audit").text
     assert "console:editor@alpha.test" in audit and "config.set" in audit
+    restores = page.text.count("config.restore")
     client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf, "undo": "1"})  # roll back
     assert _top(client, key, "u0001") == before
     client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf})  # and forward again
     assert _top(client, key, "u0001")[0] == pinned
     restored = client.get("/console/t/alpha/config").text
-    assert restored.count("config.restore") == 2
+    assert restored.count("config.restore") == restores + 2  # both recorded as versions
     client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf, "undo": "1"})
 
 
@@ -215,3 +218,86 @@ def test_pages_answer_for_every_role_they_allow(client):
     assert "Rank before" in explained and re.search(r"<td>(collab|content|popular)", explained)
     bad = client.get('/console/t/alpha/preview?mode=user&user=u0001&filter={"price":1}')
     assert bad.status_code == 422 and 'aria-invalid="true"' in bad.text
+
+
+def test_the_operator_key_signs_in_as_an_operator_and_a_wrong_one_does_not(client):
+    wrong = client.post("/console/signin", data={"_csrf_token": token(client), "operator_key": "nope"},
+                        follow_redirects=False)
+    assert wrong.status_code == 401 and "not the operator key" in wrong.text
+    right = client.post("/console/signin", data={"_csrf_token": token(client), "operator_key": OPERATOR_KEY},
+                        follow_redirects=False)
+    assert right.status_code == 303
+    page = client.get("/console/tenants")
+    assert page.status_code == 200 and "operator key" in page.text
+    made = client.post("/console/tenants", data={"_csrf_token": token(client, "/console/tenants"), "name": "gamma"})
+    assert made.status_code == 200 and re.search(r"lsk_[0-9a-f]+_", made.text)
+    assert "tenant.create" in client.get("/console/tenants").text  # the operators' log
+
+
+def test_an_owner_adds_a_member_who_signs_in_with_the_password_shown_once_and_is_removed(client):
+    assert sign_in(client, "owner@alpha.test").status_code == 303
+    csrf = token(client, "/console/t/alpha/members")
+    added = client.post("/console/t/alpha/members", data={"_csrf_token": csrf, "email": "New@Alpha.test", "role": "viewer"})
+    password = re.search(r"its password, shown once \(send it safely\): <code class=\"secret\" data-secret>([^<]+)<",
+                         added.text).group(1)
+    assert "new@alpha.test" in added.text and "viewer" in added.text
+    assert password not in client.get("/console/t/alpha/members").text
+    with TestClient(app=client.app) as other:
+        assert sign_in(other, "new@alpha.test", password).status_code == 303
+        assert other.get("/console/t/alpha").status_code == 200
+        client.post("/console/t/alpha/members/remove", data={"_csrf_token": csrf, "email": "new@alpha.test"})
+        assert other.get("/console/t/alpha").status_code == 403  # from the next request on
+    audit = client.get("/console/t/alpha/audit").text
+    assert "member.add" in audit and "member.remove" in audit
+
+
+def test_erasure_asks_for_confirmation_and_is_audited(client, console_settings):
+    assert sign_in(client, "owner@alpha.test").status_code == 303
+    page = client.get("/console/t/alpha/users/u0002/erase")
+    csrf = TOKEN.search(page.text).group(1)
+    refused = client.post("/console/t/alpha/users/u0002/erase", data={"_csrf_token": csrf, "confirm": "u0003"})
+    assert refused.status_code == 422 and "type the user" in html.unescape(refused.text)
+    store = open_cdp(console_settings)
+    try:
+        assert store.user_events("alpha", "u0002")
+        done = client.post("/console/t/alpha/users/u0002/erase", data={"_csrf_token": csrf, "confirm": "u0002"})
+        assert done.status_code == 200 and "Erased user u0002" in done.text
+        assert store.user_events("alpha", "u0002") == []
+    finally:
+        store.close()
+    assert "user.erase" in client.get("/console/t/alpha/audit").text
+
+
+def test_the_overview_charts_the_pipelines_reports_and_keys_show_when_last_used(client, env):
+    assert sign_in(client, "owner@alpha.test").status_code == 303
+    overview = client.get("/console/t/alpha").text
+    assert '<svg viewBox="0 0 640 200" role="img" aria-label="Events per day, by type' in overview
+    # Each published version is charted; with too few held-out users (alpha has 24), the page says so.
+    assert re.search(r'aria-label="NDCG@10 of each published version|\d+ version\(s\) published, none evaluated',
+                     overview)
+    client.get("/v1/users/u0001/recommendations", headers={"Authorization": f"Bearer {env.keys['alpha']}"})
+    client.app.state.key_usage.flush()
+    keys = client.get("/console/t/alpha/keys").text
+    assert re.search(r"<td>\d+ s ago</td>", keys)
+
+
+def test_the_evaluation_chart_plots_each_published_versions_ndcg_next_to_popularity():
+    from serving.console.tenant import _evaluation_chart
+
+    entries = [{"after": {"version": f"v2026110{n}T000000", "ndcg@10": 0.1 + n / 100, "popularity_ndcg@10": 0.05}}
+               for n in (3, 2, 1)]  # newest first, as the audit log reads
+    chart = _evaluation_chart(entries)
+    assert chart.count("<circle") == 6 and chart.count("<polyline") == 2
+    rows = re.findall(r"<tr><th scope=row>([^<]+)</th><td>([^<]+)</td><td>([^<]+)</td>", chart)
+    assert rows == [("v20261101T000", "0.11", "0.05"), ("v20261102T000", "0.12", "0.05"), ("v20261103T000", "0.13", "0.05")]
+
+
+def test_signing_in_starts_a_new_session_id_so_a_planted_one_never_signs_in(client):
+    planted = "ab" * 32
+    client.cookies.set("lodestar_console", planted, path="/console")
+    signed = sign_in(client, "owner@alpha.test")
+    fresh = signed.cookies.get("lodestar_console")
+    assert fresh and fresh != planted
+    with TestClient(app=client.app) as attacker:
+        attacker.cookies.set("lodestar_console", planted, path="/console")
+        assert attacker.get("/console/t/alpha", follow_redirects=False).status_code == 303  # to the sign-in page

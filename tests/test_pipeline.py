@@ -122,6 +122,15 @@ def test_evaluation_gate_blocks_a_worse_version(settings):
     index_store = open_index_store(settings)
     record = index_store.published_record("shop")
     assert 0 < record["ndcg@10"] < 1  # the published version remembers its evaluation
+    store = open_cdp(settings)
+    try:  # and the audit log keeps it for the console's chart, after the version itself is gone
+        (entry,) = store.read_audit("shop", action_prefix="index.publish")
+        report = store.get_report("shop", "activity")
+    finally:
+        store.close()
+    assert entry["target"] == record["version"] and entry["actor"].startswith("pipeline:")
+    assert entry["after"]["ndcg@10"] == record["ndcg@10"] and 0 <= entry["after"]["popularity_ndcg@10"] < 1
+    assert sum(n for row in report["rows"] for k, n in row.items() if k != "day") > 0
     # Pretend the published version was far better: the next version must not replace it.
     index_store.publish("shop", record["version"], {"points": record["points"], "ndcg@10": 0.99})
     second = materialize_tenant(settings, "shop")

@@ -196,7 +196,8 @@ class IndexStore(Protocol):
         """The served version's name (cheap: servers poll it)."""
         ...
     def published_record(self, tenant: str) -> dict[str, Any] | None:
-        """The served version's record: ``version``, ``published_at`` and the ``info`` it was published with."""
+        """The served version's record: ``version``, ``published_at`` and the fields of the ``info`` it was
+        published with, beside them."""
         ...
     def open(self, tenant: str, version: str) -> IndexReader:
         """A version's index alone, read-only (checks and canaries)."""

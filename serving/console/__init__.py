@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from litestar import Router
 from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
-from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.middleware.session.server_side import (
+    ServerSideSessionBackend,
+    ServerSideSessionConfig,
+)
 from litestar.static_files import create_static_files_router
 from litestar.stores.file import FileStore
 from litestar.template.config import TemplateConfig
@@ -44,11 +49,30 @@ from serving.console.tenant import (
     OverviewController,
     PreviewController,
 )
-from serving.console.web import EXCEPTION_HANDLERS, PREFIX
+from serving.console.web import EXCEPTION_HANDLERS, NEW_SESSION_ID, PREFIX
 
 HERE = Path(__file__).resolve().parent
 SESSION_STORE = "console_sessions"
 SESSION_HOURS = 12
+
+
+class _RotatingBackend(ServerSideSessionBackend):
+    """Litestar's server-side sessions, with a new session id at sign-in: an id planted before it (a
+    cookie set by a sibling site, say) never becomes a signed-in session."""
+
+    def get_session_id(self, connection: ASGIConnection) -> str:
+        return connection.scope.get(NEW_SESSION_ID) or super().get_session_id(connection)
+
+    async def store_in_message(self, scope_session: Any, message: Any, connection: ASGIConnection) -> None:
+        old = connection.cookies.get(self.config.key)
+        if connection.scope.get(NEW_SESSION_ID) and old and old != "null":
+            await self.delete(old, store=self.config.get_store_from_app(connection.scope["app"]))
+        await super().store_in_message(scope_session, message, connection)
+
+
+@dataclass
+class _SessionConfig(ServerSideSessionConfig):
+    _backend_class = _RotatingBackend
 
 
 def _secret(settings: Settings) -> str:
@@ -70,7 +94,7 @@ def _secret(settings: Settings) -> str:
 def console_app_config(settings: Settings) -> dict[str, Any]:
     """What the app needs for the console: its routes (one router, with the session and CSRF
     middleware and its own guard and error pages), templates and the session store."""
-    sessions = ServerSideSessionConfig(store=SESSION_STORE, key="lodestar_console", path=PREFIX, httponly=True,
+    sessions = _SessionConfig(store=SESSION_STORE, key="lodestar_console", path=PREFIX, httponly=True,
                                        samesite="lax", secure=settings.console_secure_cookies,
                                        max_age=SESSION_HOURS * 3600)
     csrf = CSRFConfig(secret=_secret(settings), cookie_name="lodestar_csrf", cookie_path=PREFIX, cookie_samesite="lax",

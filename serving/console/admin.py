@@ -13,7 +13,7 @@ from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
 from lodestar.accounts import add_member, ensure_account, remove_member
-from lodestar.cdp import ALL_SCOPES, require_tenant
+from lodestar.cdp import ALL_SCOPES, CdpStore, audit_entry, require_tenant
 from lodestar.config_versions import (
     CONFIG_ACTIONS,
     proposed_config,
@@ -34,6 +34,14 @@ from serving.console.web import (
     principal,
     redirect,
     render,
+)
+from serving.dependencies import (
+    Cdp,
+    Config,
+    EmbedderDep,
+    Indexes,
+    PipelineDep,
+    SettingsDep,
 )
 
 RANKING_FIELDS = tuple(f.name for f in dataclasses.fields(RankingSettings))
@@ -79,8 +87,8 @@ def config_from_form(stored: dict[str, Any], form: dict[str, str]) -> dict[str, 
         value = _number(form.get(name, "").strip() or str(DEFAULTS["ranking"][field]), name)
         if value != DEFAULTS["ranking"][field]:
             ranking[field] = value
-    rules, rows = [], sorted({int(k.split(".")[1]) for k in form if k.startswith("rules.") and k.split(".")[1].isdigit()})
-    for n in rows:
+    rules = []
+    for n in _row_numbers(form):
         get = lambda f: form.get(f"rules.{n}.{f}", "").strip()  # noqa: E731
         if not get("type") or get("remove"):
             continue
@@ -120,32 +128,33 @@ def _field_of(exc: InvalidInput, rows: list[int]) -> str:
 class ConfigController(Controller):
     path = f"{PREFIX}/t/{{tenant:str}}/config"
 
-    def _page(self, request: Request, tenant: str, record: dict[str, Any], form: dict[str, str] | None = None,
+    def _page(self, request: Request, cdp: CdpStore, tenant: str, record: dict[str, Any],
+              form: dict[str, str] | None = None,
               errors: dict[str, str] | None = None, preview: dict[str, Any] | None = None,
               proposed: dict[str, Any] | None = None, status_code: int = 200) -> Template:
         effective = effective_config(record["config"]).as_dict()
         values = form or {**{f"event_weights.{t}": str(effective["event_weights"][t]) for t in EVENT_TYPES},
                           **{f"ranking.{f}": str(effective["ranking"][f]) for f in RANKING_FIELDS}}
         rows = _rows_of(form) if form else form_rows(record["config"] or {})
-        history = request.app.state.cdp.read_audit(tenant, 30, action_prefix=CONFIG_ACTIONS)
+        history = cdp.read_audit(tenant, 30, action_prefix=CONFIG_ACTIONS)
         return render(request, "config.html", status_code=status_code, tenant=tenant, values=values, rows=rows,
                       errors=errors or {}, preview=preview, proposed=proposed, based_on=record["updated_at"],
                       event_types=EVENT_TYPES, ranking_fields=RANKING_FIELDS, history=history,
                       stored=json.dumps(record["config"] or {}, indent=2), json=json)
 
     @get("/", operation_id="consoleConfig", include_in_schema=False)
-    async def show(self, request: Request, tenant: str) -> Template:
-        record = await off_loop(require_tenant, request.app.state.cdp, tenant)
-        return await off_loop(self._page, request, tenant, record)
+    async def show(self, request: Request, tenant: str, cdp: Cdp) -> Template:
+        record = await off_loop(require_tenant, cdp, tenant)
+        return await off_loop(self._page, request, cdp, tenant, record)
 
     @post("/preview", operation_id="consoleConfigPreview", include_in_schema=False, opt={ROLE: "editor"},
           status_code=200)
-    async def preview(self, request: Request, tenant: str) -> Template:
+    async def preview(self, request: Request, tenant: str, cdp: Cdp, indexes: Indexes, embedder: EmbedderDep,
+                      config: Config, settings: SettingsDep) -> Template:
         form = await form_of(request)
-        state = request.app.state
 
         def run() -> Template:
-            record = require_tenant(state.cdp, tenant)
+            record = require_tenant(cdp, tenant)
             rows: list[int] = []
             try:
                 described = config_from_form(record["config"] or {}, form)
@@ -153,25 +162,24 @@ class ConfigController(Controller):
                 proposed = proposed_config(record, described, replace=True)
             except InvalidInput as exc:
                 field = _field_of(exc, rows)
-                return self._page(request, tenant, record, form, {field or "_": str(exc)}, status_code=422)
-            users = sample_users(active_users(state.settings, tenant), PREVIEW_SAMPLE)
+                return self._page(request, cdp, tenant, record, form, {field or "_": str(exc)}, status_code=422)
+            users = sample_users(active_users(settings, tenant), PREVIEW_SAMPLE)
             if not users:
-                return self._page(request, tenant, record, form, {"_": "the tenant has no users with events to "
+                return self._page(request, cdp, tenant, record, form, {"_": "the tenant has no users with events to "
                                                                        "preview on yet; materialize it first"}, status_code=422)
             chosen = form.get("preview_user", "").strip() or users[0]
-            result = preview_change(state.indexes.get(tenant), state.cdp, state.embedder, tenant,
-                                    effective_config(record["config"]), effective_config(proposed), users, 10, chosen)
-            return self._page(request, tenant, record, form, preview=result.as_dict(), proposed=proposed)
+            result = preview_change(indexes.get(tenant), cdp, embedder, tenant, config, effective_config(proposed),
+                                    users, 10, chosen)
+            return self._page(request, cdp, tenant, record, form, preview=result.as_dict(), proposed=proposed)
 
         return await off_loop(run)
 
     @post("/", operation_id="consoleConfigSave", include_in_schema=False, opt={ROLE: "editor"}, status_code=303)
-    async def save(self, request: Request, tenant: str) -> Redirect:
+    async def save(self, request: Request, tenant: str, cdp: Cdp) -> Redirect:
         form = await form_of(request)
-        state = request.app.state
 
         def store() -> None:
-            record = require_tenant(state.cdp, tenant)
+            record = require_tenant(cdp, tenant)
             if form.get("based_on") != repr(record["updated_at"]):
                 raise Conflict("the configuration changed since this preview (someone saved, or the operator set "
                                "quotas); preview your change again")
@@ -179,7 +187,7 @@ class ConfigController(Controller):
                 change = json.loads(form.get("config", ""))
             except json.JSONDecodeError:
                 raise InvalidInput("the previewed configuration did not come back intact; preview again") from None
-            store_config(state.cdp, record, proposed_config(record, change, replace=True), principal(request).actor)
+            store_config(cdp, record, proposed_config(record, change, replace=True), principal(request).actor)
 
         try:
             await off_loop(store)
@@ -192,8 +200,7 @@ class ConfigController(Controller):
 
     @post("/restore/{version_id:str}", operation_id="consoleConfigRestore", include_in_schema=False,
           opt={ROLE: "editor"}, status_code=303)
-    async def restore(self, request: Request, tenant: str, version_id: str) -> Redirect:
-        cdp = request.app.state.cdp
+    async def restore(self, request: Request, tenant: str, version_id: str, cdp: Cdp) -> Redirect:
         undo = (await form_of(request)).get("undo") == "1"
         await off_loop(lambda: restore_version(cdp, require_tenant(cdp, tenant), version_id, principal(request).actor,
                                                "the configuration page's history", before=undo))
@@ -202,9 +209,14 @@ class ConfigController(Controller):
         return redirect(f"{PREFIX}/t/{tenant}/config")
 
 
+def _row_numbers(form: dict[str, str]) -> list[int]:
+    """The rule rows a submitted form holds (``rules.<n>.<field>``), in order."""
+    return sorted({int(k.split(".")[1]) for k in form if k.startswith("rules.") and k.split(".")[1].isdigit()})
+
+
 def _rows_of(form: dict[str, str]) -> list[dict[str, str]]:
-    numbers = sorted({int(k.split(".")[1]) for k in form if k.startswith("rules.") and k.split(".")[1].isdigit()})
-    rows = [{f: form.get(f"rules.{n}.{f}", "") for f in (*RULE_FIELDS, "remove")} for n in numbers]
+    """The rule rows of a submitted form as the form shows them again (with a blank row to add one)."""
+    rows = [{f: form.get(f"rules.{n}.{f}", "") for f in (*RULE_FIELDS, "remove")} for n in _row_numbers(form)]
     if not rows or rows[-1]["type"]:
         rows.append(dict.fromkeys(RULE_FIELDS, ""))
     return rows
@@ -215,17 +227,17 @@ class KeysController(Controller):
     opt = {ROLE: "owner"}
 
     @get("/", operation_id="consoleKeys", include_in_schema=False)
-    async def keys(self, request: Request, tenant: str) -> Template:
-        keys = await off_loop(request.app.state.cdp.list_api_keys, tenant)
+    async def keys(self, request: Request, tenant: str, cdp: Cdp) -> Template:
+        keys = await off_loop(cdp.list_api_keys, tenant)
         return render(request, "keys.html", tenant=tenant, keys=keys, scopes=ALL_SCOPES)
 
     @post("/", operation_id="consoleCreateKey", include_in_schema=False, status_code=303)
-    async def create(self, request: Request, tenant: str) -> Redirect:
+    async def create(self, request: Request, tenant: str, cdp: Cdp) -> Redirect:
         form = await request.form()
         try:
             scopes = parse_scopes(form.getall("scopes", []))
             label = check_text(str(form.get("label", "")).strip(), "label")
-            key = await off_loop(create_key, request.app.state.cdp, tenant, scopes, label, principal(request).actor)
+            key = await off_loop(create_key, cdp, tenant, scopes, label, principal(request).actor)
         except InvalidInput as exc:
             flash(request, str(exc), "error")
         else:
@@ -234,8 +246,8 @@ class KeysController(Controller):
         return redirect(f"{PREFIX}/t/{tenant}/keys")
 
     @post("/{key_id:str}/revoke", operation_id="consoleRevokeKey", include_in_schema=False, status_code=303)
-    async def revoke(self, request: Request, tenant: str, key_id: str) -> Redirect:
-        await off_loop(revoke_key, request.app.state.cdp, tenant, key_id, principal(request).actor, "this page")
+    async def revoke(self, request: Request, tenant: str, key_id: str, cdp: Cdp) -> Redirect:
+        await off_loop(revoke_key, cdp, tenant, key_id, principal(request).actor, "this page")
         flash(request, f"Revoked key {key_id}: every server refuses it from the next request on.")
         return redirect(f"{PREFIX}/t/{tenant}/keys")
 
@@ -245,14 +257,14 @@ class MembersController(Controller):
     opt = {ROLE: "owner"}
 
     @get("/", operation_id="consoleMembers", include_in_schema=False)
-    async def members(self, request: Request, tenant: str) -> Template:
-        members = await off_loop(request.app.state.cdp.list_members, tenant)
+    async def members(self, request: Request, tenant: str, cdp: Cdp) -> Template:
+        members = await off_loop(cdp.list_members, tenant)
         return render(request, "members.html", tenant=tenant, members=members)
 
     @post("/", operation_id="consoleAddMember", include_in_schema=False, status_code=303)
-    async def add(self, request: Request, tenant: str) -> Redirect:
+    async def add(self, request: Request, tenant: str, cdp: Cdp) -> Redirect:
         form = await form_of(request)
-        cdp, actor = request.app.state.cdp, principal(request).actor
+        actor = principal(request).actor
 
         def run() -> Any:
             made = ensure_account(cdp, form.get("email", ""), None, actor)
@@ -271,9 +283,9 @@ class MembersController(Controller):
         return redirect(f"{PREFIX}/t/{tenant}/members")
 
     @post("/remove", operation_id="consoleRemoveMember", include_in_schema=False, status_code=303)
-    async def remove(self, request: Request, tenant: str) -> Redirect:
+    async def remove(self, request: Request, tenant: str, cdp: Cdp) -> Redirect:
         form = await form_of(request)
-        await off_loop(remove_member, request.app.state.cdp, tenant, form.get("email", ""), principal(request).actor)
+        await off_loop(remove_member, cdp, tenant, form.get("email", ""), principal(request).actor)
         flash(request, f"{form.get('email')} is no longer a member of {tenant}.")
         return redirect(f"{PREFIX}/t/{tenant}/members")
 
@@ -282,8 +294,8 @@ class AuditController(Controller):
     path = f"{PREFIX}/t/{{tenant:str}}/audit"
 
     @get("/", operation_id="consoleAudit", include_in_schema=False)
-    async def audit(self, request: Request, tenant: str) -> Template:
-        entries = await off_loop(request.app.state.cdp.read_audit, tenant, 200)
+    async def audit(self, request: Request, tenant: str, cdp: Cdp) -> Template:
+        entries = await off_loop(cdp.read_audit, tenant, 200)
         return render(request, "audit.html", tenant=tenant, entries=entries, json=json)
 
 
@@ -291,17 +303,19 @@ class PipelineController(Controller):
     path = f"{PREFIX}/t/{{tenant:str}}/pipeline"
 
     @get("/", operation_id="consolePipeline", include_in_schema=False)
-    async def pipeline(self, request: Request, tenant: str) -> Template:
-        state = request.app.state
-        await off_loop(require_tenant, state.cdp, tenant)
-        runs = await off_loop(state.console_pipeline.runs, tenant, 10)
-        return render(request, "pipeline.html", tenant=tenant, runs=runs, dagster_ui=state.settings.dagster_ui_url,
+    async def pipeline(self, request: Request, tenant: str, cdp: Cdp, console_pipeline: PipelineDep,
+                       settings: SettingsDep) -> Template:
+        await off_loop(require_tenant, cdp, tenant)
+        runs = await off_loop(console_pipeline.runs, tenant, 10)
+        return render(request, "pipeline.html", tenant=tenant, runs=runs, dagster_ui=settings.dagster_ui_url,
                       refresh=bool(runs and runs[0]["in_flight"]))
 
     @post("/", operation_id="consoleMaterialize", include_in_schema=False, opt={ROLE: "editor"}, status_code=303)
-    async def materialize(self, request: Request, tenant: str) -> Redirect:
+    async def materialize(self, request: Request, tenant: str, cdp: Cdp, console_pipeline: PipelineDep) -> Redirect:
         try:
-            await off_loop(request.app.state.console_pipeline.materialize, tenant)
+            await off_loop(require_tenant, cdp, tenant)
+            await off_loop(console_pipeline.materialize, tenant)
+            await off_loop(cdp.append_audit, tenant, audit_entry(principal(request).actor, "pipeline.materialize", tenant))
         except Conflict as exc:
             flash(request, str(exc), "error")
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from typing import Any
 
 from limits import parse
@@ -17,6 +18,7 @@ from lodestar.errors import Conflict, InvalidInput
 from lodestar.keys import OPERATOR, create_key
 from serving.auth import OPERATORS_ONLY, PUBLIC, fingerprint
 from serving.console.web import (
+    NEW_SESSION_ID,
     PREFIX,
     flash,
     form_of,
@@ -25,6 +27,7 @@ from serving.console.web import (
     redirect,
     render,
 )
+from serving.dependencies import Cdp, IndexStoreDep, PipelineDep, SettingsDep
 
 # Failed sign-ins from one address, whatever the account (guessing many accounts' passwords);
 # each account also slows down on its own failures (lodestar.accounts), in every process.
@@ -42,34 +45,33 @@ class SignInController(Controller):
     opt = {PUBLIC: True}
 
     @get("/signin", operation_id="consoleSignInPage", include_in_schema=False)
-    async def page(self, request: Request, next: str | None = None) -> Template:
-        return render(request, "signin.html", next=_next(next), operator_key=bool(request.app.state.operator_key))
+    async def page(self, request: Request, settings: SettingsDep, next: str | None = None) -> Template:
+        return render(request, "signin.html", next=_next(next), operator_key=bool(settings.admin_key))
 
     @post("/signin", operation_id="consoleSignIn", include_in_schema=False, status_code=303)
-    async def sign_in(self, request: Request) -> Template | Redirect:
+    async def sign_in(self, request: Request, cdp: Cdp, settings: SettingsDep) -> Template | Redirect:
         form = await form_of(request)
         address = request.client.host if request.client else "?"
         target = _next(form.get("next"))
         if not _failures.test(FAILURES_PER_ADDRESS, address):
             return render(request, "signin.html", status_code=429, next=target, email=form.get("email", ""),
-                          operator_key=bool(request.app.state.operator_key),
+                          operator_key=bool(settings.admin_key),
                           error="too many failed sign-ins from your address; wait a few minutes and try again")
-        state = request.app.state
         try:
             if form.get("operator_key"):
-                key = state.operator_key
+                key = settings.admin_key
                 if not key or not hmac.compare_digest(form["operator_key"].encode(), key.encode()):
                     raise SignInRefused("that is not the operator key (LODESTAR_ADMIN_KEY)")
                 session: dict[str, Any] = {"operator_key": fingerprint(key)}
             else:
-                account = await off_loop(authenticate, state.cdp, form.get("email", ""), form.get("password", ""))
+                account = await off_loop(authenticate, cdp, form.get("email", ""), form.get("password", ""))
                 session = {"account": account["email"], "password": fingerprint(account["password_hash"])}
         except SignInRefused as exc:
             if not exc.retry_after:
                 _failures.hit(FAILURES_PER_ADDRESS, address)
             return render(request, "signin.html", status_code=429 if exc.retry_after else 401, next=target,
-                          email=form.get("email", ""), operator_key=bool(state.operator_key), error=str(exc))
-        request.clear_session()  # a new session for a new sign-in (no fixation)
+                          email=form.get("email", ""), operator_key=bool(settings.admin_key), error=str(exc))
+        request.scope[NEW_SESSION_ID] = secrets.token_hex(32)  # a new session id for a new sign-in (no fixation)
         request.set_session(session)
         return redirect(target)
 
@@ -100,42 +102,39 @@ class TenantsController(Controller):
     opt = {OPERATORS_ONLY: True}
 
     @get("/", operation_id="consoleTenants", include_in_schema=False)
-    async def tenants(self, request: Request) -> Template:
-        state = request.app.state
-
+    async def tenants(self, request: Request, cdp: Cdp, index_store: IndexStoreDep, console_pipeline: PipelineDep,
+                      settings: SettingsDep) -> Template:
         def rows() -> list[dict[str, Any]]:
-            index_store = state.index_store
             out = []
-            for t in state.cdp.list_tenants():
+            for t in cdp.list_tenants():
                 record = index_store.published_record(t["name"])
-                out.append({"name": t["name"], "items": state.cdp.count(t["name"], "items"),
-                            "users": state.cdp.count(t["name"], "users"),
+                out.append({"name": t["name"], "items": cdp.count(t["name"], "items"),
+                            "users": cdp.count(t["name"], "users"),
                             "version": record["version"] if record else None,
                             "published_at": record.get("published_at") if record else None})
             return out
 
         tenants = await off_loop(rows)
         try:
-            runs = await off_loop(state.console_pipeline.latest)
+            runs = await off_loop(console_pipeline.latest)
         except Exception as exc:  # noqa: BLE001 - the page still lists the tenants, and says why runs are missing
             runs, runs_error = {}, f"the pipeline's run history could not be read: {exc}"
         else:
             runs_error = ""
-        log = await off_loop(state.cdp.read_audit, OPERATOR_LOG, 20)
+        log = await off_loop(cdp.read_audit, OPERATOR_LOG, 20)
         return render(request, "tenants.html", tenants=tenants, runs=runs, runs_error=runs_error, log=log,
-                      dagster_ui=state.settings.dagster_ui_url)
+                      dagster_ui=settings.dagster_ui_url)
 
     @post("/", operation_id="consoleCreateTenant", include_in_schema=False, status_code=303)
-    async def create(self, request: Request) -> Template | Redirect:
+    async def create(self, request: Request, cdp: Cdp) -> Template | Redirect:
         form = await form_of(request)
-        state = request.app.state
         name = form.get("name", "").strip()
         actor = principal(request).actor
 
         def make() -> str:
-            state.cdp.create_tenant(name)
-            state.cdp.append_audit(OPERATOR_LOG, audit_entry(actor, "tenant.create", name))
-            return create_key(state.cdp, name, ALL_SCOPES, "created in the console", actor)
+            cdp.create_tenant(name)
+            cdp.append_audit(OPERATOR_LOG, audit_entry(actor, "tenant.create", name))
+            return create_key(cdp, name, ALL_SCOPES, "created in the console", actor)
 
         try:
             key = await off_loop(make)

@@ -12,6 +12,7 @@ from litestar.response import Redirect, Template
 
 from lodestar.cdp import require_tenant
 from lodestar.controls import Controls, parse_diversity
+from lodestar.erasure import erase_user
 from lodestar.errors import IndexNotReady, InvalidInput, NotFound
 from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
@@ -24,17 +25,33 @@ from lodestar.recommend import (
 from lodestar.records import parse_id
 from serving.auth import ROLE
 from serving.console.charts import line_chart
-from serving.console.web import PREFIX, flash, form_of, off_loop, redirect, render
+from serving.console.web import (
+    PREFIX,
+    flash,
+    form_of,
+    off_loop,
+    principal,
+    redirect,
+    render,
+)
+from serving.dependencies import (
+    Cdp,
+    Configs,
+    EmbedderDep,
+    Indexes,
+    IndexStoreDep,
+    PipelineDep,
+    SettingsDep,
+)
 
 MODES = ("user", "session", "similar", "query")
 
 
-def _published(state: Any, tenant: str) -> Any:
-    return state.indexes.get(tenant)  # IndexNotReady (a page saying so) before the first publish
-
-
 def _evaluation_chart(entries: list[dict[str, Any]]) -> str:
     published = [e for e in reversed(entries) if (e.get("after") or {}).get("ndcg@10") is not None]
+    if entries and not published:
+        return (f'<p class="empty">{len(entries)} version(s) published, none evaluated: the tenant had too few users '
+                "with held-out events (evaluation.min_test_users).</p>")
     labels = [f"{e['after']['version'][:13]}" for e in published]
     return line_chart("NDCG@10 of each published version (held-out events), next to popularity's", labels, {
         "Lodestar": [e["after"]["ndcg@10"] for e in published],
@@ -47,12 +64,18 @@ def _activity_chart(rows: list[dict[str, Any]]) -> str:
                       {k: [r.get(k, 0) for r in rows] for k in kinds}, bars=True)
 
 
-def _served_charts(rows: list[dict[str, Any]]) -> tuple[str, str, list[dict[str, Any]]]:
+def _served_charts(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     days = sorted({r["day"] for r in rows})
     strategies = sorted({r["strategy"] for r in rows})
     cell = {(r["day"], r["strategy"]): r for r in rows}
-    lists = line_chart("Served lists per day, by strategy", [d[5:] for d in days],
-                       {s: [cell.get((d, s), {}).get("lists", 0) for d in days] for s in strategies}, bars=True)
+
+    def per_day(field: str, title: str) -> str:
+        return line_chart(title, [d[5:] for d in days],
+                          {s: [cell.get((d, s), {}).get(field, 0) for d in days] for s in strategies}, bars=True)
+
+    counts = [per_day("lists", "Served lists per day, by strategy"),
+              per_day("clicks", "Attributed clicks per day, by strategy"),
+              per_day("conversions", "Attributed conversions (add to cart, purchase) per day, by strategy")]
     ctr = line_chart("CTR per day, by strategy (attributed clicks / impressions)", [d[5:] for d in days],
                      {s: [cell[(d, s)]["ctr"] if (d, s) in cell else None for d in days] for s in strategies},
                      percent=True)
@@ -63,69 +86,65 @@ def _served_charts(rows: list[dict[str, Any]]) -> tuple[str, str, list[dict[str,
             totals[r["strategy"]][field] += r[field]
     table = [{"strategy": s, **t, "ctr": t["clicks"] / t["impressions"] if t["impressions"] else 0.0}
              for s, t in sorted(totals.items())]
-    return lists, ctr, table
+    return [*counts, ctr], table
 
 
 class OverviewController(Controller):
     path = f"{PREFIX}/t/{{tenant:str}}"
 
     @get("/", operation_id="consoleOverview", include_in_schema=False)
-    async def overview(self, request: Request, tenant: str) -> Template:
-        state = request.app.state
-
+    async def overview(self, request: Request, tenant: str, cdp: Cdp, index_store: IndexStoreDep,
+                       console_pipeline: PipelineDep, settings: SettingsDep) -> Template:
         def read() -> dict[str, Any]:
-            cdp = state.cdp
             require_tenant(cdp, tenant)
             activity = cdp.get_report(tenant, "activity")
             served = cdp.get_report(tenant, "attribution")
-            lists_chart, ctr_chart, totals = _served_charts(served["rows"] if served else [])
+            served_charts, totals = _served_charts(served["rows"] if served else [])
             return {
                 "counts": {e: cdp.count(tenant, e) for e in ("items", "users", "events")},
-                "published": state.index_store.published_record(tenant),
+                "published": index_store.published_record(tenant),
                 "evaluation_chart": _evaluation_chart(cdp.read_audit(tenant, 100, action_prefix="index.publish")),
                 "activity_chart": _activity_chart(activity["rows"] if activity else []),
                 "reports_at": (activity or served or {}).get("updated_at"),
-                "lists_chart": lists_chart, "ctr_chart": ctr_chart, "totals": totals,
+                "served_charts": served_charts, "totals": totals,
             }
 
         page = await off_loop(read)
         try:
-            runs, runs_error = await off_loop(state.console_pipeline.runs, tenant, 5), ""
+            runs, runs_error = await off_loop(console_pipeline.runs, tenant, 5), ""
         except Exception as exc:  # noqa: BLE001 - the rest of the page stands; it says why runs are missing
             runs, runs_error = [], f"the pipeline's run history could not be read: {exc}"
         return render(request, "overview.html", tenant=tenant, runs=runs, runs_error=runs_error,
-                      dagster_ui=state.settings.dagster_ui_url, **page)
+                      dagster_ui=settings.dagster_ui_url, **page)
 
 
 class CatalogController(Controller):
     path = f"{PREFIX}/t/{{tenant:str}}"
 
     @get("/catalog", operation_id="consoleCatalog", include_in_schema=False)
-    async def catalog(self, request: Request, tenant: str, q: str = "", how: str = "text") -> Template:
-        state = request.app.state
-
+    async def catalog(self, request: Request, tenant: str, cdp: Cdp, indexes: Indexes, configs: Configs,
+                      embedder: EmbedderDep, q: str = "", how: str = "text") -> Template:
         def find() -> list[dict[str, Any]]:
             if how == "meaning" and q.strip():
-                published = _published(state, tenant)
-                vector = state.embedder.encode([q])[0]
-                hits = nearest_controlled(published.reader, vector, 20, state.configs.get(tenant))
+                published = indexes.get(tenant)  # IndexNotReady (a page saying so) before the first publish
+                vector = embedder.encode([q])[0]
+                hits = nearest_controlled(published.reader, vector, 20, configs.get(tenant))
                 return [{"id": h.item_id, "title": h.payload.get("title", ""), "score": h.score,
                          "categories": h.payload.get("categories", [])} for h in hits]
-            return state.cdp.find(tenant, "items", q.strip(), 50)
+            return cdp.find(tenant, "items", q.strip(), 50)
 
         items = await off_loop(find)
         return render(request, "catalog.html", tenant=tenant, q=q, how=how, items=items)
 
     @get("/items/{item_id:str}", operation_id="consoleItem", include_in_schema=False)
-    async def item(self, request: Request, tenant: str, item_id: str) -> Template:
-        state = request.app.state
-
+    async def item(self, request: Request, tenant: str, item_id: str, cdp: Cdp, indexes: Indexes,
+                   configs: Configs) -> Template:
         def read() -> tuple[dict[str, Any], list[Any]]:
-            item = state.cdp.get_item(tenant, parse_id(item_id, "item_id"))
+            item = cdp.get_item(tenant, parse_id(item_id, "item_id"))
             if item is None:
                 raise NotFound(f"tenant {tenant!r} has no item {item_id!r}")
             try:
-                similar = similar_items(_published(state, tenant).reader, item_id, 10, state.configs.get(tenant)) or []
+                similar = similar_items(indexes.get(tenant).reader, item_id, 10, configs.get(tenant)) or []
             except IndexNotReady:
                 similar = []
             return item, similar
@@ -134,13 +153,12 @@ class CatalogController(Controller):
         return render(request, "item.html", tenant=tenant, item=item, similar=similar)
 
     @get("/users", operation_id="consoleUsers", include_in_schema=False)
-    async def users(self, request: Request, tenant: str, q: str = "") -> Template:
-        users = await off_loop(request.app.state.cdp.find, tenant, "users", q.strip(), 50)
+    async def users(self, request: Request, tenant: str, cdp: Cdp, q: str = "") -> Template:
+        users = await off_loop(cdp.find, tenant, "users", q.strip(), 50)
         return render(request, "users.html", tenant=tenant, q=q, users=users)
 
     @get("/users/{user_id:str}", operation_id="consoleUser", include_in_schema=False)
-    async def user(self, request: Request, tenant: str, user_id: str) -> Template:
-        cdp = request.app.state.cdp
+    async def user(self, request: Request, tenant: str, user_id: str, cdp: Cdp) -> Template:
 
         def read() -> dict[str, Any]:
             user_id_ = parse_id(user_id, "user_id")
@@ -160,12 +178,12 @@ class CatalogController(Controller):
 
     @post("/users/{user_id:str}/erase", operation_id="consoleErase", include_in_schema=False, opt={ROLE: "owner"},
           status_code=303)
-    async def erase(self, request: Request, tenant: str, user_id: str) -> Redirect | Template:
+    async def erase(self, request: Request, tenant: str, user_id: str, cdp: Cdp) -> Redirect | Template:
         form = await form_of(request)
         if form.get("confirm", "") != user_id:
             return render(request, "erase.html", status_code=422, tenant=tenant, user_id=user_id,
                           error="type the user's id exactly to confirm the erasure")
-        counts = await off_loop(request.app.state.cdp.erase_user, tenant, parse_id(user_id, "user_id"))
+        counts = await off_loop(erase_user, cdp, tenant, parse_id(user_id, "user_id"), principal(request).actor)
         flash(request, f"Erased user {user_id}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
         return redirect(f"{PREFIX}/t/{tenant}/users")
 
@@ -176,10 +194,10 @@ class PreviewController(Controller):
     path = f"{PREFIX}/t/{{tenant:str}}"
 
     @get("/preview", operation_id="consolePreview", include_in_schema=False)
-    async def preview(self, request: Request, tenant: str) -> Template:
+    async def preview(self, request: Request, tenant: str, cdp: Cdp, indexes: Indexes, configs: Configs,
+                      embedder: EmbedderDep) -> Template:
         params = dict(request.query_params)
         mode = params.get("mode", "user") if params.get("mode") in MODES else "user"
-        state = request.app.state
 
         def run() -> dict[str, Any]:
             if not any(params.get(f) for f in ("user", "items", "item", "query")):
@@ -189,10 +207,10 @@ class PreviewController(Controller):
                 raise InvalidInput("k: must be 1 to 100", field="k")
             controls = Controls(parse_filter(params.get("filter") or None), parse_exclude(params.get("exclude") or None),
                                 parse_diversity(params.get("diversity")))
-            published, config, trace = _published(state, tenant), state.configs.get(tenant), Trace()
+            published, config, trace = indexes.get(tenant), configs.get(tenant), Trace()
             strategy = None
             if mode == "user":
-                result = recommend_for_user(published, state.cdp, state.embedder, tenant,
+                result = recommend_for_user(published, cdp, embedder, tenant,
                                             parse_id(params.get("user"), "user"), k, config, controls, trace)
                 hits, strategy = result.items, result.strategy
             elif mode == "session":
@@ -207,7 +225,7 @@ class PreviewController(Controller):
                 query = (params.get("query") or "").strip()
                 if not query:
                     raise InvalidInput("query: must contain some text", field="query")
-                hits = nearest_controlled(published.reader, state.embedder.encode([query])[0], k, config, controls,
+                hits = nearest_controlled(published.reader, embedder.encode([query])[0], k, config, controls,
                                           trace=trace)
             return {"hits": [(h, trace.explanation(h.item_id)) for h in hits], "strategy": strategy,
                     "version": published.version}

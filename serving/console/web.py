@@ -23,6 +23,7 @@ from lodestar.keys import OPERATOR, Principal
 
 T = TypeVar("T")
 PREFIX = "/console"
+NEW_SESSION_ID = "lodestar.new_session_id"  # scope key: the session id to store a fresh sign-in under
 
 # The tenant pages, in the navigation's order: (path under /console/t/<tenant>, label, least role).
 NAVIGATION = (
