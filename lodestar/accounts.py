@@ -5,7 +5,9 @@ viewer, editor, owner). Passwords are hashed with Argon2id by argon2-cffi (its d
 low-memory profile): unlike API keys, a password is a low-entropy secret, so its hash must be slow.
 Failed sign-ins are counted per account in the CDP store (so every serving process and restart sees
 them): after ``FREE_FAILURES`` in a row, each further attempt waits twice as long as the one before
-(capped at ``MAX_DELAY_S``) before the password is even checked.
+(capped at ``MAX_DELAY_S``) before the password is even checked. Addresses without an account are
+counted the same way, in memory. The console runs at most two checks at once (each takes Argon2's
+64 MiB and tens of milliseconds, on purpose).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +27,6 @@ from lodestar.cdp import OPERATOR_LOG, ROLES, CdpStore, audit_entry, require_ten
 from lodestar.errors import InvalidInput, NotFound
 
 HASHER = PasswordHasher()
-# Each check takes Argon2's 64 MiB and tens of milliseconds on purpose: at most this many at once,
-# so that a burst of sign-ins cannot take the memory or the cores the API needs.
-_CHECKS = threading.BoundedSemaphore(2)
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 FREE_FAILURES = 5
@@ -83,8 +83,36 @@ def wait_left(account: dict[str, Any], now: float) -> float:
     return max(0.0, account["last_failed_at"] + delay - now)
 
 
+class _UnknownFailures:
+    """Failed sign-ins of addresses that have no account, counted in memory (at most ``size``
+    addresses, the oldest forgotten first), so that an unknown address is slowed down exactly as a
+    known one is: the answers never tell who has an account."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, email: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._seen.get(email, {}))
+
+    def fail(self, email: str, now: float) -> None:
+        with self._lock:
+            entry = self._seen.pop(email, {"failed_signins": 0})
+            self._seen[email] = {"failed_signins": entry["failed_signins"] + 1, "last_failed_at": now}
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+
+_unknown = _UnknownFailures()
+
+
 def authenticate(store: CdpStore, email: str, password: str, now: float | None = None) -> dict[str, Any]:
-    """The account ``email`` signs in to with ``password``; :class:`SignInRefused` otherwise."""
+    """The account ``email`` signs in to with ``password``; :class:`SignInRefused` otherwise.
+
+    The attempt counts as a failure before the password is checked (a right one clears it after):
+    sign-ins sent side by side cannot all slip through before the first failure is counted."""
     now = time.time() if now is None else now
     wrong = SignInRefused("the email address or the password is not right; check both and try again")
     try:
@@ -92,21 +120,24 @@ def authenticate(store: CdpStore, email: str, password: str, now: float | None =
     except InvalidInput:
         raise wrong from None
     account = store.get_account(email)
-    if account is not None and (left := wait_left(account, now)) > 0:
+    left = wait_left(account if account is not None else _unknown.get(email), now)
+    if left > 0:
         raise SignInRefused(f"too many failed sign-ins for this account; try again in {int(left) + 1} s",
                             retry_after=int(left) + 1)
+    if account is None:
+        _unknown.fail(email, now)
+    else:
+        store.record_signin(email, False)
     try:
-        with _CHECKS:
-            HASHER.verify(account["password_hash"] if account else _DUMMY_HASH, password or "")
+        HASHER.verify(account["password_hash"] if account else _DUMMY_HASH, password or "")
     except (VerificationError, InvalidHashError):
-        if account is not None:
-            store.record_signin(email, False)
         raise wrong from None
     if account is None:  # the dummy hash matched: impossible in practice, refused all the same
         raise wrong
     store.record_signin(email, True)
     if HASHER.check_needs_rehash(account["password_hash"]):
-        store.put_account(email, HASHER.hash(password), account["operator"])
+        account = {**account, "password_hash": HASHER.hash(password)}
+        store.put_account(email, account["password_hash"], account["operator"])
     return account
 
 

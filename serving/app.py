@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from litestar import Litestar, Router
 
 from lodestar.cdp import open_cdp
@@ -14,7 +15,8 @@ from lodestar.embed import Embedder
 from lodestar.index import open_index_store
 from lodestar.settings import Settings
 from serving.auth import require_principal
-from serving.console import console_app_config
+from serving.console import SESSION_STORE, console_app_config, sweep_sessions
+from serving.console.gate import SignInGate
 from serving.console.pipeline import Pipeline
 from serving.controllers import (
     AuditController,
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         console_pipeline = Pipeline(settings)
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
                          served_log=served_log, key_usage=key_usage, console_pipeline=console_pipeline,
+                         signin_gate=SignInGate(),
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 
@@ -77,7 +80,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
         threading.Thread(target=load, name="load-embedder", daemon=True).start()
         try:
-            yield
+            async with anyio.create_task_group() as background:
+                background.start_soon(sweep_sessions, app.stores.get(SESSION_STORE))
+                yield
+                background.cancel_scope.cancel()
         finally:
             console_pipeline.close()
             key_usage.close()

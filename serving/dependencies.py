@@ -16,6 +16,7 @@ from lodestar.embed import Embedder
 from lodestar.index import IndexStore, PublishedVersion
 from lodestar.settings import Settings
 from lodestar.tenant_config import TenantConfig
+from serving.console.gate import SignInGate
 from serving.console.pipeline import Pipeline
 from serving.indexes import TenantIndexes
 from serving.quotas import EventQuotas
@@ -62,6 +63,10 @@ def provide_console_pipeline(state: State) -> Pipeline:
     return state.console_pipeline
 
 
+def provide_signin_gate(state: State) -> SignInGate:
+    return state.signin_gate
+
+
 def provide_configs(state: State) -> TenantConfigs:
     return state.configs
 
@@ -101,6 +106,7 @@ SettingsDep = NamedDependency[SkipValidation[Settings]]
 IndexStoreDep = NamedDependency[SkipValidation[IndexStore]]
 PipelineDep = NamedDependency[SkipValidation[Pipeline]]
 Configs = NamedDependency[SkipValidation[TenantConfigs]]
+SignInGateDep = NamedDependency[SkipValidation[SignInGate]]
 
 # The API's tenant comes from its key; console pages name theirs in the path (``/console/t/{tenant}``),
 # which Litestar hands to the same providers under the same name.
@@ -118,4 +124,5 @@ DEPENDENCIES = {
     "index_store": Provide(provide_index_store, sync_to_thread=False),
     "console_pipeline": Provide(provide_console_pipeline, sync_to_thread=False),
     "configs": Provide(provide_configs, sync_to_thread=False),
+    "signin_gate": Provide(provide_signin_gate, sync_to_thread=False),
 }

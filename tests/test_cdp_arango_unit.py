@@ -57,8 +57,11 @@ class Collection:
         assert overwrite or doc["_key"] not in self.docs
         self.docs[doc["_key"]] = dict(doc)
 
-    def delete(self, key, sync=None):
+    def delete(self, key, ignore_missing=False, sync=None):
+        if key not in self.docs and ignore_missing:
+            return False
         del self.docs[key]
+        return True
 
 
 class Transaction:

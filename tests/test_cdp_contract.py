@@ -275,6 +275,8 @@ def test_console_accounts_members_and_failed_sign_ins(store):
     assert store.account_roles("ann@example.com") == {"acme": "owner"}
     store.delete_tenant("acme")  # a deleted tenant's roles are gone
     assert store.account_roles("ann@example.com") == {}
+    store.create_tenant("acme")  # and a new tenant of the same name starts without its members
+    assert store.list_members("acme") == [] and store.account_roles("ann@example.com") == {}
 
 
 def test_reports_key_last_use_and_finding_items_and_users(store):

@@ -58,8 +58,8 @@ def sign_in(client: TestClient, email: str, password: str = PASSWORD):
 
 
 def test_pages_need_a_session_and_a_wrong_password_says_nothing_about_the_account(client):
-    page = client.get("/console/t/alpha/config", follow_redirects=False)
-    assert page.status_code == 303 and page.headers["location"] == "/console/signin?next=/console/t/alpha/config"
+    page = client.get("/console/t/alpha/config?x=1", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/console/signin?next=%2Fconsole%2Ft%2Falpha%2Fconfig%3Fx%3D1"
     unknown = sign_in(client, "nobody@alpha.test")
     wrong = sign_in(client, "owner@alpha.test", "not the password at all")
     assert unknown.status_code == wrong.status_code == 401
@@ -181,13 +181,22 @@ def test_editing_a_rule_previews_saves_changes_what_the_api_serves_and_restores(
     audit = client.get("/console/t/alpha/audit").text
     assert "console:editor@alpha.test" in audit and "config.set" in audit
     restores = page.text.count("config.restore")
-    client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf, "undo": "1"})  # roll back
+
+    def restore(undo: bool, page_text: str):
+        based = re.search(r'name="based_on" value="([^"]+)"', page_text).group(1)
+        return client.post(f"/console/t/alpha/config/restore/{newest}",
+                           data={"_csrf_token": csrf, "based_on": based, **({"undo": "1"} if undo else {})})
+
+    restore(True, page.text)  # roll back
     assert _top(client, key, "u0001") == before
-    client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf})  # and forward again
+    stale = restore(False, page.text)  # from the page as it was before the undo: refused
+    assert "changed since this page was shown" in html.unescape(stale.text)
+    assert _top(client, key, "u0001") == before
+    restore(False, client.get("/console/t/alpha/config").text)  # and forward again, from a fresh page
     assert _top(client, key, "u0001")[0] == pinned
     restored = client.get("/console/t/alpha/config").text
     assert restored.count("config.restore") == restores + 2  # both recorded as versions
-    client.post(f"/console/t/alpha/config/restore/{newest}", data={"_csrf_token": csrf, "undo": "1"})
+    restore(True, restored)
 
 
 def test_keys_are_created_once_shown_and_revoked_by_an_owner(client):
@@ -301,3 +310,47 @@ def test_signing_in_starts_a_new_session_id_so_a_planted_one_never_signs_in(clie
     with TestClient(app=client.app) as attacker:
         attacker.cookies.set("lodestar_console", planted, path="/console")
         assert attacker.get("/console/t/alpha", follow_redirects=False).status_code == 303  # to the sign-in page
+
+
+def test_a_tenant_with_quotas_changes_its_configuration_and_keeps_them(client, console_settings):
+    store = open_cdp(console_settings)
+    try:
+        record = store.get_tenant("beta")
+        store.set_tenant_config("beta", {**record["config"], "quotas": {"items": 100000}})
+    finally:
+        store.close()
+    assert sign_in(client, "owner@beta.test").status_code == 303
+    csrf = token(client, "/console/t/beta/config")
+    preview = client.post("/console/t/beta/config/preview", data={"_csrf_token": csrf, "ranking.content": "0.3"})
+    assert preview.status_code == 200 and "Lists that change" in preview.text
+    proposed = html.unescape(re.search(r'name="config" value="([^"]+)"', preview.text).group(1))
+    assert "quotas" not in proposed
+    based_on = re.search(r'name="based_on" value="([^"]+)"', preview.text).group(1)
+    client.post("/console/t/beta/config", data={"_csrf_token": csrf, "config": proposed, "based_on": based_on})
+    store = open_cdp(console_settings)
+    try:
+        stored = store.get_tenant("beta")["config"]
+    finally:
+        store.close()
+    assert stored["ranking"] == {"content": 0.3} and stored["quotas"] == {"items": 100000}
+
+
+def test_an_error_inside_a_rules_filter_is_shown_at_that_filter(client):
+    assert sign_in(client, "editor@alpha.test").status_code == 303
+    csrf = token(client, "/console/t/alpha/config")
+    answer = client.post("/console/t/alpha/config/preview", data={
+        "_csrf_token": csrf, "rules.0.type": "boost", "rules.0.amount": "0.2",
+        "rules.0.filter": '{"attributes": {"price": {"gte": "cheap"}}}'})
+    assert answer.status_code == 422
+    assert re.search(r'id="rules.0.filter-error">[^<]*must be a number', answer.text)
+
+
+def test_an_anonymous_visit_stores_no_session(client, console_settings):
+    sessions = console_settings.data_dir / "console" / "sessions"
+    before = set(sessions.iterdir())
+    for _ in range(3):
+        assert client.get("/console/signin").status_code == 200
+        client.cookies.clear()
+    assert set(sessions.iterdir()) == before
+    assert oct(sessions.stat().st_mode & 0o777) == "0o700"
+    assert client.get("/console/signin").headers["cache-control"] == "no-store"

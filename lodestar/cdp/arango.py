@@ -373,6 +373,8 @@ class ArangoCdpStore:
     def delete_tenant(self, name: str) -> None:
         require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
+        for collection in (MEMBERS, REPORTS):  # a tenant made later under the same name starts with neither
+            self._query(f"FOR d IN {collection} FILTER d.tenant_id == @tenant REMOVE d IN {collection}", tenant=name)
 
     # -- API keys ----------------------------------------------------------------------------
     def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
@@ -437,16 +439,15 @@ class ArangoCdpStore:
         require_tenant(self, tenant)
         if self.db.collection(ACCOUNTS).get(email_key(email)) is None:
             raise unknown_account(email)
+        key = document_key(tenant, email_key(email))
+        existing = self.db.collection(MEMBERS).get(key)
         self.db.collection(MEMBERS).insert(
-            {"_key": document_key(tenant, email_key(email)), "tenant_id": tenant, "email": email, "role": role,
-             "added_at": time.time()}, overwrite=True, sync=True)
+            {"_key": key, "tenant_id": tenant, "email": email, "role": role,
+             "added_at": existing["added_at"] if existing else time.time()}, overwrite=True, sync=True)
 
     def remove_member(self, tenant: str, email: str) -> bool:
-        key = document_key(tenant, email_key(email))
-        if not self.db.collection(MEMBERS).has(key):
-            return False
-        self.db.collection(MEMBERS).delete(key, sync=True)
-        return True
+        return bool(self.db.collection(MEMBERS).delete(document_key(tenant, email_key(email)), ignore_missing=True,
+                                                       sync=True))
 
     def list_members(self, tenant: str) -> list[dict[str, Any]]:
         return [{"email": d["email"], "role": d["role"], "added_at": d["added_at"]}

@@ -520,12 +520,15 @@ class SqliteCdpStore:
         return counts
 
     def delete_tenant(self, name: str) -> None:
-        """Soft-delete a tenant: its keys stop working and it leaves the tenant list."""
+        """Soft-delete a tenant: its keys stop working and it leaves the tenant list; its members and
+        reports go (a tenant made later under the same name starts with neither)."""
         with self._write() as conn:
             cur = conn.execute("UPDATE tenants SET deleted = 1, updated_at = ? WHERE name = ? AND deleted = 0",
                                (time.time(), name))
             if cur.rowcount == 0:
                 raise unknown_tenant(name)
+            conn.execute("DELETE FROM members WHERE tenant = ?", (name,))
+            conn.execute("DELETE FROM reports WHERE tenant = ?", (name,))
 
     def count(self, tenant: str, entity: str) -> int:
         check_entity(entity)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from litestar import Router
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
@@ -33,6 +34,7 @@ from litestar.middleware.session.server_side import (
 from litestar.static_files import create_static_files_router
 from litestar.stores.file import FileStore
 from litestar.template.config import TemplateConfig
+from litestar.types import Empty
 
 from lodestar.settings import Settings
 from serving.auth import CONSOLE, require_console_role
@@ -65,7 +67,12 @@ class _RotatingBackend(ServerSideSessionBackend):
 
     async def store_in_message(self, scope_session: Any, message: Any, connection: ASGIConnection) -> None:
         old = connection.cookies.get(self.config.key)
-        if connection.scope.get(NEW_SESSION_ID) and old and old != "null":
+        old = None if old in (None, "", "null") else old
+        if not scope_session or scope_session is Empty:
+            if old is None:
+                return  # nothing to keep: an anonymous visit stores no session (and no file)
+            scope_session = Empty
+        elif connection.scope.get(NEW_SESSION_ID) and old:
             await self.delete(old, store=self.config.get_store_from_app(connection.scope["app"]))
         await super().store_in_message(scope_session, message, connection)
 
@@ -89,6 +96,21 @@ def _secret(settings: Settings) -> str:
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))
     return path.read_text().strip()
+
+
+def _private_dir(path: Path) -> Path:
+    """A directory only this user may read (sessions hold who is signed in, and a secret shown once
+    until the next page)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+async def sweep_sessions(store: Any, every_s: float = 3600.0) -> None:
+    """Delete expired sessions now and every hour (the store deletes one only when it is read)."""
+    while True:
+        await store.delete_expired()
+        await anyio.sleep(every_s)
 
 
 def console_app_config(settings: Settings) -> dict[str, Any]:
@@ -115,5 +137,5 @@ def console_app_config(settings: Settings) -> dict[str, Any]:
     return {
         "route_handlers": [router, static],
         "template_config": TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
-        "stores": {SESSION_STORE: FileStore(settings.data_dir / "console" / "sessions")},
+        "stores": {SESSION_STORE: FileStore(_private_dir(settings.data_dir / "console" / "sessions"))},
     }

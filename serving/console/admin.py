@@ -20,7 +20,7 @@ from lodestar.config_versions import (
     restore_version,
     store_config,
 )
-from lodestar.errors import Conflict, InvalidInput
+from lodestar.errors import Conflict, Forbidden, InvalidInput
 from lodestar.keys import create_key, parse_scopes, revoke_key
 from lodestar.preview import active_users, preview_change, sample_users
 from lodestar.records import EVENT_TYPES, check_text
@@ -74,7 +74,8 @@ def config_from_form(stored: dict[str, Any], form: dict[str, str]) -> dict[str, 
     """The configuration the form describes: the stored one with the event weights, ranking weights
     and rules of the form (a value equal to the default is left out, so that it follows the default).
     Errors name the form's field (``rules.2.amount``)."""
-    out = {k: v for k, v in stored.items() if k not in ("event_weights", "ranking", "rules")}
+    # Quotas are the operator's: never part of a tenant's change (proposed_config keeps them as stored).
+    out = {k: v for k, v in stored.items() if k not in ("event_weights", "ranking", "rules", "quotas")}
     weights = {}
     for etype in EVENT_TYPES:
         name = f"event_weights.{etype}"
@@ -116,12 +117,14 @@ def config_from_form(stored: dict[str, Any], form: dict[str, str]) -> dict[str, 
 
 
 def _field_of(exc: InvalidInput, rows: list[int]) -> str:
-    """The form field an error names: ``rules[1].amount`` of the validated list is the form row it came from."""
+    """The form field an error names: ``rules[1].amount`` of the validated list is the form row it
+    came from (``rules.3.amount``); an error inside a rule's filter (``rules[1].filter.price.gte``)
+    belongs to that rule's filter field."""
     field = exc.field or ""
     if field.startswith("rules["):
         index, _, rest = field[len("rules["):].partition("]")
         if index.isdigit() and int(index) < len(rows):
-            return f"rules.{rows[int(index)]}{rest}"
+            return ".".join(f"rules.{rows[int(index)]}{rest}".split(".")[:3])
     return field
 
 
@@ -136,9 +139,13 @@ class ConfigController(Controller):
         values = form or {**{f"event_weights.{t}": str(effective["event_weights"][t]) for t in EVENT_TYPES},
                           **{f"ranking.{f}": str(effective["ranking"][f]) for f in RANKING_FIELDS}}
         rows = _rows_of(form) if form else form_rows(record["config"] or {})
+        fields = {*values, *(f"rules.{n}.{f}" for n in range(len(rows)) for f in RULE_FIELDS)}
+        errors = {name if name in fields else "_": message for name, message in (errors or {}).items()}
         history = cdp.read_audit(tenant, 30, action_prefix=CONFIG_ACTIONS)
+        if proposed is not None:
+            proposed = {k: v for k, v in proposed.items() if k != "quotas"}
         return render(request, "config.html", status_code=status_code, tenant=tenant, values=values, rows=rows,
-                      errors=errors or {}, preview=preview, proposed=proposed, based_on=record["updated_at"],
+                      errors=errors, preview=preview, proposed=proposed, based_on=record["updated_at"],
                       event_types=EVENT_TYPES, ranking_fields=RANKING_FIELDS, history=history,
                       stored=json.dumps(record["config"] or {}, indent=2), json=json)
 
@@ -160,8 +167,8 @@ class ConfigController(Controller):
                 described = config_from_form(record["config"] or {}, form)
                 rows = described.pop("_rows")
                 proposed = proposed_config(record, described, replace=True)
-            except InvalidInput as exc:
-                field = _field_of(exc, rows)
+            except (InvalidInput, Forbidden) as exc:
+                field = _field_of(exc, rows) if isinstance(exc, InvalidInput) else ""
                 return self._page(request, cdp, tenant, record, form, {field or "_": str(exc)}, status_code=422)
             users = sample_users(active_users(settings, tenant), PREVIEW_SAMPLE)
             if not users:
@@ -191,7 +198,7 @@ class ConfigController(Controller):
 
         try:
             await off_loop(store)
-        except (Conflict, InvalidInput) as exc:
+        except (Conflict, InvalidInput, Forbidden) as exc:
             flash(request, str(exc), "error")
         else:
             flash(request, "Saved: a new configuration version. Ranking weights and rules apply from the next request; "
@@ -201,11 +208,24 @@ class ConfigController(Controller):
     @post("/restore/{version_id:str}", operation_id="consoleConfigRestore", include_in_schema=False,
           opt={ROLE: "editor"}, status_code=303)
     async def restore(self, request: Request, tenant: str, version_id: str, cdp: Cdp) -> Redirect:
-        undo = (await form_of(request)).get("undo") == "1"
-        await off_loop(lambda: restore_version(cdp, require_tenant(cdp, tenant), version_id, principal(request).actor,
-                                               "the configuration page's history", before=undo))
-        what = f"the configuration before version {version_id}" if undo else f"configuration version {version_id}"
-        flash(request, f"Restored {what} (recorded as a new version).")
+        form = await form_of(request)
+        undo = form.get("undo") == "1"
+
+        def restore() -> None:
+            record = require_tenant(cdp, tenant)
+            if form.get("based_on") != repr(record["updated_at"]):
+                raise Conflict("the configuration changed since this page was shown; look at its versions again "
+                               "and choose once more")
+            restore_version(cdp, record, version_id, principal(request).actor, "the configuration page's history",
+                            before=undo)
+
+        try:
+            await off_loop(restore)
+        except Conflict as exc:
+            flash(request, str(exc), "error")
+        else:
+            what = f"the configuration before version {version_id}" if undo else f"configuration version {version_id}"
+            flash(request, f"Restored {what} (recorded as a new version).")
         return redirect(f"{PREFIX}/t/{tenant}/config")
 
 
@@ -306,9 +326,12 @@ class PipelineController(Controller):
     async def pipeline(self, request: Request, tenant: str, cdp: Cdp, console_pipeline: PipelineDep,
                        settings: SettingsDep) -> Template:
         await off_loop(require_tenant, cdp, tenant)
-        runs = await off_loop(console_pipeline.runs, tenant, 10)
-        return render(request, "pipeline.html", tenant=tenant, runs=runs, dagster_ui=settings.dagster_ui_url,
-                      refresh=bool(runs and runs[0]["in_flight"]))
+        try:
+            runs, runs_error = await off_loop(console_pipeline.runs, tenant, 10), ""
+        except Exception as exc:  # noqa: BLE001 - the page says why, and the button still works
+            runs, runs_error = [], f"the pipeline's run history could not be read: {exc}"
+        return render(request, "pipeline.html", tenant=tenant, runs=runs, runs_error=runs_error,
+                      dagster_ui=settings.dagster_ui_url, refresh=bool(runs and runs[0]["in_flight"]))
 
     @post("/", operation_id="consoleMaterialize", include_in_schema=False, opt={ROLE: "editor"}, status_code=303)
     async def materialize(self, request: Request, tenant: str, cdp: Cdp, console_pipeline: PipelineDep) -> Redirect:
@@ -318,6 +341,8 @@ class PipelineController(Controller):
             await off_loop(cdp.append_audit, tenant, audit_entry(principal(request).actor, "pipeline.materialize", tenant))
         except Conflict as exc:
             flash(request, str(exc), "error")
+        except Exception as exc:  # noqa: BLE001 - the helper or the process could not start: say so
+            flash(request, f"the run could not be started: {exc}", "error")
         else:
             flash(request, f"Materializing {tenant} through Dagster; its stages appear below as they run.")
         return redirect(f"{PREFIX}/t/{tenant}/pipeline")

@@ -27,7 +27,7 @@ from lodestar.settings import Settings
 
 log = logging.getLogger("lodestar.serving")
 STATUS_MODULE = "pipelines.status"
-TIMEOUT_S = 60.0
+TIMEOUT_S = 20.0  # the helper's first answer includes importing Dagster (a few seconds)
 
 
 def _call(module: str, function: str, *args: Any) -> Any:

@@ -6,9 +6,7 @@ import hmac
 import secrets
 from typing import Any
 
-from limits import parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+import anyio
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
@@ -27,12 +25,13 @@ from serving.console.web import (
     redirect,
     render,
 )
-from serving.dependencies import Cdp, IndexStoreDep, PipelineDep, SettingsDep
-
-# Failed sign-ins from one address, whatever the account (guessing many accounts' passwords);
-# each account also slows down on its own failures (lodestar.accounts), in every process.
-FAILURES_PER_ADDRESS = parse("20/10 minutes")
-_failures = MovingWindowRateLimiter(MemoryStorage())
+from serving.dependencies import (
+    Cdp,
+    IndexStoreDep,
+    PipelineDep,
+    SettingsDep,
+    SignInGateDep,
+)
 
 
 def _next(raw: str | None) -> str:
@@ -49,14 +48,15 @@ class SignInController(Controller):
         return render(request, "signin.html", next=_next(next), operator_key=bool(settings.admin_key))
 
     @post("/signin", operation_id="consoleSignIn", include_in_schema=False, status_code=303)
-    async def sign_in(self, request: Request, cdp: Cdp, settings: SettingsDep) -> Template | Redirect:
+    async def sign_in(self, request: Request, cdp: Cdp, settings: SettingsDep, signin_gate: SignInGateDep
+                      ) -> Template | Redirect:
         form = await form_of(request)
         address = request.client.host if request.client else "?"
         target = _next(form.get("next"))
-        if not _failures.test(FAILURES_PER_ADDRESS, address):
+        if not signin_gate.admit(address):
             return render(request, "signin.html", status_code=429, next=target, email=form.get("email", ""),
                           operator_key=bool(settings.admin_key),
-                          error="too many failed sign-ins from your address; wait a few minutes and try again")
+                          error="too many sign-in attempts from your address; wait a few minutes and try again")
         try:
             if form.get("operator_key"):
                 key = settings.admin_key
@@ -64,11 +64,11 @@ class SignInController(Controller):
                     raise SignInRefused("that is not the operator key (LODESTAR_ADMIN_KEY)")
                 session: dict[str, Any] = {"operator_key": fingerprint(key)}
             else:
-                account = await off_loop(authenticate, cdp, form.get("email", ""), form.get("password", ""))
+                email, password = form.get("email", ""), form.get("password", "")
+                account = await anyio.to_thread.run_sync(lambda: authenticate(cdp, email, password),
+                                                         limiter=signin_gate.checks)
                 session = {"account": account["email"], "password": fingerprint(account["password_hash"])}
         except SignInRefused as exc:
-            if not exc.retry_after:
-                _failures.hit(FAILURES_PER_ADDRESS, address)
             return render(request, "signin.html", status_code=429 if exc.retry_after else 401, next=target,
                           email=form.get("email", ""), operator_key=bool(settings.admin_key), error=str(exc))
         request.scope[NEW_SESSION_ID] = secrets.token_hex(32)  # a new session id for a new sign-in (no fixation)

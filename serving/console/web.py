@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 from litestar import Request, Response
@@ -70,7 +71,8 @@ def render(request: Request, template: str, status_code: int = 200, tenant: str 
     nav = [(f"{PREFIX}/t/{tenant}{path}", label) for path, label, needed in NAVIGATION
            if role is not None and role_at_least(role, needed)] if tenant else []
     own = sorted(dict(who.roles)) if who is not None and who.kind != OPERATOR else []
-    return Template(template_name=template, status_code=status_code, context={
+    # Pages hold tenant data and, once, new secrets: never kept by a browser or a proxy cache.
+    return Template(template_name=template, status_code=status_code, headers={"Cache-Control": "no-store"}, context={
         "who": who, "is_operator": who is not None and who.kind == OPERATOR, "tenant": tenant, "role": role,
         "nav": nav, "path": request.url.path, "messages": messages, "own_tenants": own, "utc": utc, "age": age,
         "can": (lambda needed: role_at_least(role, needed)), **context})
@@ -95,7 +97,8 @@ def _page(request: Request, status: int, title: str, detail: str) -> Template:
 
 def _sign_in_first(request: Request, exc: NotAuthorizedException) -> Response:  # type: ignore[type-arg]
     if request.method == "GET":
-        return redirect(f"{PREFIX}/signin?next={request.url.path}")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        return redirect(f"{PREFIX}/signin?next={quote(request.url.path + ('?' + query if query else ''), safe='')}")
     return _page(request, 401, "Signed out", "your session has ended; sign in again and repeat the change")
 
 
