@@ -293,12 +293,14 @@ def test_the_overview_charts_the_pipelines_reports_and_keys_show_when_last_used(
 def test_the_evaluation_chart_plots_each_published_versions_ndcg_next_to_popularity():
     from serving.console.tenant import _evaluation_chart
 
-    entries = [{"after": {"version": f"v2026110{n}T000000", "ndcg@10": 0.1 + n / 100, "popularity_ndcg@10": 0.05}}
+    day = 1_793_491_200  # 2026-11-01 00:00 UTC
+    entries = [{"at": day + n * 86400 + 3600, "after": {"version": f"v{n}", "ndcg@10": 0.1 + n / 100,
+                                                       "popularity_ndcg@10": 0.05}}
                for n in (3, 2, 1)]  # newest first, as the audit log reads
     chart = _evaluation_chart(entries)
     assert chart.count("<circle") == 6 and chart.count("<polyline") == 2
     rows = re.findall(r"<tr><th scope=row>([^<]+)</th><td>([^<]+)</td><td>([^<]+)</td>", chart)
-    assert rows == [("v20261101T000", "0.11", "0.05"), ("v20261102T000", "0.12", "0.05"), ("v20261103T000", "0.13", "0.05")]
+    assert rows == [("11-02 01:00", "0.11", "0.05"), ("11-03 01:00", "0.12", "0.05"), ("11-04 01:00", "0.13", "0.05")]
 
 
 def test_signing_in_starts_a_new_session_id_so_a_planted_one_never_signs_in(client):

@@ -4,6 +4,7 @@ answers, each item explained. They call the same ``lodestar`` functions as the A
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -52,7 +53,7 @@ def _evaluation_chart(entries: list[dict[str, Any]]) -> str:
     if entries and not published:
         return (f'<p class="empty">{len(entries)} version(s) published, none evaluated: the tenant had too few users '
                 "with held-out events (evaluation.min_test_users).</p>")
-    labels = [f"{e['after']['version'][:13]}" for e in published]
+    labels = [time.strftime("%m-%d %H:%M", time.gmtime(e["at"])) for e in published]  # when each was published
     return line_chart("NDCG@10 of each published version (held-out events), next to popularity's", labels, {
         "Lodestar": [e["after"]["ndcg@10"] for e in published],
         "popularity": [e["after"].get("popularity_ndcg@10") for e in published]})
