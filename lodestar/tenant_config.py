@@ -118,6 +118,8 @@ class TenantConfig:
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     # Merchandising rules as stored (lodestar.controls): boost, bury, pin, each optionally timed.
     rules: tuple[dict[str, Any], ...] = ()
+    # The diversity (0 to 1, lodestar.controls) of a request that does not ask for one.
+    diversity: float = 0.0
 
     @cached_property
     def parsed_rules(self) -> tuple[Rule, ...]:
@@ -150,6 +152,7 @@ class TenantConfig:
             index=section("index"),
             quotas=section("quotas"),
             rules=tuple(data.get("rules") or ()),
+            diversity=float(data.get("diversity", 0.0)),
         )
 
 
@@ -228,6 +231,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not 0 <= config.get("index", {}).get("incremental_max_fraction", IndexSettings.incremental_max_fraction) <= 1:
         raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: any change rebuilds in full)")
     parse_rules(config.get("rules", []))
+    diversity = config.get("diversity", 0.0)
+    if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0 <= diversity <= 1:
+        raise InvalidInput("diversity: the default for requests that give none, a number from 0 to 1",
+                           field="diversity")
     attributes = config.get("profile_attributes", [])
     if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
         raise InvalidInput("profile_attributes must be a list of attribute names")

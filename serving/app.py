@@ -33,6 +33,7 @@ from serving.controllers import (
 )
 from serving.dependencies import API_DEPENDENCIES, DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
+from serving.experiments import TenantExperiments
 from serving.indexes import TenantIndexes
 from serving.key_usage import KeyUsage
 from serving.limits import RequestLimits, RequestLimitsPlugin
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         console_pipeline = Pipeline(settings)
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
                          served_log=served_log, key_usage=key_usage, console_pipeline=console_pipeline,
-                         signin_gate=SignInGate(),
+                         signin_gate=SignInGate(), experiments=TenantExperiments(cdp),
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 

@@ -34,7 +34,7 @@ from lodestar.recommend import (
     similar_items,
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
-from lodestar.tenant_config import effective_config, validate_config
+from lodestar.tenant_config import TenantConfig, effective_config, validate_config
 from serving.auth import SCOPE
 from serving.dependencies import (
     Cdp,
@@ -42,11 +42,13 @@ from serving.dependencies import (
     EmbedderDep,
     EmbedderLoaded,
     EventQuotasDep,
+    ExperimentsDep,
     Indexes,
     Published,
     ServedLogDep,
     Tenant,
 )
+from serving.experiments import Assigned
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
     AuditEntry,
@@ -56,6 +58,7 @@ from serving.schemas import (
     ConfigView,
     EventBatch,
     EventsAccepted,
+    ExperimentVariant,
     Explanation,
     Health,
     ItemList,
@@ -82,18 +85,25 @@ K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return
 FILTER = Annotated[str | None, Parameter(description='URL-encoded JSON filter, e.g. {"categories": ["shoes"]}')]
 EXCLUDE = Annotated[str | None, Parameter(description="Comma-separated item ids to leave out")]
 # Validated here (422 naming the field) and only here; bodies validate it in their msgspec schema.
-DIVERSITY = Annotated[float, Parameter(ge=0.0, le=1.0, description="0 (pure relevance) to 1 (most diverse)")]
+DIVERSITY = Annotated[float | None, Parameter(ge=0.0, le=1.0, description="0 (pure relevance) to 1 (most diverse); "
+                                                                        "default: the tenant's configured diversity")]
+UNIT = Annotated[str | None, Parameter(min_length=1, max_length=256,
+                                       description="the user or session the request is for: assigns its experiment "
+                                                   "variant (optional)")]
 EXPLAIN = Annotated[bool, Parameter(description="true (with an admin key): each item says where it came from, its "
                                                 "scores, the rules that moved it and its rank before and after them")]
 
 
 def _items(
     served_log: ServedLog, tenant: str, hits: list[Hit], version: str, strategy: str, endpoint: str,
-    user_id: str | None = None, trace: Trace | None = None,
+    user_id: str | None = None, trace: Trace | None = None, unit: str | None = None, assigned: Assigned = (),
 ) -> ItemList:
-    """The response, recorded in the served log under its recommendation_id for attribution; with a
-    trace, each item carries its explanation."""
+    """The response, recorded in the served log under its recommendation_id for attribution (with
+    the unit and the experiment variants it was served in); with a trace, each item carries its
+    explanation."""
     body = ItemList(
+        experiment=assigned[0][0] if assigned else None, variant=assigned[0][1] if assigned else None,
+        experiments=[ExperimentVariant(experiment=e, variant=v) for e, v in assigned],
         items=[ScoredItem(id=h.item_id, score=round(h.score, 6), title=h.payload.get("title", ""),
                           explanation=None if trace is None else _explanation(trace, h.item_id)) for h in hits],
         recommendation_id=uuid.uuid4().hex,
@@ -102,7 +112,8 @@ def _items(
     )
     served_log.record(tenant, {
         "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": endpoint,
-        "strategy": strategy, "items": [h.item_id for h in hits],
+        "strategy": strategy, "items": [h.item_id for h in hits], "unit_id": unit if assigned else None,
+        "experiments": [list(a) for a in assigned],
     })
     return body
 
@@ -126,8 +137,15 @@ def _trace(explain: bool, request: Request) -> Trace | None:
     return Trace()
 
 
-def _controls(item_filter: Any, exclude: Any, diversity: float) -> Controls:
-    return Controls(parse_filter(item_filter), parse_exclude(exclude), diversity)
+def _controls(item_filter: Any, exclude: Any, diversity: float | None, config: TenantConfig) -> Controls:
+    """The request's controls; without a diversity, the tenant's (or its experiment variant's) default."""
+    return Controls(parse_filter(item_filter), parse_exclude(exclude),
+                    config.diversity if diversity is None else diversity)
+
+
+def _unit(*ids: str | None) -> str | None:
+    """The unit an experiment assigns by: the first id given (user, else session)."""
+    return next((parse_id(i, "user_id" if n == 0 else "session_id") for n, i in enumerate(ids) if i is not None), None)
 
 
 class RecommendationController(Controller):
@@ -138,30 +156,34 @@ class RecommendationController(Controller):
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
     def for_user(
         self, request: Request, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
-        embedder: EmbedderDep, served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
-        diversity: DIVERSITY = 0.0, explain: EXPLAIN = False,
+        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, k: K = 10,
+        filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None, explain: EXPLAIN = False,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which)."""
         user_id = parse_id(user_id, "user_id")
-        controls = _controls(filter, exclude, diversity)
+        config, assigned = experiments.apply(tenant, "recommendations", user_id, config)
+        controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
         result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace)
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
-                      trace)
+                      trace, user_id, assigned)
 
     @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
           sync_to_thread=True)
     def for_session(
         self, request: Request, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
-        served_log: ServedLogDep,
+        served_log: ServedLogDep, experiments: ExperimentsDep,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
-        controls = _controls(data.filter, data.exclude, data.diversity)
+        unit = _unit(data.user_id, data.session_id)
+        config, assigned = experiments.apply(tenant, "session", unit, config)
+        controls = _controls(data.filter, data.exclude, data.diversity, config)
         item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
         trace = _trace(data.explain, request)
         result = recommend_for_session(published, item_ids, data.k, config, controls, trace=trace)
-        return _items(served_log, tenant, result.items, published.version, result.strategy, "session", trace=trace)
+        return _items(served_log, tenant, result.items, published.version, result.strategy, "session",
+                      data.user_id, trace, unit, assigned)
 
 
 class ItemController(Controller):
@@ -172,17 +194,21 @@ class ItemController(Controller):
     @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
     def similar(
         self, request: Request, tenant: Tenant, item_id: PathId, published: Published, config: Config,
-        served_log: ServedLogDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
-        diversity: DIVERSITY = 0.0, explain: EXPLAIN = False,
+        served_log: ServedLogDep, experiments: ExperimentsDep, k: K = 10, filter: FILTER = None,
+        exclude: EXCLUDE = None, diversity: DIVERSITY = None, explain: EXPLAIN = False, user_id: UNIT = None,
+        session_id: UNIT = None,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
         item_id = parse_id(item_id, "item_id")
-        controls = _controls(filter, exclude, diversity)
+        unit = _unit(user_id, session_id)
+        config, assigned = experiments.apply(tenant, "similar", unit, config)
+        controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
         hits = similar_items(published.reader, item_id, k, config, controls, trace)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
-        return _items(served_log, tenant, hits, published.version, "similar_items", "similar", trace=trace)
+        return _items(served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace, unit,
+                      assigned)
 
 
 class SearchController(Controller):
@@ -193,16 +219,19 @@ class SearchController(Controller):
     @post("/", operation_id="semanticSearch", responses=WRITES, status_code=200, sync_to_thread=True)
     def search(
         self, request: Request, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
-        embedder: EmbedderDep, served_log: ServedLogDep,
+        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep,
     ) -> ItemList:
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
             raise InvalidInput("query: must contain some text", field="query")
-        controls = _controls(data.filter, data.exclude, data.diversity)
+        unit = _unit(data.user_id, data.session_id)
+        config, assigned = experiments.apply(tenant, "search", unit, config)
+        controls = _controls(data.filter, data.exclude, data.diversity, config)
         vector = embedder.encode([data.query])[0]
         trace = _trace(data.explain, request)
         hits = nearest_controlled(published.reader, vector, data.k, config, controls, trace=trace)
-        return _items(served_log, tenant, hits, published.version, "semantic_search", "search", trace=trace)
+        return _items(served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id, trace,
+                      unit, assigned)
 
 
 class EventController(Controller):

@@ -18,6 +18,7 @@ from lodestar.settings import Settings
 from lodestar.tenant_config import TenantConfig
 from serving.console.gate import SignInGate
 from serving.console.pipeline import Pipeline
+from serving.experiments import TenantExperiments
 from serving.indexes import TenantIndexes
 from serving.quotas import EventQuotas
 from serving.served_log import ServedLog
@@ -67,6 +68,10 @@ def provide_signin_gate(state: State) -> SignInGate:
     return state.signin_gate
 
 
+def provide_experiments(state: State) -> TenantExperiments:
+    return state.experiments
+
+
 def provide_configs(state: State) -> TenantConfigs:
     return state.configs
 
@@ -107,6 +112,7 @@ IndexStoreDep = NamedDependency[SkipValidation[IndexStore]]
 PipelineDep = NamedDependency[SkipValidation[Pipeline]]
 Configs = NamedDependency[SkipValidation[TenantConfigs]]
 SignInGateDep = NamedDependency[SkipValidation[SignInGate]]
+ExperimentsDep = NamedDependency[SkipValidation[TenantExperiments]]
 
 # The API's tenant comes from its key; console pages name theirs in the path (``/console/t/{tenant}``),
 # which Litestar hands to the same providers under the same name.
@@ -125,4 +131,5 @@ DEPENDENCIES = {
     "console_pipeline": Provide(provide_console_pipeline, sync_to_thread=False),
     "configs": Provide(provide_configs, sync_to_thread=False),
     "signin_gate": Provide(provide_signin_gate, sync_to_thread=False),
+    "experiments": Provide(provide_experiments, sync_to_thread=False),
 }

@@ -41,17 +41,28 @@ class ScoredItem(msgspec.Struct, omit_defaults=True):
     explanation: Explanation | None = None  # only with explain=true
 
 
+class ExperimentVariant(msgspec.Struct):
+    experiment: str
+    variant: str
+
+
 class ItemList(msgspec.Struct):
     items: list[ScoredItem]
     recommendation_id: str
     index_version: str
     strategy: str
+    # The experiment (and variant) the request's unit was served in, if any; ``experiments`` lists
+    # every one, when experiments of several layers apply.
+    experiment: str | None = None
+    variant: str | None = None
+    experiments: list[ExperimentVariant] = []
 
 
 K = Annotated[int, msgspec.Meta(ge=1, le=100)]
 # Validated by lodestar.filters (errors name the field); documented with the language's schema.
 Filter = Annotated[dict[str, Any] | None, msgspec.Meta(extra_json_schema={"extra": FILTER_SCHEMA})]
 ItemId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+UnitId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Diversity = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
@@ -60,8 +71,10 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     k: K = 10
     filter: Filter = None
     exclude: Annotated[list[ItemId], msgspec.Meta(max_length=1000)] = []
-    diversity: Diversity = 0.0
+    diversity: Diversity | None = None  # default: the tenant's configured diversity
     explain: bool = False  # add an explanation to each item
+    user_id: UnitId | None = None  # the user or session searching: assigns its experiment variant
+    session_id: UnitId | None = None
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -71,8 +84,10 @@ class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
     k: K = 10
     filter: Filter = None
     exclude: Annotated[list[ItemId], msgspec.Meta(max_length=1000)] = []
-    diversity: Diversity = 0.0
+    diversity: Diversity | None = None  # default: the tenant's configured diversity
     explain: bool = False  # add an explanation to each item
+    user_id: UnitId | None = None  # a signed-in visitor, or the session: assigns its experiment variant
+    session_id: UnitId | None = None
 
 
 class EventBatch(msgspec.Struct, forbid_unknown_fields=True):

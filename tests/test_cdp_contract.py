@@ -309,3 +309,30 @@ def test_reports_key_last_use_and_finding_items_and_users(store):
     assert [u["id"] for u in store.find("acme", "users", "u")] == ["u1", "u2"]
     with pytest.raises(InvalidInput):
         store.find("acme", "events", "")
+
+
+def test_experiments_are_created_once_changed_only_over_what_was_read_and_listed(store):
+    store.create_tenant("acme")
+    made = store.create_experiment("acme", {"name": "boost", "status": "running", "variants": []})
+    assert made["created_at"] == made["updated_at"] > 0
+    with pytest.raises(Conflict, match="already has an experiment"):
+        store.create_experiment("acme", {"name": "boost"})
+    with pytest.raises(NotFound):
+        store.create_experiment("ghost", {"name": "boost"})
+    changed = store.update_experiment("acme", {**made, "status": "stopped"}, if_updated_at=made["updated_at"])
+    assert store.get_experiment("acme", "boost")["status"] == "stopped"
+    with pytest.raises(Conflict, match="changed meanwhile"):
+        store.update_experiment("acme", {**made, "status": "running"}, if_updated_at=made["updated_at"])
+    store.create_experiment("acme", {"name": "another"})
+    assert [e["name"] for e in store.list_experiments("acme")] == ["another", "boost"]
+    assert store.get_experiment("acme", "missing") is None and changed["updated_at"] >= made["updated_at"]
+    store.log_served("acme", [{"recommendation_id": "r1", "user_id": "u1", "endpoint": "recommendations",
+                               "strategy": "hybrid", "items": ["a"], "ts": T0, "unit_id": "u1",
+                               "experiments": [["boost", "treatment"]]},
+                              {"recommendation_id": "r2", "user_id": None, "endpoint": "search",
+                               "strategy": "semantic_search", "items": [], "ts": T0 + 1}])
+    served = store.read_served("acme")
+    assert [(s["unit_id"], s["experiments"]) for s in served] == [("u1", [["boost", "treatment"]]), (None, [])]
+    store.delete_tenant("acme")
+    store.create_tenant("acme")
+    assert store.list_experiments("acme") == []

@@ -26,7 +26,8 @@ ENTITIES = tuple(ENTITY_FIELDS)
 JSON_FIELDS = {"categories": list, "tags": list, "attributes": dict}
 FLAG_FIELDS = frozenset({"available", "deleted"})
 # A served list as ``read_served`` returns it.
-SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts")
+# ``unit_id``: the user or session an experiment assigned by; ``experiments``: [[experiment, variant], ...].
+SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts", "unit_id", "experiments")
 
 
 # What an API key may do: ``read`` recommendations, similar items and search (safe to ship inside a
@@ -206,6 +207,20 @@ class CdpStore(Protocol):
     def put_report(self, tenant: str, name: str, rows: list[dict[str, Any]]) -> None: ...
     def get_report(self, tenant: str, name: str) -> dict[str, Any] | None:
         """``{"rows": [...], "updated_at": epoch}``, or ``None`` before the pipeline first wrote it."""
+        ...
+
+    # experiments (lodestar.experiments): one record per tenant and name, changed only over the
+    # record it was read as
+    def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a new experiment (``record["name"]``; :class:`Conflict` when the name is taken);
+        returns it with ``created_at`` and ``updated_at``."""
+        ...
+    def update_experiment(self, tenant: str, record: dict[str, Any], if_updated_at: float) -> dict[str, Any]:
+        """Replace the experiment, only if it is still the one read at ``if_updated_at``."""
+        ...
+    def get_experiment(self, tenant: str, name: str) -> dict[str, Any] | None: ...
+    def list_experiments(self, tenant: str) -> list[dict[str, Any]]:
+        """Every experiment of the tenant, by name."""
         ...
 
     # catalog, users, events

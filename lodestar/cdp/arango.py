@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from arango.exceptions import DocumentInsertError
+
 from lodestar.cdp import (
     ALL_SCOPES,
     ENTITIES,
@@ -54,7 +56,8 @@ AUDIT = "lodestar_audit"
 ACCOUNTS = "lodestar_accounts"
 MEMBERS = "lodestar_members"
 REPORTS = "lodestar_reports"
-COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS)
+EXPERIMENTS = "lodestar_experiments"
+COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -69,6 +72,7 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (SERVED, ("tenant_id", "user_id"), False),
     (MEMBERS, ("tenant_id",), False),
     (MEMBERS, ("email",), False),
+    (EXPERIMENTS, ("tenant_id",), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -216,6 +220,13 @@ FOR d IN @@collection
   SORT d.id
   LIMIT @limit
   RETURN d
+"""
+
+UPDATE_EXPERIMENT_AQL = f"""
+FOR e IN {EXPERIMENTS}
+    FILTER e._key == @key AND e.record.updated_at == @expected
+    UPDATE e WITH {{record: @record}} IN {EXPERIMENTS} OPTIONS {{mergeObjects: false, waitForSync: true}}
+    RETURN NEW._key
 """
 
 SERVED_AQL = f"""
@@ -373,7 +384,7 @@ class ArangoCdpStore:
     def delete_tenant(self, name: str) -> None:
         require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
-        for collection in (MEMBERS, REPORTS):  # a tenant made later under the same name starts with neither
+        for collection in (MEMBERS, REPORTS, EXPERIMENTS):  # a tenant made later under the same name starts with neither
             self._query(f"FOR d IN {collection} FILTER d.tenant_id == @tenant REMOVE d IN {collection}", tenant=name)
 
     # -- API keys ----------------------------------------------------------------------------
@@ -581,12 +592,41 @@ class ArangoCdpStore:
             return
         docs = [{"_key": document_key(tenant, r["recommendation_id"]), "tenant_id": tenant,
                  "recommendation_id": r["recommendation_id"], "user_id": r.get("user_id"), "endpoint": r["endpoint"],
-                 "strategy": r["strategy"], "items": list(r["items"]), "ts": r["ts"]} for r in rows]
+                 "strategy": r["strategy"], "items": list(r["items"]), "ts": r["ts"], "unit_id": r.get("unit_id"),
+                 "experiments": r.get("experiments") or []} for r in rows]
         self.db.collection(SERVED).insert_many(docs, overwrite_mode="ignore", silent=True)
 
     def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         docs = self._query(SERVED_AQL, tenant=tenant, since=since)
-        return [{f: d.get(f) for f in SERVED_FIELDS} for d in docs]
+        return [{**{f: d.get(f) for f in SERVED_FIELDS}, "experiments": d.get("experiments") or []} for d in docs]
+
+    # -- experiments -------------------------------------------------------------------------
+    def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:
+        require_tenant(self, tenant)
+        now = time.time()
+        stored = {**record, "created_at": now, "updated_at": now}
+        try:
+            self.db.collection(EXPERIMENTS).insert({"_key": document_key(tenant, record["name"]), "tenant_id": tenant,
+                                                    "name": record["name"], "record": stored}, sync=True)
+        except DocumentInsertError:
+            raise Conflict(f"tenant {tenant!r} already has an experiment {record['name']!r}; pick another name") from None
+        return stored
+
+    def update_experiment(self, tenant: str, record: dict[str, Any], if_updated_at: float) -> dict[str, Any]:
+        stored = {**record, "updated_at": time.time()}
+        updated = self._query(UPDATE_EXPERIMENT_AQL, key=document_key(tenant, record["name"]), record=stored,
+                              expected=if_updated_at)
+        if not updated:
+            raise Conflict(f"experiment {record['name']!r} changed meanwhile (or does not exist); read it again")
+        return stored
+
+    def get_experiment(self, tenant: str, name: str) -> dict[str, Any] | None:
+        doc = self.db.collection(EXPERIMENTS).get(document_key(tenant, name))
+        return None if doc is None else doc["record"]
+
+    def list_experiments(self, tenant: str) -> list[dict[str, Any]]:
+        return [d["record"] for d in self._query(
+            f"FOR e IN {EXPERIMENTS} FILTER e.tenant_id == @tenant SORT e.name RETURN e", tenant=tenant)]
 
     # -- preferences -------------------------------------------------------------------------
     def put_preferences(self, tenant: str, user_id: str, preferences: dict[str, Any]) -> None:

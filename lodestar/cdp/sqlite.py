@@ -131,6 +131,14 @@ CREATE TABLE IF NOT EXISTS reports (
     updated_at REAL NOT NULL,
     PRIMARY KEY (tenant, name)
 );
+CREATE TABLE IF NOT EXISTS experiments (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
 CREATE TABLE IF NOT EXISTS preferences (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -154,7 +162,7 @@ class SqliteCdpStore:
 
     # Columns added after the first release, created on open when a store predates them.
     MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"),
-                  ("api_keys", "last_used_at", "REAL"))
+                  ("api_keys", "last_used_at", "REAL"), ("served", "unit_id", "TEXT"), ("served", "experiments", "TEXT"))
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -528,6 +536,7 @@ class SqliteCdpStore:
             if cur.rowcount == 0:
                 raise unknown_tenant(name)
             conn.execute("DELETE FROM members WHERE tenant = ?", (name,))
+            conn.execute("DELETE FROM experiments WHERE tenant = ?", (name,))
             conn.execute("DELETE FROM reports WHERE tenant = ?", (name,))
 
     def count(self, tenant: str, entity: str) -> int:
@@ -579,17 +588,51 @@ class SqliteCdpStore:
             return
         with self._write() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO served (tenant, recommendation_id, user_id, endpoint, strategy, items, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO served (tenant, recommendation_id, user_id, endpoint, strategy, items, ts, "
+                "unit_id, experiments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(tenant, r["recommendation_id"], r.get("user_id"), r["endpoint"], r["strategy"],
-                  json.dumps(r["items"]), r["ts"]) for r in rows],
+                  json.dumps(r["items"]), r["ts"], r.get("unit_id"),
+                  json.dumps(r["experiments"]) if r.get("experiments") else None) for r in rows],
             )
 
     def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         rows = self._conn().execute(
             f"SELECT {', '.join(SERVED_FIELDS)} FROM served WHERE tenant = ? AND ts >= ? ORDER BY ts", (tenant, since),
         ).fetchall()
-        return [{**dict(r), "items": json.loads(r["items"])} for r in rows]
+        return [{**dict(r), "items": json.loads(r["items"]), "experiments": json.loads(r["experiments"] or "[]")}
+                for r in rows]
+
+    # -- experiments -------------------------------------------------------------------------
+    def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            if conn.execute("SELECT 1 FROM experiments WHERE tenant = ? AND name = ?",
+                            (tenant, record["name"])).fetchone():
+                raise Conflict(f"tenant {tenant!r} already has an experiment {record['name']!r}; pick another name")
+            stored = {**record, "created_at": now, "updated_at": now}
+            conn.execute("INSERT INTO experiments (tenant, name, record, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                         (tenant, record["name"], json.dumps(stored), now, now))
+        return stored
+
+    def update_experiment(self, tenant: str, record: dict[str, Any], if_updated_at: float) -> dict[str, Any]:
+        now = time.time()
+        stored = {**record, "updated_at": now}
+        with self._write() as conn:
+            cur = conn.execute("UPDATE experiments SET record = ?, updated_at = ? WHERE tenant = ? AND name = ? "
+                               "AND updated_at = ?", (json.dumps(stored), now, tenant, record["name"], if_updated_at))
+            if cur.rowcount == 0:
+                raise Conflict(f"experiment {record['name']!r} changed meanwhile (or does not exist); read it again")
+        return stored
+
+    def get_experiment(self, tenant: str, name: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT record FROM experiments WHERE tenant = ? AND name = ?",
+                                   (tenant, name)).fetchone()
+        return None if row is None else json.loads(row["record"])
+
+    def list_experiments(self, tenant: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT record FROM experiments WHERE tenant = ? ORDER BY name", (tenant,))
+        return [json.loads(r["record"]) for r in rows]
 
     # -- preferences -------------------------------------------------------------------------
     def put_preferences(self, tenant: str, user_id: str, preferences: dict[str, Any]) -> None:
