@@ -6,6 +6,8 @@ from assets import DOWNSTREAM, bar, report
 from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
 from lodestar import attribution
+from lodestar.experiments import lifecycle
+from lodestar.experiments import report as experiments_report
 from lodestar.lineage.files import read_extract
 
 
@@ -51,4 +53,30 @@ def attribution_report(context: AssetExecutionContext, lodestar: LodestarResourc
         "by strategy": MetadataValue.md(_chart(totals)),
         "by day": MetadataValue.md(table.to_markdown(index=False) if len(table) else "no served lists yet"),
         "path": MetadataValue.path(str(path)),
+    })
+
+
+@asset(
+    partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
+    group_name="analytics",
+    kinds={"pandas", "scipy"},
+    deps=["cdp_events"],
+    description="Each experiment's report per variant (units, lists, impressions, clicks, conversions, revenue; at "
+                "its fixed horizon each metric's lift over control with its 95% interval and p-value; the sample-ratio "
+                "check; the verdict), and the baselines that size new experiments; kept as reports in the CDP store.",
+)
+def experiment_report(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    events = read_extract(lodestar.files(tenant), "events")
+    with lodestar.cdp() as store:
+        lists = experiments_report.per_list(store.read_served(tenant), events)
+        reports = [experiments_report.experiment_report(record, lists) for record in store.list_experiments(tenant)]
+        store.put_report(tenant, lifecycle.REPORT, reports)
+        store.put_report(tenant, lifecycle.BASELINES_REPORT, experiments_report.baselines(lists))
+    report(context, f"{len(reports)} experiments: " + ("; ".join(f"{r['experiment']}: {r['verdict']}" for r in reports)
+                                                       or "none"))
+    return MaterializeResult(metadata={
+        "experiments": len(reports),
+        "verdicts": MetadataValue.md("\n".join(f"- **{r['experiment']}**: {r['verdict']}" for r in reports) or "none"),
     })

@@ -22,6 +22,7 @@ from serving.controllers import (
     AuditController,
     ConfigController,
     EventController,
+    ExperimentController,
     HealthController,
     ItemController,
     KeyController,
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     console = console_app_config(settings)
     api = Router(path="/", dependencies=API_DEPENDENCIES, route_handlers=[
         RecommendationController, ItemController, SearchController, EventController, PreferenceController,
-        UserController, KeyController, ConfigController, AuditController, OperatorController, HealthController])
+        UserController, KeyController, ConfigController, AuditController, ExperimentController, OperatorController,
+        HealthController])
     return Litestar(
         route_handlers=[api, *console["route_handlers"]],
         template_config=console["template_config"],

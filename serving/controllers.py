@@ -22,6 +22,7 @@ from lodestar.config_versions import (
 from lodestar.controls import Controls
 from lodestar.erasure import erase_user
 from lodestar.errors import InvalidInput, NotFound
+from lodestar.experiments import lifecycle as experiments_lifecycle
 from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
@@ -67,6 +68,7 @@ from serving.schemas import (
     KeyRequest,
     NewKey,
     Preferences,
+    PromoteRequest,
     Quotas,
     Ready,
     RejectedEvent,
@@ -498,3 +500,44 @@ def _revoke(cdp: CdpStore, tenant: str, key_id: str, actor: str) -> KeyInfo:
     key_id = parse_id(key_id, "key_id")
     revoke_key(cdp, tenant, key_id, actor, "GET /v1/keys")
     return next(KeyInfo(**k) for k in cdp.list_api_keys(tenant) if k["key_id"] == key_id)
+
+
+class ExperimentController(Controller):
+    """A tenant's experiments, for a key with the ``admin`` scope (lodestar.experiments)."""
+
+    security = SECURED
+    path = "/v1/experiments"
+    tags = ["experiments"]
+    opt = {SCOPE: ADMIN}
+
+    @post("/", operation_id="createExperiment", responses=WRITES | problem_responses(409), status_code=201,
+          sync_to_thread=True)
+    def create(self, request: Request, tenant: Tenant, data: dict[str, Any], cdp: Cdp) -> dict[str, Any]:
+        """Start an experiment: validated like the configuration (422 naming the field), sized by a
+        power analysis (``plan``: units per variant, days), refused (409) when a running experiment
+        of its layer shares a placement. Variants apply from the next second."""
+        return experiments_lifecycle.create(cdp, tenant, data, _actor(request))
+
+    @get("/", operation_id="listExperiments", responses=READS, sync_to_thread=True)
+    def list_experiments(self, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        return {"experiments": cdp.list_experiments(tenant)}
+
+    @get("/{name:str}", operation_id="getExperiment", responses=READS | NOT_FOUND, sync_to_thread=True)
+    def show(self, tenant: Tenant, name: PathId, cdp: Cdp) -> dict[str, Any]:
+        """The experiment and its report as the pipeline's ``experiment_report`` last computed it."""
+        record = experiments_lifecycle.find(cdp, tenant, name)
+        report = cdp.get_report(tenant, experiments_lifecycle.REPORT) or {"rows": [], "updated_at": None}
+        mine = next((r for r in report["rows"] if r["experiment"] == name), None)
+        return {"experiment": record, "report": mine, "report_updated_at": report["updated_at"]}
+
+    @post("/{name:str}/stop", operation_id="stopExperiment", responses=WRITES | NOT_FOUND | problem_responses(409),
+          status_code=200, sync_to_thread=True)
+    def stop(self, request: Request, tenant: Tenant, name: PathId, cdp: Cdp) -> dict[str, Any]:
+        return experiments_lifecycle.stop(cdp, tenant, name, _actor(request))
+
+    @post("/{name:str}/promote", operation_id="promoteExperimentVariant",
+          responses=WRITES | NOT_FOUND | problem_responses(409), status_code=200, sync_to_thread=True)
+    def promote(self, request: Request, tenant: Tenant, name: PathId, data: PromoteRequest, cdp: Cdp) -> dict[str, Any]:
+        """Make a variant the live configuration (a new configuration version: undo it with
+        ``POST /v1/config/restore``) and stop the experiment."""
+        return {"stored": experiments_lifecycle.promote(cdp, tenant, name, data.variant, _actor(request))}

@@ -41,6 +41,10 @@ class ScoredItem(msgspec.Struct, omit_defaults=True):
     explanation: Explanation | None = None  # only with explain=true
 
 
+class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    variant: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+
+
 class ExperimentVariant(msgspec.Struct):
     experiment: str
     variant: str
