@@ -303,6 +303,45 @@ def cmd_members_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- experiments ---------------------------------------------------------------------------------
+def _json_arg(text: str, what: str) -> object:
+    from lodestar.errors import InvalidInput
+
+    raw = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.cdp import cdp_session, require_tenant
+    from lodestar.experiments import lifecycle
+
+    with cdp_session(settings) as store:
+        require_tenant(store, args.tenant)
+        if args.experiments_command == "create":
+            out = lifecycle.create(store, args.tenant, _json_arg(args.definition, "the definition"), _cli_actor())
+            plan = out["plan"]
+            _say(f"Experiment {out['name']!r} runs from now: {', '.join(f'{v} needs {n} units' for v, n in plan['units'].items())}"
+                 f" (baseline {plan['baseline']['source']}); results show at that horizon, after at least "
+                 f"{out['min_days']} days.")
+        elif args.experiments_command == "list":
+            out = store.list_experiments(args.tenant)
+        elif args.experiments_command == "show":
+            report = store.get_report(args.tenant, lifecycle.REPORT) or {"rows": []}
+            out = {"experiment": lifecycle.find(store, args.tenant, args.name),
+                   "report": next((r for r in report["rows"] if r["experiment"] == args.name), None)}
+        elif args.experiments_command == "stop":
+            out = lifecycle.stop(store, args.tenant, args.name, _cli_actor())
+        else:
+            out = {"stored": lifecycle.promote(store, args.tenant, args.name, args.variant, _cli_actor())}
+            _say(f"Variant {args.variant!r} is the live configuration (a new version: "
+                 f"`lodestar tenants config {args.tenant} --history` lists it, --restore undoes it).")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 # -- materialize, serve, ui, demo ----------------------------------------------------------------
 def _materialize(settings: Settings, tenants: list[str], processes: int = 1) -> int:
     from pipelines.run import materialize_in_processes
@@ -456,6 +495,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant")
     p.add_argument("--operator", action="store_true")
     p.set_defaults(func=cmd_members_remove)
+
+    experiments = sub.add_parser("experiments", help="A/B tests of a tenant's configuration") \
+        .add_subparsers(dest="experiments_command", required=True, metavar="ACTION")
+    p = experiments.add_parser("create", help="start an experiment from a JSON definition (or a file of it)",
+                               description="Fields: name, hypothesis, placements, layer, traffic, variants (control "
+                                           "first; others with an overlay of ranking, rules, event_weights, diversity, "
+                                           "collab.candidates), start, end, primary_metric, guardrails, mde, alpha, "
+                                           "power, min_days, baseline. See the README's Experiments section.")
+    p.add_argument("tenant")
+    p.add_argument("definition", metavar="JSON")
+    p.set_defaults(func=cmd_experiments)
+    for action, helptext in (("list", "every experiment of a tenant"), ("show", "an experiment and its last report"),
+                             ("stop", "stop an experiment now"),
+                             ("promote", "make a variant the live configuration and stop the experiment")):
+        p = experiments.add_parser(action, help=helptext)
+        p.add_argument("tenant")
+        if action != "list":
+            p.add_argument("name")
+        if action == "promote":
+            p.add_argument("variant")
+        p.set_defaults(func=cmd_experiments)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")
     p = cdp.add_parser("init", help="create the CDP collections and indexes (ArangoDB) or tables (SQLite)")

@@ -5,6 +5,7 @@ configuration's preview, save and restore as the API then serves it."""
 from __future__ import annotations
 
 import html
+import json
 import re
 import shutil
 
@@ -101,7 +102,7 @@ def _console_routes(app, method: str) -> list[str]:
 
 def _concrete(path: str, tenant: str) -> str:
     return (path.replace("{tenant:str}", tenant).replace("{item_id:str}", "x").replace("{user_id:str}", "u0001")
-            .replace("{key_id:str}", "k").replace("{version_id:str}", "v"))
+            .replace("{key_id:str}", "k").replace("{version_id:str}", "v").replace("{name:str}", "e"))
 
 
 def test_every_state_changing_request_without_the_csrf_token_is_refused(client):
@@ -356,3 +357,25 @@ def test_an_anonymous_visit_stores_no_session(client, console_settings):
     assert set(sessions.iterdir()) == before
     assert oct(sessions.stat().st_mode & 0o777) == "0o700"
     assert client.get("/console/signin").headers["cache-control"] == "no-store"
+
+
+def test_an_editor_starts_stops_and_reads_experiments_in_the_console(client, env):
+    assert sign_in(client, "editor@alpha.test").status_code == 303
+    page = client.get("/console/t/alpha/experiments")
+    assert page.status_code == 200 and "boost-sale" in page.text  # the example definition to start from
+    csrf = TOKEN.search(page.text).group(1)
+    bad = client.post("/console/t/alpha/experiments", data={"_csrf_token": csrf, "definition": '{"name": "x"'})
+    assert bad.status_code == 422 and 'id="definition-error"' in bad.text and "not valid JSON" in bad.text
+    invalid = client.post("/console/t/alpha/experiments", data={"_csrf_token": csrf, "definition": json.dumps(
+        {"name": "x", "variants": [{"name": "control"}, {"name": "b", "overlay": {"ranking": {"collab": -1}}}]})})
+    assert invalid.status_code == 422 and "variants[1].overlay.ranking.collab" in invalid.text
+    made = client.post("/console/t/alpha/experiments", data={"_csrf_token": csrf, "definition": json.dumps(
+        {"name": "console-exp", "variants": [{"name": "control"}, {"name": "more-content",
+                                                                   "overlay": {"ranking": {"content": 0.5}}}]})})
+    assert made.status_code == 200 and "Experiment console-exp runs from now" in made.text
+    client.app.state.experiments._running.clear()  # read again now (a serving process does within a second)
+    served = client.get("/v1/users/u0001/recommendations", headers={"Authorization": f"Bearer {env.keys['alpha']}"})
+    assert served.json()["experiment"] == "console-exp"
+    stopped = client.post("/console/t/alpha/experiments/console-exp/stop", data={"_csrf_token": csrf})
+    assert "Stopped console-exp" in stopped.text
+    assert "experiment.stop" in client.get("/console/t/alpha/audit").text

@@ -174,3 +174,21 @@ def test_assigning_a_variant_costs_a_lookup_when_no_experiment_runs():
     now[0] = 1.5
     experiments.apply("t", "recommendations", "u1", config)
     assert Store.reads == 2
+
+
+def test_the_cli_creates_lists_stops_and_promotes(tmp_path, monkeypatch, capsys):
+    from lodestar import cli
+
+    monkeypatch.setenv("LODESTAR_DATA_DIR", str(tmp_path / "var"))
+    assert cli.main(["tenants", "create", "acme"]) == 0
+    spec = tmp_path / "exp.json"
+    spec.write_text('{"name": "t1", "variants": [{"name": "control"}, {"name": "b", "overlay": {"diversity": 0.2}}]}')
+    assert cli.main(["experiments", "create", "acme", str(spec)]) == 0
+    assert "control needs" in capsys.readouterr().out
+    assert cli.main(["experiments", "create", "acme", str(spec)]) == 2  # the name is taken
+    assert "already has an experiment 't1'" in capsys.readouterr().err
+    assert cli.main(["experiments", "promote", "acme", "t1", "b"]) == 0
+    out = capsys.readouterr().out
+    assert '"diversity": 0.2' in out
+    assert cli.main(["experiments", "list", "acme"]) == 0
+    assert '"status": "stopped"' in capsys.readouterr().out

@@ -41,6 +41,7 @@ from serving.auth import CONSOLE, require_console_role
 from serving.console.admin import (
     AuditController,
     ConfigController,
+    ExperimentsController,
     KeysController,
     MembersController,
     PipelineController,
@@ -124,7 +125,7 @@ def console_app_config(settings: Settings) -> dict[str, Any]:
     router = Router(
         path="/",
         route_handlers=[SignInController, HomeController, TenantsController, OverviewController, CatalogController,
-                        PreviewController, ConfigController, KeysController, MembersController, AuditController,
+                        PreviewController, ConfigController, ExperimentsController, KeysController, MembersController, AuditController,
                         PipelineController],
         guards=[require_console_role],
         middleware=[sessions.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],

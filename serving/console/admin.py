@@ -21,6 +21,7 @@ from lodestar.config_versions import (
     store_config,
 )
 from lodestar.errors import Conflict, Forbidden, InvalidInput
+from lodestar.experiments import lifecycle as experiments_lifecycle
 from lodestar.keys import create_key, parse_scopes, revoke_key
 from lodestar.preview import active_users, preview_change, sample_users
 from lodestar.records import EVENT_TYPES, check_text
@@ -346,3 +347,73 @@ class PipelineController(Controller):
         else:
             flash(request, f"Materializing {tenant} through Dagster; its stages appear below as they run.")
         return redirect(f"{PREFIX}/t/{tenant}/pipeline")
+
+
+EXAMPLE_EXPERIMENT = {
+    "name": "boost-sale", "hypothesis": "Boosting sale items raises CTR", "placements": ["recommendations"],
+    "variants": [{"name": "control", "weight": 0.5},
+                 {"name": "boost", "weight": 0.5,
+                  "overlay": {"rules": [{"type": "boost", "filter": {"tags": ["sale"]}, "amount": 0.3}]}}],
+    "primary_metric": "ctr", "guardrails": ["conversion_rate"], "mde": 0.1, "min_days": 7,
+}
+
+
+class ExperimentsController(Controller):
+    """The tenant's experiments: definitions, plans, reports; create, stop and promote (editors)."""
+
+    path = f"{PREFIX}/t/{{tenant:str}}/experiments"
+
+    def _page(self, request: Request, cdp: CdpStore, tenant: str, status_code: int = 200, definition: str = "",
+              error: InvalidInput | None = None) -> Template:
+        report = cdp.get_report(tenant, experiments_lifecycle.REPORT) or {"rows": [], "updated_at": None}
+        reports = {r["experiment"]: r for r in report["rows"]}
+        return render(request, "experiments.html", status_code=status_code, tenant=tenant,
+                      experiments=list(reversed(cdp.list_experiments(tenant))), reports=reports,
+                      report_at=report["updated_at"], error=error,
+                      definition=definition or json.dumps(EXAMPLE_EXPERIMENT, indent=2))
+
+    @get("/", operation_id="consoleExperiments", include_in_schema=False)
+    async def experiments(self, request: Request, tenant: str, cdp: Cdp) -> Template:
+        await off_loop(require_tenant, cdp, tenant)
+        return await off_loop(self._page, request, cdp, tenant)
+
+    @post("/", operation_id="consoleCreateExperiment", include_in_schema=False, opt={ROLE: "editor"}, status_code=303)
+    async def create(self, request: Request, tenant: str, cdp: Cdp) -> Redirect | Template:
+        form = await form_of(request)
+        text = form.get("definition", "")
+        try:
+            raw = json.loads(text)
+            made = await off_loop(experiments_lifecycle.create, cdp, tenant, raw, principal(request).actor)
+        except json.JSONDecodeError as exc:
+            error = InvalidInput(f"the definition is not valid JSON ({exc.msg} at line {exc.lineno})", field="definition")
+            return await off_loop(self._page, request, cdp, tenant, 422, text, error)
+        except (InvalidInput, Conflict) as exc:
+            error = exc if isinstance(exc, InvalidInput) else InvalidInput(str(exc))
+            return await off_loop(self._page, request, cdp, tenant, 422, text, error)
+        needs = ", ".join(f"{v} {n}" for v, n in made["plan"]["units"].items())
+        flash(request, f"Experiment {made['name']} runs from now; units needed per variant: {needs}.")
+        return redirect(f"{PREFIX}/t/{tenant}/experiments")
+
+    @post("/{name:str}/stop", operation_id="consoleStopExperiment", include_in_schema=False, opt={ROLE: "editor"},
+          status_code=303)
+    async def stop(self, request: Request, tenant: str, name: str, cdp: Cdp) -> Redirect:
+        try:
+            await off_loop(experiments_lifecycle.stop, cdp, tenant, name, principal(request).actor)
+        except Conflict as exc:
+            flash(request, str(exc), "error")
+        else:
+            flash(request, f"Stopped {name}: every unit sees the live configuration from the next request.")
+        return redirect(f"{PREFIX}/t/{tenant}/experiments")
+
+    @post("/{name:str}/promote", operation_id="consolePromoteVariant", include_in_schema=False, opt={ROLE: "editor"},
+          status_code=303)
+    async def promote(self, request: Request, tenant: str, name: str, cdp: Cdp) -> Redirect:
+        variant = (await form_of(request)).get("variant", "")
+        try:
+            await off_loop(experiments_lifecycle.promote, cdp, tenant, name, variant, principal(request).actor)
+        except (Conflict, InvalidInput, Forbidden) as exc:
+            flash(request, str(exc), "error")
+        else:
+            flash(request, f"{variant} of {name} is the live configuration (a new version: undo it on the "
+                           "Configuration page).")
+        return redirect(f"{PREFIX}/t/{tenant}/experiments")

@@ -29,7 +29,8 @@ NEW_SESSION_ID = "lodestar.new_session_id"  # scope key: the session id to store
 # The tenant pages, in the navigation's order: (path under /console/t/<tenant>, label, least role).
 NAVIGATION = (
     ("", "Overview", "viewer"), ("/catalog", "Catalog", "viewer"), ("/users", "Users", "viewer"),
-    ("/preview", "Preview", "viewer"), ("/config", "Configuration", "viewer"), ("/pipeline", "Pipeline", "viewer"),
+    ("/preview", "Preview", "viewer"), ("/config", "Configuration", "viewer"), ("/experiments", "Experiments", "viewer"),
+    ("/pipeline", "Pipeline", "viewer"),
     ("/keys", "API keys", "owner"), ("/members", "Members", "owner"), ("/audit", "Audit log", "viewer"),
 )
 
