@@ -334,6 +334,8 @@ def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
                    "report": next((r for r in report["rows"] if r["experiment"] == args.name), None)}
         elif args.experiments_command == "stop":
             out = lifecycle.stop(store, args.tenant, args.name, _cli_actor())
+        elif args.experiments_command == "traffic":
+            out = lifecycle.set_traffic(store, args.tenant, args.name, args.share, _cli_actor())
         else:
             out = {"stored": lifecycle.promote(store, args.tenant, args.name, args.variant, _cli_actor())}
             _say(f"Variant {args.variant!r} is the live configuration (a new version: "
@@ -508,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiments)
     for action, helptext in (("list", "every experiment of a tenant"), ("show", "an experiment and its last report"),
                              ("stop", "stop an experiment now"),
+                             ("traffic", "change the share of units in a running experiment (0 to 1)"),
                              ("promote", "make a variant the live configuration and stop the experiment")):
         p = experiments.add_parser(action, help=helptext)
         p.add_argument("tenant")
@@ -515,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name")
         if action == "promote":
             p.add_argument("variant")
+        if action == "traffic":
+            p.add_argument("share", type=float)
         p.set_defaults(func=cmd_experiments)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")

@@ -77,6 +77,7 @@ from serving.schemas import (
     SearchRequest,
     SessionRequest,
     TenantList,
+    TrafficRequest,
     UserErased,
 )
 from serving.served_log import ServedLog
@@ -114,7 +115,7 @@ def _items(
     )
     served_log.record(tenant, {
         "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": endpoint,
-        "strategy": strategy, "items": [h.item_id for h in hits], "unit_id": unit if assigned else None,
+        "strategy": strategy, "items": [h.item_id for h in hits], "unit_id": unit,
         "experiments": [list(a) for a in assigned],
     })
     return body
@@ -145,9 +146,12 @@ def _controls(item_filter: Any, exclude: Any, diversity: float | None, config: T
                     config.diversity if diversity is None else diversity)
 
 
-def _unit(*ids: str | None) -> str | None:
-    """The unit an experiment assigns by: the first id given (user, else session)."""
-    return next((parse_id(i, "user_id" if n == 0 else "session_id") for n, i in enumerate(ids) if i is not None), None)
+def _unit(user_id: str | None, session_id: str | None = None) -> str | None:
+    """The unit an experiment assigns by: the user when known, else the session; kind-prefixed, so a
+    user and a session of the same id are two units."""
+    if user_id is not None:
+        return f"user:{parse_id(user_id, 'user_id')}"
+    return None if session_id is None else f"session:{parse_id(session_id, 'session_id')}"
 
 
 class RecommendationController(Controller):
@@ -164,12 +168,13 @@ class RecommendationController(Controller):
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which)."""
         user_id = parse_id(user_id, "user_id")
-        config, assigned = experiments.apply(tenant, "recommendations", user_id, config)
+        unit = _unit(user_id)
+        config, assigned = experiments.apply(tenant, "recommendations", unit, config)
         controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
         result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace)
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
-                      trace, user_id, assigned)
+                      trace, unit, assigned)
 
     @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
           sync_to_thread=True)
@@ -534,6 +539,13 @@ class ExperimentController(Controller):
           status_code=200, sync_to_thread=True)
     def stop(self, request: Request, tenant: Tenant, name: PathId, cdp: Cdp) -> dict[str, Any]:
         return experiments_lifecycle.stop(cdp, tenant, name, _actor(request))
+
+    @post("/{name:str}/traffic", operation_id="setExperimentTraffic",
+          responses=WRITES | NOT_FOUND | problem_responses(409), status_code=200, sync_to_thread=True)
+    def traffic(self, request: Request, tenant: Tenant, name: PathId, data: TrafficRequest, cdp: Cdp) -> dict[str, Any]:
+        """Change the share of units in the experiment: raising it keeps everyone in, in their
+        variant, and adds units; lowering it takes out only the last ones."""
+        return experiments_lifecycle.set_traffic(cdp, tenant, name, data.traffic, _actor(request))
 
     @post("/{name:str}/promote", operation_id="promoteExperimentVariant",
           responses=WRITES | NOT_FOUND | problem_responses(409), status_code=200, sync_to_thread=True)

@@ -45,6 +45,10 @@ class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
     variant: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 
 
+class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
+    traffic: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+
+
 class ExperimentVariant(msgspec.Struct):
     experiment: str
     variant: str

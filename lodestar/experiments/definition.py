@@ -30,6 +30,8 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FIELDS = ("name", "hypothesis", "placements", "layer", "traffic", "variants", "start", "end", "primary_metric",
           "guardrails", "mde", "alpha", "power", "min_days", "baseline")
 RUNNING, STOPPED = "running", "stopped"
+MIN_WEIGHT = 0.01
+EARLIEST, LATEST = 631152000.0, 4102444800.0  # 1990-01-01, 2100-01-01
 
 
 def _name(value: Any, field: str) -> str:
@@ -37,6 +39,22 @@ def _name(value: Any, field: str) -> str:
         raise InvalidInput(f"{field}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit",
                            field=field)
     return value
+
+
+def _text(value: Any, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 2000:
+        raise InvalidInput(f"{field}: text of at most 2,000 characters", field=field)
+    return value
+
+
+def _time(value: Any, field: str) -> float | None:
+    """ISO-8601 text or epoch seconds between 1990 and 2100."""
+    ts = parse_timestamp(value, field, bounded=False)
+    if ts is not None and not EARLIEST <= ts <= LATEST:
+        raise InvalidInput(f"{field}: a time between 1990 and 2100", field=field)
+    return ts
 
 
 def _fraction(value: Any, field: str, low: float, high: float, default: float) -> float:
@@ -100,8 +118,11 @@ def parse_experiment(raw: Any, live: dict[str, Any], now: float | None = None) -
                                "leave its overlay out", field="variants[0].overlay")
         parsed.append({"name": name, "weight": weight, "overlay": overlay})
     total = sum(v["weight"] for v in parsed)
-    for v in parsed:
+    for n, v in enumerate(parsed):
         v["weight"] = round(v["weight"] / total, 6)
+        if v["weight"] < MIN_WEIGHT:
+            raise InvalidInput(f"variants[{n}].weight: at least {MIN_WEIGHT:.0%} of the traffic per variant",
+                               field=f"variants[{n}].weight")
     metric = raw.get("primary_metric", "ctr")
     if metric not in METRICS:
         raise InvalidInput(f"primary_metric: one of {', '.join(METRICS)}", field="primary_metric")
@@ -109,8 +130,8 @@ def parse_experiment(raw: Any, live: dict[str, Any], now: float | None = None) -
     if not isinstance(guardrails, list) or any(g not in METRICS or g == metric for g in guardrails):
         raise InvalidInput(f"guardrails: a list of {', '.join(METRICS)} other than the primary metric",
                            field="guardrails")
-    start = parse_timestamp(raw.get("start"), "start", bounded=False) or now
-    end = parse_timestamp(raw.get("end"), "end", bounded=False)
+    start = _time(raw.get("start"), "start") or now
+    end = _time(raw.get("end"), "end")
     if end is not None and end <= start:
         raise InvalidInput("end: must be after start", field="end")
     min_days = raw.get("min_days", 7)
@@ -118,13 +139,14 @@ def parse_experiment(raw: Any, live: dict[str, Any], now: float | None = None) -
         raise InvalidInput("min_days: a whole number of days from 0 to 365 (a week covers weekday effects)",
                            field="min_days")
     baseline = raw.get("baseline")
-    if baseline is not None and (not isinstance(baseline, dict) or set(baseline) != {"mean", "sd"}
-                                 or not all(isinstance(baseline[k], (int, float)) and baseline[k] > 0 for k in baseline)):
+    if baseline is not None and (not isinstance(baseline, dict) or set(baseline) != {"mean", "sd"} or not all(
+            not isinstance(baseline[k], bool) and isinstance(baseline[k], (int, float)) and math.isfinite(baseline[k])
+            and baseline[k] > 0 for k in baseline)):
         raise InvalidInput("baseline: {\"mean\": m, \"sd\": s}, both positive: the primary metric's mean and standard "
                            "deviation per unit today (leave it out to use the tenant's history)", field="baseline")
     return {
         "name": _name(raw.get("name"), "name"),
-        "hypothesis": check_text(str(raw.get("hypothesis", "")).strip(), "hypothesis"),
+        "hypothesis": check_text(_text(raw.get("hypothesis"), "hypothesis").strip(), "hypothesis"),
         "placements": list(dict.fromkeys(placements)),
         "layer": _name(raw.get("layer", "default"), "layer"),
         "traffic": _fraction(raw.get("traffic"), "traffic", 0.0, 1.0, 1.0),

@@ -40,7 +40,15 @@ def plan(definition: dict[str, Any], history: list[dict[str, Any]]) -> dict[str,
     else:
         (mean, sd), source = ASSUMED[metric], "assumed: no history yet; give \"baseline\" to size it on your data"
     weights = [v["weight"] for v in definition["variants"]]
-    needed = units_needed(mean, sd, definition["mde"], weights, definition["alpha"], definition["power"])
+    # The test runs at alpha / (variants - 1) (Bonferroni): the plan is sized at the same level.
+    alpha = definition["alpha"] / (len(weights) - 1)
+    try:
+        needed = units_needed(mean, sd, definition["mde"], weights, alpha, definition["power"])
+    except (ValueError, ArithmeticError):
+        needed = []
+    if len(needed) != len(weights) or not all(0 < n < 10**9 for n in needed):
+        raise InvalidInput(f"the power analysis found no sample size for a {definition['mde']:.0%} change from a "
+                           f"baseline of {mean:g} (sd {sd:g}); check mde and baseline", field="mde")
     per_day = sum(r["units_per_day"] for r in rows) * definition["traffic"] if rows else 0.0
     days = math.ceil(sum(needed) / per_day) if per_day else None
     return {"baseline": {"mean": mean, "sd": sd, "source": source}, "mde": definition["mde"],
@@ -81,19 +89,39 @@ def stop(store: CdpStore, tenant: str, name: str, actor: str, promoted: str | No
     return stopped
 
 
+def set_traffic(store: CdpStore, tenant: str, name: str, traffic: Any, actor: str) -> dict[str, Any]:
+    """Change the share of units in a running experiment (a ramp-up, say): raising it keeps every
+    unit that was in, in its variant, and adds the next ones; lowering it takes out only the last."""
+    if isinstance(traffic, bool) or not isinstance(traffic, (int, float)) or not 0 < traffic <= 1:
+        raise InvalidInput("traffic: a share above 0 and at most 1", field="traffic")
+    record = find(store, tenant, name)
+    if record["status"] != RUNNING:
+        raise Conflict(f"experiment {name!r} is stopped; start a new one")
+    changed = store.update_experiment(tenant, {**record, "traffic": float(traffic)}, if_updated_at=record["updated_at"])
+    store.append_audit(tenant, audit_entry(actor, "experiment.traffic", name, {"traffic": record["traffic"]},
+                                           {"traffic": float(traffic)}))
+    return changed
+
+
 def promote(store: CdpStore, tenant: str, name: str, variant: str, actor: str) -> dict[str, Any]:
     """Make ``variant``'s overlay the live configuration (a new configuration version, audited as
-    ``config.set``, so it can be undone) and stop the experiment."""
+    ``config.set``, so it can be undone), then stop the experiment (recording the promotion). The
+    configuration is written first: when it cannot be (invalid now, or changed meanwhile), the
+    experiment is left as it was. An overlay's keys replace the live ones (``rules`` as a whole)."""
     record = find(store, tenant, name)
     chosen = next((v for v in record["variants"] if v["name"] == variant), None)
     if chosen is None:
         raise InvalidInput(f"variant: experiment {name!r} has no variant {variant!r} "
                            f"(it has {', '.join(v['name'] for v in record['variants'])})", field="variant")
-    if record["status"] == RUNNING:
-        stop(store, tenant, name, actor, promoted=variant)
     tenant_record = require_tenant(store, tenant)
     after = proposed_config(tenant_record, chosen["overlay"])
     store.set_tenant_config(tenant, after, audit=audit_entry(actor, "config.set", f"experiment {name}: {variant}",
                                                              tenant_record["config"] or {}, after),
                             if_updated_at=tenant_record["updated_at"])
+    if record["status"] == RUNNING:
+        stop(store, tenant, name, actor, promoted=variant)
+    else:
+        store.update_experiment(tenant, {**record, "promoted": variant}, if_updated_at=record["updated_at"])
+        store.append_audit(tenant, audit_entry(actor, "experiment.promote", name, {"promoted": record.get("promoted")},
+                                               {"promoted": variant}))
     return after

@@ -63,30 +63,54 @@ def _assigned(lists: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def horizon_at(served: pd.DataFrame, names: list[str], needed: dict[str, int], earliest: float) -> float | None:
+    """When the fixed horizon was reached: the first time every variant had the units it needs
+    (by when each unit was first served) and the minimum duration (from ``earliest``) had passed;
+    ``None`` before. Computed from the data alone, it is the same on every later run."""
+    if served.empty:
+        return None
+    first = served.groupby(["variant", "unit"])["ts"].min()
+    times = [earliest]
+    for name in names:
+        seen = first[name].sort_values() if name in first.index.get_level_values(0) else pd.Series(dtype=float)
+        if len(seen) < needed[name]:
+            return None
+        times.append(float(seen.iloc[needed[name] - 1]))
+    return max(times)
+
+
 def experiment_report(record: dict[str, Any], lists: pd.DataFrame, now: float | None = None) -> dict[str, Any]:
-    """The experiment's report: per variant the units, lists, impressions, clicks, conversions and
-    revenue; once the horizon is reached, each metric with its lift over the control, the lift's
-    interval and the p-value; the sample-ratio check; and the verdict."""
+    """The experiment's report: per variant its units, lists and impressions; once the fixed
+    horizon is reached, the outcomes (clicks, conversions, revenue) and each metric with its lift
+    over the control, the lift's interval and the p-value, all over the units and lists served up
+    to the horizon (later data never changes them: one look); the sample-ratio check; the verdict."""
     now = time.time() if now is None else now
     served = _assigned(lists, record["name"])
     names = [v["name"] for v in record["variants"]]
     weights = [v["weight"] for v in record["variants"]]
+    needed = record["plan"]["units"]
+    began = max(record["start"], record.get("created_at") or record["start"])  # a start in the past counts no days
+    at = horizon_at(served, names, needed, began + record["min_days"] * DAY)
+    if at is not None and at > (record.get("stopped_at") or now):
+        at = None
+    if at is not None:  # one look: the units and lists up to the horizon, never more
+        first = served.groupby("unit")["ts"].transform("min")
+        served = served[(served["ts"] <= at) & (first <= at)]
     units = {name: unit_metrics(served[served["variant"] == name]) if len(served) else pd.DataFrame()
              for name in names}
     counts = [len(units[name]) for name in names]
     srm_p = sample_ratio_mismatch(counts, weights)
-    needed = record["plan"]["units"]
     ended = record.get("stopped_at") or (record["end"] if record["end"] and record["end"] < now else None) or now
-    days = max(0.0, (ended - record["start"]) / DAY)
-    reached = all(counts[n] >= needed[name] for n, name in enumerate(names)) and days >= record["min_days"]
+    status = "ended" if record["status"] == "running" and record["end"] and record["end"] < now else record["status"]
     metrics = [record["primary_metric"], *record["guardrails"]]
     alpha = record["alpha"] / max(1, len(names) - 1)  # Bonferroni over the comparisons with the control
     variants = []
     for n, name in enumerate(names):
         table = units[name]
         row: dict[str, Any] = {"name": name, "weight": weights[n], "units": counts[n], "units_needed": needed[name],
-                               **{c: (round(float(table[c].sum()), 2) if len(table) else 0) for c in COUNTS}}
-        if reached:
+                               **{c: (round(float(table[c].sum()), 2) if len(table) else 0)
+                                  for c in (COUNTS if at is not None else ("lists", "impressions"))}}
+        if at is not None:
             row["metrics"] = {}
             for metric in metrics:
                 values = table[metric].dropna() if len(table) else pd.Series(dtype=float)
@@ -97,10 +121,12 @@ def experiment_report(record: dict[str, Any], lists: pd.DataFrame, now: float | 
                     entry["significant"] = entry["p_value"] < alpha
                 row["metrics"][metric] = entry
         variants.append(row)
-    report = {"experiment": record["name"], "status": record["status"], "primary_metric": record["primary_metric"],
-              "guardrails": record["guardrails"], "placements": record["placements"], "days": round(days, 2),
-              "horizon": {"reached": reached, "min_days": record["min_days"], "units": needed},
+    report = {"experiment": record["name"], "status": status, "primary_metric": record["primary_metric"],
+              "guardrails": record["guardrails"], "placements": record["placements"],
+              "days": round(max(0.0, (ended - began) / DAY), 2),
+              "horizon": {"reached": at is not None, "at": at, "min_days": record["min_days"], "units": needed},
               "alpha": record["alpha"], "alpha_per_comparison": round(alpha, 6),
+              "interval_level": round(1 - alpha, 6),
               "srm": {"p_value": round(srm_p, 6), "broken": srm_p < SRM_ALPHA}, "variants": variants}
     report["verdict"] = _verdict(report)
     return report
@@ -112,22 +138,26 @@ def _verdict(report: dict[str, Any]) -> str:
                 "broken (a bug, bots, or a redirect on one side) and no result can be trusted")
     if not report["horizon"]["reached"]:
         short = [f"{v['name']} {v['units']}/{v['units_needed']}" for v in report["variants"] if v["units"] < v["units_needed"]]
-        return ("collecting: results are shown at the horizon fixed when the experiment was made ("
+        return ("collecting: outcomes and results are shown at the horizon fixed when the experiment was made ("
                 + (f"units so far: {', '.join(short)}; " if short else "")
                 + f"day {report['days']:.1f} of at least {report['horizon']['min_days']})")
     primary = report["primary_metric"]
     better, worse, harmed = [], [], []
+    def direction(entry: dict[str, Any]) -> float:  # from the means: a lift is undefined over a control of 0
+        return (entry["mean"] or 0.0) - (entry.get("control_mean") or 0.0)
+
     for variant in report["variants"][1:]:
         result = variant["metrics"][primary]
         breaches = [m for m in report["guardrails"] if variant["metrics"][m].get("significant")
-                    and variant["metrics"][m]["lift"] < 0]
-        if result.get("significant") and result["lift"] > 0:
-            (harmed if breaches else better).append((result["lift"], variant["name"], breaches))
+                    and direction(variant["metrics"][m]) < 0]
+        if result.get("significant") and direction(result) > 0:
+            (harmed if breaches else better).append((direction(result), variant["name"], breaches))
         elif result.get("significant"):
             worse.append(variant["name"])
     if better:
-        lift, name, _ = max(better)
-        return f"winner: {name} ({primary} {lift:+.1%} over control)"
+        _, name, _ = max(better)
+        lift = next(v for v in report["variants"] if v["name"] == name)["metrics"][primary]["lift"]
+        return f"winner: {name} ({primary} " + (f"{lift:+.1%} over control)" if lift is not None else "up from 0)")
     if harmed:
         _, name, breaches = max(harmed)
         return f"{name} raises {primary} but harms {', '.join(breaches)}: no winner"

@@ -206,9 +206,10 @@ class PreviewController(Controller):
             k = int(params.get("k") or 10) if (params.get("k") or "10").isdigit() else 10
             if not 1 <= k <= 100:
                 raise InvalidInput("k: must be 1 to 100", field="k")
-            controls = Controls(parse_filter(params.get("filter") or None), parse_exclude(params.get("exclude") or None),
-                                parse_diversity(params.get("diversity")))
             published, config, trace = indexes.get(tenant), configs.get(tenant), Trace()
+            diversity = parse_diversity(params["diversity"]) if params.get("diversity") else config.diversity
+            controls = Controls(parse_filter(params.get("filter") or None), parse_exclude(params.get("exclude") or None),
+                                diversity)
             strategy = None
             if mode == "user":
                 result = recommend_for_user(published, cdp, embedder, tenant,
