@@ -48,6 +48,7 @@ PAGES = {
     "preview (user, explained)": f"/console/t/{TENANT}/preview?mode=user&user=u0001",
     "preview (search, explained)": f"/console/t/{TENANT}/preview?mode=query&query=hiking+boots",
     "configuration": f"/console/t/{TENANT}/config",
+    "experiments": f"/console/t/{TENANT}/experiments",
     "pipeline": f"/console/t/{TENANT}/pipeline",
     "keys": f"/console/t/{TENANT}/keys",
     "members": f"/console/t/{TENANT}/members",
@@ -76,12 +77,19 @@ def traffic(client, data: Path, key: str) -> None:
 
     rng = random.Random(7)
     auth = {"Authorization": f"Bearer {key}"}
+    experiment = {"name": "boost-sale", "hypothesis": "Boosting sale items raises CTR", "min_days": 0,
+                  "baseline": {"mean": 0.08, "sd": 0.09}, "mde": 0.5, "variants": [
+                      {"name": "control"}, {"name": "boost", "overlay": {"rules": [
+                          {"type": "boost", "filter": {"tags": ["sale"]}, "amount": 0.3}]}}]}
+    made = client.post("/v1/experiments", json=experiment, headers=auth)
+    assert made.status_code in (201, 409), made.text  # 409: made by an earlier run on this data dir
+    time.sleep(1.1)  # serving processes see a new experiment within a second
     events = []
     for n in range(1, 201):
         user = f"u{n:04d}"
         served = client.get(f"/v1/users/{user}/recommendations?k=10", headers=auth).json()
         for item in served["items"]:
-            if rng.random() < 0.08:
+            if rng.random() < (0.1 if served.get("variant") == "boost" else 0.08):
                 kind = "purchase" if rng.random() < 0.2 else "click"
                 events.append({"user_id": user, "item_id": item["id"], "type": kind,
                                "recommendation_id": served["recommendation_id"]})
@@ -109,7 +117,7 @@ def screenshots(base: str, folder: Path) -> None:
                 page.click("button[type=submit]")
             shots = dict(PAGES)
             for name, path in shots.items():
-                if suffix and name not in ("overview", "preview (user, explained)", "configuration"):
+                if suffix and name not in ("overview", "preview (user, explained)", "configuration", "experiments"):
                     continue
                 page.goto(base + path)
                 page.screenshot(path=folder / f"{re.sub(r'[^a-z]+', '-', name).strip('-')}{suffix}.png", full_page=True)

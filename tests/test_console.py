@@ -379,3 +379,40 @@ def test_an_editor_starts_stops_and_reads_experiments_in_the_console(client, env
     stopped = client.post("/console/t/alpha/experiments/console-exp/stop", data={"_csrf_token": csrf})
     assert "Stopped console-exp" in stopped.text
     assert "experiment.stop" in client.get("/console/t/alpha/audit").text
+
+
+def test_the_experiments_page_shows_a_report_with_undefined_lifts(client, console_settings):
+    from lodestar.cdp import open_cdp as cdp_of
+
+    store = cdp_of(console_settings)
+    try:
+        store.put_report("beta", "experiments", [{
+            "experiment": "e", "status": "running", "primary_metric": "ctr", "guardrails": ["revenue_per_user"],
+            "placements": ["recommendations"], "days": 1.0, "horizon": {"reached": True, "at": 1.0, "min_days": 0,
+                                                                         "units": {"a": 2, "b": 2}},
+            "alpha": 0.05, "alpha_per_comparison": 0.05, "interval_level": 0.95, "srm": {"p_value": 0.5, "broken": False},
+            "verdict": "no significant difference in ctr",
+            "variants": [{"name": "a", "weight": 0.5, "units": 2, "units_needed": 2, "lists": 2, "impressions": 20,
+                          "clicks": 1, "conversions": 0, "revenue": 0, "metrics": {"ctr": {"mean": 0.05},
+                                                                                    "revenue_per_user": {"mean": 0.0}}},
+                         {"name": "b", "weight": 0.5, "units": 2, "units_needed": 2, "lists": 2, "impressions": 20,
+                          "clicks": 2, "conversions": 1, "revenue": 5, "metrics": {
+                              "ctr": {"mean": 0.1, "lift": 1.0, "lift_low": None, "lift_high": None, "p_value": 0.4,
+                                      "significant": False},
+                              "revenue_per_user": {"mean": 2.5, "lift": None, "lift_low": None, "lift_high": None,
+                                                   "p_value": 0.4, "significant": False}}}]}])
+        store.create_experiment("beta", {"name": "e", "hypothesis": "", "placements": ["recommendations"],
+                                         "layer": "default", "traffic": 1.0, "variants": [
+                                             {"name": "a", "weight": 0.5, "overlay": {}},
+                                             {"name": "b", "weight": 0.5, "overlay": {}}],
+                                         "start": 0.0, "end": None, "primary_metric": "ctr",
+                                         "guardrails": ["revenue_per_user"], "mde": 0.1, "alpha": 0.05, "power": 0.8,
+                                         "min_days": 0, "baseline": None, "status": "stopped", "stopped_at": 1.0,
+                                         "promoted": None, "plan": {"baseline": {"mean": 0.05, "sd": 0.1,
+                                                                                 "source": "given"}, "mde": 0.1,
+                                                                    "units": {"a": 2, "b": 2}, "days_estimate": None}})
+    finally:
+        store.close()
+    assert sign_in(client, "owner@beta.test").status_code == 303
+    page = client.get("/console/t/beta/experiments")
+    assert page.status_code == 200 and "[unbounded]" in page.text and "no lift (control 0)" in page.text

@@ -109,3 +109,12 @@ def test_assignment_is_deterministic_even_and_moves_only_the_units_it_must():
     # Raising the traffic share keeps everyone in, in the same variant, and only adds units.
     assert all(b == a for a, b in zip(at_10, at_20, strict=True) if a is not None)
     assert 0 <= bucket("x", "u") < BUCKETS
+
+
+def test_the_lift_interval_excludes_zero_exactly_when_the_test_is_significant():
+    rng = np.random.default_rng(15)
+    agree = 0
+    for n in range(RUNS):
+        result = compare(user_ctrs(rng, 400), user_ctrs(rng, 400, lift=0.15 * (n % 3)))
+        agree += (result.p_value < ALPHA) == (not result.lift_low <= 0 <= result.lift_high)
+    assert agree == RUNS

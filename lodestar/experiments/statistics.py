@@ -8,8 +8,9 @@ the power analysis, scipy for the sample-ratio check.
 * **Welch's t-test** of the per-unit means (``statsmodels.stats.weightstats.CompareMeans``, unequal
   variances): valid for any of the three metrics at the sample sizes experiments need (the central
   limit theorem, checked by the A/A simulations in tests/test_experiment_statistics.py).
-* **Relative lift** (treatment / control - 1) with its interval by the delta method (the variance of
-  a ratio of two independent means); the decision uses the test's p-value.
+* **Relative lift** (treatment / control - 1) with its interval by Fieller's method for a ratio of
+  two independent means, which excludes 0 exactly when the test rejects: the interval and the
+  p-value never tell different stories.
 * **Fixed horizon.** The sample a variant needs is computed when the experiment is created, from the
   minimum detectable effect asked for (``statsmodels.stats.power.tt_ind_solve_power``), and results
   (lift, interval, p-value, winner) stay hidden until every variant has that many units and the
@@ -24,6 +25,7 @@ the power analysis, scipy for the sample-ratio check.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -57,18 +59,31 @@ def compare(control: Sequence[float], treatment: Sequence[float], alpha: float =
     if len(c) < 2 or len(t) < 2:
         raise ValueError("each variant needs at least two units to be compared")
     means = CompareMeans(DescrStatsW(t), DescrStatsW(c))
-    _, p_value, _ = means.ttest_ind(usevar="unequal")
-    low, high = means.tconfint_diff(alpha=alpha, usevar="unequal")
+    with warnings.catch_warnings():  # two constant samples (no revenue on either side): no evidence, p = 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _, p_value, df = means.ttest_ind(usevar="unequal")
+        low, high = means.tconfint_diff(alpha=alpha, usevar="unequal")
     m0, m1 = float(c.mean()), float(t.mean())
-    if m0 == 0:
-        lift = lift_low = lift_high = math.nan
-    else:
-        lift = m1 / m0 - 1
-        se = math.sqrt(t.var(ddof=1) / len(t) / m0**2 + m1**2 * c.var(ddof=1) / len(c) / m0**4)
-        z = stats.norm.ppf(1 - alpha / 2)
-        lift_low, lift_high = float(lift - z * se), float(lift + z * se)
-    p = float(p_value) if not math.isnan(p_value) else 1.0  # two constant samples: no evidence of a difference
+    lift = m1 / m0 - 1 if m0 else math.nan
+    lift_low, lift_high = _fieller(m0, m1, c.var(ddof=1) / len(c), t.var(ddof=1) / len(t), df, alpha)
+    p = float(p_value) if not math.isnan(p_value) else 1.0
     return Comparison(m0, m1, lift, lift_low, lift_high, float(low), float(high), p)
+
+
+def _fieller(m0: float, m1: float, v0: float, v1: float, df: float, alpha: float) -> tuple[float, float]:
+    """The relative lift's interval by Fieller's method for the ratio of two independent means: the
+    ratios r with (m1 - r m0)^2 <= q^2 (v1 + r^2 v0), q Welch's t quantile. It excludes a lift of 0
+    exactly when Welch's test rejects (both are the same inequality at r = 1), so the interval and the
+    p-value never disagree. NaN bounds when the control mean is not clearly above 0 (unbounded)."""
+    if not math.isfinite(df) or m0 <= 0:
+        return math.nan, math.nan
+    q2 = stats.t.ppf(1 - alpha / 2, df) ** 2
+    a, b, c = m0**2 - q2 * v0, -2 * m0 * m1, m1**2 - q2 * v1
+    disc = b * b - 4 * a * c
+    if a <= 0 or disc < 0:
+        return math.nan, math.nan
+    root = math.sqrt(disc)
+    return float((-b - root) / (2 * a) - 1), float((-b + root) / (2 * a) - 1)
 
 
 def sample_ratio_mismatch(units: Sequence[int], weights: Sequence[float]) -> float:
