@@ -262,3 +262,22 @@ def test_roles_key_use_and_lookups_are_one_query_each():
     assert "t.deleted != true" in roles and roles_bind == {"email": "ann@example.com"}
     assert "k.last_used_at < u.at" in touch and touch_bind == {"used": [{"key": "k1", "at": 5.0}]}
     assert find_bind == {"@collection": "users", "tenant": "acme", "text": "u1", "titles": False, "limit": 7}
+
+
+def test_a_click_is_charged_in_one_exclusive_transaction_and_aborted_on_failure():
+    from lodestar.cdp.arango import AD_CHARGES, AD_SPEND
+
+    db = Database()
+    store = _with_tenant(db)
+    charge = {"ad_id": "ad1", "line_item": "li", "advertiser": "adv", "price": 1500, "day": "2026-11-22", "ts": 1.0}
+    store.charge_click("acme", charge, daily_budget=10_000, total_budget=50_000)
+    (options, txn), = db.transactions
+    assert options["exclusive"] == [AD_CHARGES, AD_SPEND] and txn.state == "committed"
+    query, bind, _ = db.queries[-1]
+    assert "spent_today < @daily_budget AND spent_total < @total_budget" in query
+    assert bind["price"] == 1500 and bind["charge"]["_key"] == document_key("acme", "ad1")
+    assert bind["today_key"] != bind["total_key"]
+    db.fail_on = "UPSERT"
+    with pytest.raises(RuntimeError):
+        store.charge_click("acme", charge, daily_budget=10_000, total_budget=50_000)
+    assert db.transactions[-1][1].state == "aborted"

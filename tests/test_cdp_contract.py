@@ -336,3 +336,24 @@ def test_experiments_are_created_once_changed_only_over_what_was_read_and_listed
     store.delete_tenant("acme")
     store.create_tenant("acme")
     assert store.list_experiments("acme") == []
+
+
+def test_ad_clicks_are_charged_once_and_only_while_the_budget_lasts(store):
+    store.create_tenant("acme")
+
+    def charge(ad_id, price, day="2026-11-22", daily=1000, total=2500):
+        return store.charge_click("acme", {"ad_id": ad_id, "line_item": "li1", "advertiser": "adv", "price": price,
+                                           "day": day, "ts": T0}, daily_budget=daily, total_budget=total)
+
+    first = charge("a1", 600)
+    assert first == {"charged": True, "reason": None, "spent_today": 600, "spent_total": 600}
+    assert charge("a1", 600)["reason"] == "already charged"  # the same ad's click, again
+    assert charge("a2", 600)["charged"]  # 600 < 1000: charged, to 1200 (overspend within one click)
+    refused = charge("a3", 1)
+    assert refused == {"charged": False, "reason": "budget spent", "spent_today": 1200, "spent_total": 1200}
+    assert charge("a4", 700, day="2026-11-23")["spent_total"] == 1900  # a new day, the same total
+    assert charge("a5", 700, day="2026-11-23")["spent_total"] == 2600
+    assert charge("a6", 1, day="2026-11-24")["reason"] == "budget spent"  # the total is spent
+    assert [c["ad_id"] for c in store.ad_charges("acme")] == ["a1", "a2", "a4", "a5"]
+    assert store.ad_spend("acme", "li1", "2026-11-23") == {"spent_today": 1400, "spent_total": 2600}
+    assert store.ad_charges("acme", "other") == []

@@ -223,6 +223,22 @@ class CdpStore(Protocol):
         """Every experiment of the tenant, by name."""
         ...
 
+    # retail media: the spend ledger (lodestar.ads); money in integer micros
+    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:
+        """Charge one ad click atomically: ``charge`` holds ``ad_id`` (charged at most once, ever),
+        ``line_item``, ``advertiser``, ``price`` (micros), ``day`` (UTC date) and ``ts``. It is
+        charged only while the line item's spend today is below ``daily_budget`` and its total
+        below ``total_budget`` (so overspend is bounded by one click's price), in one transaction
+        with the spend counters, whichever process charges. Returns ``charged`` (bool), ``reason``
+        when not, and the line item's ``spent_today`` and ``spent_total`` after it."""
+        ...
+    def ad_spend(self, tenant: str, line_item: str, day: str) -> dict[str, int]:
+        """``spent_today`` and ``spent_total`` of a line item (micros)."""
+        ...
+    def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
+        """The ledger's charges, oldest first (a line item's only, when given)."""
+        ...
+
     # catalog, users, events
     def upsert_items(self, tenant: str, items: list[dict[str, Any]]) -> int: ...
     def upsert_users(self, tenant: str, users: list[dict[str, Any]]) -> int: ...

@@ -57,7 +57,10 @@ ACCOUNTS = "lodestar_accounts"
 MEMBERS = "lodestar_members"
 REPORTS = "lodestar_reports"
 EXPERIMENTS = "lodestar_experiments"
-COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS)
+AD_CHARGES = "lodestar_ad_charges"
+AD_SPEND = "lodestar_ad_spend"
+COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS,
+               AD_CHARGES, AD_SPEND)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -73,6 +76,7 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (MEMBERS, ("tenant_id",), False),
     (MEMBERS, ("email",), False),
     (EXPERIMENTS, ("tenant_id",), False),
+    (AD_CHARGES, ("tenant_id", "line_item", "ts"), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -227,6 +231,23 @@ FOR e IN {EXPERIMENTS}
     FILTER e._key == @key AND e.record.updated_at == @expected
     UPDATE e WITH {{record: @record}} IN {EXPERIMENTS} OPTIONS {{mergeObjects: false, waitForSync: true}}
     RETURN NEW._key
+"""
+
+# One click's charge, read and written inside a stream transaction that holds both collections
+# exclusively: the spend it checks is the spend it adds to, in every process.
+CHARGE_AQL = f"""
+LET today = DOCUMENT({AD_SPEND}, @today_key)
+LET total = DOCUMENT({AD_SPEND}, @total_key)
+LET spent_today = today == null ? 0 : today.spent
+LET spent_total = total == null ? 0 : total.spent
+LET duplicate = DOCUMENT({AD_CHARGES}, @charge._key) != null
+LET ok = !duplicate AND spent_today < @daily_budget AND spent_total < @total_budget
+LET charged = (FOR c IN (ok ? [@charge] : []) INSERT c INTO {AD_CHARGES} RETURN 1)
+LET added = (FOR key IN (ok ? [@today_key, @total_key] : [])
+    UPSERT {{_key: key}} INSERT {{_key: key, tenant_id: @tenant, line_item: @line_item, spent: @price}}
+    UPDATE {{spent: OLD.spent + @price}} IN {AD_SPEND} RETURN 1)
+RETURN {{charged: ok, reason: duplicate ? "already charged" : (ok ? null : "budget spent"),
+        spent_today: spent_today + (ok ? @price : 0), spent_total: spent_total + (ok ? @price : 0)}}
 """
 
 SERVED_AQL = f"""
@@ -599,6 +620,34 @@ class ArangoCdpStore:
     def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         docs = self._query(SERVED_AQL, tenant=tenant, since=since)
         return [{**{f: d.get(f) for f in SERVED_FIELDS}, "experiments": d.get("experiments") or []} for d in docs]
+
+    # -- the ad spend ledger -----------------------------------------------------------------
+    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:
+        line_item = charge["line_item"]
+        doc = {"_key": document_key(tenant, charge["ad_id"]), "tenant_id": tenant, **charge, "price": int(charge["price"])}
+        txn = self.db.begin_transaction(exclusive=[AD_CHARGES, AD_SPEND], sync=True)
+        try:
+            (result,) = list(txn.aql.execute(CHARGE_AQL, bind_vars={
+                "today_key": document_key(tenant, f"{line_item}\x00{charge['day']}"),
+                "total_key": document_key(tenant, f"{line_item}\x00total"), "charge": doc, "tenant": tenant,
+                "line_item": line_item, "price": int(charge["price"]), "daily_budget": daily_budget,
+                "total_budget": total_budget}))
+            txn.commit_transaction()
+        except BaseException:
+            txn.abort_transaction()
+            raise
+        return result
+
+    def ad_spend(self, tenant: str, line_item: str, day: str) -> dict[str, int]:
+        spend = self.db.collection(AD_SPEND)
+        today = spend.get(document_key(tenant, f"{line_item}\x00{day}"))
+        total = spend.get(document_key(tenant, f"{line_item}\x00total"))
+        return {"spent_today": today["spent"] if today else 0, "spent_total": total["spent"] if total else 0}
+
+    def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR c IN {AD_CHARGES} FILTER c.tenant_id == @tenant AND (@line_item == null OR "
+                           "c.line_item == @line_item) SORT c.ts, c.ad_id RETURN c", tenant=tenant, line_item=line_item)
+        return [{f: d[f] for f in ("ad_id", "line_item", "advertiser", "price", "day", "ts")} for d in docs]
 
     # -- experiments -------------------------------------------------------------------------
     def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:

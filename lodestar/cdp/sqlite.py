@@ -139,6 +139,24 @@ CREATE TABLE IF NOT EXISTS experiments (
     updated_at REAL NOT NULL,
     PRIMARY KEY (tenant, name)
 );
+CREATE TABLE IF NOT EXISTS ad_charges (
+    tenant TEXT NOT NULL,
+    ad_id TEXT NOT NULL,
+    line_item TEXT NOT NULL,
+    advertiser TEXT NOT NULL,
+    price INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (tenant, ad_id)
+);
+CREATE INDEX IF NOT EXISTS ad_charges_by_line_item ON ad_charges (tenant, line_item, day);
+CREATE TABLE IF NOT EXISTS ad_spend (
+    tenant TEXT NOT NULL,
+    line_item TEXT NOT NULL,
+    day TEXT NOT NULL,
+    spent INTEGER NOT NULL,
+    PRIMARY KEY (tenant, line_item, day)
+);
 CREATE TABLE IF NOT EXISTS preferences (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -601,6 +619,40 @@ class SqliteCdpStore:
         ).fetchall()
         return [{**dict(r), "items": json.loads(r["items"]), "experiments": json.loads(r["experiments"] or "[]")}
                 for r in rows]
+
+    # -- the ad spend ledger -----------------------------------------------------------------
+    # ``ad_spend`` keeps a row per line item and day, and one per line item under day "total".
+    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:
+        line_item, day = charge["line_item"], charge["day"]
+        with self._write() as conn:  # BEGIN IMMEDIATE: one writer at a time, across processes
+            spent = self._spend(conn, tenant, line_item, day)
+            if conn.execute("SELECT 1 FROM ad_charges WHERE tenant = ? AND ad_id = ?",
+                            (tenant, charge["ad_id"])).fetchone():
+                return {"charged": False, "reason": "already charged", **spent}
+            if spent["spent_today"] >= daily_budget or spent["spent_total"] >= total_budget:
+                return {"charged": False, "reason": "budget spent", **spent}
+            conn.execute("INSERT INTO ad_charges (tenant, ad_id, line_item, advertiser, price, day, ts) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (tenant, charge["ad_id"], line_item, charge["advertiser"],
+                                                          int(charge["price"]), day, charge["ts"]))
+            conn.executemany("INSERT INTO ad_spend (tenant, line_item, day, spent) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT(tenant, line_item, day) DO UPDATE SET spent = spent + excluded.spent",
+                             [(tenant, line_item, d, int(charge["price"])) for d in (day, "total")])
+            return {"charged": True, "reason": None, **self._spend(conn, tenant, line_item, day)}
+
+    @staticmethod
+    def _spend(conn: sqlite3.Connection, tenant: str, line_item: str, day: str) -> dict[str, int]:
+        rows = dict(conn.execute("SELECT day, spent FROM ad_spend WHERE tenant = ? AND line_item = ? AND day IN (?, ?)",
+                                 (tenant, line_item, day, "total")).fetchall())
+        return {"spent_today": rows.get(day, 0), "spent_total": rows.get("total", 0)}
+
+    def ad_spend(self, tenant: str, line_item: str, day: str) -> dict[str, int]:
+        return self._spend(self._conn(), tenant, line_item, day)
+
+    def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT ad_id, line_item, advertiser, price, day, ts FROM ad_charges WHERE tenant = ? "
+            "AND (? IS NULL OR line_item = ?) ORDER BY ts, ad_id", (tenant, line_item, line_item)).fetchall()
+        return [dict(r) for r in rows]
 
     # -- experiments -------------------------------------------------------------------------
     def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:

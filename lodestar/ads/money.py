@@ -1,0 +1,34 @@
+"""Money is integer micro-units of the tenant's currency (1 unit = 1,000,000 micros), never floats:
+sums and comparisons are exact, so a budget is never overspent by a rounding error."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from lodestar.errors import InvalidInput
+
+MICROS = 1_000_000
+CENT = MICROS // 100
+_AMOUNT = re.compile(r"^\d{1,12}(\.\d{1,6})?$")
+
+
+def parse_money(value: object, field: str) -> int:
+    """An amount (``"0.35"``, ``0.35`` or ``35`` currency units) as micros; negative, NaN, more than
+    six decimals or absurd sizes are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidInput(f"{field}: an amount such as 0.35", field=field)
+    text = str(value).strip() if not isinstance(value, float) else repr(value)
+    if not _AMOUNT.match(text):
+        raise InvalidInput(f"{field}: an amount of at most 6 decimals, such as 0.35 (got {value!r})", field=field)
+    try:
+        return int(Decimal(text) * MICROS)
+    except InvalidOperation:
+        raise InvalidInput(f"{field}: an amount such as 0.35 (got {value!r})", field=field) from None
+
+
+def format_money(micros: int) -> str:
+    """Micros as currency units with two decimals at least (``350000`` -> ``"0.35"``)."""
+    whole, part = divmod(abs(micros), MICROS)
+    digits = f"{part:06d}".rstrip("0").ljust(2, "0")
+    return f"{'-' if micros < 0 else ''}{whole}.{digits}"
