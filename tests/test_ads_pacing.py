@@ -3,7 +3,13 @@ budget that would be gone by mid-morning without pacing lasts the day and is nea
 
 import numpy as np
 
-from lodestar.ads.pacing import FLOOR, STEP_S, expected_share, next_participation, traffic_curve
+from lodestar.ads.pacing import (
+    FLOOR,
+    STEP_S,
+    expected_share,
+    next_participation,
+    traffic_curve,
+)
 
 EVENING = [1, 1, 1, 1, 1, 2, 4, 6, 8, 9, 9, 9, 10, 9, 9, 9, 10, 12, 16, 18, 16, 10, 5, 2]
 
