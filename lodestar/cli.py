@@ -344,6 +344,24 @@ def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- advertisers (retail media) ------------------------------------------------------------------
+def cmd_advertisers(args: argparse.Namespace, settings: Settings) -> int:
+    from lodestar.ads.campaigns import create_advertiser
+    from lodestar.cdp import cdp_session, require_tenant
+
+    with cdp_session(settings) as store:
+        require_tenant(store, args.tenant)
+        if args.advertisers_command == "create":
+            advertiser, key = create_advertiser(store, args.tenant, args.name, _cli_actor())
+            _say(f"Advertiser {advertiser['id']!r} ({advertiser['name']}) of tenant {args.tenant!r}.")
+            _say(f"Its API key (shown once; it sees only this advertiser's line items and spend, under /v1/ads): {key}")
+            return 0
+        rows = [{**a, "line_items": len(store.list_line_items(args.tenant, a["id"]))}
+                for a in store.list_advertisers(args.tenant)]
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
 # -- materialize, serve, ui, demo ----------------------------------------------------------------
 def _materialize(settings: Settings, tenants: list[str], processes: int = 1) -> int:
     from pipelines.run import materialize_in_processes
@@ -521,6 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "traffic":
             p.add_argument("share", type=float)
         p.set_defaults(func=cmd_experiments)
+
+    advertisers = sub.add_parser("advertisers", help="a tenant's advertisers (retail media)") \
+        .add_subparsers(dest="advertisers_command", required=True, metavar="ACTION")
+    p = advertisers.add_parser("create", help="create an advertiser and print its API key once")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("name", help="the advertiser's display name (its id is made from it)")
+    p.set_defaults(func=cmd_advertisers)
+    p = advertisers.add_parser("list", help="a tenant's advertisers")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(func=cmd_advertisers)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")
     p = cdp.add_parser("init", help="create the CDP collections and indexes (ArangoDB) or tables (SQLite)")

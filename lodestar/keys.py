@@ -30,6 +30,7 @@ def _hash(key: str) -> str:
 
 
 MEMBER = "member"
+ADVERTISER = "advertiser"
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,13 @@ class Principal:
     operator key, or a console account with the operator role), or a console member with a role
     in each of their tenants."""
 
-    kind: str  # "tenant_key", "operator" or "member"
+    kind: str  # "tenant_key", "operator", "member" or "advertiser"
     tenant: str | None = None
     scopes: tuple[str, ...] = ()
     key_id: str | None = None
     account: str | None = None  # a console account's email
     roles: tuple[tuple[str, str], ...] = ()  # a member's (tenant, role) pairs
+    advertiser: str | None = None  # an advertiser's key: that advertiser inside ``tenant``
 
     def may(self, scope: str) -> bool:
         return self.kind == OPERATOR or scope in self.scopes
@@ -73,11 +75,13 @@ def parse_scopes(raw: str | Iterable[str] | None) -> tuple[str, ...]:
     return scopes
 
 
-def issue_key(store: CdpStore, tenant: str, scopes: tuple[str, ...] = ALL_SCOPES, label: str = "") -> str:
-    """Create a new API key for ``tenant``; the returned text is the only copy of the key."""
+def issue_key(store: CdpStore, tenant: str, scopes: tuple[str, ...] = ALL_SCOPES, label: str = "",
+              advertiser: str | None = None) -> str:
+    """Create a new API key for ``tenant`` (an advertiser's, with ``advertiser``: no tenant scope);
+    the returned text is the only copy of the key."""
     key_id = secrets.token_hex(8)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    store.add_api_key(tenant, key_id, _hash(key), scopes, label)
+    store.add_api_key(tenant, key_id, _hash(key), scopes, label, advertiser=advertiser)
     return key
 
 
@@ -100,6 +104,8 @@ def principal_for_key(store: CdpStore, key: str, operator_key: str | None = None
         return None
     if not hmac.compare_digest(found.key_hash, _hash(key)):
         return None
+    if found.advertiser:
+        return Principal(ADVERTISER, found.tenant, (), key_id, advertiser=found.advertiser)
     return Principal("tenant_key", found.tenant, found.scopes, key_id)
 
 

@@ -94,6 +94,46 @@ class QuotaSettings:
     items: int = 0
 
 
+@dataclass(frozen=True)
+class AdsSettings:
+    """Retail media (lodestar.ads): off until the tenant turns it on; then the auction's reserve price
+    (currency units per click) and relevance floor, the list positions sponsored items may take (the
+    ad load), how long repeated clicks on one served ad count as one, and how conversions are
+    attributed to ad clicks (window in days; by the same ``product``, ``brand`` or ``category``)."""
+
+    enabled: bool = False
+    reserve: float = 0.01
+    relevance_floor: float = 0.1
+    positions: tuple[int, ...] = (1, 5)
+    click_window_s: int = 1800
+    attribution_days: int = 7
+    attribution_scope: str = "product"
+
+
+ATTRIBUTION_SCOPES = ("product", "brand", "category")
+
+
+def _ads(values: Any) -> None:
+    if not isinstance(values, dict):
+        raise InvalidInput("ads must be an object", field="ads")
+    known = {f.name for f in dataclasses.fields(AdsSettings)}
+    for key, value in values.items():
+        where = f"ads.{key}"
+        if key not in known:
+            raise InvalidInput(f"{where}: unknown key; known: {', '.join(sorted(known))}", field=where)
+        if key == "enabled" and not isinstance(value, bool):
+            raise InvalidInput(f"{where}: true or false", field=where)
+        if key == "positions" and (not isinstance(value, list) or len(value) > 10 or any(
+                isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100 for p in value)):
+            raise InvalidInput(f"{where}: up to 10 list positions from 1 to 100, e.g. [1, 5]", field=where)
+        if key == "attribution_scope" and value not in ATTRIBUTION_SCOPES:
+            raise InvalidInput(f"{where}: one of {', '.join(ATTRIBUTION_SCOPES)}", field=where)
+        if key in ("reserve", "relevance_floor", "click_window_s", "attribution_days"):
+            _number(value, where)
+    if values.get("relevance_floor", 0) > 1:
+        raise InvalidInput("ads.relevance_floor: a relevance from 0 to 1", field="ads.relevance_floor")
+
+
 SECTIONS: dict[str, type] = {
     "collab": CollabSettings, "ranking": RankingSettings, "evaluation": EvaluationSettings, "index": IndexSettings,
     "quotas": QuotaSettings,
@@ -120,6 +160,7 @@ class TenantConfig:
     rules: tuple[dict[str, Any], ...] = ()
     # The diversity (0 to 1, lodestar.controls) of a request that does not ask for one.
     diversity: float = 0.0
+    ads: AdsSettings = field(default_factory=AdsSettings)
 
     @cached_property
     def parsed_rules(self) -> tuple[Rule, ...]:
@@ -131,6 +172,7 @@ class TenantConfig:
         out = dataclasses.asdict(self)
         out["profile_attributes"] = list(self.profile_attributes)
         out["rules"] = [copy.deepcopy(r) for r in self.rules]
+        out["ads"]["positions"] = list(self.ads.positions)
         return out
 
     @classmethod
@@ -153,6 +195,7 @@ class TenantConfig:
             quotas=section("quotas"),
             rules=tuple(data.get("rules") or ()),
             diversity=float(data.get("diversity", 0.0)),
+            ads=AdsSettings(**{**data.get("ads", {}), "positions": tuple(data.get("ads", {}).get("positions", (1, 5)))}),
         )
 
 
@@ -231,6 +274,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not 0 <= config.get("index", {}).get("incremental_max_fraction", IndexSettings.incremental_max_fraction) <= 1:
         raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: any change rebuilds in full)")
     parse_rules(config.get("rules", []))
+    _ads(config.get("ads", {}))
     diversity = config.get("diversity", 0.0)
     if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0 <= diversity <= 1:
         raise InvalidInput("diversity: the default for requests that give none, a number from 0 to 1",

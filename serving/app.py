@@ -19,6 +19,8 @@ from serving.console import SESSION_STORE, console_app_config, sweep_sessions
 from serving.console.gate import SignInGate
 from serving.console.pipeline import Pipeline
 from serving.controllers import (
+    AdsController,
+    AdvertiserController,
     AuditController,
     ConfigController,
     EventController,
@@ -96,8 +98,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     console = console_app_config(settings)
     api = Router(path="/", dependencies=API_DEPENDENCIES, route_handlers=[
         RecommendationController, ItemController, SearchController, EventController, PreferenceController,
-        UserController, KeyController, ConfigController, AuditController, ExperimentController, OperatorController,
-        HealthController])
+        UserController, KeyController, ConfigController, AuditController, ExperimentController, AdvertiserController,
+        AdsController, OperatorController, HealthController])
     return Litestar(
         route_handlers=[api, *console["route_handlers"]],
         template_config=console["template_config"],

@@ -21,7 +21,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from lodestar.accounts import role_at_least
 from lodestar.cdp import READ
-from lodestar.keys import MEMBER, OPERATOR, Principal, principal_for_key
+from lodestar.keys import ADVERTISER, MEMBER, OPERATOR, Principal, principal_for_key
 from serving.quotas import SLOT
 
 PUBLIC = "public"
@@ -104,7 +104,12 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         raise NotAuthorizedException("the API key is not valid (unknown, revoked or mistyped); "
                                      "ask your tenant admin for a current key")
     needed = handler.opt.get(SCOPE, READ)
-    if needed == OPERATOR:
+    if needed == ADVERTISER or principal.kind == ADVERTISER:
+        if needed != ADVERTISER or principal.kind != ADVERTISER:
+            raise PermissionDeniedException(
+                "an advertiser's key works on /v1/ads/... only, and those routes take only an advertiser's key"
+                if principal.kind == ADVERTISER else "this route is for an advertiser's key (see POST /v1/advertisers)")
+    elif needed == OPERATOR:
         if principal.kind != OPERATOR:
             raise PermissionDeniedException("this route is for the operator key (LODESTAR_ADMIN_KEY)")
     elif principal.kind == OPERATOR:

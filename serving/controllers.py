@@ -12,6 +12,7 @@ from litestar import Controller, Request, delete, get, post, put
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
+from lodestar.ads import campaigns
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
 from lodestar.config_versions import (
     CONFIG_ACTIONS,
@@ -26,7 +27,14 @@ from lodestar.experiments import lifecycle as experiments_lifecycle
 from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
 from lodestar.index import Hit
-from lodestar.keys import OPERATOR, create_key, key_id_of, parse_scopes, revoke_key
+from lodestar.keys import (
+    ADVERTISER,
+    OPERATOR,
+    create_key,
+    key_id_of,
+    parse_scopes,
+    revoke_key,
+)
 from lodestar.preview import active_users, preview_change, sample_users
 from lodestar.recommend import (
     nearest_controlled,
@@ -52,6 +60,7 @@ from serving.dependencies import (
 from serving.experiments import Assigned
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
+    AdvertiserRequest,
     AuditEntry,
     AuditLog,
     ConfigChange,
@@ -76,6 +85,7 @@ from serving.schemas import (
     ScoredItem,
     SearchRequest,
     SessionRequest,
+    StatusRequest,
     TenantList,
     TrafficRequest,
     UserErased,
@@ -553,3 +563,57 @@ class ExperimentController(Controller):
         """Make a variant the live configuration (a new configuration version: undo it with
         ``POST /v1/config/restore``) and stop the experiment."""
         return {"stored": experiments_lifecycle.promote(cdp, tenant, name, data.variant, _actor(request))}
+
+
+class AdvertiserController(Controller):
+    """The tenant's advertisers, for its ``admin`` key: each gets a key of its own (shown once)."""
+
+    security = SECURED
+    path = "/v1/advertisers"
+    tags = ["retail media"]
+    opt = {SCOPE: ADMIN}
+
+    @post("/", operation_id="createAdvertiser", responses=WRITES | problem_responses(409), status_code=201,
+          sync_to_thread=True)
+    def create(self, request: Request, tenant: Tenant, data: AdvertiserRequest, cdp: Cdp) -> dict[str, Any]:
+        """A new advertiser and its key: the key sees and changes only that advertiser's line items
+        and spend (under /v1/ads), never the tenant's users or another advertiser's data."""
+        advertiser, key = campaigns.create_advertiser(cdp, tenant, data.name, _actor(request))
+        return {"advertiser": advertiser, "api_key": key}
+
+    @get("/", operation_id="listAdvertisers", responses=READS, sync_to_thread=True)
+    def list_advertisers(self, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        return {"advertisers": cdp.list_advertisers(tenant)}
+
+
+class AdsController(Controller):
+    """An advertiser's line items and spend, for that advertiser's key only."""
+
+    security = SECURED
+    path = "/v1/ads"
+    tags = ["retail media"]
+    opt = {SCOPE: ADVERTISER}
+
+    @get("/line-items", operation_id="listLineItems", responses=READS, sync_to_thread=True)
+    def line_items(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        return {"line_items": cdp.list_line_items(tenant, request.state.principal.advertiser)}
+
+    @post("/line-items", operation_id="createLineItem", responses=WRITES | problem_responses(409), status_code=201,
+          sync_to_thread=True)
+    def create(self, request: Request, tenant: Tenant, data: dict[str, Any], cdp: Cdp) -> dict[str, Any]:
+        """A line item promoting catalog products at a CPC bid within a daily and a total budget
+        (amounts in the tenant's currency, e.g. "0.35"; stored in micros); 422 naming the field."""
+        return campaigns.create_line_item(cdp, tenant, request.state.principal.advertiser, data, _actor(request))
+
+    @get("/line-items/{line_item:str}", operation_id="getLineItem", responses=READS | NOT_FOUND, sync_to_thread=True)
+    def line_item(self, request: Request, tenant: Tenant, line_item: PathId, cdp: Cdp) -> dict[str, Any]:
+        """The line item with its spend today (UTC) and in total, in micros."""
+        found = campaigns.line_item_of(cdp, tenant, request.state.principal.advertiser, line_item)
+        return {**found, **cdp.ad_spend(tenant, line_item, time.strftime("%Y-%m-%d", time.gmtime()))}
+
+    @post("/line-items/{line_item:str}/status", operation_id="setLineItemStatus",
+          responses=WRITES | NOT_FOUND | problem_responses(409), status_code=200, sync_to_thread=True)
+    def status(self, request: Request, tenant: Tenant, line_item: PathId, data: StatusRequest, cdp: Cdp
+               ) -> dict[str, Any]:
+        return campaigns.set_status(cdp, tenant, request.state.principal.advertiser, line_item, data.status,
+                                    _actor(request))

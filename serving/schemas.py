@@ -45,6 +45,14 @@ class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
     variant: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 
 
+class AdvertiserRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class StatusRequest(msgspec.Struct, forbid_unknown_fields=True):
+    status: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+
+
 class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
     traffic: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 

@@ -118,7 +118,7 @@ def test_keys_of_a_store_made_before_scopes_keep_every_scope(tmp_path):
         """)
     store = SqliteCdpStore(path)
     try:
-        assert store.find_api_key("old") == ("acme", "h", ("read", "events", "admin"))
+        assert store.find_api_key("old")[:3] == ("acme", "h", ("read", "events", "admin"))
         assert store.revoke_api_key("acme", "old") and store.find_api_key("old") is None
     finally:
         store.close()

@@ -48,6 +48,7 @@ class StoredKey(NamedTuple):
     tenant: str
     key_hash: str
     scopes: tuple[str, ...]
+    advertiser: str | None = None  # an advertiser's key: that advertiser's campaigns only, no scope
 
 
 def stored_scopes(text: str | None) -> tuple[str, ...]:
@@ -162,7 +163,7 @@ class CdpStore(Protocol):
 
     # API keys (stored hashed), each with scopes; a revoked key is kept (listed) but never found
     def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
-                    label: str = "") -> None: ...
+                    label: str = "", advertiser: str | None = None) -> None: ...
     def find_api_key(self, key_id: str) -> StoredKey | None:
         """The key's tenant, hash and scopes; ``None`` for an unknown or revoked key or a deleted tenant."""
         ...
@@ -222,6 +223,19 @@ class CdpStore(Protocol):
     def list_experiments(self, tenant: str) -> list[dict[str, Any]]:
         """Every experiment of the tenant, by name."""
         ...
+
+    # retail media: advertisers (principals inside a tenant) and their line items (lodestar.ads)
+    def create_advertiser(self, tenant: str, advertiser: dict[str, Any]) -> dict[str, Any]:
+        """Store a new advertiser (``id``, ``name``); :class:`Conflict` when the id is taken."""
+        ...
+    def get_advertiser(self, tenant: str, advertiser_id: str) -> dict[str, Any] | None: ...
+    def list_advertisers(self, tenant: str) -> list[dict[str, Any]]: ...
+    def put_line_item(self, tenant: str, record: dict[str, Any], if_updated_at: float | None = None) -> dict[str, Any]:
+        """Store a line item (``id``, ``advertiser``, ...): new when ``if_updated_at`` is None
+        (:class:`Conflict` if the id is taken), else only over the record read at that time."""
+        ...
+    def get_line_item(self, tenant: str, line_item_id: str) -> dict[str, Any] | None: ...
+    def list_line_items(self, tenant: str, advertiser: str | None = None) -> list[dict[str, Any]]: ...
 
     # retail media: the spend ledger (lodestar.ads); money in integer micros
     def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:

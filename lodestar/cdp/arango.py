@@ -59,8 +59,10 @@ REPORTS = "lodestar_reports"
 EXPERIMENTS = "lodestar_experiments"
 AD_CHARGES = "lodestar_ad_charges"
 AD_SPEND = "lodestar_ad_spend"
+ADVERTISERS = "lodestar_advertisers"
+LINE_ITEMS = "lodestar_line_items"
 COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS,
-               AD_CHARGES, AD_SPEND)
+               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -77,6 +79,8 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (MEMBERS, ("email",), False),
     (EXPERIMENTS, ("tenant_id",), False),
     (AD_CHARGES, ("tenant_id", "line_item", "ts"), False),
+    (ADVERTISERS, ("tenant_id",), False),
+    (LINE_ITEMS, ("tenant_id", "advertiser"), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -250,6 +254,13 @@ RETURN {{charged: ok, reason: duplicate ? "already charged" : (ok ? null : "budg
         spent_today: spent_today + (ok ? @price : 0), spent_total: spent_total + (ok ? @price : 0)}}
 """
 
+UPDATE_LINE_ITEM_AQL = f"""
+FOR l IN {LINE_ITEMS}
+    FILTER l._key == @key AND l.record.updated_at == @expected
+    UPDATE l WITH {{record: @record}} IN {LINE_ITEMS} OPTIONS {{mergeObjects: false, waitForSync: true}}
+    RETURN NEW._key
+"""
+
 SERVED_AQL = f"""
 FOR s IN {SERVED}
   FILTER s.tenant_id == @tenant AND s.ts >= @since
@@ -405,21 +416,23 @@ class ArangoCdpStore:
     def delete_tenant(self, name: str) -> None:
         require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
-        for collection in (MEMBERS, REPORTS, EXPERIMENTS):  # a tenant made later under the same name starts with neither
+        for collection in (MEMBERS, REPORTS, EXPERIMENTS, ADVERTISERS, LINE_ITEMS):  # a tenant made later under the same name starts with neither
             self._query(f"FOR d IN {collection} FILTER d.tenant_id == @tenant REMOVE d IN {collection}", tenant=name)
 
     # -- API keys ----------------------------------------------------------------------------
     def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
-                    label: str = "") -> None:
+                    label: str = "", advertiser: str | None = None) -> None:
         require_tenant(self, tenant)
         self.db.collection(API_KEYS).insert(
             {"_key": key_id, "tenant_id": tenant, "key_hash": key_hash, "created_at": time.time(),
-             "scopes": ",".join(scopes), "label": label, "revoked_at": None}, sync=True)
+             "scopes": ",".join(scopes), "label": label, "revoked_at": None, "advertiser": advertiser}, sync=True)
 
     def find_api_key(self, key_id: str) -> StoredKey | None:
         doc = self.db.collection(API_KEYS).get(key_id)
         if doc is None or doc.get("revoked_at") is not None or self.get_tenant(doc["tenant_id"]) is None:
             return None
+        if doc.get("advertiser"):  # an advertiser's key carries no scope
+            return StoredKey(doc["tenant_id"], doc["key_hash"], (), doc["advertiser"])
         return StoredKey(doc["tenant_id"], doc["key_hash"], stored_scopes(doc.get("scopes")))
 
     def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
@@ -620,6 +633,48 @@ class ArangoCdpStore:
     def read_served(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         docs = self._query(SERVED_AQL, tenant=tenant, since=since)
         return [{**{f: d.get(f) for f in SERVED_FIELDS}, "experiments": d.get("experiments") or []} for d in docs]
+
+    # -- advertisers and line items ----------------------------------------------------------
+    def create_advertiser(self, tenant: str, advertiser: dict[str, Any]) -> dict[str, Any]:
+        require_tenant(self, tenant)
+        record = {"id": advertiser["id"], "name": advertiser["name"], "created_at": time.time()}
+        try:
+            self.db.collection(ADVERTISERS).insert({"_key": document_key(tenant, record["id"]), "tenant_id": tenant,
+                                                    **record}, sync=True)
+        except DocumentInsertError:
+            raise Conflict(f"tenant {tenant!r} already has an advertiser {record['id']!r}; pick another name") from None
+        return record
+
+    def get_advertiser(self, tenant: str, advertiser_id: str) -> dict[str, Any] | None:
+        doc = self.db.collection(ADVERTISERS).get(document_key(tenant, advertiser_id))
+        return None if doc is None else {f: doc[f] for f in ("id", "name", "created_at")}
+
+    def list_advertisers(self, tenant: str) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR a IN {ADVERTISERS} FILTER a.tenant_id == @tenant SORT a.id RETURN a", tenant=tenant)
+        return [{f: d[f] for f in ("id", "name", "created_at")} for d in docs]
+
+    def put_line_item(self, tenant: str, record: dict[str, Any], if_updated_at: float | None = None) -> dict[str, Any]:
+        require_tenant(self, tenant)
+        stored = {**record, "updated_at": time.time()}
+        key = document_key(tenant, record["id"])
+        if if_updated_at is None:
+            try:
+                self.db.collection(LINE_ITEMS).insert({"_key": key, "tenant_id": tenant, "advertiser": record["advertiser"],
+                                                       "record": stored}, sync=True)
+            except DocumentInsertError:
+                raise Conflict(f"tenant {tenant!r} already has a line item {record['id']!r}; pick another id") from None
+        elif not self._query(UPDATE_LINE_ITEM_AQL, key=key, record=stored, expected=if_updated_at):
+            raise Conflict(f"line item {record['id']!r} changed meanwhile (or does not exist); read it again")
+        return stored
+
+    def get_line_item(self, tenant: str, line_item_id: str) -> dict[str, Any] | None:
+        doc = self.db.collection(LINE_ITEMS).get(document_key(tenant, line_item_id))
+        return None if doc is None else doc["record"]
+
+    def list_line_items(self, tenant: str, advertiser: str | None = None) -> list[dict[str, Any]]:
+        return [d["record"] for d in self._query(
+            f"FOR l IN {LINE_ITEMS} FILTER l.tenant_id == @tenant AND (@advertiser == null OR l.advertiser == @advertiser) "
+            "SORT l.record.id RETURN l", tenant=tenant, advertiser=advertiser)]
 
     # -- the ad spend ledger -----------------------------------------------------------------
     def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:

@@ -139,6 +139,22 @@ CREATE TABLE IF NOT EXISTS experiments (
     updated_at REAL NOT NULL,
     PRIMARY KEY (tenant, name)
 );
+CREATE TABLE IF NOT EXISTS advertisers (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE TABLE IF NOT EXISTS line_items (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    advertiser TEXT NOT NULL,
+    record TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS line_items_by_advertiser ON line_items (tenant, advertiser);
 CREATE TABLE IF NOT EXISTS ad_charges (
     tenant TEXT NOT NULL,
     ad_id TEXT NOT NULL,
@@ -180,7 +196,8 @@ class SqliteCdpStore:
 
     # Columns added after the first release, created on open when a store predates them.
     MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"),
-                  ("api_keys", "last_used_at", "REAL"), ("served", "unit_id", "TEXT"), ("served", "experiments", "TEXT"))
+                  ("api_keys", "last_used_at", "REAL"), ("served", "unit_id", "TEXT"), ("served", "experiments", "TEXT"),
+                  ("api_keys", "advertiser", "TEXT"))
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -303,21 +320,26 @@ class SqliteCdpStore:
 
     # -- API keys ----------------------------------------------------------------------------
     def add_api_key(self, tenant: str, key_id: str, key_hash: str, scopes: tuple[str, ...] = ALL_SCOPES,
-                    label: str = "") -> None:
+                    label: str = "", advertiser: str | None = None) -> None:
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             conn.execute(
-                "INSERT INTO api_keys (key_id, tenant, key_hash, created_at, scopes, label) VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, tenant, key_hash, time.time(), ",".join(scopes), label),
+                "INSERT INTO api_keys (key_id, tenant, key_hash, created_at, scopes, label, advertiser) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, tenant, key_hash, time.time(), ",".join(scopes), label, advertiser),
             )
 
     def find_api_key(self, key_id: str) -> StoredKey | None:
         row = self._conn().execute(
-            "SELECT k.tenant, k.key_hash, k.scopes FROM api_keys k JOIN tenants t ON t.name = k.tenant "
+            "SELECT k.tenant, k.key_hash, k.scopes, k.advertiser FROM api_keys k JOIN tenants t ON t.name = k.tenant "
             "WHERE k.key_id = ? AND k.revoked_at IS NULL AND t.deleted = 0",
             (key_id,),
         ).fetchone()
-        return None if row is None else StoredKey(row["tenant"], row["key_hash"], stored_scopes(row["scopes"]))
+        if row is None:
+            return None
+        if row["advertiser"]:  # an advertiser's key carries no scope
+            return StoredKey(row["tenant"], row["key_hash"], (), row["advertiser"])
+        return StoredKey(row["tenant"], row["key_hash"], stored_scopes(row["scopes"]))
 
     def list_api_keys(self, tenant: str) -> list[dict[str, Any]]:
         rows = self._conn().execute(
@@ -554,7 +576,8 @@ class SqliteCdpStore:
             if cur.rowcount == 0:
                 raise unknown_tenant(name)
             conn.execute("DELETE FROM members WHERE tenant = ?", (name,))
-            conn.execute("DELETE FROM experiments WHERE tenant = ?", (name,))
+            for table in ("experiments", "advertisers", "line_items"):
+                conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))
             conn.execute("DELETE FROM reports WHERE tenant = ?", (name,))
 
     def count(self, tenant: str, entity: str) -> int:
@@ -619,6 +642,54 @@ class SqliteCdpStore:
         ).fetchall()
         return [{**dict(r), "items": json.loads(r["items"]), "experiments": json.loads(r["experiments"] or "[]")}
                 for r in rows]
+
+    # -- advertisers and line items ----------------------------------------------------------
+    def create_advertiser(self, tenant: str, advertiser: dict[str, Any]) -> dict[str, Any]:
+        record = {"id": advertiser["id"], "name": advertiser["name"], "created_at": time.time()}
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            if conn.execute("SELECT 1 FROM advertisers WHERE tenant = ? AND id = ?", (tenant, record["id"])).fetchone():
+                raise Conflict(f"tenant {tenant!r} already has an advertiser {record['id']!r}; pick another name")
+            conn.execute("INSERT INTO advertisers (tenant, id, name, created_at) VALUES (?, ?, ?, ?)",
+                         (tenant, record["id"], record["name"], record["created_at"]))
+        return record
+
+    def get_advertiser(self, tenant: str, advertiser_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT id, name, created_at FROM advertisers WHERE tenant = ? AND id = ?",
+                                   (tenant, advertiser_id)).fetchone()
+        return None if row is None else dict(row)
+
+    def list_advertisers(self, tenant: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT id, name, created_at FROM advertisers WHERE tenant = ? ORDER BY id",
+                                    (tenant,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def put_line_item(self, tenant: str, record: dict[str, Any], if_updated_at: float | None = None) -> dict[str, Any]:
+        now = time.time()
+        stored = {**record, "updated_at": now}
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            if if_updated_at is None:
+                if conn.execute("SELECT 1 FROM line_items WHERE tenant = ? AND id = ?",
+                                (tenant, record["id"])).fetchone():
+                    raise Conflict(f"tenant {tenant!r} already has a line item {record['id']!r}; pick another id")
+                conn.execute("INSERT INTO line_items (tenant, id, advertiser, record, updated_at) VALUES (?, ?, ?, ?, ?)",
+                             (tenant, record["id"], record["advertiser"], json.dumps(stored), now))
+            elif conn.execute("UPDATE line_items SET record = ?, updated_at = ? WHERE tenant = ? AND id = ? "
+                              "AND updated_at = ?", (json.dumps(stored), now, tenant, record["id"],
+                                                     if_updated_at)).rowcount == 0:
+                raise Conflict(f"line item {record['id']!r} changed meanwhile (or does not exist); read it again")
+        return stored
+
+    def get_line_item(self, tenant: str, line_item_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT record FROM line_items WHERE tenant = ? AND id = ?",
+                                   (tenant, line_item_id)).fetchone()
+        return None if row is None else json.loads(row["record"])
+
+    def list_line_items(self, tenant: str, advertiser: str | None = None) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT record FROM line_items WHERE tenant = ? AND (? IS NULL OR advertiser = ?) "
+                                    "ORDER BY id", (tenant, advertiser, advertiser)).fetchall()
+        return [json.loads(r["record"]) for r in rows]
 
     # -- the ad spend ledger -----------------------------------------------------------------
     # ``ad_spend`` keeps a row per line item and day, and one per line item under day "total".
