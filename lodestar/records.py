@@ -135,8 +135,12 @@ def _timestamp(value: Any, field: str) -> float | None:
         return _timestamp(value.to_pydatetime(), field)
     if isinstance(value, bool):
         raise InvalidInput(f"{field} must be ISO-8601 text or epoch seconds, got {value!r}", field=field)
-    if isinstance(value, (int, float)):
-        return float(value)
+    try:
+        if isinstance(value, (int, float)):
+            return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise InvalidInput(f"{field} must be a time in epoch seconds or ISO-8601, got a number far too large",
+                           field=field) from None
     text = str(value).strip()
     try:
         return float(text)

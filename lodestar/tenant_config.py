@@ -111,6 +111,7 @@ class AdsSettings:
 
 
 ATTRIBUTION_SCOPES = ("product", "brand", "category")
+ADS_INT_LIMITS = {"click_window_s": 7 * 86400, "attribution_days": 90}
 
 
 def _ads(values: Any) -> None:
@@ -123,15 +124,30 @@ def _ads(values: Any) -> None:
             raise InvalidInput(f"{where}: unknown key; known: {', '.join(sorted(known))}", field=where)
         if key == "enabled" and not isinstance(value, bool):
             raise InvalidInput(f"{where}: true or false", field=where)
-        if key == "positions" and (not isinstance(value, list) or len(value) > 10 or any(
-                isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100 for p in value)):
-            raise InvalidInput(f"{where}: up to 10 list positions from 1 to 100, e.g. [1, 5]", field=where)
+        if key == "positions" and (not isinstance(value, list) or len(value) > 10 or len(set(value)) != len(value)
+                                   or any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100
+                                          for p in value)):
+            raise InvalidInput(f"{where}: up to 10 distinct list positions from 1 to 100, e.g. [1, 5]", field=where)
+        if key in ("click_window_s", "attribution_days") and (isinstance(value, bool) or not isinstance(value, int)
+                                                              or not 0 <= value <= ADS_INT_LIMITS[key]):
+            raise InvalidInput(f"{where}: a whole number from 0 to {ADS_INT_LIMITS[key]}", field=where)
+        if key == "reserve" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                     and 0.000001 <= value <= 1000):
+            raise InvalidInput(f"{where}: a price per click from 0.000001 to 1000", field=where)
         if key == "attribution_scope" and value not in ATTRIBUTION_SCOPES:
             raise InvalidInput(f"{where}: one of {', '.join(ATTRIBUTION_SCOPES)}", field=where)
-        if key in ("reserve", "relevance_floor", "click_window_s", "attribution_days"):
+        if key == "relevance_floor":
             _number(value, where)
     if values.get("relevance_floor", 0) > 1:
         raise InvalidInput("ads.relevance_floor: a relevance from 0 to 1", field="ads.relevance_floor")
+
+
+def _ads_settings(values: dict[str, Any]) -> AdsSettings:
+    known = {f.name for f in dataclasses.fields(AdsSettings)}
+    chosen = {k: v for k, v in values.items() if k in known}  # a key of a later release is ignored
+    if "positions" in chosen:
+        chosen["positions"] = tuple(chosen["positions"])
+    return AdsSettings(**chosen)
 
 
 SECTIONS: dict[str, type] = {
@@ -195,7 +211,7 @@ class TenantConfig:
             quotas=section("quotas"),
             rules=tuple(data.get("rules") or ()),
             diversity=float(data.get("diversity", 0.0)),
-            ads=AdsSettings(**{**data.get("ads", {}), "positions": tuple(data.get("ads", {}).get("positions", (1, 5)))}),
+            ads=_ads_settings(data.get("ads", {})),
         )
 
 

@@ -123,7 +123,7 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     connection.state.tenant = principal.tenant
     if principal.key_id is not None:
         state.key_usage.seen(principal.key_id)
-    if principal.kind != OPERATOR:
+    if principal.kind not in (OPERATOR, ADVERTISER):  # advertisers never use up the shop's own quotas
         # The tenant's configuration, read once here for the handler too (serving.dependencies),
         # holds its quotas: a request past one is refused before any work (429, Retry-After).
         config = state.configs.get(principal.tenant)

@@ -60,6 +60,8 @@ def test_advertisers_get_keys_that_reach_their_own_line_items_only(shop):
         answer = getattr(client, method)(path, headers=bearer(zeta))
         assert answer.status_code == 403 and "advertiser's key works on /v1/ads" in answer.json()["detail"], path
     assert client.get("/v1/ads/line-items", headers=bearer(admin)).status_code == 403
+    listed = {k["label"]: k["scopes"] for k in client.get("/v1/keys", headers=bearer(admin)).json()["keys"]}
+    assert listed["advertiser zeta-shoes"] == ["advertiser"]  # never listed as a tenant key's scopes
 
     paused = client.post("/v1/ads/line-items/boots-q4/status", json={"status": "paused"}, headers=bearer(zeta))
     assert paused.status_code == 200 and paused.json()["status"] == "paused"
@@ -77,6 +79,9 @@ def test_advertisers_get_keys_that_reach_their_own_line_items_only(shop):
     ({"targeting": {"segments": ["vip"]}}, "targeting.segments"), ({"frequency_cap": {"per_user_per_day": 0}},
                                                                     "frequency_cap"),
     ({"id": "Bad Id"}, "id"), ({"colour": "red"}, "colour"), ({"end": "2001-01-01T00:00:00Z"}, "end"),
+    ({"start": 10**400}, "start"), ({"bid": "\u0661"}, "bid"), ({"bid": "1000000000"}, "bid"),
+    ({"keyword_bids": {"boots": "0"}}, "keyword_bids.boots"), ({"keyword_bids": {" ": "0.1"}}, "keyword_bids"),
+    ({"name": {"a": 1}}, "name"),
 ])
 def test_line_items_are_validated_field_by_field(shop, change, field):
     client, admin, _ = shop
@@ -92,3 +97,20 @@ def test_the_cli_creates_and_lists_advertisers(shop, monkeypatch, capsys):
     assert "Its API key (shown once" in capsys.readouterr().out
     assert cli.main(["advertisers", "list", "--tenant", "shop"]) == 0
     assert '"id": "bolt-bikes"' in capsys.readouterr().out
+
+
+def test_the_ads_settings_are_off_by_default_and_validated():
+    from lodestar.errors import InvalidInput
+    from lodestar.tenant_config import TenantConfig, effective_config, validate_config
+
+    assert effective_config({}).ads.enabled is False and effective_config({}).ads.positions == (1, 5)
+    on = effective_config({"ads": {"enabled": True, "positions": [2, 6], "reserve": 0.05}})
+    assert TenantConfig.from_dict({**on.as_dict(), "ads": {**on.as_dict()["ads"], "later": 1}}).ads == on.ads
+    for bad, field in (({"enabled": "yes"}, "ads.enabled"), ({"positions": [1, 1]}, "ads.positions"),
+                       ({"positions": [0]}, "ads.positions"), ({"click_window_s": 0.5}, "ads.click_window_s"),
+                       ({"reserve": 0}, "ads.reserve"), ({"reserve": 1e300}, "ads.reserve"),
+                       ({"attribution_scope": "shop"}, "ads.attribution_scope"), ({"bids": 1}, "ads.bids"),
+                       ({"relevance_floor": 2}, "ads.relevance_floor")):
+        with pytest.raises(InvalidInput) as refused:
+            validate_config({"ads": bad})
+        assert refused.value.field == field, bad

@@ -367,9 +367,10 @@ def test_advertisers_their_keys_and_line_items(store):
         store.create_advertiser("acme", {"id": "zeta-shoes", "name": "Other"})
     store.create_advertiser("acme", {"id": "acme-ads", "name": "Acme"})
     assert [a["id"] for a in store.list_advertisers("acme")] == ["acme-ads", "zeta-shoes"]
-    store.add_api_key("acme", "adv1", "h", (), "zeta", advertiser="zeta-shoes")
+    store.add_api_key("acme", "adv1", "h", ("advertiser",), "zeta", advertiser="zeta-shoes")
     found = store.find_api_key("adv1")
     assert found.advertiser == "zeta-shoes" and found.scopes == ()  # an advertiser's key has no tenant scope
+    assert [k["scopes"] for k in store.list_api_keys("acme")] == [["advertiser"]]
     assert store.find_api_key("adv1").tenant == "acme"
 
     item = store.put_line_item("acme", {"id": "li1", "advertiser": "zeta-shoes", "bid": 350_000})

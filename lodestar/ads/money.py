@@ -10,7 +10,8 @@ from lodestar.errors import InvalidInput
 
 MICROS = 1_000_000
 CENT = MICROS // 100
-_AMOUNT = re.compile(r"^\d{1,12}(\.\d{1,6})?$")
+# ASCII digits only, at most a billion units: sums stay exact in every store (ArangoDB adds as doubles).
+_AMOUNT = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?$")
 
 
 def parse_money(value: object, field: str) -> int:

@@ -416,7 +416,8 @@ class ArangoCdpStore:
     def delete_tenant(self, name: str) -> None:
         require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
-        for collection in (MEMBERS, REPORTS, EXPERIMENTS, ADVERTISERS, LINE_ITEMS):  # a tenant made later under the same name starts with neither
+        # Advertisers and line items stay, with the spend ledger that names them.
+        for collection in (MEMBERS, REPORTS, EXPERIMENTS):  # a tenant made later under the same name starts with neither
             self._query(f"FOR d IN {collection} FILTER d.tenant_id == @tenant REMOVE d IN {collection}", tenant=name)
 
     # -- API keys ----------------------------------------------------------------------------

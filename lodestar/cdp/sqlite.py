@@ -576,8 +576,8 @@ class SqliteCdpStore:
             if cur.rowcount == 0:
                 raise unknown_tenant(name)
             conn.execute("DELETE FROM members WHERE tenant = ?", (name,))
-            for table in ("experiments", "advertisers", "line_items"):
-                conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))
+            # Advertisers and line items stay, with the spend ledger that names them.
+            conn.execute("DELETE FROM experiments WHERE tenant = ?", (name,))
             conn.execute("DELETE FROM reports WHERE tenant = ?", (name,))
 
     def count(self, tenant: str, entity: str) -> int:
