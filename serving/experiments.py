@@ -28,6 +28,7 @@ class TenantExperiments:
         self._clock = clock
         self._running: dict[str, tuple[float, tuple[Running, ...]]] = {}
         self._configs: dict[tuple, tuple[TenantConfig, TenantConfig]] = {}
+        self._reads: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def running(self, tenant: str) -> tuple[Running, ...]:
@@ -35,11 +36,19 @@ class TenantExperiments:
         cached = self._running.get(tenant)
         if cached is not None and now - cached[0] < self._refresh:
             return cached[1]
-        found = tuple(sorted((Running.of(r) for r in self._cdp.list_experiments(tenant) if r.get("status") == RUNNING),
-                             key=lambda e: (e.layer, e.name)))
+        with self._reading(tenant):  # one read per tenant at a time; the others use its answer
+            cached = self._running.get(tenant)
+            if cached is not None and self._clock() - cached[0] < self._refresh:
+                return cached[1]
+            found = tuple(sorted((Running.of(r) for r in self._cdp.list_experiments(tenant)
+                                  if r.get("status") == RUNNING), key=lambda e: (e.layer, e.name)))
+            with self._lock:
+                self._running[tenant] = (now, found)
+            return found
+
+    def _reading(self, tenant: str) -> threading.Lock:
         with self._lock:
-            self._running[tenant] = (now, found)
-        return found
+            return self._reads.setdefault(tenant, threading.Lock())
 
     def apply(self, tenant: str, placement: str, unit: str | None, config: TenantConfig) -> tuple[TenantConfig, Assigned]:
         """The configuration the request is served with and the experiments it is in: one per layer,

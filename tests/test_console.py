@@ -376,6 +376,10 @@ def test_an_editor_starts_stops_and_reads_experiments_in_the_console(client, env
     client.app.state.experiments._running.clear()  # read again now (a serving process does within a second)
     served = client.get("/v1/users/u0001/recommendations", headers={"Authorization": f"Bearer {env.keys['alpha']}"})
     assert served.json()["experiment"] == "console-exp"
+    ramp = client.post("/console/t/alpha/experiments/console-exp/traffic", data={"_csrf_token": csrf, "traffic": "50"})
+    assert "console-exp now takes 50% of units" in ramp.text
+    bad = client.post("/console/t/alpha/experiments/console-exp/traffic", data={"_csrf_token": csrf, "traffic": "x"})
+    assert "a percentage from 1 to 100" in bad.text
     stopped = client.post("/console/t/alpha/experiments/console-exp/stop", data={"_csrf_token": csrf})
     assert "Stopped console-exp" in stopped.text
     assert "experiment.stop" in client.get("/console/t/alpha/audit").text

@@ -405,6 +405,21 @@ class ExperimentsController(Controller):
             flash(request, f"Stopped {name}: every unit sees the live configuration from the next request.")
         return redirect(f"{PREFIX}/t/{tenant}/experiments")
 
+    @post("/{name:str}/traffic", operation_id="consoleExperimentTraffic", include_in_schema=False,
+          opt={ROLE: "editor"}, status_code=303)
+    async def traffic(self, request: Request, tenant: str, name: str, cdp: Cdp) -> Redirect:
+        text = (await form_of(request)).get("traffic", "")
+        try:
+            share = float(text) / 100
+            await off_loop(experiments_lifecycle.set_traffic, cdp, tenant, name, share, principal(request).actor)
+        except ValueError:
+            flash(request, f"traffic: a percentage from 1 to 100, got {text!r}", "error")
+        except (Conflict, InvalidInput) as exc:
+            flash(request, str(exc), "error")
+        else:
+            flash(request, f"{name} now takes {share:.0%} of units: those already in stay in, in their variant.")
+        return redirect(f"{PREFIX}/t/{tenant}/experiments")
+
     @post("/{name:str}/promote", operation_id="consolePromoteVariant", include_in_schema=False, opt={ROLE: "editor"},
           status_code=303)
     async def promote(self, request: Request, tenant: str, name: str, cdp: Cdp) -> Redirect:
