@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -32,8 +33,13 @@ MAX_PASSWORD = 1024
 FREE_FAILURES = 5
 MAX_DELAY_S = 15 * 60
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}$")
-# Checked when the account does not exist, so an unknown address costs as much time as a known one.
-_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
+
+
+@cache
+def _dummy_hash() -> str:
+    """Checked when the account does not exist, so an unknown address costs as much time as a known
+    one; made at the first sign-in, not at import (a hash takes 64 MiB and tens of milliseconds)."""
+    return HASHER.hash(secrets.token_urlsafe(16))
 
 
 def check_email(email: Any) -> str:
@@ -129,7 +135,7 @@ def authenticate(store: CdpStore, email: str, password: str, now: float | None =
     else:
         store.record_signin(email, False)
     try:
-        HASHER.verify(account["password_hash"] if account else _DUMMY_HASH, password or "")
+        HASHER.verify(account["password_hash"] if account else _dummy_hash(), password or "")
     except (VerificationError, InvalidHashError):
         raise wrong from None
     if account is None:  # the dummy hash matched: impossible in practice, refused all the same

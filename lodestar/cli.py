@@ -329,9 +329,8 @@ def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
         elif args.experiments_command == "list":
             out = store.list_experiments(args.tenant)
         elif args.experiments_command == "show":
-            report = store.get_report(args.tenant, lifecycle.REPORT) or {"rows": []}
             out = {"experiment": lifecycle.find(store, args.tenant, args.name),
-                   "report": next((r for r in report["rows"] if r["experiment"] == args.name), None)}
+                   "report": lifecycle.report_of(store, args.tenant, args.name)[0]}
         elif args.experiments_command == "stop":
             out = lifecycle.stop(store, args.tenant, args.name, _cli_actor())
         elif args.experiments_command == "traffic":

@@ -125,6 +125,19 @@ def parse_timestamp(value: Any, field: str, bounded: bool = True) -> float | Non
     return ts
 
 
+# The range of a schedule's times (experiments, line items): 1990-01-01 to 2100-01-01.
+SCHEDULE_EARLIEST, SCHEDULE_LATEST = 631152000.0, 4102444800.0
+
+
+def parse_schedule_time(value: Any, field: str) -> float | None:
+    """A start or end of a schedule: ISO-8601 text or epoch seconds between 1990 and 2100 (future
+    times allowed, unlike events'); ``None`` when absent."""
+    ts = parse_timestamp(value, field, bounded=False)
+    if ts is not None and not SCHEDULE_EARLIEST <= ts <= SCHEDULE_LATEST:
+        raise InvalidInput(f"{field}: a time between 1990 and 2100", field=field)
+    return ts
+
+
 def _timestamp(value: Any, field: str) -> float | None:
     if _missing(value):
         return None

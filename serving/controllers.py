@@ -541,9 +541,8 @@ class ExperimentController(Controller):
     def show(self, tenant: Tenant, name: PathId, cdp: Cdp) -> dict[str, Any]:
         """The experiment and its report as the pipeline's ``experiment_report`` last computed it."""
         record = experiments_lifecycle.find(cdp, tenant, name)
-        report = cdp.get_report(tenant, experiments_lifecycle.REPORT) or {"rows": [], "updated_at": None}
-        mine = next((r for r in report["rows"] if r["experiment"] == name), None)
-        return {"experiment": record, "report": mine, "report_updated_at": report["updated_at"]}
+        report, updated_at = experiments_lifecycle.report_of(cdp, tenant, name)
+        return {"experiment": record, "report": report, "report_updated_at": updated_at}
 
     @post("/{name:str}/stop", operation_id="stopExperiment", responses=WRITES | NOT_FOUND | problem_responses(409),
           status_code=200, sync_to_thread=True)

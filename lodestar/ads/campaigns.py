@@ -10,7 +10,6 @@ negative), at most ``frequency_cap`` times a day per user; ``status`` is ``activ
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 from lodestar.ads.money import parse_money
 from lodestar.cdp import CdpStore, audit_entry, require_tenant
 from lodestar.errors import Conflict, InvalidInput, NotFound
-from lodestar.experiments.definition import EARLIEST, LATEST, PLACEMENTS
+from lodestar.experiments.definition import PLACEMENTS
 from lodestar.keys import issue_key, key_id_of
-from lodestar.records import check_text, parse_id, parse_timestamp
+from lodestar.records import check_text, parse_id, parse_schedule_time
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FIELDS = ("id", "campaign", "name", "products", "bid", "keyword_bids", "daily_budget", "total_budget", "start",
@@ -52,13 +51,6 @@ def _name(value: Any, default: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
         raise InvalidInput("name: text of 1 to 200 characters", field="name")
     return check_text(value.strip(), "name")
-
-
-def _time(value: Any, field: str) -> float | None:
-    ts = parse_timestamp(value, field, bounded=False)
-    if ts is not None and not EARLIEST <= ts <= LATEST:
-        raise InvalidInput(f"{field}: a time between 1990 and 2100", field=field)
-    return ts
 
 
 def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[str]], list[str]],
@@ -101,7 +93,7 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
         raise InvalidInput("daily_budget and total_budget: amounts above 0", field="daily_budget" if daily <= 0 else "total_budget")
     if daily > total:
         raise InvalidInput("daily_budget: at most the total budget", field="daily_budget")
-    start, end = _time(raw.get("start"), "start") or now, _time(raw.get("end"), "end")
+    start, end = parse_schedule_time(raw.get("start"), "start") or now, parse_schedule_time(raw.get("end"), "end")
     if end is not None and end <= start:
         raise InvalidInput("end: must be after start", field="end")
     placements = raw.get("placements", list(PLACEMENTS))
@@ -185,8 +177,3 @@ def set_status(store: CdpStore, tenant: str, advertiser: str | None, line_item: 
     store.append_audit(tenant, audit_entry(actor, "line_item.status", line_item, {"status": found["status"]},
                                            {"status": status}))
     return changed
-
-
-def new_ad_id() -> str:
-    """A served ad's id: unique per served ad (a click names it; it is charged once)."""
-    return secrets.token_hex(12)

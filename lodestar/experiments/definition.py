@@ -17,7 +17,7 @@ from typing import Any
 
 from lodestar.errors import Conflict, InvalidInput
 from lodestar.jsonvalues import check_depth
-from lodestar.records import check_text, parse_timestamp
+from lodestar.records import check_text, parse_schedule_time
 from lodestar.tenant_config import TenantConfig, deep_merge, validate_config
 
 PLACEMENTS = ("recommendations", "session", "similar", "search")
@@ -31,7 +31,6 @@ FIELDS = ("name", "hypothesis", "placements", "layer", "traffic", "variants", "s
           "guardrails", "mde", "alpha", "power", "min_days", "baseline")
 RUNNING, STOPPED = "running", "stopped"
 MIN_WEIGHT = 0.01
-EARLIEST, LATEST = 631152000.0, 4102444800.0  # 1990-01-01, 2100-01-01
 
 
 def _name(value: Any, field: str) -> str:
@@ -47,14 +46,6 @@ def _text(value: Any, field: str) -> str:
     if not isinstance(value, str) or len(value) > 2000:
         raise InvalidInput(f"{field}: text of at most 2,000 characters", field=field)
     return value
-
-
-def _time(value: Any, field: str) -> float | None:
-    """ISO-8601 text or epoch seconds between 1990 and 2100."""
-    ts = parse_timestamp(value, field, bounded=False)
-    if ts is not None and not EARLIEST <= ts <= LATEST:
-        raise InvalidInput(f"{field}: a time between 1990 and 2100", field=field)
-    return ts
 
 
 def _fraction(value: Any, field: str, low: float, high: float, default: float) -> float:
@@ -130,8 +121,8 @@ def parse_experiment(raw: Any, live: dict[str, Any], now: float | None = None) -
     if not isinstance(guardrails, list) or any(g not in METRICS or g == metric for g in guardrails):
         raise InvalidInput(f"guardrails: a list of {', '.join(METRICS)} other than the primary metric",
                            field="guardrails")
-    start = _time(raw.get("start"), "start") or now
-    end = _time(raw.get("end"), "end")
+    start = parse_schedule_time(raw.get("start"), "start") or now
+    end = parse_schedule_time(raw.get("end"), "end")
     if end is not None and end <= start:
         raise InvalidInput("end: must be after start", field="end")
     min_days = raw.get("min_days", 7)

@@ -76,6 +76,12 @@ def find(store: CdpStore, tenant: str, name: str) -> dict[str, Any]:
     return record
 
 
+def report_of(store: CdpStore, tenant: str, name: str) -> tuple[dict[str, Any] | None, float | None]:
+    """The experiment's report as ``experiment_report`` last computed it, and when (``None`` before)."""
+    report = store.get_report(tenant, REPORT) or {"rows": [], "updated_at": None}
+    return next((r for r in report["rows"] if r["experiment"] == name), None), report["updated_at"]
+
+
 def stop(store: CdpStore, tenant: str, name: str, actor: str, promoted: str | None = None) -> dict[str, Any]:
     """End the experiment now: every unit sees the live configuration from the next request."""
     record = find(store, tenant, name)
