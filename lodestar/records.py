@@ -40,7 +40,7 @@ ITEM_FIELDS = (
     "deleted", "source_updated_at",
 )
 USER_FIELDS = ("id", "attributes", "deleted", "source_updated_at")
-EVENT_FIELDS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id")
+EVENT_FIELDS = ("id", "user_id", "item_id", "type", "value", "ts", "recommendation_id", "ad_id")
 ENTITY_FIELDS: dict[str, tuple[str, ...]] = {"items": ITEM_FIELDS, "users": USER_FIELDS, "events": EVENT_FIELDS}
 
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -278,7 +278,7 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
         if default_ts is None:
             raise InvalidInput("ts is required (ISO-8601 or epoch seconds) so that a re-import stays idempotent", field="ts")
         ts = default_ts
-    rec_id = row.get("recommendation_id")
+    rec_id, ad_id = row.get("recommendation_id"), row.get("ad_id")
     event = {
         "user_id": parse_id(row.get("user_id"), "user_id"),
         "item_id": parse_id(row.get("item_id"), "item_id"),
@@ -286,6 +286,7 @@ def parse_event(row: dict[str, Any], *, default_ts: float | None = None) -> dict
         "value": value,
         "ts": ts,
         "recommendation_id": None if _missing(rec_id) else parse_id(rec_id, "recommendation_id"),
+        "ad_id": None if _missing(ad_id) else parse_id(ad_id, "ad_id"),  # the sponsored item's (lodestar.ads)
     }
     event["id"] = event_id(event)
     return event

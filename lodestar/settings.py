@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,26 @@ class Settings:
     rebuild_cron: str = "0 3 * * *"
     dagster_ui_url: str = "http://127.0.0.1:3000"  # where the console's links into the Dagster UI go
     console_secure_cookies: bool = False  # set (LODESTAR_CONSOLE_SECURE_COOKIES=1) when served over HTTPS
+
+    def secret(self, name: str, env_var: str) -> str:
+        """A signing secret: ``env_var`` when set (the same on every machine of a deployment), else
+        one made once per data dir (``<data_dir>/<name>/secret``, 0600), so every worker process and
+        a restart agree on it."""
+        if os.environ.get(env_var):
+            return os.environ[env_var]
+        path = self.data_dir / name / "secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            for _ in range(50):  # another process made it a moment ago: wait for its write
+                if text := path.read_text().strip():
+                    return text
+                time.sleep(0.01)
+            raise RuntimeError(f"{path} is empty: delete it to make a new secret") from None
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        return path.read_text().strip()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

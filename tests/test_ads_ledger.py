@@ -23,7 +23,7 @@ def _charge_many(path: str, worker: int) -> list[tuple[str, bool]]:
     def charge(click: tuple[str, int]) -> tuple[str, bool]:
         ad_id, price = click
         result = store.charge_click("shop", {"ad_id": ad_id, "line_item": "li", "advertiser": "adv", "price": price,
-                                             "day": "2026-11-22", "ts": 1.0}, daily_budget=BUDGET, total_budget=BUDGET)
+                                             "product": "p", "user_id": ad_id, "day": "2026-11-22", "ts": 1.0}, daily_budget=BUDGET, total_budget=BUDGET)
         return ad_id, result["charged"]
 
     try:

@@ -269,12 +269,14 @@ def test_a_click_is_charged_in_one_exclusive_transaction_and_aborted_on_failure(
 
     db = Database()
     store = _with_tenant(db)
-    charge = {"ad_id": "ad1", "line_item": "li", "advertiser": "adv", "price": 1500, "day": "2026-11-22", "ts": 1.0}
+    charge = {"ad_id": "ad1", "line_item": "li", "advertiser": "adv", "price": 1500, "product": "p", "user_id": "u",
+              "day": "2026-11-22", "ts": 1.0}
     store.charge_click("acme", charge, daily_budget=10_000, total_budget=50_000)
     (options, txn), = db.transactions
     assert options["exclusive"] == [AD_CHARGES, AD_SPEND] and txn.state == "committed"
     query, bind, _ = db.queries[-1]
     assert "spent_today < @daily_budget AND spent_total < @total_budget" in query
+    assert "!repeat" in query and bind["repeat_since"] is None
     assert bind["price"] == 1500 and bind["charge"]["_key"] == document_key("acme", "ad1")
     assert bind["today_key"] != bind["total_key"]
     db.fail_on = "UPSERT"

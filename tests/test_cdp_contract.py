@@ -343,7 +343,8 @@ def test_ad_clicks_are_charged_once_and_only_while_the_budget_lasts(store):
 
     def charge(ad_id, price, day="2026-11-22", daily=1000, total=2500):
         return store.charge_click("acme", {"ad_id": ad_id, "line_item": "li1", "advertiser": "adv", "price": price,
-                                           "day": day, "ts": T0}, daily_budget=daily, total_budget=total)
+                                           "product": "p1", "user_id": ad_id, "day": day, "ts": T0},
+                                  daily_budget=daily, total_budget=total)
 
     first = charge("a1", 600)
     assert first == {"charged": True, "reason": None, "spent_today": 600, "spent_total": 600}
@@ -357,6 +358,38 @@ def test_ad_clicks_are_charged_once_and_only_while_the_budget_lasts(store):
     assert [c["ad_id"] for c in store.ad_charges("acme")] == ["a1", "a2", "a4", "a5"]
     assert store.ad_spend("acme", "li1", "2026-11-23") == {"spent_today": 1400, "spent_total": 2600}
     assert store.ad_charges("acme", "other") == []
+    assert store.ad_charges("acme")[0] == {"ad_id": "a1", "line_item": "li1", "advertiser": "adv", "product": "p1",
+                                           "user_id": "a1", "price": 600, "day": "2026-11-22", "ts": T0}
+    assert store.ad_spend_all("acme", "2026-11-23") == {"li1": {"spent_today": 1400, "spent_total": 2600}}
+    assert store.ad_spend_all("acme", "2026-11-30") == {"li1": {"spent_today": 0, "spent_total": 2600}}
+
+
+def test_a_repeat_click_within_the_window_is_one_click(store):
+    store.create_tenant("acme")
+
+    def click(ad_id, user, product, ts, line_item="li1"):
+        return store.charge_click("acme", {"ad_id": ad_id, "line_item": line_item, "advertiser": "adv", "price": 100,
+                                           "product": product, "user_id": user, "day": "2026-11-22", "ts": ts},
+                                  daily_budget=10_000, total_budget=10_000, repeat_window_s=600)
+
+    assert click("a1", "u1", "p1", T0)["charged"]
+    assert click("a2", "u1", "p1", T0 + 599)["reason"] == "repeat click within the click window"
+    assert click("a3", "u2", "p1", T0 + 10)["charged"]  # another user
+    assert click("a4", "u1", "p2", T0 + 10)["charged"]  # another product
+    assert click("a5", "u1", "p1", T0 + 10, line_item="li2")["charged"]  # another line item
+    assert click("a6", "u1", "p1", T0 + 601)["charged"]  # after the window
+    assert store.ad_spend_all("acme", "2026-11-22") == {"li1": {"spent_today": 400, "spent_total": 400},
+                                                        "li2": {"spent_today": 100, "spent_total": 100}}
+
+
+def test_line_items_stamp_changes_with_any_line_item(store):
+    store.create_tenant("acme")
+    assert store.line_items_stamp("acme") == (0, 0.0)
+    made = store.put_line_item("acme", {"id": "li1", "advertiser": "adv", "status": "active"})
+    first = store.line_items_stamp("acme")
+    assert first == (1, made["updated_at"])
+    store.put_line_item("acme", {**made, "status": "paused"}, if_updated_at=made["updated_at"])
+    assert store.line_items_stamp("acme")[1] > first[1]
 
 
 def test_advertisers_their_keys_and_line_items(store):

@@ -27,6 +27,8 @@ JSON_FIELDS = {"categories": list, "tags": list, "attributes": dict}
 FLAG_FIELDS = frozenset({"available", "deleted"})
 # A served list as ``read_served`` returns it.
 # ``unit_id``: the user or session an experiment assigned by; ``experiments``: [[experiment, variant], ...].
+# One charged ad click in the spend ledger (lodestar.ads); price in micros.
+CHARGE_FIELDS = ("ad_id", "line_item", "advertiser", "product", "user_id", "price", "day", "ts")
 SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts", "unit_id", "experiments")
 
 
@@ -238,16 +240,25 @@ class CdpStore(Protocol):
     def list_line_items(self, tenant: str, advertiser: str | None = None) -> list[dict[str, Any]]: ...
 
     # retail media: the spend ledger (lodestar.ads); money in integer micros
-    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:
+    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int,
+                     repeat_window_s: float = 0.0) -> dict[str, Any]:
         """Charge one ad click atomically: ``charge`` holds ``ad_id`` (charged at most once, ever),
-        ``line_item``, ``advertiser``, ``price`` (micros), ``day`` (UTC date) and ``ts``. It is
-        charged only while the line item's spend today is below ``daily_budget`` and its total
-        below ``total_budget`` (so overspend is bounded by one click's price), in one transaction
-        with the spend counters, whichever process charges. Returns ``charged`` (bool), ``reason``
-        when not, and the line item's ``spent_today`` and ``spent_total`` after it."""
+        ``line_item``, ``advertiser``, ``product``, ``user_id``, ``price`` (micros), ``day`` (UTC
+        date) and ``ts``. It is not charged when that user's click on that line item's product was
+        charged less than ``repeat_window_s`` before (a repeat is one click). It is charged only
+        while the line item's spend today is below ``daily_budget`` and its total below
+        ``total_budget`` (so overspend is bounded by one click's price), in one transaction with the
+        spend counters, whichever process charges. Returns ``charged`` (bool), ``reason`` when not,
+        and the line item's ``spent_today`` and ``spent_total`` after it."""
         ...
     def ad_spend(self, tenant: str, line_item: str, day: str) -> dict[str, int]:
         """``spent_today`` and ``spent_total`` of a line item (micros)."""
+        ...
+    def ad_spend_all(self, tenant: str, day: str) -> dict[str, dict[str, int]]:
+        """Per line item with any spend: ``spent_today`` and ``spent_total`` (one read for all)."""
+        ...
+    def line_items_stamp(self, tenant: str) -> tuple[int, float]:
+        """How many line items the tenant has and the latest ``updated_at``: changes when any does."""
         ...
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
         """The ledger's charges, oldest first (a line item's only, when given)."""

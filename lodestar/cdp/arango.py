@@ -31,6 +31,7 @@ from typing import Any
 from arango.exceptions import DocumentInsertError
 
 from lodestar.cdp import (
+    CHARGE_FIELDS,
     ALL_SCOPES,
     ENTITIES,
     SERVED_FIELDS,
@@ -79,6 +80,8 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (MEMBERS, ("email",), False),
     (EXPERIMENTS, ("tenant_id",), False),
     (AD_CHARGES, ("tenant_id", "line_item", "ts"), False),
+    (AD_CHARGES, ("tenant_id", "line_item", "user_id", "ts"), False),
+    (AD_SPEND, ("tenant_id", "day"), False),
     (ADVERTISERS, ("tenant_id",), False),
     (LINE_ITEMS, ("tenant_id", "advertiser"), False),
 )
@@ -245,12 +248,19 @@ LET total = DOCUMENT({AD_SPEND}, @total_key)
 LET spent_today = today == null ? 0 : today.spent
 LET spent_total = total == null ? 0 : total.spent
 LET duplicate = DOCUMENT({AD_CHARGES}, @charge._key) != null
-LET ok = !duplicate AND spent_today < @daily_budget AND spent_total < @total_budget
+LET repeat = @repeat_since == null ? false : LENGTH(
+    FOR c IN {AD_CHARGES}
+        FILTER c.tenant_id == @tenant AND c.line_item == @line_item AND c.user_id == @charge.user_id
+            AND c.product == @charge.product AND c.ts > @repeat_since
+        LIMIT 1 RETURN 1) > 0
+LET within = spent_today < @daily_budget AND spent_total < @total_budget
+LET ok = !duplicate AND !repeat AND within
 LET charged = (FOR c IN (ok ? [@charge] : []) INSERT c INTO {AD_CHARGES} RETURN 1)
-LET added = (FOR key IN (ok ? [@today_key, @total_key] : [])
-    UPSERT {{_key: key}} INSERT {{_key: key, tenant_id: @tenant, line_item: @line_item, spent: @price}}
+LET added = (FOR row IN (ok ? [[@today_key, @charge.day], [@total_key, "total"]] : [])
+    UPSERT {{_key: row[0]}} INSERT {{_key: row[0], tenant_id: @tenant, line_item: @line_item, day: row[1], spent: @price}}
     UPDATE {{spent: OLD.spent + @price}} IN {AD_SPEND} RETURN 1)
-RETURN {{charged: ok, reason: duplicate ? "already charged" : (ok ? null : "budget spent"),
+RETURN {{charged: ok, reason: duplicate ? "already charged" : (repeat ? "repeat click within the click window"
+        : (ok ? null : "budget spent")),
         spent_today: spent_today + (ok ? @price : 0), spent_total: spent_total + (ok ? @price : 0)}}
 """
 
@@ -678,7 +688,8 @@ class ArangoCdpStore:
             "SORT l.record.id RETURN l", tenant=tenant, advertiser=advertiser)]
 
     # -- the ad spend ledger -----------------------------------------------------------------
-    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:
+    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int,
+                     repeat_window_s: float = 0.0) -> dict[str, Any]:
         line_item = charge["line_item"]
         doc = {"_key": document_key(tenant, charge["ad_id"]), "tenant_id": tenant, **charge, "price": int(charge["price"])}
         txn = self.db.begin_transaction(exclusive=[AD_CHARGES, AD_SPEND], sync=True)
@@ -687,7 +698,8 @@ class ArangoCdpStore:
                 "today_key": document_key(tenant, f"{line_item}\x00{charge['day']}"),
                 "total_key": document_key(tenant, f"{line_item}\x00total"), "charge": doc, "tenant": tenant,
                 "line_item": line_item, "price": int(charge["price"]), "daily_budget": daily_budget,
-                "total_budget": total_budget}))
+                "total_budget": total_budget,
+                "repeat_since": charge["ts"] - repeat_window_s if repeat_window_s > 0 else None}))
             txn.commit_transaction()
         except BaseException:
             txn.abort_transaction()
@@ -700,10 +712,23 @@ class ArangoCdpStore:
         total = spend.get(document_key(tenant, f"{line_item}\x00total"))
         return {"spent_today": today["spent"] if today else 0, "spent_total": total["spent"] if total else 0}
 
+    def ad_spend_all(self, tenant: str, day: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for doc in self._query(f"FOR s IN {AD_SPEND} FILTER s.tenant_id == @tenant AND s.day IN [@day, 'total'] "
+                               "RETURN s", tenant=tenant, day=day):
+            row = out.setdefault(doc["line_item"], {"spent_today": 0, "spent_total": 0})
+            row["spent_today" if doc["day"] == day else "spent_total"] = doc["spent"]
+        return out
+
+    def line_items_stamp(self, tenant: str) -> tuple[int, float]:
+        (found,) = self._query(f"LET l = (FOR x IN {LINE_ITEMS} FILTER x.tenant_id == @tenant "
+                               "RETURN x.record.updated_at) RETURN [LENGTH(l), MAX(l)]", tenant=tenant)
+        return int(found[0]), float(found[1] or 0.0)
+
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
         docs = self._query(f"FOR c IN {AD_CHARGES} FILTER c.tenant_id == @tenant AND (@line_item == null OR "
                            "c.line_item == @line_item) SORT c.ts, c.ad_id RETURN c", tenant=tenant, line_item=line_item)
-        return [{f: d[f] for f in ("ad_id", "line_item", "advertiser", "price", "day", "ts")} for d in docs]
+        return [{f: d.get(f) for f in CHARGE_FIELDS} for d in docs]
 
     # -- experiments -------------------------------------------------------------------------
     def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.cdp import (
+    CHARGE_FIELDS,
     ALL_SCOPES,
     FLAG_FIELDS,
     JSON_FIELDS,
@@ -197,13 +198,18 @@ class SqliteCdpStore:
     # Columns added after the first release, created on open when a store predates them.
     MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"),
                   ("api_keys", "last_used_at", "REAL"), ("served", "unit_id", "TEXT"), ("served", "experiments", "TEXT"),
-                  ("api_keys", "advertiser", "TEXT"))
+                  ("api_keys", "advertiser", "TEXT"), ("events", "ad_id", "TEXT"), ("ad_charges", "user_id", "TEXT"),
+                  ("ad_charges", "product", "TEXT"))
+    # Indexes over migrated columns, made once they exist.
+    LATE_INDEXES = ("CREATE INDEX IF NOT EXISTS ad_charges_repeats ON ad_charges (tenant, line_item, user_id, ts)",)
 
     def _migrate(self) -> None:
         with self._write() as conn:
             for table, column, kind in self.MIGRATIONS:
                 if column not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in self.LATE_INDEXES:
+                conn.execute(statement)
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -693,18 +699,25 @@ class SqliteCdpStore:
 
     # -- the ad spend ledger -----------------------------------------------------------------
     # ``ad_spend`` keeps a row per line item and day, and one per line item under day "total".
-    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int) -> dict[str, Any]:
+    def charge_click(self, tenant: str, charge: dict[str, Any], daily_budget: int, total_budget: int,
+                     repeat_window_s: float = 0.0) -> dict[str, Any]:
         line_item, day = charge["line_item"], charge["day"]
         with self._write() as conn:  # BEGIN IMMEDIATE: one writer at a time, across processes
             spent = self._spend(conn, tenant, line_item, day)
             if conn.execute("SELECT 1 FROM ad_charges WHERE tenant = ? AND ad_id = ?",
                             (tenant, charge["ad_id"])).fetchone():
                 return {"charged": False, "reason": "already charged", **spent}
+            if repeat_window_s > 0 and conn.execute(
+                    "SELECT 1 FROM ad_charges WHERE tenant = ? AND line_item = ? AND user_id = ? AND product = ? "
+                    "AND ts > ? LIMIT 1", (tenant, line_item, charge["user_id"], charge["product"],
+                                           charge["ts"] - repeat_window_s)).fetchone():
+                return {"charged": False, "reason": "repeat click within the click window", **spent}
             if spent["spent_today"] >= daily_budget or spent["spent_total"] >= total_budget:
                 return {"charged": False, "reason": "budget spent", **spent}
-            conn.execute("INSERT INTO ad_charges (tenant, ad_id, line_item, advertiser, price, day, ts) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (tenant, charge["ad_id"], line_item, charge["advertiser"],
-                                                          int(charge["price"]), day, charge["ts"]))
+            conn.execute("INSERT INTO ad_charges (tenant, ad_id, line_item, advertiser, product, user_id, price, day, ts) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (tenant, charge["ad_id"], line_item, charge["advertiser"], charge["product"],
+                          charge["user_id"], int(charge["price"]), day, charge["ts"]))
             conn.executemany("INSERT INTO ad_spend (tenant, line_item, day, spent) VALUES (?, ?, ?, ?) "
                              "ON CONFLICT(tenant, line_item, day) DO UPDATE SET spent = spent + excluded.spent",
                              [(tenant, line_item, d, int(charge["price"])) for d in (day, "total")])
@@ -719,9 +732,22 @@ class SqliteCdpStore:
     def ad_spend(self, tenant: str, line_item: str, day: str) -> dict[str, int]:
         return self._spend(self._conn(), tenant, line_item, day)
 
+    def ad_spend_all(self, tenant: str, day: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for line_item, when, spent in self._conn().execute(
+                "SELECT line_item, day, spent FROM ad_spend WHERE tenant = ? AND day IN (?, ?)", (tenant, day, "total")):
+            row = out.setdefault(line_item, {"spent_today": 0, "spent_total": 0})
+            row["spent_today" if when == day else "spent_total"] = spent
+        return out
+
+    def line_items_stamp(self, tenant: str) -> tuple[int, float]:
+        count, latest = self._conn().execute("SELECT COUNT(*), MAX(updated_at) FROM line_items WHERE tenant = ?",
+                                             (tenant,)).fetchone()
+        return int(count), float(latest or 0.0)
+
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
         rows = self._conn().execute(
-            "SELECT ad_id, line_item, advertiser, price, day, ts FROM ad_charges WHERE tenant = ? "
+            f"SELECT {', '.join(CHARGE_FIELDS)} FROM ad_charges WHERE tenant = ? "
             "AND (? IS NULL OR line_item = ?) ORDER BY ts, ad_id", (tenant, line_item, line_item)).fetchall()
         return [dict(r) for r in rows]
 

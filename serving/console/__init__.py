@@ -14,8 +14,6 @@ on their own, so it needs neither.
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,19 +82,8 @@ class _SessionConfig(ServerSideSessionConfig):
 
 
 def _secret(settings: Settings) -> str:
-    """The CSRF signing secret: ``LODESTAR_CONSOLE_SECRET``, else one made once per data dir (so that
-    every worker process, and a restart, agrees on it)."""
-    if os.environ.get("LODESTAR_CONSOLE_SECRET"):
-        return os.environ["LODESTAR_CONSOLE_SECRET"]
-    path = settings.data_dir / "console" / "secret"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    """The CSRF signing secret: ``LODESTAR_CONSOLE_SECRET``, else one made once per data dir."""
+    return settings.secret("console", "LODESTAR_CONSOLE_SECRET")
 
 
 def _private_dir(path: Path) -> Path:
