@@ -58,6 +58,11 @@ RERANK_HEAD = 50  # how many of the best collaborative candidates the content si
 class Recommendation:
     items: list[Hit]
     strategy: str
+    # What the items were ranked by (the auction scores sponsored items with the same signals).
+    taste: np.ndarray | None = None  # the user's taste (content), or their profile text's embedding
+    collab_query: np.ndarray | None = None  # the user's folded-in collaborative vector (hybrid only)
+    excluded: frozenset[str] = frozenset()  # the user's own items and the request's exclude
+    item_filter: ItemFilter | None = None  # the request's, with the user's disliked categories
 
 
 def _recent(events: list[dict[str, Any]], config: TenantConfig) -> list[dict[str, Any]]:
@@ -207,6 +212,7 @@ def recommend(
     taste = user_taste(reader, events, config) if seen else None
     ranked: list[Hit] = []
     strategy = POPULAR
+    query = None
     if model is not None and seen:
         item_weights = event_item_weights(events, config)
         query = model.query_vector(item_weights)
@@ -223,7 +229,9 @@ def recommend(
             for hit in ranked:
                 trace.note(hit.item_id, POPULAR_SOURCE, popularity=hit.payload.get("popularity"))
     items = apply(reader, ranked, k, replace(controls, item_filter=item_filter), rules, now, trace)
-    return Recommendation(items, strategy)
+    return Recommendation(items, strategy, taste if strategy in (HYBRID, PERSONALIZED) else
+                          profile_vector if strategy == COLD_START else None,
+                          query if strategy == HYBRID else None, frozenset(exclude), item_filter)
 
 
 def profile_text(attributes: dict[str, Any], preferences: dict[str, Any] | None, config: TenantConfig) -> str:

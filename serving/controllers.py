@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -13,6 +14,7 @@ from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
 from lodestar.ads import campaigns
+from lodestar.ads.market import Placed, Signals
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
 from lodestar.config_versions import (
     CONFIG_ACTIONS,
@@ -25,8 +27,8 @@ from lodestar.erasure import erase_user
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.experiments import lifecycle as experiments_lifecycle
 from lodestar.explain import Trace
-from lodestar.filters import parse_exclude, parse_filter
-from lodestar.index import Hit
+from lodestar.filters import ItemFilter, parse_exclude, parse_filter
+from lodestar.index import Hit, PublishedVersion
 from lodestar.keys import (
     ADVERTISER,
     OPERATOR,
@@ -41,11 +43,14 @@ from lodestar.recommend import (
     recommend_for_session,
     recommend_for_user,
     similar_items,
+    user_history,
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
 from lodestar.tenant_config import TenantConfig, effective_config, validate_config
+from serving.ads import TenantAds, recommendation_signals, request_for
 from serving.auth import SCOPE
 from serving.dependencies import (
+    AdsDep,
     Cdp,
     Config,
     EmbedderDep,
@@ -60,6 +65,7 @@ from serving.dependencies import (
 from serving.experiments import Assigned
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
+    AdClick,
     AdvertiserRequest,
     AuditEntry,
     AuditLog,
@@ -92,6 +98,7 @@ from serving.schemas import (
 )
 from serving.served_log import ServedLog
 
+AD_HISTORY = 500  # a user's latest events read for frequency caps (off the user recommendations' path)
 PathId = Annotated[str, Parameter(min_length=1, max_length=256,
                                   description="An id: 1 to 256 characters, no control characters")]
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
@@ -110,25 +117,57 @@ EXPLAIN = Annotated[bool, Parameter(description="true (with an admin key): each 
 def _items(
     served_log: ServedLog, tenant: str, hits: list[Hit], version: str, strategy: str, endpoint: str,
     user_id: str | None = None, trace: Trace | None = None, unit: str | None = None, assigned: Assigned = (),
+    sponsored: Sponsored | None = None,
 ) -> ItemList:
     """The response, recorded in the served log under its recommendation_id for attribution (with
     the unit and the experiment variants it was served in); with a trace, each item carries its
-    explanation."""
+    explanation; with retail media on, the sponsored items take their positions (``sponsored``)."""
+    shown: list[Hit | Placed] = sponsored.items if sponsored is not None else list(hits)
+    now = time.time()
+    items = []
+    for entry in shown:
+        if isinstance(entry, Placed):
+            items.append(ScoredItem(id=entry.product, score=round(entry.relevance, 6), title=entry.payload.get("title", ""),
+                                    sponsored=True, ad_id=sponsored.ads.ad_id(tenant, entry, endpoint, now),
+                                    advertiser=entry.line_item.advertiser_name))
+        else:
+            items.append(ScoredItem(id=entry.item_id, score=round(entry.score, 6), title=entry.payload.get("title", ""),
+                                    explanation=None if trace is None else _explanation(trace, entry.item_id)))
     body = ItemList(
         experiment=assigned[0][0] if assigned else None, variant=assigned[0][1] if assigned else None,
         experiments=[ExperimentVariant(experiment=e, variant=v) for e, v in assigned],
-        items=[ScoredItem(id=h.item_id, score=round(h.score, 6), title=h.payload.get("title", ""),
-                          explanation=None if trace is None else _explanation(trace, h.item_id)) for h in hits],
+        items=items,
         recommendation_id=uuid.uuid4().hex,
         index_version=version,
         strategy=strategy,
+        auction=sponsored.explanation if sponsored is not None and trace is not None else None,
     )
     served_log.record(tenant, {
         "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": endpoint,
-        "strategy": strategy, "items": [h.item_id for h in hits], "unit_id": unit,
+        "strategy": strategy, "items": [i.id for i in items], "unit_id": unit,
         "experiments": [list(a) for a in assigned],
     })
     return body
+
+
+@dataclass
+class Sponsored:
+    ads: TenantAds
+    items: list[Hit | Placed]
+    explanation: dict[str, Any] | None
+
+
+def _sponsored(
+    ads: TenantAds, tenant: str, published: PublishedVersion, config: TenantConfig, placement: str, k: int,
+    hits: list[Hit], signals: Signals, trace: Trace | None, *, exclude: frozenset[str] = frozenset(),
+    item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
+    events: list[dict[str, Any]] | tuple = (),
+) -> Sponsored | None:
+    """The answer with sponsored items in their ad-load positions (``None`` with retail media off)."""
+    request = request_for(placement, k, hits, signals, exclude, item_filter, query,
+                          categories | frozenset((item_filter or ItemFilter()).categories), events)
+    result = ads.place(tenant, published, config, request, explain=trace is not None)
+    return None if result is None else Sponsored(ads, result.items, result.explanation)
 
 
 def _explanation(trace: Trace, item_id: str) -> Explanation:
@@ -156,6 +195,11 @@ def _controls(item_filter: Any, exclude: Any, diversity: float | None, config: T
                     config.diversity if diversity is None else diversity)
 
 
+def _ad_history(cdp: CdpStore, tenant: str, user_id: str | None) -> list[dict[str, Any]]:
+    """A named user's latest events (their ad impressions today count against frequency caps)."""
+    return [] if user_id is None else cdp.user_events(tenant, parse_id(user_id, "user_id"), limit=AD_HISTORY)
+
+
 def _unit(user_id: str | None, session_id: str | None = None) -> str | None:
     """The unit an experiment assigns by: the user when known, else the session; kind-prefixed, so a
     user and a session of the same id are two units."""
@@ -172,25 +216,31 @@ class RecommendationController(Controller):
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
     def for_user(
         self, request: Request, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
-        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, k: K = 10,
+        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, k: K = 10,
         filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None, explain: EXPLAIN = False,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
-        they have no history, popular items when nothing is known (``strategy`` says which)."""
+        they have no history, popular items when nothing is known (``strategy`` says which). With
+        retail media on, sponsored items take the ad-load positions (``sponsored``, ``ad_id``)."""
         user_id = parse_id(user_id, "user_id")
         unit = _unit(user_id)
         config, assigned = experiments.apply(tenant, "recommendations", unit, config)
         controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
-        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace)
+        history = user_history(cdp, tenant, user_id)
+        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace, history)
+        sponsored = _sponsored(
+            ads, tenant, published, config, "recommendations", k, result.items,
+            recommendation_signals(config, published, result.taste, result.collab_query, result.items), trace,
+            exclude=result.excluded, item_filter=result.item_filter, events=history[0]) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
-                      trace, unit, assigned)
+                      trace, unit, assigned, sponsored)
 
     @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
           sync_to_thread=True)
     def for_session(
         self, request: Request, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
-        served_log: ServedLogDep, experiments: ExperimentsDep,
+        served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, cdp: Cdp,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
         unit = _unit(data.user_id, data.session_id)
@@ -199,8 +249,13 @@ class RecommendationController(Controller):
         item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
         trace = _trace(data.explain, request)
         result = recommend_for_session(published, item_ids, data.k, config, controls, trace=trace)
+        sponsored = _sponsored(
+            ads, tenant, published, config, "session", data.k, result.items,
+            recommendation_signals(config, published, result.taste, result.collab_query, result.items), trace,
+            exclude=result.excluded, item_filter=result.item_filter,
+            events=_ad_history(cdp, tenant, data.user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "session",
-                      data.user_id, trace, unit, assigned)
+                      data.user_id, trace, unit, assigned, sponsored)
 
 
 class ItemController(Controller):
@@ -211,7 +266,7 @@ class ItemController(Controller):
     @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
     def similar(
         self, request: Request, tenant: Tenant, item_id: PathId, published: Published, config: Config,
-        served_log: ServedLogDep, experiments: ExperimentsDep, k: K = 10, filter: FILTER = None,
+        served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, cdp: Cdp, k: K = 10, filter: FILTER = None,
         exclude: EXCLUDE = None, diversity: DIVERSITY = None, explain: EXPLAIN = False, user_id: UNIT = None,
         session_id: UNIT = None,
     ) -> ItemList:
@@ -224,8 +279,15 @@ class ItemController(Controller):
         hits = similar_items(published.reader, item_id, k, config, controls, trace)
         if hits is None:
             raise NotFound(f"item {item_id!r} is not in the catalog (or is unavailable or deleted)")
+        sponsored = None
+        if config.ads.enabled:
+            source = published.reader.get(item_id)
+            sponsored = _sponsored(
+                ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace,
+                exclude=frozenset((item_id, *controls.exclude)), item_filter=controls.item_filter,
+                categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id))
         return _items(served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace, unit,
-                      assigned)
+                      assigned, sponsored)
 
 
 class SearchController(Controller):
@@ -236,7 +298,7 @@ class SearchController(Controller):
     @post("/", operation_id="semanticSearch", responses=WRITES, status_code=200, sync_to_thread=True)
     def search(
         self, request: Request, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
-        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep,
+        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, cdp: Cdp,
     ) -> ItemList:
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
@@ -247,8 +309,12 @@ class SearchController(Controller):
         vector = embedder.encode([data.query])[0]
         trace = _trace(data.explain, request)
         hits = nearest_controlled(published.reader, vector, data.k, config, controls, trace=trace)
+        sponsored = _sponsored(
+            ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace,
+            exclude=frozenset(controls.exclude), item_filter=controls.item_filter, query=data.query,
+            events=_ad_history(cdp, tenant, data.user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id, trace,
-                      unit, assigned)
+                      unit, assigned, sponsored)
 
 
 class EventController(Controller):
@@ -259,18 +325,26 @@ class EventController(Controller):
 
     @post("/", operation_id="ingestEvents", responses=WRITES, status_code=200, sync_to_thread=True)
     def ingest(
-        self, tenant: Tenant, data: EventBatch, cdp: Cdp, config: Config, event_quotas: EventQuotasDep,
+        self, tenant: Tenant, data: EventBatch, cdp: Cdp, config: Config, event_quotas: EventQuotasDep, ads: AdsDep,
         atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
     ) -> EventsAccepted:
         """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
-        shapes the user's next recommendations; invalid events are reported by index and reason."""
+        shapes the user's next recommendations; invalid events are reported by index and reason.
+        An event may carry the ``ad_id`` of a sponsored item it is about (an impression, click or
+        conversion); an ``ad_id`` the shop never served is rejected. A click on an ad is charged to
+        its line item once (``ad_clicks`` says at what price, or why not)."""
         now = time.time()
-        valid, rejected = [], []
+        valid, rejected, clicks = [], [], []
         for index, raw in enumerate(data.events):
             try:
                 if not isinstance(raw, dict):
                     raise InvalidInput("an event must be a JSON object")
-                valid.append(parse_event(raw, default_ts=now))
+                event = parse_event(raw, default_ts=now)
+                if event["ad_id"] is not None:
+                    ad, record = ads.check(tenant, event, config.ads, now)
+                    if event["type"] == "click":
+                        clicks.append((index, event, ad, record))
+                valid.append(event)
             except InvalidInput as exc:
                 rejected.append(RejectedEvent(index=index, reason=str(exc)))
         if rejected and (atomic or not valid):
@@ -281,10 +355,16 @@ class EventController(Controller):
         held = event_quotas.reserve(tenant, config.quotas, len(valid))  # 429 for a whole batch past today's quota
         stored = 0
         try:
+            # Clicks are charged before the events are stored: a charge is idempotent (per ad_id), so a
+            # batch sent again after a failure is never charged twice, and no stored click goes unpaid.
+            charged = [(index, ads.charge(tenant, event, ad, record, config.ads, now))
+                       for index, event, ad, record in clicks]
             stored = cdp.append_events(tenant, valid)
         finally:
             event_quotas.settle(tenant, held, stored)
-        return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected)
+        return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected, ad_clicks=[
+            AdClick(index=index, charged=result["charged"], price=clicks[n][2].price if result["charged"] else 0,
+                    reason=result["reason"]) for n, (index, result) in enumerate(charged)])
 
 
 class PreferenceController(Controller):

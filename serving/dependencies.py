@@ -16,6 +16,7 @@ from lodestar.embed import Embedder
 from lodestar.index import IndexStore, PublishedVersion
 from lodestar.settings import Settings
 from lodestar.tenant_config import TenantConfig
+from serving.ads import TenantAds
 from serving.console.gate import SignInGate
 from serving.console.pipeline import Pipeline
 from serving.experiments import TenantExperiments
@@ -72,6 +73,10 @@ def provide_experiments(state: State) -> TenantExperiments:
     return state.experiments
 
 
+def provide_ads(state: State) -> TenantAds:
+    return state.ads
+
+
 def provide_configs(state: State) -> TenantConfigs:
     return state.configs
 
@@ -113,6 +118,7 @@ PipelineDep = NamedDependency[SkipValidation[Pipeline]]
 Configs = NamedDependency[SkipValidation[TenantConfigs]]
 SignInGateDep = NamedDependency[SkipValidation[SignInGate]]
 ExperimentsDep = NamedDependency[SkipValidation[TenantExperiments]]
+AdsDep = NamedDependency[SkipValidation[TenantAds]]
 
 # The API's tenant comes from its key; console pages name theirs in the path (``/console/t/{tenant}``),
 # which Litestar hands to the same providers under the same name.
@@ -132,4 +138,5 @@ DEPENDENCIES = {
     "configs": Provide(provide_configs, sync_to_thread=False),
     "signin_gate": Provide(provide_signin_gate, sync_to_thread=False),
     "experiments": Provide(provide_experiments, sync_to_thread=False),
+    "ads": Provide(provide_ads, sync_to_thread=False),
 }

@@ -36,9 +36,14 @@ class Explanation(msgspec.Struct):
 
 class ScoredItem(msgspec.Struct, omit_defaults=True):
     id: str
-    score: float
+    score: float  # a sponsored item's: its relevance to the request (0 to 1)
     title: str
     explanation: Explanation | None = None  # only with explain=true
+    # Sponsored items only (retail media): the ad's id, to send back on its impression, click and
+    # conversion events, and the advertiser's display name.
+    sponsored: bool = False
+    ad_id: str | None = None
+    advertiser: str | None = None
 
 
 class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,6 +77,8 @@ class ItemList(msgspec.Struct):
     experiment: str | None = None
     variant: str | None = None
     experiments: list[ExperimentVariant] = []
+    # With explain=true and retail media on: the auction (bids, relevance, prices, who lost and why).
+    auction: dict[str, Any] | None = None
 
 
 K = Annotated[int, msgspec.Meta(ge=1, le=100)]
@@ -115,10 +122,20 @@ class RejectedEvent(msgspec.Struct):
     reason: str
 
 
+class AdClick(msgspec.Struct, omit_defaults=True):
+    """What became of an ad click of the batch: charged (its price, in micros) or why not."""
+
+    index: int
+    charged: bool
+    price: int = 0
+    reason: str | None = None
+
+
 class EventsAccepted(msgspec.Struct):
     accepted: int
     stored: int  # new events (an event already stored, same user, item, type and ts, is not stored twice)
     rejected: list[RejectedEvent]
+    ad_clicks: list[AdClick] = []  # the batch's clicks on sponsored items (retail media)
 
 
 class Preferences(msgspec.Struct, forbid_unknown_fields=True):

@@ -31,8 +31,8 @@ from typing import Any
 from arango.exceptions import DocumentInsertError
 
 from lodestar.cdp import (
-    CHARGE_FIELDS,
     ALL_SCOPES,
+    CHARGE_FIELDS,
     ENTITIES,
     SERVED_FIELDS,
     StoredKey,

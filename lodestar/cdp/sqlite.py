@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.cdp import (
-    CHARGE_FIELDS,
     ALL_SCOPES,
+    CHARGE_FIELDS,
     FLAG_FIELDS,
     JSON_FIELDS,
     SERVED_FIELDS,

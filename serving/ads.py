@@ -1,0 +1,255 @@
+"""Retail media in the serving process: each tenant's market (its live line items over its published
+index), kept at most a second behind the CDP store; sponsored items placed in answers; ad clicks
+checked and charged.
+
+A tenant with retail media off costs one attribute read per request. On, a request reads nothing
+from the store: the market is refreshed by a background thread of the process at most once per
+``refresh_s`` (the line items when any changed, the spend of all of them in one read, the
+participation probabilities of pacing once a minute), so a line item whose budget ran out stops
+entering auctions in every process within about a second; the process that charged the click
+refreshes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lodestar.ads import pacing
+from lodestar.ads.auction import AuctionSettings
+from lodestar.ads.market import (
+    AdRequest,
+    AdsResult,
+    LiveLineItem,
+    Market,
+    ProductTable,
+    Signals,
+    collab_scale,
+)
+from lodestar.ads.money import MICROS
+from lodestar.ads.tokens import ServedAd, decode_unverified, make_ad_id, read_ad_id
+from lodestar.cdp import CdpStore
+from lodestar.errors import InvalidInput
+from lodestar.filters import ItemFilter
+from lodestar.index import Hit, PublishedVersion
+from lodestar.tenant_config import AdsSettings, TenantConfig
+
+log = logging.getLogger("lodestar.serving")
+
+TRAFFIC_REPORT = "traffic_curve"  # served lists per hour of day, written by the pipeline
+CURVE_REFRESH_S = 3600.0
+DAY_S = 86400
+
+
+def utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def auction_settings(ads: AdsSettings) -> AuctionSettings:
+    return AuctionSettings(reserve=round(ads.reserve * MICROS), relevance_floor=ads.relevance_floor,
+                           positions=tuple(ads.positions))
+
+
+@dataclass
+class _State:
+    version: str
+    settings: AuctionSettings
+    stamp: tuple[int, float]
+    line_items: list[LiveLineItem]
+    table: ProductTable
+    table_key: tuple
+    live_key: tuple
+    market: Market
+    spend: dict[str, dict[str, int]]
+    participation: dict[str, float] = field(default_factory=dict)
+    paced_at: float = 0.0
+    curve: list[float] = field(default_factory=lambda: pacing.traffic_curve([]))
+    curve_at: float = float("-inf")
+    built_at: float = 0.0  # monotonic
+
+
+class TenantAds:
+    def __init__(self, cdp: CdpStore, secret: str, refresh_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._cdp = cdp
+        self._secret = secret
+        self._refresh = refresh_s
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+        self._building: dict[str, threading.Lock] = {}
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- the market ----------------------------------------------------------------------------
+    def market(self, tenant: str, published: PublishedVersion, ads: AdsSettings) -> Market:
+        settings = auction_settings(ads)
+        state = self._states.get(tenant)
+        if state is None or state.version != published.version or state.settings != settings:
+            with self._building_lock(tenant):
+                state = self._states.get(tenant)
+                if state is None or state.version != published.version or state.settings != settings:
+                    state = self._build(tenant, published, settings, state)
+            return state.market
+        if time.monotonic() - state.built_at >= self._refresh:
+            with self._lock:
+                start = tenant not in self._in_flight
+                self._in_flight.add(tenant)
+            if start:
+                threading.Thread(target=self._refresh_in_background, args=(tenant, published, settings),
+                                 name=f"ads-refresh-{tenant}", daemon=True).start()
+        return state.market
+
+    def _building_lock(self, tenant: str) -> threading.Lock:
+        with self._lock:
+            return self._building.setdefault(tenant, threading.Lock())
+
+    def _refresh_in_background(self, tenant: str, published: PublishedVersion, settings: AuctionSettings) -> None:
+        try:
+            with self._building_lock(tenant):
+                state = self._states.get(tenant)
+                if state is not None and state.version == published.version and state.settings == settings:
+                    self._build(tenant, published, settings, state)
+        except Exception:  # noqa: BLE001 - a failed refresh keeps the last market; the next request retries
+            log.exception("could not refresh the ads of tenant %s", tenant)
+        finally:
+            with self._lock:
+                self._in_flight.discard(tenant)
+
+    def _build(self, tenant: str, published: PublishedVersion, settings: AuctionSettings,
+               previous: _State | None) -> _State:
+        now = self._clock()
+        stamp = self._cdp.line_items_stamp(tenant)
+        if previous is not None and previous.stamp == stamp:
+            line_items = previous.line_items
+        else:
+            names = {a["id"]: a["name"] for a in self._cdp.list_advertisers(tenant)}
+            line_items = [LiveLineItem.of(r, names.get(r["advertiser"], r["advertiser"]))
+                          for r in self._cdp.list_line_items(tenant)]
+        spend = self._cdp.ad_spend_all(tenant, utc_day(now))
+        # The product table covers every active line item's products (spend does not rebuild it).
+        table_key = (published.version, tuple(sorted({p for li in line_items if li.status == "active"
+                                                      for p in li.products})))
+        table = previous.table if previous is not None and previous.table_key == table_key \
+            else ProductTable(published.reader, published.model, table_key[1])
+        live = [li for li in line_items if li.state(spend.get(li.id), now) == "active"]
+        live_key = (table_key, settings, tuple(li for li in live))
+        participation = dict(previous.participation) if previous is not None else {}
+        curve, curve_at = (previous.curve, previous.curve_at) if previous is not None else (pacing.traffic_curve([]),
+                                                                                             float("-inf"))
+        paced_at = previous.paced_at if previous is not None else now
+        if now - curve_at >= CURVE_REFRESH_S:
+            report = self._cdp.get_report(tenant, TRAFFIC_REPORT)
+            curve = pacing.traffic_curve([r.get("lists", 0) for r in report["rows"]] if report else [])
+            curve_at = now
+        if now - paced_at >= pacing.STEP_S:
+            share = pacing.expected_share(curve, now % DAY_S)
+            for li in live:
+                spent = (spend.get(li.id) or {}).get("spent_today", 0)
+                participation[li.id] = pacing.next_participation(participation.get(li.id, 1.0), spent,
+                                                                 li.daily_budget, share)
+            paced_at = now
+        if previous is not None and previous.live_key == live_key:
+            market = previous.market
+            market.set_participation(participation)
+        else:
+            market = Market(live, table, settings, participation)
+        state = _State(published.version, settings, stamp, line_items, table, table_key, live_key, market, spend,
+                       participation, paced_at, curve, curve_at, time.monotonic())
+        self._states[tenant] = state
+        return state
+
+    def stale(self, tenant: str) -> None:
+        """Refresh the tenant's market at its next request (a click was just charged here)."""
+        state = self._states.get(tenant)
+        if state is not None:
+            state.built_at = float("-inf")
+
+    # -- serving -------------------------------------------------------------------------------
+    def _rng(self) -> np.random.Generator:
+        rng = getattr(self._local, "rng", None)
+        if rng is None:
+            rng = self._local.rng = np.random.default_rng()
+        return rng
+
+    def place(self, tenant: str, published: PublishedVersion, config: TenantConfig, request: AdRequest,
+              explain: bool = False) -> AdsResult | None:
+        """The answer with its sponsored items, or ``None`` when the tenant has retail media off."""
+        if not config.ads.enabled:
+            return None
+        market = self.market(tenant, published, config.ads)
+        if not market:
+            return AdsResult(list(request.organic)[:request.k], [],
+                             {"auction": "no active line item"} if explain else None)
+        return market.serve(request, self._rng(), explain)
+
+    def ad_id(self, tenant: str, placed: Any, placement: str, now: float) -> str:
+        return make_ad_id(self._secret, tenant, ServedAd(placed.line_item.id, placed.product_index, placed.price,
+                                                         int(now), placement))
+
+    # -- events --------------------------------------------------------------------------------
+    def check(self, tenant: str, event: dict[str, Any], ads: AdsSettings, now: float) -> tuple[ServedAd, dict[str, Any]]:
+        """The served ad and its line item an event's ``ad_id`` names; :class:`InvalidInput` when
+        the shop never served it, it is for another product, or it is too old to count."""
+        ad = read_ad_id(self._secret, tenant, event["ad_id"])
+        record = self._cdp.get_line_item(tenant, ad.line_item)
+        if record is None or not 0 <= ad.product_index < len(record["products"]):
+            raise InvalidInput("ad_id: its line item no longer exists", field="ad_id")
+        product = record["products"][ad.product_index]
+        if event["type"] in ("click", "impression") and event["item_id"] != product:
+            raise InvalidInput(f"ad_id: the ad was for item {product!r}, not {event['item_id']!r}", field="ad_id")
+        max_age = max(1, ads.attribution_days) * DAY_S
+        if now - ad.served_at > max_age:
+            raise InvalidInput(f"ad_id: served more than {max_age // DAY_S} days ago; too old to count", field="ad_id")
+        return ad, record
+
+    def charge(self, tenant: str, event: dict[str, Any], ad: ServedAd, record: dict[str, Any], ads: AdsSettings,
+               now: float) -> dict[str, Any]:
+        """Charge a click on a served ad in the ledger (once; a repeat within the click window is
+        one click; never past the budget by more than this click's price)."""
+        result = self._cdp.charge_click(tenant, {
+            "ad_id": event["ad_id"], "line_item": record["id"], "advertiser": record["advertiser"],
+            "product": record["products"][ad.product_index], "user_id": event["user_id"], "price": ad.price,
+            "day": utc_day(now), "ts": now}, int(record["daily_budget"]), int(record["total_budget"]),
+            float(ads.click_window_s))
+        if result["charged"]:
+            self.stale(tenant)
+        return result
+
+
+def impressions_today(events: Sequence[dict[str, Any]], now: float) -> dict[str, int]:
+    """A user's impression events with an ad since midnight UTC, by line item (frequency caps)."""
+    midnight = now - now % DAY_S
+    counts: Counter[str] = Counter()
+    for event in events:
+        if event.get("ad_id") and event["type"] == "impression" and event["ts"] >= midnight:
+            ad = decode_unverified(event["ad_id"])
+            if ad is not None:
+                counts[ad.line_item] += 1
+    return dict(counts)
+
+
+def request_for(
+    placement: str, k: int, organic: Sequence[Hit], signals: Signals, exclude: frozenset[str] = frozenset(),
+    item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
+    events: Sequence[dict[str, Any]] = (), now: float | None = None,
+) -> AdRequest:
+    return AdRequest(placement, k, organic, signals, exclude, item_filter or ItemFilter(), query, categories,
+                     impressions_today(events, time.time() if now is None else now) if events else {})
+
+
+def recommendation_signals(config: TenantConfig, published: PublishedVersion, taste: np.ndarray | None,
+                           collab_query: np.ndarray | None, organic: Sequence[Hit]) -> Signals:
+    """The signals a user's (or session's) organic list was ranked by, for its sponsored items."""
+    if collab_query is None:
+        return Signals(content=taste)
+    return Signals(content=taste, collab=collab_query, collab_scale=collab_scale(published.model, collab_query, organic),
+                   collab_weight=config.ranking.collab, content_weight=config.ranking.content if taste is not None
+                   else 0.0)
