@@ -1,14 +1,21 @@
-"""Attribution of clicks and conversions to the lists the API served."""
+"""Attribution of clicks and conversions to the lists the API served, and to the ads it served."""
 
+import json
+import time
+
+import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets import DOWNSTREAM, bar, report
 from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
 from lodestar import attribution
+from lodestar.ads import report as ads_report
+from lodestar.cdp import require_tenant
 from lodestar.experiments import lifecycle
 from lodestar.experiments import report as experiments_report
 from lodestar.lineage.files import read_extract
+from lodestar.tenant_config import effective_config
 
 
 def _chart(totals) -> str:
@@ -40,6 +47,7 @@ def attribution_report(context: AssetExecutionContext, lodestar: LodestarResourc
         # For the console (which reads the CDP store, never the pipeline's files).
         store.put_report(tenant, "attribution", attribution.as_rows(table))
         store.put_report(tenant, "activity", attribution.activity(events))
+        store.put_report(tenant, ads_report.TRAFFIC_REPORT, ads_report.traffic_curve(served, time.time()))
     path = files.attribution
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(path, index=False)
@@ -79,4 +87,42 @@ def experiment_report(context: AssetExecutionContext, lodestar: LodestarResource
     return MaterializeResult(metadata={
         "experiments": len(reports),
         "verdicts": MetadataValue.md("\n".join(f"- **{r['experiment']}**: {r['verdict']}" for r in reports) or "none"),
+    })
+
+
+@asset(
+    name="ads_report",
+    partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
+    group_name="analytics",
+    kinds={"pandas"},
+    deps=["cdp_events", "cdp_items"],
+    description="Retail media per line item and day: impressions and clicks on ads, charged clicks and spend (the "
+                "ledger), conversions attributed to the last ad click (or view, per tenant setting), revenue, ROAS; "
+                "kept as the 'ads' report in the CDP store (advertisers read their own rows from the API).",
+)
+def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    files = lodestar.files(tenant)
+    with lodestar.cdp() as store:
+        line_items = {r["id"]: r for r in store.list_line_items(tenant)}
+        rows = []
+        if line_items:
+            settings = effective_config(require_tenant(store, tenant)["config"]).ads
+            items = read_extract(files, "items")
+            catalog = {r.id: {"id": r.id, "categories": list(r.categories), "attributes": json.loads(r.attributes)}
+                       for r in items.itertuples()} if len(items) else {}
+            events = read_extract(files, "events")
+            wanted = events[events["ad_id"].notna() | (events["type"] == "purchase")] if "ad_id" in events else \
+                events[events["type"] == "purchase"]
+            rows = ads_report.ads_report(store.ad_charges(tenant), wanted.to_dict("records"), catalog, line_items,
+                                         settings)
+        store.put_report(tenant, ads_report.REPORT, rows)
+    spend = sum(r["spend"] for r in rows)
+    report(context, f"{len(line_items)} line items, spend {spend:.2f}, "
+                    f"{sum(r['conversions'] for r in rows)} attributed conversions")
+    return MaterializeResult(metadata={
+        "line items": len(line_items), "spend": spend, "charged clicks": sum(r["charged_clicks"] for r in rows),
+        "attributed conversions": sum(r["conversions"] for r in rows),
+        "by line item and day": MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "no ads"),
     })

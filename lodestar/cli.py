@@ -355,6 +355,13 @@ def cmd_advertisers(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"Advertiser {advertiser['id']!r} ({advertiser['name']}) of tenant {args.tenant!r}.")
             _say(f"Its API key (shown once; it sees only this advertiser's line items and spend, under /v1/ads): {key}")
             return 0
+        if args.advertisers_command == "report":
+            from lodestar.ads.report import report_from_store
+
+            rows = [r for r in report_from_store(store, args.tenant)
+                    if args.advertiser is None or r["advertiser"] == args.advertiser]
+            print(json.dumps(rows, indent=2))
+            return 0
         rows = [{**a, "line_items": len(store.list_line_items(args.tenant, a["id"]))}
                 for a in store.list_advertisers(args.tenant)]
     print(json.dumps(rows, indent=2))
@@ -547,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_advertisers)
     p = advertisers.add_parser("list", help="a tenant's advertisers")
     p.add_argument("--tenant", required=True)
+    p.set_defaults(func=cmd_advertisers)
+    p = advertisers.add_parser("report", help="spend, clicks and attributed conversions per line item and day, "
+                                              "read now from the CDP store (the ads_report asset keeps it for the API)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--advertiser", default=None, help="one advertiser's rows only")
     p.set_defaults(func=cmd_advertisers)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")

@@ -99,7 +99,8 @@ class AdsSettings:
     """Retail media (lodestar.ads): off until the tenant turns it on; then the auction's reserve price
     (currency units per click) and relevance floor, the list positions sponsored items may take (the
     ad load), how long repeated clicks on one served ad count as one, and how conversions are
-    attributed to ad clicks (window in days; by the same ``product``, ``brand`` or ``category``)."""
+    attributed to ad clicks (window in days; by the same ``product``, ``brand`` or ``category``; and,
+    when ``view_through_days`` is above 0, to ad impressions without a click)."""
 
     enabled: bool = False
     reserve: float = 0.01
@@ -108,10 +109,11 @@ class AdsSettings:
     click_window_s: int = 1800
     attribution_days: int = 7
     attribution_scope: str = "product"
+    view_through_days: int = 0  # 0: conversions after an ad impression alone are not attributed
 
 
 ATTRIBUTION_SCOPES = ("product", "brand", "category")
-ADS_INT_LIMITS = {"click_window_s": 7 * 86400, "attribution_days": 90}
+ADS_INT_LIMITS = {"click_window_s": 7 * 86400, "attribution_days": 90, "view_through_days": 30}
 
 
 def _ads(values: Any) -> None:
@@ -128,7 +130,7 @@ def _ads(values: Any) -> None:
                                    or any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 100
                                           for p in value)):
             raise InvalidInput(f"{where}: up to 10 distinct list positions from 1 to 100, e.g. [1, 5]", field=where)
-        if key in ("click_window_s", "attribution_days") and (isinstance(value, bool) or not isinstance(value, int)
+        if key in ADS_INT_LIMITS and (isinstance(value, bool) or not isinstance(value, int)
                                                               or not 0 <= value <= ADS_INT_LIMITS[key]):
             raise InvalidInput(f"{where}: a whole number from 0 to {ADS_INT_LIMITS[key]}", field=where)
         if key == "reserve" and not (isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,8 @@ from lodestar.ads.market import (
     collab_scale,
 )
 from lodestar.ads.money import MICROS
-from lodestar.ads.tokens import ServedAd, decode_unverified, make_ad_id, read_ad_id
+from lodestar.ads.report import TRAFFIC_REPORT
+from lodestar.ads.tokens import ServedAd, make_ad_id, read_ad_id
 from lodestar.cdp import CdpStore
 from lodestar.errors import InvalidInput
 from lodestar.filters import ItemFilter
@@ -43,7 +43,6 @@ from lodestar.tenant_config import AdsSettings, TenantConfig
 
 log = logging.getLogger("lodestar.serving")
 
-TRAFFIC_REPORT = "traffic_curve"  # served lists per hour of day, written by the pipeline
 CURVE_REFRESH_S = 3600.0
 DAY_S = 86400
 
@@ -135,12 +134,16 @@ class TenantAds:
                           for r in self._cdp.list_line_items(tenant)]
         spend = self._cdp.ad_spend_all(tenant, utc_day(now))
         # The product table covers every active line item's products (spend does not rebuild it).
-        table_key = (published.version, tuple(sorted({p for li in line_items if li.status == "active"
-                                                      for p in li.products})))
-        table = previous.table if previous is not None and previous.table_key == table_key \
-            else ProductTable(published.reader, published.model, table_key[1])
+        if previous is not None and previous.line_items is line_items and previous.version == published.version:
+            table_key, table = previous.table_key, previous.table
+        else:
+            table_key = (published.version, tuple(sorted({p for li in line_items if li.status == "active"
+                                                          for p in li.products})))
+            table = previous.table if previous is not None and previous.table_key == table_key \
+                else ProductTable(published.reader, published.model, table_key[1])
         live = [li for li in line_items if li.state(spend.get(li.id), now) == "active"]
-        live_key = (table_key, settings, tuple(li for li in live))
+        # The same line items (objects), the same table and settings: the market's books stand.
+        live_key = (id(line_items), id(table), settings, tuple(li.id for li in live))
         participation = dict(previous.participation) if previous is not None else {}
         curve, curve_at = (previous.curve, previous.curve_at) if previous is not None else (pacing.traffic_curve([]),
                                                                                              float("-inf"))
@@ -224,25 +227,13 @@ class TenantAds:
         return result
 
 
-def impressions_today(events: Sequence[dict[str, Any]], now: float) -> dict[str, int]:
-    """A user's impression events with an ad since midnight UTC, by line item (frequency caps)."""
-    midnight = now - now % DAY_S
-    counts: Counter[str] = Counter()
-    for event in events:
-        if event.get("ad_id") and event["type"] == "impression" and event["ts"] >= midnight:
-            ad = decode_unverified(event["ad_id"])
-            if ad is not None:
-                counts[ad.line_item] += 1
-    return dict(counts)
-
-
 def request_for(
     placement: str, k: int, organic: Sequence[Hit], signals: Signals, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
     events: Sequence[dict[str, Any]] = (), now: float | None = None,
 ) -> AdRequest:
-    return AdRequest(placement, k, organic, signals, exclude, item_filter or ItemFilter(), query, categories,
-                     impressions_today(events, time.time() if now is None else now) if events else {})
+    return AdRequest(placement, k, organic, signals, exclude, item_filter or ItemFilter(), query, categories, events,
+                     time.time() if now is None else now)
 
 
 def recommendation_signals(config: TenantConfig, published: PublishedVersion, taste: np.ndarray | None,

@@ -14,7 +14,8 @@ from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
 from lodestar.ads import campaigns
-from lodestar.ads.market import Placed, Signals
+from lodestar.ads.market import LiveLineItem, Placed, Signals
+from lodestar.ads.report import REPORT as ADS_REPORT
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
 from lodestar.config_versions import (
     CONFIG_ACTIONS,
@@ -47,7 +48,7 @@ from lodestar.recommend import (
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
 from lodestar.tenant_config import TenantConfig, effective_config, validate_config
-from serving.ads import TenantAds, recommendation_signals, request_for
+from serving.ads import TenantAds, recommendation_signals, request_for, utc_day
 from serving.auth import SCOPE
 from serving.dependencies import (
     AdsDep,
@@ -664,6 +665,13 @@ class AdvertiserController(Controller):
     def list_advertisers(self, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
         return {"advertisers": cdp.list_advertisers(tenant)}
 
+    @get("/report", operation_id="adsReport", responses=READS, sync_to_thread=True)
+    def report(self, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        """Every advertiser's rows of the ads report (per line item and day: impressions, clicks,
+        charged clicks, spend, attributed conversions and revenue, ROAS), as the pipeline's
+        ``ads_report`` asset last computed it; spend right now is on each line item."""
+        return _ads_report(cdp, tenant, None)
+
 
 class AdsController(Controller):
     """An advertiser's line items and spend, for that advertiser's key only."""
@@ -684,11 +692,18 @@ class AdsController(Controller):
         (amounts in the tenant's currency, e.g. "0.35"; stored in micros); 422 naming the field."""
         return campaigns.create_line_item(cdp, tenant, request.state.principal.advertiser, data, _actor(request))
 
+    @get("/report", operation_id="advertiserReport", responses=READS, sync_to_thread=True)
+    def report(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        """This advertiser's rows of the ads report (see ``GET /v1/advertisers/report``)."""
+        return _ads_report(cdp, tenant, request.state.principal.advertiser)
+
     @get("/line-items/{line_item:str}", operation_id="getLineItem", responses=READS | NOT_FOUND, sync_to_thread=True)
     def line_item(self, request: Request, tenant: Tenant, line_item: PathId, cdp: Cdp) -> dict[str, Any]:
         """The line item with its spend today (UTC) and in total, in micros."""
         found = campaigns.line_item_of(cdp, tenant, request.state.principal.advertiser, line_item)
-        return {**found, **cdp.ad_spend(tenant, line_item, time.strftime("%Y-%m-%d", time.gmtime()))}
+        spend = cdp.ad_spend(tenant, line_item, utc_day(time.time()))
+        live = LiveLineItem.of(found, found["advertiser"]).state(spend, time.time())
+        return {**found, **spend, "serving": live}
 
     @post("/line-items/{line_item:str}/status", operation_id="setLineItemStatus",
           responses=WRITES | NOT_FOUND | problem_responses(409), status_code=200, sync_to_thread=True)
@@ -696,3 +711,10 @@ class AdsController(Controller):
                ) -> dict[str, Any]:
         return campaigns.set_status(cdp, tenant, request.state.principal.advertiser, line_item, data.status,
                                     _actor(request))
+
+
+def _ads_report(cdp: CdpStore, tenant: str, advertiser: str | None) -> dict[str, Any]:
+    stored = cdp.get_report(tenant, ADS_REPORT)
+    rows = (stored or {}).get("rows", [])
+    return {"rows": [r for r in rows if advertiser is None or r["advertiser"] == advertiser],
+            "updated_at": (stored or {}).get("updated_at")}

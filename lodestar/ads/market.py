@@ -36,11 +36,13 @@ from typing import Any
 import numpy as np
 
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
+from lodestar.ads.tokens import decode_unverified
 from lodestar.collab import CollabModel
 from lodestar.filters import ItemFilter
 from lodestar.index import Hit, IndexReader
 
 WORD = re.compile(r"[\w']+")
+DAY_S = 86400
 EXPLAIN_LOSSES = 20  # the best losers an explanation lists (the rest are counted by reason)
 
 
@@ -189,7 +191,23 @@ class AdRequest:
     item_filter: ItemFilter = field(default_factory=ItemFilter)
     query: str | None = None
     categories: frozenset[str] = frozenset()  # the request's own (its filter's, the similar item's)
-    impressions_today: dict[str, int] = field(default_factory=dict)  # by line item, for frequency caps
+    events: Sequence[dict[str, Any]] = ()  # the user's latest events (their ad impressions: frequency caps)
+    now: float = 0.0
+    _impressions: dict[str, int] | None = None
+
+    def impressions_today(self) -> dict[str, int]:
+        """The user's ad impressions since midnight UTC, by line item (read once, when a capped line
+        item asks)."""
+        if self._impressions is None:
+            midnight = self.now - self.now % DAY_S
+            counts: dict[str, int] = {}
+            for event in self.events:
+                if event.get("ad_id") and event["type"] == "impression" and event["ts"] >= midnight:
+                    ad = decode_unverified(event["ad_id"])
+                    if ad is not None:
+                        counts[ad.line_item] = counts.get(ad.line_item, 0) + 1
+            self._impressions = counts
+        return self._impressions
 
 
 @dataclass(frozen=True)
@@ -295,7 +313,7 @@ class _PlacementBook:
                 continue
             li = self.line_items[i]
             why = ""
-            if li.cap is not None and request.impressions_today.get(li.id, 0) >= li.cap:
+            if li.cap is not None and request.impressions_today().get(li.id, 0) >= li.cap:
                 why = "frequency cap reached for this user today"
             elif li.categories and not li.categories & context:
                 why = "category targeting does not match"
