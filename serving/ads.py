@@ -28,6 +28,7 @@ from lodestar.ads.market import (
     AdsResult,
     LiveLineItem,
     Market,
+    Placed,
     ProductTable,
     Signals,
     collab_scale,
@@ -244,3 +245,25 @@ def recommendation_signals(config: TenantConfig, published: PublishedVersion, ta
     return Signals(content=taste, collab=collab_query, collab_scale=collab_scale(published.model, collab_query, organic),
                    collab_weight=config.ranking.collab, content_weight=config.ranking.content if taste is not None
                    else 0.0)
+
+
+@dataclass
+class Sponsored:
+    """An answer with its sponsored items in place (``explanation``: the auction, when asked)."""
+
+    ads: TenantAds
+    items: list[Hit | Placed]
+    explanation: dict[str, Any] | None
+
+
+def sponsored_answer(
+    ads: TenantAds, tenant: str, published: PublishedVersion, config: TenantConfig, placement: str, k: int,
+    hits: list[Hit], signals: Signals, explain: bool, *, exclude: frozenset[str] = frozenset(),
+    item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
+    events: Sequence[dict[str, Any]] = (),
+) -> Sponsored | None:
+    """The answer with sponsored items in their ad-load positions (``None`` with retail media off)."""
+    request = request_for(placement, k, hits, signals, exclude, item_filter, query,
+                          categories | frozenset((item_filter or ItemFilter()).categories), events)
+    result = ads.place(tenant, published, config, request, explain=explain)
+    return None if result is None else Sponsored(ads, result.items, result.explanation)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -28,8 +27,8 @@ from lodestar.erasure import erase_user
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.experiments import lifecycle as experiments_lifecycle
 from lodestar.explain import Trace
-from lodestar.filters import ItemFilter, parse_exclude, parse_filter
-from lodestar.index import Hit, PublishedVersion
+from lodestar.filters import parse_exclude, parse_filter
+from lodestar.index import Hit
 from lodestar.keys import (
     ADVERTISER,
     OPERATOR,
@@ -48,7 +47,7 @@ from lodestar.recommend import (
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
 from lodestar.tenant_config import TenantConfig, effective_config, validate_config
-from serving.ads import TenantAds, recommendation_signals, request_for, utc_day
+from serving.ads import Sponsored, recommendation_signals, sponsored_answer, utc_day
 from serving.auth import SCOPE
 from serving.dependencies import (
     AdsDep,
@@ -151,26 +150,6 @@ def _items(
     return body
 
 
-@dataclass
-class Sponsored:
-    ads: TenantAds
-    items: list[Hit | Placed]
-    explanation: dict[str, Any] | None
-
-
-def _sponsored(
-    ads: TenantAds, tenant: str, published: PublishedVersion, config: TenantConfig, placement: str, k: int,
-    hits: list[Hit], signals: Signals, trace: Trace | None, *, exclude: frozenset[str] = frozenset(),
-    item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
-    events: list[dict[str, Any]] | tuple = (),
-) -> Sponsored | None:
-    """The answer with sponsored items in their ad-load positions (``None`` with retail media off)."""
-    request = request_for(placement, k, hits, signals, exclude, item_filter, query,
-                          categories | frozenset((item_filter or ItemFilter()).categories), events)
-    result = ads.place(tenant, published, config, request, explain=trace is not None)
-    return None if result is None else Sponsored(ads, result.items, result.explanation)
-
-
 def _explanation(trace: Trace, item_id: str) -> Explanation:
     why = trace.explanation(item_id)
     return Explanation(**{**why, "rules": [RuleEffect(**rule) for rule in why["rules"]]})
@@ -230,9 +209,10 @@ class RecommendationController(Controller):
         trace = _trace(explain, request)
         history = user_history(cdp, tenant, user_id)
         result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace, history)
-        sponsored = _sponsored(
+        sponsored = sponsored_answer(
             ads, tenant, published, config, "recommendations", k, result.items,
-            recommendation_signals(config, published, result.taste, result.collab_query, result.items), trace,
+            recommendation_signals(config, published, result.taste, result.collab_query, result.items),
+            trace is not None,
             exclude=result.excluded, item_filter=result.item_filter, events=history[0]) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
                       trace, unit, assigned, sponsored)
@@ -250,9 +230,10 @@ class RecommendationController(Controller):
         item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
         trace = _trace(data.explain, request)
         result = recommend_for_session(published, item_ids, data.k, config, controls, trace=trace)
-        sponsored = _sponsored(
+        sponsored = sponsored_answer(
             ads, tenant, published, config, "session", data.k, result.items,
-            recommendation_signals(config, published, result.taste, result.collab_query, result.items), trace,
+            recommendation_signals(config, published, result.taste, result.collab_query, result.items),
+            trace is not None,
             exclude=result.excluded, item_filter=result.item_filter,
             events=_ad_history(cdp, tenant, data.user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "session",
@@ -283,8 +264,8 @@ class ItemController(Controller):
         sponsored = None
         if config.ads.enabled:
             source = published.reader.get(item_id)
-            sponsored = _sponsored(
-                ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace,
+            sponsored = sponsored_answer(
+                ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace is not None,
                 exclude=frozenset((item_id, *controls.exclude)), item_filter=controls.item_filter,
                 categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id))
         return _items(served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace, unit,
@@ -310,8 +291,8 @@ class SearchController(Controller):
         vector = embedder.encode([data.query])[0]
         trace = _trace(data.explain, request)
         hits = nearest_controlled(published.reader, vector, data.k, config, controls, trace=trace)
-        sponsored = _sponsored(
-            ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace,
+        sponsored = sponsored_answer(
+            ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace is not None,
             exclude=frozenset(controls.exclude), item_filter=controls.item_filter, query=data.query,
             events=_ad_history(cdp, tenant, data.user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id, trace,

@@ -236,3 +236,101 @@ def test_the_explanation_says_who_lost_and_why(client):
     assert client.get("/v1/users/u0006/recommendations", params={"explain": "true"},
                       headers=bearer(read_key)).status_code == 403
     assert json.dumps(body).count("ad_id") == 0
+
+
+@pytest.mark.slow
+def test_two_servers_charging_concurrent_clicks_never_overspend_or_charge_twice(shop, tmp_path):
+    """Two `lodestar serve` processes on one data dir; many concurrent clicks (each sent to both)
+    against a budget of five clicks: spend <= budget + one maximum CPC, every ad id charged at most
+    once, and both processes stop serving the line item once its budget cannot pay a click."""
+    import os
+    import random
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from lodestar.ads import campaigns
+    from lodestar.tenant_config import validate_config
+    from tests.helpers import free_port, start_serve, wait_until
+
+    settings, key, items = shop
+    copy = Settings(data_dir=tmp_path / "var", embed_model=MODEL)
+    shutil.copytree(settings.data_dir, copy.data_dir)
+    products = [i for i, item in items.items() if item["available"]]
+    with cdp_session(copy) as store:
+        store.set_tenant_config("shop", validate_config(ADS_ON))
+        kestrel, _ = campaigns.create_advertiser(store, "shop", "Kestrel", "test")
+        campaigns.create_line_item(store, "shop", kestrel["id"], {
+            "id": "tiny", "products": products, "bid": "1.00", "daily_budget": "5", "total_budget": "5"}, "test")
+    env = {**os.environ, "LODESTAR_DATA_DIR": str(copy.data_dir), "LODESTAR_EMBED_MODEL": MODEL}
+    ports = [free_port(), free_port()]
+    servers = [start_serve(env, port) for port in ports]
+    try:
+        clients = [httpx.Client(base_url=f"http://127.0.0.1:{p}", headers=bearer(key), timeout=30) for p in ports]
+        served, n = [], 0
+        while sum(decode_unverified(ad).price for _, _, ad in served) < 15_000_000 and n < 400:
+            user = f"u{n % 40:04d}"  # a user asked again gets new ads (new ad ids)
+            body = clients[n % 2].get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+            served += [(user, i["id"], i["ad_id"]) for i in body["items"] if i.get("sponsored")]
+            n += 1
+        assert sum(decode_unverified(ad).price for _, _, ad in served) >= 15_000_000  # the budget three times over
+        max_price = max(decode_unverified(ad).price for _, _, ad in served)
+        clicks = [(user, item, ad, server) for user, item, ad in served for server in (0, 1)]
+        random.Random(7).shuffle(clicks)
+
+        def click(entry):
+            user, item, ad, server = entry
+            answer = clients[server].post("/v1/events", json={"events": [
+                {"user_id": user, "item_id": item, "type": "click", "ad_id": ad}]})
+            assert answer.status_code == 200, answer.text
+            return ad, answer.json()["ad_clicks"][0]
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(click, clicks))
+        charged = [ad for ad, outcome in results if outcome["charged"]]
+        with cdp_session(copy) as store:
+            charges = store.ad_charges("shop")
+        assert len(charged) == len(set(charged)) == len(charges) >= 4
+        spent = sum(c["price"] for c in charges)
+        assert spent == sum(outcome["price"] for _, outcome in results if outcome["charged"])
+        assert 5_000_000 - max_price <= spent <= 5_000_000 + max_price
+        assert {o["reason"] for _, o in results if not o["charged"]} <= {
+        "already charged", "budget spent", "repeat click within the click window"}
+
+        def nobody_serves_it() -> bool:
+            return not any(i.get("sponsored") for c in clients for n in range(40, 46)
+                           for i in c.get(f"/v1/users/u{n:04d}/recommendations", params={"k": 10}).json()["items"])
+
+        wait_until(nobody_serves_it, timeout=5, message="a process kept serving a line item with no budget left")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def test_the_console_preview_labels_sponsored_items_and_shows_the_auction(client, tmp_path):
+    import re
+
+    from lodestar.accounts import add_member, ensure_account
+
+    client, key, items = client
+    two_advertisers(client, key, items)
+    client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
+    with cdp_session(client.app.state.settings) as store:
+        ensure_account(store, "viewer@shop.test", "correct horse battery staple", "test")
+        add_member(store, "shop", "viewer@shop.test", "viewer", "test")
+    page = client.get("/console/signin")
+    csrf = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+    signed = client.post("/console/signin", data={"_csrf_token": csrf, "email": "viewer@shop.test",
+                                                  "password": "correct horse battery staple", "next": "/console/"},
+                         follow_redirects=False)
+    assert signed.status_code == 303, signed.text
+    preview = client.get("/console/t/shop/preview", params={"mode": "user", "user": "u0007"})
+    assert preview.status_code == 200
+    text = preview.text
+    assert text.count('class="badge">Sponsored') == 2 and "The auction" in text and "won position 1" in text
+    assert "second price" in text and ("Kestrel" in text or "Acme Audio" in text)
+    assert "ad1." not in text  # a preview makes no ad id: nothing shown there can be charged
+    search = client.get("/console/t/shop/preview", params={"mode": "query", "query": "running shoes"})
+    assert search.status_code == 200 and "The auction" in search.text

@@ -345,7 +345,7 @@ class _PlacementBook:
             return Outcome((), ()), eligible, counts
         rows = self.entry_row[eligible]
         unique_rows, inverse = np.unique(rows, return_inverse=True)
-        relevance = request.signals.relevance(table, unique_rows)[inverse]
+        relevance = np.clip(request.signals.relevance(table, unique_rows), 0.0, 1.0)[inverse]
         entry_bids = bids[self.entry_li[eligible]]
         ok = (relevance >= settings.relevance_floor) & (relevance > 0) & (entry_bids >= settings.reserve)
         if explain:

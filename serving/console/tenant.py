@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
+from lodestar.ads.market import Placed, Signals
 from lodestar.cdp import require_tenant
 from lodestar.controls import Controls, parse_diversity
 from lodestar.erasure import erase_user
@@ -22,8 +23,10 @@ from lodestar.recommend import (
     recommend_for_session,
     recommend_for_user,
     similar_items,
+    user_history,
 )
 from lodestar.records import parse_id
+from serving.ads import recommendation_signals, sponsored_answer
 from serving.auth import ROLE
 from serving.console.charts import line_chart
 from serving.console.web import (
@@ -36,6 +39,7 @@ from serving.console.web import (
     render,
 )
 from serving.dependencies import (
+    AdsDep,
     Cdp,
     Configs,
     EmbedderDep,
@@ -189,6 +193,9 @@ class CatalogController(Controller):
         return redirect(f"{PREFIX}/t/{tenant}/users")
 
 
+PLACEMENT_OF_MODE = {"user": "recommendations", "session": "session", "similar": "similar", "query": "search"}
+
+
 class PreviewController(Controller):
     """What the API would answer, explained, without serving it (nothing goes to the served log)."""
 
@@ -196,7 +203,7 @@ class PreviewController(Controller):
 
     @get("/preview", operation_id="consolePreview", include_in_schema=False)
     async def preview(self, request: Request, tenant: str, cdp: Cdp, indexes: Indexes, configs: Configs,
-                      embedder: EmbedderDep) -> Template:
+                      embedder: EmbedderDep, ads: AdsDep) -> Template:
         params = dict(request.query_params)
         mode = params.get("mode", "user") if params.get("mode") in MODES else "user"
 
@@ -210,27 +217,43 @@ class PreviewController(Controller):
             diversity = parse_diversity(params["diversity"]) if params.get("diversity") else config.diversity
             controls = Controls(parse_filter(params.get("filter") or None), parse_exclude(params.get("exclude") or None),
                                 diversity)
-            strategy = None
-            if mode == "user":
-                result = recommend_for_user(published, cdp, embedder, tenant,
-                                            parse_id(params.get("user"), "user"), k, config, controls, trace)
+            strategy, signals, events, sponsor = None, Signals(), [], {}
+            if mode in ("user", "session"):
+                if mode == "user":
+                    history = user_history(cdp, tenant, parse_id(params.get("user"), "user"))
+                    result = recommend_for_user(published, cdp, embedder, tenant, parse_id(params.get("user"), "user"),
+                                                k, config, controls, trace, history)
+                    events = history[0]
+                else:
+                    ids = [parse_id(i.strip(), "items") for i in (params.get("items") or "").split(",") if i.strip()]
+                    result = recommend_for_session(published, ids, k, config, controls, trace=trace)
                 hits, strategy = result.items, result.strategy
-            elif mode == "session":
-                ids = [parse_id(i.strip(), "items") for i in (params.get("items") or "").split(",") if i.strip()]
-                result = recommend_for_session(published, ids, k, config, controls, trace=trace)
-                hits, strategy = result.items, result.strategy
+                signals = recommendation_signals(config, published, result.taste, result.collab_query, hits)
+                sponsor = {"exclude": result.excluded, "item_filter": result.item_filter}
             elif mode == "similar":
-                hits = similar_items(published.reader, parse_id(params.get("item"), "item"), k, config, controls, trace)
+                item_id = parse_id(params.get("item"), "item")
+                hits = similar_items(published.reader, item_id, k, config, controls, trace)
                 if hits is None:
                     raise InvalidInput(f"item: {params.get('item')!r} is not in the published index", field="item")
+                source = published.reader.get(item_id)
+                signals = Signals(content=source.vector)
+                sponsor = {"exclude": frozenset((item_id, *controls.exclude)), "item_filter": controls.item_filter,
+                           "categories": frozenset(source.payload.get("categories") or ())}
             else:
                 query = (params.get("query") or "").strip()
                 if not query:
                     raise InvalidInput("query: must contain some text", field="query")
-                hits = nearest_controlled(published.reader, embedder.encode([query])[0], k, config, controls,
-                                          trace=trace)
-            return {"hits": [(h, trace.explanation(h.item_id)) for h in hits], "strategy": strategy,
-                    "version": published.version}
+                vector = embedder.encode([query])[0]
+                hits = nearest_controlled(published.reader, vector, k, config, controls, trace=trace)
+                signals = Signals(content=vector)
+                sponsor = {"exclude": frozenset(controls.exclude), "item_filter": controls.item_filter, "query": query}
+            # Sponsored items as the API would place them now (no ad id is made: nothing can be charged).
+            sponsored = sponsored_answer(ads, tenant, published, config, PLACEMENT_OF_MODE[mode], k, hits, signals,
+                                         True, events=events, **sponsor) if config.ads.enabled else None
+            shown = sponsored.items if sponsored is not None else hits
+            return {"hits": [(h, None if isinstance(h, Placed) else trace.explanation(h.item_id)) for h in shown],
+                    "strategy": strategy, "version": published.version,
+                    "auction": sponsored.explanation if sponsored is not None else None}
 
         try:
             result, error = await off_loop(run), None

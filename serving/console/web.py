@@ -19,6 +19,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from lodestar.accounts import role_at_least
+from lodestar.ads.money import format_money
 from lodestar.errors import Conflict, Forbidden, IndexNotReady, InvalidInput, NotFound
 from lodestar.keys import OPERATOR, Principal
 
@@ -76,6 +77,7 @@ def render(request: Request, template: str, status_code: int = 200, tenant: str 
     return Template(template_name=template, status_code=status_code, headers={"Cache-Control": "no-store"}, context={
         "who": who, "is_operator": who is not None and who.kind == OPERATOR, "tenant": tenant, "role": role,
         "nav": nav, "path": request.url.path, "messages": messages, "own_tenants": own, "utc": utc, "age": age,
+        "money": format_money,
         "can": (lambda needed: role_at_least(role, needed)), **context})
 
 
