@@ -89,7 +89,10 @@ def test_two_advertisers_on_the_demo_shop_from_auction_to_report(tmp_path):
         assert kestrel["spent_total"] >= BUDGETS["kestrel-fall"] - BIDS["kestrel-fall"]  # its budget ran out
         assert kestrel["serving"] in ("exhausted", "spent_today")
 
-        assert materialize_in_process(str(settings.data_dir), "shop", log_level="WARNING").success
+        # The extracts and the report (a full run may hold back publishing: clicks on random ads are
+        # not what the offline evaluation expects, and its gate is not what this test is about).
+        assert materialize_in_process(str(settings.data_dir), "shop", log_level="WARNING",
+                                      selection=["cdp_items", "cdp_events", "ads_report"]).success
         everything = client.get("/v1/advertisers/report", headers=auth).json()["rows"]
         assert {r["line_item"] for r in everything} == set(BIDS)
         assert sum(r["conversions"] for r in everything) == purchases_after_charged > 0

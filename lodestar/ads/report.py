@@ -82,7 +82,8 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
     views_by_user: dict[str, list[tuple[float, str, frozenset[str]]]] = defaultdict(list)
     conversions = []
     for event in events:
-        ad = decode_unverified(event["ad_id"]) if event.get("ad_id") else None
+        ad_id = event.get("ad_id")
+        ad = decode_unverified(ad_id) if isinstance(ad_id, str) and ad_id else None  # NaN in a frame
         if ad is not None and event["type"] in ("impression", "click"):
             row(_day(event["ts"]), ad.line_item)["impressions" if event["type"] == "impression" else "clicks"] += 1
             if event["type"] == "impression":
