@@ -131,7 +131,7 @@ class AdClick(msgspec.Struct, omit_defaults=True):
     reason: str | None = None
 
 
-class EventsAccepted(msgspec.Struct):
+class EventsAccepted(msgspec.Struct, omit_defaults=True):
     accepted: int
     stored: int  # new events (an event already stored, same user, item, type and ts, is not stored twice)
     rejected: list[RejectedEvent]
