@@ -664,7 +664,12 @@ class AdsController(Controller):
 
     @get("/line-items", operation_id="listLineItems", responses=READS, sync_to_thread=True)
     def line_items(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
-        return {"line_items": cdp.list_line_items(tenant, request.state.principal.advertiser)}
+        """This advertiser's line items, each with its spend today (UTC) and in total (micros) and
+        whether it is serving (``active``) or why not."""
+        now = time.time()
+        spend = cdp.ad_spend_all(tenant, utc_day(now))
+        return {"line_items": [_with_spend(r, spend.get(r["id"]), now)
+                               for r in cdp.list_line_items(tenant, request.state.principal.advertiser)]}
 
     @post("/line-items", operation_id="createLineItem", responses=WRITES | problem_responses(409), status_code=201,
           sync_to_thread=True)
@@ -682,9 +687,8 @@ class AdsController(Controller):
     def line_item(self, request: Request, tenant: Tenant, line_item: PathId, cdp: Cdp) -> dict[str, Any]:
         """The line item with its spend today (UTC) and in total, in micros."""
         found = campaigns.line_item_of(cdp, tenant, request.state.principal.advertiser, line_item)
-        spend = cdp.ad_spend(tenant, line_item, utc_day(time.time()))
-        live = LiveLineItem.of(found, found["advertiser"]).state(spend, time.time())
-        return {**found, **spend, "serving": live}
+        now = time.time()
+        return _with_spend(found, cdp.ad_spend(tenant, line_item, utc_day(now)), now)
 
     @post("/line-items/{line_item:str}/status", operation_id="setLineItemStatus",
           responses=WRITES | NOT_FOUND | problem_responses(409), status_code=200, sync_to_thread=True)
@@ -692,6 +696,11 @@ class AdsController(Controller):
                ) -> dict[str, Any]:
         return campaigns.set_status(cdp, tenant, request.state.principal.advertiser, line_item, data.status,
                                     _actor(request))
+
+
+def _with_spend(record: dict[str, Any], spend: dict[str, int] | None, now: float) -> dict[str, Any]:
+    spend = spend or {"spent_today": 0, "spent_total": 0}
+    return {**record, **spend, "serving": LiveLineItem.of(record, record["advertiser"]).state(spend, now)}
 
 
 def _ads_report(cdp: CdpStore, tenant: str, advertiser: str | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ target search, and retail media off costs nothing."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from dagster import DagsterInstance, materialize
@@ -13,7 +14,7 @@ from litestar.testing import TestClient
 
 from assets.partitions import TENANTS
 from assets.resources import LodestarResource
-from lodestar import demo
+from lodestar import cli, demo
 from lodestar.ads.money import MICROS
 from lodestar.ads.tokens import decode_unverified
 from lodestar.cdp import cdp_session
@@ -139,9 +140,10 @@ def test_the_second_price_is_what_keeps_the_position(client):
     assert body["items"][0]["sponsored"] and body["items"][0]["advertiser"] == "Kestrel"
 
 
-def test_a_click_is_charged_once_and_an_ad_never_served_is_rejected(client):
+def test_a_click_is_charged_once_and_an_ad_never_served_is_rejected(client, monkeypatch, capsys):
     client, key, items = client
-    two_advertisers(client, key, items)
+    keys = two_advertisers(client, key, items)
+    owner_key = lambda _c, _k, line: keys[0] if line == "kestrel-all" else keys[1]  # noqa: E731
     client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
     ad = next(i for i in recommendations(client, key, "u0002")["items"] if i.get("sponsored"))
     price = decode_unverified(ad["ad_id"]).price
@@ -158,6 +160,19 @@ def test_a_click_is_charged_once_and_an_ad_never_served_is_rejected(client):
                                                 headers=bearer(key)).text
     charges = client.app.state.cdp.ad_charges("shop")
     assert [(c["ad_id"], c["price"], c["user_id"]) for c in charges] == [(ad["ad_id"], price, "u0002")]
+    # A purchase of the clicked item an hour later: the live report attributes it to the click.
+    purchase = {"user_id": "u0002", "item_id": ad["id"], "type": "purchase", "value": 25.0, "ts": time.time() + 3600}
+    assert client.post("/v1/events", json={"events": [purchase]}, headers=bearer(key)).status_code == 200
+    monkeypatch.setenv("LODESTAR_DATA_DIR", str(client.app.state.settings.data_dir))
+    assert cli.main(["advertisers", "report", "--tenant", "shop"]) == 0
+    earlier, row = json.loads(capsys.readouterr().out)  # the repeated click was sent with an earlier ts
+    line = decode_unverified(ad["ad_id"]).line_item
+    assert (earlier["line_item"], earlier["clicks"], earlier["charged_clicks"], earlier["spend"]) == (line, 1, 0, 0)
+    assert (row["line_item"], row["clicks"], row["charged_clicks"], row["conversions"], row["revenue"]) == (
+        line, 1, 1, 1, 25.0)
+    assert row["spend"] == price / MICROS and row["roas"] == round(25.0 / row["spend"], 4)
+    listed = client.get("/v1/ads/line-items", headers=bearer(owner_key(client, key, line))).json()["line_items"]
+    assert [(r["id"], r["spent_total"], r["serving"]) for r in listed] == [(line, price, "active")]
 
 
 def test_a_spent_budget_takes_the_line_item_out_and_never_overspends_by_more_than_one_click(client):
@@ -334,3 +349,47 @@ def test_the_console_preview_labels_sponsored_items_and_shows_the_auction(client
     assert "ad1." not in text  # a preview makes no ad id: nothing shown there can be charged
     search = client.get("/console/t/shop/preview", params={"mode": "query", "query": "running shoes"})
     assert search.status_code == 200 and "The auction" in search.text
+
+
+def test_pacing_throttles_a_line_item_spending_ahead_of_the_day(client):
+    """At 01:00 UTC with half its daily budget spent (the traffic curve is flat before the pipeline
+    has measured one), a line item's participation drops after the next pacing step, so it enters
+    only a few auctions; one on pace keeps entering every one."""
+    from serving.ads import utc_day
+
+    client, key, items = client
+    kestrel, acme = advertiser(client, key, "Kestrel"), advertiser(client, key, "Acme Audio")
+    products = [i for i, item in items.items() if item["available"]]
+    line_item(client, kestrel, id="ahead", products=products[:60], bid="1.00", daily_budget="40", total_budget="400")
+    line_item(client, acme, id="on-pace", products=products[60:], bid="1.00", daily_budget="40", total_budget="400")
+    client.put("/v1/config", json={"config": {"ads": {**ADS_ON["ads"], "positions": [1]}}}, headers=bearer(key))
+    ads = client.app.state.ads
+    import time
+
+    now = [time.time() - time.time() % 86400 + 86400 + 3600]  # tomorrow, 01:00 UTC
+    ads._clock = lambda: now[0]
+    store = client.app.state.cdp
+    for n in range(20):  # 20 of its 40 a day spent in the first hour
+        store.charge_click("shop", {"ad_id": f"early-{n}", "line_item": "ahead", "advertiser": "kestrel",
+                                    "product": products[0], "user_id": f"x{n}", "price": 1_000_000,
+                                    "day": utc_day(now[0]), "ts": now[0]}, 40_000_000, 400_000_000)
+
+    def winners(requests: int) -> dict[str, int]:
+        counts = {"ahead": 0, "on-pace": 0}
+        for n in range(requests):
+            for item in recommendations(client, key, f"u{n % 50:04d}")["items"]:
+                if item.get("sponsored"):
+                    counts[decode_unverified(item["ad_id"]).line_item] += 1
+        return counts
+
+    before = winners(20)
+    assert before["ahead"] > 0  # no pacing step yet: it still takes part
+    now[0] += 61  # the next pacing step
+    recommendations(client, key, "u0001")
+    from tests.helpers import wait_until
+
+    wait_until(lambda: ads._states["shop"].participation.get("ahead", 1.0) < 0.1, timeout=5,
+               message="pacing did not lower the participation of a line item far ahead of its day")
+    assert ads._states["shop"].participation["on-pace"] == 1.0  # nothing spent, behind the curve: stays in
+    after = winners(60)
+    assert after["ahead"] <= 12 < after["on-pace"]  # about 2.5% of auctions, not most of them
