@@ -283,3 +283,30 @@ def test_a_click_is_charged_in_one_exclusive_transaction_and_aborted_on_failure(
     with pytest.raises(RuntimeError):
         store.charge_click("acme", charge, daily_budget=10_000, total_budget=50_000)
     assert db.transactions[-1][1].state == "aborted"
+
+
+def test_spend_of_all_line_items_and_the_line_items_stamp_are_one_query_each():
+    from lodestar.cdp.arango import AD_SPEND, LINE_ITEMS
+
+    spend = [{"line_item": "li1", "day": "2026-11-22", "spent": 700}, {"line_item": "li1", "day": "total", "spent": 900},
+             {"line_item": "li2", "day": "total", "spent": 50}]
+    db = Database(results=[Cursor(spend), Cursor([[2, 17.5]])])
+    store = _with_tenant(db)
+    assert store.ad_spend_all("acme", "2026-11-22") == {"li1": {"spent_today": 700, "spent_total": 900},
+                                                        "li2": {"spent_today": 0, "spent_total": 50}}
+    query, bind, _ = db.queries[-1]
+    assert AD_SPEND in query and "s.day IN [@day, 'total']" in query and bind == {"tenant": "acme", "day": "2026-11-22"}
+    assert store.line_items_stamp("acme") == (2, 17.5)
+    query, bind, _ = db.queries[-1]
+    assert LINE_ITEMS in query and "MAX(l)" in query and bind == {"tenant": "acme"}
+
+
+def test_a_charge_records_the_day_on_spend_documents_and_checks_repeats_in_the_window():
+    db = Database()
+    store = _with_tenant(db)
+    charge = {"ad_id": "ad1", "line_item": "li", "advertiser": "adv", "price": 1500, "product": "p", "user_id": "u",
+              "day": "2026-11-22", "ts": 1000.0}
+    store.charge_click("acme", charge, daily_budget=10_000, total_budget=50_000, repeat_window_s=600)
+    query, bind, _ = db.queries[-1]
+    assert '[[@today_key, @charge.day], [@total_key, "total"]]' in query and "day: row[1]" in query
+    assert bind["repeat_since"] == 400.0 and "c.ts > @repeat_since" in query and "c.user_id == @charge.user_id" in query
