@@ -432,6 +432,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     with cdp_session(settings) as store:
         keys = demo.load_demo_tenants(store, settings, say=_say)
         accounts = demo.demo_accounts(store, list(keys))
+        advertisers = demo.demo_retail_media(store)
     if _materialize(settings, list(keys)) != 0:
         return 1
     if args.no_serve:
@@ -439,11 +440,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"{tenant}: API key {key}")
         for email, password, role in accounts:
             _say(f"console: {email} password {password} ({role})")
+        for name, key in advertisers.items():
+            _say(f"shop advertiser {name}: API key {key}")
         return 0
     from serving.server import serve
 
     def announce() -> None:
-        for line in demo.announcement(keys, f"http://{args.host}:{args.port}", accounts):
+        for line in demo.announcement(keys, f"http://{args.host}:{args.port}", accounts, advertisers):
             _say(line)
 
     serve(settings, args.host, args.port, "warning", on_ready=announce)

@@ -234,6 +234,36 @@ def load_demo_tenants(
 
 
 DEMO_ACTOR = "demo"
+# The demo shop sells sponsored placements to two of its brands (retail media, on for the demo).
+DEMO_ADVERTISERS = (("Kestrel", "0.60", "25"), ("Northwind", "0.35", "40"))
+
+
+def demo_retail_media(store: CdpStore, tenant: str = "shop") -> dict[str, str]:
+    """Turn retail media on for the demo shop with two advertisers, each promoting its brand's
+    products in one line item (made once; a later run leaves them and their spend alone), and give
+    each advertiser a fresh key. Returns advertiser name -> key."""
+    from lodestar.ads.campaigns import ADVERTISER_SCOPE, create_line_item, slug
+    from lodestar.keys import issue_key
+    from lodestar.tenant_config import validate_config
+
+    record = store.get_tenant(tenant)
+    config = dict(record["config"] or {})
+    if "ads" not in config:
+        config["ads"] = {"enabled": True, "positions": [1, 5], "reserve": 0.05}
+        store.set_tenant_config(tenant, validate_config(config))
+    items = [i for batch in store.read_changes(tenant, "items") for i in batch if i["available"] and not i["deleted"]]
+    keys = {}
+    for name, bid, budget in DEMO_ADVERTISERS:
+        ident = slug(name)
+        if store.get_advertiser(tenant, ident) is None:
+            store.create_advertiser(tenant, {"id": ident, "name": name})
+        if store.get_line_item(tenant, f"{ident}-demo") is None:
+            products = [i["id"] for i in items if (i.get("attributes") or {}).get("brand") == name][:200]
+            create_line_item(store, tenant, ident, {"id": f"{ident}-demo", "campaign": "demo", "products": products,
+                                                    "bid": bid, "daily_budget": budget, "total_budget": "1000"},
+                             DEMO_ACTOR)
+        keys[name] = issue_key(store, tenant, (ADVERTISER_SCOPE,), f"advertiser {ident} (demo)", advertiser=ident)
+    return keys
 
 
 def demo_accounts(store: CdpStore, tenants: list[str]) -> list[tuple[str, str, str]]:
@@ -251,7 +281,8 @@ def demo_accounts(store: CdpStore, tenants: list[str]) -> list[tuple[str, str, s
     return accounts
 
 
-def announcement(keys: dict[str, str], base: str, accounts: list[tuple[str, str, str]] = ()) -> list[str]:
+def announcement(keys: dict[str, str], base: str, accounts: list[tuple[str, str, str]] = (),
+                 advertisers: dict[str, str] | None = None) -> list[str]:
     """What the demo prints once the API at ``base`` is up: the console's address and sign-ins,
     and each tenant's key with curl calls that work as printed."""
     lines = ["", f"The API is up at {base} (OpenAPI: {base}/schema). Press Ctrl+C to stop."]
@@ -268,5 +299,11 @@ def announcement(keys: dict[str, str], base: str, accounts: list[tuple[str, str,
             f'  curl -s {auth} "{base}/v1/items/{item}/similar?k=5"',
             f"  curl -s {auth} -H 'Content-Type: application/json' -d '{{\"query\": \"{query}\", \"k\": 5}}' {base}/v1/search",
         ]
+    if advertisers:
+        lines += ["", "Retail media is on for 'shop' (sponsored items at positions 1 and 5 of its lists). "
+                      "Advertiser keys (shown once):"]
+        for name, key in advertisers.items():
+            lines += [f"  {name}: {key}",
+                      f'    curl -s -H "Authorization: Bearer {key}" "{base}/v1/ads/line-items"']
     lines += ["", "Dagster UI: .venv/bin/lodestar ui"]
     return lines
