@@ -11,7 +11,9 @@ from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
 from lodestar import attribution
 from lodestar.ads import report as ads_report
+from lodestar.ads.tokens import open_ad_id
 from lodestar.cdp import require_tenant
+from lodestar.settings import ADS_SECRET_ENV
 from lodestar.experiments import lifecycle
 from lodestar.experiments import report as experiments_report
 from lodestar.lineage.files import read_extract
@@ -115,8 +117,9 @@ def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource)
             events = read_extract(files, "events")
             wanted = events[events["ad_id"].notna() | (events["type"] == "purchase")] if "ad_id" in events else \
                 events[events["type"] == "purchase"]
+            secret = lodestar.settings().secret("ads", ADS_SECRET_ENV)
             rows = ads_report.ads_report(store.ad_charges(tenant), wanted.to_dict("records"), catalog, line_items,
-                                         settings)
+                                         settings, lambda ad_id: open_ad_id(secret, tenant, ad_id))
         store.put_report(tenant, ads_report.REPORT, rows)
     spend = sum(r["spend"] for r in rows)
     report(context, f"{len(line_items)} line items, spend {spend:.2f}, "

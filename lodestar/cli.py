@@ -357,8 +357,9 @@ def cmd_advertisers(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.advertisers_command == "report":
             from lodestar.ads.report import report_from_store
+            from lodestar.settings import ADS_SECRET_ENV
 
-            rows = [r for r in report_from_store(store, args.tenant)
+            rows = [r for r in report_from_store(store, args.tenant, settings.secret("ads", ADS_SECRET_ENV))
                     if args.advertiser is None or r["advertiser"] == args.advertiser]
             print(json.dumps(rows, indent=2))
             return 0

@@ -32,6 +32,9 @@ def default_models_dir(environ: dict[str, str] | None = None) -> Path:
     return (cache / "lodestar" / "models").resolve()
 
 
+ADS_SECRET_ENV = "LODESTAR_ADS_SECRET"  # seals retail media's ad ids (lodestar/ads/tokens.py)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where Lodestar keeps its data and which adapters it uses.

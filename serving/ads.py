@@ -3,7 +3,9 @@ index), kept at most a second behind the CDP store; sponsored items placed in an
 checked and charged.
 
 A tenant with retail media off costs one attribute read per request. On, a request reads nothing
-from the store: the market is refreshed by a background thread of the process at most once per
+from the store (but a user's latest events when a line item with a frequency cap asks, and the
+user's own recommendations read them anyway): the market is refreshed by one background thread of
+the process at most once per
 ``refresh_s`` (the line items when any changed, the spend of all of them in one read, the
 participation probabilities of pacing once a minute), so a line item whose budget ran out stops
 entering auctions in every process within about a second; the process that charged the click
@@ -13,6 +15,7 @@ refreshes at once.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +38,7 @@ from lodestar.ads.market import (
 )
 from lodestar.ads.money import MICROS
 from lodestar.ads.report import TRAFFIC_REPORT
-from lodestar.ads.tokens import ServedAd, make_ad_id, read_ad_id
+from lodestar.ads.tokens import ServedAd, make_ad_id, open_ad_id, read_ad_id
 from lodestar.cdp import CdpStore
 from lodestar.errors import InvalidInput
 from lodestar.filters import ItemFilter
@@ -45,6 +48,7 @@ from lodestar.tenant_config import AdsSettings, TenantConfig
 log = logging.getLogger("lodestar.serving")
 
 CURVE_REFRESH_S = 3600.0
+AD_ID_TTL_S = 86400  # an ad's impressions and clicks count for a day after it was served
 DAY_S = 86400
 
 
@@ -85,6 +89,8 @@ class TenantAds:
         self._states: dict[str, _State] = {}
         self._building: dict[str, threading.Lock] = {}
         self._in_flight: set[str] = set()
+        self._queue: queue.Queue[tuple[str, PublishedVersion, AuctionSettings]] = queue.Queue()
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -102,10 +108,16 @@ class TenantAds:
             with self._lock:
                 start = tenant not in self._in_flight
                 self._in_flight.add(tenant)
+                if self._worker is None:  # one refresher thread for every tenant (one store connection)
+                    self._worker = threading.Thread(target=self._refresher, name="ads-refresh", daemon=True)
+                    self._worker.start()
             if start:
-                threading.Thread(target=self._refresh_in_background, args=(tenant, published, settings),
-                                 name=f"ads-refresh-{tenant}", daemon=True).start()
+                self._queue.put((tenant, published, settings))
         return state.market
+
+    def _refresher(self) -> None:
+        while True:
+            self._refresh_in_background(*self._queue.get())
 
     def _building_lock(self, tenant: str) -> threading.Lock:
         with self._lock:
@@ -192,6 +204,7 @@ class TenantAds:
         if not market:
             return AdsResult(list(request.organic)[:request.k], [],
                              {"auction": "no active line item"} if explain else None)
+        request.open_ad = lambda ad_id: open_ad_id(self._secret, tenant, ad_id)
         return market.serve(request, self._rng(), explain)
 
     def ad_id(self, tenant: str, placed: Any, placement: str, now: float) -> str:
@@ -199,9 +212,10 @@ class TenantAds:
                                                          int(now), placement))
 
     # -- events --------------------------------------------------------------------------------
-    def check(self, tenant: str, event: dict[str, Any], ads: AdsSettings, now: float) -> tuple[ServedAd, dict[str, Any]]:
+    def check(self, tenant: str, event: dict[str, Any], now: float) -> tuple[ServedAd, dict[str, Any]]:
         """The served ad and its line item an event's ``ad_id`` names; :class:`InvalidInput` when
-        the shop never served it, it is for another product, or it is too old to count."""
+        the shop never served it, it is for another product (impressions and clicks), or it was
+        served more than :data:`AD_ID_TTL_S` ago (a click on it is no longer charged)."""
         ad = read_ad_id(self._secret, tenant, event["ad_id"])
         record = self._cdp.get_line_item(tenant, ad.line_item)
         if record is None or not 0 <= ad.product_index < len(record["products"]):
@@ -209,10 +223,13 @@ class TenantAds:
         product = record["products"][ad.product_index]
         if event["type"] in ("click", "impression") and event["item_id"] != product:
             raise InvalidInput(f"ad_id: the ad was for item {product!r}, not {event['item_id']!r}", field="ad_id")
-        max_age = max(1, ads.attribution_days) * DAY_S
-        if now - ad.served_at > max_age:
-            raise InvalidInput(f"ad_id: served more than {max_age // DAY_S} days ago; too old to count", field="ad_id")
+        if now - ad.served_at > AD_ID_TTL_S:
+            raise InvalidInput(f"ad_id: served more than {AD_ID_TTL_S // 3600} hours ago; an ad's impressions and "
+                               "clicks count for a day", field="ad_id")
         return ad, record
+
+    def open(self, tenant: str, ad_id: str) -> ServedAd | None:
+        return open_ad_id(self._secret, tenant, ad_id)
 
     def charge(self, tenant: str, event: dict[str, Any], ad: ServedAd, record: dict[str, Any], ads: AdsSettings,
                now: float) -> dict[str, Any]:
@@ -231,7 +248,7 @@ class TenantAds:
 def request_for(
     placement: str, k: int, organic: Sequence[Hit], signals: Signals, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
-    events: Sequence[dict[str, Any]] = (), now: float | None = None,
+    events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = (), now: float | None = None,
 ) -> AdRequest:
     return AdRequest(placement, k, organic, signals, exclude, item_filter or ItemFilter(), query, categories, events,
                      time.time() if now is None else now)
@@ -260,7 +277,7 @@ def sponsored_answer(
     ads: TenantAds, tenant: str, published: PublishedVersion, config: TenantConfig, placement: str, k: int,
     hits: list[Hit], signals: Signals, explain: bool, *, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
-    events: Sequence[dict[str, Any]] = (),
+    events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = (),
 ) -> Sponsored | None:
     """The answer with sponsored items in their ad-load positions (``None`` with retail media off)."""
     request = request_for(placement, k, hits, signals, exclude, item_filter, query,

@@ -13,7 +13,7 @@ from litestar import Litestar, Router
 from lodestar.cdp import open_cdp
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
-from lodestar.settings import Settings
+from lodestar.settings import ADS_SECRET_ENV, Settings
 from serving.ads import TenantAds
 from serving.auth import require_principal
 from serving.console import SESSION_STORE, console_app_config, sweep_sessions
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
                          served_log=served_log, key_usage=key_usage, console_pipeline=console_pipeline,
                          signin_gate=SignInGate(), experiments=TenantExperiments(cdp),
-                         ads=TenantAds(cdp, settings.secret("ads", "LODESTAR_ADS_SECRET")),
+                         ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)),
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
                          configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
 

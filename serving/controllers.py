@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -39,6 +40,7 @@ from lodestar.keys import (
 )
 from lodestar.preview import active_users, preview_change, sample_users
 from lodestar.recommend import (
+    HISTORY_LIMIT,
     nearest_controlled,
     recommend_for_session,
     recommend_for_user,
@@ -98,7 +100,7 @@ from serving.schemas import (
 )
 from serving.served_log import ServedLog
 
-AD_HISTORY = 500  # a user's latest events read for frequency caps (off the user recommendations' path)
+AD_EVENTS = ("impression", "click")  # events that must name an ad the shop served
 PathId = Annotated[str, Parameter(min_length=1, max_length=256,
                                   description="An id: 1 to 256 characters, no control characters")]
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items to return (1 to 100)")]
@@ -142,9 +144,11 @@ def _items(
         strategy=strategy,
         auction=sponsored.explanation if sponsored is not None and trace is not None else None,
     )
+    # The organic items only: a list's CTR and the experiments measure the ranking, not the ads
+    # (whose impressions and clicks are counted by their ad_id, in the ads report).
     served_log.record(tenant, {
         "recommendation_id": body.recommendation_id, "user_id": user_id, "endpoint": endpoint,
-        "strategy": strategy, "items": [i.id for i in items], "unit_id": unit,
+        "strategy": strategy, "items": [i.id for i in items if not i.sponsored], "unit_id": unit,
         "experiments": [list(a) for a in assigned],
     })
     return body
@@ -175,9 +179,11 @@ def _controls(item_filter: Any, exclude: Any, diversity: float | None, config: T
                     config.diversity if diversity is None else diversity)
 
 
-def _ad_history(cdp: CdpStore, tenant: str, user_id: str | None) -> list[dict[str, Any]]:
-    """A named user's latest events (their ad impressions today count against frequency caps)."""
-    return [] if user_id is None else cdp.user_events(tenant, parse_id(user_id, "user_id"), limit=AD_HISTORY)
+def _ad_history(cdp: CdpStore, tenant: str, user_id: str | None) -> Callable[[], list[dict[str, Any]]]:
+    """Reads a named user's latest events when a line item with a frequency cap asks (their ad
+    impressions today count against it); nothing for a request without a user."""
+    user = None if user_id is None else parse_id(user_id, "user_id")
+    return lambda: [] if user is None else cdp.user_events(tenant, user, limit=HISTORY_LIMIT)
 
 
 def _unit(user_id: str | None, session_id: str | None = None) -> str | None:
@@ -313,19 +319,29 @@ class EventController(Controller):
         """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
         shapes the user's next recommendations; invalid events are reported by index and reason.
         An event may carry the ``ad_id`` of a sponsored item it is about (an impression, click or
-        conversion); an ``ad_id`` the shop never served is rejected. A click on an ad is charged to
-        its line item once (``ad_clicks`` says at what price, or why not)."""
+        conversion); an impression or click whose ``ad_id`` the shop never served (or served more
+        than a day ago, or for another item) is rejected; any other event is stored without such an
+        ``ad_id`` (``notes`` says so). A click on an ad is charged to its line item once
+        (``ad_clicks`` says at what price, or why not)."""
         now = time.time()
-        valid, rejected, clicks = [], [], []
+        valid, rejected, clicks, notes = [], [], [], []
         for index, raw in enumerate(data.events):
             try:
                 if not isinstance(raw, dict):
                     raise InvalidInput("an event must be a JSON object")
                 event = parse_event(raw, default_ts=now)
                 if event["ad_id"] is not None:
-                    ad, record = ads.check(tenant, event, config.ads, now)
-                    if event["type"] == "click":
-                        clicks.append((index, event, ad, record))
+                    try:
+                        ad, record = ads.check(tenant, event, now)
+                    except InvalidInput as exc:
+                        if event["type"] in AD_EVENTS:
+                            raise
+                        # A conversion is the shop's data whatever its ad id says: kept, without it.
+                        notes.append(RejectedEvent(index=index, reason=f"stored without its ad_id: {exc}"))
+                        event["ad_id"] = None
+                    else:
+                        if event["type"] == "click":
+                            clicks.append((index, event, ad, record))
                 valid.append(event)
             except InvalidInput as exc:
                 rejected.append(RejectedEvent(index=index, reason=str(exc)))
@@ -344,7 +360,7 @@ class EventController(Controller):
             stored = cdp.append_events(tenant, valid)
         finally:
             event_quotas.settle(tenant, held, stored)
-        return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected, ad_clicks=[
+        return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected, notes=notes, ad_clicks=[
             AdClick(index=index, charged=result["charged"], price=clicks[n][2].price if result["charged"] else 0,
                     reason=result["reason"]) for n, (index, result) in enumerate(charged)])
 

@@ -136,6 +136,7 @@ class EventsAccepted(msgspec.Struct, omit_defaults=True):
     stored: int  # new events (an event already stored, same user, item, type and ts, is not stored twice)
     rejected: list[RejectedEvent]
     ad_clicks: list[AdClick] = []  # the batch's clicks on sponsored items (retail media)
+    notes: list[RejectedEvent] = []  # events stored with a change (a conversion's unknown ad_id dropped)
 
 
 class Preferences(msgspec.Struct, forbid_unknown_fields=True):

@@ -65,3 +65,16 @@ def test_money_is_exact_micros():
     for bad in ("-1", "0.1234567", "abc", True, None, float("nan")):
         with pytest.raises(InvalidInput):
             parse_money(bad, "bid")
+
+
+def test_a_line_item_at_its_limit_gives_its_slot_and_its_price_setting_to_the_next_bid():
+    bids = [bid("a", 100, 0.9, "p1"), bid("a", 100, 0.8, "p2"), bid("b", 50, 0.9, "p3"), bid("c", 40, 0.9, "p4")]
+    free = run_auction(bids, SETTINGS, 10)
+    assert [(w.bid.line_item, w.bid.product) for w in free.wins] == [("a", "p1"), ("a", "p2")]
+    capped = run_auction(bids, SETTINGS, 10, {"a": 1})  # one more impression of "a" allowed today
+    assert [(w.bid.line_item, w.bid.product, w.position) for w in capped.wins] == [("a", "p1", 1), ("b", "p3", 5)]
+    # a's price is set by b (the next bid that could take the slot), not by a's own second product.
+    assert capped.wins[0].price == -(-50 * CENT * 0.9 // 0.9) + CENT
+    assert ("a", "frequency cap: no more of this line item in this list") in [
+        (l.bid.line_item, l.reason) for l in capped.losses]
+    assert capped.wins[1].price == -(-40 * CENT * 0.9 // 0.9) + CENT  # b pays what keeps it above c

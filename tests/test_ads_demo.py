@@ -13,7 +13,6 @@ from collections import Counter
 import pytest
 from litestar.testing import TestClient
 
-from lodestar.ads.tokens import decode_unverified
 from lodestar.cdp import cdp_session
 from lodestar.settings import Settings
 from pipelines.run import materialize_in_process
@@ -60,7 +59,7 @@ def test_two_advertisers_on_the_demo_shop_from_auction_to_report(tmp_path):
             for item in body["items"]:
                 if not item.get("sponsored"):
                     continue
-                ad = decode_unverified(item["ad_id"])
+                ad = client.app.state.ads.open("shop", item["ad_id"])
                 served[ad.line_item] += 1
                 prices.append((ad.line_item, ad.price))
                 assert item["id"] not in organic and item["advertiser"] in ("Kestrel", "Acme")

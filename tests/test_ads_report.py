@@ -9,11 +9,12 @@ import dataclasses
 import pytest
 
 from lodestar.ads.report import ads_report, traffic_curve
-from lodestar.ads.tokens import ServedAd, decode_unverified, make_ad_id, read_ad_id
+from lodestar.ads.tokens import ServedAd, make_ad_id, open_ad_id, read_ad_id
 from lodestar.errors import InvalidInput
 from lodestar.tenant_config import AdsSettings
 
 DAY = 86400
+SECRET = "s" * 64
 T0 = 1_794_960_000.0  # 2026-11-18 00:00 UTC
 ITEMS = {
     "boot": {"id": "boot", "categories": ["shoes"], "attributes": {"brand": "Kestrel", "price": 80.0}},
@@ -34,7 +35,8 @@ def purchase(user, item, ts, value=None):
 
 
 def report(charges, events, **settings):
-    rows = ads_report(charges, events, ITEMS, LINE_ITEMS, dataclasses.replace(AdsSettings(), **settings))
+    rows = ads_report(charges, events, ITEMS, LINE_ITEMS, dataclasses.replace(AdsSettings(), **settings),
+                      lambda ad_id: open_ad_id(SECRET, "shop", ad_id))
     return {(r["line_item"], r["day"]): r for r in rows}
 
 
@@ -65,8 +67,7 @@ def test_brand_and_category_scopes_and_the_price_as_revenue():
 
 
 def test_view_through_only_when_turned_on_and_clicks_first():
-    secret = "s" * 32
-    seen = make_ad_id(secret, "shop", ServedAd("li-mug", 0, 200_000, int(T0), "recommendations"))
+    seen = make_ad_id(SECRET, "shop", ServedAd("li-mug", 0, 200_000, int(T0), "recommendations"))
     impression = {"user_id": "u5", "item_id": "mug", "type": "impression", "ts": T0, "value": None, "ad_id": seen}
     events = [impression, purchase("u5", "mug", T0 + DAY)]
     off = report([], events)[("li-mug", "2026-11-18")]
@@ -78,19 +79,23 @@ def test_view_through_only_when_turned_on_and_clicks_first():
     assert clicked[("li-mug", "2026-11-19")]["view_conversions"] == 0  # a click takes it first
 
 
-def test_ad_ids_are_signed_per_tenant_and_unique():
-    secret = "k" * 64
+def test_ad_ids_are_sealed_per_tenant_unique_and_unreadable_without_the_secret():
+    import base64
+
     ad = ServedAd("li-boot", 0, 350_000, int(T0), "search")
-    one, two = make_ad_id(secret, "shop", ad), make_ad_id(secret, "shop", ad)
-    assert one != two and len(one) <= 256
-    assert read_ad_id(secret, "shop", one) == ad == decode_unverified(two)
-    for forged in (one[:-2] + "xx", one.replace("ad1.", "ad2."), "ad1.e30.AAAA", "nonsense"):
+    one, two = make_ad_id(SECRET, "shop", ad), make_ad_id(SECRET, "shop", ad)
+    assert one != two and len(one) <= 256 and one.startswith("ad2.")
+    assert read_ad_id(SECRET, "shop", one) == ad == open_ad_id(SECRET, "shop", two)
+    sealed = base64.urlsafe_b64decode(one[4:] + "=" * (-len(one[4:]) % 4))
+    assert b"li-boot" not in sealed and b"350000" not in sealed  # the line item and the price stay private
+    flipped = one[:-3] + ("A" if one[-3] != "A" else "B") + one[-2:]
+    for forged in (flipped, one.replace("ad2.", "ad1."), "ad2.AAAA", "ad2.", "nonsense", one + "é", "ad2.é"):
         with pytest.raises(InvalidInput, match="not an ad this shop served"):
-            read_ad_id(secret, "shop", forged)
+            read_ad_id(SECRET, "shop", forged)
     with pytest.raises(InvalidInput):
-        read_ad_id(secret, "other-shop", one)  # another tenant's ad
+        read_ad_id(SECRET, "other-shop", one)  # another tenant's ad
     with pytest.raises(InvalidInput):
-        read_ad_id("another secret", "shop", one)
+        read_ad_id("another secret", "shop", one)  # another deployment's
 
 
 def test_the_traffic_curve_counts_recent_lists_by_hour():

@@ -298,7 +298,7 @@ def test_spend_of_all_line_items_and_the_line_items_stamp_are_one_query_each():
     assert AD_SPEND in query and "s.day IN [@day, 'total']" in query and bind == {"tenant": "acme", "day": "2026-11-22"}
     assert store.line_items_stamp("acme") == (2, 17.5)
     query, bind, _ = db.queries[-1]
-    assert LINE_ITEMS in query and "MAX(l)" in query and bind == {"tenant": "acme"}
+    assert LINE_ITEMS in query and "SUM(l)" in query and bind == {"tenant": "acme"}
 
 
 def test_a_charge_records_the_day_on_spend_documents_and_checks_repeats_in_the_window():
@@ -308,5 +308,7 @@ def test_a_charge_records_the_day_on_spend_documents_and_checks_repeats_in_the_w
               "day": "2026-11-22", "ts": 1000.0}
     store.charge_click("acme", charge, daily_budget=10_000, total_budget=50_000, repeat_window_s=600)
     query, bind, _ = db.queries[-1]
-    assert '[[@today_key, @charge.day], [@total_key, "total"]]' in query and "day: row[1]" in query
+    assert '[[@today_key, @charge.day], [@total_key, "total"]]' in query
+    assert "INSERT {_key: row[0], tenant_id: @tenant, line_item: @line_item, day: row[1]" in query
+    assert "UPDATE {spent: OLD.spent + @price, day: row[1]}" in query
     assert bind["repeat_since"] == 400.0 and "c.ts > @repeat_since" in query and "c.user_id == @charge.user_id" in query

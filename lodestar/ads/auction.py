@@ -11,7 +11,7 @@ best line item), so a list never shows the same product twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lodestar.ads.money import CENT
@@ -66,9 +66,12 @@ def _order(bid: Bid) -> tuple:
     return (-bid.score, -bid.bid, bid.line_item, bid.product)
 
 
-def run_auction(bids: Sequence[Bid], settings: AuctionSettings, list_length: int) -> Outcome:
+def run_auction(bids: Sequence[Bid], settings: AuctionSettings, list_length: int,
+                limits: Mapping[str, int] | None = None) -> Outcome:
     """The winners of the slots a list of ``list_length`` items offers (``settings.positions`` that
-    fit in it), each with its position and price, and every other bid with why it lost."""
+    fit in it), each with its position and price, and every other bid with why it lost. ``limits``
+    caps how many slots a line item may win in this list (what its frequency cap leaves)."""
+    limits = limits or {}
     losses: list[Loss] = []
     entered: dict[str, Bid] = {}
     for bid in sorted(bids, key=_order):
@@ -80,12 +83,24 @@ def run_auction(bids: Sequence[Bid], settings: AuctionSettings, list_length: int
             losses.append(Loss(bid, f"product already in the auction through line item {entered[bid.product].line_item}"))
         else:
             entered[bid.product] = bid
-    ranked = sorted(entered.values(), key=_order)
     slots = [p for p in sorted(set(settings.positions)) if 1 <= p <= list_length]
+    # In rank order, the bids that may take a slot: a line item past its limit in this list gives
+    # way to the next bid (which then also sets the price of the one before it).
+    standing: list[Bid] = []
+    won: dict[str, int] = {}
+    for bid in sorted(entered.values(), key=_order):
+        if len(standing) > len(slots):
+            losses.append(Loss(bid, "outranked: no slot left"))
+        elif bid.line_item in limits and won.get(bid.line_item, 0) >= limits[bid.line_item]:
+            losses.append(Loss(bid, "frequency cap: no more of this line item in this list"))
+        else:
+            standing.append(bid)
+            if len(standing) <= len(slots):
+                won[bid.line_item] = won.get(bid.line_item, 0) + 1
     wins = []
-    for rank, (bid, position) in enumerate(zip(ranked, slots, strict=False)):
-        after = ranked[rank + 1] if rank + 1 < len(ranked) else None
+    for rank, (bid, position) in enumerate(zip(standing, slots, strict=False)):
+        after = standing[rank + 1] if rank + 1 < len(standing) else None
         needed = math.ceil(after.score / bid.effective_quality) + CENT if after is not None else settings.reserve
         wins.append(Win(position, bid, max(settings.reserve, min(bid.bid, needed))))
-    losses += [Loss(bid, "outranked: no slot left") for bid in ranked[len(wins):]]
+    losses += [Loss(bid, "outranked: no slot left") for bid in standing[len(wins):]]
     return Outcome(tuple(wins), tuple(losses))

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
-from lodestar.ads.tokens import decode_unverified
+from lodestar.ads.tokens import ServedAd
 from lodestar.collab import CollabModel
 from lodestar.filters import ItemFilter
 from lodestar.index import Hit, IndexReader
@@ -97,13 +97,18 @@ class LiveLineItem:
         return bool(self.categories or self.exact or self.phrase or self.negative or self.keyword_bids
                     or self.cap is not None)
 
+    @property
+    def max_bid(self) -> int:
+        """The most one click may cost: the bid, or a higher keyword bid."""
+        return max([self.bid, *(amount for _, amount in self.keyword_bids)])
+
     def remaining(self, spend: dict[str, int] | None) -> int:
         spend = spend or {}
         return min(self.daily_budget - spend.get("spent_today", 0), self.total_budget - spend.get("spent_total", 0))
 
     def state(self, spend: dict[str, int] | None, now: float) -> str:
         """``active`` (may enter auctions), or why not: ``paused``, ``scheduled``, ``ended``,
-        ``exhausted`` (the total budget cannot pay a click) or ``spent_today``."""
+        ``exhausted`` (the total budget left cannot pay its highest bid) or ``spent_today``."""
         spend = spend or {}
         if self.status != "active":
             return self.status
@@ -111,9 +116,9 @@ class LiveLineItem:
             return "scheduled"
         if self.end is not None and now >= self.end:
             return "ended"
-        if self.total_budget - spend.get("spent_total", 0) < self.bid:
+        if self.total_budget - spend.get("spent_total", 0) < self.max_bid:
             return "exhausted"
-        if self.daily_budget - spend.get("spent_today", 0) < self.bid:
+        if self.daily_budget - spend.get("spent_today", 0) < self.max_bid:
             return "spent_today"
         return "active"
 
@@ -191,19 +196,22 @@ class AdRequest:
     item_filter: ItemFilter = field(default_factory=ItemFilter)
     query: str | None = None
     categories: frozenset[str] = frozenset()  # the request's own (its filter's, the similar item's)
-    events: Sequence[dict[str, Any]] = ()  # the user's latest events (their ad impressions: frequency caps)
+    # The user's latest events, or a function that reads them (only a capped line item asks).
+    events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = ()
     now: float = 0.0
+    open_ad: Callable[[str], ServedAd | None] | None = None  # what an ad id names (set by the server)
     _impressions: dict[str, int] | None = None
 
     def impressions_today(self) -> dict[str, int]:
-        """The user's ad impressions since midnight UTC, by line item (read once, when a capped line
-        item asks)."""
+        """The user's ad impressions since midnight UTC, by line item (frequency caps)."""
         if self._impressions is None:
             midnight = self.now - self.now % DAY_S
             counts: dict[str, int] = {}
-            for event in self.events:
-                if event.get("ad_id") and event["type"] == "impression" and event["ts"] >= midnight:
-                    ad = decode_unverified(event["ad_id"])
+            events = self.events() if callable(self.events) else self.events
+            for event in events:
+                if event.get("ad_id") and event["type"] == "impression" and event["ts"] >= midnight \
+                        and self.open_ad is not None:
+                    ad = self.open_ad(event["ad_id"])
                     if ad is not None:
                         counts[ad.line_item] = counts.get(ad.line_item, 0) + 1
             self._impressions = counts
@@ -308,12 +316,15 @@ class _PlacementBook:
         context = set(request.categories)
         for hit in organic:
             context.update(hit.payload.get("categories") or ())
+        limits: dict[str, int] = {}  # a capped line item's slots left in this list
         for i in self.special:
             if not entering[i]:
                 continue
             li = self.line_items[i]
             why = ""
-            if li.cap is not None and request.impressions_today().get(li.id, 0) >= li.cap:
+            if li.cap is not None:
+                limits[li.id] = li.cap - request.impressions_today().get(li.id, 0)
+            if li.cap is not None and limits[li.id] <= 0:
                 why = "frequency cap reached for this user today"
             elif li.categories and not li.categories & context:
                 why = "category targeting does not match"
@@ -367,7 +378,7 @@ class _PlacementBook:
         candidates = [Bid(self.line_items[int(self.entry_li[e])].id, table.ids[int(self.entry_row[e])],
                           self.line_items[int(self.entry_li[e])].advertiser, int(b), float(r))
                       for e, b, r in zip(eligible[top], entry_bids[top], relevance[top], strict=True)]
-        outcome = run_auction(candidates, settings, request.k)
+        outcome = run_auction(candidates, settings, request.k, limits)
         if explain:
             counts["outranked"] = int(len(eligible) - len(outcome.wins))
         return outcome, eligible, counts

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
 
 from lodestar.ads.money import MICROS
-from lodestar.ads.tokens import decode_unverified
+from lodestar.ads.tokens import ServedAd
 from lodestar.tenant_config import AdsSettings
 
 REPORT = "ads"  # the stored report's name (CDP ``put_report``)
@@ -57,9 +57,11 @@ def _revenue(event: dict[str, Any], item: dict[str, Any] | None) -> float:
 
 
 def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], items: dict[str, dict[str, Any]],
-               line_items: dict[str, dict[str, Any]], settings: AdsSettings) -> list[dict[str, Any]]:
+               line_items: dict[str, dict[str, Any]], settings: AdsSettings,
+               open_ad: Callable[[str], ServedAd | None]) -> list[dict[str, Any]]:
     """Rows of :data:`COLUMNS`, by day, advertiser and line item (spend and revenue in currency
-    units; ``roas`` is revenue over spend, ``None`` without spend)."""
+    units; ``roas`` is revenue over spend, ``None`` without spend); ``open_ad`` reads an ad id
+    (:func:`lodestar.ads.tokens.open_ad_id` with the deployment's secret and the tenant)."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def row(day: str, line_item: str) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
     conversions = []
     for event in events:
         ad_id = event.get("ad_id")
-        ad = decode_unverified(ad_id) if isinstance(ad_id, str) and ad_id else None  # NaN in a frame
+        ad = open_ad(ad_id) if isinstance(ad_id, str) and ad_id else None  # NaN in a frame
         if ad is not None and event["type"] in ("impression", "click"):
             row(_day(event["ts"]), ad.line_item)["impressions" if event["type"] == "impression" else "clicks"] += 1
             if event["type"] == "impression":
@@ -130,9 +132,10 @@ def traffic_curve(served: Iterable[dict[str, Any]], now: float, days: int = 14) 
     return [{"hour": h, "lists": n} for h, n in enumerate(counts)]
 
 
-def report_from_store(store: Any, tenant: str) -> list[dict[str, Any]]:
+def report_from_store(store: Any, tenant: str, secret: str) -> list[dict[str, Any]]:
     """:func:`ads_report` read straight from the CDP store (the pipeline's ``ads_report`` asset
     reads its extracts instead): every event with an ad or a purchase, the catalog, the ledger."""
+    from lodestar.ads.tokens import open_ad_id
     from lodestar.cdp import require_tenant
     from lodestar.tenant_config import effective_config
 
@@ -143,4 +146,5 @@ def report_from_store(store: Any, tenant: str) -> list[dict[str, Any]]:
     items = {i["id"]: i for batch in store.read_changes(tenant, "items") for i in batch}
     events = [e for batch in store.read_changes(tenant, "events") for e in batch
               if e.get("ad_id") or e["type"] == "purchase"]
-    return ads_report(store.ad_charges(tenant), events, items, line_items, settings)
+    return ads_report(store.ad_charges(tenant), events, items, line_items, settings,
+                      lambda ad_id: open_ad_id(secret, tenant, ad_id))

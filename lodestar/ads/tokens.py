@@ -1,28 +1,35 @@
-"""``ad_id``: what a served ad says about itself, signed, so that a click can be checked and charged
-without the serving process having written anything when it served the ad.
+"""``ad_id``: what a served ad says about itself, sealed, so that a click can be checked and charged
+without the serving process having written anything when it served the ad, and so that nobody who
+sees the answer (a browser, a competitor) can read the line item or the price.
 
-An ad id is ``ad1.<payload>.<signature>``: the payload (base64url JSON) holds the line item, which
-of its products, the price per click (micros), when and on which placement it was served, and a
-random nonce (so every served ad has its own id); the signature is HMAC-SHA256 over the tenant and
-the payload with the deployment's ads secret (``LODESTAR_ADS_SECRET``, or one made once per data
-dir). An id that was never served (made up, altered, another tenant's) fails the signature.
+An ad id is ``ad2.<sealed>``: the line item, which of its products, the price per click (micros),
+when and on which placement it was served, encrypted and authenticated with AES-GCM (the
+``cryptography`` package) under a key derived from the deployment's ads secret
+(``LODESTAR_ADS_SECRET``, or one made once per data dir), with the tenant as associated data and a
+random 96-bit nonce (so every served ad has its own id). An id that was never served (made up,
+altered, another tenant's, another deployment's) fails authentication.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lodestar.errors import InvalidInput
 
-PREFIX = "ad1"
+PREFIX = "ad2"
 PLACEMENT_CODES = {"recommendations": "r", "session": "s", "similar": "i", "search": "q"}
 PLACEMENT_NAMES = {code: name for name, code in PLACEMENT_CODES.items()}
-MAX_LENGTH = 256  # an id, like every other
+NONCE = 12
 
 
 @dataclass(frozen=True)
@@ -34,46 +41,37 @@ class ServedAd:
     placement: str
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _signature(secret: str, tenant: str, payload: str) -> str:
-    mac = hmac.new(secret.encode(), f"{tenant}\x00{payload}".encode(), hashlib.sha256).digest()
-    return _b64(mac[:16])
+@lru_cache(maxsize=16)
+def _cipher(secret: str) -> AESGCM:
+    return AESGCM(hmac.new(secret.encode(), b"lodestar ad id v2", hashlib.sha256).digest())
 
 
 def make_ad_id(secret: str, tenant: str, ad: ServedAd) -> str:
-    body = json.dumps([ad.line_item, ad.product_index, ad.price, ad.served_at, PLACEMENT_CODES[ad.placement],
-                       _b64(secrets.token_bytes(6))], separators=(",", ":"))
-    payload = _b64(body.encode())
-    return f"{PREFIX}.{payload}.{_signature(secret, tenant, payload)}"
+    body = json.dumps([ad.line_item, ad.product_index, ad.price, ad.served_at, PLACEMENT_CODES[ad.placement]],
+                      separators=(",", ":")).encode()
+    nonce = secrets.token_bytes(NONCE)
+    sealed = nonce + _cipher(secret).encrypt(nonce, body, tenant.encode())
+    return f"{PREFIX}.{base64.urlsafe_b64encode(sealed).rstrip(b'=').decode()}"
 
 
-def decode_unverified(ad_id: str) -> ServedAd | None:
-    """The ad an id names, without checking its signature (for ids already checked when they were
-    accepted, such as those in a user's stored events); ``None`` for anything else."""
+def open_ad_id(secret: str, tenant: str, ad_id: str) -> ServedAd | None:
+    """The ad this tenant served under ``ad_id``, or ``None`` for anything else."""
+    prefix, _, text = ad_id.partition(".")
+    if prefix != PREFIX or not text or not text.isascii():
+        return None
     try:
-        prefix, payload, _ = ad_id.split(".")
-        line_item, index, price, served_at, code, _nonce = json.loads(_unb64(payload))
-        if prefix != PREFIX or code not in PLACEMENT_NAMES:
-            return None
+        sealed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        body = _cipher(secret).decrypt(sealed[:NONCE], sealed[NONCE:], tenant.encode())
+        line_item, index, price, served_at, code = json.loads(body)
         return ServedAd(str(line_item), int(index), int(price), int(served_at), PLACEMENT_NAMES[code])
-    except (ValueError, TypeError, UnicodeDecodeError):
+    except (InvalidTag, ValueError, TypeError, KeyError, binascii.Error):
         return None
 
 
 def read_ad_id(secret: str, tenant: str, ad_id: str) -> ServedAd:
     """The ad this tenant served under ``ad_id``; :class:`InvalidInput` for an id it never served."""
-    parts = ad_id.split(".")
-    if len(parts) == 3 and parts[0] == PREFIX and hmac.compare_digest(
-            parts[2], _signature(secret, tenant, parts[1])):
-        ad = decode_unverified(ad_id)
-        if ad is not None:
-            return ad
-    raise InvalidInput("ad_id: not an ad this shop served; send the ad_id of a sponsored item exactly as the "
-                       "recommendation or search answer gave it", field="ad_id")
+    ad = open_ad_id(secret, tenant, ad_id)
+    if ad is None:
+        raise InvalidInput("ad_id: not an ad this shop served; send the ad_id of a sponsored item exactly as the "
+                           "recommendation or search answer gave it", field="ad_id")
+    return ad

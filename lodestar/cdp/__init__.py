@@ -258,7 +258,8 @@ class CdpStore(Protocol):
         """Per line item with any spend: ``spent_today`` and ``spent_total`` (one read for all)."""
         ...
     def line_items_stamp(self, tenant: str) -> tuple[int, float]:
-        """How many line items the tenant has and the latest ``updated_at``: changes when any does."""
+        """How many line items the tenant has and the sum of their ``updated_at``: changes when any
+        line item does (whatever the clocks of the processes that write them)."""
         ...
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
         """The ledger's charges, oldest first (a line item's only, when given)."""

@@ -258,7 +258,7 @@ LET ok = !duplicate AND !repeat AND within
 LET charged = (FOR c IN (ok ? [@charge] : []) INSERT c INTO {AD_CHARGES} RETURN 1)
 LET added = (FOR row IN (ok ? [[@today_key, @charge.day], [@total_key, "total"]] : [])
     UPSERT {{_key: row[0]}} INSERT {{_key: row[0], tenant_id: @tenant, line_item: @line_item, day: row[1], spent: @price}}
-    UPDATE {{spent: OLD.spent + @price}} IN {AD_SPEND} RETURN 1)
+    UPDATE {{spent: OLD.spent + @price, day: row[1]}} IN {AD_SPEND} RETURN 1)
 RETURN {{charged: ok, reason: duplicate ? "already charged" : (repeat ? "repeat click within the click window"
         : (ok ? null : "budget spent")),
         spent_today: spent_today + (ok ? @price : 0), spent_total: spent_total + (ok ? @price : 0)}}
@@ -722,7 +722,7 @@ class ArangoCdpStore:
 
     def line_items_stamp(self, tenant: str) -> tuple[int, float]:
         (found,) = self._query(f"LET l = (FOR x IN {LINE_ITEMS} FILTER x.tenant_id == @tenant "
-                               "RETURN x.record.updated_at) RETURN [LENGTH(l), MAX(l)]", tenant=tenant)
+                               "RETURN x.record.updated_at) RETURN [LENGTH(l), SUM(l)]", tenant=tenant)
         return int(found[0]), float(found[1] or 0.0)
 
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:

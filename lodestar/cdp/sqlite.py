@@ -741,9 +741,9 @@ class SqliteCdpStore:
         return out
 
     def line_items_stamp(self, tenant: str) -> tuple[int, float]:
-        count, latest = self._conn().execute("SELECT COUNT(*), MAX(updated_at) FROM line_items WHERE tenant = ?",
-                                             (tenant,)).fetchone()
-        return int(count), float(latest or 0.0)
+        count, total = self._conn().execute("SELECT COUNT(*), SUM(updated_at) FROM line_items WHERE tenant = ?",
+                                            (tenant,)).fetchone()
+        return int(count), float(total or 0.0)
 
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
         rows = self._conn().execute(
