@@ -150,6 +150,7 @@ class ProductTable:
             points.update(reader.points(wanted[start:start + 1000]))
         self.ids = [p for p in wanted if p in points and points[p].vector is not None]
         self.row = {p: n for n, p in enumerate(self.ids)}
+        self.id_set = frozenset(self.ids)
         self.payloads = [points[p].payload for p in self.ids]
         dim = len(points[self.ids[0]].vector) if self.ids else 1
         self.content = np.stack([points[p].vector for p in self.ids]).astype(np.float32) if self.ids \
@@ -172,17 +173,20 @@ class Signals:
     collab_weight: float = 0.0
     content_weight: float = 1.0
 
-    def relevance(self, table: ProductTable, rows: np.ndarray) -> np.ndarray:
+    def relevance(self, table: ProductTable, rows: np.ndarray | None = None) -> np.ndarray:
+        """Relevance (0 to 1) of the table's ``rows`` (``None``: every row, in one pass over it)."""
+        def of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+            return matrix @ vector if rows is None else matrix[rows] @ vector
+
         parts, weights = [], []
         if self.collab is not None and table.factors is not None and self.collab_weight > 0:
-            parts.append(np.clip((table.factors[rows] @ self.collab) / max(self.collab_scale, 1e-9), 0.0, 1.0))
+            parts.append(np.clip(of(table.factors, self.collab) / max(self.collab_scale, 1e-9), 0.0, 1.0))
             weights.append(self.collab_weight)
         if self.content is not None and (self.content_weight > 0 or not parts):
-            sims = (table.content @ self.content)[rows] if len(rows) * 4 > len(table) else table.content[rows] @ self.content
-            parts.append(np.clip(sims, 0.0, 1.0))
+            parts.append(np.clip(of(table.content, self.content), 0.0, 1.0))
             weights.append(self.content_weight or 1.0)
         if not parts:  # nothing known of the user: how much everyone engages with it
-            return table.popularity[rows]
+            return table.popularity if rows is None else table.popularity[rows]
         return sum(w * p for w, p in zip(weights, parts, strict=True)) / sum(weights)
 
 
@@ -336,10 +340,8 @@ class _PlacementBook:
                 if explain:
                     counts[why] = counts.get(why, 0) + 1
         rows_out = np.zeros(len(table), dtype=bool)
-        for item_id in (*request.exclude, *(h.item_id for h in organic)):
-            row = table.row.get(item_id)
-            if row is not None:
-                rows_out[row] = True
+        out = (request.exclude | {h.item_id for h in organic}) & table.id_set  # a set intersection, in C
+        rows_out[[table.row[i] for i in out]] = True
         mask = entering[self.entry_li] & ~rows_out[self.entry_row]
         if explain:
             counts["product excluded or already in the organic list"] = int(
@@ -355,8 +357,11 @@ class _PlacementBook:
         if not len(eligible):
             return Outcome((), ()), eligible, counts
         rows = self.entry_row[eligible]
-        unique_rows, inverse = np.unique(rows, return_inverse=True)
-        relevance = np.clip(request.signals.relevance(table, unique_rows), 0.0, 1.0)[inverse]
+        if len(rows) * 4 > len(table):  # most of the table: one pass over all of it beats gathering rows
+            relevance = np.clip(request.signals.relevance(table), 0.0, 1.0)[rows]
+        else:
+            unique_rows, inverse = np.unique(rows, return_inverse=True)
+            relevance = np.clip(request.signals.relevance(table, unique_rows), 0.0, 1.0)[inverse]
         entry_bids = bids[self.entry_li[eligible]]
         ok = (relevance >= settings.relevance_floor) & (relevance > 0) & (entry_bids >= settings.reserve)
         if explain:
