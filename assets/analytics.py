@@ -13,10 +13,10 @@ from lodestar import attribution
 from lodestar.ads import report as ads_report
 from lodestar.ads.tokens import open_ad_id
 from lodestar.cdp import require_tenant
-from lodestar.settings import ADS_SECRET_ENV
 from lodestar.experiments import lifecycle
 from lodestar.experiments import report as experiments_report
 from lodestar.lineage.files import read_extract
+from lodestar.settings import ADS_SECRET_ENV
 from lodestar.tenant_config import effective_config
 
 

@@ -17,6 +17,7 @@ from lodestar.controls import Rule, parse_rules
 from lodestar.errors import InvalidInput
 from lodestar.jsonvalues import check_depth
 from lodestar.records import EVENT_TYPES
+from lodestar.segments import Segment, parse_segments
 
 # How much one event of each type says about a user's taste; negative means "less like this".
 # A rating's weight is scaled by value / 5 (lodestar.event_weights).
@@ -110,10 +111,12 @@ class AdsSettings:
     attribution_days: int = 7
     attribution_scope: str = "product"
     view_through_days: int = 0  # 0: conversions after an ad impression alone are not attributed
+    audience_min_size: int = 100  # an advertiser sees a segment's size only from this many members
 
 
 ATTRIBUTION_SCOPES = ("product", "brand", "category")
-ADS_INT_LIMITS = {"click_window_s": 7 * 86400, "attribution_days": 90, "view_through_days": 30}
+ADS_INT_LIMITS = {"click_window_s": 7 * 86400, "attribution_days": 90, "view_through_days": 30,
+                  "audience_min_size": 1_000_000}
 
 
 def _ads(values: Any) -> None:
@@ -179,6 +182,12 @@ class TenantConfig:
     # The diversity (0 to 1, lodestar.controls) of a request that does not ask for one.
     diversity: float = 0.0
     ads: AdsSettings = field(default_factory=AdsSettings)
+    # Audience segments as stored (lodestar.segments): rule and lookalike definitions.
+    segments: tuple[dict[str, Any], ...] = ()
+
+    @cached_property
+    def parsed_segments(self) -> tuple[Segment, ...]:
+        return tuple(parse_segments(list(self.segments)))
 
     @cached_property
     def parsed_rules(self) -> tuple[Rule, ...]:
@@ -190,6 +199,7 @@ class TenantConfig:
         out = dataclasses.asdict(self)
         out["profile_attributes"] = list(self.profile_attributes)
         out["rules"] = [copy.deepcopy(r) for r in self.rules]
+        out["segments"] = [copy.deepcopy(r) for r in self.segments]
         out["ads"]["positions"] = list(self.ads.positions)
         return out
 
@@ -214,6 +224,7 @@ class TenantConfig:
             rules=tuple(data.get("rules") or ()),
             diversity=float(data.get("diversity", 0.0)),
             ads=_ads_settings(data.get("ads", {})),
+            segments=tuple(data.get("segments") or ()),
         )
 
 
@@ -292,6 +303,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not 0 <= config.get("index", {}).get("incremental_max_fraction", IndexSettings.incremental_max_fraction) <= 1:
         raise InvalidInput("index.incremental_max_fraction must be between 0 and 1 (0: any change rebuilds in full)")
     parse_rules(config.get("rules", []))
+    parse_segments(config.get("segments", []))
     _ads(config.get("ads", {}))
     diversity = config.get("diversity", 0.0)
     if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0 <= diversity <= 1:

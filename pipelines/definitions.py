@@ -18,14 +18,14 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from assets import analytics, embeddings, extracts, features, index, model
+from assets import analytics, audiences, embeddings, extracts, features, index, model
 from assets.resources import LodestarResource
 from lodestar.settings import Settings
 from pipelines.jobs import extract_job, materialize_tenant
 from pipelines.recovery import install_claim_backoff
 from pipelines.sensors import build_schedule, build_sensors
 
-ASSET_MODULES = (extracts, features, embeddings, model, index, analytics)
+ASSET_MODULES = (extracts, features, embeddings, model, index, analytics, audiences)
 
 
 def all_assets() -> list[AssetsDefinition]:

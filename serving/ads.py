@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,9 +249,10 @@ def request_for(
     placement: str, k: int, organic: Sequence[Hit], signals: Signals, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
     events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = (), now: float | None = None,
+    segments: Callable[[], Iterable[str]] | frozenset[str] = frozenset(),
 ) -> AdRequest:
     return AdRequest(placement, k, organic, signals, exclude, item_filter or ItemFilter(), query, categories, events,
-                     time.time() if now is None else now)
+                     time.time() if now is None else now, segments=segments)
 
 
 def recommendation_signals(config: TenantConfig, published: PublishedVersion, taste: np.ndarray | None,
@@ -278,9 +279,11 @@ def sponsored_answer(
     hits: list[Hit], signals: Signals, explain: bool, *, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
     events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = (),
+    segments: Callable[[], Iterable[str]] | frozenset[str] = frozenset(),
 ) -> Sponsored | None:
-    """The answer with sponsored items in their ad-load positions (``None`` with retail media off)."""
+    """The answer with sponsored items in their ad-load positions (``None`` with retail media off);
+    ``events`` and ``segments``: the user's, or functions that read them when a line item asks."""
     request = request_for(placement, k, hits, signals, exclude, item_filter, query,
-                          categories | frozenset((item_filter or ItemFilter()).categories), events)
+                          categories | frozenset((item_filter or ItemFilter()).categories), events, segments=segments)
     result = ads.place(tenant, published, config, request, explain=explain)
     return None if result is None else Sponsored(ads, result.items, result.explanation)

@@ -33,7 +33,9 @@ from serving.controllers import (
     PreferenceController,
     RecommendationController,
     SearchController,
+    SegmentController,
     UserController,
+    UserSegmentController,
 )
 from serving.dependencies import API_DEPENDENCIES, DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
@@ -100,8 +102,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     console = console_app_config(settings)
     api = Router(path="/", dependencies=API_DEPENDENCIES, route_handlers=[
         RecommendationController, ItemController, SearchController, EventController, PreferenceController,
-        UserController, KeyController, ConfigController, AuditController, ExperimentController, AdvertiserController,
-        AdsController, OperatorController, HealthController])
+        UserController, UserSegmentController, SegmentController, KeyController, ConfigController, AuditController,
+        ExperimentController, AdvertiserController, AdsController, OperatorController, HealthController])
     return Litestar(
         route_handlers=[api, *console["route_handlers"]],
         template_config=console["template_config"],

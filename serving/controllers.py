@@ -186,6 +186,12 @@ def _ad_history(cdp: CdpStore, tenant: str, user_id: str | None) -> Callable[[],
     return lambda: [] if user is None else cdp.user_events(tenant, user, limit=HISTORY_LIMIT)
 
 
+def _user_segments(cdp: CdpStore, tenant: str, user_id: str | None) -> Callable[[], list[str]]:
+    """Reads a named user's audience segments when a segment-targeted line item asks."""
+    user = None if user_id is None else parse_id(user_id, "user_id")
+    return lambda: [] if user is None else cdp.user_segments(tenant, user)
+
+
 def _unit(user_id: str | None, session_id: str | None = None) -> str | None:
     """The unit an experiment assigns by: the user when known, else the session; kind-prefixed, so a
     user and a session of the same id are two units."""
@@ -219,7 +225,8 @@ class RecommendationController(Controller):
             ads, tenant, published, config, "recommendations", k, result.items,
             recommendation_signals(config, published, result.taste, result.collab_query, result.items),
             trace is not None,
-            exclude=result.excluded, item_filter=result.item_filter, events=history[0]) if config.ads.enabled else None
+            exclude=result.excluded, item_filter=result.item_filter, events=history[0],
+            segments=_user_segments(cdp, tenant, user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
                       trace, unit, assigned, sponsored)
 
@@ -241,7 +248,8 @@ class RecommendationController(Controller):
             recommendation_signals(config, published, result.taste, result.collab_query, result.items),
             trace is not None,
             exclude=result.excluded, item_filter=result.item_filter,
-            events=_ad_history(cdp, tenant, data.user_id)) if config.ads.enabled else None
+            events=_ad_history(cdp, tenant, data.user_id),
+            segments=_user_segments(cdp, tenant, data.user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "session",
                       data.user_id, trace, unit, assigned, sponsored)
 
@@ -273,7 +281,8 @@ class ItemController(Controller):
             sponsored = sponsored_answer(
                 ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace is not None,
                 exclude=frozenset((item_id, *controls.exclude)), item_filter=controls.item_filter,
-                categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id))
+                categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id),
+                segments=_user_segments(cdp, tenant, user_id))
         return _items(served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace, unit,
                       assigned, sponsored)
 
@@ -300,7 +309,8 @@ class SearchController(Controller):
         sponsored = sponsored_answer(
             ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace is not None,
             exclude=frozenset(controls.exclude), item_filter=controls.item_filter, query=data.query,
-            events=_ad_history(cdp, tenant, data.user_id)) if config.ads.enabled else None
+            events=_ad_history(cdp, tenant, data.user_id),
+            segments=_user_segments(cdp, tenant, data.user_id)) if config.ads.enabled else None
         return _items(served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id, trace,
                       unit, assigned, sponsored)
 
@@ -382,6 +392,43 @@ class PreferenceController(Controller):
     def get_preferences(self, tenant: Tenant, user_id: PathId, cdp: Cdp) -> Preferences:
         stored = cdp.get_preferences(tenant, parse_id(user_id, "user_id"))
         return Preferences(**(stored or {}))
+
+
+class UserSegmentController(Controller):
+    security = SECURED
+    path = "/v1/users/{user_id:str}/segments"
+    tags = ["audiences"]
+    opt = {SCOPE: EVENTS}  # marketing audiences are the shop's data: not for keys shipped inside a browser
+
+    @get("/", operation_id="userSegments", responses=READS, sync_to_thread=True)
+    def segments(self, tenant: Tenant, user_id: PathId, cdp: Cdp) -> dict[str, Any]:
+        """The audience segments the user is in, as the pipeline's ``audience_segments`` last computed them."""
+        user_id = parse_id(user_id, "user_id")
+        return {"user_id": user_id, "segments": cdp.user_segments(tenant, user_id)}
+
+
+class SegmentController(Controller):
+    """The tenant's audience segments, for its ``admin`` key (definitions live in the configuration)."""
+
+    security = SECURED
+    path = "/v1/segments"
+    tags = ["audiences"]
+    opt = {SCOPE: ADMIN}
+
+    @get("/", operation_id="listSegments", responses=READS, sync_to_thread=True)
+    def list_segments(self, tenant: Tenant, cdp: Cdp, config: Config) -> dict[str, Any]:
+        """Each segment's definition and size (its members as last materialized)."""
+        sizes = cdp.segment_sizes(tenant)
+        return {"segments": [{"name": s.name, "kind": "lookalike" if s.lookalike else "rule",
+                              "definition": ({"lookalike": {"seed": s.seed, "size": s.size}} if s.lookalike
+                                             else {"rule": s.rule}), "size": sizes.get(s.name, 0)}
+                             for s in config.parsed_segments]}
+
+    @get("/{name:str}/members", operation_id="segmentMembers", responses=READS | NOT_FOUND, sync_to_thread=True)
+    def members(self, tenant: Tenant, name: PathId, cdp: Cdp, config: Config) -> dict[str, Any]:
+        if name not in {s.name for s in config.parsed_segments}:
+            raise NotFound(f"no audience segment {name!r} (GET /v1/segments lists them)")
+        return {"segment": name, "members": cdp.segment_members(tenant, name)}
 
 
 class UserController(Controller):
@@ -693,6 +740,15 @@ class AdsController(Controller):
         """A line item promoting catalog products at a CPC bid within a daily and a total budget
         (amounts in the tenant's currency, e.g. "0.35"; stored in micros); 422 naming the field."""
         return campaigns.create_line_item(cdp, tenant, request.state.principal.advertiser, data, _actor(request))
+
+    @get("/segments", operation_id="advertiserSegments", responses=READS, sync_to_thread=True)
+    def segments(self, tenant: Tenant, cdp: Cdp, config: Config) -> dict[str, Any]:
+        """The shop's audience segments a line item may target, each with its size when it has at
+        least the shop's minimum (``ads.audience_min_size``, default 100): never its members."""
+        least, sizes = config.ads.audience_min_size, cdp.segment_sizes(tenant)
+        return {"minimum_size": least, "segments": [
+            {"name": s.name, "size": sizes.get(s.name, 0) if sizes.get(s.name, 0) >= least else None}
+            for s in config.parsed_segments]}
 
     @get("/report", operation_id="advertiserReport", responses=READS, sync_to_thread=True)
     def report(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:

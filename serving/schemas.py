@@ -200,6 +200,7 @@ class UserErased(msgspec.Struct):
     events: int
     preferences: int
     served_lists: int
+    segment_memberships: int = 0
 
 
 class ConfigView(msgspec.Struct):

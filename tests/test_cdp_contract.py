@@ -155,7 +155,8 @@ def test_latest_watermark_and_erasing_a_user(store):
     store.log_served("acme", [{"recommendation_id": "r", "user_id": "u", "endpoint": "x", "strategy": "popular",
                                "items": ["1"], "ts": 1.0}])
     before = store.latest_watermark("acme", "users")
-    assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1}
+    assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1,
+                                            "segment_memberships": 0}
     assert store.user_events("acme", "u") == [] and store.get_preferences("acme", "u") is None
     assert store.user_events("acme", "v") != []  # nobody else's data
     assert store.get_user("acme", "u") is None
@@ -416,3 +417,19 @@ def test_advertisers_their_keys_and_line_items(store):
     assert store.get_line_item("acme", "li1")["status"] == "paused" and paused["bid"] == 350_000
     assert [li["id"] for li in store.list_line_items("acme", "zeta-shoes")] == ["li1"]
     assert [li["id"] for li in store.list_line_items("acme")] == ["li1", "li2"]
+
+
+def test_segment_membership_is_applied_read_by_user_and_erased_with_the_user(store):
+    store.create_tenant("acme")
+    store.apply_segment("acme", "runners", ["u1", "u2", "u3"], [], replace=True)
+    store.apply_segment("acme", "vip", ["u2"], [])
+    store.apply_segment("acme", "runners", ["u4"], ["u1", "nobody"])
+    assert store.segment_members("acme", "runners") == ["u2", "u3", "u4"]
+    assert store.user_segments("acme", "u2") == ["runners", "vip"] and store.user_segments("acme", "u1") == []
+    assert store.segment_sizes("acme") == {"runners": 3, "vip": 1}
+    store.apply_segment("acme", "runners", ["u9"], [], replace=True)
+    assert store.segment_members("acme", "runners") == ["u9"]
+    assert store.erase_user("acme", "u2")["segment_memberships"] == 1
+    assert store.user_segments("acme", "u2") == [] and store.segment_sizes("acme") == {"runners": 1}
+    store.drop_segment("acme", "runners")
+    assert store.segment_sizes("acme") == {}

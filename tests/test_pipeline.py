@@ -24,7 +24,7 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in definitions.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"cdp_items", "cdp_users", "cdp_events", "item_features", "user_features", "item_embeddings",
                     "collab_model", "offline_evaluation", "tenant_index", "published_index", "attribution_report",
-                    "experiment_report", "ads_report"}
+                    "experiment_report", "ads_report", "audience_segments"}
     check_names = {c.name for c in definitions.resolve_asset_graph().asset_check_keys}
     assert {"schema_and_rows", "dimension_and_nan", "point_count_matches_items", "canary_query",
             "no_regression"} <= check_names

@@ -20,6 +20,7 @@ from lodestar.errors import Conflict, InvalidInput, NotFound
 from lodestar.experiments.definition import PLACEMENTS
 from lodestar.keys import issue_key, key_id_of
 from lodestar.records import check_text, parse_id, parse_schedule_time
+from lodestar.tenant_config import effective_config
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FIELDS = ("id", "campaign", "name", "products", "bid", "keyword_bids", "daily_budget", "total_budget", "start",
@@ -54,9 +55,10 @@ def _name(value: Any, default: str) -> str:
 
 
 def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[str]], list[str]],
-                    now: float | None = None) -> dict[str, Any]:
+                    now: float | None = None, segments: Iterable[str] = ()) -> dict[str, Any]:
     """A line item as stored, from what an advertiser sent; ``missing_products`` names the ids the
-    tenant's catalog does not hold (they are refused: an ad must be for something the shop sells)."""
+    tenant's catalog does not hold (they are refused: an ad must be for something the shop sells);
+    ``segments``: the tenant's audience segments, the only ones it may target."""
     now = time.time() if now is None else now
     if not isinstance(raw, dict):
         raise InvalidInput("a line item must be a JSON object")
@@ -102,8 +104,11 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
     targeting = raw.get("targeting") or {}
     if not isinstance(targeting, dict) or set(targeting) - {"categories", "keywords", "segments"}:
         raise InvalidInput("targeting: an object with categories and keywords", field="targeting")
-    if targeting.get("segments"):
-        raise InvalidInput("targeting.segments: audience segments are not available yet", field="targeting.segments")
+    audiences = _words(targeting.get("segments"), "targeting.segments")
+    known = set(segments)
+    if unknown_segments := [a for a in audiences if a not in known]:
+        raise InvalidInput(f"targeting.segments: {unknown_segments[0]!r} is not an audience segment of this shop "
+                           f"(GET /v1/ads/segments lists them)", field="targeting.segments")
     keywords = targeting.get("keywords") or {}
     if not isinstance(keywords, dict) or set(keywords) - {"exact", "phrase", "negative"}:
         raise InvalidInput("targeting.keywords: an object with exact, phrase and negative lists",
@@ -124,6 +129,7 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
         "products": products, "bid": bid, "keyword_bids": keyword_bids, "daily_budget": daily, "total_budget": total,
         "start": start, "end": end, "placements": list(dict.fromkeys(placements)),
         "targeting": {"categories": _words(targeting.get("categories"), "targeting.categories"),
+                      "segments": audiences,
                       "keywords": {kind: _words(keywords.get(kind), f"targeting.keywords.{kind}")
                                    for kind in ("exact", "phrase", "negative")}},
         "frequency_cap": cap, "status": status,
@@ -152,7 +158,9 @@ def _catalog_check(store: CdpStore, tenant: str) -> Callable[[list[str]], list[s
 
 
 def create_line_item(store: CdpStore, tenant: str, advertiser: str, raw: Any, actor: str) -> dict[str, Any]:
-    record = parse_line_item(raw, advertiser, _catalog_check(store, tenant))
+    config = effective_config(require_tenant(store, tenant)["config"])
+    record = parse_line_item(raw, advertiser, _catalog_check(store, tenant),
+                             segments=[s.name for s in config.parsed_segments])
     made = store.put_line_item(tenant, record)
     store.append_audit(tenant, audit_entry(actor, "line_item.create", made["id"], None, made))
     return made

@@ -62,6 +62,7 @@ class LiveLineItem:
     products: tuple[str, ...]
     placements: frozenset[str]
     categories: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()  # audience segments (any of them)
     exact: tuple[tuple[str, ...], ...] = ()
     phrase: tuple[tuple[str, ...], ...] = ()
     negative: tuple[tuple[str, ...], ...] = ()
@@ -82,6 +83,7 @@ class LiveLineItem:
             id=record["id"], advertiser=record["advertiser"], advertiser_name=advertiser_name,
             campaign=record.get("campaign", record["id"]), bid=int(record["bid"]), products=tuple(record["products"]),
             placements=frozenset(record.get("placements") or ()), categories=frozenset(targeting.get("categories") or ()),
+            segments=frozenset(targeting.get("segments") or ()),
             exact=tuple(words(k) for k in keywords.get("exact") or ()),
             phrase=tuple(words(k) for k in keywords.get("phrase") or ()),
             negative=tuple(words(k) for k in keywords.get("negative") or ()),
@@ -94,8 +96,8 @@ class LiveLineItem:
     @property
     def special(self) -> bool:
         """Whether entering needs more than the budget and the pacing draw (a per-request check)."""
-        return bool(self.categories or self.exact or self.phrase or self.negative or self.keyword_bids
-                    or self.cap is not None)
+        return bool(self.categories or self.segments or self.exact or self.phrase or self.negative
+                    or self.keyword_bids or self.cap is not None)
 
     @property
     def max_bid(self) -> int:
@@ -204,7 +206,15 @@ class AdRequest:
     events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = ()
     now: float = 0.0
     open_ad: Callable[[str], ServedAd | None] | None = None  # what an ad id names (set by the server)
+    # The user's audience segments, or a function that reads them (only a segment-targeted line item asks).
+    segments: frozenset[str] | Callable[[], Iterable[str]] = frozenset()
     _impressions: dict[str, int] | None = None
+    _segments: frozenset[str] | None = None
+
+    def user_segments(self) -> frozenset[str]:
+        if self._segments is None:
+            self._segments = frozenset(self.segments() if callable(self.segments) else self.segments)
+        return self._segments
 
     def impressions_today(self) -> dict[str, int]:
         """The user's ad impressions since midnight UTC, by line item (frequency caps)."""
@@ -332,6 +342,8 @@ class _PlacementBook:
                 why = "frequency cap reached for this user today"
             elif li.categories and not li.categories & context:
                 why = "category targeting does not match"
+            elif li.segments and not li.segments & request.user_segments():
+                why = "audience segment targeting does not match"
             elif query is not None:
                 bid, why = li.search_bid(query)
                 bids[i] = bid or 0

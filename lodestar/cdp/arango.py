@@ -62,8 +62,9 @@ AD_CHARGES = "lodestar_ad_charges"
 AD_SPEND = "lodestar_ad_spend"
 ADVERTISERS = "lodestar_advertisers"
 LINE_ITEMS = "lodestar_line_items"
+SEGMENT_MEMBERS = "lodestar_segment_members"
 COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS,
-               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS)
+               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS, SEGMENT_MEMBERS)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -84,6 +85,8 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (AD_SPEND, ("tenant_id", "day"), False),
     (ADVERTISERS, ("tenant_id",), False),
     (LINE_ITEMS, ("tenant_id", "advertiser"), False),
+    (SEGMENT_MEMBERS, ("tenant_id", "user_id"), False),
+    (SEGMENT_MEMBERS, ("tenant_id", "segment"), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -179,6 +182,8 @@ ERASE_AQL = {
                    f"REMOVE p IN {PREFERENCES} COLLECT WITH COUNT INTO n RETURN n",
     "served_lists": f"FOR s IN {SERVED} FILTER s.tenant_id == @tenant AND s.user_id == @user "
                     f"REMOVE s IN {SERVED} COLLECT WITH COUNT INTO n RETURN n",
+    "segment_memberships": f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant AND m.user_id == @user "
+                           f"REMOVE m IN {SEGMENT_MEMBERS} COLLECT WITH COUNT INTO n RETURN n",
 }
 
 TOMBSTONE_AQL = """
@@ -427,7 +432,7 @@ class ArangoCdpStore:
         require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
         # Advertisers and line items stay, with the spend ledger that names them.
-        for collection in (MEMBERS, REPORTS, EXPERIMENTS):  # a tenant made later under the same name starts with neither
+        for collection in (MEMBERS, REPORTS, EXPERIMENTS, SEGMENT_MEMBERS):  # a tenant made later starts with none
             self._query(f"FOR d IN {collection} FILTER d.tenant_id == @tenant REMOVE d IN {collection}", tenant=name)
 
     # -- API keys ----------------------------------------------------------------------------
@@ -588,7 +593,7 @@ class ArangoCdpStore:
         """Events, preferences and served lists deleted and the profile replaced by a tombstone, in
         one stream transaction."""
         require_tenant(self, tenant)
-        txn = self.db.begin_transaction(write=["events", PREFERENCES, SERVED, "users"], sync=True)
+        txn = self.db.begin_transaction(write=["events", PREFERENCES, SERVED, SEGMENT_MEMBERS, "users"], sync=True)
         try:
             counts = {name: int(next(iter(txn.aql.execute(query, bind_vars={"tenant": tenant, "user": user_id})), 0))
                       for name, query in ERASE_AQL.items()}
@@ -729,6 +734,41 @@ class ArangoCdpStore:
         docs = self._query(f"FOR c IN {AD_CHARGES} FILTER c.tenant_id == @tenant AND (@line_item == null OR "
                            "c.line_item == @line_item) SORT c.ts, c.ad_id RETURN c", tenant=tenant, line_item=line_item)
         return [{f: d.get(f) for f in CHARGE_FIELDS} for d in docs]
+
+    # -- audience segments -------------------------------------------------------------------
+    def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],
+                      replace: bool = False) -> None:
+        txn = self.db.begin_transaction(write=[SEGMENT_MEMBERS], sync=True)
+        try:
+            if replace:
+                txn.aql.execute(f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant AND m.segment == @segment "
+                                f"REMOVE m IN {SEGMENT_MEMBERS}", bind_vars={"tenant": tenant, "segment": segment})
+            txn.aql.execute(f"FOR k IN @keys REMOVE k IN {SEGMENT_MEMBERS} OPTIONS {{ignoreErrors: true}}",
+                            bind_vars={"keys": [document_key(tenant, f"{segment}\x00{u}") for u in remove]})
+            txn.aql.execute(f"FOR d IN @docs UPSERT {{_key: d._key}} INSERT d UPDATE {{}} IN {SEGMENT_MEMBERS}",
+                            bind_vars={"docs": [{"_key": document_key(tenant, f"{segment}\x00{u}"), "tenant_id": tenant,
+                                                 "segment": segment, "user_id": u} for u in add]})
+            txn.commit_transaction()
+        except BaseException:
+            txn.abort_transaction()
+            raise
+
+    def drop_segment(self, tenant: str, segment: str) -> None:
+        self._query(f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant AND m.segment == @segment "
+                    f"REMOVE m IN {SEGMENT_MEMBERS}", tenant=tenant, segment=segment)
+
+    def user_segments(self, tenant: str, user_id: str) -> list[str]:
+        return self._query(f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant AND m.user_id == @user "
+                           "SORT m.segment RETURN m.segment", tenant=tenant, user=user_id)
+
+    def segment_members(self, tenant: str, segment: str) -> list[str]:
+        return self._query(f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant AND m.segment == @segment "
+                           "SORT m.user_id RETURN m.user_id", tenant=tenant, segment=segment)
+
+    def segment_sizes(self, tenant: str) -> dict[str, int]:
+        rows = self._query(f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant COLLECT s = m.segment "
+                           "WITH COUNT INTO n RETURN [s, n]", tenant=tenant)
+        return {segment: int(n) for segment, n in rows}
 
     # -- experiments -------------------------------------------------------------------------
     def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:

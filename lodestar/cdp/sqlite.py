@@ -174,6 +174,13 @@ CREATE TABLE IF NOT EXISTS ad_spend (
     spent INTEGER NOT NULL,
     PRIMARY KEY (tenant, line_item, day)
 );
+CREATE TABLE IF NOT EXISTS segment_members (
+    tenant TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, segment, user_id)
+);
+CREATE INDEX IF NOT EXISTS segment_members_by_user ON segment_members (tenant, user_id);
 CREATE TABLE IF NOT EXISTS preferences (
     tenant TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -567,6 +574,8 @@ class SqliteCdpStore:
                     "DELETE FROM preferences WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
                 "served_lists": conn.execute(
                     "DELETE FROM served WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
+                "segment_memberships": conn.execute(
+                    "DELETE FROM segment_members WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
             }
             tombstone, digest = erased_user(user_id)
             conn.execute(self._upsert_sql("users", USER_FIELDS, only_if_newer=False),
@@ -585,6 +594,7 @@ class SqliteCdpStore:
             # Advertisers and line items stay, with the spend ledger that names them.
             conn.execute("DELETE FROM experiments WHERE tenant = ?", (name,))
             conn.execute("DELETE FROM reports WHERE tenant = ?", (name,))
+            conn.execute("DELETE FROM segment_members WHERE tenant = ?", (name,))
 
     def count(self, tenant: str, entity: str) -> int:
         check_entity(entity)
@@ -750,6 +760,33 @@ class SqliteCdpStore:
             f"SELECT {', '.join(CHARGE_FIELDS)} FROM ad_charges WHERE tenant = ? "
             "AND (? IS NULL OR line_item = ?) ORDER BY ts, ad_id", (tenant, line_item, line_item)).fetchall()
         return [dict(r) for r in rows]
+
+    # -- audience segments -------------------------------------------------------------------
+    def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],
+                      replace: bool = False) -> None:
+        with self._write() as conn:
+            if replace:
+                conn.execute("DELETE FROM segment_members WHERE tenant = ? AND segment = ?", (tenant, segment))
+            conn.executemany("DELETE FROM segment_members WHERE tenant = ? AND segment = ? AND user_id = ?",
+                             [(tenant, segment, u) for u in remove])
+            conn.executemany("INSERT OR IGNORE INTO segment_members (tenant, segment, user_id) VALUES (?, ?, ?)",
+                             [(tenant, segment, u) for u in add])
+
+    def drop_segment(self, tenant: str, segment: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM segment_members WHERE tenant = ? AND segment = ?", (tenant, segment))
+
+    def user_segments(self, tenant: str, user_id: str) -> list[str]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT segment FROM segment_members WHERE tenant = ? AND user_id = ? ORDER BY segment", (tenant, user_id))]
+
+    def segment_members(self, tenant: str, segment: str) -> list[str]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT user_id FROM segment_members WHERE tenant = ? AND segment = ? ORDER BY user_id", (tenant, segment))]
+
+    def segment_sizes(self, tenant: str) -> dict[str, int]:
+        return dict(self._conn().execute(
+            "SELECT segment, COUNT(*) FROM segment_members WHERE tenant = ? GROUP BY segment", (tenant,)).fetchall())
 
     # -- experiments -------------------------------------------------------------------------
     def create_experiment(self, tenant: str, record: dict[str, Any]) -> dict[str, Any]:
