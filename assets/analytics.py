@@ -11,6 +11,7 @@ from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
 from lodestar import attribution
 from lodestar.ads import report as ads_report
+from lodestar.ads.incrementality import incrementality
 from lodestar.ads.tokens import open_ad_id
 from lodestar.cdp import require_tenant
 from lodestar.experiments import lifecycle
@@ -101,14 +102,15 @@ def experiment_report(context: AssetExecutionContext, lodestar: LodestarResource
     deps=["cdp_events", "cdp_items"],
     description="Retail media per line item and day: impressions and clicks on ads, charged clicks and spend (the "
                 "ledger), conversions attributed to the last ad click (or view, per tenant setting), revenue, ROAS; "
-                "kept as the 'ads' report in the CDP store (advertisers read their own rows from the API).",
+                "and per campaign its incrementality against its held-out users (lift, incremental conversions and "
+                "revenue, iROAS, 95% intervals); kept as reports in the CDP store (advertisers read their own rows).",
 )
 def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
     tenant = context.partition_key
     files = lodestar.files(tenant)
     with lodestar.cdp() as store:
         line_items = {r["id"]: r for r in store.list_line_items(tenant)}
-        rows = []
+        rows, lifts = [], []
         if line_items:
             settings = effective_config(require_tenant(store, tenant)["config"]).ads
             items = read_extract(files, "items")
@@ -118,14 +120,21 @@ def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource)
             wanted = events[events["ad_id"].notna() | (events["type"] == "purchase")] if "ad_id" in events else \
                 events[events["type"] == "purchase"]
             secret = lodestar.settings().secret("ads", ADS_SECRET_ENV)
-            rows = ads_report.ads_report(store.ad_charges(tenant), wanted.to_dict("records"), catalog, line_items,
+            records = wanted.to_dict("records")
+            rows = ads_report.ads_report(store.ad_charges(tenant), records, catalog, line_items,
                                          settings, lambda ad_id: open_ad_id(secret, tenant, ad_id))
+            lifts = incrementality(store.read_ad_serves(tenant), [e for e in records if e["type"] == "purchase"],
+                                   line_items, ads_report.total_spend(store, tenant), catalog,
+                                   settings.attribution_days)
         store.put_report(tenant, ads_report.REPORT, rows)
+        store.put_report(tenant, ads_report.INCREMENTALITY_REPORT, lifts)
     spend = sum(r["spend"] for r in rows)
     report(context, f"{len(line_items)} line items, spend {spend:.2f}, "
                     f"{sum(r['conversions'] for r in rows)} attributed conversions")
     return MaterializeResult(metadata={
         "line items": len(line_items), "spend": spend, "charged clicks": sum(r["charged_clicks"] for r in rows),
         "attributed conversions": sum(r["conversions"] for r in rows),
+        "incrementality": MetadataValue.md(pd.DataFrame(lifts).to_markdown(index=False) if lifts else "no campaign "
+                                           "with served ads to known users yet"),
         "by line item and day": MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "no ads"),
     })

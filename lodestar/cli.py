@@ -359,9 +359,10 @@ def cmd_advertisers(args: argparse.Namespace, settings: Settings) -> int:
             from lodestar.ads.report import report_from_store
             from lodestar.settings import ADS_SECRET_ENV
 
-            rows = [r for r in report_from_store(store, args.tenant, settings.secret("ads", ADS_SECRET_ENV))
-                    if args.advertiser is None or r["advertiser"] == args.advertiser]
-            print(json.dumps(rows, indent=2))
+            rows, lifts = report_from_store(store, args.tenant, settings.secret("ads", ADS_SECRET_ENV))
+            chosen = lifts if args.incrementality else rows
+            print(json.dumps([r for r in chosen if args.advertiser is None or r["advertiser"] == args.advertiser],
+                             indent=2))
             return 0
         rows = [{**a, "line_items": len(store.list_line_items(args.tenant, a["id"]))}
                 for a in store.list_advertisers(args.tenant)]
@@ -563,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "read now from the CDP store (the ads_report asset keeps it for the API)")
     p.add_argument("--tenant", required=True)
     p.add_argument("--advertiser", default=None, help="one advertiser's rows only")
+    p.add_argument("--incrementality", action="store_true",
+                   help="per campaign: lift over its held-out users, incremental conversions and revenue, iROAS")
     p.set_defaults(func=cmd_advertisers)
 
     cdp = sub.add_parser("cdp", help="work with the CDP store").add_subparsers(dest="cdp_command", required=True, metavar="ACTION")

@@ -249,10 +249,10 @@ def request_for(
     placement: str, k: int, organic: Sequence[Hit], signals: Signals, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
     events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = (), now: float | None = None,
-    segments: Callable[[], Iterable[str]] | frozenset[str] = frozenset(),
+    segments: Callable[[], Iterable[str]] | frozenset[str] = frozenset(), user_id: str | None = None,
 ) -> AdRequest:
     return AdRequest(placement, k, organic, signals, exclude, item_filter or ItemFilter(), query, categories, events,
-                     time.time() if now is None else now, segments=segments)
+                     time.time() if now is None else now, segments=segments, user_id=user_id)
 
 
 def recommendation_signals(config: TenantConfig, published: PublishedVersion, taste: np.ndarray | None,
@@ -272,6 +272,15 @@ class Sponsored:
     ads: TenantAds
     items: list[Hit | Placed]
     explanation: dict[str, Any] | None
+    placed: list[Placed] = field(default_factory=list)
+    ghosts: list[Placed] = field(default_factory=list)  # ads a held-out user would have been shown
+
+    def serves(self, user_id: str, placement: str, now: float) -> list[dict[str, Any]]:
+        """The served ads and ghosts as the ad serve log keeps them (for incrementality)."""
+        return [{"user_id": user_id, "line_item": ad.line_item.id, "campaign": ad.line_item.campaign,
+                 "advertiser": ad.line_item.advertiser, "product": ad.product, "placement": placement,
+                 "ghost": ghost, "ts": now}
+                for ads, ghost in ((self.placed, False), (self.ghosts, True)) for ad in ads]
 
 
 def sponsored_answer(
@@ -279,11 +288,12 @@ def sponsored_answer(
     hits: list[Hit], signals: Signals, explain: bool, *, exclude: frozenset[str] = frozenset(),
     item_filter: ItemFilter | None = None, query: str | None = None, categories: frozenset[str] = frozenset(),
     events: Sequence[dict[str, Any]] | Callable[[], Sequence[dict[str, Any]]] = (),
-    segments: Callable[[], Iterable[str]] | frozenset[str] = frozenset(),
+    segments: Callable[[], Iterable[str]] | frozenset[str] = frozenset(), user_id: str | None = None,
 ) -> Sponsored | None:
     """The answer with sponsored items in their ad-load positions (``None`` with retail media off);
     ``events`` and ``segments``: the user's, or functions that read them when a line item asks."""
     request = request_for(placement, k, hits, signals, exclude, item_filter, query,
-                          categories | frozenset((item_filter or ItemFilter()).categories), events, segments=segments)
+                          categories | frozenset((item_filter or ItemFilter()).categories), events, segments=segments,
+                          user_id=user_id)
     result = ads.place(tenant, published, config, request, explain=explain)
-    return None if result is None else Sponsored(ads, result.items, result.explanation)
+    return None if result is None else Sponsored(ads, result.items, result.explanation, result.placed, result.ghosts)

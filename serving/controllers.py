@@ -15,6 +15,7 @@ from litestar.params import Parameter
 
 from lodestar.ads import campaigns
 from lodestar.ads.market import LiveLineItem, Placed, Signals
+from lodestar.ads.report import INCREMENTALITY_REPORT
 from lodestar.ads.report import REPORT as ADS_REPORT
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
 from lodestar.config_versions import (
@@ -144,6 +145,8 @@ def _items(
         strategy=strategy,
         auction=sponsored.explanation if sponsored is not None and trace is not None else None,
     )
+    if sponsored is not None and user_id is not None and (sponsored.placed or sponsored.ghosts):
+        served_log.record_ads(tenant, sponsored.serves(user_id, endpoint, now))
     # The organic items only: a list's CTR and the experiments measure the ranking, not the ads
     # (whose impressions and clicks are counted by their ad_id, in the ads report).
     served_log.record(tenant, {
@@ -186,6 +189,10 @@ def _ad_history(cdp: CdpStore, tenant: str, user_id: str | None) -> Callable[[],
     return lambda: [] if user is None else cdp.user_events(tenant, user, limit=HISTORY_LIMIT)
 
 
+def _user(user_id: str | None) -> str | None:
+    return None if user_id is None else parse_id(user_id, "user_id")
+
+
 def _user_segments(cdp: CdpStore, tenant: str, user_id: str | None) -> Callable[[], list[str]]:
     """Reads a named user's audience segments when a segment-targeted line item asks."""
     user = None if user_id is None else parse_id(user_id, "user_id")
@@ -226,7 +233,7 @@ class RecommendationController(Controller):
             recommendation_signals(config, published, result.taste, result.collab_query, result.items),
             trace is not None,
             exclude=result.excluded, item_filter=result.item_filter, events=history[0],
-            segments=_user_segments(cdp, tenant, user_id)) if config.ads.enabled else None
+            segments=_user_segments(cdp, tenant, user_id), user_id=user_id) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
                       trace, unit, assigned, sponsored)
 
@@ -249,7 +256,8 @@ class RecommendationController(Controller):
             trace is not None,
             exclude=result.excluded, item_filter=result.item_filter,
             events=_ad_history(cdp, tenant, data.user_id),
-            segments=_user_segments(cdp, tenant, data.user_id)) if config.ads.enabled else None
+            segments=_user_segments(cdp, tenant, data.user_id), user_id=_user(data.user_id)) if config.ads.enabled \
+            else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "session",
                       data.user_id, trace, unit, assigned, sponsored)
 
@@ -282,7 +290,7 @@ class ItemController(Controller):
                 ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace is not None,
                 exclude=frozenset((item_id, *controls.exclude)), item_filter=controls.item_filter,
                 categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id),
-                segments=_user_segments(cdp, tenant, user_id))
+                segments=_user_segments(cdp, tenant, user_id), user_id=_user(user_id))
         return _items(served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace, unit,
                       assigned, sponsored)
 
@@ -310,7 +318,8 @@ class SearchController(Controller):
             ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace is not None,
             exclude=frozenset(controls.exclude), item_filter=controls.item_filter, query=data.query,
             events=_ad_history(cdp, tenant, data.user_id),
-            segments=_user_segments(cdp, tenant, data.user_id)) if config.ads.enabled else None
+            segments=_user_segments(cdp, tenant, data.user_id), user_id=_user(data.user_id)) if config.ads.enabled \
+            else None
         return _items(served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id, trace,
                       unit, assigned, sponsored)
 
@@ -776,7 +785,11 @@ def _with_spend(record: dict[str, Any], spend: dict[str, int] | None, now: float
 
 
 def _ads_report(cdp: CdpStore, tenant: str, advertiser: str | None) -> dict[str, Any]:
-    stored = cdp.get_report(tenant, ADS_REPORT)
-    rows = (stored or {}).get("rows", [])
-    return {"rows": [r for r in rows if advertiser is None or r["advertiser"] == advertiser],
-            "updated_at": (stored or {}).get("updated_at")}
+    stored = cdp.get_report(tenant, ADS_REPORT) or {}
+    lifts = cdp.get_report(tenant, INCREMENTALITY_REPORT) or {}
+
+    def mine(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if advertiser is None or r["advertiser"] == advertiser]
+
+    return {"rows": mine(stored.get("rows", [])), "incrementality": mine(lifts.get("rows", [])),
+            "updated_at": stored.get("updated_at")}

@@ -201,6 +201,7 @@ class UserErased(msgspec.Struct):
     preferences: int
     served_lists: int
     segment_memberships: int = 0
+    ad_serves: int = 0
 
 
 class ConfigView(msgspec.Struct):

@@ -24,6 +24,7 @@ class ServedLog:
         self._store = store
         self._interval = interval_s
         self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._ads: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
         self._thread.start()
@@ -31,19 +32,25 @@ class ServedLog:
     def record(self, tenant: str, row: dict[str, Any]) -> None:
         self._queue.put((tenant, {**row, "ts": time.time()}))
 
+    def record_ads(self, tenant: str, rows: list[dict[str, Any]]) -> None:
+        """Ads served to a known user and ghosts (lodestar.ads.incrementality), each with its ``ts``."""
+        for row in rows:
+            self._ads.put((tenant, row))
+
     def flush(self) -> None:
-        batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        while True:
-            try:
-                tenant, row = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            batches[tenant].append(row)
-        for tenant, rows in batches.items():
-            try:
-                self._store.log_served(tenant, rows)
-            except Exception:  # noqa: BLE001 - the log must never take the API down
-                log.exception("could not write %d served rows of tenant %s", len(rows), tenant)
+        for source, write in ((self._queue, self._store.log_served), (self._ads, self._store.log_ad_serves)):
+            batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            while True:
+                try:
+                    tenant, row = source.get_nowait()
+                except queue.Empty:
+                    break
+                batches[tenant].append(row)
+            for tenant, rows in batches.items():
+                try:
+                    write(tenant, rows)
+                except Exception:  # noqa: BLE001 - the log must never take the API down
+                    log.exception("could not write %d served rows of tenant %s", len(rows), tenant)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -101,5 +101,11 @@ def test_two_advertisers_on_the_demo_shop_from_auction_to_report(tmp_path):
             assert round(sum(r["spend"] for r in rows) * 1e6) == charged[line_item]
         acme_rows = client.get("/v1/ads/report", headers=keys["acme-always"]).json()["rows"]
         assert acme_rows and {r["advertiser"] for r in acme_rows} == {"acme"}  # its own rows only
+        lifts = client.get("/v1/advertisers/report", headers=auth).json()["incrementality"]
+        assert {(r["advertiser"], r["campaign"]) for r in lifts} == {("kestrel", "fall"), ("acme", "fall")}
+        for lift in lifts:
+            assert lift["exposed_users"] > 0 and lift["holdout_users"] > 0  # 10% of known users held out by default
+        assert {r["advertiser"] for r in client.get("/v1/ads/report", headers=keys["acme-always"]).json()[
+            "incrementality"]} == {"acme"}
         for row in everything:
             assert row["roas"] == (round(row["revenue"] / row["spend"], 4) if row["spend"] else None)

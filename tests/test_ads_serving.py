@@ -64,7 +64,7 @@ def advertiser(client, key, name) -> str:
 
 
 def line_item(client, adv_key, **fields) -> dict:
-    body = {"daily_budget": "50", "total_budget": "100", **fields}
+    body = {"daily_budget": "50", "total_budget": "100", "holdout": 0, **fields}
     made = client.post("/v1/ads/line-items", json=body, headers=bearer(adv_key))
     assert made.status_code == 201, made.text
     return made.json()
@@ -407,3 +407,30 @@ def test_pacing_throttles_a_line_item_spending_ahead_of_the_day(client):
     assert ads._states["shop"].participation["on-pace"] == 1.0  # nothing spent, behind the curve: stays in
     after = winners(60)
     assert after["ahead"] <= 12 < after["on-pace"]  # about 2.5% of auctions, not most of them
+
+
+
+def test_a_campaign_holds_out_its_share_of_users_and_records_what_they_would_have_seen(client):
+    from lodestar.ads.incrementality import held_out
+
+    client, key, items = client
+    kestrel = advertiser(client, key, "Kestrel")
+    products = [i for i, item in items.items() if item["available"]]
+    line_item(client, kestrel, id="fall", campaign="fall", products=products, bid="1.00", holdout=0.5)
+    client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
+    users = [f"u{n:04d}" for n in range(40)]
+    held = {u for u in users if held_out("fall", u, 0.5)}
+    assert 10 <= len(held) <= 30
+    for user in users:
+        body = recommendations(client, key, user, explain="true")
+        shown = [i for i in body["items"] if i.get("sponsored")]
+        assert (not shown) == (user in held), user  # held out: never the campaign's ads
+        if user in held:
+            assert body["auction"]["held_out"] and len(body["items"]) == 10  # the organic list fills the slots
+    client.app.state.served_log.flush()
+    serves = client.app.state.cdp.read_ad_serves("shop")
+    assert {s["user_id"] for s in serves if s["ghost"]} == held
+    assert {s["user_id"] for s in serves if not s["ghost"]} == set(users) - held
+    assert {(s["campaign"], s["advertiser"]) for s in serves} == {("fall", "kestrel")}
+    anonymous = client.post("/v1/search", json={"query": "running shoes", "k": 10}, headers=bearer(key)).json()
+    assert any(i.get("sponsored") for i in anonymous["items"])  # no user, no holdout

@@ -185,10 +185,11 @@ def test_document_keys_are_valid_and_distinct():
 def test_erasure_is_one_transaction_and_is_aborted_on_failure():
     db = Database()
     store = _with_tenant(db)
-    assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1, "segment_memberships": 1}
+    assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1, "segment_memberships": 1,
+                                             "ad_serves": 1}
     options, txn = db.transactions[0]
     assert txn.state == "committed" and set(options["write"]) == {
-        "events", "preferences", "lodestar_served", "lodestar_segment_members", "users"}
+        "events", "preferences", "lodestar_served", "lodestar_segment_members", "lodestar_ad_serves", "users"}
     tombstone = db.queries[-1][1]["doc"]
     assert tombstone["deleted"] is True and tombstone["attributes"] == {} and tombstone["_key"] == document_key("acme", "u")
     db.fail_on = "UPSERT"

@@ -156,7 +156,7 @@ def test_latest_watermark_and_erasing_a_user(store):
                                "items": ["1"], "ts": 1.0}])
     before = store.latest_watermark("acme", "users")
     assert store.erase_user("acme", "u") == {"events": 1, "preferences": 1, "served_lists": 1,
-                                            "segment_memberships": 0}
+                                            "segment_memberships": 0, "ad_serves": 0}
     assert store.user_events("acme", "u") == [] and store.get_preferences("acme", "u") is None
     assert store.user_events("acme", "v") != []  # nobody else's data
     assert store.get_user("acme", "u") is None
@@ -433,3 +433,15 @@ def test_segment_membership_is_applied_read_by_user_and_erased_with_the_user(sto
     assert store.user_segments("acme", "u2") == [] and store.segment_sizes("acme") == {"runners": 1}
     store.drop_segment("acme", "runners")
     assert store.segment_sizes("acme") == {}
+
+
+
+def test_served_ads_and_ghosts_are_logged_read_in_time_order_and_erased_with_the_user(store):
+    store.create_tenant("acme")
+    row = {"user_id": "u1", "line_item": "li", "campaign": "fall", "advertiser": "adv", "product": "p1",
+           "placement": "recommendations", "ghost": False, "ts": T0 + 5}
+    store.log_ad_serves("acme", [row, {**row, "user_id": "u2", "ghost": True, "ts": T0 + 1}])
+    assert store.read_ad_serves("acme") == [{**row, "user_id": "u2", "ghost": True, "ts": T0 + 1}, row]
+    assert store.read_ad_serves("acme", since=T0 + 2) == [row]
+    assert store.erase_user("acme", "u1")["ad_serves"] == 1
+    assert [r["user_id"] for r in store.read_ad_serves("acme")] == ["u2"]

@@ -186,7 +186,7 @@ def test_a_line_item_targeting_a_segment_reaches_its_members_only(client):
     assert refused.status_code == 422 and "targeting.segments" in refused.text
     made = client.post("/v1/ads/line-items", headers=bearer(adv), json={
         "id": "us-only", "products": products, "bid": "1", "daily_budget": "50", "total_budget": "50",
-        "targeting": {"segments": ["us"]}})
+        "targeting": {"segments": ["us"]}, "holdout": 0})
     assert made.status_code == 201, made.text
     users = [f"u{n:04d}" for n in range(40)]
     shown = {u: any(i.get("sponsored") for i in client.get(f"/v1/users/{u}/recommendations?k=10",

@@ -24,7 +24,8 @@ from lodestar.tenant_config import effective_config
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FIELDS = ("id", "campaign", "name", "products", "bid", "keyword_bids", "daily_budget", "total_budget", "start",
-          "end", "placements", "targeting", "frequency_cap", "status")
+          "end", "placements", "targeting", "frequency_cap", "status", "holdout")
+DEFAULT_HOLDOUT = 0.10  # the share of users a campaign never shows its ads, to measure what they do
 STATUSES = ("active", "paused")
 MAX_PRODUCTS = 1000
 ADVERTISER_SCOPE = "advertiser"
@@ -120,6 +121,10 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
     status = raw.get("status", "active")
     if status not in STATUSES:
         raise InvalidInput(f"status: one of {', '.join(STATUSES)}", field="status")
+    holdout = raw.get("holdout", DEFAULT_HOLDOUT)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout <= 0.5:
+        raise InvalidInput("holdout: the share of users held out of the campaign's ads, from 0 (none) to 0.5",
+                           field="holdout")
     campaign = raw.get("campaign", ident)
     if not isinstance(campaign, str) or not SLUG.match(campaign):
         raise InvalidInput("campaign: 1-63 lowercase letters, digits, '-' or '_'", field="campaign")
@@ -132,7 +137,7 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
                       "segments": audiences,
                       "keywords": {kind: _words(keywords.get(kind), f"targeting.keywords.{kind}")
                                    for kind in ("exact", "phrase", "negative")}},
-        "frequency_cap": cap, "status": status,
+        "frequency_cap": cap, "status": status, "holdout": float(holdout),
     }
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
+from lodestar.ads.incrementality import held_out
 from lodestar.ads.tokens import ServedAd
 from lodestar.collab import CollabModel
 from lodestar.filters import ItemFilter
@@ -73,6 +74,7 @@ class LiveLineItem:
     start: float = 0.0
     end: float | None = None
     status: str = "active"
+    holdout: float = 0.0  # the share of users its campaign holds out (lodestar.ads.incrementality)
 
     @classmethod
     def of(cls, record: dict[str, Any], advertiser_name: str) -> LiveLineItem:
@@ -90,7 +92,7 @@ class LiveLineItem:
             keyword_bids=tuple((words(k), int(v)) for k, v in (record.get("keyword_bids") or {}).items()),
             cap=cap["per_user_per_day"] if cap else None, daily_budget=int(record["daily_budget"]),
             total_budget=int(record["total_budget"]), start=float(record.get("start") or 0.0), end=record.get("end"),
-            status=record.get("status", "active"),
+            status=record.get("status", "active"), holdout=float(record.get("holdout", 0.0)),
         )
 
     @property
@@ -208,6 +210,7 @@ class AdRequest:
     open_ad: Callable[[str], ServedAd | None] | None = None  # what an ad id names (set by the server)
     # The user's audience segments, or a function that reads them (only a segment-targeted line item asks).
     segments: frozenset[str] | Callable[[], Iterable[str]] = frozenset()
+    user_id: str | None = None  # a known user (campaign holdouts apply to known users only)
     _impressions: dict[str, int] | None = None
     _segments: frozenset[str] | None = None
 
@@ -251,6 +254,7 @@ class AdsResult:
     items: list[Hit | Placed]  # the answer, ads in their positions
     placed: list[Placed]
     explanation: dict[str, Any] | None = None
+    ghosts: list[Placed] = field(default_factory=list)  # won, but the user is held out of the campaign
 
 
 class Market:
@@ -281,11 +285,15 @@ class Market:
         if book is None or not slots or not len(self.table):
             return AdsResult(organic, [], {"auction": "no line item for this placement"} if explain else None)
         outcome, eligible, counts = book.auction(request, organic, slots, rng, self.settings, explain)
-        placed = []
+        placed, ghosts = [], []
         for win in outcome.wins:
             li = book.line_items[book.index_of[win.bid.line_item]]
-            placed.append(Placed(win.position, li, win.bid.product, li.products.index(win.bid.product), win.price,
-                                 win.bid.bid, win.bid.relevance, self.table.payloads[self.table.row[win.bid.product]]))
+            ad = Placed(win.position, li, win.bid.product, li.products.index(win.bid.product), win.price, win.bid.bid,
+                        win.bid.relevance, self.table.payloads[self.table.row[win.bid.product]])
+            # A user held out of the campaign is not shown its ad; the slot goes to the organic list
+            # and the ad is recorded as a ghost (what they would have seen), for incrementality.
+            held = request.user_id is not None and held_out(li.campaign, request.user_id, li.holdout)
+            (ghosts if held else placed).append(ad)
         at = {p.position: p for p in placed}
         shown: list[Hit | Placed] = []
         rest = iter(organic)
@@ -295,7 +303,10 @@ class Market:
             elif (hit := next(rest, None)) is not None:
                 shown.append(hit)
         explanation = _explain(book, outcome, eligible, counts) if explain else None
-        return AdsResult(shown, placed, explanation)
+        if explanation is not None and ghosts:
+            explanation["held_out"] = [{"line_item": g.line_item.id, "campaign": g.line_item.campaign,
+                                        "product": g.product, "position": g.position} for g in ghosts]
+        return AdsResult(shown, placed, explanation, ghosts)
 
 
 class _PlacementBook:

@@ -26,6 +26,7 @@ from lodestar.ads.tokens import ServedAd
 from lodestar.tenant_config import AdsSettings
 
 REPORT = "ads"  # the stored report's name (CDP ``put_report``)
+INCREMENTALITY_REPORT = "ads_incrementality"
 TRAFFIC_REPORT = "traffic_curve"
 DAY_S = 86400
 COLUMNS = ("day", "advertiser", "line_item", "impressions", "clicks", "charged_clicks", "spend", "conversions",
@@ -132,9 +133,16 @@ def traffic_curve(served: Iterable[dict[str, Any]], now: float, days: int = 14) 
     return [{"hour": h, "lists": n} for h, n in enumerate(counts)]
 
 
-def report_from_store(store: Any, tenant: str, secret: str) -> list[dict[str, Any]]:
-    """:func:`ads_report` read straight from the CDP store (the pipeline's ``ads_report`` asset
-    reads its extracts instead): every event with an ad or a purchase, the catalog, the ledger."""
+def total_spend(store: Any, tenant: str) -> dict[str, int]:
+    """Each line item's spend so far (micros), from the ledger."""
+    today = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d")
+    return {li: spend["spent_total"] for li, spend in store.ad_spend_all(tenant, today).items()}
+
+
+def report_from_store(store: Any, tenant: str, secret: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`ads_report` and the campaigns' incrementality read straight from the CDP store (the
+    pipeline's ``ads_report`` asset reads its extracts instead)."""
+    from lodestar.ads.incrementality import incrementality
     from lodestar.ads.tokens import open_ad_id
     from lodestar.cdp import require_tenant
     from lodestar.tenant_config import effective_config
@@ -142,9 +150,12 @@ def report_from_store(store: Any, tenant: str, secret: str) -> list[dict[str, An
     settings = effective_config(require_tenant(store, tenant)["config"]).ads
     line_items = {r["id"]: r for r in store.list_line_items(tenant)}
     if not line_items:
-        return []
+        return [], []
     items = {i["id"]: i for batch in store.read_changes(tenant, "items") for i in batch}
     events = [e for batch in store.read_changes(tenant, "events") for e in batch
               if e.get("ad_id") or e["type"] == "purchase"]
-    return ads_report(store.ad_charges(tenant), events, items, line_items, settings,
+    rows = ads_report(store.ad_charges(tenant), events, items, line_items, settings,
                       lambda ad_id: open_ad_id(secret, tenant, ad_id))
+    lifts = incrementality(store.read_ad_serves(tenant), [e for e in events if e["type"] == "purchase"], line_items,
+                           total_spend(store, tenant), items, settings.attribution_days)
+    return rows, lifts

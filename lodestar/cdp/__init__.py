@@ -27,6 +27,8 @@ JSON_FIELDS = {"categories": list, "tags": list, "attributes": dict}
 FLAG_FIELDS = frozenset({"available", "deleted"})
 # A served list as ``read_served`` returns it.
 # ``unit_id``: the user or session an experiment assigned by; ``experiments``: [[experiment, variant], ...].
+# One served ad (or ghost: the ad a held-out user would have been shown), for incrementality.
+AD_SERVE_FIELDS = ("user_id", "line_item", "campaign", "advertiser", "product", "placement", "ghost", "ts")
 # One charged ad click in the spend ledger (lodestar.ads); price in micros.
 CHARGE_FIELDS = ("ad_id", "line_item", "advertiser", "product", "user_id", "price", "day", "ts")
 SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts", "unit_id", "experiments")
@@ -264,6 +266,11 @@ class CdpStore(Protocol):
     def ad_charges(self, tenant: str, line_item: str | None = None) -> list[dict[str, Any]]:
         """The ledger's charges, oldest first (a line item's only, when given)."""
         ...
+    def log_ad_serves(self, tenant: str, rows: list[dict[str, Any]]) -> None:
+        """Ads served to known users, and ghosts (``ghost``: the ad a user held out of its campaign
+        would have been shown), each with :data:`AD_SERVE_FIELDS`."""
+        ...
+    def read_ad_serves(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]: ...
 
     # audience segments (lodestar.segments): who is in each, as the pipeline last computed it
     def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],

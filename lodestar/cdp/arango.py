@@ -31,6 +31,7 @@ from typing import Any
 from arango.exceptions import DocumentInsertError
 
 from lodestar.cdp import (
+    AD_SERVE_FIELDS,
     ALL_SCOPES,
     CHARGE_FIELDS,
     ENTITIES,
@@ -63,8 +64,9 @@ AD_SPEND = "lodestar_ad_spend"
 ADVERTISERS = "lodestar_advertisers"
 LINE_ITEMS = "lodestar_line_items"
 SEGMENT_MEMBERS = "lodestar_segment_members"
+AD_SERVES = "lodestar_ad_serves"
 COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS,
-               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS, SEGMENT_MEMBERS)
+               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS, SEGMENT_MEMBERS, AD_SERVES)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -87,6 +89,8 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (LINE_ITEMS, ("tenant_id", "advertiser"), False),
     (SEGMENT_MEMBERS, ("tenant_id", "user_id"), False),
     (SEGMENT_MEMBERS, ("tenant_id", "segment"), False),
+    (AD_SERVES, ("tenant_id", "ts"), False),
+    (AD_SERVES, ("tenant_id", "user_id"), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -184,6 +188,8 @@ ERASE_AQL = {
                     f"REMOVE s IN {SERVED} COLLECT WITH COUNT INTO n RETURN n",
     "segment_memberships": f"FOR m IN {SEGMENT_MEMBERS} FILTER m.tenant_id == @tenant AND m.user_id == @user "
                            f"REMOVE m IN {SEGMENT_MEMBERS} COLLECT WITH COUNT INTO n RETURN n",
+    "ad_serves": f"FOR a IN {AD_SERVES} FILTER a.tenant_id == @tenant AND a.user_id == @user "
+                 f"REMOVE a IN {AD_SERVES} COLLECT WITH COUNT INTO n RETURN n",
 }
 
 TOMBSTONE_AQL = """
@@ -593,7 +599,7 @@ class ArangoCdpStore:
         """Events, preferences and served lists deleted and the profile replaced by a tombstone, in
         one stream transaction."""
         require_tenant(self, tenant)
-        txn = self.db.begin_transaction(write=["events", PREFERENCES, SERVED, SEGMENT_MEMBERS, "users"], sync=True)
+        txn = self.db.begin_transaction(write=["events", PREFERENCES, SERVED, SEGMENT_MEMBERS, AD_SERVES, "users"], sync=True)
         try:
             counts = {name: int(next(iter(txn.aql.execute(query, bind_vars={"tenant": tenant, "user": user_id})), 0))
                       for name, query in ERASE_AQL.items()}
@@ -734,6 +740,16 @@ class ArangoCdpStore:
         docs = self._query(f"FOR c IN {AD_CHARGES} FILTER c.tenant_id == @tenant AND (@line_item == null OR "
                            "c.line_item == @line_item) SORT c.ts, c.ad_id RETURN c", tenant=tenant, line_item=line_item)
         return [{f: d.get(f) for f in CHARGE_FIELDS} for d in docs]
+
+    def log_ad_serves(self, tenant: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.db.collection(AD_SERVES).insert_many(
+                [{"tenant_id": tenant, **{f: r[f] for f in AD_SERVE_FIELDS}} for r in rows], silent=True)
+
+    def read_ad_serves(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR a IN {AD_SERVES} FILTER a.tenant_id == @tenant AND a.ts >= @since SORT a.ts RETURN a",
+                           tenant=tenant, since=since)
+        return [{f: d.get(f) for f in AD_SERVE_FIELDS} for d in docs]
 
     # -- audience segments -------------------------------------------------------------------
     def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.cdp import (
+    AD_SERVE_FIELDS,
     ALL_SCOPES,
     CHARGE_FIELDS,
     FLAG_FIELDS,
@@ -174,6 +175,19 @@ CREATE TABLE IF NOT EXISTS ad_spend (
     spent INTEGER NOT NULL,
     PRIMARY KEY (tenant, line_item, day)
 );
+CREATE TABLE IF NOT EXISTS ad_serves (
+    tenant TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    line_item TEXT NOT NULL,
+    campaign TEXT NOT NULL,
+    advertiser TEXT NOT NULL,
+    product TEXT NOT NULL,
+    placement TEXT NOT NULL,
+    ghost INTEGER NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ad_serves_by_time ON ad_serves (tenant, ts);
+CREATE INDEX IF NOT EXISTS ad_serves_by_user ON ad_serves (tenant, user_id);
 CREATE TABLE IF NOT EXISTS segment_members (
     tenant TEXT NOT NULL,
     segment TEXT NOT NULL,
@@ -576,6 +590,8 @@ class SqliteCdpStore:
                     "DELETE FROM served WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
                 "segment_memberships": conn.execute(
                     "DELETE FROM segment_members WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
+                "ad_serves": conn.execute(
+                    "DELETE FROM ad_serves WHERE tenant = ? AND user_id = ?", (tenant, user_id)).rowcount,
             }
             tombstone, digest = erased_user(user_id)
             conn.execute(self._upsert_sql("users", USER_FIELDS, only_if_newer=False),
@@ -760,6 +776,19 @@ class SqliteCdpStore:
             f"SELECT {', '.join(CHARGE_FIELDS)} FROM ad_charges WHERE tenant = ? "
             "AND (? IS NULL OR line_item = ?) ORDER BY ts, ad_id", (tenant, line_item, line_item)).fetchall()
         return [dict(r) for r in rows]
+
+    def log_ad_serves(self, tenant: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany(f"INSERT INTO ad_serves (tenant, {', '.join(AD_SERVE_FIELDS)}) VALUES "
+                             f"(?, {', '.join('?' for _ in AD_SERVE_FIELDS)})",
+                             [(tenant, *(int(r[f]) if f == "ghost" else r[f] for f in AD_SERVE_FIELDS)) for r in rows])
+
+    def read_ad_serves(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self._conn().execute(f"SELECT {', '.join(AD_SERVE_FIELDS)} FROM ad_serves WHERE tenant = ? AND ts >= ? "
+                                    "ORDER BY ts", (tenant, since)).fetchall()
+        return [{**dict(r), "ghost": bool(r["ghost"])} for r in rows]
 
     # -- audience segments -------------------------------------------------------------------
     def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],
