@@ -18,6 +18,7 @@ Intervals and the cron come from the settings, so the sensors and the schedule a
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 from dagster import (
@@ -67,6 +68,23 @@ def discover_tenants(context: SensorEvaluationContext, lodestar: LodestarResourc
         requests.append(tenants_partitions.build_delete_request(removed))
     context.log.info(f"tenants added: {added or 'none'}; removed: {removed or 'none'}")
     return SensorResult(dynamic_partitions_requests=requests)
+
+
+def send_ads_notifications(context: SensorEvaluationContext, lodestar: LodestarResource) -> SkipReason:
+    """Queues what happened to advertisers' campaigns for their webhooks and delivers what is due
+    (lodestar.ads.notify: signed, retried with backoff, every attempt logged)."""
+    from lodestar.ads import notify
+
+    now = time.time()
+    with lodestar.cdp() as store:
+        tenants = sorted({w["tenant"] for w in store.list_webhooks() if w["status"] == "active"})
+        queued = sum(notify.queue_new(store, tenant, now) for tenant in tenants)
+        sent = notify.deliver_due(store, now, notify.http_post)
+    summary = (f"{len(tenants)} tenants with webhooks: {queued} events queued; {sent['delivered']} delivered, "
+               f"{sent['retried']} to retry, {sent['failed']} failed")
+    if queued or any(sent.values()):
+        context.log.info(summary)
+    return SkipReason(summary)
 
 
 def _latest_run_statuses(context: SensorEvaluationContext, run_keys: list[str]) -> dict[str, DagsterRunStatus]:
@@ -151,6 +169,7 @@ def minimum_interval(settings: Settings) -> int:
 # Tenants come and go far less often than their data changes: discovery ticks at most this often
 # (each tick is a gRPC call into the code server and a CDP query), the change sensor at the setting.
 DISCOVERY_INTERVAL_S = 30
+NOTIFY_INTERVAL_S = 30
 
 
 def build_sensors(settings: Settings) -> list[SensorDefinition]:
@@ -165,6 +184,12 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
                description="Requests one run of every asset of a tenant (each stage incremental) when its items, "
                            "users or events changed in the CDP.",
                )(request_changed_tenants),
+        sensor(name="ads_notifications", minimum_interval_seconds=NOTIFY_INTERVAL_S,
+               default_status=DefaultSensorStatus.RUNNING,
+               description="Retail media: queues budget, end-of-line-item and ROAS/iROAS events for advertisers' "
+                           "webhooks and delivers them, signed (HMAC-SHA256), retried with backoff, every attempt "
+                           "logged; a webhook failing for a day is disabled.",
+               )(send_ads_notifications),
     ]
 
 

@@ -13,7 +13,7 @@ from litestar import Controller, Request, delete, get, post, put
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
-from lodestar.ads import campaigns
+from lodestar.ads import campaigns, notify
 from lodestar.ads.market import LiveLineItem, Placed, Signals
 from lodestar.ads.report import INCREMENTALITY_REPORT
 from lodestar.ads.report import REPORT as ADS_REPORT
@@ -750,6 +750,34 @@ class AdsController(Controller):
         (amounts in the tenant's currency, e.g. "0.35"; stored in micros); 422 naming the field."""
         return campaigns.create_line_item(cdp, tenant, request.state.principal.advertiser, data, _actor(request))
 
+    @post("/webhooks", operation_id="createWebhook", responses=WRITES, status_code=201, sync_to_thread=True)
+    def create_webhook(self, request: Request, tenant: Tenant, data: dict[str, Any], cdp: Cdp) -> dict[str, Any]:
+        """Register a URL for this advertiser's events (budget at 80% and 100%, a line item ended,
+        ROAS or iROAS under a threshold); the answer is the only time its signing secret is shown."""
+        webhook, secret = notify.register(cdp, tenant, request.state.principal.advertiser, data, _actor(request))
+        return {"webhook": webhook, "secret": secret}
+
+    @get("/webhooks", operation_id="listWebhooks", responses=READS, sync_to_thread=True)
+    def webhooks(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        """This advertiser's webhooks (never their secrets), with their status (``disabled`` and
+        why, after a day of failed deliveries)."""
+        mine = request.state.principal.advertiser
+        return {"webhooks": [notify.public(w) for w in cdp.list_webhooks(tenant)
+                             if w["advertiser"] == mine and w["status"] != "deleted"]}
+
+    @get("/webhooks/{webhook_id:str}/deliveries", operation_id="webhookDeliveries", responses=READS | NOT_FOUND,
+         sync_to_thread=True)
+    def deliveries(self, request: Request, tenant: Tenant, webhook_id: PathId, cdp: Cdp) -> dict[str, Any]:
+        """The webhook's latest events, each with its status and every delivery attempt."""
+        notify.webhook_of(cdp, tenant, request.state.principal.advertiser, webhook_id)
+        return {"deliveries": [{k: v for k, v in n.items() if k != "tenant"}
+                               for n in cdp.list_notifications(tenant, webhook_id)]}
+
+    @delete("/webhooks/{webhook_id:str}", operation_id="deleteWebhook", responses=READS | NOT_FOUND, status_code=200,
+            sync_to_thread=True)
+    def delete_webhook(self, request: Request, tenant: Tenant, webhook_id: PathId, cdp: Cdp) -> dict[str, Any]:
+        return notify.delete(cdp, tenant, request.state.principal.advertiser, webhook_id, _actor(request))
+
     @get("/segments", operation_id="advertiserSegments", responses=READS, sync_to_thread=True)
     def segments(self, tenant: Tenant, cdp: Cdp, config: Config) -> dict[str, Any]:
         """The shop's audience segments a line item may target, each with its size when it has at
@@ -791,5 +819,10 @@ def _ads_report(cdp: CdpStore, tenant: str, advertiser: str | None) -> dict[str,
     def mine(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in rows if advertiser is None or r["advertiser"] == advertiser]
 
-    return {"rows": mine(stored.get("rows", [])), "incrementality": mine(lifts.get("rows", [])),
-            "updated_at": stored.get("updated_at")}
+    out = {"rows": mine(stored.get("rows", [])), "incrementality": mine(lifts.get("rows", [])),
+           "updated_at": stored.get("updated_at")}
+    disabled = [notify.public(w) for w in cdp.list_webhooks(tenant) if w["status"] == "disabled"
+                and (advertiser is None or w["advertiser"] == advertiser)]
+    if disabled:
+        out["webhooks_disabled"] = disabled  # what the advertiser must fix to hear from us again
+    return out

@@ -445,3 +445,27 @@ def test_served_ads_and_ghosts_are_logged_read_in_time_order_and_erased_with_the
     assert store.read_ad_serves("acme", since=T0 + 2) == [row]
     assert store.erase_user("acme", "u1")["ad_serves"] == 1
     assert [r["user_id"] for r in store.read_ad_serves("acme")] == ["u2"]
+
+
+def test_webhooks_and_their_notifications_are_queued_once_and_their_attempts_logged(store):
+    store.create_tenant("acme")
+    made = store.put_webhook("acme", {"id": "w1", "advertiser": "adv", "url": "http://x", "secret": "s",
+                                      "status": "active"})
+    with pytest.raises(Conflict):
+        store.put_webhook("acme", {"id": "w1", "advertiser": "adv", "url": "http://y", "secret": "s"})
+    changed = store.put_webhook("acme", {**made, "status": "disabled"}, if_updated_at=made["updated_at"])
+    with pytest.raises(Conflict):
+        store.put_webhook("acme", {**made, "status": "active"}, if_updated_at=made["updated_at"])  # a stale read
+    assert store.get_webhook("acme", "w1")["status"] == "disabled" == changed["status"]
+    assert [w["id"] for w in store.list_webhooks()] == ["w1"] and store.list_webhooks("acme")[0]["tenant"] == "acme"
+    event = {"webhook_id": "w1", "event_id": "e1", "type": "budget.80", "payload": {"a": 1}, "created_at": T0}
+    assert store.enqueue_notifications("acme", [event, {**event, "event_id": "e2", "created_at": T0 + 5}]) == 2
+    assert store.enqueue_notifications("acme", [event]) == 0  # the same event for the same webhook: once
+    due = store.due_notifications(T0 + 1)
+    assert [(n["event_id"], n["status"], n["payload"]) for n in due] == [("e1", "pending", {"a": 1})]
+    store.record_attempt("acme", "w1", "e1", {"ts": T0 + 1, "status_code": 500}, "pending", T0 + 60)
+    assert [n["event_id"] for n in store.due_notifications(T0 + 10)] == ["e2"]
+    store.record_attempt("acme", "w1", "e1", {"ts": T0 + 61, "status_code": 200}, "delivered", None)
+    listed = {n["event_id"]: n for n in store.list_notifications("acme", "w1")}
+    assert listed["e1"]["status"] == "delivered" and [a["status_code"] for a in listed["e1"]["attempts"]] == [500, 200]
+    assert [n["event_id"] for n in store.due_notifications(T0 + 100)] == ["e2"]

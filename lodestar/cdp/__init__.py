@@ -272,6 +272,30 @@ class CdpStore(Protocol):
         ...
     def read_ad_serves(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]: ...
 
+    # advertisers' webhooks and their notifications (lodestar.ads.notify)
+    def put_webhook(self, tenant: str, record: dict[str, Any], if_updated_at: float | None = None) -> dict[str, Any]:
+        """Store a webhook (``id``, ``advertiser``, ``url``, ``secret``, ...): new when
+        ``if_updated_at`` is None (:class:`Conflict` if the id is taken), else only over the record
+        read at that time. Returns it with its new ``updated_at``."""
+        ...
+    def get_webhook(self, tenant: str, webhook_id: str) -> dict[str, Any] | None: ...
+    def list_webhooks(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """A tenant's webhooks (every tenant's with ``None``: the delivery sensor), each with ``tenant``."""
+        ...
+    def enqueue_notifications(self, tenant: str, rows: list[dict[str, Any]]) -> int:
+        """Queue notifications (``webhook_id``, ``event_id``, ``type``, ``payload``, ``created_at``);
+        one already queued for that webhook (same event id) is not queued again. Returns how many
+        were new."""
+        ...
+    def due_notifications(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Pending notifications of every tenant whose next attempt is due, oldest first."""
+        ...
+    def record_attempt(self, tenant: str, webhook_id: str, event_id: str, attempt: dict[str, Any], status: str,
+                       next_attempt_at: float | None) -> None:
+        """Log a delivery attempt and set the notification's ``status`` (pending, delivered, failed)."""
+        ...
+    def list_notifications(self, tenant: str, webhook_id: str, limit: int = 100) -> list[dict[str, Any]]: ...
+
     # audience segments (lodestar.segments): who is in each, as the pipeline last computed it
     def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],
                       replace: bool = False) -> None:

@@ -65,8 +65,10 @@ ADVERTISERS = "lodestar_advertisers"
 LINE_ITEMS = "lodestar_line_items"
 SEGMENT_MEMBERS = "lodestar_segment_members"
 AD_SERVES = "lodestar_ad_serves"
+WEBHOOKS = "lodestar_webhooks"
+NOTIFICATIONS = "lodestar_notifications"
 COLLECTIONS = (TENANTS, *ENTITIES, PREFERENCES, API_KEYS, SERVED, AUDIT, ACCOUNTS, MEMBERS, REPORTS, EXPERIMENTS,
-               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS, SEGMENT_MEMBERS, AD_SERVES)
+               AD_CHARGES, AD_SPEND, ADVERTISERS, LINE_ITEMS, SEGMENT_MEMBERS, AD_SERVES, WEBHOOKS, NOTIFICATIONS)
 
 # (collection, fields, unique): what `lodestar cdp init` creates.
 INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -91,6 +93,9 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     (SEGMENT_MEMBERS, ("tenant_id", "segment"), False),
     (AD_SERVES, ("tenant_id", "ts"), False),
     (AD_SERVES, ("tenant_id", "user_id"), False),
+    (WEBHOOKS, ("tenant_id",), False),
+    (NOTIFICATIONS, ("status", "next_attempt_at"), False),
+    (NOTIFICATIONS, ("tenant_id", "webhook_id", "created_at"), False),
 )
 
 _HIDDEN = ("_id", "_rev", "tenant_id", "row_hash")
@@ -750,6 +755,63 @@ class ArangoCdpStore:
         docs = self._query(f"FOR a IN {AD_SERVES} FILTER a.tenant_id == @tenant AND a.ts >= @since SORT a.ts RETURN a",
                            tenant=tenant, since=since)
         return [{f: d.get(f) for f in AD_SERVE_FIELDS} for d in docs]
+
+    # -- webhooks and notifications ----------------------------------------------------------
+    def put_webhook(self, tenant: str, record: dict[str, Any], if_updated_at: float | None = None) -> dict[str, Any]:
+        require_tenant(self, tenant)
+        stored = {**record, "updated_at": time.time()}
+        key = document_key(tenant, record["id"])
+        if if_updated_at is None:
+            try:
+                self.db.collection(WEBHOOKS).insert({"_key": key, "tenant_id": tenant, "record": stored}, sync=True)
+            except DocumentInsertError:
+                raise Conflict(f"webhook {record['id']!r} exists already") from None
+        elif not self._query(f"FOR w IN {WEBHOOKS} FILTER w._key == @key AND w.record.updated_at == @expected "
+                             f"UPDATE w WITH {{record: @record}} IN {WEBHOOKS} OPTIONS {{mergeObjects: false, "
+                             "waitForSync: true}} RETURN 1", key=key, expected=if_updated_at, record=stored):
+            raise Conflict(f"webhook {record['id']!r} changed meanwhile (or does not exist); read it again")
+        return stored
+
+    def get_webhook(self, tenant: str, webhook_id: str) -> dict[str, Any] | None:
+        doc = self.db.collection(WEBHOOKS).get(document_key(tenant, webhook_id))
+        return None if doc is None else {**doc["record"], "tenant": tenant}
+
+    def list_webhooks(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR w IN {WEBHOOKS} FILTER @tenant == null OR w.tenant_id == @tenant "
+                           "SORT w.tenant_id, w.record.id RETURN w", tenant=tenant)
+        return [{**d["record"], "tenant": d["tenant_id"]} for d in docs]
+
+    def enqueue_notifications(self, tenant: str, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        docs = [{"_key": document_key(tenant, f"{r['webhook_id']}\x00{r['event_id']}"), "tenant_id": tenant,
+                 "tenant": tenant, "webhook_id": r["webhook_id"], "event_id": r["event_id"], "type": r["type"],
+                 "payload": r["payload"], "status": "pending", "attempts": [], "next_attempt_at": r["created_at"],
+                 "created_at": r["created_at"]} for r in rows]
+        results = self.db.collection(NOTIFICATIONS).insert_many(docs, overwrite_mode="ignore", sync=True)
+        return sum(1 for r in results if isinstance(r, dict) and "_key" in r)
+
+    @staticmethod
+    def _notification(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if not k.startswith("_") and k != "tenant_id"}
+
+    def due_notifications(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR n IN {NOTIFICATIONS} FILTER n.status == 'pending' AND n.next_attempt_at <= @now "
+                           "SORT n.next_attempt_at, n.created_at LIMIT @limit RETURN n", now=now, limit=limit)
+        return [self._notification(d) for d in docs]
+
+    def record_attempt(self, tenant: str, webhook_id: str, event_id: str, attempt: dict[str, Any], status: str,
+                       next_attempt_at: float | None) -> None:
+        self._query(f"FOR n IN {NOTIFICATIONS} FILTER n._key == @key UPDATE n WITH {{attempts: APPEND(n.attempts, "
+                    f"[@attempt]), status: @status, next_attempt_at: @next}} IN {NOTIFICATIONS} "
+                    "OPTIONS {waitForSync: true}", key=document_key(tenant, f"{webhook_id}\x00{event_id}"),
+                    attempt=attempt, status=status, next=next_attempt_at)
+
+    def list_notifications(self, tenant: str, webhook_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        docs = self._query(f"FOR n IN {NOTIFICATIONS} FILTER n.tenant_id == @tenant AND n.webhook_id == @webhook "
+                           "SORT n.created_at DESC LIMIT @limit RETURN n", tenant=tenant, webhook=webhook_id,
+                           limit=limit)
+        return [self._notification(d) for d in docs]
 
     # -- audience segments -------------------------------------------------------------------
     def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],

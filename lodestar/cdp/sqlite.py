@@ -188,6 +188,26 @@ CREATE TABLE IF NOT EXISTS ad_serves (
 );
 CREATE INDEX IF NOT EXISTS ad_serves_by_time ON ad_serves (tenant, ts);
 CREATE INDEX IF NOT EXISTS ad_serves_by_user ON ad_serves (tenant, user_id);
+CREATE TABLE IF NOT EXISTS webhooks (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    tenant TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    next_attempt_at REAL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (tenant, webhook_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS segment_members (
     tenant TEXT NOT NULL,
     segment TEXT NOT NULL,
@@ -789,6 +809,69 @@ class SqliteCdpStore:
         rows = self._conn().execute(f"SELECT {', '.join(AD_SERVE_FIELDS)} FROM ad_serves WHERE tenant = ? AND ts >= ? "
                                     "ORDER BY ts", (tenant, since)).fetchall()
         return [{**dict(r), "ghost": bool(r["ghost"])} for r in rows]
+
+    # -- webhooks and notifications ----------------------------------------------------------
+    def put_webhook(self, tenant: str, record: dict[str, Any], if_updated_at: float | None = None) -> dict[str, Any]:
+        stored = {**record, "updated_at": time.time()}
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            if if_updated_at is None:
+                if conn.execute("SELECT 1 FROM webhooks WHERE tenant = ? AND id = ?", (tenant, record["id"])).fetchone():
+                    raise Conflict(f"webhook {record['id']!r} exists already")
+                conn.execute("INSERT INTO webhooks (tenant, id, record, updated_at) VALUES (?, ?, ?, ?)",
+                             (tenant, record["id"], json.dumps(stored), stored["updated_at"]))
+            elif conn.execute("UPDATE webhooks SET record = ?, updated_at = ? WHERE tenant = ? AND id = ? AND "
+                              "updated_at = ?", (json.dumps(stored), stored["updated_at"], tenant, record["id"],
+                                                 if_updated_at)).rowcount == 0:
+                raise Conflict(f"webhook {record['id']!r} changed meanwhile (or does not exist); read it again")
+        return stored
+
+    def get_webhook(self, tenant: str, webhook_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT record FROM webhooks WHERE tenant = ? AND id = ?",
+                                   (tenant, webhook_id)).fetchone()
+        return None if row is None else {**json.loads(row["record"]), "tenant": tenant}
+
+    def list_webhooks(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT tenant, record FROM webhooks WHERE ? IS NULL OR tenant = ? ORDER BY tenant, id",
+                                    (tenant, tenant)).fetchall()
+        return [{**json.loads(r["record"]), "tenant": r["tenant"]} for r in rows]
+
+    def enqueue_notifications(self, tenant: str, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO notifications (tenant, webhook_id, event_id, type, payload, status, "
+                             "attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', '[]', ?, ?)",
+                             [(tenant, r["webhook_id"], r["event_id"], r["type"], json.dumps(r["payload"]),
+                               r["created_at"], r["created_at"]) for r in rows])
+            return conn.total_changes - before
+
+    @staticmethod
+    def _notification(row: sqlite3.Row) -> dict[str, Any]:
+        return {**dict(row), "payload": json.loads(row["payload"]), "attempts": json.loads(row["attempts"])}
+
+    def due_notifications(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM notifications WHERE status = 'pending' AND next_attempt_at <= ? "
+                                    "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit)).fetchall()
+        return [self._notification(r) for r in rows]
+
+    def record_attempt(self, tenant: str, webhook_id: str, event_id: str, attempt: dict[str, Any], status: str,
+                       next_attempt_at: float | None) -> None:
+        with self._write() as conn:
+            row = conn.execute("SELECT attempts FROM notifications WHERE tenant = ? AND webhook_id = ? AND event_id = ?",
+                               (tenant, webhook_id, event_id)).fetchone()
+            if row is None:
+                return
+            attempts = [*json.loads(row["attempts"]), attempt]
+            conn.execute("UPDATE notifications SET attempts = ?, status = ?, next_attempt_at = ? WHERE tenant = ? AND "
+                         "webhook_id = ? AND event_id = ?", (json.dumps(attempts), status, next_attempt_at, tenant,
+                                                             webhook_id, event_id))
+
+    def list_notifications(self, tenant: str, webhook_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT * FROM notifications WHERE tenant = ? AND webhook_id = ? "
+                                    "ORDER BY created_at DESC LIMIT ?", (tenant, webhook_id, limit)).fetchall()
+        return [self._notification(r) for r in rows]
 
     # -- audience segments -------------------------------------------------------------------
     def apply_segment(self, tenant: str, segment: str, add: list[str], remove: list[str],

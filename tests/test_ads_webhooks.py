@@ -1,0 +1,173 @@
+"""Advertisers' webhooks against a real local HTTP receiver: the signature verifies, a 500 is
+retried with backoff and every attempt logged, a retry carries the same event id, an event is
+queued once, a webhook failing for a day is disabled and the report says so; the API shows an
+advertiser its own webhooks only and their secret once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from litestar.testing import TestClient
+
+from lodestar.ads import campaigns, notify
+from lodestar.cdp import cdp_session
+from lodestar.keys import issue_key
+from lodestar.records import parse_item
+from serving.app import create_app
+from tests.helpers import app_settings_with, bearer, free_port
+
+DAY = 86400
+
+
+class Receiver:
+    """An HTTP endpoint that answers 500 to the first ``failures`` requests, then 200."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.failures = failures
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server interface
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((dict(self.headers), body))
+                self.send_response(500 if len(outer.requests) <= outer.failures else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture()
+def shop(tmp_path):
+    settings = app_settings_with(tmp_path, "shop")
+    with cdp_session(settings) as store:
+        store.upsert_items("shop", [parse_item({"id": i, "title": f"item {i}"}) for i in ("p1", "p2")])
+        admin = issue_key(store, "shop")
+        advertiser, key = campaigns.create_advertiser(store, "shop", "Kestrel", "test")
+        campaigns.create_line_item(store, "shop", advertiser["id"], {
+            "id": "fall", "products": ["p1"], "bid": "1.00", "daily_budget": "10", "total_budget": "100"}, "test")
+    yield settings, admin, key, advertiser["id"]
+
+
+def spend(store, amount_micros: int, day: str, n: int = 0) -> None:
+    store.charge_click("shop", {"ad_id": f"a{day}{n}", "line_item": "fall", "advertiser": "kestrel", "product": "p1",
+                                "user_id": f"u{n}", "price": amount_micros, "day": day, "ts": 1.0}, 10_000_000,
+                       100_000_000)
+
+
+def test_a_budget_event_is_signed_retried_with_the_same_id_and_delivered_once(shop):
+    settings, _, _, advertiser = shop
+    receiver = Receiver(failures=2)
+    try:
+        with cdp_session(settings) as store:
+            hook, secret = notify.register(store, "shop", advertiser, {"url": receiver.url, "events": ["budget.80"]},
+                                           "test")
+            now = 1_800_000_000.0
+            day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            spend(store, 8_500_000, day)  # 85% of the day's 10
+            assert notify.queue_new(store, "shop", now) == 1
+            assert notify.queue_new(store, "shop", now + 5) == 0  # the same happening: one event
+            assert notify.deliver_due(store, now, notify.http_post) == {"delivered": 0, "retried": 1, "failed": 0}
+            assert notify.deliver_due(store, now + 10, notify.http_post) == {"delivered": 0, "retried": 0, "failed": 0}
+            assert notify.deliver_due(store, now + 30, notify.http_post)["retried"] == 1  # after 30 s
+            assert notify.deliver_due(store, now + 30 + 59, notify.http_post)["retried"] == 0  # then 60 s
+            assert notify.deliver_due(store, now + 30 + 60, notify.http_post)["delivered"] == 1
+            assert notify.deliver_due(store, now + 10_000, notify.http_post) == {"delivered": 0, "retried": 0,
+                                                                                  "failed": 0}
+            (note,) = store.list_notifications("shop", hook["id"])
+            assert note["status"] == "delivered" and [a.get("status_code") for a in note["attempts"]] == [500, 500, 200]
+            assert notify.queue_new(store, "shop", now + DAY) == 0  # the day is over: no new spend, no event
+        ids = {headers["Lodestar-Event-Id"] for headers, _ in receiver.requests}
+        bodies = {body for _, body in receiver.requests}
+        assert len(receiver.requests) == 3 and len(ids) == 1 and len(bodies) == 1  # a retry is the same event
+        headers, body = receiver.requests[-1]
+        assert notify.verify(secret, headers["Lodestar-Signature"], body, now=now + 90)
+        assert not notify.verify(secret, headers["Lodestar-Signature"], body + b" ", now=now + 90)  # altered
+        assert not notify.verify("whsec_other", headers["Lodestar-Signature"], body, now=now + 90)
+        assert not notify.verify(secret, headers["Lodestar-Signature"], body, now=now + 90 + 3600)  # a replay
+        event = json.loads(body)
+        assert event["id"] == headers["Lodestar-Event-Id"] and event["type"] == "budget.80"
+        assert event["data"]["line_item"] == "fall" and event["data"]["spent_today"] == 8.5
+    finally:
+        receiver.close()
+
+
+def test_a_webhook_failing_for_a_day_is_disabled_and_the_report_says_so(shop):
+    settings, admin, key, advertiser = shop
+    dead = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    with cdp_session(settings) as store:
+        hook, _ = notify.register(store, "shop", advertiser, {"url": dead}, "test")
+        now = 1_800_000_000.0
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        spend(store, 9_500_000, day)
+        assert notify.queue_new(store, "shop", now) >= 2  # 80% and 100% of the day (what is left pays no click)
+        t, retried = now, 0
+        while store.get_webhook("shop", hook["id"])["status"] == "active" and t < now + 3 * DAY:
+            retried += notify.deliver_due(store, t, notify.http_post)["retried"]
+            t += 600
+        assert store.get_webhook("shop", hook["id"])["status"] == "disabled" and now + DAY <= t <= now + DAY + 3600
+        assert retried > 10
+        notes = store.list_notifications("shop", hook["id"])
+        assert all(n["status"] == "failed" for n in notes) and "ConnectError" in notes[0]["attempts"][0]["error"]
+    with TestClient(create_app(settings)) as client:
+        report = client.get("/v1/ads/report", headers=bearer(key)).json()
+        assert report["webhooks_disabled"][0]["id"] == hook["id"]
+        assert "failed for a day" in report["webhooks_disabled"][0]["disabled_reason"]
+
+
+def test_the_api_shows_an_advertiser_its_own_webhooks_and_the_secret_once(shop):
+    settings, admin, key, advertiser = shop
+    with TestClient(create_app(settings)) as client:
+        made = client.post("/v1/ads/webhooks", json={"url": "https://example.com/hooks", "roas_below": 2.5},
+                           headers=bearer(key))
+        assert made.status_code == 201, made.text
+        secret, hook = made.json()["secret"], made.json()["webhook"]
+        assert secret.startswith("whsec_") and "secret" not in hook and hook["roas_below"] == 2.5
+        listed = client.get("/v1/ads/webhooks", headers=bearer(key)).json()["webhooks"]
+        assert [w["id"] for w in listed] == [hook["id"]] and secret not in json.dumps(listed)
+        for bad, field in (({"url": "ftp://x"}, "url"), ({"url": "https://x", "events": ["nope"]}, "events"),
+                           ({"url": "https://x", "roas_below": -1}, "roas_below")):
+            refused = client.post("/v1/ads/webhooks", json=bad, headers=bearer(key))
+            assert refused.status_code == 422 and field in refused.text
+        other = client.post("/v1/advertisers", json={"name": "Acme"}, headers=bearer(admin)).json()["api_key"]
+        assert client.get("/v1/ads/webhooks", headers=bearer(other)).json() == {"webhooks": []}
+        assert client.get(f"/v1/ads/webhooks/{hook['id']}/deliveries", headers=bearer(other)).status_code == 404
+        assert client.delete(f"/v1/ads/webhooks/{hook['id']}", headers=bearer(other)).status_code == 404
+        assert client.get(f"/v1/ads/webhooks/{hook['id']}/deliveries", headers=bearer(key)).json() == {
+            "deliveries": []}
+        assert client.post("/v1/ads/webhooks", json={"url": "https://x"}, headers=bearer(admin)).status_code == 403
+        assert client.delete(f"/v1/ads/webhooks/{hook['id']}", headers=bearer(key)).json()["status"] == "deleted"
+        assert client.get("/v1/ads/webhooks", headers=bearer(key)).json() == {"webhooks": []}
+
+
+def test_the_sensor_queues_and_delivers(shop):
+    from dagster import build_sensor_context
+
+    from assets.resources import LodestarResource
+    from pipelines.sensors import send_ads_notifications
+
+    settings, _, _, advertiser = shop
+    receiver = Receiver()
+    try:
+        with cdp_session(settings) as store:
+            notify.register(store, "shop", advertiser, {"url": receiver.url, "events": ["budget.80"]}, "test")
+            spend(store, 8_000_000, time.strftime("%Y-%m-%d", time.gmtime()))
+        result = send_ads_notifications(build_sensor_context(), LodestarResource(data_dir=str(settings.data_dir)))
+        assert "1 events queued; 1 delivered" in result.skip_message
+        assert len(receiver.requests) == 1 and json.loads(receiver.requests[0][1])["type"] == "budget.80"
+        again = send_ads_notifications(build_sensor_context(), LodestarResource(data_dir=str(settings.data_dir)))
+        assert "0 events queued; 0 delivered" in again.skip_message and len(receiver.requests) == 1
+    finally:
+        receiver.close()
