@@ -93,6 +93,15 @@ def experiment_report(context: AssetExecutionContext, lodestar: LodestarResource
     })
 
 
+def _spend_chart(rows: list[dict]) -> str:
+    lines = ["| day | advertiser | served | clicks | spend | conversions | ROAS | spend chart |", "|---|---|---|---|---|---|---|---|"]
+    top = max((r["spend"] for r in rows), default=0.0)
+    for r in rows:
+        lines.append(f"| {r['day']} | {r['advertiser']} | {r['served']} | {r['clicks']} | {r['spend']:.2f} | "
+                     f"{r['conversions']} | {r['roas'] if r['roas'] is not None else '—'} | `{bar(r['spend'], top)}` |")
+    return "\n".join(lines) if rows else "no ads"
+
+
 @asset(
     name="ads_report",
     partitions_def=tenants_partitions,
@@ -121,9 +130,10 @@ def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource)
                 events[events["type"] == "purchase"]
             secret = lodestar.settings().secret("ads", ADS_SECRET_ENV)
             records = wanted.to_dict("records")
+            serves = store.read_ad_serves(tenant)
             rows = ads_report.ads_report(store.ad_charges(tenant), records, catalog, line_items,
-                                         settings, lambda ad_id: open_ad_id(secret, tenant, ad_id))
-            lifts = incrementality(store.read_ad_serves(tenant), [e for e in records if e["type"] == "purchase"],
+                                         settings, lambda ad_id: open_ad_id(secret, tenant, ad_id), serves)
+            lifts = incrementality(serves, [e for e in records if e["type"] == "purchase"],
                                    line_items, ads_report.total_spend(store, tenant), catalog,
                                    settings.attribution_days)
         store.put_report(tenant, ads_report.REPORT, rows)
@@ -136,5 +146,7 @@ def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource)
         "attributed conversions": sum(r["conversions"] for r in rows),
         "incrementality": MetadataValue.md(pd.DataFrame(lifts).to_markdown(index=False) if lifts else "no campaign "
                                            "with served ads to known users yet"),
-        "by line item and day": MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "no ads"),
+        "by line item": MetadataValue.md(pd.DataFrame(ads_report.totals(rows)).to_markdown(index=False) if rows
+                                         else "no ads"),
+        "by advertiser and day": MetadataValue.md(_spend_chart(ads_report.totals(rows, ("day", "advertiser")))),
     })

@@ -275,7 +275,7 @@ class Sponsored:
     placed: list[Placed] = field(default_factory=list)
     ghosts: list[Placed] = field(default_factory=list)  # ads a held-out user would have been shown
 
-    def serves(self, user_id: str, placement: str, now: float) -> list[dict[str, Any]]:
+    def serves(self, user_id: str | None, placement: str, now: float) -> list[dict[str, Any]]:
         """The served ads and ghosts as the ad serve log keeps them (for incrementality)."""
         return [{"user_id": user_id, "line_item": ad.line_item.id, "campaign": ad.line_item.campaign,
                  "advertiser": ad.line_item.advertiser, "product": ad.product, "placement": placement,

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
 from lodestar.ads import campaigns, notify
 from lodestar.ads.market import LiveLineItem, Placed, Signals
+from lodestar.ads.report import COLUMNS as ADS_COLUMNS
 from lodestar.ads.report import INCREMENTALITY_REPORT
 from lodestar.ads.report import REPORT as ADS_REPORT
 from lodestar.cdp import ADMIN, EVENTS, CdpStore, audit_entry, require_tenant
@@ -145,7 +148,7 @@ def _items(
         strategy=strategy,
         auction=sponsored.explanation if sponsored is not None and trace is not None else None,
     )
-    if sponsored is not None and user_id is not None and (sponsored.placed or sponsored.ghosts):
+    if sponsored is not None and (sponsored.placed or sponsored.ghosts):
         served_log.record_ads(tenant, sponsored.serves(user_id, endpoint, now))
     # The organic items only: a list's CTR and the experiments measure the ranking, not the ads
     # (whose impressions and clicks are counted by their ad_id, in the ads report).
@@ -718,6 +721,12 @@ class AdvertiserController(Controller):
     def list_advertisers(self, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
         return {"advertisers": cdp.list_advertisers(tenant)}
 
+    @get("/report.csv", operation_id="adsReportCsv", responses=READS, sync_to_thread=True, media_type="text/csv")
+    def report_csv(self, tenant: Tenant, cdp: Cdp) -> Response[str]:
+        """Every advertiser's report rows as CSV (one row per day, advertiser, campaign, line item,
+        product and placement)."""
+        return _csv(_ads_report(cdp, tenant, None)["rows"], f"{tenant}-ads-report.csv")
+
     @get("/report", operation_id="adsReport", responses=READS, sync_to_thread=True)
     def report(self, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
         """Every advertiser's rows of the ads report (per line item and day: impressions, clicks,
@@ -787,6 +796,13 @@ class AdsController(Controller):
             {"name": s.name, "size": sizes.get(s.name, 0) if sizes.get(s.name, 0) >= least else None}
             for s in config.parsed_segments]}
 
+    @get("/report.csv", operation_id="advertiserReportCsv", responses=READS, sync_to_thread=True,
+         media_type="text/csv")
+    def report_csv(self, request: Request, tenant: Tenant, cdp: Cdp) -> Response[str]:
+        """This advertiser's report rows as CSV."""
+        mine = request.state.principal.advertiser
+        return _csv(_ads_report(cdp, tenant, mine)["rows"], f"{mine}-ads-report.csv")
+
     @get("/report", operation_id="advertiserReport", responses=READS, sync_to_thread=True)
     def report(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
         """This advertiser's rows of the ads report (see ``GET /v1/advertisers/report``)."""
@@ -810,6 +826,15 @@ class AdsController(Controller):
 def _with_spend(record: dict[str, Any], spend: dict[str, int] | None, now: float) -> dict[str, Any]:
     spend = spend or {"spent_today": 0, "spent_total": 0}
     return {**record, **spend, "serving": LiveLineItem.of(record, record["advertiser"]).state(spend, now)}
+
+
+def _csv(rows: list[dict[str, Any]], filename: str) -> Response[str]:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(ADS_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _ads_report(cdp: CdpStore, tenant: str, advertiser: str | None) -> dict[str, Any]:

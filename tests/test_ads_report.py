@@ -104,3 +104,32 @@ def test_the_traffic_curve_counts_recent_lists_by_hour():
     curve = traffic_curve(served, now)
     assert len(curve) == 24 and curve[9] == {"hour": 9, "lists": 2} and curve[18]["lists"] == 1
     assert sum(r["lists"] for r in curve) == 3  # the month-old list is out
+
+
+def test_rows_by_product_and_placement_with_ctr_cpc_and_share_of_voice():
+    def served(line_item, product, advertiser, placement, n, ghost=False):
+        return [{"user_id": f"s{k}", "line_item": line_item, "campaign": line_item, "advertiser": advertiser,
+                 "product": product, "placement": placement, "ghost": ghost, "ts": T0 + k} for k in range(n)]
+
+    serves = (served("li-boot", "boot", "kestrel", "search", 30) + served("li-mug", "mug", "acme", "search", 10)
+              + served("li-boot", "boot", "kestrel", "recommendations", 5)
+              + served("li-boot", "boot", "kestrel", "search", 50, ghost=True))  # ghosts are no share of voice
+    ad = make_ad_id(SECRET, "shop", ServedAd("li-boot", 0, 400_000, int(T0), "search"))
+    clicks = [{"user_id": f"s{k}", "item_id": "boot", "type": "click", "ts": T0 + k, "value": None, "ad_id": ad}
+              for k in range(3)]
+    impressions = [{**c, "type": "impression"} for c in clicks * 4]
+    charges = [{**charge(f"c{k}", "li-boot", "boot", f"s{k}", T0 + k, price=400_000), "ad_id": ad} for k in range(2)]
+    rows = ads_report(charges, clicks + impressions, ITEMS, LINE_ITEMS, AdsSettings(),
+                      lambda ad_id: open_ad_id(SECRET, "shop", ad_id), serves)
+    by = {(r["line_item"], r["placement"]): r for r in rows}
+    boot = by[("li-boot", "search")]
+    assert (boot["product"], boot["campaign"], boot["served"], boot["impressions"], boot["clicks"]) == (
+        "boot", "li-boot", 30, 12, 3)
+    assert boot["ctr"] == 0.25 and boot["charged_clicks"] == 2 and boot["average_cpc"] == 0.4 and boot["spend"] == 0.8
+    assert boot["share_of_voice"] == 0.75 and by[("li-mug", "search")]["share_of_voice"] == 0.25
+    assert by[("li-boot", "recommendations")]["share_of_voice"] == 1.0
+    assert by[("li-mug", "search")]["ctr"] == 0.0  # served, never clicked
+    from lodestar.ads.report import totals
+
+    (kestrel,) = [t for t in totals(rows, ("advertiser",)) if t["advertiser"] == "kestrel"]
+    assert (kestrel["served"], kestrel["clicks"], kestrel["spend"], kestrel["average_cpc"]) == (35, 3, 0.8, 0.4)

@@ -434,3 +434,25 @@ def test_a_campaign_holds_out_its_share_of_users_and_records_what_they_would_hav
     assert {(s["campaign"], s["advertiser"]) for s in serves} == {("fall", "kestrel")}
     anonymous = client.post("/v1/search", json={"query": "running shoes", "k": 10}, headers=bearer(key)).json()
     assert any(i.get("sponsored") for i in anonymous["items"])  # no user, no holdout
+
+
+def test_the_report_as_csv_for_the_advertiser_and_the_shop(client):
+    import csv
+    import io
+
+    client, key, items = client
+    kestrel, acme = two_advertisers(client, key, items)
+    client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
+    client.app.state.cdp.put_report("shop", "ads", [
+        {"day": "2026-11-20", "advertiser": "kestrel", "campaign": "kestrel-all", "line_item": "kestrel-all",
+         "product": "p1", "placement": "search", "served": 10, "clicks": 2, "spend": 0.8, "roas": 3.0},
+        {"day": "2026-11-20", "advertiser": "acme-audio", "campaign": "acme-all", "line_item": "acme-all",
+         "product": "p2", "placement": "search", "served": 5, "clicks": 0, "spend": 0.0, "roas": None}])
+    mine = client.get("/v1/ads/report.csv", headers=bearer(kestrel))
+    assert mine.status_code == 200 and mine.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(mine.text)))
+    assert [(r["advertiser"], r["served"], r["spend"]) for r in rows] == [("kestrel", "10", "0.8")]
+    assert "attachment" in mine.headers["content-disposition"] and rows[0]["share_of_voice"] == ""
+    everyone = list(csv.DictReader(io.StringIO(client.get("/v1/advertisers/report.csv", headers=bearer(key)).text)))
+    assert {r["advertiser"] for r in everyone} == {"kestrel", "acme-audio"}
+    assert client.get("/v1/advertisers/report.csv", headers=bearer(kestrel)).status_code == 403

@@ -64,6 +64,8 @@ def incrementality(serves: Iterable[dict[str, Any]], purchases: Iterable[dict[st
     first: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)  # (advertiser, campaign) -> user -> t0
     ghosts: dict[tuple[str, str], set[str]] = defaultdict(set)
     for serve in sorted(serves, key=lambda s: s["ts"]):
+        if serve["user_id"] is None:  # an anonymous request: nobody to follow up
+            continue
         key = (serve["advertiser"], serve["campaign"])
         first[key].setdefault(serve["user_id"], serve["ts"])
         if serve["ghost"]:

@@ -1,5 +1,7 @@
-"""What the ads did, per line item and UTC day: impressions and clicks (events carrying an
-``ad_id``), charged clicks and spend (the ledger), conversions and revenue attributed to the ads, ROAS.
+"""What the ads did, per advertiser, campaign, line item, product, placement and UTC day: ads served
+(the serve log), impressions and clicks (events carrying an ``ad_id``) and CTR, charged clicks,
+spend and average CPC (the ledger), conversions and revenue attributed to the ads, ROAS, and the
+advertiser's share of voice on the placement that day.
 
 Attribution is last click: a conversion (a ``purchase`` event) belongs to the user's latest charged
 ad click before it, within ``attribution_days``, on the same product (or, per the tenant's
@@ -29,8 +31,10 @@ REPORT = "ads"  # the stored report's name (CDP ``put_report``)
 INCREMENTALITY_REPORT = "ads_incrementality"
 TRAFFIC_REPORT = "traffic_curve"
 DAY_S = 86400
-COLUMNS = ("day", "advertiser", "line_item", "impressions", "clicks", "charged_clicks", "spend", "conversions",
-           "view_conversions", "revenue", "roas")
+COLUMNS = ("day", "advertiser", "campaign", "line_item", "product", "placement", "served", "impressions", "clicks",
+           "ctr", "charged_clicks", "spend", "average_cpc", "conversions", "view_conversions", "revenue", "roas",
+           "share_of_voice")
+SUMMED = ("served", "impressions", "clicks", "charged_clicks", "spend", "conversions", "view_conversions", "revenue")
 
 
 def _day(ts: float) -> str:
@@ -59,40 +63,56 @@ def _revenue(event: dict[str, Any], item: dict[str, Any] | None) -> float:
 
 def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], items: dict[str, dict[str, Any]],
                line_items: dict[str, dict[str, Any]], settings: AdsSettings,
-               open_ad: Callable[[str], ServedAd | None]) -> list[dict[str, Any]]:
-    """Rows of :data:`COLUMNS`, by day, advertiser and line item (spend and revenue in currency
-    units; ``roas`` is revenue over spend, ``None`` without spend); ``open_ad`` reads an ad id
-    (:func:`lodestar.ads.tokens.open_ad_id` with the deployment's secret and the tenant)."""
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+               open_ad: Callable[[str], ServedAd | None], serves: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Rows of :data:`COLUMNS`, by day, advertiser, campaign, line item, product and placement
+    (spend, average CPC and revenue in currency units; ``roas`` is revenue over spend, ``None``
+    without spend; ``share_of_voice``: the advertiser's share of the ads served on that placement
+    that day). ``open_ad`` reads an ad id (:func:`lodestar.ads.tokens.open_ad_id` with the
+    deployment's secret and the tenant); ``serves``: the ad serve log (ghosts are left out)."""
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
 
-    def row(day: str, line_item: str) -> dict[str, Any]:
-        advertiser = (line_items.get(line_item) or {}).get("advertiser", "")
-        key = (day, advertiser, line_item)
+    def row(day: str, line_item: str, product: str | None, placement: str) -> dict[str, Any]:
+        record = line_items.get(line_item) or {}
+        advertiser, campaign = record.get("advertiser", ""), record.get("campaign", line_item)
+        key = (day, advertiser, campaign, line_item, product or "", placement)
         if key not in rows:
-            rows[key] = {"day": day, "advertiser": advertiser, "line_item": line_item, "impressions": 0, "clicks": 0,
-                         "charged_clicks": 0, "spend": 0, "conversions": 0, "view_conversions": 0, "revenue": 0.0}
+            rows[key] = {"day": day, "advertiser": advertiser, "campaign": campaign, "line_item": line_item,
+                         "product": product or "", "placement": placement, "served": 0, "impressions": 0,
+                         "clicks": 0, "charged_clicks": 0, "spend": 0, "conversions": 0, "view_conversions": 0,
+                         "revenue": 0.0}
         return rows[key]
 
+    def product_of(ad: ServedAd) -> str | None:
+        products = (line_items.get(ad.line_item) or {}).get("products", [])
+        return products[ad.product_index] if 0 <= ad.product_index < len(products) else None
+
+    voice: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))  # (day, placement)
+    for serve in serves:
+        if not serve["ghost"]:
+            day = _day(serve["ts"])
+            row(day, serve["line_item"], serve["product"], serve["placement"])["served"] += 1
+            voice[(day, serve["placement"])][serve["advertiser"]] += 1
+    clicks_by_user: dict[str, list[tuple[float, tuple[str, str, str], frozenset[str]]]] = defaultdict(list)
     for charge in charges:
-        target = row(charge["day"], charge["line_item"])
+        ad = open_ad(charge["ad_id"])
+        placement = ad.placement if ad is not None else ""
+        target = row(charge["day"], charge["line_item"], charge.get("product"), placement)
         target["charged_clicks"] += 1
         target["spend"] += int(charge["price"])
-    clicks_by_user: dict[str, list[tuple[float, str, frozenset[str]]]] = defaultdict(list)
-    for charge in charges:
         product = items.get(charge["product"]) if charge.get("product") else None
-        clicks_by_user[charge["user_id"]].append((charge["ts"], charge["line_item"],
+        clicks_by_user[charge["user_id"]].append((charge["ts"], (charge["line_item"], charge.get("product"), placement),
                                                   _key_of(settings.attribution_scope, product)))
-    views_by_user: dict[str, list[tuple[float, str, frozenset[str]]]] = defaultdict(list)
+    views_by_user: dict[str, list[tuple[float, tuple[str, str, str], frozenset[str]]]] = defaultdict(list)
     conversions = []
     for event in events:
         ad_id = event.get("ad_id")
         ad = open_ad(ad_id) if isinstance(ad_id, str) and ad_id else None  # NaN in a frame
         if ad is not None and event["type"] in ("impression", "click"):
-            row(_day(event["ts"]), ad.line_item)["impressions" if event["type"] == "impression" else "clicks"] += 1
+            product_id = product_of(ad)
+            row(_day(event["ts"]), ad.line_item, product_id, ad.placement)[
+                "impressions" if event["type"] == "impression" else "clicks"] += 1
             if event["type"] == "impression":
-                product = (line_items.get(ad.line_item) or {}).get("products", [])
-                product_id = product[ad.product_index] if ad.product_index < len(product) else None
-                views_by_user[event["user_id"]].append((event["ts"], ad.line_item,
+                views_by_user[event["user_id"]].append((event["ts"], (ad.line_item, product_id, ad.placement),
                                                         _key_of(settings.attribution_scope, items.get(product_id))))
         if event["type"] == "purchase":
             conversions.append(event)
@@ -110,7 +130,7 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
             end = bisect.bisect_right(touches, event["ts"], key=lambda t: t[0])
             match = next((t for t in reversed(touches[:end]) if t[0] >= event["ts"] - window and t[2] & wanted), None)
             if match is not None:
-                target = row(_day(event["ts"]), match[1])
+                target = row(_day(event["ts"]), *match[1])
                 target[column] += 1
                 target["revenue"] += _revenue(event, item)
                 break
@@ -118,8 +138,33 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
     for key in sorted(rows):
         r = rows[key]
         spend = r["spend"] / MICROS
+        shown = r["impressions"] or r["served"]
+        placement_voice = voice.get((r["day"], r["placement"]), {})
+        total = sum(placement_voice.values())
         out.append({**r, "spend": round(spend, 6), "revenue": round(r["revenue"], 2),
-                    "roas": round(r["revenue"] / spend, 4) if spend > 0 else None})
+                    "ctr": round(r["clicks"] / shown, 6) if shown else None,
+                    "average_cpc": round(spend / r["charged_clicks"], 6) if r["charged_clicks"] else None,
+                    "roas": round(r["revenue"] / spend, 4) if spend > 0 else None,
+                    "share_of_voice": round(placement_voice.get(r["advertiser"], 0) / total, 6) if total else None})
+    return out
+
+
+def totals(rows: Iterable[dict[str, Any]], by: tuple[str, ...] = ("advertiser", "line_item")) -> list[dict[str, Any]]:
+    """The report's rows summed by ``by`` (rates recomputed from the sums)."""
+    sums: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = tuple(r[k] for k in by)
+        target = sums.setdefault(key, {**{k: r[k] for k in by}, **{c: 0 for c in SUMMED}})
+        for column in SUMMED:
+            target[column] += r[column]
+    out = []
+    for key in sorted(sums):
+        t = sums[key]
+        shown = t["impressions"] or t["served"]
+        out.append({**t, "spend": round(t["spend"], 6), "revenue": round(t["revenue"], 2),
+                    "ctr": round(t["clicks"] / shown, 6) if shown else None,
+                    "average_cpc": round(t["spend"] / t["charged_clicks"], 6) if t["charged_clicks"] else None,
+                    "roas": round(t["revenue"] / t["spend"], 4) if t["spend"] > 0 else None})
     return out
 
 
@@ -154,8 +199,9 @@ def report_from_store(store: Any, tenant: str, secret: str) -> tuple[list[dict[s
     items = {i["id"]: i for batch in store.read_changes(tenant, "items") for i in batch}
     events = [e for batch in store.read_changes(tenant, "events") for e in batch
               if e.get("ad_id") or e["type"] == "purchase"]
+    serves = store.read_ad_serves(tenant)
     rows = ads_report(store.ad_charges(tenant), events, items, line_items, settings,
-                      lambda ad_id: open_ad_id(secret, tenant, ad_id))
-    lifts = incrementality(store.read_ad_serves(tenant), [e for e in events if e["type"] == "purchase"], line_items,
+                      lambda ad_id: open_ad_id(secret, tenant, ad_id), serves)
+    lifts = incrementality(serves, [e for e in events if e["type"] == "purchase"], line_items,
                            total_spend(store, tenant), items, settings.attribution_days)
     return rows, lifts

@@ -177,7 +177,7 @@ CREATE TABLE IF NOT EXISTS ad_spend (
 );
 CREATE TABLE IF NOT EXISTS ad_serves (
     tenant TEXT NOT NULL,
-    user_id TEXT NOT NULL,
+    user_id TEXT,
     line_item TEXT NOT NULL,
     campaign TEXT NOT NULL,
     advertiser TEXT NOT NULL,
