@@ -363,6 +363,14 @@ def test_the_console_preview_labels_sponsored_items_and_shows_the_auction(client
     assert "ad2." not in text  # a preview makes no ad id: nothing shown there can be charged
     search = client.get("/console/t/shop/preview", params={"mode": "query", "query": "running shoes"})
     assert search.status_code == 200 and "The auction" in search.text
+    client.app.state.cdp.put_report("shop", "ads", [
+        {"day": "2026-11-20", "advertiser": "kestrel", "campaign": "kestrel-all", "line_item": "kestrel-all",
+         "product": "p1", "placement": "search", "served": 10, "impressions": 8, "clicks": 2, "charged_clicks": 2,
+         "spend": 0.8, "conversions": 1, "view_conversions": 0, "revenue": 30.0}])
+    ads = client.get("/console/t/shop/ads")
+    assert ads.status_code == 200 and "Retail media" in ads.text and "kestrel-all" in ads.text
+    assert "<strong>On</strong>" in ads.text and "Incrementality" in ads.text and "<svg" in ads.text
+    assert "37.5" in ads.text  # ROAS of the report's row: 30 / 0.8
 
 
 def test_pacing_throttles_a_line_item_spending_ahead_of_the_day(client):

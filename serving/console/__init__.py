@@ -46,6 +46,7 @@ from serving.console.admin import (
 )
 from serving.console.signin import HomeController, SignInController, TenantsController
 from serving.console.tenant import (
+    AdsController,
     CatalogController,
     OverviewController,
     PreviewController,
@@ -113,7 +114,7 @@ def console_app_config(settings: Settings) -> dict[str, Any]:
         path="/",
         route_handlers=[SignInController, HomeController, TenantsController, OverviewController, CatalogController,
                         PreviewController, ConfigController, ExperimentsController, KeysController, MembersController, AuditController,
-                        PipelineController],
+                        PipelineController, AdsController],
         guards=[require_console_role],
         middleware=[sessions.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -11,7 +11,8 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
-from lodestar.ads.market import Placed, Signals
+from lodestar.ads import report as ads_report
+from lodestar.ads.market import LiveLineItem, Placed, Signals
 from lodestar.cdp import require_tenant
 from lodestar.controls import Controls, parse_diversity
 from lodestar.erasure import erase_user
@@ -261,3 +262,44 @@ class PreviewController(Controller):
             result, error = {}, exc
         return render(request, "preview.html", status_code=422 if error else 200, tenant=tenant, mode=mode,
                       params=params, error=error, json=json, **result)
+
+
+class AdsController(Controller):
+    """Retail media for the tenant's members: spend, results and incrementality by advertiser and
+    line item (from the pipeline's ``ads_report``), the line items serving now, audience segments
+    and advertisers' webhooks."""
+
+    path = f"{PREFIX}/t/{{tenant:str}}"
+
+    @get("/ads", operation_id="consoleAds", include_in_schema=False)
+    async def ads(self, request: Request, tenant: str, cdp: Cdp, configs: Configs) -> Template:
+        def read() -> dict[str, Any]:
+            require_tenant(cdp, tenant)
+            config = configs.get(tenant)
+            stored = cdp.get_report(tenant, ads_report.REPORT) or {}
+            rows = stored.get("rows", [])
+            now = time.time()
+            spend = cdp.ad_spend_all(tenant, time.strftime("%Y-%m-%d", time.gmtime(now)))
+            names = {a["id"]: a["name"] for a in cdp.list_advertisers(tenant)}
+            line_items = [{**r, **(spend.get(r["id"]) or {"spent_today": 0, "spent_total": 0}),
+                           "serving": LiveLineItem.of(r, r["advertiser"]).state(spend.get(r["id"]), now),
+                           "advertiser_name": names.get(r["advertiser"], r["advertiser"])}
+                          for r in cdp.list_line_items(tenant)]
+            by_day = ads_report.totals(rows, ("day", "advertiser"))
+            days = sorted({r["day"] for r in by_day})
+            series = {names.get(a, a): [next((r["spend"] for r in by_day if r["day"] == d and r["advertiser"] == a),
+                                             0.0) for d in days]
+                      for a in sorted({r["advertiser"] for r in by_day})}
+            sizes = cdp.segment_sizes(tenant)
+            return {
+                "enabled": config.ads.enabled, "settings": config.ads, "line_items": line_items,
+                "totals": ads_report.totals(rows), "names": names,
+                "spend_chart": line_chart("Spend per day by advertiser", days, series, bars=True),
+                "lifts": (cdp.get_report(tenant, ads_report.INCREMENTALITY_REPORT) or {}).get("rows", []),
+                "report_at": stored.get("updated_at"),
+                "segments": [{"name": s.name, "kind": "lookalike" if s.lookalike else "rule",
+                              "size": sizes.get(s.name, 0)} for s in config.parsed_segments],
+                "webhooks": [w for w in cdp.list_webhooks(tenant) if w["status"] != "deleted"],
+            }
+
+        return render(request, "ads.html", tenant=tenant, **await off_loop(read))
