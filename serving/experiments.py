@@ -59,9 +59,15 @@ class TenantExperiments:
         if not experiments:
             return config, []
         now, chosen, layers = time.time(), [], set()
+        segments: set[str] | None = None
         for experiment in experiments:
             if experiment.layer in layers or not experiment.live(placement, now):
                 continue
+            if experiment.audience is not None:  # only users of a segment take part
+                if segments is None:
+                    segments = set(self._cdp.user_segments(tenant, unit[5:])) if unit.startswith("user:") else set()
+                if experiment.audience not in segments:
+                    continue
             index = assign(experiment.name, unit, experiment.weights, experiment.traffic)
             if index is not None:
                 chosen.append((experiment, index))

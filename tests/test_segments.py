@@ -196,3 +196,29 @@ def test_a_line_item_targeting_a_segment_reaches_its_members_only(client):
     assert searched.status_code == 200, searched.text
     searched = searched.json()
     assert not any(i.get("sponsored") for i in searched["items"])  # no user: no segment, no ad
+
+
+def test_an_experiment_for_an_audience_takes_only_its_users(client):
+    client, key, settings = client
+    refused = client.post("/v1/experiments", headers=bearer(key), json={
+        "name": "x", "audience": "nobody", "variants": [{"name": "control"}, {"name": "b", "overlay": {"diversity": 0.5}}]})
+    assert refused.status_code == 422 and "audience" in refused.text
+    made = client.post("/v1/experiments", headers=bearer(key), json={
+        "name": "us-diversity", "audience": "us", "min_days": 0, "baseline": {"mean": 0.1, "sd": 0.1},
+        "placements": ["recommendations", "session"],
+        "variants": [{"name": "control"}, {"name": "diverse", "overlay": {"diversity": 0.5}}]})
+    assert made.status_code == 201, made.text
+    client.app.state.experiments._refresh = 0.0
+    with cdp_session(settings) as store:
+        us = set(store.segment_members("shop", "us"))
+    users = [f"u{n:04d}" for n in range(30)]
+    inside = {u for u in users
+              if client.get(f"/v1/users/{u}/recommendations?k=5", headers=bearer(key)).json()["experiment"]}
+    assert inside == {u for u in users if u in us} != set()
+    session = client.post("/v1/recommendations/session", headers=bearer(key),
+                          json={"item_ids": ["p00001"], "session_id": "s1"}).json()
+    assert session["experiment"] is None  # a session is in no segment
+    member = sorted(us)[0]
+    as_member = client.post("/v1/recommendations/session", headers=bearer(key),
+                            json={"item_ids": ["p00001"], "user_id": member}).json()
+    assert as_member["experiment"] == "us-diversity"

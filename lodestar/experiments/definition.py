@@ -28,7 +28,7 @@ OVERLAY_KEYS = ("ranking", "rules", "event_weights", "diversity", "collab")
 OVERLAY_COLLAB_KEYS = ("candidates",)
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FIELDS = ("name", "hypothesis", "placements", "layer", "traffic", "variants", "start", "end", "primary_metric",
-          "guardrails", "mde", "alpha", "power", "min_days", "baseline")
+          "guardrails", "mde", "alpha", "power", "min_days", "baseline", "audience")
 RUNNING, STOPPED = "running", "stopped"
 MIN_WEIGHT = 0.01
 
@@ -135,7 +135,14 @@ def parse_experiment(raw: Any, live: dict[str, Any], now: float | None = None) -
             and baseline[k] > 0 for k in baseline)):
         raise InvalidInput("baseline: {\"mean\": m, \"sd\": s}, both positive: the primary metric's mean and standard "
                            "deviation per unit today (leave it out to use the tenant's history)", field="baseline")
+    audience = raw.get("audience")
+    if audience is not None:
+        defined = {d.get("name") for d in (live or {}).get("segments") or [] if isinstance(d, dict)}
+        if not isinstance(audience, str) or audience not in defined:
+            raise InvalidInput("audience: the name of one of the tenant's audience segments (its configuration's "
+                               "segments); only its users take part", field="audience")
     return {
+        "audience": audience,
         "name": _name(raw.get("name"), "name"),
         "hypothesis": check_text(_text(raw.get("hypothesis"), "hypothesis").strip(), "hypothesis"),
         "placements": list(dict.fromkeys(placements)),
@@ -179,13 +186,14 @@ class Running:
     start: float
     end: float | None
     version: float  # the record's updated_at: a change makes new variant configurations
+    audience: str | None = None  # only users of this segment take part
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Running:
         return cls(record["name"], record["layer"], frozenset(record["placements"]), record["traffic"],
                    tuple(v["weight"] for v in record["variants"]), tuple(v["name"] for v in record["variants"]),
                    tuple(v["overlay"] for v in record["variants"]), record["start"], record["end"],
-                   record.get("updated_at", 0.0))
+                   record.get("updated_at", 0.0), record.get("audience"))
 
     def live(self, placement: str, now: float) -> bool:
         return placement in self.placements and self.start <= now and (self.end is None or now < self.end)
