@@ -55,4 +55,4 @@ def test_the_monolithic_stages_module_is_gone():
     assert not (ROOT / "lodestar" / "stages.py").exists()
     assert sorted(p.stem for p in (ROOT / "lodestar" / "lineage").glob("*.py")) == [
         "__init__", "collab_fit", "embeddings", "evaluation_gate", "extracts", "feature_tables", "files",
-        "index_build", "publishing"]
+        "index_build", "publishing", "segment_refresh"]
