@@ -236,11 +236,20 @@ def load_demo_tenants(
 DEMO_ACTOR = "demo"
 # The demo shop sells sponsored placements to two of its brands (retail media, on for the demo).
 DEMO_ADVERTISERS = (("Kestrel", "0.60", "25"), ("Northwind", "0.35", "40"))
+# Its audience segments (lodestar.segments), for line-item targeting and experiments.
+DEMO_SEGMENTS = [
+    {"name": "runners", "description": "bought or carted running gear this year",
+     "rule": {"event": ["purchase", "add_to_cart"], "category": "running", "days": 365}},
+    {"name": "kestrel-fans", "rule": {"event": "view", "brand": "Kestrel", "days": 365, "min": 3}},
+    {"name": "us-shoppers", "rule": {"all": [{"attribute": "country", "in": ["US"]},
+                                             {"event": "purchase", "days": 365}]}},
+    {"name": "runner-lookalikes", "lookalike": {"seed": "runners", "size": 100}},
+]
 
 
 def demo_retail_media(store: CdpStore, tenant: str = "shop") -> dict[str, str]:
-    """Turn retail media on for the demo shop with two advertisers, each promoting its brand's
-    products in one line item (made once; a later run leaves them and their spend alone), and give
+    """Turn retail media on for the demo shop, with its audience segments and two advertisers, each
+    promoting its brand's products in one line item (made once; a later run leaves them and their spend alone), and give
     each advertiser a fresh key. Returns advertiser name -> key."""
     from lodestar.ads.campaigns import ADVERTISER_SCOPE, create_line_item, slug
     from lodestar.keys import issue_key
@@ -248,8 +257,9 @@ def demo_retail_media(store: CdpStore, tenant: str = "shop") -> dict[str, str]:
 
     record = store.get_tenant(tenant)
     config = dict(record["config"] or {})
-    if "ads" not in config:
-        config["ads"] = {"enabled": True, "positions": [1, 5], "reserve": 0.05}
+    if "ads" not in config or "segments" not in config:
+        config.setdefault("ads", {"enabled": True, "positions": [1, 5], "reserve": 0.05})
+        config.setdefault("segments", DEMO_SEGMENTS)
         store.set_tenant_config(tenant, validate_config(config))
     items = [i for batch in store.read_changes(tenant, "items") for i in batch if i["available"] and not i["deleted"]]
     keys = {}
