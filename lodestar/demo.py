@@ -249,8 +249,8 @@ DEMO_SEGMENTS = [
 
 def demo_retail_media(store: CdpStore, tenant: str = "shop") -> dict[str, str]:
     """Turn retail media on for the demo shop, with its audience segments and two advertisers, each
-    promoting its brand's products in one line item (made once; a later run leaves them and their spend alone), and give
-    each advertiser a fresh key. Returns advertiser name -> key."""
+    promoting its brand's products in one line item (made once; a later run leaves them and their
+    spend alone), and give each advertiser a fresh key. Returns advertiser name -> key."""
     from lodestar.ads.campaigns import ADVERTISER_SCOPE, create_line_item, slug
     from lodestar.keys import issue_key
     from lodestar.tenant_config import validate_config
