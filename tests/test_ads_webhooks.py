@@ -171,3 +171,48 @@ def test_the_sensor_queues_and_delivers(shop):
         assert "0 events queued; 0 delivered" in again.skip_message and len(receiver.requests) == 1
     finally:
         receiver.close()
+
+
+def test_an_advertiser_key_reaches_no_route_of_the_shop_and_no_other_advertisers_data(shop):
+    """Over every route the API has: an advertiser's key gets 403 outside /v1/ads, and inside it sees
+    only its own line items, report rows, incrementality, webhooks and their deliveries."""
+    import re
+
+    from litestar.routes import HTTPRoute
+
+    settings, admin, key, advertiser = shop
+    with TestClient(create_app(settings)) as client:
+        other = client.post("/v1/advertisers", json={"name": "Acme"}, headers=bearer(admin)).json()["api_key"]
+        hook = client.post("/v1/ads/webhooks", json={"url": "https://example.com/h"}, headers=bearer(key)).json()
+        client.app.state.cdp.put_report("shop", "ads", [{"day": "2026-11-20", "advertiser": advertiser,
+                                                         "line_item": "fall", "spend": 1.0}])
+        client.app.state.cdp.put_report("shop", "ads_incrementality", [{"advertiser": advertiser,
+                                                                        "campaign": "fall"}])
+        checked = 0
+        for route in client.app.routes:
+            if not isinstance(route, HTTPRoute):
+                continue
+            path = re.sub(r"\{[^}]+\}", "x1", route.path)
+            if not path.startswith("/v1/") or path.startswith("/v1/ads"):
+                continue
+            for method in sorted(set(route.methods) - {"HEAD", "OPTIONS"}):
+                answer = client.request(method, path, headers=bearer(other), json={})
+                assert answer.status_code == 403, (method, path, answer.status_code)
+                checked += 1
+        assert checked >= 30  # every tenant and operator route, each method
+        mine = bearer(key)
+        theirs = bearer(other)
+        assert [li["id"] for li in client.get("/v1/ads/line-items", headers=mine).json()["line_items"]] == ["fall"]
+        assert client.get("/v1/ads/line-items", headers=theirs).json() == {"line_items": []}
+        assert client.get("/v1/ads/line-items/fall", headers=theirs).status_code == 404
+        assert client.post("/v1/ads/line-items/fall/status", json={"status": "paused"}, headers=theirs).status_code == 404
+        assert client.get("/v1/ads/report", headers=mine).json()["rows"] and client.get(
+            "/v1/ads/report", headers=mine).json()["incrementality"]
+        assert client.get("/v1/ads/report", headers=theirs).json()["rows"] == []
+        assert client.get("/v1/ads/report", headers=theirs).json()["incrementality"] == []
+        assert client.get("/v1/ads/report.csv", headers=theirs).text.count("\n") == 1  # the header alone
+        assert client.get("/v1/ads/webhooks", headers=theirs).json() == {"webhooks": []}
+        hook_id = hook["webhook"]["id"]
+        assert client.get(f"/v1/ads/webhooks/{hook_id}/deliveries", headers=theirs).status_code == 404
+        assert client.delete(f"/v1/ads/webhooks/{hook_id}", headers=theirs).status_code == 404
+        assert "members" not in client.get("/v1/ads/segments", headers=theirs).text
