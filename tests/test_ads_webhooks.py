@@ -216,3 +216,22 @@ def test_an_advertiser_key_reaches_no_route_of_the_shop_and_no_other_advertisers
         assert client.get(f"/v1/ads/webhooks/{hook_id}/deliveries", headers=theirs).status_code == 404
         assert client.delete(f"/v1/ads/webhooks/{hook_id}", headers=theirs).status_code == 404
         assert "members" not in client.get("/v1/ads/segments", headers=theirs).text
+
+
+def test_a_campaign_ends_when_its_last_line_item_does(shop):
+    settings, _, _, advertiser = shop
+    with cdp_session(settings) as store:
+        now = time.time()
+        for ident, end in (("a", now + 100), ("b", now + 200)):
+            campaigns.create_line_item(store, "shop", advertiser, {
+                "id": ident, "campaign": "winter", "products": ["p2"], "bid": "1", "daily_budget": "5",
+                "total_budget": "5", "end": end}, "test")
+
+        def kinds(at):
+            return sorted((e["type"], e["data"].get("campaign"), e["data"].get("line_item"))
+                          for e in notify.happenings(store, "shop", advertiser, at) if e["type"].endswith("ended"))
+
+        assert kinds(now + 50) == []
+        assert kinds(now + 150) == [("line_item.ended", "winter", "a")]
+        assert kinds(now + 250) == [("campaign.ended", "winter", None), ("line_item.ended", "winter", "a"),
+                                    ("line_item.ended", "winter", "b")]

@@ -3,7 +3,8 @@
 An advertiser registers a URL (its key, ``POST /v1/ads/webhooks``) and gets a signing secret, shown
 once. The pipeline's ``ads_notifications`` sensor (every 30 s) finds what happened and queues one
 event per happening, each with a stable ``id`` (a line item reaching 80% or 100% of its daily budget
-is one event per day; of its total budget, one event; a line item ending, one event; a line item's
+is one event per day; of its total budget, one event; a line item ending, and a campaign ending
+(its last line item), one event each; a line item's
 last-click ROAS or a campaign's iROAS under the webhook's threshold, one per day), then delivers
 what is due:
 
@@ -35,7 +36,7 @@ from lodestar.ads.money import MICROS
 from lodestar.cdp import CdpStore, audit_entry
 from lodestar.errors import InvalidInput, NotFound
 
-EVENT_TYPES = ("budget.80", "budget.100", "line_item.ended", "roas.below", "iroas.below")
+EVENT_TYPES = ("budget.80", "budget.100", "line_item.ended", "campaign.ended", "roas.below", "iroas.below")
 TIMEOUT_S = 10.0
 FIRST_RETRY_S = 30.0
 MAX_RETRY_S = 3600.0
@@ -145,6 +146,13 @@ def happenings(store: CdpStore, tenant: str, advertiser: str, now: float) -> lis
             roas = sum(r["revenue"] for r in rows) / money
             out.append({"type": "roas.below", "id": _event_id(tenant, li.id, "roas", day), "roas": roas,
                         "data": {**base, "roas": round(roas, 4)}})
+    campaigns: dict[str, list[float | None]] = {}
+    for record in store.list_line_items(tenant, advertiser):
+        campaigns.setdefault(record.get("campaign", record["id"]), []).append(record.get("end"))
+    for campaign, ends in campaigns.items():
+        if all(end is not None and now >= end for end in ends):  # every line item of it has ended
+            out.append({"type": "campaign.ended", "id": _event_id(tenant, advertiser, campaign, "ended"),
+                        "data": {"campaign": campaign, "ended_at": max(ends)}})
     for lift in lifts:
         if lift["advertiser"] == advertiser and lift.get("iroas") is not None:
             out.append({"type": "iroas.below", "id": _event_id(tenant, advertiser, lift["campaign"], "iroas", day),
