@@ -131,11 +131,11 @@ def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource)
             secret = lodestar.settings().secret("ads", ADS_SECRET_ENV)
             records = wanted.to_dict("records")
             serves = store.read_ad_serves(tenant)
-            rows = ads_report.ads_report(store.ad_charges(tenant), records, catalog, line_items,
+            charges = store.ad_charges(tenant)
+            rows = ads_report.ads_report(charges, records, catalog, line_items,
                                          settings, lambda ad_id: open_ad_id(secret, tenant, ad_id), serves)
-            lifts = incrementality(serves, [e for e in records if e["type"] == "purchase"],
-                                   line_items, ads_report.total_spend(store, tenant), catalog,
-                                   settings.attribution_days)
+            lifts = incrementality(serves, [e for e in records if e["type"] == "purchase"], line_items, charges,
+                                   catalog, settings.attribution_days)
         store.put_report(tenant, ads_report.REPORT, rows)
         store.put_report(tenant, ads_report.INCREMENTALITY_REPORT, lifts)
     spend = sum(r["spend"] for r in rows)

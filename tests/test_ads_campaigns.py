@@ -114,3 +114,17 @@ def test_the_ads_settings_are_off_by_default_and_validated():
         with pytest.raises(InvalidInput) as refused:
             validate_config({"ads": bad})
         assert refused.value.field == field, bad
+
+
+def test_the_line_items_of_a_campaign_share_one_holdout(shop):
+    client, admin, _ = shop
+    key = client.post("/v1/advertisers", json={"name": "Zeta"}, headers=bearer(admin)).json()["api_key"]
+    base = {"products": ["p1"], "bid": "0.5", "daily_budget": "5", "total_budget": "5", "campaign": "spring"}
+    assert client.post("/v1/ads/line-items", json={**base, "id": "a", "holdout": 0.2},
+                       headers=bearer(key)).status_code == 201
+    mixed = client.post("/v1/ads/line-items", json={**base, "id": "b", "holdout": 0.1}, headers=bearer(key))
+    assert mixed.status_code == 422 and "share one holdout" in mixed.text
+    assert client.post("/v1/ads/line-items", json={**base, "id": "c", "holdout": 0.2},
+                       headers=bearer(key)).status_code == 201
+    assert client.post("/v1/ads/line-items", json={**base, "id": "d", "holdout": 0.6},
+                       headers=bearer(key)).status_code == 422  # at most half the users

@@ -419,7 +419,7 @@ def test_pacing_throttles_a_line_item_spending_ahead_of_the_day(client):
 
 
 def test_a_campaign_holds_out_its_share_of_users_and_records_what_they_would_have_seen(client):
-    from lodestar.ads.incrementality import held_out
+    from lodestar.ads.incrementality import campaign_key, held_out
 
     client, key, items = client
     kestrel = advertiser(client, key, "Kestrel")
@@ -427,7 +427,7 @@ def test_a_campaign_holds_out_its_share_of_users_and_records_what_they_would_hav
     line_item(client, kestrel, id="fall", campaign="fall", products=products, bid="1.00", holdout=0.5)
     client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
     users = [f"u{n:04d}" for n in range(40)]
-    held = {u for u in users if held_out("fall", u, 0.5)}
+    held = {u for u in users if held_out(campaign_key("kestrel", "fall"), u, 0.5)}
     assert 10 <= len(held) <= 30
     for user in users:
         body = recommendations(client, key, user, explain="true")

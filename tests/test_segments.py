@@ -104,7 +104,7 @@ def shop(tmp_path_factory):
         key = issue_key(store, "shop")
         import_files(store, settings, "shop", demo.write_demo(tmp / "in", "shop", n_items=120, n_users=60))
         store.set_tenant_config("shop", {"segments": SEGMENTS, "ads": {"enabled": True, "positions": [1, 5],
-                                                                       "relevance_floor": 0.0, "audience_min_size": 10}})
+                                                                       "relevance_floor": 0.0, "audience_min_size": 6}})
     run_assets(settings)
     return settings, key
 
@@ -165,8 +165,8 @@ def test_advertisers_see_sizes_above_the_minimum_and_never_members_or_users(clie
     seen = {s["name"]: s["size"] for s in client.get("/v1/ads/segments", headers=bearer(adv)).json()["segments"]}
     sizes = {s["name"]: s["size"] for s in client.get("/v1/segments", headers=bearer(key)).json()["segments"]}
     for name, size in sizes.items():
-        assert seen[name] == (size if size >= 10 else None)
-    assert seen["runner-lookalikes"] is None  # 5 members: below the shop's minimum of 10
+        assert seen[name] == (size if size >= 6 else None)
+    assert seen["runner-lookalikes"] is None  # 5 members: below the shop's minimum of 6
     for path in ("/v1/segments", "/v1/segments/runners/members", "/v1/users/u0001/segments",
                  "/v1/users/u0001/preferences", "/v1/advertisers/report"):
         assert client.get(path, headers=bearer(adv)).status_code == 403, path
@@ -184,6 +184,10 @@ def test_a_line_item_targeting_a_segment_reaches_its_members_only(client):
         "id": "x", "products": products[:5], "bid": "1", "daily_budget": "5", "total_budget": "5",
         "targeting": {"segments": ["nobody-knows"]}})
     assert refused.status_code == 422 and "targeting.segments" in refused.text
+    tiny = client.post("/v1/ads/line-items", headers=bearer(adv), json={
+        "id": "tiny", "products": products[:5], "bid": "1", "daily_budget": "5", "total_budget": "5",
+        "targeting": {"segments": ["runner-lookalikes"]}})
+    assert tiny.status_code == 422 and "fewer than 6 members" in tiny.text  # too small to target
     made = client.post("/v1/ads/line-items", headers=bearer(adv), json={
         "id": "us-only", "products": products, "bid": "1", "daily_budget": "50", "total_budget": "50",
         "targeting": {"segments": ["us"]}, "holdout": 0})

@@ -164,8 +164,18 @@ def _catalog_check(store: CdpStore, tenant: str) -> Callable[[list[str]], list[s
 
 def create_line_item(store: CdpStore, tenant: str, advertiser: str, raw: Any, actor: str) -> dict[str, Any]:
     config = effective_config(require_tenant(store, tenant)["config"])
+    sizes = store.segment_sizes(tenant)
     record = parse_line_item(raw, advertiser, _catalog_check(store, tenant),
                              segments=[s.name for s in config.parsed_segments])
+    small = [s for s in record["targeting"]["segments"] if sizes.get(s, 0) < config.ads.audience_min_size]
+    if small:
+        raise InvalidInput(f"targeting.segments: {small[0]!r} has fewer than {config.ads.audience_min_size} members "
+                           "(the shop's minimum audience): too small to target", field="targeting.segments")
+    siblings = [r for r in store.list_line_items(tenant, advertiser) if r.get("campaign") == record["campaign"]]
+    if siblings and any(abs(r.get("holdout", 0.0) - record["holdout"]) > 1e-9 for r in siblings):
+        raise InvalidInput(f"holdout: campaign {record['campaign']!r} holds out {siblings[0].get('holdout', 0.0):g} "
+                           "of its users; its line items share one holdout (or measuring it would mix its groups)",
+                           field="holdout")
     made = store.put_line_item(tenant, record)
     store.append_audit(tenant, audit_entry(actor, "line_item.create", made["id"], None, made))
     return made

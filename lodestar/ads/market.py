@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
-from lodestar.ads.incrementality import held_out
+from lodestar.ads.incrementality import campaign_key, held_out
 from lodestar.ads.tokens import ServedAd
 from lodestar.collab import CollabModel
 from lodestar.filters import ItemFilter
@@ -292,7 +292,8 @@ class Market:
                         win.bid.relevance, self.table.payloads[self.table.row[win.bid.product]])
             # A user held out of the campaign is not shown its ad; the slot goes to the organic list
             # and the ad is recorded as a ghost (what they would have seen), for incrementality.
-            held = request.user_id is not None and held_out(li.campaign, request.user_id, li.holdout)
+            held = request.user_id is not None and held_out(campaign_key(li.advertiser, li.campaign),
+                                                             request.user_id, li.holdout)
             (ghosts if held else placed).append(ad)
         at = {p.position: p for p in placed}
         shown: list[Hit | Placed] = []

@@ -178,12 +178,6 @@ def traffic_curve(served: Iterable[dict[str, Any]], now: float, days: int = 14) 
     return [{"hour": h, "lists": n} for h, n in enumerate(counts)]
 
 
-def total_spend(store: Any, tenant: str) -> dict[str, int]:
-    """Each line item's spend so far (micros), from the ledger."""
-    today = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d")
-    return {li: spend["spent_total"] for li, spend in store.ad_spend_all(tenant, today).items()}
-
-
 def report_from_store(store: Any, tenant: str, secret: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """:func:`ads_report` and the campaigns' incrementality read straight from the CDP store (the
     pipeline's ``ads_report`` asset reads its extracts instead)."""
@@ -199,9 +193,9 @@ def report_from_store(store: Any, tenant: str, secret: str) -> tuple[list[dict[s
     items = {i["id"]: i for batch in store.read_changes(tenant, "items") for i in batch}
     events = [e for batch in store.read_changes(tenant, "events") for e in batch
               if e.get("ad_id") or e["type"] == "purchase"]
-    serves = store.read_ad_serves(tenant)
-    rows = ads_report(store.ad_charges(tenant), events, items, line_items, settings,
+    serves, charges = store.read_ad_serves(tenant), store.ad_charges(tenant)
+    rows = ads_report(charges, events, items, line_items, settings,
                       lambda ad_id: open_ad_id(secret, tenant, ad_id), serves)
-    lifts = incrementality(serves, [e for e in events if e["type"] == "purchase"], line_items,
-                           total_spend(store, tenant), items, settings.attribution_days)
+    lifts = incrementality(serves, [e for e in events if e["type"] == "purchase"], line_items, charges, items,
+                           settings.attribution_days)
     return rows, lifts
