@@ -14,6 +14,7 @@ refreshes at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -58,7 +59,7 @@ def utc_day(ts: float) -> str:
 
 def auction_settings(ads: AdsSettings) -> AuctionSettings:
     return AuctionSettings(reserve=round(ads.reserve * MICROS), relevance_floor=ads.relevance_floor,
-                           positions=tuple(ads.positions))
+                           positions=tuple(ads.positions), min_audience=ads.audience_min_size)
 
 
 @dataclass
@@ -155,8 +156,14 @@ class TenantAds:
             table = previous.table if previous is not None and previous.table_key == table_key \
                 else ProductTable(published.reader, published.model, table_key[1])
         live = [li for li in line_items if li.state(spend.get(li.id), now) == "active"]
+        small: frozenset[str] = frozenset()
+        if any(li.segments for li in live):  # an audience that shrank below the minimum is not targeted
+            sizes = self._cdp.segment_sizes(tenant)
+            small = frozenset(s for li in live for s in li.segments if sizes.get(s, 0) < settings.min_audience)
+            live = [li if not li.segments & small else dataclasses.replace(li, segments=li.segments - small)
+                    for li in live if not li.segments or li.segments - small]
         # The same line items (objects), the same table and settings: the market's books stand.
-        live_key = (id(line_items), id(table), settings, tuple(li.id for li in live))
+        live_key = (id(line_items), id(table), settings, tuple(li.id for li in live), small)
         participation = dict(previous.participation) if previous is not None else {}
         curve, curve_at = (previous.curve, previous.curve_at) if previous is not None else (pacing.traffic_curve([]),
                                                                                              float("-inf"))

@@ -27,7 +27,7 @@ from lodestar.settings import Settings
 from lodestar.tenant_config import effective_config
 from pipelines.definitions import all_assets
 from serving.app import create_app
-from tests.helpers import bearer
+from tests.helpers import bearer, wait_until
 
 MODEL = "hashing-64"
 NOW = 1_800_000_000.0
@@ -196,6 +196,16 @@ def test_a_line_item_targeting_a_segment_reaches_its_members_only(client):
     shown = {u: any(i.get("sponsored") for i in client.get(f"/v1/users/{u}/recommendations?k=10",
                                                           headers=bearer(key)).json()["items"]) for u in users}
     assert {u for u, s in shown.items() if s} == {u for u in users if u in us} != set()
+    # The shop raises its minimum audience above the segment's size: the line item stops serving.
+    assert client.put("/v1/config", json={"config": {"ads": {"audience_min_size": 10_000}}},
+                      headers=bearer(key)).status_code == 200
+    member = sorted(us)[0]
+
+    def sponsored_for(user):
+        return [i for i in client.get(f"/v1/users/{user}/recommendations?k=10", headers=bearer(key)).json()["items"]
+                if i.get("sponsored")]
+
+    wait_until(lambda: not sponsored_for(member), timeout=5, message="a line item kept targeting a too-small audience")
     searched = client.post("/v1/search", json={"query": "running shoes", "k": 10}, headers=bearer(key))
     assert searched.status_code == 200, searched.text
     searched = searched.json()

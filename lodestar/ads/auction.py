@@ -40,6 +40,7 @@ class AuctionSettings:
     reserve: int = CENT  # micros: the lowest price a click may cost
     relevance_floor: float = 0.1
     positions: tuple[int, ...] = (1, 5)  # 1-based list positions ads may take (the ad load)
+    min_audience: int = 100  # a line item's audience segments smaller than this are not targeted
 
 
 @dataclass(frozen=True)
