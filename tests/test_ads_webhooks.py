@@ -49,6 +49,12 @@ class Receiver:
         self.server.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def local_receivers(monkeypatch):
+    """The receivers of these tests listen on 127.0.0.1, which webhooks may not reach by default."""
+    monkeypatch.setenv("LODESTAR_WEBHOOKS_ALLOW_PRIVATE", "1")
+
+
 @pytest.fixture()
 def shop(tmp_path):
     settings = app_settings_with(tmp_path, "shop")
@@ -93,10 +99,11 @@ def test_a_budget_event_is_signed_retried_with_the_same_id_and_delivered_once(sh
         bodies = {body for _, body in receiver.requests}
         assert len(receiver.requests) == 3 and len(ids) == 1 and len(bodies) == 1  # a retry is the same event
         headers, body = receiver.requests[-1]
-        assert notify.verify(secret, headers["Lodestar-Signature"], body, now=now + 90)
-        assert not notify.verify(secret, headers["Lodestar-Signature"], body + b" ", now=now + 90)  # altered
-        assert not notify.verify("whsec_other", headers["Lodestar-Signature"], body, now=now + 90)
-        assert not notify.verify(secret, headers["Lodestar-Signature"], body, now=now + 90 + 3600)  # a replay
+        sent = time.time()  # signed as it left, by the wall clock
+        assert notify.verify(secret, headers["Lodestar-Signature"], body, now=sent)
+        assert not notify.verify(secret, headers["Lodestar-Signature"], body + b" ", now=sent)  # altered
+        assert not notify.verify("whsec_other", headers["Lodestar-Signature"], body, now=sent)
+        assert not notify.verify(secret, headers["Lodestar-Signature"], body, now=sent + 3600)  # a replay
         event = json.loads(body)
         assert event["id"] == headers["Lodestar-Event-Id"] and event["type"] == "budget.80"
         assert event["data"]["line_item"] == "fall" and event["data"]["spent_today"] == 8.5
@@ -235,3 +242,24 @@ def test_a_campaign_ends_when_its_last_line_item_does(shop):
         assert kinds(now + 150) == [("line_item.ended", "winter", "a")]
         assert kinds(now + 250) == [("campaign.ended", "winter", None), ("line_item.ended", "winter", "a"),
                                     ("line_item.ended", "winter", "b")]
+
+
+
+def test_webhooks_may_not_reach_the_shops_own_network(shop, monkeypatch):
+    monkeypatch.delenv("LODESTAR_WEBHOOKS_ALLOW_PRIVATE")
+    settings, _, key, advertiser = shop
+    with TestClient(create_app(settings)) as client:
+        for url in ("http://127.0.0.1:8529/_api", "http://169.254.169.254/latest/meta-data", "http://10.0.0.5/",
+                    "http://[::1]:9000/", "http://localhost:3000/"):
+            refused = client.post("/v1/ads/webhooks", json={"url": url}, headers=bearer(key))
+            assert refused.status_code == 422 and "private, loopback or link-local" in refused.text, url
+    with cdp_session(settings) as store:  # registered while allowed, sent while not: refused at the send
+        monkeypatch.setenv("LODESTAR_WEBHOOKS_ALLOW_PRIVATE", "1")
+        hook, _ = notify.register(store, "shop", advertiser, {"url": "http://127.0.0.1:9/x"}, "test")
+        monkeypatch.delenv("LODESTAR_WEBHOOKS_ALLOW_PRIVATE")
+        store.enqueue_notifications("shop", [{"webhook_id": hook["id"], "event_id": "e1", "type": "budget.80",
+                                               "payload": {}, "created_at": 1.0}])
+        calls = []
+        assert notify.deliver_due(store, 2.0, lambda *a: calls.append(a) or 200)["retried"] == 1 and calls == []
+        (note,) = store.list_notifications("shop", hook["id"])
+        assert "private, loopback or link-local" in note["attempts"][0]["error"]

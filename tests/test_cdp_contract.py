@@ -461,11 +461,15 @@ def test_webhooks_and_their_notifications_are_queued_once_and_their_attempts_log
     event = {"webhook_id": "w1", "event_id": "e1", "type": "budget.80", "payload": {"a": 1}, "created_at": T0}
     assert store.enqueue_notifications("acme", [event, {**event, "event_id": "e2", "created_at": T0 + 5}]) == 2
     assert store.enqueue_notifications("acme", [event]) == 0  # the same event for the same webhook: once
-    due = store.due_notifications(T0 + 1)
+    due = store.claim_notifications(T0 + 1, lease_s=100)
     assert [(n["event_id"], n["status"], n["payload"]) for n in due] == [("e1", "pending", {"a": 1})]
+    assert store.claim_notifications(T0 + 2) == []  # claimed: nobody else takes it
     store.record_attempt("acme", "w1", "e1", {"ts": T0 + 1, "status_code": 500}, "pending", T0 + 60)
-    assert [n["event_id"] for n in store.due_notifications(T0 + 10)] == ["e2"]
+    assert [n["event_id"] for n in store.claim_notifications(T0 + 10)] == ["e2"]
     store.record_attempt("acme", "w1", "e1", {"ts": T0 + 61, "status_code": 200}, "delivered", None)
     listed = {n["event_id"]: n for n in store.list_notifications("acme", "w1")}
     assert listed["e1"]["status"] == "delivered" and [a["status_code"] for a in listed["e1"]["attempts"]] == [500, 200]
-    assert [n["event_id"] for n in store.due_notifications(T0 + 100)] == ["e2"]
+    assert [n["event_id"] for n in store.claim_notifications(T0 + 200)] == ["e2"]  # its lease ran out
+    store.delete_tenant("acme")
+    store.create_tenant("acme")
+    assert store.list_webhooks("acme") == [] and store.claim_notifications(T0 + 10_000) == []

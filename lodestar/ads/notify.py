@@ -16,15 +16,23 @@ what is due:
   (``GET /v1/ads/webhooks/{id}/deliveries``). A retry carries the same event id (receivers
   deduplicate by it);
 * a webhook that has failed for a day is disabled (its pending events fail) and the advertiser's
-  report says so.
+  report says so;
+* a URL that names or resolves to a loopback, private, link-local or reserved address is refused at
+  registration and at each send (``LODESTAR_WEBHOOKS_ALLOW_PRIVATE=1`` allows it), and a failed
+  attempt logs no error text beyond its kind, so webhooks cannot probe the shop's network;
+* each tick claims what it sends (two senders never take the same event) and stops after 40 s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import logging
+import os
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +43,8 @@ from lodestar.ads.market import LiveLineItem
 from lodestar.ads.money import MICROS
 from lodestar.cdp import CdpStore, audit_entry
 from lodestar.errors import InvalidInput, NotFound
+
+log = logging.getLogger("lodestar.ads")
 
 EVENT_TYPES = ("budget.80", "budget.100", "line_item.ended", "campaign.ended", "roas.below", "iroas.below")
 TIMEOUT_S = 10.0
@@ -81,6 +91,9 @@ def register(store: CdpStore, tenant: str, advertiser: str, raw: Any, actor: str
     events = raw.get("events", list(EVENT_TYPES))
     if not isinstance(events, list) or not events or any(e not in EVENT_TYPES for e in events):
         raise InvalidInput(f"events: a list of {', '.join(EVENT_TYPES)}", field="events")
+    refused = private_address(url)
+    if refused and "does not resolve" not in refused:  # a name that resolves later is checked at each send
+        raise InvalidInput(f"url: {refused}", field="url")
     secret = "whsec_" + secrets.token_urlsafe(32)
     record = {"id": "wh_" + uuid.uuid4().hex[:16], "advertiser": advertiser, "url": url,
               "events": list(dict.fromkeys(events)), "roas_below": _threshold(raw, "roas_below"),
@@ -193,47 +206,80 @@ def queue_new(store: CdpStore, tenant: str, now: float) -> int:
 Post = Callable[[str, bytes, dict[str, str]], int]  # url, body, headers -> status code (raises on no answer)
 
 
-def deliver_due(store: CdpStore, now: float, post: Post, limit: int = 100) -> dict[str, int]:
-    """Send every due notification once; returns how many were delivered, retried and failed."""
+def deliver_due(store: CdpStore, now: float, post: Post, limit: int = 100, budget_s: float = 40.0,
+                clock: Callable[[], float] = time.time) -> dict[str, int]:
+    """Send due notifications (claimed first, so no other sender takes them) until ``budget_s``
+    has passed; returns how many were delivered, retried and failed."""
     counts = {"delivered": 0, "retried": 0, "failed": 0}
-    for note in store.due_notifications(now, limit):
-        tenant = note["tenant"]
-        hook = store.get_webhook(tenant, note["webhook_id"])
-        if hook is None or hook["status"] != "active":
-            store.record_attempt(tenant, note["webhook_id"], note["event_id"],
-                                 {"ts": now, "error": "the webhook is disabled or deleted"}, "failed", None)
-            counts["failed"] += 1
-            continue
-        body = json.dumps(note["payload"], separators=(",", ":"), sort_keys=True).encode()
+    started = clock()
+    for note in store.claim_notifications(now, limit, lease_s=max(120.0, 2 * budget_s)):
+        if clock() - started > budget_s:
+            break  # the rest stays claimed until its lease ends, then is due again
+        try:
+            counts[_deliver_one(store, note, now, post)] += 1
+        except Exception:  # noqa: BLE001 - one notification (a deleted tenant, a race) never stops the rest
+            log.exception("could not deliver notification %s of tenant %s", note["event_id"], note["tenant"])
+    return counts
+
+
+def _deliver_one(store: CdpStore, note: dict[str, Any], now: float, post: Post) -> str:
+    tenant = note["tenant"]
+    hook = store.get_webhook(tenant, note["webhook_id"])
+    if hook is None or hook["status"] != "active":
+        store.record_attempt(tenant, note["webhook_id"], note["event_id"],
+                             {"ts": now, "error": "the webhook is disabled or deleted"}, "failed", None)
+        return "failed"
+    body = json.dumps(note["payload"], separators=(",", ":"), sort_keys=True).encode()
+    attempt: dict[str, Any] = {"ts": now, "attempt": len(note["attempts"]) + 1}
+    refused = private_address(hook["url"])
+    if refused:
+        attempt["error"] = refused
+        ok = False
+    else:
         headers = {"Content-Type": "application/json", "Lodestar-Event-Id": note["event_id"],
-                   "Lodestar-Signature": sign(hook["secret"], int(now), body)}
-        attempt: dict[str, Any] = {"ts": now, "attempt": len(note["attempts"]) + 1}
+                   "Lodestar-Signature": sign(hook["secret"], int(time.time()), body)}  # signed as it leaves
         try:
             code = post(hook["url"], body, headers)
             attempt["status_code"] = code
             ok = 200 <= code < 300
         except Exception as exc:  # noqa: BLE001 - any failure to get an answer is a failed attempt
-            attempt["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            attempt["error"] = f"no answer ({type(exc).__name__})"  # not the message: no probing of networks
             ok = False
-        if ok:
-            store.record_attempt(tenant, hook["id"], note["event_id"], attempt, "delivered", None)
-            if hook.get("failing_since") is not None:
-                _set(store, tenant, hook, failing_since=None)
-            counts["delivered"] += 1
-            continue
-        failing_since = hook.get("failing_since") or now
-        if now - failing_since >= DISABLE_AFTER_S:
-            store.record_attempt(tenant, hook["id"], note["event_id"], attempt, "failed", None)
-            _set(store, tenant, hook, status="disabled", failing_since=failing_since,
-                 disabled_reason=f"every delivery failed for a day (last: {attempt.get('status_code') or attempt.get('error')})")
-            counts["failed"] += 1
-            continue
-        wait = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** len(note["attempts"]))
-        store.record_attempt(tenant, hook["id"], note["event_id"], attempt, "pending", now + wait)
-        if hook.get("failing_since") is None:
-            _set(store, tenant, hook, failing_since=now)
-        counts["retried"] += 1
-    return counts
+    if ok:
+        store.record_attempt(tenant, hook["id"], note["event_id"], attempt, "delivered", None)
+        if hook.get("failing_since") is not None:
+            _set(store, tenant, hook, failing_since=None)
+        return "delivered"
+    failing_since = hook.get("failing_since") or now
+    if now - failing_since >= DISABLE_AFTER_S:
+        store.record_attempt(tenant, hook["id"], note["event_id"], attempt, "failed", None)
+        _set(store, tenant, hook, status="disabled", failing_since=failing_since,
+             disabled_reason=f"every delivery failed for a day (last: {attempt.get('status_code') or attempt.get('error')})")
+        return "failed"
+    wait = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** len(note["attempts"]))
+    store.record_attempt(tenant, hook["id"], note["event_id"], attempt, "pending", now + wait)
+    if hook.get("failing_since") is None:
+        _set(store, tenant, hook, failing_since=now)
+    return "retried"
+
+
+def private_address(url: str) -> str | None:
+    """Why a webhook URL may not be called (it names or resolves to a loopback, private, link-local
+    or reserved address: the shop's own network is no advertiser's to reach), or ``None``. Set
+    ``LODESTAR_WEBHOOKS_ALLOW_PRIVATE=1`` to allow them (a test or a closed network)."""
+    if os.environ.get("LODESTAR_WEBHOOKS_ALLOW_PRIVATE") == "1":
+        return None
+    host = urlparse(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return f"the host {host!r} does not resolve"
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast \
+                or ip.is_unspecified:
+            return "refused: the URL reaches a private, loopback or link-local address"
+    return None
 
 
 def _set(store: CdpStore, tenant: str, hook: dict[str, Any], **changes: Any) -> None:

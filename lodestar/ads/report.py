@@ -1,5 +1,6 @@
 """What the ads did, per advertiser, campaign, line item, product, placement and UTC day: ads served
-(the serve log), impressions and clicks (events carrying an ``ad_id``) and CTR, charged clicks,
+(the serve log), impressions and clicks (events carrying an ``ad_id``), CTR (clicks over ads served:
+the server's complete count; over impressions only where nothing was logged as served), charged clicks,
 spend and average CPC (the ledger), conversions and revenue attributed to the ads, ROAS, and the
 advertiser's share of voice on the placement that day.
 
@@ -138,7 +139,7 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
     for key in sorted(rows):
         r = rows[key]
         spend = r["spend"] / MICROS
-        shown = r["impressions"] or r["served"]
+        shown = r["served"] or r["impressions"]
         placement_voice = voice.get((r["day"], r["placement"]), {})
         total = sum(placement_voice.values())
         out.append({**r, "spend": round(spend, 6), "revenue": round(r["revenue"], 2),
@@ -150,7 +151,8 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
 
 
 def totals(rows: Iterable[dict[str, Any]], by: tuple[str, ...] = ("advertiser", "line_item")) -> list[dict[str, Any]]:
-    """The report's rows summed by ``by`` (rates recomputed from the sums)."""
+    """The report's rows summed by ``by`` (rates recomputed from the sums; share of voice, which is
+    per placement and day, is not summed)."""
     sums: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         key = tuple(r[k] for k in by)
@@ -160,7 +162,7 @@ def totals(rows: Iterable[dict[str, Any]], by: tuple[str, ...] = ("advertiser", 
     out = []
     for key in sorted(sums):
         t = sums[key]
-        shown = t["impressions"] or t["served"]
+        shown = t["served"] or t["impressions"]
         out.append({**t, "spend": round(t["spend"], 6), "revenue": round(t["revenue"], 2),
                     "ctr": round(t["clicks"] / shown, 6) if shown else None,
                     "average_cpc": round(t["spend"] / t["charged_clicks"], 6) if t["charged_clicks"] else None,

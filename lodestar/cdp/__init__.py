@@ -287,8 +287,10 @@ class CdpStore(Protocol):
         one already queued for that webhook (same event id) is not queued again. Returns how many
         were new."""
         ...
-    def due_notifications(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
-        """Pending notifications of every tenant whose next attempt is due, oldest first."""
+    def claim_notifications(self, now: float, limit: int = 100, lease_s: float = 120.0) -> list[dict[str, Any]]:
+        """Pending notifications of every tenant whose next attempt is due, oldest first, claimed:
+        their next attempt moves ``lease_s`` ahead in the same transaction, so two senders never
+        take the same one (a sender that dies leaves it due again after the lease)."""
         ...
     def record_attempt(self, tenant: str, webhook_id: str, event_id: str, attempt: dict[str, Any], status: str,
                        next_attempt_at: float | None) -> None:

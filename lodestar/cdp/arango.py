@@ -443,7 +443,8 @@ class ArangoCdpStore:
         require_tenant(self, name)
         self.db.collection(TENANTS).update({"_key": name, "deleted": True, "updated_at": time.time()})
         # Advertisers and line items stay, with the spend ledger that names them.
-        for collection in (MEMBERS, REPORTS, EXPERIMENTS, SEGMENT_MEMBERS):  # a tenant made later starts with none
+        for collection in (MEMBERS, REPORTS, EXPERIMENTS, SEGMENT_MEMBERS, AD_SERVES, WEBHOOKS,
+                           NOTIFICATIONS):  # a tenant made later under the same name starts with none
             self._query(f"FOR d IN {collection} FILTER d.tenant_id == @tenant REMOVE d IN {collection}", tenant=name)
 
     # -- API keys ----------------------------------------------------------------------------
@@ -788,16 +789,20 @@ class ArangoCdpStore:
                  "tenant": tenant, "webhook_id": r["webhook_id"], "event_id": r["event_id"], "type": r["type"],
                  "payload": r["payload"], "status": "pending", "attempts": [], "next_attempt_at": r["created_at"],
                  "created_at": r["created_at"]} for r in rows]
-        results = self.db.collection(NOTIFICATIONS).insert_many(docs, overwrite_mode="ignore", sync=True)
-        return sum(1 for r in results if isinstance(r, dict) and "_key" in r)
+        return len(self._query(f"FOR d IN @docs INSERT d INTO {NOTIFICATIONS} OPTIONS {{ignoreErrors: true, "
+                               "waitForSync: true}} RETURN NEW._key", docs=docs))
 
     @staticmethod
     def _notification(doc: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in doc.items() if not k.startswith("_") and k != "tenant_id"}
 
-    def due_notifications(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+    def claim_notifications(self, now: float, limit: int = 100, lease_s: float = 120.0) -> list[dict[str, Any]]:
+        # One AQL statement: each document is read and moved ahead atomically (a concurrent claimer's
+        # write conflicts and fails, so nothing is sent twice).
         docs = self._query(f"FOR n IN {NOTIFICATIONS} FILTER n.status == 'pending' AND n.next_attempt_at <= @now "
-                           "SORT n.next_attempt_at, n.created_at LIMIT @limit RETURN n", now=now, limit=limit)
+                           f"SORT n.next_attempt_at, n.created_at LIMIT @limit UPDATE n WITH "
+                           f"{{next_attempt_at: @until}} IN {NOTIFICATIONS} OPTIONS {{waitForSync: true}} RETURN OLD",
+                           now=now, limit=limit, until=now + lease_s)
         return [self._notification(d) for d in docs]
 
     def record_attempt(self, tenant: str, webhook_id: str, event_id: str, attempt: dict[str, Any], status: str,

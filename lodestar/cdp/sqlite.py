@@ -630,7 +630,8 @@ class SqliteCdpStore:
             # Advertisers and line items stay, with the spend ledger that names them.
             conn.execute("DELETE FROM experiments WHERE tenant = ?", (name,))
             conn.execute("DELETE FROM reports WHERE tenant = ?", (name,))
-            conn.execute("DELETE FROM segment_members WHERE tenant = ?", (name,))
+            for table in ("segment_members", "ad_serves", "webhooks", "notifications"):
+                conn.execute(f"DELETE FROM {table} WHERE tenant = ?", (name,))
 
     def count(self, tenant: str, entity: str) -> int:
         check_entity(entity)
@@ -851,9 +852,12 @@ class SqliteCdpStore:
     def _notification(row: sqlite3.Row) -> dict[str, Any]:
         return {**dict(row), "payload": json.loads(row["payload"]), "attempts": json.loads(row["attempts"])}
 
-    def due_notifications(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._conn().execute("SELECT * FROM notifications WHERE status = 'pending' AND next_attempt_at <= ? "
-                                    "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit)).fetchall()
+    def claim_notifications(self, now: float, limit: int = 100, lease_s: float = 120.0) -> list[dict[str, Any]]:
+        with self._write() as conn:  # BEGIN IMMEDIATE: one claimer at a time
+            rows = conn.execute("SELECT * FROM notifications WHERE status = 'pending' AND next_attempt_at <= ? "
+                                "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit)).fetchall()
+            conn.executemany("UPDATE notifications SET next_attempt_at = ? WHERE tenant = ? AND webhook_id = ? AND "
+                             "event_id = ?", [(now + lease_s, r["tenant"], r["webhook_id"], r["event_id"]) for r in rows])
         return [self._notification(r) for r in rows]
 
     def record_attempt(self, tenant: str, webhook_id: str, event_id: str, attempt: dict[str, Any], status: str,

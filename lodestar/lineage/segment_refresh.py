@@ -26,6 +26,9 @@ from lodestar.segments import Population, Segment, lookalikes, members
 from lodestar.tenant_config import TenantConfig
 
 
+WATERMARK_MARGIN_S = 2.0
+
+
 @dataclass
 class SegmentsResult:
     mode: str  # "full", "incremental" or "unchanged"
@@ -84,9 +87,13 @@ def refresh_segments(store: CdpStore, tenant: str, files: TenantFiles, config: T
     removed: dict[str, int] = {}
     changed_users = 0
     if incremental:
-        changed = set(events.loc[events["updated_at"] > state.get("events_mark", 0.0), "user_id"]) if len(events) \
-            else set()
-        changed |= set(users.loc[users["updated_at"] > state.get("users_mark", 0.0), "id"]) if len(users) else set()
+        # From a little before the last marks (a margin for the clocks of the writing processes, as
+        # the ArangoDB change reads allow): a user evaluated twice is harmless, a missed one would
+        # wait for the next day's full refresh.
+        since_events = state.get("events_mark", 0.0) - WATERMARK_MARGIN_S
+        since_users = state.get("users_mark", 0.0) - WATERMARK_MARGIN_S
+        changed = set(events.loc[events["updated_at"] > since_events, "user_id"]) if len(events) else set()
+        changed |= set(users.loc[users["updated_at"] > since_users, "id"]) if len(users) else set()
         changed_users = len(changed)
         if changed:
             subset = Population(population.users[population.users["id"].isin(changed)],
