@@ -282,11 +282,15 @@ class Sponsored:
     placed: list[Placed] = field(default_factory=list)
     ghosts: list[Placed] = field(default_factory=list)  # ads a held-out user would have been shown
 
-    def serves(self, user_id: str | None, placement: str, now: float) -> list[dict[str, Any]]:
-        """The served ads and ghosts as the ad serve log keeps them (for incrementality)."""
+    def serves(self, user_id: str | None, placement: str, now: float,
+               ad_ids: dict[int, str] | None = None) -> list[dict[str, Any]]:
+        """The served ads and ghosts as the ad serve log keeps them (incrementality; and, with each
+        one's ad id, position, relevance, bid and price, what the ad-quality model learns from)."""
+        ad_ids = ad_ids or {}
         return [{"user_id": user_id, "line_item": ad.line_item.id, "campaign": ad.line_item.campaign,
                  "advertiser": ad.line_item.advertiser, "product": ad.product, "placement": placement,
-                 "ghost": ghost, "ts": now}
+                 "ghost": ghost, "ts": now, "ad_id": None if ghost else ad_ids.get(id(ad)), "position": ad.position,
+                 "relevance": round(ad.relevance, 6), "bid": ad.bid, "price": ad.price}
                 for ads, ghost in ((self.placed, False), (self.ghosts, True)) for ad in ads]
 
 

@@ -131,11 +131,12 @@ def _items(
     shown: list[Hit | Placed] = sponsored.items if sponsored is not None else list(hits)
     now = time.time()
     items = []
+    ad_ids: dict[int, str] = {}
     for entry in shown:
         if isinstance(entry, Placed):
+            ad_ids[id(entry)] = sponsored.ads.ad_id(tenant, entry, endpoint, now)
             items.append(ScoredItem(id=entry.product, score=round(entry.relevance, 6), title=entry.payload.get("title", ""),
-                                    sponsored=True, ad_id=sponsored.ads.ad_id(tenant, entry, endpoint, now),
-                                    advertiser=entry.line_item.advertiser_name))
+                                    sponsored=True, ad_id=ad_ids[id(entry)], advertiser=entry.line_item.advertiser_name))
         else:
             items.append(ScoredItem(id=entry.item_id, score=round(entry.score, 6), title=entry.payload.get("title", ""),
                                     explanation=None if trace is None else _explanation(trace, entry.item_id)))
@@ -149,7 +150,7 @@ def _items(
         auction=sponsored.explanation if sponsored is not None and trace is not None else None,
     )
     if sponsored is not None and (sponsored.placed or sponsored.ghosts):
-        served_log.record_ads(tenant, sponsored.serves(user_id, endpoint, now))
+        served_log.record_ads(tenant, sponsored.serves(user_id, endpoint, now, ad_ids))
     # The organic items only: a list's CTR and the experiments measure the ranking, not the ads
     # (whose impressions and clicks are counted by their ad_id, in the ads report).
     served_log.record(tenant, {

@@ -440,6 +440,10 @@ def test_a_campaign_holds_out_its_share_of_users_and_records_what_they_would_hav
     assert {s["user_id"] for s in serves if s["ghost"]} == held
     assert {s["user_id"] for s in serves if not s["ghost"]} == set(users) - held
     assert {(s["campaign"], s["advertiser"]) for s in serves} == {("fall", "kestrel")}
+    shown = [s for s in serves if not s["ghost"]]
+    assert all(s["ad_id"].startswith("ad2.") and s["position"] in (1, 5) and 0 <= s["relevance"] <= 1
+               and 0 < s["price"] <= s["bid"] == 1_000_000 for s in shown)  # what the click model learns from
+    assert all(s["ad_id"] is None for s in serves if s["ghost"])  # never shown: no ad id
     anonymous = client.post("/v1/search", json={"query": "running shoes", "k": 10}, headers=bearer(key)).json()
     assert any(i.get("sponsored") for i in anonymous["items"])  # no user, no holdout
 

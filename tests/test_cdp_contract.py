@@ -439,9 +439,11 @@ def test_segment_membership_is_applied_read_by_user_and_erased_with_the_user(sto
 def test_served_ads_and_ghosts_are_logged_read_in_time_order_and_erased_with_the_user(store):
     store.create_tenant("acme")
     row = {"user_id": "u1", "line_item": "li", "campaign": "fall", "advertiser": "adv", "product": "p1",
-           "placement": "recommendations", "ghost": False, "ts": T0 + 5}
-    store.log_ad_serves("acme", [row, {**row, "user_id": "u2", "ghost": True, "ts": T0 + 1}])
-    assert store.read_ad_serves("acme") == [{**row, "user_id": "u2", "ghost": True, "ts": T0 + 1}, row]
+           "placement": "recommendations", "ghost": False, "ts": T0 + 5, "ad_id": "ad2.x", "position": 1,
+           "relevance": 0.5, "bid": 300_000, "price": 120_000}
+    ghost = {**row, "user_id": "u2", "ghost": True, "ts": T0 + 1, "ad_id": None}
+    store.log_ad_serves("acme", [row, ghost])
+    assert store.read_ad_serves("acme") == [ghost, row]
     assert store.read_ad_serves("acme", since=T0 + 2) == [row]
     assert store.erase_user("acme", "u1")["ad_serves"] == 1
     assert [r["user_id"] for r in store.read_ad_serves("acme")] == ["u2"]

@@ -28,7 +28,8 @@ FLAG_FIELDS = frozenset({"available", "deleted"})
 # A served list as ``read_served`` returns it.
 # ``unit_id``: the user or session an experiment assigned by; ``experiments``: [[experiment, variant], ...].
 # One served ad (or ghost: the ad a held-out user would have been shown), for incrementality.
-AD_SERVE_FIELDS = ("user_id", "line_item", "campaign", "advertiser", "product", "placement", "ghost", "ts")
+AD_SERVE_FIELDS = ("user_id", "line_item", "campaign", "advertiser", "product", "placement", "ghost", "ts",
+                   "ad_id", "position", "relevance", "bid", "price")
 # One charged ad click in the spend ledger (lodestar.ads); price in micros.
 CHARGE_FIELDS = ("ad_id", "line_item", "advertiser", "product", "user_id", "price", "day", "ts")
 SERVED_FIELDS = ("recommendation_id", "user_id", "endpoint", "strategy", "items", "ts", "unit_id", "experiments")

@@ -750,7 +750,7 @@ class ArangoCdpStore:
     def log_ad_serves(self, tenant: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.db.collection(AD_SERVES).insert_many(
-                [{"tenant_id": tenant, **{f: r[f] for f in AD_SERVE_FIELDS}} for r in rows], silent=True)
+                [{"tenant_id": tenant, **{f: r.get(f) for f in AD_SERVE_FIELDS}} for r in rows], silent=True)
 
     def read_ad_serves(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         docs = self._query(f"FOR a IN {AD_SERVES} FILTER a.tenant_id == @tenant AND a.ts >= @since SORT a.ts RETURN a",

@@ -184,7 +184,12 @@ CREATE TABLE IF NOT EXISTS ad_serves (
     product TEXT NOT NULL,
     placement TEXT NOT NULL,
     ghost INTEGER NOT NULL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    ad_id TEXT,
+    position INTEGER,
+    relevance REAL,
+    bid INTEGER,
+    price INTEGER
 );
 CREATE INDEX IF NOT EXISTS ad_serves_by_time ON ad_serves (tenant, ts);
 CREATE INDEX IF NOT EXISTS ad_serves_by_user ON ad_serves (tenant, user_id);
@@ -240,7 +245,8 @@ class SqliteCdpStore:
     MIGRATIONS = (("api_keys", "scopes", "TEXT"), ("api_keys", "label", "TEXT"), ("api_keys", "revoked_at", "REAL"),
                   ("api_keys", "last_used_at", "REAL"), ("served", "unit_id", "TEXT"), ("served", "experiments", "TEXT"),
                   ("api_keys", "advertiser", "TEXT"), ("events", "ad_id", "TEXT"), ("ad_charges", "user_id", "TEXT"),
-                  ("ad_charges", "product", "TEXT"))
+                  ("ad_charges", "product", "TEXT"), ("ad_serves", "ad_id", "TEXT"), ("ad_serves", "position", "INTEGER"),
+                  ("ad_serves", "relevance", "REAL"), ("ad_serves", "bid", "INTEGER"), ("ad_serves", "price", "INTEGER"))
     # Indexes over migrated columns, made once they exist.
     LATE_INDEXES = ("CREATE INDEX IF NOT EXISTS ad_charges_repeats ON ad_charges (tenant, line_item, user_id, ts)",)
 
@@ -804,7 +810,8 @@ class SqliteCdpStore:
         with self._write() as conn:
             conn.executemany(f"INSERT INTO ad_serves (tenant, {', '.join(AD_SERVE_FIELDS)}) VALUES "
                              f"(?, {', '.join('?' for _ in AD_SERVE_FIELDS)})",
-                             [(tenant, *(int(r[f]) if f == "ghost" else r[f] for f in AD_SERVE_FIELDS)) for r in rows])
+                             [(tenant, *(int(r[f]) if f == "ghost" else r.get(f) for f in AD_SERVE_FIELDS))
+                              for r in rows])
 
     def read_ad_serves(self, tenant: str, since: float = 0.0) -> list[dict[str, Any]]:
         rows = self._conn().execute(f"SELECT {', '.join(AD_SERVE_FIELDS)} FROM ad_serves WHERE tenant = ? AND ts >= ? "
