@@ -4,19 +4,27 @@ import json
 import time
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from assets import DOWNSTREAM, bar, report
 from assets.partitions import tenants_partitions
 from assets.resources import LodestarResource
 from lodestar import attribution
+from lodestar.ads import quality
 from lodestar.ads import report as ads_report
 from lodestar.ads.incrementality import incrementality
 from lodestar.ads.tokens import open_ad_id
 from lodestar.cdp import require_tenant
 from lodestar.experiments import lifecycle
 from lodestar.experiments import report as experiments_report
-from lodestar.lineage.files import read_extract
+from lodestar.lineage.files import read_extract, read_parquet
 from lodestar.settings import ADS_SECRET_ENV
 from lodestar.tenant_config import effective_config
 
@@ -150,3 +158,47 @@ def ads_report_asset(context: AssetExecutionContext, lodestar: LodestarResource)
                                          else "no ads"),
         "by advertiser and day": MetadataValue.md(_spend_chart(ads_report.totals(rows, ("day", "advertiser")))),
     })
+
+
+@asset(
+    name="ad_quality_model",
+    partitions_def=tenants_partitions,
+    automation_condition=DOWNSTREAM,
+    group_name="analytics",
+    kinds={"sklearn"},
+    deps=["cdp_events", "item_features"],
+    description="Retail media's ad-quality model: each ad's click probability (logistic regression on relevance, "
+                "position, popularity, the line item's smoothed CTR and the placement) from the served ads and their "
+                "clicks; evaluated on the latest 20% of serves beside relevance alone and the published model; "
+                "published for the auction (eCPM = pCTR x bid) only when not worse than the published one.",
+    check_specs=[AssetCheckSpec("not_worse_than_published", asset="ad_quality_model", blocking=True,
+                                description="On the same time-based holdout, the new model's AUC and log loss are "
+                                            "not worse than the published model's (else it is not published)")],
+)
+def ad_quality_model(context: AssetExecutionContext, lodestar: LodestarResource) -> MaterializeResult:
+    tenant = context.partition_key
+    files = lodestar.files(tenant)
+    with lodestar.cdp() as store:
+        serves = store.read_ad_serves(tenant) if store.list_line_items(tenant) else []
+        events = read_extract(files, "events")
+        clicked = set(events.loc[(events["type"] == "click") & events["ad_id"].notna(), "ad_id"]) \
+            if len(events) and "ad_id" in events else set()
+        items = read_parquet(files.item_features) if files.item_features.is_file() else pd.DataFrame()
+        popularity = dict(zip(items["id"], items["popularity"], strict=True)) if len(items) else {}
+        stored = (store.get_report(tenant, quality.REPORT) or {}).get("rows") or []
+        published = quality.QualityModel.of(stored[0]) if stored else None
+        candidate = quality.train(quality.training_data(serves, clicked, popularity), published, time.time())
+        if candidate.publish and candidate.model is not None:
+            store.put_report(tenant, quality.REPORT, [candidate.model.as_dict()])
+    report(context, f"ad quality: {candidate.reason}")
+    metrics = candidate.metrics
+    table = ["| model | AUC | log loss | calibration error |", "|---|---|---|---|"] + [
+        f"| {name} | {metrics[name]['auc']} | {metrics[name]['log_loss']} | {metrics[name]['calibration_error']} |"
+        for name in ("model", "relevance_only", "published") if name in metrics]
+    return MaterializeResult(
+        metadata={"serves": metrics.get("serves", 0), "clicks": metrics.get("clicks", 0),
+                  "published": candidate.publish, "reason": candidate.reason,
+                  "holdout": MetadataValue.md("\n".join(table) if len(table) > 2 else candidate.reason)},
+        check_results=[AssetCheckResult(check_name="not_worse_than_published",
+                                        passed=candidate.publish or candidate.model is None,
+                                        metadata={"reason": candidate.reason})])

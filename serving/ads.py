@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.ads import pacing
+from lodestar.ads import quality as quality_report
 from lodestar.ads.auction import AuctionSettings
 from lodestar.ads.market import (
     AdRequest,
@@ -38,6 +39,7 @@ from lodestar.ads.market import (
     collab_scale,
 )
 from lodestar.ads.money import MICROS
+from lodestar.ads.quality import QualityModel
 from lodestar.ads.report import TRAFFIC_REPORT
 from lodestar.ads.tokens import ServedAd, make_ad_id, open_ad_id, read_ad_id
 from lodestar.cdp import CdpStore
@@ -78,6 +80,8 @@ class _State:
     curve: list[float] = field(default_factory=lambda: pacing.traffic_curve([]))
     curve_at: float = float("-inf")
     built_at: float = 0.0  # monotonic
+    quality: QualityModel | None = None  # the published ad-quality model
+    quality_at: float = float("-inf")
 
 
 class TenantAds:
@@ -168,6 +172,11 @@ class TenantAds:
         curve, curve_at = (previous.curve, previous.curve_at) if previous is not None else (pacing.traffic_curve([]),
                                                                                              float("-inf"))
         paced_at = previous.paced_at if previous is not None else now
+        quality, quality_at = (previous.quality, previous.quality_at) if previous is not None else (None, float("-inf"))
+        if now - quality_at >= pacing.STEP_S:  # a newly published ad-quality model applies within a minute
+            stored = (self._cdp.get_report(tenant, quality_report.REPORT) or {}).get("rows") or []
+            quality = QualityModel.of(stored[0]) if stored else None
+            quality_at = now
         if now - curve_at >= CURVE_REFRESH_S:
             report = self._cdp.get_report(tenant, TRAFFIC_REPORT)
             curve = pacing.traffic_curve([r.get("lists", 0) for r in report["rows"]] if report else [])
@@ -182,10 +191,12 @@ class TenantAds:
         if previous is not None and previous.live_key == live_key:
             market = previous.market
             market.set_participation(participation)
+            if quality is not previous.quality:
+                market.set_quality(quality)
         else:
-            market = Market(live, table, settings, participation)
+            market = Market(live, table, settings, participation, quality)
         state = _State(published.version, settings, stamp, line_items, table, table_key, live_key, market, spend,
-                       participation, paced_at, curve, curve_at, time.monotonic())
+                       participation, paced_at, curve, curve_at, time.monotonic(), quality, quality_at)
         self._states[tenant] = state
         return state
 

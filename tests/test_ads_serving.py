@@ -468,3 +468,76 @@ def test_the_report_as_csv_for_the_advertiser_and_the_shop(client):
     everyone = list(csv.DictReader(io.StringIO(client.get("/v1/advertisers/report.csv", headers=bearer(key)).text)))
     assert {r["advertiser"] for r in everyone} == {"kestrel", "acme-audio"}
     assert client.get("/v1/advertisers/report.csv", headers=bearer(kestrel)).status_code == 403
+
+
+def test_a_published_ad_quality_model_ranks_by_pctr_times_bid(client):
+    from lodestar.ads.quality import FEATURES
+
+    client, key, items = client
+    two_advertisers(client, key, items)  # Kestrel bids 0.80, Acme Audio 0.40
+    client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
+
+    def winners():
+        return [w["line_item"] for u in ("u0010", "u0011", "u0012")
+                for w in recommendations(client, key, u, explain="true")["auction"]["winners"]]
+
+    assert winners().count("kestrel-all") > 0  # by bid x relevance, Kestrel wins slots
+    # A model that learned Acme's ads get clicked and Kestrel's do not.
+    model = {"features": list(FEATURES), "coef": [0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0], "intercept": -3.0,
+             "mean": [0.5, 0.5, 0.5, 0.05, 0.0, 0.0, 0.0], "scale": [1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0],
+             "prior_ctr": 0.05, "line_item_ctr": {"acme-all": 0.2, "kestrel-all": 0.01}}
+    client.app.state.cdp.put_report("shop", "ad_quality", [model])
+    client.app.state.ads._states.clear()  # (in production: within a minute)
+    picked = winners()
+    assert picked and set(picked) == {"acme-all"}
+    auction = recommendations(client, key, "u0013", explain="true")["auction"]
+    assert all(w["pctr"] > 0.9 for w in auction["winners"])
+    # Kestrel's ads, at eCPM 0.80 x 0.001, rank below every one of Acme's (0.40 x 0.99).
+    assert auction["losers"] and all(loser["line_item"] == "acme-all" for loser in auction["losers"])
+
+
+def test_the_ad_quality_asset_learns_from_the_serve_log_and_publishes_through_its_check(shop, tmp_path):
+    import random
+    import shutil
+
+    from dagster import DagsterInstance, materialize
+
+    from assets.partitions import TENANTS
+    from assets.resources import LodestarResource
+    from lodestar.ads import campaigns
+    from pipelines.definitions import all_assets
+
+    settings, key, items = shop
+    copy = Settings(data_dir=tmp_path / "var", embed_model=MODEL)
+    shutil.copytree(settings.data_dir, copy.data_dir)
+    products = [i for i, item in items.items() if item["available"]][:20]
+    rng = random.Random(3)
+    with cdp_session(copy) as store:
+        kestrel, _ = campaigns.create_advertiser(store, "shop", "Kestrel", "test")
+        campaigns.create_line_item(store, "shop", kestrel["id"], {"id": "li", "products": products, "bid": "1",
+                                                                   "daily_budget": "9", "total_budget": "9"}, "test")
+        serves, clicks = [], []
+        for n in range(1200):
+            relevance = rng.random()
+            serves.append({"user_id": f"u{n % 60:04d}", "line_item": "li", "campaign": "li", "advertiser": "kestrel",
+                           "product": products[n % 20], "placement": "recommendations", "ghost": False,
+                           "ts": 1_790_000_000.0 + n, "ad_id": f"ad-{n}", "position": 1, "relevance": relevance,
+                           "bid": 1_000_000, "price": 500_000})
+            if rng.random() < 0.02 + 0.25 * relevance:  # relevant ads get clicked
+                clicks.append({"user_id": f"u{n % 60:04d}", "item_id": products[n % 20], "type": "click",
+                               "ts": 1_790_000_000.0 + n + 5, "ad_id": f"ad-{n}", "value": None,
+                               "recommendation_id": None, "id": f"click-{n}"})
+        store.log_ad_serves("shop", serves)
+        store.append_events("shop", clicks)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(TENANTS, ["shop"])
+    result = materialize(all_assets(), selection=["cdp_events", "ad_quality_model"], partition_key="shop",
+                         instance=instance, resources={"lodestar": LodestarResource(data_dir=str(copy.data_dir),
+                                                                                     embed_model=MODEL)})
+    assert result.success
+    (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "not_worse_than_published"]
+    assert check.passed
+    with cdp_session(copy) as store:
+        (model,) = store.get_report("shop", "ad_quality")["rows"]
+    assert model["metrics"]["model"]["auc"] > 0.6 and model["coef"][0] > 0  # relevance raises pCTR
+    assert model["metrics"]["serves"] == 1200 and model["metrics"]["clicks"] == len(clicks)

@@ -24,7 +24,7 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in definitions.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"cdp_items", "cdp_users", "cdp_events", "item_features", "user_features", "item_embeddings",
                     "collab_model", "offline_evaluation", "tenant_index", "published_index", "attribution_report",
-                    "experiment_report", "ads_report", "audience_segments"}
+                    "experiment_report", "ads_report", "audience_segments", "ad_quality_model"}
     check_names = {c.name for c in definitions.resolve_asset_graph().asset_check_keys}
     assert {"schema_and_rows", "dimension_and_nan", "point_count_matches_items", "canary_query",
             "no_regression"} <= check_names
@@ -63,7 +63,7 @@ def test_checks_and_metadata_are_recorded(settings):
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations == {"schema_and_rows": True, "dimension_and_nan": True, "no_regression": True,
                            "point_count_matches_items": True, "canary_query": True, "popularity_sane": True,
-                           "finite_model": True}
+                           "finite_model": True, "not_worse_than_published": True}
     meta = {m.asset_key.to_user_string(): m.metadata for m in result.get_asset_materialization_events() and
             [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]}
     assert meta["cdp_items"]["rows"].value == 24

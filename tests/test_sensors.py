@@ -252,7 +252,7 @@ def test_downstream_follows_updated_extracts_by_automation(instance, settings):
     tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
     downstream = {"item_features", "user_features", "item_embeddings", "collab_model", "offline_evaluation",
                   "tenant_index", "attribution_report", "experiment_report", "ads_report",
-                  "audience_segments"}
+                  "audience_segments", "ad_quality_model"}
     # A first version waits one tick for its checks before it is published; the sensor, not
     # automation, refreshes the extracts.
     assert requested(tick) == downstream

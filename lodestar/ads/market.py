@@ -37,6 +37,8 @@ import numpy as np
 
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
 from lodestar.ads.incrementality import campaign_key, held_out
+from lodestar.ads.quality import QualityModel
+from lodestar.ads.quality import features as quality_features
 from lodestar.ads.tokens import ServedAd
 from lodestar.collab import CollabModel
 from lodestar.filters import ItemFilter
@@ -261,7 +263,7 @@ class Market:
     """A tenant's live line items for one published index, ready for requests."""
 
     def __init__(self, line_items: Sequence[LiveLineItem], table: ProductTable, settings: AuctionSettings,
-                 participation: dict[str, float] | None = None) -> None:
+                 participation: dict[str, float] | None = None, quality: QualityModel | None = None) -> None:
         self.settings = settings
         self.table = table
         self.by_placement: dict[str, _PlacementBook] = {}
@@ -269,6 +271,13 @@ class Market:
         for placement in placements:
             self.by_placement[placement] = _PlacementBook(
                 [li for li in line_items if placement in li.placements], table, participation or {})
+        self.set_quality(quality)
+
+    def set_quality(self, model: QualityModel | None) -> None:
+        """The published ad-quality model (``None``: relevance is the quality)."""
+        for book in self.by_placement.values():
+            book.line_item_ctr = np.asarray([model.ctr_of(li.id) for li in book.line_items]) if model else None
+            book.quality = model
 
     def __bool__(self) -> bool:
         return bool(self.by_placement)
@@ -326,6 +335,8 @@ class _PlacementBook:
                 if row is not None:
                     entry_li.append(n)
                     entry_row.append(row)
+        self.quality: QualityModel | None = None
+        self.line_item_ctr: np.ndarray | None = None
         self.entry_li = np.asarray(entry_li, dtype=np.int64)
         self.entry_row = np.asarray(entry_row, dtype=np.int64)
         self.table = table
@@ -394,7 +405,13 @@ class _PlacementBook:
         eligible, relevance, entry_bids = eligible[ok], relevance[ok], entry_bids[ok]
         if not len(eligible):
             return Outcome((), ()), eligible, counts
-        scores = entry_bids * relevance
+        quality = relevance
+        model = self.quality
+        if model is not None:  # the learned click probability (as at position 1) replaces relevance
+            rows = self.entry_row[eligible]
+            quality = model.predict(quality_features(relevance, np.ones(len(rows)), table.popularity[rows],
+                                                     self.line_item_ctr[self.entry_li[eligible]], request.placement))
+        scores = entry_bids * quality
         # The auction needs the best entries of len(slots) + 1 distinct products (the last winner's
         # price depends on the next one); a product's other line items are behind its best.
         want = len(slots) + 1 + (EXPLAIN_LOSSES if explain else 0)
@@ -405,8 +422,9 @@ class _PlacementBook:
                 break
             take *= 4
         candidates = [Bid(self.line_items[int(self.entry_li[e])].id, table.ids[int(self.entry_row[e])],
-                          self.line_items[int(self.entry_li[e])].advertiser, int(b), float(r))
-                      for e, b, r in zip(eligible[top], entry_bids[top], relevance[top], strict=True)]
+                          self.line_items[int(self.entry_li[e])].advertiser, int(b), float(r),
+                          None if model is None else float(q))
+                      for e, b, r, q in zip(eligible[top], entry_bids[top], relevance[top], quality[top], strict=True)]
         outcome = run_auction(candidates, settings, request.k, limits)
         if explain:
             counts["outranked"] = int(len(eligible) - len(outcome.wins))
@@ -417,7 +435,9 @@ def _explain(book: _PlacementBook, outcome: Outcome, eligible: np.ndarray, count
     def bid_row(bid: Bid, **extra: Any) -> dict[str, Any]:
         li = book.line_items[book.index_of[bid.line_item]]
         return {"line_item": li.id, "advertiser": li.advertiser_name, "product": bid.product, "bid": bid.bid,
-                "relevance": round(bid.relevance, 4), "score": round(bid.score / 1e6, 6), **extra}
+                "relevance": round(bid.relevance, 4),
+                "pctr": None if bid.quality is None else round(bid.quality, 5),  # the ad-quality model's
+                "score": round(bid.score / 1e6, 6), **extra}
 
     losses: list[Loss] = sorted(outcome.losses, key=lambda loss: -loss.bid.score)[:EXPLAIN_LOSSES]
     return {

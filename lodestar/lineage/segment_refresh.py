@@ -25,7 +25,6 @@ from lodestar.lineage.files import TenantFiles, read_extract
 from lodestar.segments import Population, Segment, lookalikes, members
 from lodestar.tenant_config import TenantConfig
 
-
 WATERMARK_MARGIN_S = 2.0
 
 
