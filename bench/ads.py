@@ -11,8 +11,9 @@ dir; a second run with the same DIR reuses it). 100 advertisers get ``--line-ite
 during the run; a fifth target categories, a tenth carry a frequency cap, so the per-request checks
 run too). Then, in one run:
 
-1. **In process** (the serving code without HTTP and its noise): for each of ``--requests`` users in
-   turn, the organic recommendation (``recommend_for_user``, what the API computes with retail media
+1. **In process** (the serving code without HTTP and its noise), twice: with relevance as the ads'
+   quality (part 1) and with a published ad-quality model (pCTR x bid, part 3). For each of
+   ``--requests`` users in turn, the organic recommendation (``recommend_for_user``, what the API computes with retail media
    off) and then what retail media adds to it (``serving.ads``: the request's eligibility, relevance
    of the promoted products, the auction, the positions, the ad ids). Printed: p50 and p99 of the
    organic recommendation and of what the ads add (issue 16's goal: at most 2 ms at p50 and 5 ms at
@@ -59,6 +60,11 @@ from serving.ads import TenantAds, recommendation_signals, request_for  # noqa: 
 TENANT = "shop"
 ADS = {"enabled": True, "positions": [1, 5], "reserve": 0.05, "relevance_floor": 0.1}
 MARKER = "bench-ads.json"
+# A published ad-quality model (lodestar.ads.quality): every feature used, so its cost is the full one.
+QUALITY_MODEL = {"features": ["relevance", "position_inv", "popularity", "line_item_ctr", "search", "similar",
+                              "session"], "coef": [1.2, 0.6, 0.4, 0.8, 0.2, -0.1, 0.1], "intercept": -3.0,
+                 "mean": [0.4, 0.6, 0.3, 0.05, 0.2, 0.2, 0.2], "scale": [0.2, 0.4, 0.2, 0.02, 0.4, 0.4, 0.4],
+                 "prior_ctr": 0.05, "line_item_ctr": {f"li-{n:04d}": 0.02 + (n % 7) / 100 for n in range(1000)}}
 
 
 def prepare(settings: Settings, args: argparse.Namespace) -> str:
@@ -121,33 +127,47 @@ def in_process(settings: Settings, users: list[str]) -> None:
         market = ads.market(TENANT, published, config.ads)
         print(f"market: {sum(len(b.line_items) for b in market.by_placement.values()) // 4} line items per placement "
               f"(on average), {len(market.table)} promoted products", flush=True)
-        organic_t, added_t, kept, with_ads = [], [], 0, 0
-        for n, user in enumerate(users * 2):
-            started = time.perf_counter()
-            history = user_history(store, TENANT, user)
-            result = recommend_for_user(published, store, embedder, TENANT, user, 10, config, Controls(), None, history)
-            middle = time.perf_counter()
-            request = request_for("recommendations", 10, result.items,
-                                  recommendation_signals(config, published, result.taste, result.collab_query,
-                                                         result.items),
-                                  result.excluded, result.item_filter, events=history[0])
-            placed = ads.place(TENANT, published, config, request)
-            ids = [ads.ad_id(TENANT, p, "recommendations", time.time()) for p in placed.placed]
-            ended = time.perf_counter()
-            if n < len(users):
-                continue  # the first pass warms the caches
-            organic_t.append(middle - started)
-            added_t.append(ended - middle)
-            answer = [(e.product, True) if isinstance(e, Placed) else (e.item_id, False) for e in placed.items]
-            kept += organic_kept([h.item_id for h in result.items], answer)
-            with_ads += bool(ids)
+        results = {}
+        for label, model in (("relevance as quality", None), ("with the ad-quality model", QUALITY_MODEL)):
+            if model is not None:  # a published model, as the ad_quality_model asset writes it
+                store.put_report(TENANT, "ad_quality", [model])
+                ads._states.clear()
+                market = ads.market(TENANT, published, config.ads)
+            results[label] = measure(store, ads, published, embedder, config, users)
+        store.put_report(TENANT, "ad_quality", [])
     published.close()
-    (o50, o99), (a50, a99) = pct(organic_t), pct(added_t)
-    print(f"in process, {len(users)} users: organic recommendation p50 {o50:.2f} ms, p99 {o99:.2f} ms")
-    print(f"  retail media adds: p50 {a50:.3f} ms, p99 {a99:.3f} ms (goal <= 2 ms and <= 5 ms): "
-          f"{'ok' if a50 <= 2 and a99 <= 5 else 'OVER'}; ratios {a50 / 2:.2f}, {a99 / 5:.2f}")
-    print(f"  lists with ads: {with_ads}/{len(users)}; organic items kept in order minus the ad slots: "
-          f"{kept}/{len(users)}", flush=True)
+    for label, (organic_t, added_t, kept, with_ads) in results.items():
+        (o50, o99), (a50, a99) = pct(organic_t), pct(added_t)
+        print(f"in process, {len(users)} users, {label}: organic recommendation p50 {o50:.2f} ms, p99 {o99:.2f} ms")
+        print(f"  retail media adds: p50 {a50:.3f} ms, p99 {a99:.3f} ms (goal <= 2 ms and <= 5 ms): "
+              f"{'ok' if a50 <= 2 and a99 <= 5 else 'OVER'}; ratios {a50 / 2:.2f}, {a99 / 5:.2f}")
+        print(f"  lists with ads: {with_ads}/{len(users)}; organic items kept in order minus the ad slots: "
+              f"{kept}/{len(users)}", flush=True)
+
+
+def measure(store, ads, published, embedder, config, users):
+    """The organic recommendation and what the ads add to it, per user (after a warm-up pass)."""
+    organic_t, added_t, kept, with_ads = [], [], 0, 0
+    for n, user in enumerate(users * 2):
+        started = time.perf_counter()
+        history = user_history(store, TENANT, user)
+        result = recommend_for_user(published, store, embedder, TENANT, user, 10, config, Controls(), None, history)
+        middle = time.perf_counter()
+        request = request_for("recommendations", 10, result.items,
+                              recommendation_signals(config, published, result.taste, result.collab_query,
+                                                     result.items),
+                              result.excluded, result.item_filter, events=history[0], user_id=user)
+        placed = ads.place(TENANT, published, config, request)
+        ids = [ads.ad_id(TENANT, p, "recommendations", time.time()) for p in placed.placed]
+        ended = time.perf_counter()
+        if n < len(users):
+            continue  # the first pass warms the caches
+        organic_t.append(middle - started)
+        added_t.append(ended - middle)
+        answer = [(e.product, True) if isinstance(e, Placed) else (e.item_id, False) for e in placed.items]
+        kept += organic_kept([h.item_id for h in result.items], answer)
+        with_ads += bool(ids)
+    return organic_t, added_t, kept, with_ads
 
 
 def over_http(settings: Settings, key: str, users: list[str], passes: int) -> None:
