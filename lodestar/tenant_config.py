@@ -112,6 +112,7 @@ class AdsSettings:
     attribution_scope: str = "product"
     view_through_days: int = 0  # 0: conversions after an ad impression alone are not attributed
     audience_min_size: int = 100  # an advertiser sees a segment's size only from this many members
+    auction: str = "second_price"  # or "first_price" (lodestar.ads.bidding says what each implies)
 
 
 ATTRIBUTION_SCOPES = ("product", "brand", "category")
@@ -141,6 +142,8 @@ def _ads(values: Any) -> None:
             raise InvalidInput(f"{where}: a price per click from 0.000001 to 1000", field=where)
         if key == "attribution_scope" and value not in ATTRIBUTION_SCOPES:
             raise InvalidInput(f"{where}: one of {', '.join(ATTRIBUTION_SCOPES)}", field=where)
+        if key == "auction" and value not in ("second_price", "first_price"):
+            raise InvalidInput(f"{where}: second_price or first_price", field=where)
         if key == "relevance_floor":
             _number(value, where)
     if values.get("relevance_floor", 0) > 1:

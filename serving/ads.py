@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.ads import pacing
+from lodestar.ads import bidding, pacing
 from lodestar.ads import quality as quality_report
 from lodestar.ads.auction import AuctionSettings
 from lodestar.ads.market import (
@@ -61,7 +61,8 @@ def utc_day(ts: float) -> str:
 
 def auction_settings(ads: AdsSettings) -> AuctionSettings:
     return AuctionSettings(reserve=round(ads.reserve * MICROS), relevance_floor=ads.relevance_floor,
-                           positions=tuple(ads.positions), min_audience=ads.audience_min_size)
+                           positions=tuple(ads.positions), min_audience=ads.audience_min_size,
+                           first_price=ads.auction == "first_price")
 
 
 @dataclass
@@ -82,6 +83,8 @@ class _State:
     built_at: float = 0.0  # monotonic
     quality: QualityModel | None = None  # the published ad-quality model
     quality_at: float = float("-inf")
+    multipliers: dict[str, float] = field(default_factory=dict)  # the bidder's, per goal line item
+    bid_at: float = float("-inf")
 
 
 class TenantAds:
@@ -98,6 +101,7 @@ class TenantAds:
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._results_cache: dict[str, dict[str, dict[str, float]]] = {}
 
     # -- the market ----------------------------------------------------------------------------
     def market(self, tenant: str, published: PublishedVersion, ads: AdsSettings) -> Market:
@@ -195,10 +199,72 @@ class TenantAds:
                 market.set_quality(quality)
         else:
             market = Market(live, table, settings, participation, quality)
+        multipliers = dict(previous.multipliers) if previous is not None else {}
+        bid_at = previous.bid_at if previous is not None else float("-inf")
+        goals = [li for li in live if li.goal is not None]
+        if goals:
+            if now - bid_at >= bidding.STEP_S:
+                multipliers = self._bidder_step(tenant, goals, multipliers, spend, curve, now, table)
+                bid_at = now
+            market.set_bids(self._goal_bids(tenant, goals, multipliers, table))
         state = _State(published.version, settings, stamp, line_items, table, table_key, live_key, market, spend,
-                       participation, paced_at, curve, curve_at, time.monotonic(), quality, quality_at)
+                       participation, paced_at, curve, curve_at, time.monotonic(), quality, quality_at,
+                       multipliers, bid_at)
         self._states[tenant] = state
         return state
+
+    def _results(self, tenant: str) -> dict[str, dict[str, float]]:
+        """Per line item, from the ledger and the pipeline's ads report: charged clicks, spend,
+        attributed conversions and revenue."""
+        out: dict[str, dict[str, float]] = {}
+        for charge in self._cdp.ad_charges(tenant):
+            row = out.setdefault(charge["line_item"], {"clicks": 0, "spend": 0.0, "conversions": 0, "revenue": 0.0})
+            row["clicks"] += 1
+            row["spend"] += charge["price"] / MICROS
+        for r in (self._cdp.get_report(tenant, "ads") or {}).get("rows", []):
+            row = out.setdefault(r["line_item"], {"clicks": 0, "spend": 0.0, "conversions": 0, "revenue": 0.0})
+            row["conversions"] += r.get("conversions", 0)
+            row["revenue"] += r.get("revenue", 0.0)
+        return out
+
+    def _value(self, li: LiveLineItem, result: dict[str, float], table: ProductTable) -> tuple[float, float]:
+        """A click's conversion rate and a conversion's value for the bidder: the line item's own,
+        smoothed toward 5% and its products' mean price."""
+        prices = [float(p) for p in ((table.payloads[table.row[x]].get("attributes") or {}).get("price")
+                                     for x in li.products if x in table.row) if isinstance(p, (int, float)) and p > 0]
+        price = sum(prices) / len(prices) if prices else 1.0
+        pcvr = (result.get("conversions", 0) + 0.05 * 20) / (result.get("clicks", 0) + 20)
+        value = result["revenue"] / result["conversions"] if result.get("conversions") else price
+        return pcvr, value
+
+    def _bidder_step(self, tenant: str, goals: list[LiveLineItem], multipliers: dict[str, float],
+                     spend: dict[str, dict[str, int]], curve: list[float], now: float,
+                     table: ProductTable) -> dict[str, float]:
+        """The bidder's hourly step (lodestar.ads.bidding): each goal line item's multiplier from its
+        results so far and today's pace."""
+        results = self._results(tenant)
+        self._results_cache[tenant] = results
+        share = pacing.expected_share(curve, now % DAY_S)
+        out = dict(multipliers)
+        for li in goals:
+            result = results.get(li.id, {"clicks": 0, "spend": 0.0, "conversions": 0, "revenue": 0.0})
+            today = (spend.get(li.id) or {}).get("spent_today", 0) / MICROS
+            pcvr, value = self._value(li, result, table)
+            out[li.id] = bidding.next_multiplier(
+                li.goal, multipliers.get(li.id, 1.0), spend=result["spend"], clicks=result["clicks"],
+                conversions=result["conversions"], revenue=result["revenue"],
+                pace_error=(share * li.daily_budget / MICROS - today) / (li.daily_budget / MICROS),
+                predicted_conversions=result["clicks"] * pcvr, predicted_revenue=result["clicks"] * pcvr * value)
+        return out
+
+    def _goal_bids(self, tenant: str, goals: list[LiveLineItem], multipliers: dict[str, float],
+                   table: ProductTable) -> dict[str, int]:
+        results = self._results_cache.get(tenant)
+        bids = {}
+        for li in goals:
+            pcvr, value = self._value(li, (results or {}).get(li.id, {}), table)
+            bids[li.id] = bidding.auction_bid(li.goal, multipliers.get(li.id, 1.0), pcvr, value)
+        return bids
 
     def stale(self, tenant: str) -> None:
         """Refresh the tenant's market at its next request (a click was just charged here)."""

@@ -541,3 +541,29 @@ def test_the_ad_quality_asset_learns_from_the_serve_log_and_publishes_through_it
         (model,) = store.get_report("shop", "ad_quality")["rows"]
     assert model["metrics"]["model"]["auc"] > 0.6 and model["coef"][0] > 0  # relevance raises pCTR
     assert model["metrics"]["serves"] == 1200 and model["metrics"]["clicks"] == len(clicks)
+
+
+def test_a_goal_line_item_is_bid_by_the_bidder_and_first_price_charges_the_bid(client):
+    client, key, items = client
+    kestrel = advertiser(client, key, "Kestrel")
+    products = [i for i, item in items.items() if item["available"]]
+    refused = client.post("/v1/ads/line-items", headers=bearer(kestrel), json={
+        "id": "x", "products": products[:3], "bid": "1", "daily_budget": "50", "total_budget": "100",
+        "goal": {"type": "target_roas", "target": 4, "max_bid": "2.00"}})
+    assert refused.status_code == 422 and "has no bid" in refused.text
+    made = line_item(client, kestrel, id="roas", products=products,
+                     goal={"type": "target_roas", "target": 4, "max_bid": "2.00"})
+    assert made["goal"] == {"type": "target_roas", "target": 4.0, "max_bid": 2_000_000}
+    client.put("/v1/config", json={"config": {"ads": {**ADS_ON["ads"], "auction": "first_price"}}},
+               headers=bearer(key))
+    auction = recommendations(client, key, "u0010", explain="true")["auction"]
+    winner = auction["winners"][0]
+    # The bidder's bid: a click's worth at the target (5% conversion, the products' mean price, / 4),
+    # under the max bid; at first price the winner pays it.
+    prices = [float(items[p]["attributes"]["price"]) for p in products if "price" in items[p]["attributes"]]
+    worth = 0.05 * (sum(prices) / len(prices)) / 4
+    multiplier = client.app.state.ads._states["shop"].multipliers["roas"]  # its first step: behind pace, up
+    assert 1.0 < multiplier <= 1.25
+    assert winner["bid"] == min(2_000_000, int(worth * multiplier * 1e6)) and winner["price"] == winner["bid"]
+    assert client.put("/v1/config", json={"config": {"ads": {"auction": "sealed"}}},
+                      headers=bearer(key)).status_code == 422

@@ -41,6 +41,7 @@ class AuctionSettings:
     relevance_floor: float = 0.1
     positions: tuple[int, ...] = (1, 5)  # 1-based list positions ads may take (the ad load)
     min_audience: int = 100  # a line item's audience segments smaller than this are not targeted
+    first_price: bool = False  # winners pay their bid (the tenant's ``ads.auction``)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def run_auction(bids: Sequence[Bid], settings: AuctionSettings, list_length: int
     for rank, (bid, position) in enumerate(zip(standing, slots, strict=False)):
         after = standing[rank + 1] if rank + 1 < len(standing) else None
         needed = math.ceil(after.score / bid.effective_quality) + CENT if after is not None else settings.reserve
-        wins.append(Win(position, bid, max(settings.reserve, min(bid.bid, needed))))
+        price = bid.bid if settings.first_price else max(settings.reserve, min(bid.bid, needed))
+        wins.append(Win(position, bid, price))
     losses += [Loss(bid, "outranked: no slot left") for bid in standing[len(wins):]]
     return Outcome(tuple(wins), tuple(losses))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from lodestar.ads.bidding import parse_goal
 from lodestar.ads.money import parse_money
 from lodestar.cdp import CdpStore, audit_entry, require_tenant
 from lodestar.errors import Conflict, InvalidInput, NotFound
@@ -24,7 +25,7 @@ from lodestar.tenant_config import effective_config
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FIELDS = ("id", "campaign", "name", "products", "bid", "keyword_bids", "daily_budget", "total_budget", "start",
-          "end", "placements", "targeting", "frequency_cap", "status", "holdout")
+          "end", "placements", "targeting", "frequency_cap", "status", "holdout", "goal")
 DEFAULT_HOLDOUT = 0.10  # the share of users a campaign never shows its ads, to measure what they do
 STATUSES = ("active", "paused")
 MAX_PRODUCTS = 1000
@@ -76,7 +77,11 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
     if missing := missing_products(products):
         raise InvalidInput(f"products: not in the catalog (or unavailable): {', '.join(missing[:5])}"
                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""), field="products")
-    bid = parse_money(raw.get("bid"), "bid")
+    goal = parse_goal(raw.get("goal"))
+    if goal is not None and raw.get("bid") is not None:
+        raise InvalidInput("bid: a line item with a goal has no bid (the bidder sets each auction's, up to "
+                           "goal.max_bid)", field="bid")
+    bid = goal.max_bid if goal is not None else parse_money(raw.get("bid"), "bid")
     if bid <= 0:
         raise InvalidInput("bid: a cost per click above 0", field="bid")
     keyword_bids = raw.get("keyword_bids") or {}
@@ -138,6 +143,7 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
                       "keywords": {kind: _words(keywords.get(kind), f"targeting.keywords.{kind}")
                                    for kind in ("exact", "phrase", "negative")}},
         "frequency_cap": cap, "status": status, "holdout": float(holdout),
+        "goal": goal.as_dict() if goal is not None else None,
     }
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
+from lodestar.ads.bidding import Goal
 from lodestar.ads.incrementality import campaign_key, held_out
 from lodestar.ads.quality import QualityModel
 from lodestar.ads.quality import features as quality_features
@@ -77,6 +78,7 @@ class LiveLineItem:
     end: float | None = None
     status: str = "active"
     holdout: float = 0.0  # the share of users its campaign holds out (lodestar.ads.incrementality)
+    goal: Goal | None = None  # automated bidding (lodestar.ads.bidding): the bidder sets its bid
 
     @classmethod
     def of(cls, record: dict[str, Any], advertiser_name: str) -> LiveLineItem:
@@ -95,6 +97,7 @@ class LiveLineItem:
             cap=cap["per_user_per_day"] if cap else None, daily_budget=int(record["daily_budget"]),
             total_budget=int(record["total_budget"]), start=float(record.get("start") or 0.0), end=record.get("end"),
             status=record.get("status", "active"), holdout=float(record.get("holdout", 0.0)),
+            goal=Goal(g["type"], int(g["max_bid"]), g.get("target")) if (g := record.get("goal")) else None,
         )
 
     @property
@@ -272,6 +275,13 @@ class Market:
             self.by_placement[placement] = _PlacementBook(
                 [li for li in line_items if placement in li.placements], table, participation or {})
         self.set_quality(quality)
+
+    def set_bids(self, bids: dict[str, int]) -> None:
+        """The bidder's current bids of goal line items (micros), swapped in whole."""
+        for book in self.by_placement.values():
+            if any(li.goal is not None for li in book.line_items):
+                book.bids = np.asarray([bids.get(li.id, li.bid) if li.goal is not None else li.bid
+                                        for li in book.line_items], dtype=np.int64)
 
     def set_quality(self, model: QualityModel | None) -> None:
         """The published ad-quality model (``None``: relevance is the quality)."""
