@@ -15,6 +15,7 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
+from lodestar.ads import alerts as ads_alerts
 from lodestar.ads import campaigns, notify
 from lodestar.ads.market import LiveLineItem, Placed, Signals
 from lodestar.ads.report import COLUMNS as ADS_COLUMNS
@@ -73,6 +74,7 @@ from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
     AdClick,
     AdvertiserRequest,
+    AlertsRead,
     AuditEntry,
     AuditLog,
     ConfigChange,
@@ -787,6 +789,21 @@ class AdsController(Controller):
             sync_to_thread=True)
     def delete_webhook(self, request: Request, tenant: Tenant, webhook_id: PathId, cdp: Cdp) -> dict[str, Any]:
         return notify.delete(cdp, tenant, request.state.principal.advertiser, webhook_id, _actor(request))
+
+    @get("/alerts", operation_id="advertiserAlerts", responses=READS, sync_to_thread=True)
+    def alerts(self, request: Request, tenant: Tenant, cdp: Cdp) -> dict[str, Any]:
+        """This advertiser's inbox: budget, end and pacing alerts of its line items, unread first."""
+        mine = request.state.principal.advertiser
+        found = ads_alerts.alerts(cdp, tenant, mine, reader=f"advertiser:{mine}")
+        return {"unread": sum(a["unread"] for a in found), "alerts": found}
+
+    @post("/alerts/read", operation_id="readAdvertiserAlerts", responses=WRITES, status_code=200,
+          sync_to_thread=True)
+    def read_alerts(self, request: Request, tenant: Tenant, data: AlertsRead, cdp: Cdp) -> dict[str, Any]:
+        """Mark alerts read (``ids``, or every current one with ``all``)."""
+        mine = request.state.principal.advertiser
+        ids = [a["id"] for a in ads_alerts.alerts(cdp, tenant, mine)] if data.all else data.ids
+        return {"marked": ads_alerts.mark_read(cdp, tenant, f"advertiser:{mine}", ids)}
 
     @get("/segments", operation_id="advertiserSegments", responses=READS, sync_to_thread=True)
     def segments(self, tenant: Tenant, cdp: Cdp, config: Config) -> dict[str, Any]:

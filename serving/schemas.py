@@ -54,6 +54,11 @@ class AdvertiserRequest(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
+class AlertsRead(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=1000)] = []
+    all: bool = False
+
+
 class StatusRequest(msgspec.Struct, forbid_unknown_fields=True):
     status: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 

@@ -263,3 +263,43 @@ def test_webhooks_may_not_reach_the_shops_own_network(shop, monkeypatch):
         assert notify.deliver_due(store, 2.0, lambda *a: calls.append(a) or 200)["retried"] == 1 and calls == []
         (note,) = store.list_notifications("shop", hook["id"])
         assert "private, loopback or link-local" in note["attempts"][0]["error"]
+
+
+def test_alerts_in_the_inbox_for_the_advertiser_and_the_shop_with_read_marks(shop):
+    import re
+
+    from lodestar.accounts import add_member, ensure_account
+
+    settings, admin, key, advertiser = shop
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/ads/alerts", headers=bearer(key)).json()["unread"] >= 0
+        with cdp_session(settings) as store:
+            spend(store, 8_500_000, day)
+        inbox = client.get("/v1/ads/alerts", headers=bearer(key)).json()
+        kinds = {a["type"] for a in inbox["alerts"]}
+        assert "budget.80" in kinds and inbox["unread"] == len(inbox["alerts"])
+        with cdp_session(settings) as store:
+            spend(store, 1_000_000, day, n=1)  # 9.50 of 10: less than the 1.00 bid left today
+        kinds = {a["type"]: a for a in client.get("/v1/ads/alerts", headers=bearer(key)).json()["alerts"]}
+        assert {"budget.100", "stopped_serving"} <= set(kinds)
+        assert "today's budget is spent" in kinds["stopped_serving"]["message"]
+        assert client.post("/v1/ads/alerts/read", json={"all": True}, headers=bearer(key)).json()["marked"] >= 3
+        assert client.get("/v1/ads/alerts", headers=bearer(key)).json()["unread"] == 0
+        other = client.post("/v1/advertisers", json={"name": "Acme"}, headers=bearer(admin)).json()["api_key"]
+        assert client.get("/v1/ads/alerts", headers=bearer(other)).json() == {"unread": 0, "alerts": []}
+        # The shop's console inbox: every advertiser's alerts, its own read marks.
+        with cdp_session(settings) as store:
+            ensure_account(store, "ann@shop.test", "correct horse battery staple", "test")
+            add_member(store, "shop", "ann@shop.test", "viewer", "test")
+        page = client.get("/console/signin")
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+        client.post("/console/signin", data={"_csrf_token": csrf, "email": "ann@shop.test",
+                                             "password": "correct horse battery staple", "next": "/console/"})
+        inbox_page = client.get("/console/t/shop/alerts")
+        assert inbox_page.status_code == 200 and "stopped serving" in inbox_page.text
+        unread = int(re.search(r"<small>(\d+) unread</small>", inbox_page.text).group(1))
+        assert unread >= 3  # the advertiser's read marks are its own
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', inbox_page.text).group(1)
+        client.post("/console/t/shop/alerts/read", data={"_csrf_token": csrf})
+        assert "<small>0 unread</small>" in client.get("/console/t/shop/alerts").text

@@ -47,6 +47,7 @@ from serving.console.admin import (
 from serving.console.signin import HomeController, SignInController, TenantsController
 from serving.console.tenant import (
     AdsController,
+    AlertsController,
     CatalogController,
     OverviewController,
     PreviewController,
@@ -114,7 +115,7 @@ def console_app_config(settings: Settings) -> dict[str, Any]:
         path="/",
         route_handlers=[SignInController, HomeController, TenantsController, OverviewController, CatalogController,
                         PreviewController, ConfigController, ExperimentsController, KeysController, MembersController, AuditController,
-                        PipelineController, AdsController],
+                        PipelineController, AdsController, AlertsController],
         guards=[require_console_role],
         middleware=[sessions.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
         exception_handlers=EXCEPTION_HANDLERS,

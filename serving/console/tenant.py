@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
+from lodestar.ads import alerts as ads_alerts
 from lodestar.ads import report as ads_report
 from lodestar.ads.market import LiveLineItem, Placed, Signals
 from lodestar.cdp import require_tenant
@@ -303,3 +304,25 @@ class AdsController(Controller):
             }
 
         return render(request, "ads.html", tenant=tenant, **await off_loop(read))
+
+
+class AlertsController(Controller):
+    """The shop's inbox of retail-media alerts (every advertiser's), read marks per member."""
+
+    path = f"{PREFIX}/t/{{tenant:str}}"
+
+    @get("/alerts", operation_id="consoleAlerts", include_in_schema=False)
+    async def alerts(self, request: Request, tenant: str, cdp: Cdp) -> Template:
+        reader = principal(request).actor
+        found = await off_loop(lambda: ads_alerts.alerts(cdp, tenant, None, reader=reader))
+        names = await off_loop(lambda: {a["id"]: a["name"] for a in cdp.list_advertisers(tenant)})
+        return render(request, "alerts.html", tenant=tenant, alerts=found, names=names,
+                      unread=sum(a["unread"] for a in found))
+
+    @post("/alerts/read", operation_id="consoleAlertsRead", include_in_schema=False, status_code=303)
+    async def read(self, request: Request, tenant: str, cdp: Cdp) -> Redirect:
+        reader = principal(request).actor
+        ids = await off_loop(lambda: [a["id"] for a in ads_alerts.alerts(cdp, tenant, None)])
+        marked = await off_loop(ads_alerts.mark_read, cdp, tenant, reader, ids)
+        flash(request, f"{marked} alerts marked read")
+        return redirect(f"{PREFIX}/t/{tenant}/alerts")

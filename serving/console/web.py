@@ -31,7 +31,7 @@ NEW_SESSION_ID = "lodestar.new_session_id"  # scope key: the session id to store
 NAVIGATION = (
     ("", "Overview", "viewer"), ("/catalog", "Catalog", "viewer"), ("/users", "Users", "viewer"),
     ("/preview", "Preview", "viewer"), ("/config", "Configuration", "viewer"), ("/experiments", "Experiments", "viewer"),
-    ("/pipeline", "Pipeline", "viewer"), ("/ads", "Retail media", "viewer"),
+    ("/pipeline", "Pipeline", "viewer"), ("/ads", "Retail media", "viewer"), ("/alerts", "Alerts", "viewer"),
     ("/keys", "API keys", "owner"), ("/members", "Members", "owner"), ("/audit", "Audit log", "viewer"),
 )
 

@@ -1,0 +1,106 @@
+"""Alerts: what needs an advertiser's or the shop's attention, for the console's inbox and
+``GET /v1/ads/alerts``.
+
+Two kinds, each with an id that stays the same while the happening lasts (so "read" sticks):
+
+* the happenings the webhooks send (:func:`lodestar.ads.notify.happenings`: budget at 80% and
+  100%, a line item or a campaign ended; ROAS and iROAS thresholds are each webhook's own, so they
+  are not alerts);
+* pacing and bidding anomalies of active line items: one that stopped serving (its budget cannot
+  pay its highest bid, today or in total), and spend far behind (under half) or far ahead (over
+  one and a half times) of the day's pace, once a quarter of the day's traffic has passed.
+
+Read marks are kept per reader (a console member, or an advertiser) in the CDP store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from lodestar.ads import notify, pacing
+from lodestar.ads.market import LiveLineItem
+from lodestar.ads.money import MICROS
+from lodestar.cdp import CdpStore
+
+SEVERITY = {"budget.80": "info", "budget.100": "warning", "line_item.ended": "info", "campaign.ended": "info",
+            "stopped_serving": "warning", "behind_pace": "info", "ahead_of_pace": "warning"}
+MESSAGES = {
+    "budget.80": "{line_item} has spent 80% of its {budget} budget",
+    "budget.100": "{line_item} cannot pay another click from its {budget} budget",
+    "line_item.ended": "{line_item} ended",
+    "campaign.ended": "campaign {campaign} ended (its last line item did)",
+    "stopped_serving": "{line_item} stopped serving: {why}",
+    "behind_pace": "{line_item} is far behind today's pace: {spent:.2f} of {target:.2f} expected by now",
+    "ahead_of_pace": "{line_item} is far ahead of today's pace: {spent:.2f} of {target:.2f} expected by now",
+}
+
+
+def _id(*parts: str) -> str:
+    return "alert_" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
+
+
+def alerts(store: CdpStore, tenant: str, advertiser: str | None, now: float | None = None,
+           reader: str | None = None) -> list[dict[str, Any]]:
+    """The alerts of one advertiser (``None``: of every advertiser), newest kinds first, each with
+    ``unread`` for ``reader``."""
+    now = time.time() if now is None else now
+    day = time.strftime("%Y-%m-%d", time.gmtime(now))
+    advertisers = [advertiser] if advertiser is not None else [a["id"] for a in store.list_advertisers(tenant)]
+    spend = store.ad_spend_all(tenant, day)
+    report = store.get_report(tenant, "traffic_curve")
+    curve = pacing.traffic_curve([r.get("lists", 0) for r in report["rows"]] if report else [])
+    share = pacing.expected_share(curve, now % 86400)
+    out: list[dict[str, Any]] = []
+    for who in advertisers:
+        for event in notify.happenings(store, tenant, who, now):
+            if event["type"] in MESSAGES:
+                data = event["data"]
+                out.append({"id": event["id"], "type": event["type"], "advertiser": who,
+                            "line_item": data.get("line_item"), "campaign": data.get("campaign"),
+                            "message": MESSAGES[event["type"]].format(line_item=data.get("line_item"),
+                                                                      campaign=data.get("campaign"),
+                                                                      budget=data.get("budget", ""))})
+        for record in store.list_line_items(tenant, who):
+            li = LiveLineItem.of(record, who)
+            if li.status != "active" or now < li.start or (li.end is not None and now >= li.end):
+                continue
+            spent = (spend.get(li.id) or {"spent_today": 0, "spent_total": 0})
+            state = li.state(spent, now)
+            base = {"advertiser": who, "line_item": li.id, "campaign": li.campaign}
+            if state in ("exhausted", "spent_today"):
+                why = "its total budget is spent" if state == "exhausted" else "today's budget is spent"
+                out.append({**base, "id": _id(tenant, li.id, "stopped", state, day if state == "spent_today" else ""),
+                            "type": "stopped_serving", "message": MESSAGES["stopped_serving"].format(
+                                line_item=li.id, why=why)})
+                continue
+            target = share * li.daily_budget / MICROS
+            today = spent["spent_today"] / MICROS
+            if share >= 0.25 and today < 0.5 * target:
+                out.append({**base, "id": _id(tenant, li.id, "behind", day), "type": "behind_pace",
+                            "message": MESSAGES["behind_pace"].format(line_item=li.id, spent=today, target=target)})
+            elif share >= 0.25 and today > 1.5 * target and today > 0.1 * li.daily_budget / MICROS:
+                out.append({**base, "id": _id(tenant, li.id, "ahead", day), "type": "ahead_of_pace",
+                            "message": MESSAGES["ahead_of_pace"].format(line_item=li.id, spent=today, target=target)})
+    read = set(read_marks(store, tenant, reader)) if reader else set()
+    for alert in out:
+        alert["severity"] = SEVERITY[alert["type"]]
+        alert["unread"] = alert["id"] not in read
+    return sorted(out, key=lambda a: (not a["unread"], a["severity"] != "warning", a["type"], a["line_item"] or ""))
+
+
+def _marks(reader: str) -> str:
+    return f"alerts_read:{reader}"
+
+
+def read_marks(store: CdpStore, tenant: str, reader: str) -> list[str]:
+    return [r["id"] for r in (store.get_report(tenant, _marks(reader)) or {}).get("rows", [])]
+
+
+def mark_read(store: CdpStore, tenant: str, reader: str, ids: list[str]) -> int:
+    """Mark alerts read for ``reader`` (the last 1,000 marks are kept); returns how many are new."""
+    known = read_marks(store, tenant, reader)
+    new = [i for i in dict.fromkeys(ids) if i not in set(known)]
+    store.put_report(tenant, _marks(reader), [{"id": i} for i in (known + new)[-1000:]])
+    return len(new)
