@@ -291,7 +291,7 @@ def test_alerts_in_the_inbox_for_the_advertiser_and_the_shop_with_read_marks(sho
         # The shop's console inbox: every advertiser's alerts, its own read marks.
         with cdp_session(settings) as store:
             ensure_account(store, "ann@shop.test", "correct horse battery staple", "test")
-            add_member(store, "shop", "ann@shop.test", "viewer", "test")
+            add_member(store, "shop", "ann@shop.test", "editor", "test")
         page = client.get("/console/signin")
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
         client.post("/console/signin", data={"_csrf_token": csrf, "email": "ann@shop.test",

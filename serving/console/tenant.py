@@ -319,7 +319,8 @@ class AlertsController(Controller):
         return render(request, "alerts.html", tenant=tenant, alerts=found, names=names,
                       unread=sum(a["unread"] for a in found))
 
-    @post("/alerts/read", operation_id="consoleAlertsRead", include_in_schema=False, status_code=303)
+    @post("/alerts/read", operation_id="consoleAlertsRead", include_in_schema=False, status_code=303,
+          opt={ROLE: "editor"})  # a viewer changes nothing, not even read marks
     async def read(self, request: Request, tenant: str, cdp: Cdp) -> Redirect:
         reader = principal(request).actor
         ids = await off_loop(lambda: [a["id"] for a in ads_alerts.alerts(cdp, tenant, None)])
