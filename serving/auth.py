@@ -29,6 +29,7 @@ SCOPE = "scope"  # handler opt: the scope a tenant key needs (read, events, admi
 CONSOLE = "console"  # handler opt: a console page (a session, not a key)
 ROLE = "role"  # console handler opt: the least role needed in the path's tenant (viewer by default)
 OPERATORS_ONLY = "operators_only"  # console handler opt: for operators only
+ADVERTISER_PAGE = "advertiser_page"  # console handler opt: an advertiser's own page (True), or "either"
 
 
 def fingerprint(secret: str) -> str:
@@ -42,6 +43,12 @@ def console_principal(connection: ASGIConnection) -> Principal | None:
     or the operator key changed since)."""
     session = connection.scope.get("session") or {}
     state = connection.app.state
+    if session.get("advertiser_key"):  # an advertiser signed in with its key: as long as the key stands
+        found = state.cdp.find_api_key(session["advertiser_key"])
+        if found is None or not found.advertiser or not hmac.compare_digest(session.get("key_hash", ""),
+                                                                            fingerprint(found.key_hash)):
+            return None
+        return Principal(ADVERTISER, found.tenant, (), session["advertiser_key"], advertiser=found.advertiser)
     if session.get("operator_key"):
         key = state.operator_key
         return Principal(OPERATOR) if key and hmac.compare_digest(session["operator_key"], fingerprint(key)) else None
@@ -67,6 +74,10 @@ def require_console_role(connection: ASGIConnection, handler: BaseRouteHandler) 
         raise NotAuthorizedException("sign in to use the console")
     if handler.opt.get(OPERATORS_ONLY) and principal.kind != OPERATOR:
         raise PermissionDeniedException("only operators may open this page")
+    page = handler.opt.get(ADVERTISER_PAGE)
+    if page != "either" and (principal.kind == ADVERTISER) != bool(page) and not handler.opt.get(PUBLIC):
+        raise PermissionDeniedException("an advertiser's sign-in opens its own pages (/console/ads) only"
+                                        if principal.kind == ADVERTISER else "this page is for advertisers")
     tenant = connection.path_params.get("tenant")
     if tenant is None:
         return

@@ -303,3 +303,42 @@ def test_alerts_in_the_inbox_for_the_advertiser_and_the_shop_with_read_marks(sho
         csrf = re.search(r'name="_csrf_token" value="([^"]+)"', inbox_page.text).group(1)
         client.post("/console/t/shop/alerts/read", data={"_csrf_token": csrf})
         assert "<small>0 unread</small>" in client.get("/console/t/shop/alerts").text
+
+
+def test_an_advertiser_signs_in_to_the_console_with_its_key_and_sees_its_own_page_only(shop):
+    import re
+
+    settings, admin, key, advertiser = shop
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    with TestClient(create_app(settings)) as client:
+        with cdp_session(settings) as store:
+            spend(store, 8_500_000, day)
+        other = client.post("/v1/advertisers", json={"name": "Acme"}, headers=bearer(admin)).json()["api_key"]
+
+        def sign_in(secret):
+            page = client.get("/console/signin")
+            csrf = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+            return client.post("/console/signin", data={"_csrf_token": csrf, "advertiser_key": secret,
+                                                        "next": "/console/"}, follow_redirects=False)
+
+        assert sign_in(admin).status_code == 401  # a tenant key is no advertiser's
+        signed = sign_in(key)
+        assert signed.status_code == 303 and signed.headers["location"] == "/console/ads"
+        page = client.get("/console/ads")
+        assert page.status_code == 200 and "Kestrel" in page.text and "<code>fall</code>" in page.text
+        assert "spent 80% of its daily budget" in page.text
+        assert int(re.search(r"<small>(\d+) unread</small>", page.text).group(1)) >= 1
+        for path in ("/console/t/shop", "/console/t/shop/users", "/console/t/shop/ads", "/console/tenants"):
+            assert client.get(path, follow_redirects=False).status_code == 403, path
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+        client.post("/console/ads/alerts/read", data={"_csrf_token": csrf})
+        assert "0 unread" in client.get("/console/ads").text
+        client.post("/console/signout", data={"_csrf_token": csrf})
+        sign_in(other)
+        theirs = client.get("/console/ads").text
+        assert "Acme" in theirs and "<code>fall</code>" not in theirs  # another advertiser's own page
+        # A revoked key ends the session.
+        key_id = [k for k in client.get("/v1/keys", headers=bearer(admin)).json()["keys"]
+                  if k["label"] == "advertiser acme"][0]["key_id"]
+        assert client.delete(f"/v1/keys/{key_id}", headers=bearer(admin)).status_code == 200
+        assert client.get("/console/ads", follow_redirects=False).status_code in (302, 303)

@@ -44,6 +44,7 @@ from serving.console.admin import (
     MembersController,
     PipelineController,
 )
+from serving.console.advertiser import AdvertiserConsoleController
 from serving.console.signin import HomeController, SignInController, TenantsController
 from serving.console.tenant import (
     AdsController,
@@ -115,7 +116,7 @@ def console_app_config(settings: Settings) -> dict[str, Any]:
         path="/",
         route_handlers=[SignInController, HomeController, TenantsController, OverviewController, CatalogController,
                         PreviewController, ConfigController, ExperimentsController, KeysController, MembersController, AuditController,
-                        PipelineController, AdsController, AlertsController],
+                        PipelineController, AdsController, AlertsController, AdvertiserConsoleController],
         guards=[require_console_role],
         middleware=[sessions.middleware, DefineMiddleware(CSRFMiddleware, config=csrf)],
         exception_handlers=EXCEPTION_HANDLERS,

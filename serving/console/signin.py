@@ -13,8 +13,8 @@ from litestar.response import Redirect, Template
 from lodestar.accounts import SignInRefused, authenticate
 from lodestar.cdp import ALL_SCOPES, OPERATOR_LOG, audit_entry
 from lodestar.errors import Conflict, InvalidInput
-from lodestar.keys import OPERATOR, create_key
-from serving.auth import OPERATORS_ONLY, PUBLIC, fingerprint
+from lodestar.keys import ADVERTISER, OPERATOR, create_key, principal_for_key
+from serving.auth import ADVERTISER_PAGE, OPERATORS_ONLY, PUBLIC, fingerprint
 from serving.console.web import (
     NEW_SESSION_ID,
     PREFIX,
@@ -58,7 +58,14 @@ class SignInController(Controller):
                           operator_key=bool(settings.admin_key),
                           error="too many sign-in attempts from your address; wait a few minutes and try again")
         try:
-            if form.get("operator_key"):
+            if form.get("advertiser_key"):
+                found = await off_loop(principal_for_key, cdp, form["advertiser_key"].strip())
+                if found is None or found.kind != ADVERTISER:
+                    raise SignInRefused("that is not an advertiser's key (POST /v1/advertisers gives one)")
+                stored = await off_loop(cdp.find_api_key, found.key_id)
+                session = {"advertiser_key": found.key_id, "key_hash": fingerprint(stored.key_hash)}
+                target = f"{PREFIX}/ads"
+            elif form.get("operator_key"):
                 key = settings.admin_key
                 if not key or not hmac.compare_digest(form["operator_key"].encode(), key.encode()):
                     raise SignInRefused("that is not the operator key (LODESTAR_ADMIN_KEY)")
@@ -84,11 +91,13 @@ class SignInController(Controller):
 class HomeController(Controller):
     path = PREFIX
 
-    @get(["/", ""], operation_id="consoleHome", include_in_schema=False)
+    @get(["/", ""], operation_id="consoleHome", include_in_schema=False, opt={ADVERTISER_PAGE: "either"})
     async def home(self, request: Request) -> Template | Redirect:
         who = principal(request)
         if who.kind == OPERATOR:
             return redirect(f"{PREFIX}/tenants")
+        if who.kind == ADVERTISER:
+            return redirect(f"{PREFIX}/ads")
         tenants = sorted(dict(who.roles))
         if len(tenants) == 1:
             return redirect(f"{PREFIX}/t/{tenants[0]}")
