@@ -185,9 +185,11 @@ def ad_quality_model(context: AssetExecutionContext, lodestar: LodestarResource)
             if len(events) and "ad_id" in events else set()
         items = read_parquet(files.item_features) if files.item_features.is_file() else pd.DataFrame()
         popularity = dict(zip(items["id"], items["popularity"], strict=True)) if len(items) else {}
+        prices = {i: float(p) for i, a in zip(items["id"], items["attributes"], strict=True) if len(items)
+                  and isinstance(p := json.loads(a or "{}").get("price"), (int, float)) and p > 0} if len(items) else {}
         stored = (store.get_report(tenant, quality.REPORT) or {}).get("rows") or []
         published = quality.QualityModel.of(stored[0]) if stored else None
-        candidate = quality.train(quality.training_data(serves, clicked, popularity), published, time.time())
+        candidate = quality.train(quality.training_data(serves, clicked, popularity, prices), published, time.time())
         if candidate.publish and candidate.model is not None:
             store.put_report(tenant, quality.REPORT, [candidate.model.as_dict()])
     report(context, f"ad quality: {candidate.reason}")

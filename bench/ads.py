@@ -61,9 +61,11 @@ TENANT = "shop"
 ADS = {"enabled": True, "positions": [1, 5], "reserve": 0.05, "relevance_floor": 0.1}
 MARKER = "bench-ads.json"
 # A published ad-quality model (lodestar.ads.quality): every feature used, so its cost is the full one.
-QUALITY_MODEL = {"features": ["relevance", "position_inv", "popularity", "line_item_ctr", "search", "similar",
-                              "session"], "coef": [1.2, 0.6, 0.4, 0.8, 0.2, -0.1, 0.1], "intercept": -3.0,
-                 "mean": [0.4, 0.6, 0.3, 0.05, 0.2, 0.2, 0.2], "scale": [0.2, 0.4, 0.2, 0.02, 0.4, 0.4, 0.4],
+QUALITY_MODEL = {"features": ["relevance", "position_inv", "popularity", "log_price", "line_item_ctr", "advertiser_ctr",
+                              "search", "similar", "session"], "coef": [1.2, 0.6, 0.4, -0.2, 0.8, 0.3, 0.2, -0.1, 0.1],
+                 "intercept": -3.0, "mean": [0.4, 0.6, 0.3, 3.5, 0.05, 0.05, 0.2, 0.2, 0.2],
+                 "scale": [0.2, 0.4, 0.2, 1.0, 0.02, 0.02, 0.4, 0.4, 0.4],
+                 "advertiser_ctr": {f"brand-{n:03d}": 0.03 + (n % 5) / 100 for n in range(100)},
                  "prior_ctr": 0.05, "line_item_ctr": {f"li-{n:04d}": 0.02 + (n % 7) / 100 for n in range(1000)}}
 
 

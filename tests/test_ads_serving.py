@@ -483,8 +483,9 @@ def test_a_published_ad_quality_model_ranks_by_pctr_times_bid(client):
 
     assert winners().count("kestrel-all") > 0  # by bid x relevance, Kestrel wins slots
     # A model that learned Acme's ads get clicked and Kestrel's do not.
-    model = {"features": list(FEATURES), "coef": [0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0], "intercept": -3.0,
-             "mean": [0.5, 0.5, 0.5, 0.05, 0.0, 0.0, 0.0], "scale": [1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0],
+    model = {"features": list(FEATURES), "coef": [0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0], "intercept": -3.0,
+             "mean": [0.5, 0.5, 0.5, 3.0, 0.05, 0.05, 0.0, 0.0, 0.0],
+             "scale": [1.0, 1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0, 1.0],
              "prior_ctr": 0.05, "line_item_ctr": {"acme-all": 0.2, "kestrel-all": 0.01}}
     client.app.state.cdp.put_report("shop", "ad_quality", [model])
     client.app.state.ads._states.clear()  # (in production: within a minute)

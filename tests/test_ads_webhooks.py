@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from litestar.testing import TestClient
 
+from lodestar.ads import alerts as ads_alerts
 from lodestar.ads import campaigns, notify
 from lodestar.cdp import cdp_session
 from lodestar.keys import issue_key
@@ -342,3 +343,18 @@ def test_an_advertiser_signs_in_to_the_console_with_its_key_and_sees_its_own_pag
                   if k["label"] == "advertiser acme"][0]["key_id"]
         assert client.delete(f"/v1/keys/{key_id}", headers=bearer(admin)).status_code == 200
         assert client.get("/console/ads", follow_redirects=False).status_code in (302, 303)
+
+
+def test_a_goal_line_item_missing_its_target_raises_an_alert(shop):
+    settings, admin, key, advertiser = shop
+    with cdp_session(settings) as store:
+        campaigns.create_line_item(store, "shop", advertiser, {
+            "id": "roas", "products": ["p2"], "daily_budget": "50", "total_budget": "500",
+            "goal": {"type": "target_roas", "target": 4, "max_bid": "1.00"}}, "test")
+        store.put_report("shop", "ads", [{"day": "2026-11-20", "advertiser": advertiser, "line_item": "roas",
+                                          "spend": 30.0, "conversions": 2, "revenue": 40.0}])
+        found = {a["type"]: a for a in ads_alerts.alerts(store, "shop", advertiser)}
+        assert "goal_missed" in found and "ROAS 1.33 against a target of 4" in found["goal_missed"]["message"]
+        store.put_report("shop", "ads", [{"day": "2026-11-20", "advertiser": advertiser, "line_item": "roas",
+                                          "spend": 30.0, "conversions": 6, "revenue": 110.0}])
+        assert "goal_missed" not in {a["type"] for a in ads_alerts.alerts(store, "shop", advertiser)}

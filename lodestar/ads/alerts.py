@@ -7,8 +7,9 @@ Two kinds, each with an id that stays the same while the happening lasts (so "re
   100%, a line item or a campaign ended; ROAS and iROAS thresholds are each webhook's own, so they
   are not alerts);
 * pacing and bidding anomalies of active line items: one that stopped serving (its budget cannot
-  pay its highest bid, today or in total), and spend far behind (under half) or far ahead (over
-  one and a half times) of the day's pace, once a quarter of the day's traffic has passed.
+  pay its highest bid, today or in total); spend far behind (under half) or far ahead (over
+  one and a half times) of the day's pace, once a quarter of the day's traffic has passed; and a
+  goal line item missing its target by more than a quarter once it has spent 20 max bids.
 
 Read marks are kept per reader (a console member, or an advertiser) in the CDP store.
 """
@@ -25,7 +26,7 @@ from lodestar.ads.money import MICROS
 from lodestar.cdp import CdpStore
 
 SEVERITY = {"budget.80": "info", "budget.100": "warning", "line_item.ended": "info", "campaign.ended": "info",
-            "stopped_serving": "warning", "behind_pace": "info", "ahead_of_pace": "warning"}
+            "stopped_serving": "warning", "behind_pace": "info", "ahead_of_pace": "warning", "goal_missed": "warning"}
 MESSAGES = {
     "budget.80": "{line_item} has spent 80% of its {budget} budget",
     "budget.100": "{line_item} cannot pay another click from its {budget} budget",
@@ -34,6 +35,7 @@ MESSAGES = {
     "stopped_serving": "{line_item} stopped serving: {why}",
     "behind_pace": "{line_item} is far behind today's pace: {spent:.2f} of {target:.2f} expected by now",
     "ahead_of_pace": "{line_item} is far ahead of today's pace: {spent:.2f} of {target:.2f} expected by now",
+    "goal_missed": "{line_item} misses its goal: {what} (the bidder keeps adjusting; check the goal and max bid)",
 }
 
 
@@ -83,11 +85,40 @@ def alerts(store: CdpStore, tenant: str, advertiser: str | None, now: float | No
             elif share >= 0.25 and today > 1.5 * target and today > 0.1 * li.daily_budget / MICROS:
                 out.append({**base, "id": _id(tenant, li.id, "ahead", day), "type": "ahead_of_pace",
                             "message": MESSAGES["ahead_of_pace"].format(line_item=li.id, spent=today, target=target)})
+    out += _goal_alerts(store, tenant, advertisers, day)
     read = set(read_marks(store, tenant, reader)) if reader else set()
     for alert in out:
         alert["severity"] = SEVERITY[alert["type"]]
         alert["unread"] = alert["id"] not in read
     return sorted(out, key=lambda a: (not a["unread"], a["severity"] != "warning", a["type"], a["line_item"] or ""))
+
+
+def _goal_alerts(store: CdpStore, tenant: str, advertisers: list[str], day: str) -> list[dict[str, Any]]:
+    """A bidding anomaly: a goal line item whose results, once it has spent 20 max bids, miss its
+    target by more than a quarter (ROAS under 75% of it, or CPA over 125%)."""
+    totals: dict[str, dict[str, float]] = {}
+    for r in (store.get_report(tenant, "ads") or {}).get("rows", []):
+        t = totals.setdefault(r["line_item"], {"spend": 0.0, "conversions": 0.0, "revenue": 0.0})
+        for column in t:
+            t[column] += r.get(column) or 0.0
+    out = []
+    for who in advertisers:
+        for record in store.list_line_items(tenant, who):
+            goal, t = record.get("goal"), totals.get(record["id"])
+            if not goal or not t or t["spend"] < 20 * goal["max_bid"] / MICROS:
+                continue
+            what = None
+            if goal["type"] == "target_roas" and t["revenue"] / t["spend"] < 0.75 * goal["target"]:
+                what = f"ROAS {t['revenue'] / t['spend']:.2f} against a target of {goal['target']:g}"
+            elif goal["type"] == "target_cpa" and (not t["conversions"] or t["spend"] / t["conversions"]
+                                                   > 1.25 * goal["target"]):
+                cpa = f"{t['spend'] / t['conversions']:.2f}" if t["conversions"] else "no conversion yet"
+                what = f"CPA {cpa} against a target of {goal['target']:g}"
+            if what:
+                out.append({"id": _id(tenant, record["id"], "goal", day), "type": "goal_missed", "advertiser": who,
+                            "line_item": record["id"], "campaign": record.get("campaign"),
+                            "message": MESSAGES["goal_missed"].format(line_item=record["id"], what=what)})
+    return out
 
 
 def _marks(reader: str) -> str:

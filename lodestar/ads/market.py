@@ -148,6 +148,11 @@ def _contains(query: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
     return n > 0 and any(query[i:i + n] == phrase for i in range(len(query) - n + 1))
 
 
+def _price(payload: dict[str, Any]) -> float:
+    price = (payload.get("attributes") or {}).get("price")
+    return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) and price > 0 else 0.0
+
+
 class ProductTable:
     """The promoted products the published index holds (an unavailable or unknown product is not
     here, so never served): content vectors, collaborative factors, popularity and payloads."""
@@ -166,6 +171,7 @@ class ProductTable:
             else np.zeros((0, dim), dtype=np.float32)
         self.factors = model.factors_for(self.ids) if model is not None and self.ids else None
         self.popularity = np.asarray([float(p.get("popularity") or 0.0) for p in self.payloads], dtype=np.float32)
+        self.price = np.asarray([_price(p) for p in self.payloads], dtype=np.float32)
         self.categories = [frozenset(p.get("categories") or ()) for p in self.payloads]
 
     def __len__(self) -> int:
@@ -287,6 +293,8 @@ class Market:
         """The published ad-quality model (``None``: relevance is the quality)."""
         for book in self.by_placement.values():
             book.line_item_ctr = np.asarray([model.ctr_of(li.id) for li in book.line_items]) if model else None
+            book.advertiser_ctr = np.asarray([model.advertiser_ctr_of(li.advertiser) for li in book.line_items]) \
+                if model else None
             book.quality = model
 
     def __bool__(self) -> bool:
@@ -347,6 +355,7 @@ class _PlacementBook:
                     entry_row.append(row)
         self.quality: QualityModel | None = None
         self.line_item_ctr: np.ndarray | None = None
+        self.advertiser_ctr: np.ndarray | None = None
         self.entry_li = np.asarray(entry_li, dtype=np.int64)
         self.entry_row = np.asarray(entry_row, dtype=np.int64)
         self.table = table
@@ -419,8 +428,10 @@ class _PlacementBook:
         model = self.quality
         if model is not None:  # the learned click probability (as at position 1) replaces relevance
             rows = self.entry_row[eligible]
+            lis = self.entry_li[eligible]
             quality = model.predict(quality_features(relevance, np.ones(len(rows)), table.popularity[rows],
-                                                     self.line_item_ctr[self.entry_li[eligible]], request.placement))
+                                                     table.price[rows], self.line_item_ctr[lis],
+                                                     self.advertiser_ctr[lis], request.placement))
         scores = entry_bids * quality
         # The auction needs the best entries of len(slots) + 1 distinct products (the last winner's
         # price depends on the next one); a product's other line items are behind its best.

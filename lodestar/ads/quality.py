@@ -3,9 +3,10 @@ the clicks they got, so that the auction ranks by eCPM = pCTR x bid instead of r
 
 * **Training data**: every served ad of the serve log (not ghosts) with its ad id; its label is
   whether a ``click`` event came back with that ad id. Features: the request's relevance for the
-  ad (the organic signals), its position (as 1 / position), the product's popularity, the line
-  item's smoothed click rate before that serve (a Beta prior at the tenant's mean, so a new line
-  item starts at the mean and no serve sees its own click), and the placement.
+  ad (the organic signals), its position (as 1 / position), the product's popularity and price
+  (log), the line item's and the advertiser's smoothed click rates before that serve (a Beta prior
+  at the tenant's mean, so a new one starts at the mean and no serve sees its own click), and the
+  placement.
 * **Model**: logistic regression (scikit-learn) on standardized features. Chosen over gradient
   boosting (LightGBM) because its probabilities are calibrated by construction (it minimizes log
   loss), it needs no tuning, it trains in milliseconds on a tenant's serve log, and the auction
@@ -32,7 +33,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
-FEATURES = ("relevance", "position_inv", "popularity", "line_item_ctr", "search", "similar", "session")
+FEATURES = ("relevance", "position_inv", "popularity", "log_price", "line_item_ctr", "advertiser_ctr", "search",
+            "similar", "session")
 PRIOR_WEIGHT = 50.0  # pseudo-serves of the tenant's mean CTR behind each line item's own rate
 MIN_CLICKS = 30
 MIN_SERVES = 500
@@ -48,6 +50,7 @@ class QualityModel:
     scale: list[float]
     prior_ctr: float
     line_item_ctr: dict[str, float] = field(default_factory=dict)
+    advertiser_ctr: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_at: float = 0.0
 
@@ -60,9 +63,13 @@ class QualityModel:
     def ctr_of(self, line_item: str) -> float:
         return self.line_item_ctr.get(line_item, self.prior_ctr)
 
+    def advertiser_ctr_of(self, advertiser: str) -> float:
+        return self.advertiser_ctr.get(advertiser, self.prior_ctr)
+
     def as_dict(self) -> dict[str, Any]:
         return {"features": list(FEATURES), "coef": self.coef, "intercept": self.intercept, "mean": self.mean,
                 "scale": self.scale, "prior_ctr": self.prior_ctr, "line_item_ctr": self.line_item_ctr,
+                "advertiser_ctr": self.advertiser_ctr,
                 "metrics": self.metrics, "trained_at": self.trained_at}
 
     @classmethod
@@ -70,17 +77,19 @@ class QualityModel:
         if data.get("features") != list(FEATURES):  # a model of another release's features is not used
             return None
         return cls(data["coef"], data["intercept"], data["mean"], data["scale"], data["prior_ctr"],
-                   data.get("line_item_ctr", {}), data.get("metrics", {}), data.get("trained_at", 0.0))
+                   data.get("line_item_ctr", {}), data.get("advertiser_ctr", {}), data.get("metrics", {}),
+                   data.get("trained_at", 0.0))
 
 
-def features(relevance: np.ndarray, position: np.ndarray, popularity: np.ndarray, line_item_ctr: np.ndarray,
-             placement: Sequence[str] | str) -> np.ndarray:
+def features(relevance: np.ndarray, position: np.ndarray, popularity: np.ndarray, price: np.ndarray,
+             line_item_ctr: np.ndarray, advertiser_ctr: np.ndarray, placement: Sequence[str] | str) -> np.ndarray:
     """The feature matrix (rows: ads) in :data:`FEATURES` order."""
     n = len(relevance)
     places = [placement] * n if isinstance(placement, str) else list(placement)
     return np.column_stack([
         np.asarray(relevance, dtype=float), 1.0 / np.maximum(np.asarray(position, dtype=float), 1.0),
-        np.asarray(popularity, dtype=float), np.asarray(line_item_ctr, dtype=float),
+        np.asarray(popularity, dtype=float), np.log1p(np.maximum(np.asarray(price, dtype=float), 0.0)),
+        np.asarray(line_item_ctr, dtype=float), np.asarray(advertiser_ctr, dtype=float),
         *(np.asarray([p == name for p in places], dtype=float) for name in ("search", "similar", "session")),
     ]) if n else np.zeros((0, len(FEATURES)))
 
@@ -92,26 +101,36 @@ class TrainingData:
     ts: np.ndarray
     prior_ctr: float
     line_item_ctr: dict[str, float]  # each line item's smoothed rate over all of the data
+    advertiser_ctr: dict[str, float] = field(default_factory=dict)  # each advertiser's
 
 
-def training_data(serves: Iterable[dict[str, Any]], clicked: set[str], popularity: dict[str, float]) -> TrainingData:
+def training_data(serves: Iterable[dict[str, Any]], clicked: set[str], popularity: dict[str, float],
+                  prices: dict[str, float] | None = None) -> TrainingData:
     """Served ads (with an ad id) in time order, labelled by whether a click came back, with the
-    line item's smoothed click rate *before* each serve (no row sees its own label)."""
+    line item's and the advertiser's smoothed click rates *before* each serve (no row sees its own
+    label)."""
+    prices = prices or {}
     rows = sorted((s for s in serves if not s["ghost"] and s.get("ad_id")), key=lambda s: s["ts"])
     labels = np.asarray([s["ad_id"] in clicked for s in rows], dtype=float)
     prior = float(labels.mean()) if len(labels) else 0.0
-    seen: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # line item -> clicks, serves
-    before = []
+    history: dict[str, dict[str, list[float]]] = {"line_item": defaultdict(lambda: [0.0, 0.0]),
+                                                  "advertiser": defaultdict(lambda: [0.0, 0.0])}
+    before: dict[str, list[float]] = {"line_item": [], "advertiser": []}
     for row, label in zip(rows, labels, strict=True):
-        clicks, shown = seen[row["line_item"]]
-        before.append((clicks + PRIOR_WEIGHT * prior) / (shown + PRIOR_WEIGHT))
-        seen[row["line_item"]][0] += label
-        seen[row["line_item"]][1] += 1
+        for kind in ("line_item", "advertiser"):
+            counts = history[kind][row.get(kind) or ""]
+            before[kind].append((counts[0] + PRIOR_WEIGHT * prior) / (counts[1] + PRIOR_WEIGHT))
+            counts[0] += label
+            counts[1] += 1
     x = features(np.asarray([r.get("relevance") or 0.0 for r in rows]), np.asarray([r.get("position") or 1 for r in rows]),
-                 np.asarray([popularity.get(r["product"], 0.0) for r in rows]), np.asarray(before),
-                 [r["placement"] for r in rows])
-    final = {li: (c + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT) for li, (c, n) in seen.items()}
-    return TrainingData(x, labels, np.asarray([r["ts"] for r in rows]), prior, final)
+                 np.asarray([popularity.get(r["product"], 0.0) for r in rows]),
+                 np.asarray([prices.get(r["product"], 0.0) for r in rows]), np.asarray(before["line_item"]),
+                 np.asarray(before["advertiser"]), [r["placement"] for r in rows])
+
+    def final(kind: str) -> dict[str, float]:
+        return {k: (c + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT) for k, (c, n) in history[kind].items()}
+
+    return TrainingData(x, labels, np.asarray([r["ts"] for r in rows]), prior, final("line_item"), final("advertiser"))
 
 
 def fit(x: np.ndarray, y: np.ndarray, columns: Sequence[int] | None = None) -> tuple[LogisticRegression, np.ndarray,
@@ -166,7 +185,8 @@ def train(data: TrainingData, published: QualityModel | None, now: float) -> Can
         return Candidate(None, {"serves": n, "clicks": clicks}, False, "no clicks (or only clicks) in a period")
     lr, mean, scale = fit(train_x, train_y)
     model = QualityModel([float(c) for c in lr.coef_[0]], float(lr.intercept_[0]), [float(m) for m in mean],
-                         [float(s) for s in scale], data.prior_ctr, data.line_item_ctr, trained_at=now)
+                         [float(s) for s in scale], data.prior_ctr, data.line_item_ctr, data.advertiser_ctr,
+                         trained_at=now)
     relevance_lr, r_mean, r_scale = fit(train_x, train_y, [0])
     metrics = {"serves": n, "clicks": clicks, "holdout_serves": int(len(test_y)),
                "model": _metrics(test_y, model.predict(test_x)),
