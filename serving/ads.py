@@ -51,6 +51,7 @@ from lodestar.tenant_config import AdsSettings, TenantConfig
 log = logging.getLogger("lodestar.serving")
 
 CURVE_REFRESH_S = 3600.0
+BIDDER_REPORT = "bidder"  # the bidder's multipliers, per goal line item
 AD_ID_TTL_S = 86400  # an ad's impressions and clicks count for a day after it was served
 DAY_S = 86400
 
@@ -179,7 +180,10 @@ class TenantAds:
         quality, quality_at = (previous.quality, previous.quality_at) if previous is not None else (None, float("-inf"))
         if now - quality_at >= pacing.STEP_S:  # a newly published ad-quality model applies within a minute
             stored = (self._cdp.get_report(tenant, quality_report.REPORT) or {}).get("rows") or []
-            quality = QualityModel.of(stored[0]) if stored else None
+            if not stored:
+                quality = None
+            elif quality is None or stored[0].get("trained_at") != quality.trained_at:  # only a new model reloads
+                quality = QualityModel.of(stored[0])
             quality_at = now
         if now - curve_at >= CURVE_REFRESH_S:
             report = self._cdp.get_report(tenant, TRAFFIC_REPORT)
@@ -188,6 +192,9 @@ class TenantAds:
         if now - paced_at >= pacing.STEP_S:
             share = pacing.expected_share(curve, now % DAY_S)
             for li in live:
+                if li.goal is not None:  # the bidder paces a goal line item by its bid: one controller, not two
+                    participation[li.id] = 1.0
+                    continue
                 spent = (spend.get(li.id) or {}).get("spent_today", 0)
                 participation[li.id] = pacing.next_participation(participation.get(li.id, 1.0), spent,
                                                                  li.daily_budget, share)
@@ -199,12 +206,14 @@ class TenantAds:
                 market.set_quality(quality)
         else:
             market = Market(live, table, settings, participation, quality)
-        multipliers = dict(previous.multipliers) if previous is not None else {}
+        multipliers = dict(previous.multipliers) if previous is not None else self._saved_multipliers(tenant)
         bid_at = previous.bid_at if previous is not None else float("-inf")
         goals = [li for li in live if li.goal is not None]
         if goals:
             if now - bid_at >= bidding.STEP_S:
                 multipliers = self._bidder_step(tenant, goals, multipliers, spend, curve, now, table)
+                self._cdp.put_report(tenant, BIDDER_REPORT, [{"line_item": k, "multiplier": v, "at": now}
+                                                            for k, v in sorted(multipliers.items())])
                 bid_at = now
             market.set_bids(self._goal_bids(tenant, goals, multipliers, table))
         state = _State(published.version, settings, stamp, line_items, table, table_key, live_key, market, spend,
@@ -213,15 +222,26 @@ class TenantAds:
         self._states[tenant] = state
         return state
 
+    def _saved_multipliers(self, tenant: str) -> dict[str, float]:
+        """The bidder's multipliers as last saved (a restart resumes them, and every process shares
+        the latest step's)."""
+        return {r["line_item"]: float(r["multiplier"])
+                for r in (self._cdp.get_report(tenant, BIDDER_REPORT) or {}).get("rows", [])}
+
     def _results(self, tenant: str) -> dict[str, dict[str, float]]:
-        """Per line item, from the ledger and the pipeline's ads report: charged clicks, spend,
-        attributed conversions and revenue."""
+        """Per line item: charged clicks and spend (the ledger) up to when the pipeline's ads report
+        was computed, and the attributed conversions and revenue of that report: clicks whose
+        conversions the report could not have seen yet do not count against the goal."""
+        report = self._cdp.get_report(tenant, "ads") or {}
+        cutoff = report.get("updated_at") or 0.0
         out: dict[str, dict[str, float]] = {}
         for charge in self._cdp.ad_charges(tenant):
+            if charge["ts"] > cutoff:
+                continue
             row = out.setdefault(charge["line_item"], {"clicks": 0, "spend": 0.0, "conversions": 0, "revenue": 0.0})
             row["clicks"] += 1
             row["spend"] += charge["price"] / MICROS
-        for r in (self._cdp.get_report(tenant, "ads") or {}).get("rows", []):
+        for r in report.get("rows", []):
             row = out.setdefault(r["line_item"], {"clicks": 0, "spend": 0.0, "conversions": 0, "revenue": 0.0})
             row["conversions"] += r.get("conversions", 0)
             row["revenue"] += r.get("revenue", 0.0)

@@ -28,7 +28,8 @@ def week(goal: Goal | None, fixed_bid: int = 0, daily: float = 60.0, first_price
         for hour in range(24):
             for _ in range(int(rng.poisson(HOURLY[hour] * 30))):
                 bid = auction_bid(goal, multiplier, CVR, VALUE) / 1e6 if goal else fixed_bid / 1e6
-                if daily - spent_today < bid or bid <= 0:  # less than a bid left: out of the auction
+                gate = (goal.max_bid if goal else fixed_bid) / 1e6  # as served: the highest bid must fit
+                if daily - spent_today < gate or bid <= 0:  # less than that left today: out of the auction
                     continue
                 rival = float(rng.lognormal(np.log(1.4 + 0.8 * (hour >= 17)), 0.6))
                 if bid <= rival:

@@ -61,12 +61,19 @@ def test_a_worse_model_is_not_published_and_too_little_data_gives_none():
     serves, clicked, popularity, _, prices = simulate()
     data = training_data(serves, clicked, popularity, prices)
     good = train(data, None, now=1.0).model
-    # A training period whose labels were scrambled (a tracking bug) makes a model worse than the
-    # published one on the same, correct holdout.
-    broken = training_data(serves, clicked, popularity, prices)
-    cut = int(len(broken.y) * 0.8)
-    broken.y[:cut] = np.random.default_rng(1).permutation(broken.y[:cut])
-    worse = train(broken, good, now=2.0)
-    assert not worse.publish and "worse than the published model" in worse.reason
+    # A training period whose labels were scrambled (a tracking bug): no better than relevance, refused.
+    scrambled = training_data(serves, clicked, popularity, prices)
+    cut = int(len(scrambled.y) * 0.8)
+    scrambled.y[:cut] = np.random.default_rng(1).permutation(scrambled.y[:cut])
+    refused = train(scrambled, good, now=2.0)
+    assert not refused.publish and "no better than relevance alone" in refused.reason and not refused.regressed
+    # A training period that lost its line-item and advertiser histories (shuffled): still better than
+    # relevance alone, but worse than the published model on the same holdout: refused, a regression.
+    lost = training_data(serves, clicked, popularity, prices)
+    rng = np.random.default_rng(2)
+    for column in (4, 5):
+        lost.x[:cut, column] = rng.permutation(lost.x[:cut, column])
+    worse = train(lost, good, now=2.0)
+    assert not worse.publish and worse.regressed and "worse than the published model" in worse.reason
     small = train(training_data(serves[: MIN_SERVES - 1], clicked, popularity), None, now=1.0)
     assert small.model is None and "too little data" in small.reason

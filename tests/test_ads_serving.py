@@ -519,12 +519,12 @@ def test_the_ad_quality_asset_learns_from_the_serve_log_and_publishes_through_it
                                                                    "daily_budget": "9", "total_budget": "9"}, "test")
         serves, clicks = [], []
         for n in range(1200):
-            relevance = rng.random()
+            relevance, position = rng.random(), 1 if n % 2 else 5
             serves.append({"user_id": f"u{n % 60:04d}", "line_item": "li", "campaign": "li", "advertiser": "kestrel",
                            "product": products[n % 20], "placement": "recommendations", "ghost": False,
-                           "ts": 1_790_000_000.0 + n, "ad_id": f"ad-{n}", "position": 1, "relevance": relevance,
+                           "ts": 1_790_000_000.0 + n, "ad_id": f"ad-{n}", "position": position, "relevance": relevance,
                            "bid": 1_000_000, "price": 500_000})
-            if rng.random() < 0.02 + 0.25 * relevance:  # relevant ads get clicked
+            if rng.random() < 0.02 + 0.25 * relevance * (1.0 if position == 1 else 0.3):  # relevant, and on top
                 clicks.append({"user_id": f"u{n % 60:04d}", "item_id": products[n % 20], "type": "click",
                                "ts": 1_790_000_000.0 + n + 5, "ad_id": f"ad-{n}", "value": None,
                                "recommendation_id": None, "id": f"click-{n}"})

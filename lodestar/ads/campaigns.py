@@ -81,6 +81,9 @@ def parse_line_item(raw: Any, advertiser: str, missing_products: Callable[[list[
     if goal is not None and raw.get("bid") is not None:
         raise InvalidInput("bid: a line item with a goal has no bid (the bidder sets each auction's, up to "
                            "goal.max_bid)", field="bid")
+    if goal is not None and raw.get("keyword_bids"):
+        raise InvalidInput("keyword_bids: a line item with a goal has no keyword bids (the bidder sets each "
+                           "auction's bid, up to goal.max_bid)", field="keyword_bids")
     bid = goal.max_bid if goal is not None else parse_money(raw.get("bid"), "bid")
     if bid <= 0:
         raise InvalidInput("bid: a cost per click above 0", field="bid")

@@ -290,12 +290,11 @@ class Market:
                                         for li in book.line_items], dtype=np.int64)
 
     def set_quality(self, model: QualityModel | None) -> None:
-        """The published ad-quality model (``None``: relevance is the quality)."""
+        """The published ad-quality model (``None``: relevance is the quality), swapped in whole."""
         for book in self.by_placement.values():
-            book.line_item_ctr = np.asarray([model.ctr_of(li.id) for li in book.line_items]) if model else None
-            book.advertiser_ctr = np.asarray([model.advertiser_ctr_of(li.advertiser) for li in book.line_items]) \
-                if model else None
-            book.quality = model
+            book.scoring = None if model is None else (
+                model, np.asarray([model.ctr_of(li.id) for li in book.line_items]),
+                np.asarray([model.advertiser_ctr_of(li.advertiser) for li in book.line_items]))
 
     def __bool__(self) -> bool:
         return bool(self.by_placement)
@@ -353,9 +352,8 @@ class _PlacementBook:
                 if row is not None:
                     entry_li.append(n)
                     entry_row.append(row)
-        self.quality: QualityModel | None = None
-        self.line_item_ctr: np.ndarray | None = None
-        self.advertiser_ctr: np.ndarray | None = None
+        # The ad-quality model with its line items' and advertisers' CTRs (one tuple, swapped whole).
+        self.scoring: tuple[QualityModel, np.ndarray, np.ndarray] | None = None
         self.entry_li = np.asarray(entry_li, dtype=np.int64)
         self.entry_row = np.asarray(entry_row, dtype=np.int64)
         self.table = table
@@ -388,7 +386,8 @@ class _PlacementBook:
                 why = "audience segment targeting does not match"
             elif query is not None:
                 bid, why = li.search_bid(query)
-                bids[i] = bid or 0
+                if li.goal is None:  # a goal line item keeps the bidder's bid; keywords only target it
+                    bids[i] = bid or 0
             if why:
                 entering[i] = False
                 if explain:
@@ -425,13 +424,14 @@ class _PlacementBook:
         if not len(eligible):
             return Outcome((), ()), eligible, counts
         quality = relevance
-        model = self.quality
-        if model is not None:  # the learned click probability (as at position 1) replaces relevance
+        scoring = self.scoring
+        model = scoring[0] if scoring is not None else None
+        if scoring is not None:  # the learned click probability (as at position 1) replaces relevance
             rows = self.entry_row[eligible]
             lis = self.entry_li[eligible]
             quality = model.predict(quality_features(relevance, np.ones(len(rows)), table.popularity[rows],
-                                                     table.price[rows], self.line_item_ctr[lis],
-                                                     self.advertiser_ctr[lis], request.placement))
+                                                     table.price[rows], scoring[1][lis], scoring[2][lis],
+                                                     request.placement))
         scores = entry_bids * quality
         # The auction needs the best entries of len(slots) + 1 distinct products (the last winner's
         # price depends on the next one); a product's other line items are behind its best.

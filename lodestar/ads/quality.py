@@ -15,7 +15,8 @@ the clicks they got, so that the auction ranks by eCPM = pCTR x bid instead of r
   step and per-request tree walks.
 * **Evaluation** on a time-based holdout (the latest 20% of serves): AUC, log loss and calibration
   by decile, beside the relevance-only model (the part-1 quality) and the published model; a model
-  worse than the published one is not published (the asset's blocking check).
+  no better than relevance alone, or worse in AUC or log loss than the published one, is not
+  published (the asset reports it as its failed blocking check).
 * **Serving**: the pCTR of an ad as if at position 1 (ranking compares ads, not slots). A tenant
   with fewer than :data:`MIN_CLICKS` clicks or :data:`MIN_SERVES` served ads has no model, and the
   auction uses relevance as before.
@@ -170,6 +171,7 @@ class Candidate:
     metrics: dict[str, Any]  # model, relevance_only and published on the holdout
     publish: bool
     reason: str
+    regressed: bool = False  # worse than the published model (the asset's blocking check fails)
 
 
 def train(data: TrainingData, published: QualityModel | None, now: float) -> Candidate:
@@ -192,14 +194,18 @@ def train(data: TrainingData, published: QualityModel | None, now: float) -> Can
                "model": _metrics(test_y, model.predict(test_x)),
                "relevance_only": _metrics(test_y, relevance_lr.predict_proba((test_x[:, [0]] - r_mean) / r_scale)[:, 1]),
                "true_ctr": round(float(test_y.mean()), 5)}
+    if metrics["model"]["auc"] <= metrics["relevance_only"]["auc"]:
+        return Candidate(model, metrics, False, "no better than relevance alone (AUC "
+                         f"{metrics['model']['auc']} vs {metrics['relevance_only']['auc']}): the auction keeps "
+                         "relevance")
     if published is not None:
         metrics["published"] = _metrics(test_y, published.predict(test_x))
-        worse = (metrics["model"]["auc"] < metrics["published"]["auc"] - 0.002
-                 or metrics["model"]["log_loss"] > metrics["published"]["log_loss"] + 0.002)
+        worse = (metrics["model"]["auc"] < metrics["published"]["auc"]
+                 or metrics["model"]["log_loss"] > metrics["published"]["log_loss"])
         if worse:
-            return Candidate(model, metrics, False, "worse than the published model on the same holdout "
+            return Candidate(model, metrics, False, regressed=True, reason="worse than the published model on the same holdout "
                              f"(AUC {metrics['model']['auc']} vs {metrics['published']['auc']}, log loss "
                              f"{metrics['model']['log_loss']} vs {metrics['published']['log_loss']})")
     model.metrics = metrics
-    return Candidate(model, metrics, True, "better than relevance alone" if metrics["model"]["auc"] >
-                     metrics["relevance_only"]["auc"] else "published (no better than relevance alone)")
+    return Candidate(model, metrics, True, "better than relevance alone" + (
+        " and not worse than the published model" if published is not None else ""))

@@ -63,6 +63,8 @@ class SignInController(Controller):
                 if found is None or found.kind != ADVERTISER:
                     raise SignInRefused("that is not an advertiser's key (POST /v1/advertisers gives one)")
                 stored = await off_loop(cdp.find_api_key, found.key_id)
+                if stored is None:  # revoked in the meantime
+                    raise SignInRefused("that is not an advertiser's key (POST /v1/advertisers gives one)")
                 session = {"advertiser_key": found.key_id, "key_hash": fingerprint(stored.key_hash)}
                 target = f"{PREFIX}/ads"
             elif form.get("operator_key"):
