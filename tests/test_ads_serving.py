@@ -568,3 +568,21 @@ def test_a_goal_line_item_is_bid_by_the_bidder_and_first_price_charges_the_bid(c
     assert winner["bid"] == min(2_000_000, int(worth * multiplier * 1e6)) and winner["price"] == winner["bid"]
     assert client.put("/v1/config", json={"config": {"ads": {"auction": "sealed"}}},
                       headers=bearer(key)).status_code == 422
+
+
+def test_a_goal_line_item_keeps_the_bidders_bid_on_search_and_takes_no_keyword_bids(client):
+    client, key, items = client
+    kestrel = advertiser(client, key, "Kestrel")
+    running = by_category(items, "running")
+    refused = client.post("/v1/ads/line-items", headers=bearer(kestrel), json={
+        "id": "kw", "products": running[:3], "daily_budget": "50", "total_budget": "100",
+        "keyword_bids": {"shoes": "9.00"}, "goal": {"type": "max_clicks", "max_bid": "1.00"}})
+    assert refused.status_code == 422 and "keyword_bids" in refused.text
+    line_item(client, kestrel, id="goal", products=[i for i, item in items.items() if item["available"]],
+              placements=["search"],
+              targeting={"keywords": {"phrase": ["running shoes"]}}, goal={"type": "max_clicks", "max_bid": "1.00"})
+    client.put("/v1/config", json={"config": ADS_ON}, headers=bearer(key))
+    auction = client.post("/v1/search", json={"query": "light running shoes for running", "k": 10, "explain": True},
+                          headers=bearer(key)).json()["auction"]
+    bids = {w["bid"] for w in auction["winners"]} | {loser["bid"] for loser in auction["losers"]}
+    assert bids and all(0 < b <= 1_000_000 for b in bids) and 1_000_000 not in bids  # the bidder's, under max
