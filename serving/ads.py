@@ -250,8 +250,7 @@ class TenantAds:
     def _value(self, li: LiveLineItem, result: dict[str, float], table: ProductTable) -> tuple[float, float]:
         """A click's conversion rate and a conversion's value for the bidder: the line item's own,
         smoothed toward 5% and its products' mean price."""
-        prices = [float(p) for p in ((table.payloads[table.row[x]].get("attributes") or {}).get("price")
-                                     for x in li.products if x in table.row) if isinstance(p, (int, float)) and p > 0]
+        prices = [float(table.price[table.row[x]]) for x in li.products if x in table.row and table.price[table.row[x]] > 0]
         price = sum(prices) / len(prices) if prices else 1.0
         pcvr = (result.get("conversions", 0) + 0.05 * 20) / (result.get("clicks", 0) + 20)
         value = result["revenue"] / result["conversions"] if result.get("conversions") else price

@@ -55,8 +55,9 @@ def alerts(store: CdpStore, tenant: str, advertiser: str | None, now: float | No
     curve = pacing.traffic_curve([r.get("lists", 0) for r in report["rows"]] if report else [])
     share = pacing.expected_share(curve, now % 86400)
     out: list[dict[str, Any]] = []
+    records = {who: store.list_line_items(tenant, who) for who in advertisers}  # read once, used thrice
     for who in advertisers:
-        for event in notify.happenings(store, tenant, who, now):
+        for event in notify.happenings(store, tenant, who, now, records[who]):
             if event["type"] in MESSAGES:
                 data = event["data"]
                 out.append({"id": event["id"], "type": event["type"], "advertiser": who,
@@ -64,7 +65,7 @@ def alerts(store: CdpStore, tenant: str, advertiser: str | None, now: float | No
                             "message": MESSAGES[event["type"]].format(line_item=data.get("line_item"),
                                                                       campaign=data.get("campaign"),
                                                                       budget=data.get("budget", ""))})
-        for record in store.list_line_items(tenant, who):
+        for record in records[who]:
             li = LiveLineItem.of(record, who)
             if li.status != "active" or now < li.start or (li.end is not None and now >= li.end):
                 continue
@@ -85,7 +86,7 @@ def alerts(store: CdpStore, tenant: str, advertiser: str | None, now: float | No
             elif share >= 0.25 and today > 1.5 * target and today > 0.1 * li.daily_budget / MICROS:
                 out.append({**base, "id": _id(tenant, li.id, "ahead", day), "type": "ahead_of_pace",
                             "message": MESSAGES["ahead_of_pace"].format(line_item=li.id, spent=today, target=target)})
-    out += _goal_alerts(store, tenant, advertisers, day)
+    out += _goal_alerts(store, tenant, records, day)
     read = set(read_marks(store, tenant, reader)) if reader else set()
     for alert in out:
         alert["severity"] = SEVERITY[alert["type"]]
@@ -93,7 +94,8 @@ def alerts(store: CdpStore, tenant: str, advertiser: str | None, now: float | No
     return sorted(out, key=lambda a: (not a["unread"], a["severity"] != "warning", a["type"], a["line_item"] or ""))
 
 
-def _goal_alerts(store: CdpStore, tenant: str, advertisers: list[str], day: str) -> list[dict[str, Any]]:
+def _goal_alerts(store: CdpStore, tenant: str, records: dict[str, list[dict[str, Any]]], day: str
+                 ) -> list[dict[str, Any]]:
     """A bidding anomaly: a goal line item whose results, once it has spent 20 max bids, miss its
     target by more than a quarter (ROAS under 75% of it, or CPA over 125%)."""
     totals: dict[str, dict[str, float]] = {}
@@ -102,8 +104,8 @@ def _goal_alerts(store: CdpStore, tenant: str, advertisers: list[str], day: str)
         for column in t:
             t[column] += r.get(column) or 0.0
     out = []
-    for who in advertisers:
-        for record in store.list_line_items(tenant, who):
+    for who, line_items in records.items():
+        for record in line_items:
             goal, t = record.get("goal"), totals.get(record["id"])
             if not goal or not t or t["spend"] < 20 * goal["max_bid"] / MICROS:
                 continue

@@ -42,7 +42,7 @@ from statsmodels.stats.proportion import (
 )
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from lodestar.ads.money import MICROS
+from lodestar.ads.money import MICROS, revenue_of
 
 BUCKETS = 10_000
 DAY_S = 86400
@@ -61,14 +61,6 @@ def held_out(campaign: str, user_id: str, share: float) -> bool:
 def campaign_key(advertiser: str, campaign: str) -> str:
     """A campaign's name in the holdout draw (advertisers may name campaigns alike)."""
     return f"{advertiser}/{campaign}"
-
-
-def _revenue(event: dict[str, Any], items: dict[str, dict[str, Any]]) -> float:
-    value = event.get("value")
-    if value is not None and value == value and value > 0:  # NaN != NaN
-        return float(value)
-    price = ((items.get(event["item_id"]) or {}).get("attributes") or {}).get("price")
-    return float(price) if isinstance(price, (int, float)) and price > 0 else 0.0
 
 
 def incrementality(serves: Iterable[dict[str, Any]], purchases: Iterable[dict[str, Any]],
@@ -111,7 +103,7 @@ def incrementality(serves: Iterable[dict[str, Any]], purchases: Iterable[dict[st
                 continue
             exposed = kinds == {False}
             mine = [e for e in by_user.get(user, ()) if e["item_id"] in products[key] and t0 <= e["ts"] <= t0 + window]
-            groups[exposed].add(len(mine), sum(_revenue(e, items) for e in mine))
+            groups[exposed].add(len(mine), sum(revenue_of(e, items.get(e["item_id"])) for e in mine))
         exposed_users = {u for u, kinds in seen[key].items() if kinds == {False}}
         exposed_spend = sum(v for u, v in spent[key].items() if u in exposed_users) / MICROS
         rows.append(_row(advertiser, campaign, groups, sum(spent[key].values()) / MICROS, exposed_spend, mixed))

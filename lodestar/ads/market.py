@@ -38,6 +38,7 @@ import numpy as np
 from lodestar.ads.auction import AuctionSettings, Bid, Loss, Outcome, run_auction
 from lodestar.ads.bidding import Goal
 from lodestar.ads.incrementality import campaign_key, held_out
+from lodestar.ads.money import item_price
 from lodestar.ads.quality import QualityModel
 from lodestar.ads.quality import features as quality_features
 from lodestar.ads.tokens import ServedAd
@@ -148,11 +149,6 @@ def _contains(query: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
     return n > 0 and any(query[i:i + n] == phrase for i in range(len(query) - n + 1))
 
 
-def _price(payload: dict[str, Any]) -> float:
-    price = (payload.get("attributes") or {}).get("price")
-    return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) and price > 0 else 0.0
-
-
 class ProductTable:
     """The promoted products the published index holds (an unavailable or unknown product is not
     here, so never served): content vectors, collaborative factors, popularity and payloads."""
@@ -171,7 +167,7 @@ class ProductTable:
             else np.zeros((0, dim), dtype=np.float32)
         self.factors = model.factors_for(self.ids) if model is not None and self.ids else None
         self.popularity = np.asarray([float(p.get("popularity") or 0.0) for p in self.payloads], dtype=np.float32)
-        self.price = np.asarray([_price(p) for p in self.payloads], dtype=np.float32)
+        self.price = np.asarray([item_price(p) for p in self.payloads], dtype=np.float64)
         self.categories = [frozenset(p.get("categories") or ()) for p in self.payloads]
 
     def __len__(self) -> int:

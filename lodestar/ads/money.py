@@ -33,3 +33,17 @@ def format_money(micros: int) -> str:
     whole, part = divmod(abs(micros), MICROS)
     digits = f"{part:06d}".rstrip("0").ljust(2, "0")
     return f"{'-' if micros < 0 else ''}{whole}.{digits}"
+
+
+def item_price(item: dict[str, object] | None) -> float:
+    """An item's ``price`` attribute (catalog record or index payload) in currency units; 0 without one."""
+    price = ((item or {}).get("attributes") or {}).get("price")  # type: ignore[union-attr]
+    return float(price) if isinstance(price, (int, float)) and not isinstance(price, bool) and price > 0 else 0.0
+
+
+def revenue_of(event: dict[str, object], item: dict[str, object] | None) -> float:
+    """What a purchase earned: its value, else the item's price, else 0 (a NaN value is none)."""
+    value = event.get("value")
+    if isinstance(value, (int, float)) and value == value and value > 0:  # NaN != NaN
+        return float(value)
+    return item_price(item)

@@ -129,14 +129,17 @@ def _event_id(*parts: str) -> str:
     return "evt_" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
 
 
-def happenings(store: CdpStore, tenant: str, advertiser: str, now: float) -> list[dict[str, Any]]:
-    """What happened to the advertiser's line items and campaigns, each with a stable event id."""
+def happenings(store: CdpStore, tenant: str, advertiser: str, now: float,
+               line_items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What happened to the advertiser's line items (``line_items``, when the caller read them) and
+    campaigns, each with a stable event id."""
+    records = store.list_line_items(tenant, advertiser) if line_items is None else line_items
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
     spend = store.ad_spend_all(tenant, day)
     out: list[dict[str, Any]] = []
     report = (store.get_report(tenant, "ads") or {}).get("rows", [])
     lifts = (store.get_report(tenant, "ads_incrementality") or {}).get("rows", [])
-    for record in store.list_line_items(tenant, advertiser):
+    for record in records:
         li = LiveLineItem.of(record, advertiser)
         spent = spend.get(li.id) or {"spent_today": 0, "spent_total": 0}
         base = {"line_item": li.id, "campaign": li.campaign, "spent_today": spent["spent_today"] / MICROS,
@@ -160,7 +163,7 @@ def happenings(store: CdpStore, tenant: str, advertiser: str, now: float) -> lis
             out.append({"type": "roas.below", "id": _event_id(tenant, li.id, "roas", day), "roas": roas,
                         "data": {**base, "roas": round(roas, 4)}})
     campaigns: dict[str, list[float | None]] = {}
-    for record in store.list_line_items(tenant, advertiser):
+    for record in records:
         campaigns.setdefault(record.get("campaign", record["id"]), []).append(record.get("end"))
     for campaign, ends in campaigns.items():
         if all(end is not None and now >= end for end in ends):  # every line item of it has ended
@@ -284,9 +287,8 @@ def private_address(url: str) -> str | None:
 
 def _set(store: CdpStore, tenant: str, hook: dict[str, Any], **changes: Any) -> None:
     record = {k: v for k, v in hook.items() if k != "tenant"}
-    store.put_webhook(tenant, {**record, **changes}, if_updated_at=hook["updated_at"])
-    hook.update(changes)
-    hook["updated_at"] = store.get_webhook(tenant, hook["id"])["updated_at"]
+    stored = store.put_webhook(tenant, {**record, **changes}, if_updated_at=hook["updated_at"])
+    hook.update(changes, updated_at=stored["updated_at"])
 
 
 def http_post(url: str, body: bytes, headers: dict[str, str]) -> int:

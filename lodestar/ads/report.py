@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from lodestar.ads.money import MICROS
+from lodestar.ads.money import MICROS, revenue_of
 from lodestar.ads.tokens import ServedAd
 from lodestar.tenant_config import AdsSettings
 
@@ -52,14 +52,6 @@ def _key_of(scope: str, item: dict[str, Any] | None) -> frozenset[str]:
     if scope == "category":
         return frozenset(item.get("categories") or ())
     return frozenset([item["id"]])
-
-
-def _revenue(event: dict[str, Any], item: dict[str, Any] | None) -> float:
-    value = event.get("value")
-    if value is not None and not pd.isna(value) and value > 0:
-        return float(value)
-    price = ((item or {}).get("attributes") or {}).get("price")
-    return float(price) if isinstance(price, (int, float)) and price > 0 else 0.0
 
 
 def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], items: dict[str, dict[str, Any]],
@@ -133,7 +125,7 @@ def ads_report(charges: list[dict[str, Any]], events: Iterable[dict[str, Any]], 
             if match is not None:
                 target = row(_day(event["ts"]), *match[1])
                 target[column] += 1
-                target["revenue"] += _revenue(event, item)
+                target["revenue"] += revenue_of(event, item)
                 break
     out = []
     for key in sorted(rows):
