@@ -306,7 +306,8 @@ class TenantAds:
         market = self.market(tenant, published, config.ads)
         if not market:
             return AdsResult(list(request.organic)[:request.k], [],
-                             {"auction": "no active line item"} if explain else None)
+                             {"auction": "no line item can take part now: each is paused, scheduled, ended or out of budget "
+                                           "(the Retail media page says which)"} if explain else None)
         request.open_ad = lambda ad_id: open_ad_id(self._secret, tenant, ad_id)
         return market.serve(request, self._rng(), explain)
 

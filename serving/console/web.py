@@ -19,7 +19,6 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from lodestar.accounts import role_at_least
-from lodestar.ads.money import format_money
 from lodestar.errors import Conflict, Forbidden, IndexNotReady, InvalidInput, NotFound
 from lodestar.keys import OPERATOR, Principal
 
@@ -34,6 +33,11 @@ NAVIGATION = (
     ("/pipeline", "Pipeline", "viewer"), ("/ads", "Retail media", "viewer"), ("/alerts", "Alerts", "viewer"),
     ("/keys", "API keys", "owner"), ("/members", "Members", "owner"), ("/audit", "Audit log", "viewer"),
 )
+
+
+def display_money(micros: int) -> str:
+    """Micros as currency for people: two decimals, thousands separated (the API keeps every micro)."""
+    return f"{micros / 1e6:,.2f}"
 
 
 def utc(stamp: float | None) -> str:
@@ -77,7 +81,7 @@ def render(request: Request, template: str, status_code: int = 200, tenant: str 
     return Template(template_name=template, status_code=status_code, headers={"Cache-Control": "no-store"}, context={
         "who": who, "is_operator": who is not None and who.kind == OPERATOR, "tenant": tenant, "role": role,
         "nav": nav, "path": request.url.path, "messages": messages, "own_tenants": own, "utc": utc, "age": age,
-        "money": format_money,
+        "money": display_money,
         "can": (lambda needed: role_at_least(role, needed)), **context})
 
 
