@@ -198,22 +198,33 @@ def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
 
     with cdp_session(settings) as store:
         if args.format == "movielens":
-            if not args.directory:
+            if len(args.paths) != 1:
                 raise InvalidInput("--format movielens needs the MovieLens directory: lodestar cdp import --tenant T --format movielens DIR")
-            summary = import_movielens(store, settings, args.tenant, Path(args.directory), progress=_say)
+            summaries = [import_movielens(store, settings, args.tenant, Path(args.paths[0]), progress=_say)]
+        elif args.format != "canonical":
+            from lodestar.connectors.importing import import_source
+
+            if not args.paths or args.items or args.users or args.events:
+                raise InvalidInput(f"--format {args.format} takes files or directories as arguments, not --items/--users/"
+                                   f"--events: lodestar cdp import --tenant T --format {args.format} PATH [PATH ...]")
+            summaries = [s for path in args.paths
+                         for s in import_source(store, settings, args.tenant, args.format, Path(path), progress=_say)]
         else:
             files = {e: Path(p) for e, p in (("items", args.items), ("users", args.users), ("events", args.events)) if p}
-            if not files:
-                raise InvalidInput("nothing to import: give --items, --users and/or --events (or --format movielens DIR)")
-            summary = import_files(store, settings, args.tenant, files, progress=_say)
-    _say(f"Summary and reject files: {summary.directory}")
+            if not files or args.paths:
+                raise InvalidInput("give --items, --users and/or --events (or --format NAME with files: movielens, "
+                                   "ga4, xdm, segment, google-merchant)")
+            summaries = [import_files(store, settings, args.tenant, files, progress=_say)]
+    for summary in summaries:
+        _say(f"Summary and reject files: {summary.directory}")
+    accepted, rejected = sum(s.accepted for s in summaries), sum(s.rejected for s in summaries)
     # Exit 1 when rows were given and none was accepted (a wrong file or format, most likely);
     # 0 when some were accepted, since those are committed and the rejects are reported.
-    if summary.rejected and not summary.accepted:
-        _say(f"No row was accepted ({summary.rejected} rejected). Fix the rejected rows (see the reject files) and import again.")
+    if rejected and not accepted:
+        _say(f"No row was accepted ({rejected} rejected). Fix the rejected rows (see the reject files) and import again.")
         return 1
-    if summary.rejected:
-        _say(f"{summary.rejected} rows were rejected; the accepted rows are committed. Fix the rejected rows and re-import them.")
+    if rejected:
+        _say(f"{rejected} rows were rejected; the accepted rows are committed. Fix the rejected rows and re-import them.")
     return 0
 
 
@@ -582,9 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", help="items file (.jsonl, .csv or .parquet)")
     p.add_argument("--users", help="users file")
     p.add_argument("--events", help="events file")
-    p.add_argument("--format", choices=["canonical", "movielens"], default="canonical",
-                   help="canonical: the files above; movielens: a MovieLens directory given as DIR")
-    p.add_argument("directory", nargs="?", metavar="DIR", help="the MovieLens directory (with --format movielens)")
+    p.add_argument("--format", choices=["canonical", "movielens", "ga4", "xdm", "segment", "google-merchant"],
+                   default="canonical",
+                   help="canonical: the files above; movielens: a MovieLens directory; ga4 (BigQuery export, Parquet "
+                        "or JSON lines), xdm (Adobe ExperienceEvents, JSON lines), segment (Segment-spec messages, "
+                        "JSON lines), google-merchant (product feed, TSV or XML): files or directories as PATH; "
+                        "the mapping is the tenant's connectors configuration")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="the MovieLens directory, or the source files (a "
+                                                            "directory: each of its files)")
     p.set_defaults(func=cmd_cdp_import)
 
     p = sub.add_parser("materialize", help="materialize every asset of a tenant through Dagster")

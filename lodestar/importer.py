@@ -71,6 +71,7 @@ class ImportSummary:
     tenant: str
     directory: str
     entities: list[EntitySummary] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # source rows with nothing to import, by reason (connectors)
 
     @property
     def accepted(self) -> int:
@@ -81,7 +82,10 @@ class ImportSummary:
         return sum(e.rejected for e in self.entities)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "entities": [asdict(e) for e in self.entities]}
+        out: dict[str, Any] = {"tenant": self.tenant, "entities": [asdict(e) for e in self.entities]}
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
 
 
 Row = dict[str, Any] | InvalidInput
@@ -157,7 +161,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Row]]:
                     )
                     continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # an error's column is then on this line
             except json.JSONDecodeError as exc:
                 yield line_no, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})", line.rstrip("\n"))
                 continue
@@ -193,11 +197,12 @@ class _NumberedLines:
         self.ended_in_row = False
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, Row]]:
-    """Rows of a CSV file with a header line, each numbered by the line it starts on."""
+def _csv_rows(path: Path, delimiter: str = ",") -> Iterator[tuple[int, Row]]:
+    """Rows of a CSV file with a header line, each numbered by the line it starts on (``delimiter``
+    ``"\\t"``: a tab-separated file)."""
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         lines = _NumberedLines(fh)
-        reader = csv.reader(lines)
+        reader = csv.reader(lines, delimiter=delimiter)
         header: list[str] | None = None
         while True:
             lines.next_row()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from lodestar.connectors.mapping import DEFAULTS as CONNECTOR_DEFAULTS
+from lodestar.connectors.mapping import validate as validate_connectors
 from lodestar.controls import Rule, parse_rules
 from lodestar.errors import InvalidInput
 from lodestar.jsonvalues import check_depth
@@ -187,6 +189,8 @@ class TenantConfig:
     ads: AdsSettings = field(default_factory=AdsSettings)
     # Audience segments as stored (lodestar.segments): rule and lookalike definitions.
     segments: tuple[dict[str, Any], ...] = ()
+    # How each source format maps to Lodestar's data (lodestar.connectors.mapping), defaults overlaid.
+    connectors: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(CONNECTOR_DEFAULTS))
 
     @cached_property
     def parsed_segments(self) -> tuple[Segment, ...]:
@@ -204,6 +208,7 @@ class TenantConfig:
         out["rules"] = [copy.deepcopy(r) for r in self.rules]
         out["segments"] = [copy.deepcopy(r) for r in self.segments]
         out["ads"]["positions"] = list(self.ads.positions)
+        out["connectors"] = copy.deepcopy(self.connectors)
         return out
 
     @classmethod
@@ -228,6 +233,7 @@ class TenantConfig:
             diversity=float(data.get("diversity", 0.0)),
             ads=_ads_settings(data.get("ads", {})),
             segments=tuple(data.get("segments") or ()),
+            connectors=copy.deepcopy(data.get("connectors") or CONNECTOR_DEFAULTS),
         )
 
 
@@ -308,6 +314,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     parse_rules(config.get("rules", []))
     parse_segments(config.get("segments", []))
     _ads(config.get("ads", {}))
+    validate_connectors(config.get("connectors", {}))
     diversity = config.get("diversity", 0.0)
     if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0 <= diversity <= 1:
         raise InvalidInput("diversity: the default for requests that give none, a number from 0 to 1",

@@ -21,7 +21,7 @@ from dagster import (
 from assets import analytics, audiences, embeddings, extracts, features, index, model
 from assets.resources import LodestarResource
 from lodestar.settings import Settings
-from pipelines.jobs import extract_job, materialize_tenant
+from pipelines.jobs import connector_import, extract_job, materialize_tenant
 from pipelines.recovery import install_claim_backoff
 from pipelines.sensors import build_schedule, build_sensors
 
@@ -45,7 +45,7 @@ def build_definitions(settings: Settings, lodestar: LodestarResource | None = No
     )
     return Definitions(
         assets=all_assets(),
-        jobs=[materialize_tenant, extract_job],
+        jobs=[materialize_tenant, extract_job, connector_import],
         sensors=[*build_sensors(settings), automation],
         schedules=[build_schedule(settings)],
         resources={"lodestar": lodestar or LodestarResource()},

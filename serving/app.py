@@ -41,6 +41,7 @@ from serving.dependencies import API_DEPENDENCIES, DEPENDENCIES
 from serving.errors import EXCEPTION_HANDLERS
 from serving.experiments import TenantExperiments
 from serving.indexes import TenantIndexes
+from serving.ingest import SegmentIngestController
 from serving.key_usage import KeyUsage
 from serving.limits import RequestLimits, RequestLimitsPlugin
 from serving.observability import ObservabilityPlugin, json_logging_config
@@ -101,8 +102,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     console = console_app_config(settings)
     api = Router(path="/", dependencies=API_DEPENDENCIES, route_handlers=[
-        RecommendationController, ItemController, SearchController, EventController, PreferenceController,
-        UserController, UserSegmentController, SegmentController, KeyController, ConfigController, AuditController,
+        RecommendationController, ItemController, SearchController, EventController, SegmentIngestController,
+        PreferenceController, UserController, UserSegmentController, SegmentController, KeyController, ConfigController,
+        AuditController,
         ExperimentController, AdvertiserController, AdsController, OperatorController, HealthController])
     return Litestar(
         route_handlers=[api, *console["route_handlers"]],

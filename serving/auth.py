@@ -30,6 +30,9 @@ CONSOLE = "console"  # handler opt: a console page (a session, not a key)
 ROLE = "role"  # console handler opt: the least role needed in the path's tenant (viewer by default)
 OPERATORS_ONLY = "operators_only"  # console handler opt: for operators only
 ADVERTISER_PAGE = "advertiser_page"  # console handler opt: an advertiser's own page (True), or "either"
+# Handler opt: the key may also come as HTTP Basic credentials with the key as user name and no
+# password, as Segment's libraries send their write key (serving.ingest).
+BASIC_KEY = "basic_key"
 
 
 def fingerprint(secret: str) -> str:
@@ -89,13 +92,29 @@ def require_console_role(connection: ASGIConnection, handler: BaseRouteHandler) 
                                         "ask one of its owners")
 
 
-def _principal(connection: ASGIConnection) -> Principal | None:
+def _principal(connection: ASGIConnection, basic: bool = False) -> Principal | None:
     header = connection.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    if basic and scheme.lower() == "basic":
+        key = _basic_user(key)
+    elif scheme.lower() != "bearer":
+        return None
+    if not key.strip():
         return None
     state = connection.app.state
     return principal_for_key(state.cdp, key.strip(), state.operator_key)
+
+
+def _basic_user(credentials: str) -> str:
+    """The user name of HTTP Basic credentials (``base64(user:password)``), or "" when unreadable."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[0]
 
 
 def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -109,9 +128,15 @@ def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> 
         return
     if "authorization" not in connection.headers:
         raise NotAuthorizedException("send your tenant's API key as 'Authorization: Bearer <key>'")
-    principal = _principal(connection)
+    principal = _principal(connection, basic=bool(handler.opt.get(BASIC_KEY)))
     state = connection.app.state
     if principal is None:
+        if connection.headers["authorization"].lower().startswith("basic "):
+            raise NotAuthorizedException("send the API key as 'Authorization: Bearer <key>' (HTTP Basic credentials "
+                                         "are taken by /v1/ingest/segment/..., as Segment's libraries send them)"
+                                         if not handler.opt.get(BASIC_KEY) else
+                                         "the API key (the HTTP Basic user name) is not valid (unknown, revoked or "
+                                         "mistyped); ask your tenant admin for a current key")
         raise NotAuthorizedException("the API key is not valid (unknown, revoked or mistyped); "
                                      "ask your tenant admin for a current key")
     needed = handler.opt.get(SCOPE, READ)

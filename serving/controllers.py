@@ -348,46 +348,63 @@ class EventController(Controller):
         than a day ago, or for another item) is rejected; any other event is stored without such an
         ``ad_id`` (``notes`` says so). A click on an ad is charged to its line item once
         (``ad_clicks`` says at what price, or why not)."""
-        now = time.time()
-        valid, rejected, clicks, notes = [], [], [], []
-        for index, raw in enumerate(data.events):
-            try:
-                if not isinstance(raw, dict):
-                    raise InvalidInput("an event must be a JSON object")
-                event = parse_event(raw, default_ts=now)
-                if event["ad_id"] is not None:
-                    try:
-                        ad, record = ads.check(tenant, event, now)
-                    except InvalidInput as exc:
-                        if event["type"] in AD_EVENTS:
-                            raise
-                        # A conversion is the shop's data whatever its ad id says: kept, without it.
-                        notes.append(RejectedEvent(index=index, reason=f"stored without its ad_id: {exc}"))
-                        event["ad_id"] = None
-                    else:
-                        if event["type"] == "click":
-                            clicks.append((index, event, ad, record))
-                valid.append(event)
-            except InvalidInput as exc:
-                rejected.append(RejectedEvent(index=index, reason=str(exc)))
-        if rejected and (atomic or not valid):
-            detail = "no event was stored: " + ("the batch is atomic and " if atomic and valid else "") + \
-                f"{len(rejected)} event(s) are invalid, e.g. events[{rejected[0].index}]: {rejected[0].reason}"
-            raise HTTPException(status_code=422, detail=detail, extra=[
-                {"key": f"events[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
-        held = event_quotas.reserve(tenant, config.quotas, len(valid))  # 429 for a whole batch past today's quota
-        stored = 0
+        return store_events(tenant, list(enumerate(data.events)), cdp, config, event_quotas, ads, atomic)
+
+
+def store_events(
+    tenant: str, candidates: list[tuple[int, Any]], cdp: CdpStore, config: TenantConfig, event_quotas: Any, ads: Any,
+    atomic: bool, *, field: str = "events", what: str = "event(s)", notes: list[RejectedEvent] | None = None,
+    other_writes: Callable[[], None] | None = None,
+) -> EventsAccepted:
+    """Validate, charge and store events as ``POST /v1/events`` does, for every route that takes
+    events: ``candidates`` are (index in the request, raw event or the :class:`InvalidInput` that
+    refused it). ``other_writes`` (a connector's profiles and catalog gaps) runs after validation and
+    before the events are stored, so a 2xx means all of it is durable; a request whose events are all
+    invalid is still a 422 unless it has such writes."""
+    now = time.time()
+    valid, rejected, clicks, notes = [], [], [], list(notes or [])
+    for index, raw in candidates:
         try:
-            # Clicks are charged before the events are stored: a charge is idempotent (per ad_id), so a
-            # batch sent again after a failure is never charged twice, and no stored click goes unpaid.
-            charged = [(index, ads.charge(tenant, event, ad, record, config.ads, now))
-                       for index, event, ad, record in clicks]
-            stored = cdp.append_events(tenant, valid)
-        finally:
-            event_quotas.settle(tenant, held, stored)
-        return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected, notes=notes, ad_clicks=[
-            AdClick(index=index, charged=result["charged"], price=clicks[n][2].price if result["charged"] else 0,
-                    reason=result["reason"]) for n, (index, result) in enumerate(charged)])
+            if isinstance(raw, InvalidInput):
+                raise raw
+            if not isinstance(raw, dict):
+                raise InvalidInput("an event must be a JSON object")
+            event = parse_event(raw, default_ts=now)
+            if event["ad_id"] is not None:
+                try:
+                    ad, record = ads.check(tenant, event, now)
+                except InvalidInput as exc:
+                    if event["type"] in AD_EVENTS:
+                        raise
+                    # A conversion is the shop's data whatever its ad id says: kept, without it.
+                    notes.append(RejectedEvent(index=index, reason=f"stored without its ad_id: {exc}"))
+                    event["ad_id"] = None
+                else:
+                    if event["type"] == "click":
+                        clicks.append((index, event, ad, record))
+            valid.append(event)
+        except InvalidInput as exc:
+            rejected.append(RejectedEvent(index=index, reason=str(exc)))
+    if rejected and (atomic or not (valid or other_writes)):
+        detail = "no event was stored: " + ("the batch is atomic and " if atomic and (valid or other_writes) else "") \
+            + f"{len(rejected)} {what} are invalid, e.g. {field}[{rejected[0].index}]: {rejected[0].reason}"
+        raise HTTPException(status_code=422, detail=detail, extra=[
+            {"key": f"{field}[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
+    held = event_quotas.reserve(tenant, config.quotas, len(valid))  # 429 for a whole batch past today's quota
+    stored = 0
+    try:
+        # Clicks are charged before the events are stored: a charge is idempotent (per ad_id), so a
+        # batch sent again after a failure is never charged twice, and no stored click goes unpaid.
+        charged = [(index, ads.charge(tenant, event, ad, record, config.ads, now))
+                   for index, event, ad, record in clicks]
+        if other_writes is not None:
+            other_writes()
+        stored = cdp.append_events(tenant, valid)
+    finally:
+        event_quotas.settle(tenant, held, stored)
+    return EventsAccepted(accepted=len(valid), stored=stored, rejected=rejected, notes=notes, ad_clicks=[
+        AdClick(index=index, charged=result["charged"], price=clicks[n][2].price if result["charged"] else 0,
+                reason=result["reason"]) for n, (index, result) in enumerate(charged)])
 
 
 class PreferenceController(Controller):

@@ -36,8 +36,8 @@ def read_evaluation(files: TenantFiles) -> dict[str, Any]:
 
 def _inputs(events: pd.DataFrame, config: TenantConfig) -> str:
     """A digest of what an evaluation depends on besides the catalog: the events and the configuration."""
-    # Quotas and retail media settings do not change the organic ranking the evaluation measures.
-    shaping = {k: v for k, v in config.as_dict().items() if k not in ("quotas", "ads")}
+    # Quotas, retail media and connector settings do not change the organic ranking the evaluation measures.
+    shaping = {k: v for k, v in config.as_dict().items() if k not in ("quotas", "ads", "connectors")}
     digest = hashlib.sha1(json.dumps(shaping, sort_keys=True).encode())
     columns = [c for c in ("user_id", "item_id", "type", "value", "ts") if c in events]
     digest.update(pd.util.hash_pandas_object(events.sort_values("id")[columns], index=False).to_numpy().tobytes())

@@ -1,0 +1,280 @@
+"""Importing a source format. Each connector (``ga4``, ``xdm``, ``segment``, ``google_merchant``)
+turns one source row into events, the item fields those events carry and the user profile fields
+they carry (:class:`Converted`); this module feeds them to the same validation, reject files and
+idempotent upserts as every other import (:mod:`lodestar.importer`).
+
+What the event formats carry besides events is merged, not replaced:
+
+- **Item fields seen in events fill catalog gaps.** An item the catalog lacks is created from them
+  (``kind: product``); an item it has gets only its empty fields filled (no title, no categories, an
+  attribute it lacks). A product feed or a canonical items file stays the authority.
+- **Profile fields** (GA4 user properties, Segment identify traits) are laid over the user's stored
+  attributes, the latest value of each winning.
+- **Rows that are not about items** (a GA4 ``page_view``, a Segment ``page`` call, an event name the
+  mapping does not list or maps to ``null``) are skipped and counted by reason in the summary; they
+  are not errors.
+
+The mapping is the tenant's ``connectors`` configuration (:mod:`lodestar.connectors.mapping`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lodestar.cdp import CdpStore, require_tenant
+from lodestar.connectors.mapping import CONFIG_KEYS, FORMATS
+from lodestar.errors import InvalidInput
+from lodestar.importer import ImportSummary, Row, _run_import
+from lodestar.records import _missing
+from lodestar.settings import Settings
+from lodestar.tenant_config import effective_config
+
+NOT_SET = "(not set)"  # GA4's and Adobe's text for a field the site never filled
+
+
+@dataclass
+class Converted:
+    """What one source row holds, in Lodestar's import format."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)  # {"id", "title", "categories", "attributes"}
+    users: list[dict[str, Any]] = field(default_factory=list)  # {"id", "attributes"}
+    problems: list[str] = field(default_factory=list)  # parts of the row that were refused, and why
+    skipped: str | None = None  # why the row as a whole holds nothing to import (not an error)
+    ts: float | None = None  # the row's time: later rows' item and profile fields win
+
+
+@dataclass
+class Mapping:
+    """A connector's mapping for one tenant: its section of ``connectors``, defaults overlaid."""
+
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def mapping_for(store: CdpStore, tenant: str, fmt: str) -> Mapping:
+    record = store.get_tenant(tenant)
+    return Mapping(effective_config(record["config"] if record else None).connectors[CONFIG_KEYS[fmt]])
+
+
+def connector(fmt: str) -> Any:
+    """The module of a format (``google-merchant`` is ``google_merchant``)."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; connectors: {', '.join(FORMATS)}")
+    return importlib.import_module(f"lodestar.connectors.{CONFIG_KEYS[fmt]}")
+
+
+def source_files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The file, or a directory's files with one of ``suffixes`` (sorted, as a sharded export is
+    named: ``events_20250101.parquet``, ...); an :class:`InvalidInput` when there is none."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise InvalidInput(f"{path} holds no {' or '.join(suffixes)} file")
+        return files
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file or directory")
+    return [path]
+
+
+def import_source(
+    store: CdpStore,
+    settings: Settings,
+    tenant: str,
+    fmt: str,
+    path: Path,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> list[ImportSummary]:
+    """Import a file (or every file of a directory) in a source format; one summary and reject
+    directory per file. Every file is checked before any row is imported."""
+    module = connector(fmt)
+    require_tenant(store, tenant)
+    files = source_files(Path(path), module.SUFFIXES)
+    opened = [(f, module.read(f)) for f in files]  # raises for a file that cannot be read at all
+    mapping = mapping_for(store, tenant, fmt)
+    summaries = []
+    for f, rows in opened:
+        if len(files) > 1:
+            progress(f"{f.name}:")
+        summaries.append(import_rows(store, settings, tenant, module, mapping, rows, str(f), progress))
+    return summaries
+
+
+def import_rows(
+    store: CdpStore,
+    settings: Settings,
+    tenant: str,
+    module: Any,
+    mapping: Mapping,
+    rows: Iterator[tuple[int, Row]],
+    source: str,
+    progress: Callable[[str], None],
+) -> ImportSummary:
+    """Convert and import one source's rows: a catalog feed's items, or an event format's events,
+    then the item fields and profiles those events carried."""
+    skipped: Counter[str] = Counter()
+    items = Gathered()
+    users = Gathered()
+
+    def converted() -> Iterator[tuple[int, Row, Converted]]:
+        for line, raw in rows:
+            if isinstance(raw, InvalidInput):
+                yield line, raw, Converted()
+                continue
+            try:
+                result = module.convert(raw, mapping)
+            except InvalidInput as exc:
+                yield line, InvalidInput(str(exc), raw), Converted()
+                continue
+            if result.skipped:
+                skipped[result.skipped] += 1
+            yield line, raw, result
+
+    if module.ENTITY == "items":
+        def catalog_rows() -> Iterator[tuple[int, Row]]:
+            for line, raw, result in converted():
+                if isinstance(raw, InvalidInput):
+                    yield line, raw
+                yield from ((line, InvalidInput(p, raw)) for p in result.problems)
+                yield from ((line, item) for item in result.items)
+
+        sources = [("items", catalog_rows(), source)]
+    else:
+        def event_rows() -> Iterator[tuple[int, Row]]:
+            for line, raw, result in converted():
+                if isinstance(raw, InvalidInput):
+                    yield line, raw
+                yield from ((line, InvalidInput(p, raw)) for p in result.problems)
+                yield from ((line, event) for event in result.events)
+                items.add(line, result.ts, result.items)
+                users.add(line, result.ts, result.users)
+
+        sources = [
+            ("events", event_rows(), source),
+            ("items", fill_catalog_gaps(store, tenant, items), f"{source} (item fields in its events)"),
+            ("users", merge_profiles(store, tenant, users), f"{source} (users of its events)"),
+        ]
+    summary = _run_import(store, settings, tenant, sources, progress)
+    if skipped:
+        summary.skipped = dict(skipped.most_common())
+        progress("skipped, not errors: " + ", ".join(f"{n} {why}" for why, n in skipped.most_common(5))
+                 + (f" and {len(skipped) - 5} more reasons (summary.json)" if len(skipped) > 5 else ""))
+        (Path(summary.directory) / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    return summary
+
+
+class Gathered:
+    """Item or profile fields seen in events, by id: per field, the value of the latest row."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, dict[str, Any]] = {}
+        self.attributes: dict[str, dict[str, Any]] = {}
+        self._when: dict[tuple[str, str], float] = {}
+        self.lines: dict[str, int] = {}
+        self.latest: dict[str, float | None] = {}
+        self.created: set[str] = set()  # ids fill_catalog_gaps made new items of
+
+    def add(self, line: int, ts: float | None, records: Iterable[dict[str, Any]]) -> None:
+        when = ts if ts is not None else float("-inf")
+        for record in records:
+            ident = record["id"]
+            self.lines.setdefault(ident, line)
+            if ts is not None and (self.latest.get(ident) or float("-inf")) < ts:
+                self.latest[ident] = ts
+            fields = self.fields.setdefault(ident, {})
+            attributes = self.attributes.setdefault(ident, {})
+            for name, value in record.items():
+                if name in ("id", "attributes") or _missing(value) or value == []:
+                    continue
+                if self._when.get((ident, name), float("-inf")) <= when:
+                    fields[name], self._when[(ident, name)] = value, when
+            for name, value in (record.get("attributes") or {}).items():
+                if value is None:
+                    continue
+                if self._when.get((ident, "attributes." + name), float("-inf")) <= when:
+                    attributes[name], self._when[(ident, "attributes." + name)] = value, when
+
+
+def fill_catalog_gaps(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tuple[int, Row]]:
+    """Item rows for the items events named: new items from the fields seen, stored items with only
+    their empty fields filled. Nothing is yielded for an item the fields add nothing to."""
+    for ident, fields in seen.fields.items():
+        attributes = seen.attributes[ident]
+        stored = store.get_item(tenant, ident)
+        if stored is None:
+            seen.created.add(ident)
+            # Its source time is the latest event's: a deletion stamped later is not undone by old events.
+            yield seen.lines[ident], {"id": ident, "kind": "product", **fields, "attributes": attributes,
+                                      "updated_at": seen.latest.get(ident)}
+            continue
+        row = {"id": ident, "kind": stored["kind"], "title": stored.get("title"),
+               "description": stored.get("description"), "categories": stored.get("categories") or [],
+               "tags": stored.get("tags") or [], "attributes": dict(stored.get("attributes") or {}),
+               "available": stored.get("available", True), "updated_at": stored.get("source_updated_at")}
+        before = json.dumps(row, sort_keys=True, default=str)
+        for name, value in fields.items():
+            if _missing(row.get(name)) or row.get(name) == []:
+                row[name] = value
+        for name, value in attributes.items():
+            row["attributes"].setdefault(name, value)
+        if json.dumps(row, sort_keys=True, default=str) != before:
+            yield seen.lines[ident], row
+
+
+def merge_profiles(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tuple[int, Row]]:
+    """User rows for the users of the events: profile fields seen laid over the stored attributes.
+    Nothing is yielded for a stored user the fields change nothing of."""
+    for ident, attributes in seen.attributes.items():
+        stored = store.get_user(tenant, ident)
+        if stored is None:
+            yield seen.lines[ident], {"id": ident, "attributes": attributes}
+            continue
+        merged = {**(stored.get("attributes") or {}), **attributes}
+        if merged != (stored.get("attributes") or {}):
+            yield seen.lines[ident], {"id": ident, "attributes": merged, "updated_at": stored.get("source_updated_at")}
+
+
+# -- helpers the connectors share ---------------------------------------------------------------
+def text(value: Any) -> str | None:
+    """A source field as text, or ``None`` when it is missing or the source's "(not set)"."""
+    if _missing(value) or isinstance(value, (dict, list, bool)):
+        return None
+    out = str(value).strip()
+    return None if out == NOT_SET else out
+
+
+def number(value: Any, where: str) -> float | None:
+    """A source number (GA4's NDJSON export writes int64 as text), ``None`` when missing."""
+    if _missing(value):
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(f"{where} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput(f"{where} must be a number, got {value!r}") from None
+    if out != out or out in (float("inf"), float("-inf")):
+        raise InvalidInput(f"{where} must be a finite number, got {value!r}")
+    return out
+
+
+def attributes_from(source: dict[str, Any], fields: dict[str, str | None]) -> dict[str, Any]:
+    """The source fields ``fields`` names (source name -> attribute name, ``None``: left out)."""
+    out: dict[str, Any] = {}
+    for name, attribute in fields.items():
+        if attribute is None:
+            continue
+        value = source.get(name)
+        if isinstance(value, str):
+            value = text(value)
+        if value is not None and not isinstance(value, (dict, list)):
+            out[attribute] = value
+    return out

@@ -1,0 +1,157 @@
+"""Segment-compatible live ingestion: Lodestar as a destination of any Segment-spec source.
+
+``POST /v1/ingest/segment/batch`` takes Segment's HTTP Tracking API batch (``{"batch": [...]}``, up
+to 1,000 messages; ``sentAt``, ``context``, ``writeKey`` and the like are accepted and not stored);
+``POST /v1/ingest/segment/{track,identify,page,screen,group,alias}`` take one message, its type from
+the path, and ``POST /v1/ingest/segment`` one message with its type in the body (as webhook
+destinations post each event). ``/v1/ingest/segment/v1/batch`` answers too, so that Segment's libraries, which post to
+``<host>/v1/batch``, work with ``host`` set to ``https://<lodestar>/v1/ingest/segment``.
+
+The key is the tenant's API key with the ``events`` scope, as a bearer token or, as Segment's
+libraries send their write key, as the user name of HTTP Basic credentials. Messages are converted
+by :mod:`lodestar.connectors.segment` with the tenant's ``connectors.segment`` mapping, then stored
+exactly as ``POST /v1/events`` stores events (:func:`serving.controllers.store_events`): the same
+validation, the same reply (``rejected`` and ``notes`` index the request's messages), and a 200 only
+once the events, the identify traits and the catalog gaps they fill are durable.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, post
+from litestar.params import Parameter
+
+from lodestar.cdp import EVENTS, CdpStore
+from lodestar.connectors import segment
+from lodestar.connectors.importing import (
+    Gathered,
+    Mapping,
+    fill_catalog_gaps,
+    merge_profiles,
+)
+from lodestar.errors import InvalidInput
+from lodestar.records import parse_item, parse_user
+from lodestar.tenant_config import TenantConfig
+from serving.auth import BASIC_KEY, SCOPE
+from serving.controllers import PathId, store_events
+from serving.dependencies import AdsDep, Cdp, Config, EventQuotasDep, Tenant
+from serving.openapi import SECURED, WRITES
+from serving.schemas import EventsAccepted, RejectedEvent
+
+CALLS = ("track", "identify", "page", "screen", "group", "alias")
+Atomic = Annotated[bool, Parameter(description="reject the whole batch if any message is invalid")]
+
+
+class SegmentBatch(msgspec.Struct):
+    """Segment's batch body; fields besides ``batch`` (sentAt, context, writeKey, ...) are accepted."""
+
+    batch: Annotated[list[Any], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class SegmentIngestController(Controller):
+    security = SECURED
+    path = "/v1/ingest/segment"
+    tags = ["events"]
+    opt = {SCOPE: EVENTS, BASIC_KEY: True}
+
+    @post("/batch", operation_id="ingestSegmentBatch", responses=WRITES, status_code=200, sync_to_thread=True)
+    def batch(self, tenant: Tenant, data: SegmentBatch, cdp: Cdp, config: Config, event_quotas: EventQuotasDep,
+              ads: AdsDep, atomic: Atomic = False) -> EventsAccepted:
+        """Store a Segment batch: ``track`` messages of the E-commerce Spec's events become events, one per
+        product; ``identify`` traits become the user's profile attributes; ``page``, ``screen``, ``group``
+        and ``alias`` carry no product and are noted, not stored. The mapping is the tenant's
+        ``connectors.segment`` configuration."""
+        return ingest(tenant, data.batch, cdp, config, event_quotas, ads, atomic)
+
+    @post("/v1/batch", operation_id="ingestSegmentLibraryBatch", responses=WRITES, status_code=200,
+          sync_to_thread=True)
+    def library_batch(self, tenant: Tenant, data: SegmentBatch, cdp: Cdp, config: Config,
+                      event_quotas: EventQuotasDep, ads: AdsDep, atomic: Atomic = False) -> EventsAccepted:
+        """The batch route where Segment's libraries post (``<host>/v1/batch``) when their host is
+        ``https://<lodestar>/v1/ingest/segment``; the same as ``/v1/ingest/segment/batch``."""
+        return ingest(tenant, data.batch, cdp, config, event_quotas, ads, atomic)
+
+    @post("/", operation_id="ingestSegmentMessage", responses=WRITES, status_code=200, sync_to_thread=True)
+    def message(self, tenant: Tenant, data: dict[str, Any], cdp: Cdp, config: Config, event_quotas: EventQuotasDep,
+                ads: AdsDep) -> EventsAccepted:
+        """One message with its ``type`` in the body, as webhook destinations (Segment's, RudderStack's) post
+        each event; a body with ``batch`` is taken as a batch."""
+        if isinstance(data.get("batch"), list):
+            if not 1 <= len(data["batch"]) <= 1000:
+                raise InvalidInput("batch: 1 to 1000 messages", field="batch")
+            return ingest(tenant, data["batch"], cdp, config, event_quotas, ads, atomic=False)
+        return ingest(tenant, [data], cdp, config, event_quotas, ads, atomic=True)
+
+    @post("/{call:str}", operation_id="ingestSegmentCall", responses=WRITES, status_code=200, sync_to_thread=True)
+    def call(self, tenant: Tenant, call: PathId, data: dict[str, Any], cdp: Cdp, config: Config,
+             event_quotas: EventQuotasDep, ads: AdsDep) -> EventsAccepted:
+        """One message of Segment's HTTP Tracking API (``track``, ``identify``, ...): its type is the path's."""
+        if call not in CALLS:
+            raise InvalidInput(f"unknown call {call!r}: POST a batch to /v1/ingest/segment/batch, or one message to "
+                               f"/v1/ingest/segment/CALL where CALL is one of {', '.join(CALLS)}", field="call")
+        return ingest(tenant, [{**data, "type": call}], cdp, config, event_quotas, ads, atomic=True)
+
+
+def ingest(tenant: str, messages: list[Any], cdp: CdpStore, config: TenantConfig, event_quotas: Any, ads: Any,
+           atomic: bool) -> EventsAccepted:
+    mapping = Mapping(config.connectors["segment"])
+    now = time.time()
+    candidates: list[tuple[int, Any]] = []
+    notes: list[RejectedEvent] = []
+    items, users = Gathered(), Gathered()
+    for index, message in enumerate(messages):
+        try:
+            if not isinstance(message, dict):
+                raise InvalidInput("a message must be a JSON object")
+            result = segment.convert(message, mapping, default_ts=now)
+        except InvalidInput as exc:
+            candidates.append((index, exc))
+            continue
+        if result.skipped:
+            notes.append(RejectedEvent(index=index, reason=f"not stored: {result.skipped}"))
+        candidates.extend((index, InvalidInput(problem)) for problem in result.problems)
+        candidates.extend((index, event) for event in result.events)
+        items.add(index, result.ts, result.items)
+        # The users of track messages are not made user records here (POST /v1/events does not
+        # either); identify traits are, and an import's users are.
+        users.add(index, result.ts, [u for u in result.users if u["attributes"]])
+    writes = _profiles_and_catalog(cdp, tenant, config, items, users, notes)
+    return store_events(tenant, candidates, cdp, config, event_quotas, ads, atomic, field="batch",
+                        what="message(s)", notes=notes, other_writes=writes)
+
+
+def _profiles_and_catalog(cdp: CdpStore, tenant: str, config: TenantConfig, items: Gathered, users: Gathered,
+                          notes: list[RejectedEvent]) -> Any:
+    """The writes a batch makes besides its events (``None`` when there are none): identify traits
+    laid over profiles, and catalog gaps filled from the products' fields. New items past the
+    tenant's item quota are left out (noted)."""
+    profile_rows = [parse_user(row) for _index, row in merge_profiles(cdp, tenant, users)]
+    item_rows = []
+    quota, count = config.quotas.items, None
+    for index, row in fill_catalog_gaps(cdp, tenant, items):
+        try:
+            record = parse_item(row)
+        except InvalidInput as exc:
+            notes.append(RejectedEvent(index=index, reason=f"the product's fields were not added to the catalog: {exc}"))
+            continue
+        if quota > 0 and record["id"] in items.created:
+            count = cdp.count(tenant, "items") if count is None else count
+            if count >= quota:
+                notes.append(RejectedEvent(index=index, reason=f"item {record['id']} was not added to the catalog: the "
+                                                               f"tenant has reached its quota of {quota} items"))
+                continue
+            count += 1
+        item_rows.append(record)
+    if not profile_rows and not item_rows:
+        return None
+
+    def write() -> None:
+        if profile_rows:
+            cdp.upsert_users(tenant, profile_rows)
+        if item_rows:
+            cdp.upsert_items(tenant, item_rows)
+
+    return write
