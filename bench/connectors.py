@@ -3,8 +3,8 @@
 
     .venv/bin/python bench/connectors.py [--rows 50000] [--rounds 2]
 
-Generates a GA4 BigQuery-export-shaped table (``--rows`` rows: a third ``page_view`` that is
-skipped, the rest ``view_item``, ``add_to_cart``, ``view_item_list`` with three items and ``purchase``
+Generates a GA4 BigQuery-export-shaped table (``--rows`` rows with the export's usual columns:
+event_params, device, geo, traffic_source, ...; a third ``page_view`` that is skipped, the rest ``view_item``, ``add_to_cart``, ``view_item_list`` with three items and ``purchase``
 with two; 2,000 products, 5,000 users with user properties) and the canonical events, items and users
 files holding exactly what the GA4 import stores. Each round imports every one into a fresh tenant,
 in turn, and checks both tenants hold the same events. Prints source rows per second, stored events
@@ -47,10 +47,19 @@ def generate(rows: int, seed: int = 7) -> tuple[list[dict], dict[str, list[dict]
                            "view_item_list", "purchase", "view_item"])
         picks = {"view_item_list": 3, "purchase": 2, "page_view": 0}.get(str(kind), 1)
         items = [dict(products[i], quantity=1) for i in rng.choice(2000, size=picks, replace=False)] if picks else []
-        ga4.append({"event_name": str(kind), "event_timestamp": ts * 1_000_000, "user_id": user,
-                    "user_pseudo_id": f"{user}.1", "items": items,
+        ga4.append({"event_date": "20251101", "event_name": str(kind), "event_timestamp": ts * 1_000_000,
+                    "event_params": [{"key": k, "value": {"string_value": v, "int_value": None}} for k, v in (
+                        ("page_location", f"https://shop.example/p/{n}"), ("page_title", "A product page"),
+                        ("ga_session_id", str(ts // 1800)), ("engagement_time_msec", "1200"),
+                        ("page_referrer", "https://www.google.com/"))],
+                    "user_id": user, "user_pseudo_id": f"{user}.1", "items": items,
                     "user_properties": [{"key": "tier", "value": {"string_value": f"t{int(user[1:]) % 3}",
-                                                                  "int_value": None}}]})
+                                                                  "int_value": None}}],
+                    "device": {"category": "mobile", "operating_system": "iOS", "language": "en-us",
+                               "web_info": {"browser": "Safari", "hostname": "shop.example"}},
+                    "geo": {"continent": "Europe", "country": "Germany", "region": "Berlin", "city": "Berlin"},
+                    "traffic_source": {"name": "(organic)", "medium": "organic", "source": "google"},
+                    "platform": "WEB", "stream_id": "1234567890"})
         etype = {"view_item": "view", "add_to_cart": "add_to_cart", "view_item_list": "impression",
                  "purchase": "purchase"}.get(str(kind))
         for item in items if etype else ():

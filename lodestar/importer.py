@@ -101,9 +101,10 @@ _NOT_TEXT = (
 _SNIFF_BYTES = 64 * 1024
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Row]]:
+def read_rows(path: Path, columns: tuple[str, ...] | None = None) -> Iterator[tuple[int, Row]]:
     """``(line, row)`` for every data row of a file; a row that cannot even be parsed comes back as
-    an :class:`InvalidInput` so that it is rejected, not lost.
+    an :class:`InvalidInput` so that it is rejected, not lost. ``columns``: of a Parquet file, read
+    only those (the ones it has); a connector needs a few columns of a wide export.
 
     The file is checked when this is called, not when the first row is read: a file that cannot be
     read at all raises :class:`InvalidInput` here, before anything is imported."""
@@ -115,7 +116,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, Row]]:
     if not path.is_file():
         raise InvalidInput(f"{path}: no such file")
     if fmt == "parquet":
-        return _parquet_rows(_open_parquet(path))
+        return _parquet_rows(_open_parquet(path), columns)
     _require_text(path, fmt)
     return _jsonl_rows(path) if fmt == "jsonl" else _csv_rows(path)
 
@@ -268,18 +269,19 @@ def _open_parquet(path: Path) -> Any:
         ) from None
 
 
-def _parquet_rows(parquet: Any) -> Iterator[tuple[int, Row]]:
+def _parquet_rows(parquet: Any, columns: tuple[str, ...] | None = None) -> Iterator[tuple[int, Row]]:
     """Rows numbered from 1, read one row group at a time so that a group that cannot be decoded
     costs only its own rows, each rejected."""
     import pyarrow as pa
 
+    chosen = None if columns is None else [c for c in parquet.schema_arrow.names if c in columns]
     before = 0
     try:
         for group in range(parquet.num_row_groups):
             size = parquet.metadata.row_group(group).num_rows
             read = 0
             try:
-                for batch in parquet.iter_batches(batch_size=BATCH, row_groups=[group]):
+                for batch in parquet.iter_batches(batch_size=BATCH, row_groups=[group], columns=chosen):
                     for row in batch.to_pylist():
                         read += 1
                         yield before + read, row

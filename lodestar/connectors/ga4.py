@@ -33,8 +33,13 @@ SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".json")
 CATEGORY_FIELDS = ("item_category", "item_category2", "item_category3", "item_category4", "item_category5")
 
 
-def read(path: Path) -> Any:
-    return read_rows(path)
+# The columns a conversion reads: of a Parquet export (dozens of columns, event_params the widest on
+# every row), only these are decoded; a rejected row's copy in the reject file holds only these.
+COLUMNS = ("event_name", "event_timestamp", "user_id", "user_pseudo_id", "items", "user_properties")
+
+
+def read(path: Path, mapping: Mapping) -> Any:
+    return read_rows(path, columns=(*COLUMNS, *mapping["user_id_fields"]))
 
 
 def convert(row: dict[str, Any], mapping: Mapping) -> Converted:

@@ -35,7 +35,7 @@ _PRICE = re.compile(r"^\s*([0-9]+(?:[.,][0-9]+)?)\s*([A-Za-z]{3})?\s*$")
 _CHUNK = 64 * 1024
 
 
-def read(path: Path) -> Iterator[tuple[int, Row]]:
+def read(path: Path, mapping: Mapping) -> Iterator[tuple[int, Row]]:
     if path.suffix.lower() not in SUFFIXES:
         raise InvalidInput(f"{path}: a product feed is .tsv, .txt (tab-separated) or .xml, not {path.suffix!r}")
     _require_text(path, "csv")

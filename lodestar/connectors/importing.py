@@ -98,8 +98,8 @@ def import_source(
     module = connector(fmt)
     require_tenant(store, tenant)
     files = source_files(Path(path), module.SUFFIXES)
-    opened = [(f, module.read(f)) for f in files]  # raises for a file that cannot be read at all
     mapping = mapping_for(store, tenant, fmt)
+    opened = [(f, module.read(f, mapping)) for f in files]  # raises for a file that cannot be read at all
     summaries = []
     for f, rows in opened:
         if len(files) > 1:
@@ -186,21 +186,24 @@ class Gathered:
         when = ts if ts is not None else float("-inf")
         for record in records:
             ident = record["id"]
-            self.lines.setdefault(ident, line)
+            if ident not in self.lines:
+                self.lines[ident] = line
+                self.fields[ident], self.attributes[ident] = {}, {}
             if ts is not None and (self.latest.get(ident) or float("-inf")) < ts:
                 self.latest[ident] = ts
-            fields = self.fields.setdefault(ident, {})
-            attributes = self.attributes.setdefault(ident, {})
-            for name, value in record.items():
-                if name in ("id", "attributes") or _missing(value) or value == []:
-                    continue
-                if self._when.get((ident, name), float("-inf")) <= when:
-                    fields[name], self._when[(ident, name)] = value, when
-            for name, value in (record.get("attributes") or {}).items():
-                if value is None:
-                    continue
-                if self._when.get((ident, "attributes." + name), float("-inf")) <= when:
-                    attributes[name], self._when[(ident, "attributes." + name)] = value, when
+            self._keep(ident, self.fields[ident], "", {k: v for k, v in record.items()
+                                                         if k not in ("id", "attributes") and v not in (None, "", [])},
+                       when)
+            self._keep(ident, self.attributes[ident], "attributes.", record.get("attributes") or {}, when)
+
+    def _keep(self, ident: str, kept: dict[str, Any], prefix: str, values: dict[str, Any], when: float) -> None:
+        """Each value of ``values`` unless a later row already gave that field one."""
+        for name, value in values.items():
+            if value is None:
+                continue
+            key = (ident, prefix + name)
+            if name not in kept or self._when[key] <= when:
+                kept[name], self._when[key] = value, when
 
 
 def fill_catalog_gaps(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tuple[int, Row]]:
@@ -245,10 +248,13 @@ def merge_profiles(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tup
 # -- helpers the connectors share ---------------------------------------------------------------
 def text(value: Any) -> str | None:
     """A source field as text, or ``None`` when it is missing or the source's "(not set)"."""
-    if _missing(value) or isinstance(value, (dict, list, bool)):
+    if type(value) is str:  # the common case first: this runs for every field of every row
+        out = value.strip()
+        return out if out and out != NOT_SET else None
+    if value is None or isinstance(value, (dict, list, tuple, bool)) or (isinstance(value, float) and value != value):
         return None
     out = str(value).strip()
-    return None if out == NOT_SET else out
+    return out if out and out != NOT_SET else None
 
 
 def number(value: Any, where: str) -> float | None:

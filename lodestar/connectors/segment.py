@@ -39,7 +39,7 @@ SUFFIXES = (".jsonl", ".ndjson", ".json")
 NO_PRODUCT = ("page", "screen", "group", "alias")
 
 
-def read(path: Path) -> Iterator[tuple[int, Row]]:
+def read(path: Path, mapping: Mapping) -> Iterator[tuple[int, Row]]:
     rows = read_rows(path)
 
     def messages() -> Iterator[tuple[int, Row]]:

@@ -34,7 +34,7 @@ ENTITY = "events"
 SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
-def read(path: Path) -> Any:
+def read(path: Path, mapping: Mapping) -> Any:
     return read_rows(path)
 
 
