@@ -166,6 +166,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Row]]:
             except json.JSONDecodeError as exc:
                 yield line_no, InvalidInput(f"not valid JSON ({exc.msg} at column {exc.colno})", line.rstrip("\n"))
                 continue
+            except ValueError as exc:  # an integer of thousands of digits (Python's conversion limit)
+                yield line_no, InvalidInput(f"not usable JSON ({exc})", line.rstrip("\n")[:1000])
+                continue
             yield line_no, row if isinstance(row, dict) else InvalidInput("a line must be a JSON object", row)
 
 

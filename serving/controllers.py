@@ -354,15 +354,17 @@ class EventController(Controller):
 def store_events(
     tenant: str, candidates: list[tuple[int, Any]], cdp: CdpStore, config: TenantConfig, event_quotas: Any, ads: Any,
     atomic: bool, *, field: str = "events", what: str = "event(s)", notes: list[RejectedEvent] | None = None,
-    other_writes: Callable[[], None] | None = None,
+    other_writes: Callable[[list[dict[str, Any]]], None] | None = None, other_data: bool = False,
 ) -> EventsAccepted:
     """Validate, charge and store events as ``POST /v1/events`` does, for every route that takes
     events: ``candidates`` are (index in the request, raw event or the :class:`InvalidInput` that
-    refused it). ``other_writes`` (a connector's profiles and catalog gaps) runs after validation and
-    before the events are stored, so a 2xx means all of it is durable; a request whose events are all
-    invalid is still a 422 unless it has such writes."""
+    refused it). ``other_writes`` (a connector's profiles and catalog gaps) is given the valid events
+    and runs after validation and before they are stored, so a 2xx means all of it is durable; a
+    request with invalid events and nothing valid to store (no valid event, and ``other_data`` false:
+    no profile) is a 422."""
     now = time.time()
-    valid, rejected, clicks, notes = [], [], [], list(notes or [])
+    # ``notes`` is the caller's list, kept: other_writes may add to it.
+    valid, rejected, clicks, notes = [], [], [], notes if notes is not None else []
     for index, raw in candidates:
         try:
             if isinstance(raw, InvalidInput):
@@ -385,8 +387,8 @@ def store_events(
             valid.append(event)
         except InvalidInput as exc:
             rejected.append(RejectedEvent(index=index, reason=str(exc)))
-    if rejected and (atomic or not (valid or other_writes)):
-        detail = "no event was stored: " + ("the batch is atomic and " if atomic and (valid or other_writes) else "") \
+    if rejected and (atomic or not (valid or other_data)):
+        detail = "no event was stored: " + ("the batch is atomic and " if atomic and (valid or other_data) else "") \
             + f"{len(rejected)} {what} are invalid, e.g. {field}[{rejected[0].index}]: {rejected[0].reason}"
         raise HTTPException(status_code=422, detail=detail, extra=[
             {"key": f"{field}[{r.index}]", "source": "body", "message": r.reason} for r in rejected])
@@ -398,7 +400,7 @@ def store_events(
         charged = [(index, ads.charge(tenant, event, ad, record, config.ads, now))
                    for index, event, ad, record in clicks]
         if other_writes is not None:
-            other_writes()
+            other_writes(valid)
         stored = cdp.append_events(tenant, valid)
     finally:
         event_quotas.settle(tenant, held, stored)

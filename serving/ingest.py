@@ -29,8 +29,10 @@ from lodestar.connectors import segment
 from lodestar.connectors.importing import (
     Gathered,
     Mapping,
+    convert,
     fill_catalog_gaps,
     merge_profiles,
+    validated,
 )
 from lodestar.errors import InvalidInput
 from lodestar.records import parse_item, parse_user
@@ -101,36 +103,50 @@ def ingest(tenant: str, messages: list[Any], cdp: CdpStore, config: TenantConfig
     now = time.time()
     candidates: list[tuple[int, Any]] = []
     notes: list[RejectedEvent] = []
-    items, users = Gathered(), Gathered()
+    item_fields: dict[tuple[str, str], tuple[int, float | None, dict[str, Any]]] = {}  # (user, item) of an event
+    profiles = Gathered()
     for index, message in enumerate(messages):
         try:
-            if not isinstance(message, dict):
-                raise InvalidInput("a message must be a JSON object")
-            result = segment.convert(message, mapping, default_ts=now)
+            result = convert(segment, message, mapping, default_ts=now)
         except InvalidInput as exc:
             candidates.append((index, exc))
             continue
         if result.skipped:
             notes.append(RejectedEvent(index=index, reason=f"not stored: {result.skipped}"))
-        candidates.extend((index, InvalidInput(problem)) for problem in result.problems)
-        candidates.extend((index, event) for event in result.events)
-        items.add(index, result.ts, result.items)
+        checked = validated(result, default_ts=now)
+        candidates.extend((index, problem) for problem in checked.refused)
+        candidates.extend((index, event) for event in checked.events)
+        for item in checked.items:
+            for event in checked.events:
+                if event["item_id"] == item["id"]:
+                    item_fields[(event["user_id"], item["id"])] = (index, result.ts, item)
         # The users of track messages are not made user records here (POST /v1/events does not
         # either); identify traits are, and an import's users are.
-        users.add(index, result.ts, [u for u in result.users if u["attributes"]])
-    writes = _profiles_and_catalog(cdp, tenant, config, items, users, notes)
+        profiles.add(index, result.ts, [u for u in checked.users if u["attributes"]])
+    profile_rows = [parse_user(row) for _index, row in merge_profiles(cdp, tenant, profiles)]
+
+    def write(valid: list[dict[str, Any]]) -> None:
+        """Profiles, and the catalog gaps the valid events' products fill (new items past the
+        tenant's item quota left out, noted), before the events."""
+        stored = {(e["user_id"], e["item_id"]) for e in valid}
+        items = Gathered()
+        for key, (index, ts, item) in item_fields.items():
+            if key in stored:
+                items.add(index, ts, [item])
+        rows = _catalog_rows(cdp, tenant, config, items, notes)
+        if profile_rows:
+            cdp.upsert_users(tenant, profile_rows)
+        if rows:
+            cdp.upsert_items(tenant, rows)
+
     return store_events(tenant, candidates, cdp, config, event_quotas, ads, atomic, field="batch",
-                        what="message(s)", notes=notes, other_writes=writes)
+                        what="message(s)", notes=notes, other_writes=write, other_data=bool(profile_rows))
 
 
-def _profiles_and_catalog(cdp: CdpStore, tenant: str, config: TenantConfig, items: Gathered, users: Gathered,
-                          notes: list[RejectedEvent]) -> Any:
-    """The writes a batch makes besides its events (``None`` when there are none): identify traits
-    laid over profiles, and catalog gaps filled from the products' fields. New items past the
-    tenant's item quota are left out (noted)."""
-    profile_rows = [parse_user(row) for _index, row in merge_profiles(cdp, tenant, users)]
-    item_rows = []
+def _catalog_rows(cdp: CdpStore, tenant: str, config: TenantConfig, items: Gathered,
+                  notes: list[RejectedEvent]) -> list[dict[str, Any]]:
     quota, count = config.quotas.items, None
+    out = []
     for index, row in fill_catalog_gaps(cdp, tenant, items):
         try:
             record = parse_item(row)
@@ -144,14 +160,5 @@ def _profiles_and_catalog(cdp: CdpStore, tenant: str, config: TenantConfig, item
                                                                f"tenant has reached its quota of {quota} items"))
                 continue
             count += 1
-        item_rows.append(record)
-    if not profile_rows and not item_rows:
-        return None
-
-    def write() -> None:
-        if profile_rows:
-            cdp.upsert_users(tenant, profile_rows)
-        if item_rows:
-            cdp.upsert_items(tenant, item_rows)
-
-    return write
+        out.append(record)
+    return out

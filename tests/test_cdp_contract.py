@@ -73,6 +73,23 @@ def test_upsert_is_idempotent_and_watermark_moves_only_on_change(store):
     assert [(r["id"], r["title"]) for r in changed] == [("b", "renamed")]
 
 
+def test_deleted_ids_names_tombstones_only(store):
+    store.create_tenant("acme")
+    store.create_tenant("other")
+    store.upsert_items("acme", _items("live", "gone"))
+    store.upsert_items("acme", [parse_item({"id": "gone", "deleted": True})])
+    store.upsert_items("other", [parse_item({"id": "live", "deleted": True})])
+    store.upsert_users("acme", [{"id": "u", "attributes": {}, "deleted": False, "source_updated_at": None}])
+    store.erase_user("acme", "u")
+    assert store.get_item("acme", "gone") is None and store.get_user("acme", "u") is None
+    assert store.deleted_ids("acme", "items", ["live", "gone", "never"]) == {"gone"}
+    assert store.deleted_ids("acme", "users", ["u", "never"]) == {"u"}
+    assert store.deleted_ids("other", "items", ["live", "gone"]) == {"live"}
+    assert store.deleted_ids("acme", "items", [f"x{n}" for n in range(1200)] + ["gone"]) == {"gone"}
+    with pytest.raises(InvalidInput):
+        store.deleted_ids("acme", "events", ["x"])
+
+
 def test_watermark_tie_break_pages_through_equal_timestamps(store):
     store.create_tenant("acme")
     store.upsert_items("acme", _items(*[f"i{n:03d}" for n in range(25)]))  # one stamp for all

@@ -83,24 +83,36 @@ def test_ga4_export_imports_events_per_item_fills_the_catalog_and_rejects_bad_ro
 
 
 def test_ga4_parquet_export_with_nested_records_imports_the_same(settings, store, tmp_path):
-    """The BigQuery export as Parquet: items and user_properties are nested lists of structs."""
+    """The BigQuery export as Parquet: items and user_properties are nested lists of structs, int64 as
+    integers, and every column of the export (event_params, device, ...), of which only those a
+    conversion reads are decoded (a rejected row's copy holds only those)."""
     rows = []
     for line in (SAMPLES / "ga4_events_20251101.jsonl").read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "event_timestamp" in row and row["items"]:
+        if "event_timestamp" in row and "event_params" in row:
             row["event_timestamp"] = int(row["event_timestamp"])  # INT64 in Parquet
-            rows.append({k: row[k] for k in ("event_name", "event_timestamp", "user_id", "user_pseudo_id", "items",
-                                             "user_properties")})
+            for prop in row["user_properties"]:
+                value = prop["value"]
+                value["int_value"] = None if value["int_value"] is None else int(value["int_value"])
+            for param in row["event_params"]:
+                param["value"]["int_value"] = None if param["value"]["int_value"] is None else \
+                    int(param["value"]["int_value"])
+            rows.append(row)
     path = tmp_path / "events_20251101.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
+    assert "event_params" in pq.read_schema(path).names and "geo" in pq.read_schema(path).names
     store.create_tenant("shop")
     summary = _import(store, settings, "shop", "ga4", path)
-    assert (_entity(summary, "events").accepted, _entity(summary, "events").rejected) == (9, 1)
+    assert (_entity(summary, "events").accepted, _entity(summary, "events").rejected) == (9, 2)
+    assert summary.skipped == {"event page_view (not mapped)": 1, "event session_start (not mapped)": 1}
+    rejected = _rejects(summary, "events")
+    assert set(rejected[-1]["row"]) == {"event_name", "event_timestamp", "user_id", "user_pseudo_id", "items",
+                                        "user_properties"}  # the columns read, not event_params or geo
     assert _events(store, "shop", "u1")[1] == ("purchase", "SKU-100", 178.0, 40)
-    assert store.get_user("shop", "u1")["attributes"]["lifetime_orders"] == 7
+    assert store.get_user("shop", "u1")["attributes"] == {"membership": "gold", "lifetime_orders": 7}
     _nothing_changes_again(store, settings, "shop", "ga4", path, summary)
 
 
@@ -281,6 +293,121 @@ def test_the_dagster_job_imports_a_source(settings, store):
     assert store.get_item("shop", "SKU-100")["title"] == "Trail Runner GTX"
 
 
+def _ga4_row(name, seconds, items, **fields):
+    return {"event_name": name, "event_timestamp": str(int((T0 + seconds) * 1e6)), "user_id": "u1",
+            "user_pseudo_id": "1.1", "items": items, **fields}
+
+
+def test_one_product_twice_in_an_order_is_one_event_worth_both(settings, store, tmp_path):
+    store.create_tenant("shop")
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        _ga4_row("purchase", 0, [{"item_id": "A", "price": 5, "quantity": 1},
+                                 {"item_id": "A", "price": 5, "quantity": 3}, {"item_id": "B", "price": "4.50"}]),
+        _ga4_row("view_item", 10, [{"item_id": "A"}, {"item_id": "A"}]),
+    ]) + "\n")
+    summary = _import(store, settings, "shop", "ga4", path)
+    assert _entity(summary, "events").changed == 3
+    assert _events(store, "shop", "u1") == [("purchase", "A", 20.0, 0), ("purchase", "B", 4.5, 0),
+                                           ("view", "A", None, 10)]
+    assert store.get_item("shop", "B")["attributes"]["price"] == 4.5  # a price written as text is a number
+
+
+def test_deleted_items_and_erased_users_are_not_brought_back(settings, store, tmp_path):
+    from lodestar.records import parse_item
+
+    store.create_tenant("shop")
+    store.upsert_items("shop", [parse_item({"id": "GONE", "title": "Old"})])
+    store.upsert_items("shop", [parse_item({"id": "GONE", "deleted": True})])  # no updated_at: no stamp to compare
+    store.upsert_users("shop", [{"id": "u1", "attributes": {"plan": "pro"}, "deleted": False, "source_updated_at": None}])
+    store.erase_user("shop", "u1")
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(_ga4_row("view_item", 0, [{"item_id": "GONE", "item_name": "Old product"}],
+                                        user_properties=[{"key": "plan", "value": {"string_value": "pro"}}])) + "\n")
+    summary = _import(store, settings, "shop", "ga4", path)
+    assert _entity(summary, "events").accepted == 1  # the event is the shop's data
+    assert store.get_item("shop", "GONE") is None and store.deleted_ids("shop", "items", ["GONE"]) == {"GONE"}
+    assert store.get_user("shop", "u1") is None and store.deleted_ids("shop", "users", ["u1"]) == {"u1"}
+
+
+def test_an_older_export_imported_later_does_not_undo_newer_profile_values(settings, store, tmp_path):
+    store.create_tenant("shop")
+
+    def identify(name, seconds, traits):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps({"type": "identify", "userId": "u1", "traits": traits,
+                                    "timestamp": f"2025-11-01T00:00:{seconds:02d}Z"}) + "\n")
+        _import(store, settings, "shop", "segment", path)
+
+    identify("newer", 50, {"plan": "gold"})
+    identify("older", 10, {"plan": "free", "country": "DE"})
+    assert store.get_user("shop", "u1")["attributes"] == {"plan": "gold", "country": "DE"}  # gaps filled only
+    identify("newest", 59, {"plan": "platinum"})
+    assert store.get_user("shop", "u1")["attributes"] == {"plan": "platinum", "country": "DE"}
+
+
+def test_rows_of_the_wrong_shape_are_rejected_not_fatal(settings, store, tmp_path):
+    store.create_tenant("shop")
+    path = tmp_path / "xdm.jsonl"
+    good = {"timestamp": "2025-11-01T00:00:00Z", "eventType": "commerce.productViews",
+            "identityMap": {"ECID": [{"id": "e1", "primary": True}]}, "productListItems": [{"SKU": "A"}]}
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {**good, "productListItems": [{"SKU": "A", "productCategories": 7}]},
+        {**good, "identityMap": {"ECID": "e1"}},
+        {**good, "productListItems": [{"SKU": "B", "priceTotal": {"value": 3}}]},
+        [1, 2],
+        {**good, "timestamp": "2025-11-01T00:00:01Z"},
+    ]) + "\n" + '{"eventType": "commerce.productViews", "x": ' + "9" * 5000 + "}\n")
+    summary = _import(store, settings, "shop", "xdm", path)
+    assert _entity(summary, "events").accepted == 2
+    assert [r["line"] for r in _rejects(summary, "events")] == [2, 3, 4, 6]
+    assert "priceTotal must be a number" in _rejects(summary, "events")[1]["reason"]
+
+
+def test_ga4_cookieless_pings_are_skipped_and_a_bad_event_creates_no_item(settings, store, tmp_path):
+    store.create_tenant("shop")
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {**_ga4_row("page_view", 0, []), "user_id": None, "user_pseudo_id": None},
+        _ga4_row("view_item", 1, [{"item_id": "X" * 300, "item_name": "Too long an id"}]),
+    ]) + "\n")
+    summary = _import(store, settings, "shop", "ga4", path)
+    assert summary.skipped == {"rows without user_id or user_pseudo_id (consent mode's cookieless pings)": 1}
+    assert "item_id is longer than 256" in _rejects(summary, "events")[0]["reason"]
+    assert store.count("shop", "items") == 0 and store.get_user("shop", "u1") is None
+
+
+def test_merchant_prices_atom_feeds_and_an_entity_feed_in_a_directory(settings, store, tmp_path):
+    from lodestar.connectors.google_merchant import price
+
+    assert price("1,299.00 USD", "price") == (1299.0, "USD") and price("1.299,00 EUR", "price") == (1299.0, "EUR")
+    assert price("15,5 EUR", "price") == (15.5, "EUR") and price("7", "price") == (7.0, None)
+    for bad in ("1,000 USD", "1,2,3 USD", "12,34.56 USD", "USD 5", "5.001 USD"):
+        with pytest.raises(InvalidInput):
+            price(bad, "price")
+    store.create_tenant("shop")
+    atom = tmp_path / "feed.xml"
+    atom.write_text('<?xml version="1.0"?>\n<feed xmlns="http://www.w3.org/2005/Atom" '
+                    'xmlns:g="http://base.google.com/ns/1.0">\n<title>Shop</title>\n'
+                    '<entry>\n<id>tag:shop.example,2025:1</id>\n<title>Atom title</title>\n'
+                    '<summary>A kettle that whistles.</summary>\n<link href="https://shop.example/k"/>\n'
+                    '<g:id>K-1</g:id>\n<g:title>Whistling Kettle</g:title>\n<g:price>30.00 USD</g:price>\n'
+                    '</entry>\n</feed>\n')
+    summary = _import(store, settings, "shop", "google-merchant", atom)
+    assert _entity(summary, "items").accepted == 1, _rejects(summary, "items")
+    kettle = store.get_item("shop", "K-1")
+    assert (kettle["title"], kettle["description"], kettle["attributes"]["link"]) == \
+        ("Whistling Kettle", "A kettle that whistles.", "https://shop.example/k")
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    (feeds / "a.tsv").write_text("id\ttitle\nZ-1\tZed\n")
+    (feeds / "b.xml").write_text('<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aa">]><rss><channel><item>'
+                                 '<id>Z-2</id><title>&a;</title></item></channel></rss>')
+    with pytest.raises(InvalidInput, match="refused"):
+        import_source(store, settings, "shop", "google-merchant", feeds)
+    assert store.get_item("shop", "Z-1") is None  # every file is checked before any row is imported
+
+
 # -- live: Segment's HTTP tracking API ----------------------------------------------------------------
 @pytest.fixture()
 def live(tmp_path):
@@ -348,6 +475,32 @@ def test_segment_batch_over_http_answers_like_the_events_route(live):
     elsewhere = client.post("/v1/events", json={"events": [{"user_id": "a", "item_id": "b", "type": "view"}]},
                             headers=basic)
     assert elsewhere.status_code == 401 and "Bearer" in elsewhere.json()["detail"]
+
+
+def test_segment_messages_are_refused_one_by_one_as_events_are(live):
+    client, settings, key, _reader = live
+    long_id = "r" * 300
+    view = {"type": "track", "userId": "u1", "event": "Product Viewed",
+            "properties": {"product_id": "P1", "name": "One"}}
+    mixed = [view, {"type": "identify", "userId": "x" * 300, "traits": {"plan": "a"}},
+             {"type": "identify", "userId": "u2", "traits": {"plan": "b"}}]
+    reply = client.post("/v1/ingest/segment/batch", json={"batch": mixed}, headers=bearer(key))
+    assert reply.status_code == 200, reply.text
+    assert [r["index"] for r in reply.json()["rejected"]] == [1] and reply.json()["stored"] == 1
+    # Every event invalid: a 422, as POST /v1/events answers the same event, and its product is not created.
+    bad = {**view, "properties": {"product_id": "P4", "name": "Four", "recommendation_id": long_id}}
+    answer = client.post("/v1/ingest/segment/batch", json={"batch": [bad]}, headers=bearer(key))
+    same = client.post("/v1/events", headers=bearer(key), json={"events": [
+        {"user_id": "u1", "item_id": "P4", "type": "view", "recommendation_id": long_id}]})
+    assert answer.status_code == same.status_code == 422
+    assert answer.json()["errors"][0]["message"].endswith(same.json()["errors"][0]["message"])
+    order = {"type": "track", "userId": "u3", "event": "Order Completed", "properties": {"products": [
+        {"product_id": "P5", "price": 5, "quantity": 1}, {"product_id": "P5", "price": 5, "quantity": 3}]}}
+    assert client.post("/v1/ingest/segment/batch", json={"batch": [order]}, headers=bearer(key)).json()["stored"] == 1
+    with cdp_session(settings) as store:
+        assert store.get_item("shop", "P4") is None and store.get_item("shop", "P1")["title"] == "One"
+        assert store.get_user("shop", "u2")["attributes"] == {"plan": "b"}
+        assert [e["value"] for e in store.user_events("shop", "u3")] == [20.0]
 
 
 def test_segment_ingestion_follows_the_tenants_mapping_and_item_quota(live):

@@ -638,6 +638,16 @@ class ArangoCdpStore:
     def get_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
         return self._get("items", tenant, item_id)
 
+    def deleted_ids(self, tenant: str, entity: str, ids: list[str]) -> set[str]:
+        if entity not in ("items", "users"):
+            raise InvalidInput(f"deleted_ids looks up items or users, not {entity!r}")
+        out: set[str] = set()
+        collection = self.db.collection(entity)
+        for start in range(0, len(ids), 500):
+            keys = [document_key(tenant, i) for i in ids[start:start + 500]]
+            out.update(doc["id"] for doc in collection.get_many(keys) if doc.get("deleted"))
+        return out
+
     def find(self, tenant: str, entity: str, text: str, limit: int = 50) -> list[dict[str, Any]]:
         if entity not in ("items", "users"):
             raise InvalidInput(f"find looks up items or users, not {entity!r}")

@@ -665,6 +665,18 @@ class SqliteCdpStore:
     def get_user(self, tenant: str, user_id: str) -> dict[str, Any] | None:
         return self._get("users", tenant, user_id)
 
+    def deleted_ids(self, tenant: str, entity: str, ids: list[str]) -> set[str]:
+        if entity not in ("items", "users"):
+            raise InvalidInput(f"deleted_ids looks up items or users, not {entity!r}")
+        out: set[str] = set()
+        conn = self._conn()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.update(r[0] for r in conn.execute(
+                f"SELECT id FROM {entity} WHERE tenant = ? AND deleted = 1 AND id IN ({', '.join('?' for _ in chunk)})",
+                (tenant, *chunk)))
+        return out
+
     def _get(self, table: str, tenant: str, ident: str) -> dict[str, Any] | None:
         row = self._conn().execute(
             f"SELECT * FROM {table} WHERE tenant = ? AND id = ? AND deleted = 0", (tenant, ident)

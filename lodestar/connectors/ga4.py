@@ -51,9 +51,11 @@ def convert(row: dict[str, Any], mapping: Mapping) -> Converted:
         raise InvalidInput("event_timestamp is missing (microseconds since 1970, as GA4 exports it)")
     ts = check_time_range(micros / 1e6, "event_timestamp")
     user = next((u for f in mapping["user_id_fields"] if (u := text(row.get(f))) is not None), None)
-    if user is None and text(row.get("user_pseudo_id")) is None and text(row.get("user_id")) is None:
-        raise InvalidInput("the row has neither user_id nor user_pseudo_id")
     out = Converted(ts=ts)
+    if user is None and text(row.get("user_pseudo_id")) is None and text(row.get("user_id")) is None:
+        # Consent mode's cookieless pings carry no id at all: nobody to recommend to, not an error.
+        out.skipped = "rows without user_id or user_pseudo_id (consent mode's cookieless pings)"
+        return out
     properties = user_properties(row.get("user_properties")) if mapping["user_properties"] and user else {}
     etype = mapping["events"].get(name)
     if etype is None:

@@ -31,7 +31,7 @@ from lodestar.importer import Row, _csv_rows, _require_text
 ENTITY = "items"
 SUFFIXES = (".tsv", ".txt", ".xml")
 AVAILABILITY = {"in_stock": True, "out_of_stock": False, "preorder": True, "backorder": True}
-_PRICE = re.compile(r"^\s*([0-9]+(?:[.,][0-9]+)?)\s*([A-Za-z]{3})?\s*$")
+_PRICE = re.compile(r"^\s*([0-9][0-9.,]*)\s*([A-Za-z]{3})?\s*$")
 _CHUNK = 64 * 1024
 
 
@@ -40,6 +40,7 @@ def read(path: Path, mapping: Mapping) -> Iterator[tuple[int, Row]]:
         raise InvalidInput(f"{path}: a product feed is .tsv, .txt (tab-separated) or .xml, not {path.suffix!r}")
     _require_text(path, "csv")
     if path.suffix.lower() == ".xml":
+        _check_prolog(path)
         return _xml_rows(path)
     return ((line, _named(row) if isinstance(row, dict) else row) for line, row in _csv_rows(path, delimiter="\t"))
 
@@ -54,39 +55,72 @@ def _name(name: str) -> str:
     return (name[2:] if name.startswith("g:") else name).replace(" ", "_")
 
 
-class _Products(ET.TreeBuilder):
-    """Builds each ``<item>``/``<entry>`` and hands it over with the line it starts on."""
+G_NAMESPACE = "{http://base.google.com/ns/1.0}"
+
+
+class _Products:
+    """A parser target that builds each ``<item>``/``<entry>`` on its own (nothing else of the feed is
+    kept, so memory holds one product, not the feed) and hands it over with the line it starts on."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.parser: DefusedXMLParser | None = None
-        self.depth = 0
-        self.product_depth: int | None = None
-        self.started: int = 0
+        self.started_root = False
+        self.stack: list[ET.Element] = []  # the product being built, and its open children
+        self.line = 0
         self.done: list[tuple[int, ET.Element]] = []
 
-    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
-        self.depth += 1
-        local = tag.rsplit("}", 1)[-1]
-        if self.product_depth is None and local in ("item", "entry"):
-            self.product_depth = self.depth
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        self.started_root = True
+        if self.stack:
+            element = ET.SubElement(self.stack[-1], tag, attrs)
+            self.stack.append(element)
+        elif tag.rsplit("}", 1)[-1] in ("item", "entry"):
             assert self.parser is not None
-            self.started = self.parser.parser.CurrentLineNumber
-        return super().start(tag, attrs)
+            self.line = self.parser.parser.CurrentLineNumber
+            self.stack.append(ET.Element(tag, attrs))
 
-    def end(self, tag: str) -> ET.Element:
-        element = super().end(tag)
-        if self.product_depth == self.depth:
-            self.done.append((self.started, element))
-            self.product_depth = None
-        self.depth -= 1
-        return element
+    def end(self, tag: str) -> None:
+        if self.stack:
+            element = self.stack.pop()
+            if not self.stack:
+                self.done.append((self.line, element))
+
+    def data(self, text: str) -> None:
+        if self.stack:
+            element = self.stack[-1]
+            if len(element):  # text after a child element: the tail of that child
+                element[-1].tail = (element[-1].tail or "") + text
+            else:
+                element.text = (element.text or "") + text
+
+    def close(self) -> None:
+        return None
+
+
+def _parser() -> tuple[DefusedXMLParser, _Products]:
+    target = _Products()
+    parser = DefusedXMLParser(target=target, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    target.parser = parser
+    return parser, target
+
+
+def _check_prolog(path: Path) -> None:
+    """Refuse a feed that declares entities before anything is imported: a document type
+    declaration can only come before the root element, so reading up to it is enough."""
+    parser, target = _parser()
+    with path.open("rb") as fh:
+        while not target.started_root and (chunk := fh.read(_CHUNK)):
+            try:
+                parser.feed(chunk)
+            except DefusedXmlException as exc:
+                raise InvalidInput(f"{path} was refused: {exc} (a product feed needs no entities; entity "
+                                   "expansion is how a small XML file takes gigabytes of memory)") from None
+            except ET.ParseError:
+                return  # malformed: the import reports it at its line
 
 
 def _xml_rows(path: Path) -> Iterator[tuple[int, Row]]:
-    builder = _Products()
-    parser = DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True, forbid_external=True)
-    builder.parser = parser
+    parser, builder = _parser()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             try:
@@ -111,22 +145,37 @@ def _xml_rows(path: Path) -> Iterator[tuple[int, Row]]:
 
 
 def _drain(builder: _Products) -> Iterator[tuple[int, Row]]:
+    """Each finished product as a row of attribute name to text. An attribute in the ``g:`` namespace
+    wins over a plain element of the same name (an Atom entry has its own ``<id>`` and ``<title>``
+    beside ``<g:id>`` and ``<g:title>``); Atom's ``<summary>`` is the description when there is none,
+    and its ``<link href>`` the link."""
     done, builder.done = builder.done, []
     for line, element in done:
         row: dict[str, Any] = {}
+        plain: dict[str, Any] = {}
         for child in element:
-            name = _name(child.tag.rsplit("}", 1)[-1])
-            value = (child.text or "").strip() if len(child) == 0 else \
-                {_name(c.tag.rsplit("}", 1)[-1]): (c.text or "").strip() for c in child}
-            if name in row:  # a repeated attribute (additional_image_link, ...): a list
-                row[name] = (row[name] if isinstance(row[name], list) else [row[name]]) + [value]
+            local = child.tag.rsplit("}", 1)[-1]
+            name = _name(local)
+            if len(child):
+                value: Any = {_name(c.tag.rsplit("}", 1)[-1]): (c.text or "").strip() for c in child}
+            elif local == "link" and child.get("href"):
+                value = child.get("href")
             else:
-                row[name] = value
-        yield line, row
+                value = (child.text or "").strip()
+            target = row if child.tag.startswith(G_NAMESPACE) else plain
+            if name in target:  # a repeated attribute (additional_image_link, ...): a list
+                target[name] = (target[name] if isinstance(target[name], list) else [target[name]]) + [value]
+            else:
+                target[name] = value
+        if "summary" in plain and "description" not in plain:
+            plain["description"] = plain.pop("summary")
+        yield line, {**plain, **row}
 
 
 def price(value: Any, where: str) -> tuple[float, str | None] | None:
-    """``"15.00 USD"`` (or ``"15,00 EUR"``, or a bare number) as (amount, currency)."""
+    """``"15.00 USD"`` as (15.0, "USD"). A comma is the decimal mark when it is the last separator and
+    has one or two digits after it (``15,00 EUR``, ``1.299,00 EUR``); a separator with three digits
+    after it and no decimal mark (``1,000 USD``) is refused as ambiguous rather than guessed."""
     raw = text(value)
     if raw is None:
         return None
@@ -134,7 +183,24 @@ def price(value: Any, where: str) -> tuple[float, str | None] | None:
     if match is None:
         raise InvalidInput(f"{where} {raw!r} is not a price: write the amount and its ISO 4217 currency, e.g. "
                            "15.00 USD")
-    return float(match.group(1).replace(",", ".")), (match.group(2) or "").upper() or None
+    amount = match.group(1)
+    last = max(amount.rfind("."), amount.rfind(","))
+    if last >= 0 and len(amount) - last - 1 == 3 and (amount.count(".") + amount.count(",")) == 1:
+        raise InvalidInput(f"{where} {raw!r} is ambiguous (a thousands separator or a decimal mark?): write "
+                           "it with a decimal point and no thousands separator, e.g. 1000.00 USD")
+    if last >= 0 and len(amount) - last - 1 not in (1, 2):
+        raise InvalidInput(f"{where} {raw!r} is not a price: the decimal part has one or two digits, e.g. "
+                           "1000.00 USD")
+    whole, fraction = (amount[:last], amount[last + 1:]) if last >= 0 else (amount, "")
+    groups, marks = re.split(r"[.,]", whole), set(re.findall(r"[.,]", whole))
+    if len(groups) > 1 and (len(marks) > 1 or amount[last] in marks or not 1 <= len(groups[0]) <= 3
+                            or any(len(g) != 3 for g in groups[1:])):
+        raise InvalidInput(f"{where} {raw!r} is not a price: thousands are grouped by three (1,299.00 USD), "
+                           "or better not grouped at all (1299.00 USD)")
+    digits = "".join(groups)
+    if not digits.isdigit():
+        raise InvalidInput(f"{where} {raw!r} is not a price: write the amount and its currency, e.g. 15.00 USD")
+    return float(f"{digits}.{fraction or '0'}"), (match.group(2) or "").upper() or None
 
 
 def convert(row: dict[str, Any], mapping: Mapping) -> Converted:
@@ -152,15 +218,18 @@ def convert(row: dict[str, Any], mapping: Mapping) -> Converted:
             raise InvalidInput(f"availability {availability!r} is not one of in_stock, out_of_stock, preorder, "
                                "backorder")
         available = AVAILABILITY[key]
-    attributes = attributes_from(row, {k: v for k, v in mapping["attributes"].items() if k not in ("price",)})
+    attributes = attributes_from(row, {k: v for k, v in mapping["attributes"].items() if k not in ("price", "sale_price")})
+    if mapping["attributes"].get("sale_price") and text(row.get("sale_price")):
+        attributes[mapping["attributes"]["sale_price"]] = row["sale_price"]  # a price: parsed below
     amount = price(row.get("price"), "price")
     if amount is not None:
         attributes["price"] = amount[0]
         if amount[1]:
             attributes["currency"] = amount[1]
-    if "sale_price" in attributes:
-        sale = price(attributes["sale_price"], "sale_price")
-        attributes["sale_price"] = sale[0] if sale else None
+    sale_name = mapping["attributes"].get("sale_price")
+    if sale_name and sale_name in attributes:
+        sale = price(attributes[sale_name], "sale_price")
+        attributes[sale_name] = sale[0] if sale else None
     categories: list[str] = []
     for source in mapping["categories_from"]:
         value = row.get(source)

@@ -31,11 +31,12 @@ from lodestar.cdp import CdpStore, require_tenant
 from lodestar.connectors.mapping import CONFIG_KEYS, FORMATS
 from lodestar.errors import InvalidInput
 from lodestar.importer import ImportSummary, Row, _run_import
-from lodestar.records import _missing
+from lodestar.records import _missing, parse_event, parse_user
 from lodestar.settings import Settings
 from lodestar.tenant_config import effective_config
 
 NOT_SET = "(not set)"  # GA4's and Adobe's text for a field the site never filled
+NUMERIC_ATTRIBUTES = frozenset({"price"})  # kept as a number whatever the source wrote ("4.50")
 
 
 @dataclass
@@ -130,7 +131,7 @@ def import_rows(
                 yield line, raw, Converted()
                 continue
             try:
-                result = module.convert(raw, mapping)
+                result = convert(module, raw, mapping)
             except InvalidInput as exc:
                 yield line, InvalidInput(str(exc), raw), Converted()
                 continue
@@ -152,10 +153,12 @@ def import_rows(
             for line, raw, result in converted():
                 if isinstance(raw, InvalidInput):
                     yield line, raw
-                yield from ((line, InvalidInput(p, raw)) for p in result.problems)
-                yield from ((line, event) for event in result.events)
-                items.add(line, result.ts, result.items)
-                users.add(line, result.ts, result.users)
+                    continue
+                checked = validated(result)
+                yield from ((line, InvalidInput(str(p), raw)) for p in checked.refused)
+                yield from ((line, event) for event in checked.events)
+                items.add(line, result.ts, checked.items)
+                users.add(line, result.ts, checked.users)
 
         sources = [
             ("events", event_rows(), source),
@@ -169,6 +172,66 @@ def import_rows(
                  + (f" and {len(skipped) - 5} more reasons (summary.json)" if len(skipped) > 5 else ""))
         (Path(summary.directory) / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     return summary
+
+
+def convert(module: Any, raw: Any, mapping: Mapping, **options: Any) -> Converted:
+    """``module.convert``, with a row whose values have the wrong types for the format (a number where
+    a list belongs, say) refused as that row's error instead of ending the import."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("a row must be a JSON object")
+    try:
+        return module.convert(raw, mapping, **options)
+    except InvalidInput:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise InvalidInput(f"the row does not have the shape of a {module.__name__.rsplit('.', 1)[-1]} row "
+                           f"({type(exc).__name__}: {exc}); check it against the format's specification") from None
+
+
+@dataclass
+class Checked:
+    """A converted row's events as the import and ``POST /v1/events`` check them, and the item and
+    profile fields worth keeping: those of its valid events' items, and its users when an event is
+    valid or they carry profile fields."""
+
+    events: list[dict[str, Any]]
+    refused: list[InvalidInput]
+    items: list[dict[str, Any]]
+    users: list[dict[str, Any]]
+
+
+def validated(result: Converted, default_ts: float | None = None) -> Checked:
+    """Check a converted row. Entries of one row that are the same event (one product twice in an
+    order: same user, item, type and time, so the same event id) become one event whose value is
+    their sum, instead of the last silently replacing the others."""
+    out = Checked([], [InvalidInput(p) for p in result.problems], [], [])
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for event in result.events:
+        try:
+            parse_event(event, default_ts=default_ts)
+        except InvalidInput as exc:
+            out.refused.append(InvalidInput(f"item {event.get('item_id')!r}: {exc}"))
+            continue
+        key = (event["user_id"], event["item_id"], event["type"], event.get("ts"))
+        if key in merged:
+            kept = merged[key]
+            if event.get("value") is not None and kept.get("type") == "purchase":
+                kept["value"] = (kept.get("value") or 0.0) + event["value"]
+            continue
+        merged[key] = dict(event)
+    out.events = list(merged.values())
+    valid_items = {e["item_id"] for e in out.events}
+    out.items = [i for i in result.items if i["id"] in valid_items]
+    for user in result.users:
+        if not out.events and not user.get("attributes"):
+            continue
+        try:
+            parse_user(user)
+        except InvalidInput as exc:
+            out.refused.append(InvalidInput(f"the user's profile was not stored: {exc}"))
+            continue
+        out.users.append(user)
+    return out
 
 
 class Gathered:
@@ -208,13 +271,16 @@ class Gathered:
 
 def fill_catalog_gaps(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tuple[int, Row]]:
     """Item rows for the items events named: new items from the fields seen, stored items with only
-    their empty fields filled. Nothing is yielded for an item the fields add nothing to."""
+    their empty fields filled. Nothing is yielded for an item the fields add nothing to, nor for one
+    the catalog deleted (a tombstone is not a gap)."""
+    deleted = store.deleted_ids(tenant, "items", list(seen.fields))
     for ident, fields in seen.fields.items():
+        if ident in deleted:
+            continue
         attributes = seen.attributes[ident]
         stored = store.get_item(tenant, ident)
         if stored is None:
             seen.created.add(ident)
-            # Its source time is the latest event's: a deletion stamped later is not undone by old events.
             yield seen.lines[ident], {"id": ident, "kind": "product", **fields, "attributes": attributes,
                                       "updated_at": seen.latest.get(ident)}
             continue
@@ -233,16 +299,27 @@ def fill_catalog_gaps(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[
 
 
 def merge_profiles(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tuple[int, Row]]:
-    """User rows for the users of the events: profile fields seen laid over the stored attributes.
-    Nothing is yielded for a stored user the fields change nothing of."""
+    """User rows for the users of the events: profile fields seen laid over the stored attributes,
+    stamped with the time of the latest row they came from. A stored profile stamped later than
+    that keeps its values and gets only the fields it lacks (an old export imported after a newer
+    one does not undo it); an erased user is not brought back. Nothing is yielded for a stored user
+    the fields change nothing of."""
+    deleted = store.deleted_ids(tenant, "users", list(seen.attributes))
     for ident, attributes in seen.attributes.items():
+        if ident in deleted:
+            continue
+        latest = seen.latest.get(ident)
         stored = store.get_user(tenant, ident)
         if stored is None:
-            yield seen.lines[ident], {"id": ident, "attributes": attributes}
+            yield seen.lines[ident], {"id": ident, "attributes": attributes, "updated_at": latest}
             continue
-        merged = {**(stored.get("attributes") or {}), **attributes}
-        if merged != (stored.get("attributes") or {}):
-            yield seen.lines[ident], {"id": ident, "attributes": merged, "updated_at": stored.get("source_updated_at")}
+        kept = stored.get("attributes") or {}
+        stamp = stored.get("source_updated_at")
+        newer = stamp is None or (latest is not None and latest >= stamp)
+        merged = {**kept, **attributes} if newer else {**attributes, **kept}
+        when = max((t for t in (stamp, latest) if t is not None), default=None)
+        if merged != kept or when != stamp:
+            yield seen.lines[ident], {"id": ident, "attributes": merged, "updated_at": when}
 
 
 # -- helpers the connectors share ---------------------------------------------------------------
@@ -281,6 +358,11 @@ def attributes_from(source: dict[str, Any], fields: dict[str, str | None]) -> di
         value = source.get(name)
         if isinstance(value, str):
             value = text(value)
+        if attribute in NUMERIC_ATTRIBUTES and value is not None:
+            try:  # a price written as text ("4.50") is still a price (item_price reads numbers only)
+                value = number(value, name)
+            except InvalidInput:
+                value = None
         if value is not None and not isinstance(value, (dict, list)):
             out[attribute] = value
     return out

@@ -119,7 +119,8 @@ def convert(row: dict[str, Any], mapping: Mapping) -> Converted:
 def categories(entry: dict[str, Any]) -> list[str]:
     """``productCategories[].categoryName`` (else ``categoryID``), in order, without repeats."""
     out: list[str] = []
-    for category in entry.get("productCategories") or ():
+    listed = entry.get("productCategories")
+    for category in listed if isinstance(listed, list) else ():
         if isinstance(category, dict):
             name = text(category.get("categoryName")) or text(category.get("categoryID"))
             if name and name not in out:
