@@ -13,7 +13,8 @@ A refused request is refused before any work, by the guard that resolved its key
 429 with ``Retry-After`` and which quota it hit. For up to a second after (at most until that window
 frees), the same credential's next requests are refused earlier still, before routing, the key
 lookup and the body (serving.limits asks :meth:`RequestRates.refused`): a flood past its quota then
-costs the server little more than reading the request heads. Events per day are checked by the events route
+costs the server little more than reading the request heads. A refusal for the concurrency quota is
+remembered the same way while the tenant stays at its limit (until one of its requests finishes). Events per day are checked by the events route
 against the CDP's count of the tenant's events stored since UTC midnight, by the API or an import
 (refreshed every few seconds, plus what this process stored or is storing since), so a batch past
 the quota is refused whole.
@@ -77,7 +78,8 @@ class RequestRates:
         self.shared = not storage_uri.startswith("memory://")
         # Credentials refused for a rate, until the window that refused them frees: the
         # Authorization header (the same secret, so the same key) -> (until, message, quota).
-        self._refused: dict[str, tuple[float, str, str]] = {}
+        # A concurrency refusal also holds the tenant and its allowed requests in flight.
+        self._refused: dict[str, tuple[float, str, str, str | None, int]] = {}
         self._in_flight: dict[str, int] = {}  # per tenant with a concurrency quota
         self._lock = threading.Lock()
 
@@ -94,9 +96,11 @@ class RequestRates:
             entry = self._refused.get(authorization)
             if entry is None:
                 return None
-            until, message, quota = entry
+            until, message, quota, tenant, allowed = entry
             now = time.time()
-            if now >= until:
+            # A concurrency refusal stands while the tenant is still at its limit; a rate refusal
+            # until its window frees.
+            if now >= until or (tenant is not None and self._in_flight.get(tenant, 0) < allowed):
                 self._refused.pop(authorization, None)
                 return None
         THROTTLED.labels(quota).inc()
@@ -127,28 +131,37 @@ class RequestRates:
                 message = (f"{whose} is over its quota of {rate:g} requests per second (quotas.{setting}); "
                            "slow down and retry after the Retry-After seconds, or ask the operator to raise it")
                 if authorization is not None:
-                    now = time.time()
-                    if len(self._refused) >= MAX_REMEMBERED:
-                        self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
-                    if len(self._refused) < MAX_REMEMBERED:
-                        # At most EARLY_REFUSAL_S ahead: a quota the operator raised meanwhile is
-                        # looked at again by the guard within that time.
-                        self._refused[authorization] = (min(reset, now + EARLY_REFUSAL_S), message, name)
+                    # At most EARLY_REFUSAL_S ahead: a quota the operator raised meanwhile is
+                    # looked at again by the guard within that time.
+                    self._remember(authorization, (min(reset, time.time() + EARLY_REFUSAL_S), message, name, None, 0))
                 raise QuotaExceeded(message, max(1, math.ceil(reset - time.time())), name)
         if quotas.concurrent_requests > 0:
             allowed = quotas.concurrent_requests if self.shared else max(1, quotas.concurrent_requests // self.workers)
             if self._in_flight.get(principal.tenant, 0) >= allowed:
                 THROTTLED.labels("tenant_concurrency").inc()
-                raise QuotaExceeded(
-                    f"tenant {principal.tenant!r} already has {allowed} requests in flight, its quota "
-                    f"(quotas.concurrent_requests = {quotas.concurrent_requests}); send fewer at once and retry",
-                    1, "tenant_concurrency")
+                message = (f"tenant {principal.tenant!r} already has {allowed} requests in flight, its quota "
+                           f"(quotas.concurrent_requests = {quotas.concurrent_requests}); send fewer at once and retry")
+                if authorization is not None:
+                    # Refused early too while the tenant stays at its limit (and for at most
+                    # EARLY_REFUSAL_S): the next request of a client sending too many at once is
+                    # answered before routing and the key lookup, as a rate refusal's is.
+                    self._remember(authorization, (time.time() + EARLY_REFUSAL_S, message, "tenant_concurrency",
+                                                   principal.tenant, allowed))
+                raise QuotaExceeded(message, 1, "tenant_concurrency")
         for _name, item, ids in limits:
             self._limiter.hit(item, *ids)
         if quotas.concurrent_requests > 0:
             self._in_flight[principal.tenant] = self._in_flight.get(principal.tenant, 0) + 1
             return principal.tenant
         return None
+
+    def _remember(self, authorization: str, entry: tuple[float, str, str, str | None, int]) -> None:
+        """Keep a refusal for :meth:`refused` (under the lock), forgetting expired ones when full."""
+        now = time.time()
+        if len(self._refused) >= MAX_REMEMBERED:
+            self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
+        if len(self._refused) < MAX_REMEMBERED:
+            self._refused[authorization] = entry
 
     def finished(self, tenant: str) -> None:
         """A request counted by :meth:`admit` against a concurrency quota is done."""

@@ -238,3 +238,23 @@ def test_concurrency_slots_stay_exact_when_threads_admit_and_the_loop_gives_back
     finally:
         sys.setswitchinterval(interval)
     assert rates._in_flight == {} and held_max[0] <= 3
+
+
+def test_a_concurrency_refusal_answers_early_only_while_the_tenant_is_at_its_limit():
+    """After a concurrency refusal, the same credential is refused early (before routing and the key
+    lookup) while the tenant still has its quota of requests in flight, and not once one finishes."""
+    from lodestar.errors import QuotaExceeded
+    from lodestar.keys import Principal
+    from lodestar.tenant_config import QuotaSettings
+
+    rates = RequestRates.from_env({})
+    principal, quota = Principal("tenant_key", "acme", ("read",), "k1"), QuotaSettings(concurrent_requests=1)
+    assert rates.admit(principal, quota, "Bearer k1") == "acme"  # one in flight: the quota
+    with pytest.raises(QuotaExceeded):
+        rates.admit(principal, quota, "Bearer k1")
+    early = rates.refused("Bearer k1")
+    assert early is not None and early.quota == "tenant_concurrency"
+    assert rates.refused("Bearer other-key") is None  # only the credential that was refused
+    rates.finished("acme")
+    assert rates.refused("Bearer k1") is None  # the slot is free: the guard looks again
+    assert rates.admit(principal, quota, "Bearer k1") == "acme"
