@@ -205,8 +205,10 @@ def cmd_cdp_import(args: argparse.Namespace, settings: Settings) -> int:
             from lodestar.connectors.importing import import_source
 
             if not args.paths or args.items or args.users or args.events:
-                raise InvalidInput(f"--format {args.format} takes files or directories as arguments, not --items/--users/"
-                                   f"--events: lodestar cdp import --tenant T --format {args.format} PATH [PATH ...]")
+                why = "takes files or directories as arguments, not --items/--users/--events" \
+                    if args.items or args.users or args.events else "needs the files (or directories) to import"
+                raise InvalidInput(f"--format {args.format} {why}: lodestar cdp import --tenant T --format {args.format} "
+                                   "PATH [PATH ...]")
             summaries = [s for path in args.paths
                          for s in import_source(store, settings, args.tenant, args.format, Path(path), progress=_say)]
         else:
@@ -584,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cdp_init)
     p = cdp.add_parser(
         "import",
-        help="import items, users and events (JSONL, CSV or Parquet) or a MovieLens directory",
+        help="import items, users and events (JSONL, CSV or Parquet), a MovieLens directory, or a GA4 export, "
+             "XDM events, Segment messages or a Merchant feed",
         description="Rows that do not fit go to a reject file with line and reason; good rows are committed; a re-import "
                     "upserts. Exit status: 0 when rows were accepted (rejects, if any, are reported), 1 when every row "
                     "was rejected, 2 when a file or argument cannot be used (then nothing is imported).",
