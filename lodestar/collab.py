@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from scipy.sparse.linalg import svds
 
 from lodestar.event_weights import event_weight, event_weights
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp  # imported by the fit itself: serving processes score with numpy only
+
     from lodestar.tenant_config import TenantConfig
 
 EASE = "ease"
@@ -202,6 +202,8 @@ def fit(pairs: pd.DataFrame, item_ids: list[str], config: TenantConfig) -> Colla
         item_ids = [i for i in item_ids if i in engaged]
     index = {item: k for k, item in enumerate(item_ids)}
     users = {u: k for k, u in enumerate(pd.unique(pairs["user_id"]))}
+    import scipy.sparse as sp
+
     X = sp.csr_matrix(
         (np.ones(len(pairs), dtype=np.float32), (pairs["user_id"].map(users), pairs["item_id"].map(index))),
         shape=(max(len(users), 1), len(item_ids)),
@@ -245,5 +247,8 @@ def _svd_factors(X: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
     damp = np.power(np.asarray(X.sum(axis=0)).ravel() + 1.0, -0.25).astype(np.float32)
     if X.nnz == 0 or rank < 1 or min(X.shape) < 2:
         return np.zeros((n_items, max(rank, 1)), dtype=np.float32), damp
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
     _, _, vt = svds((X @ sp.diags(damp)).astype(np.float32), k=rank, random_state=0)
     return vt.T.astype(np.float32), damp

@@ -56,3 +56,13 @@ def test_the_monolithic_stages_module_is_gone():
     assert sorted(p.stem for p in (ROOT / "lodestar" / "lineage").glob("*.py")) == [
         "__init__", "collab_fit", "embeddings", "evaluation_gate", "extracts", "feature_tables", "files",
         "index_build", "publishing", "segment_refresh"]
+
+
+def test_the_api_process_does_not_load_the_pipelines_statistics_and_learning_libraries():
+    """scikit-learn, statsmodels and SciPy fit models and analyse results in the pipeline (and for an
+    experiment's analysis on demand); importing them with the app cost every API worker about 80 MB
+    before its first tenant (issue 13's memory per worker). They are imported where they are used."""
+    probe = ("import sys, serving.app; "
+             "print(sorted(m for m in ('sklearn', 'statsmodels', 'scipy') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

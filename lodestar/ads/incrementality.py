@@ -36,11 +36,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from statsmodels.stats.proportion import (
-    confint_proportions_2indep,
-    test_proportions_2indep,
-)
-from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from lodestar.ads.money import MICROS, revenue_of
 
@@ -146,6 +141,14 @@ def _row(advertiser: str, campaign: str, groups: dict[bool, Group], spend: float
     if t.users < MIN_USERS or c.users < MIN_USERS:
         row["note"] = f"too few users to measure (at least {MIN_USERS} exposed and {MIN_USERS} held out)"
         return row
+    # Imported here: serving processes use this module's holdout draw only, and need not hold
+    # statsmodels (and what it imports) in memory.
+    from statsmodels.stats.proportion import (
+        confint_proportions_2indep,
+        test_proportions_2indep,
+    )
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = confint_proportions_2indep(t.converted, t.users, c.converted, c.users, method="newcomb",

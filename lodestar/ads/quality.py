@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
 
 FEATURES = ("relevance", "position_inv", "popularity", "log_price", "line_item_ctr", "advertiser_ctr", "search",
             "similar", "session")
@@ -134,8 +132,11 @@ def training_data(serves: Iterable[dict[str, Any]], clicked: set[str], popularit
     return TrainingData(x, labels, np.asarray([r["ts"] for r in rows]), prior, final("line_item"), final("advertiser"))
 
 
-def fit(x: np.ndarray, y: np.ndarray, columns: Sequence[int] | None = None) -> tuple[LogisticRegression, np.ndarray,
-                                                                                      np.ndarray]:
+def fit(x: np.ndarray, y: np.ndarray, columns: Sequence[int] | None = None) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A logistic regression (scikit-learn, imported here: serving processes score published models
+    with numpy alone and need not hold scikit-learn in memory) on standardized columns."""
+    from sklearn.linear_model import LogisticRegression
+
     cols = list(range(x.shape[1])) if columns is None else list(columns)
     mean, scale = x[:, cols].mean(axis=0), x[:, cols].std(axis=0)
     scale[scale == 0] = 1.0
@@ -158,6 +159,8 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[list[dict
 
 
 def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
     p = np.clip(p, 1e-6, 1 - 1e-6)
     deciles, ece = calibration(y, p)
     auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
-from statsmodels.stats.power import tt_ind_solve_power
-from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 SRM_ALPHA = 0.001
+# scipy.stats and statsmodels are imported by the functions that use them: the API process imports
+# this module for experiment definitions, and need not hold them in memory until one is analysed.
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,8 @@ def compare(control: Sequence[float], treatment: Sequence[float], alpha: float =
     c, t = np.asarray(control, dtype=float), np.asarray(treatment, dtype=float)
     if len(c) < 2 or len(t) < 2:
         raise ValueError("each variant needs at least two units to be compared")
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+
     means = CompareMeans(DescrStatsW(t), DescrStatsW(c))
     with warnings.catch_warnings():  # two constant samples (no revenue on either side): no evidence, p = 1
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -77,6 +78,8 @@ def _fieller(m0: float, m1: float, v0: float, v1: float, df: float, alpha: float
     p-value never disagree. NaN bounds when the control mean is not clearly above 0 (unbounded)."""
     if not math.isfinite(df) or m0 <= 0:
         return math.nan, math.nan
+    from scipy import stats
+
     q2 = stats.t.ppf(1 - alpha / 2, df) ** 2
     a, b, c = m0**2 - q2 * v0, -2 * m0 * m1, m1**2 - q2 * v1
     disc = b * b - 4 * a * c
@@ -93,6 +96,8 @@ def sample_ratio_mismatch(units: Sequence[int], weights: Sequence[float]) -> flo
     if observed.sum() == 0:
         return 1.0
     expected = observed.sum() * np.asarray(weights, dtype=float) / sum(weights)
+    from scipy import stats
+
     return float(stats.chisquare(observed, f_exp=expected).pvalue)
 
 
@@ -103,6 +108,8 @@ def units_needed(baseline_mean: float, baseline_sd: float, mde: float, weights: 
     ``power`` at level ``alpha``; the first variant is the control, each other compared with it."""
     if baseline_mean <= 0 or baseline_sd <= 0 or mde <= 0:
         raise ValueError("the power analysis needs a positive baseline, standard deviation and effect")
+    from statsmodels.stats.power import tt_ind_solve_power
+
     effect = mde * baseline_mean / baseline_sd
     control = max(tt_ind_solve_power(effect_size=effect, alpha=alpha, power=power, ratio=w / weights[0])
                   for w in weights[1:])
@@ -113,5 +120,7 @@ def detectable_effect(baseline_mean: float, baseline_sd: float, control_units: i
                       alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest relative change the test detects with ``power`` at ``control_units`` units in
     the control (and ``ratio`` times as many in the variant)."""
+    from statsmodels.stats.power import tt_ind_solve_power
+
     effect = tt_ind_solve_power(nobs1=control_units, alpha=alpha, power=power, ratio=ratio)
     return float(effect * baseline_sd / baseline_mean)
