@@ -22,6 +22,7 @@ from lodestar.connectors.importing import (
     Mapping,
     attributes_from,
     number,
+    products,
     text,
 )
 from lodestar.errors import InvalidInput
@@ -72,26 +73,15 @@ def convert(row: dict[str, Any], mapping: Mapping) -> Converted:
     if not isinstance(entries, (list, tuple)):
         raise InvalidInput(f"items must be a list of records, got {type(entries).__name__}")
     out.users.append({"id": user, "attributes": properties})
-    for n, entry in enumerate(entries):
-        where = f"items[{n}]"
-        if not isinstance(entry, dict):
-            out.problems.append(f"{where} must be a record, got {type(entry).__name__}")
-            continue
-        item = text(entry.get("item_id"))
-        if item is None:
-            out.problems.append(f"{where}.item_id is missing or (not set): the entry was not imported (the other "
-                                "items of the event were); send item_id with every item")
-            continue
-        try:
-            value = revenue(entry, where) if etype == "purchase" else None
-        except InvalidInput as exc:
-            out.problems.append(str(exc))
-            continue
-        out.events.append({"user_id": user, "item_id": item, "type": etype, "value": value, "ts": ts})
-        attributes = attributes_from(entry, mapping["item_fields"])
+    for item, entry in products(
+            out, {"user_id": user, "type": etype, "ts": ts}, ((f"items[{n}]", e) for n, e in enumerate(entries)),
+            lambda e: text(e.get("item_id")),
+            "item_id is missing or (not set): the entry was not imported (the other items of the event were); send "
+            "item_id with every item",
+            lambda e, where: revenue(e, where) if etype == "purchase" else None):
         out.items.append({"id": item, "title": text(entry.get("item_name")),
                           "categories": [c for f in CATEGORY_FIELDS if (c := text(entry.get(f)))],
-                          "attributes": attributes})
+                          "attributes": attributes_from(entry, mapping["item_fields"])})
     return out
 
 

@@ -323,6 +323,32 @@ def merge_profiles(store: CdpStore, tenant: str, seen: Gathered) -> Iterator[tup
 
 
 # -- helpers the connectors share ---------------------------------------------------------------
+def products(out: Converted, event: dict[str, Any], entries: Iterable[tuple[str, Any]],
+             ident: Callable[[dict[str, Any]], str | None], missing: str,
+             value: Callable[[dict[str, Any], str], float | None]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The product entries of an event row (``(where, entry)``, ``where`` as ``items[1]``): for each
+    that is an object with an id (``ident``) and a readable ``value(entry, where)``, one event is
+    added to ``out``, ``event`` (the row's user, type and time) with the item and value, and
+    ``(item id, entry)`` is handed back for the item's fields. An entry that is not an object, lacks
+    an id (``missing`` says what to send) or has an unreadable value becomes one of the row's
+    problems; the row's other products still import."""
+    for where, entry in entries:
+        if not isinstance(entry, dict):
+            out.problems.append(f"{where} must be an object, got {type(entry).__name__}")
+            continue
+        item = ident(entry)
+        if item is None:
+            out.problems.append(f"{where}.{missing}")
+            continue
+        try:
+            worth = value(entry, where)
+        except InvalidInput as exc:
+            out.problems.append(str(exc))
+            continue
+        out.events.append({**event, "item_id": item, "value": worth})
+        yield item, entry
+
+
 def text(value: Any) -> str | None:
     """A source field as text, or ``None`` when it is missing or the source's "(not set)"."""
     if type(value) is str:  # the common case first: this runs for every field of every row

@@ -29,6 +29,7 @@ from lodestar.connectors.importing import (
     number,
     text,
 )
+from lodestar.connectors.importing import products as each_product
 from lodestar.connectors.mapping import event_key
 from lodestar.errors import InvalidInput
 from lodestar.importer import Row, read_rows
@@ -105,25 +106,18 @@ def convert(message: dict[str, Any], mapping: Mapping, default_ts: float | None 
             raise InvalidInput(f"{name} needs properties.rating (a number) to be a rating")
     out.users.append({"id": user, "attributes": {}})
     passed = {k: properties[k] for k in ("recommendation_id", "ad_id") if not _missing(properties.get(k))}
-    for where, entry in entries:
-        if not isinstance(entry, dict):
-            out.problems.append(f"{where} must be an object, got {type(entry).__name__}")
-            continue
-        item = text(entry.get("product_id")) or text(entry.get("sku"))
-        if item is None:
-            out.problems.append(f"{where}.product_id is missing (and there is no sku): "
-                                + ("the product was not imported (the order's others were)" if products else
-                                   f"a {name} event names its product in properties.product_id"))
-            continue
-        try:
-            price = number(entry.get("price"), f"{where}.price")
-            quantity = number(entry.get("quantity"), f"{where}.quantity")
-        except InvalidInput as exc:
-            out.problems.append(str(exc))
-            continue
-        value = rating if etype == "rating" else \
-            price * (1.0 if quantity is None else quantity) if etype == "purchase" and price is not None else None
-        out.events.append({"user_id": user, "item_id": item, "type": etype, "value": value, "ts": ts, **passed})
+    def value(entry: dict[str, Any], where: str) -> float | None:
+        price = number(entry.get("price"), f"{where}.price")
+        quantity = number(entry.get("quantity"), f"{where}.quantity")
+        if etype == "rating":
+            return rating
+        return price * (1.0 if quantity is None else quantity) if etype == "purchase" and price is not None else None
+
+    missing = "product_id is missing (and there is no sku): " + (
+        "the product was not imported (the order's others were)" if products
+        else f"a {name} event names its product in properties.product_id")
+    for item, entry in each_product(out, {"user_id": user, "type": etype, "ts": ts, **passed}, entries,
+                                    lambda e: text(e.get("product_id")) or text(e.get("sku")), missing, value):
         category = text(entry.get("category"))
         out.items.append({"id": item, "title": text(entry.get("name")), "categories": [category] if category else [],
                           "attributes": attributes_from(entry, mapping["item_fields"])})

@@ -24,6 +24,7 @@ from lodestar.connectors.importing import (
     Mapping,
     attributes_from,
     number,
+    products,
     text,
 )
 from lodestar.errors import InvalidInput
@@ -90,25 +91,18 @@ def convert(row: dict[str, Any], mapping: Mapping) -> Converted:
     if not isinstance(entries, list):
         raise InvalidInput(f"productListItems must be a list, got {type(entries).__name__}")
     out.users.append({"id": user, "attributes": {}})
-    for n, entry in enumerate(entries):
-        where = f"productListItems[{n}]"
-        if not isinstance(entry, dict):
-            out.problems.append(f"{where} must be an object, got {type(entry).__name__}")
-            continue
-        sku = text(entry.get("SKU"))
-        if sku is None:
-            out.problems.append(f"{where}.SKU is missing: the entry was not imported (the event's other products "
-                                "were); send SKU with every product")
-            continue
-        try:
-            total = number(entry.get("priceTotal"), f"{where}.priceTotal")
-            quantity = number(entry.get("quantity"), f"{where}.quantity")
-        except InvalidInput as exc:
-            out.problems.append(str(exc))
-            continue
-        out.events.append({"user_id": user, "item_id": sku, "type": etype,
-                           "value": total if etype == "purchase" else None, "ts": ts})
+    def value(entry: dict[str, Any], where: str) -> float | None:
+        total = number(entry.get("priceTotal"), f"{where}.priceTotal")
+        number(entry.get("quantity"), f"{where}.quantity")  # checked: the item's price divides by it
+        return total if etype == "purchase" else None
+
+    for sku, entry in products(
+            out, {"user_id": user, "type": etype, "ts": ts},
+            ((f"productListItems[{n}]", e) for n, e in enumerate(entries)), lambda e: text(e.get("SKU")),
+            "SKU is missing: the entry was not imported (the event's other products were); send SKU with every "
+            "product", value):
         attributes = attributes_from(entry, mapping["item_fields"])
+        total, quantity = number(entry.get("priceTotal"), "priceTotal"), number(entry.get("quantity"), "quantity")
         if total is not None and total > 0:
             attributes["price"] = round(total / quantity, 6) if quantity and quantity > 0 else total
         out.items.append({"id": sku, "title": text(entry.get("name")), "categories": categories(entry),
