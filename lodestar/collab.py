@@ -18,13 +18,14 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from lodestar.event_weights import event_weight, event_weights
+from lodestar.event_weights import RATING, RATING_SCALE, event_weights
 
 if TYPE_CHECKING:
     import scipy.sparse as sp  # imported by the fit itself: serving processes score with numpy only
@@ -49,6 +50,11 @@ class CollabModel:
 
     def __post_init__(self) -> None:
         self.index = {item: k for k, item in enumerate(self.item_ids)}
+        # The last user_profile asked for and its answer: a recommendation asks twice for the same
+        # weights (its query vector, then its candidates' scores). Kept as a copy and compared by
+        # value (tens of microseconds, against a millisecond to compute for a heavy user); the
+        # tuple is replaced whole, so request threads sharing the model never see another's answer.
+        self._last_profile: tuple[dict[str, float], tuple[np.ndarray, np.ndarray]] | None = None
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -109,11 +115,17 @@ class CollabModel:
     # -- scoring ---------------------------------------------------------------------------------
     def user_profile(self, item_weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
         """The user's known items (model indices) and their weights."""
+        last = self._last_profile
+        if last is not None and last[0] == item_weights:
+            return last[1]
         known = [(self.index[i], w) for i, w in item_weights.items() if i in self.index and w != 0.0]
         if not known:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        idx, w = zip(*known, strict=True)
-        return np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float32)
+            profile = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        else:
+            idx, w = zip(*known, strict=True)
+            profile = np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float32)
+        self._last_profile = (dict(item_weights), profile)
+        return profile
 
     def query_vector(self, item_weights: dict[str, float]) -> np.ndarray | None:
         """The user's vector in factor space (dot product with item factors ~ collaborative score)."""
@@ -155,18 +167,23 @@ class CollabModel:
 
 def event_item_weights(events: list[dict[str, Any]], config: TenantConfig) -> dict[str, float]:
     """Per item, the sum of its events' type weight times recency weight (latest event first)."""
-    half_life = config.collab.recency_half_life_events
+    decay = 0.5 ** (1.0 / config.collab.recency_half_life_events)
     floor = config.collab.recency_floor
-    ordered = sorted(events, key=lambda e: e["ts"], reverse=True)
+    weights = config.event_weights
+    ordered = sorted(events, key=itemgetter("ts"), reverse=True)
     out: dict[str, float] = {}
-    position = 0
+    recency = 1.0  # 0.5 ** (position / half_life), position counting the events that weigh
     for event in ordered:
-        weight = event_weight(event["type"], event.get("value"), config.event_weights)
+        kind = event["type"]
+        # event_weight inlined (the same rule): this loop runs over every event of a heavy user.
+        weight = weights.get(kind, 0.0)
+        if kind == RATING and (value := event.get("value")) is not None:
+            weight *= float(value) / RATING_SCALE
         if weight == 0.0:
             continue
-        recency = 0.5 ** (position / half_life) + floor
-        out[event["item_id"]] = out.get(event["item_id"], 0.0) + weight * recency
-        position += 1
+        item = event["item_id"]
+        out[item] = out.get(item, 0.0) + weight * (recency + floor)
+        recency *= decay
     return out
 
 

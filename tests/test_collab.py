@@ -109,3 +109,21 @@ def test_ease_scores_read_the_fewer_rows_and_agree():
     legacy = collab.CollabModel(model.kind, model.item_ids, model.factors, model.damping, model.ease, model.meta)
     assert np.allclose(legacy.scores(weights, candidates), scores, rtol=1e-4, atol=1e-6)  # saved before ease_diag
     assert np.allclose(collab.CollabModel.from_bytes(model.to_bytes()).ease_diag, model.ease_diag)
+
+
+def test_a_users_profile_is_reused_only_for_the_same_weights():
+    """user_profile keeps its last answer for the second call of a recommendation; weights that
+    differ (another user, or the same dict changed since) are computed anew."""
+    import numpy as np
+
+    from lodestar.collab import CollabModel
+
+    model = CollabModel(kind="svd", item_ids=["a", "b", "c"], factors=np.eye(3, dtype=np.float32),
+                        damping=np.ones(3, dtype=np.float32))
+    weights = {"a": 1.0, "b": 2.0}
+    first = model.user_profile(weights)
+    assert model.user_profile(weights) is first
+    weights["c"] = 3.0  # the same dict, changed
+    idx, w = model.user_profile(weights)
+    assert sorted(idx.tolist()) == [0, 1, 2] and sorted(w.tolist()) == [1.0, 2.0, 3.0]
+    assert model.user_profile({"b": 5.0})[0].tolist() == [1]
