@@ -12,6 +12,8 @@ the tenant its path names."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 
@@ -107,9 +109,6 @@ def _principal(connection: ASGIConnection, basic: bool = False) -> Principal | N
 
 def _basic_user(credentials: str) -> str:
     """The user name of HTTP Basic credentials (``base64(user:password)``), or "" when unreadable."""
-    import base64
-    import binascii
-
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

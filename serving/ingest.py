@@ -116,10 +116,10 @@ def ingest(tenant: str, messages: list[Any], cdp: CdpStore, config: TenantConfig
         checked = validated(result, default_ts=now)
         candidates.extend((index, problem) for problem in checked.refused)
         candidates.extend((index, event) for event in checked.events)
-        for item in checked.items:
-            for event in checked.events:
-                if event["item_id"] == item["id"]:
-                    item_fields[(event["user_id"], item["id"])] = (index, result.ts, item)
+        fields_of = {item["id"]: item for item in checked.items}
+        for event in checked.events:
+            if event["item_id"] in fields_of:
+                item_fields[(event["user_id"], event["item_id"])] = (index, result.ts, fields_of[event["item_id"]])
         # The users of track messages are not made user records here (POST /v1/events does not
         # either); identify traits are, and an import's users are.
         profiles.add(index, result.ts, [u for u in checked.users if u["attributes"]])

@@ -24,11 +24,12 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from lodestar.cdp import CdpStore, require_tenant
-from lodestar.connectors.mapping import CONFIG_KEYS, FORMATS
+from lodestar.connectors.mapping import CONFIG_KEYS, FORMATS, event_key
 from lodestar.errors import InvalidInput
 from lodestar.importer import ImportSummary, Row, _run_import
 from lodestar.records import _missing, parse_event, parse_user
@@ -59,6 +60,13 @@ class Mapping:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    @cached_property
+    def events_by_key(self) -> dict[str, str | None]:
+        """The event map keyed as Segment names are matched (:func:`mapping.event_key`), made once
+        per import or request rather than once per row; a later entry wins over an earlier one
+        that matches alike (a tenant's own spelling over the default's)."""
+        return {event_key(name): etype for name, etype in self.values["events"].items()}
 
 
 def mapping_for(store: CdpStore, tenant: str, fmt: str) -> Mapping:

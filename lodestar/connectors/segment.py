@@ -86,8 +86,7 @@ def convert(message: dict[str, Any], mapping: Mapping, default_ts: float | None 
     name = text(message.get("event"))
     if name is None:
         raise InvalidInput("a track message needs its event name in event")
-    events = {event_key(k): v for k, v in mapping["events"].items()}
-    etype = events.get(event_key(name))
+    etype = mapping.events_by_key.get(event_key(name))
     if etype is None:
         out.skipped = f"track {name} (not mapped)"
         return out
