@@ -11,7 +11,10 @@ Dagster (reused when ``--data-dir`` already holds it); then, all in this run, on
     nearest collaborative vectors and the 10 nearest content vectors to the user's query vectors,
     excluding the user's items (query vectors and the engine's filter objects built beforehand);
   * the service: ``GET /v1/users/{id}/recommendations?k=10`` for every user in turn over one
-    kept-alive connection (one warm-up pass, then the measured pass);
+    kept-alive connection (one warm-up pass, then the measured pass), by two servers in turn: one
+    keeping what each user's history derives to between their requests (the default:
+    lodestar/user_state.py), one not (``LODESTAR_USER_STATE_BUDGET=0``, every request reads and
+    derives, as a first request does);
 
 each with and without a category filter. Issue 12's bar, printed as a ratio (<= 1 meets it):
 service p99 <= 1.5 x raw engine p99 + HTTP floor p99.
@@ -115,30 +118,38 @@ def main() -> None:
         filter_query = "&filter=" + urllib.parse.quote(json.dumps({"categories": [CATEGORY]}))
 
         env = {**os.environ, "LODESTAR_DATA_DIR": str(data_dir), "LODESTAR_EMBED_MODEL": args.embed_model}
-        process, http = start_server(env, headers={"Authorization": f"Bearer {key}"})
-        try:
-            for _ in range(2):  # warm-up, then measured
-                floor = []
-                for _n in users:
-                    started = time.perf_counter()
-                    http.get("/health")
-                    floor.append(time.perf_counter() - started)
-            floor_p = percentiles(floor)
-            print(f"{len(users)} users ({len(queries)} with a collaborative query), k=10, one kept-alive connection")
-            print("| what | p50 ms | p99 ms | max ms | bar (1.5 x engine p99 + floor p99) | p99 / bar |")
-            print("|---|---|---|---|---|---|")
-            print(f"| HTTP floor (`GET /health`) | {floor_p[0]:.2f} | {floor_p[1]:.2f} | {floor_p[2]:.2f} | | |")
-            for name, item_filter, query in (("", None, ""), (f" with filter {CATEGORY}", drama, filter_query)):
-                engine = percentiles(raw_engine(settings, queries, item_filter))
-                served = percentiles(service(http, users, query))
-                bar = 1.5 * engine[1] + floor_p[1]
-                print(f"| raw engine{name} (collab top-300 + content top-10, in process) | {engine[0]:.2f} | "
-                      f"{engine[1]:.2f} | {engine[2]:.2f} | | |")
-                print(f"| `GET .../recommendations?k=10`{name} | {served[0]:.2f} | {served[1]:.2f} | {served[2]:.2f} | "
-                      f"{bar:.2f} | {served[1] / bar:.2f} |", flush=True)
-        finally:
-            http.close()
-            stop(process)
+        # Two servers, one after the other: users' derived states kept between their requests (the
+        # default), and not kept (LODESTAR_USER_STATE_BUDGET=0: every request reads and derives).
+        servers = (("", {}), (", states not kept", {"LODESTAR_USER_STATE_BUDGET": "0"}))
+        print(f"{len(users)} users ({len(queries)} with a collaborative query), k=10, one kept-alive connection")
+        print("| what | p50 ms | p99 ms | max ms | bar (1.5 x engine p99 + floor p99) | p99 / bar |")
+        print("|---|---|---|---|---|---|")
+        modes = (("", None, ""), (f" with filter {CATEGORY}", drama, filter_query))
+        engines = {name: percentiles(raw_engine(settings, queries, item_filter)) for name, item_filter, _q in modes}
+        for name, _f, _q in modes:
+            engine = engines[name]
+            print(f"| raw engine{name} (collab top-300 + content top-10, in process) | {engine[0]:.2f} | "
+                  f"{engine[1]:.2f} | {engine[2]:.2f} | | |")
+        for label, extra in servers:
+            process, http = start_server({**env, **extra}, headers={"Authorization": f"Bearer {key}"})
+            try:
+                for _ in range(2):  # warm-up, then measured
+                    floor = []
+                    for _n in users:
+                        started = time.perf_counter()
+                        http.get("/health")
+                        floor.append(time.perf_counter() - started)
+                floor_p = percentiles(floor)
+                print(f"| HTTP floor (`GET /health`){label} | {floor_p[0]:.2f} | {floor_p[1]:.2f} | {floor_p[2]:.2f} | | |")
+                for name, _item_filter, query in modes:
+                    engine = engines[name]
+                    served = percentiles(service(http, users, query))
+                    bar = 1.5 * engine[1] + floor_p[1]
+                    print(f"| `GET .../recommendations?k=10`{name}{label} | {served[0]:.2f} | {served[1]:.2f} | "
+                          f"{served[2]:.2f} | {bar:.2f} | {served[1] / bar:.2f} |", flush=True)
+            finally:
+                http.close()
+                stop(process)
 
 
 if __name__ == "__main__":

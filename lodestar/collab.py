@@ -134,9 +134,12 @@ class CollabModel:
             return None
         return (w * self.damping[idx]) @ self.factors[idx]
 
-    def scores(self, item_weights: dict[str, float], candidates: list[str]) -> np.ndarray:
-        """Collaborative scores of candidate items (0 for items the model does not know)."""
-        idx, w = self.user_profile(item_weights)
+    def scores(
+        self, item_weights: dict[str, float], candidates: list[str], profile: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Collaborative scores of candidate items (0 for items the model does not know); ``profile``:
+        :meth:`user_profile` of ``item_weights`` when the caller kept it."""
+        idx, w = self.user_profile(item_weights) if profile is None else profile
         out = np.zeros(len(candidates), dtype=np.float32)
         if not len(idx):
             return out

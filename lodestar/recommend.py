@@ -114,7 +114,7 @@ def _scaled(values: np.ndarray) -> np.ndarray:
 def _hybrid(
     reader: IndexReader, model: CollabModel, item_weights: dict[str, float], query: np.ndarray,
     taste: np.ndarray | None, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
-    trace: Trace | None = None,
+    trace: Trace | None = None, profile: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Hit]:
     limit = max(config.collab.candidates, k)
     # Candidates carry what ranking needs (id, popularity); the head's full payloads and content
@@ -135,7 +135,7 @@ def _hybrid(
         return []
     weights = config.ranking
     hits = list(candidates.values())
-    raw_collab = model.scores(item_weights, [h.item_id for h in hits])
+    raw_collab = model.scores(item_weights, [h.item_id for h in hits], profile)
     collab = _scaled(raw_collab)
     popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
     partial = weights.collab * collab + weights.popularity * popularity
@@ -180,6 +180,33 @@ def _content_ranked(
     return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
 
 
+@dataclass(frozen=True)
+class UserState:
+    """What a recommendation derives from a user's events alone, before any request's controls:
+    kept between their requests while their events do not change (:mod:`lodestar.user_state`)."""
+
+    seen: frozenset[str]  # items they interacted with (excluded from their recommendations)
+    taste: np.ndarray | None  # their content taste
+    item_weights: dict[str, float]  # per item, the weight of their events (empty without a model)
+    query: np.ndarray | None  # their folded-in collaborative vector
+    profile: tuple[np.ndarray, np.ndarray] | None = None  # CollabModel.user_profile of item_weights
+
+    @property
+    def size(self) -> int:
+        """What it holds, in items (a cache's budget counts these): about 170 bytes each."""
+        return 1 + len(self.seen)
+
+
+def derive_state(
+    reader: IndexReader, model: CollabModel | None, events: list[dict[str, Any]], config: TenantConfig,
+) -> UserState:
+    seen = frozenset(interacted_items(events))
+    item_weights = event_item_weights(events, config) if model is not None and seen else {}
+    profile = model.user_profile(item_weights) if model is not None and item_weights else None
+    return UserState(seen, user_taste(reader, events, config) if seen else None, item_weights,
+                     model.query_vector(item_weights) if profile is not None else None, profile)
+
+
 def preference_events(preferences: dict[str, Any] | None, now: float) -> list[dict[str, Any]]:
     """Liked and disliked items as the events they stand for, as of now."""
     prefs = preferences or {}
@@ -191,14 +218,20 @@ def recommend(
     reader: IndexReader, events: list[dict[str, Any]], k: int, config: TenantConfig,
     model: CollabModel | None = None, profile_vector: np.ndarray | None = None,
     controls: Controls | None = None, preferences: dict[str, Any] | None = None, now: float | None = None,
-    trace: Trace | None = None,
+    trace: Trace | None = None, state: UserState | None = None,
 ) -> Recommendation:
     """Up to ``k`` items for a user with these events (see the module's strategies). With a
-    ``trace``, every stage notes why each item is where it is (:mod:`lodestar.explain`)."""
+    ``trace``, every stage notes why each item is where it is (:mod:`lodestar.explain`). ``state``:
+    what :func:`derive_state` made of these events already (then ``events`` is not read again);
+    only for preferences without liked or disliked items, which count as events of this moment."""
     controls = controls or Controls()
     now = time.time() if now is None else now
     prefs = preferences or {}
-    events = list(events) + preference_events(prefs, now)
+    liked = preference_events(prefs, now)
+    if state is None or liked:
+        if state is not None and not events:
+            raise ValueError("a kept user state is for preferences without liked or disliked items: pass the events")
+        state = derive_state(reader, model, list(events) + liked, config)
     rules = list(config.parsed_rules)
     if prefs.get("liked_categories"):
         rules.append(Rule("boost", ItemFilter(categories=tuple(prefs["liked_categories"])), LIKED_CATEGORY_BOOST,
@@ -206,19 +239,15 @@ def recommend(
     item_filter = controls.item_filter
     if prefs.get("disliked_categories"):
         item_filter = replace(item_filter, exclude_categories=tuple(prefs["disliked_categories"]))
-    seen = interacted_items(events)
-    exclude = seen | set(controls.exclude)
+    exclude = state.seen | frozenset(controls.exclude) if controls.exclude else state.seen
     pool = controls.pool(k, rules)
-    taste = user_taste(reader, events, config) if seen else None
+    taste, query = state.taste, state.query
     ranked: list[Hit] = []
     strategy = POPULAR
-    query = None
-    if model is not None and seen:
-        item_weights = event_item_weights(events, config)
-        query = model.query_vector(item_weights)
-        if query is not None:
-            ranked = _hybrid(reader, model, item_weights, query, taste, exclude, pool, config, item_filter, trace)
-            strategy = HYBRID
+    if model is not None and query is not None:
+        ranked = _hybrid(reader, model, state.item_weights, query, taste, exclude, pool, config, item_filter, trace,
+                         state.profile)
+        strategy = HYBRID
     for vector, name, source in ((taste, PERSONALIZED, CONTENT_SOURCE), (profile_vector, COLD_START, PROFILE_SOURCE)):
         if not ranked and vector is not None:
             ranked = _content_ranked(reader, vector, exclude, pool, config, item_filter, trace, source)
@@ -289,20 +318,23 @@ def user_history(cdp: CdpStore, tenant: str, user_id: str) -> tuple[list[dict[st
 def recommend_for_user(
     published: PublishedVersion, cdp: CdpStore, embedder: Embedder, tenant: str, user_id: str, k: int,
     config: TenantConfig, controls: Controls | None = None, trace: Trace | None = None,
-    history: tuple[list[dict[str, Any]], dict[str, Any] | None] | None = None,
+    history: tuple[list[dict[str, Any]], dict[str, Any] | None] | None = None, state: UserState | None = None,
 ) -> Recommendation:
     """A known (or unknown) user's recommendations from what the CDP holds of them now: their events
     and preferences (``history``, when the caller read it already: :func:`user_history`), and, when
     they have neither events nor liked items, the embedding of their profile text (cold start),
-    which is the only case that needs the embedding model."""
+    which is the only case that needs the embedding model. With a kept ``state`` (what their
+    current events derive to: :class:`lodestar.user_state.UserStates`), ``history``'s events may be
+    empty: they are not read again."""
     events, preferences = history if history is not None else user_history(cdp, tenant, user_id)
     profile_vector = None
-    if not interacted_items(events) and not (preferences or {}).get("liked_items"):
+    seen = state.seen if state is not None else interacted_items(events)
+    if not seen and not (preferences or {}).get("liked_items"):
         user = cdp.get_user(tenant, user_id)
         text = profile_text(user["attributes"] if user else {}, preferences, config)
         profile_vector = embedder.encode([text])[0] if text else None
     return recommend(published.reader, events, k, config, published.model, profile_vector, controls, preferences,
-                     trace=trace)
+                     trace=trace, state=state)
 
 
 def session_events(item_ids: list[str], now: float) -> list[dict[str, Any]]:

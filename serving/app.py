@@ -14,6 +14,7 @@ from lodestar.cdp import open_cdp
 from lodestar.embed import Embedder
 from lodestar.index import open_index_store
 from lodestar.settings import ADS_SECRET_ENV, Settings
+from lodestar.user_state import UserStates
 from serving.ads import TenantAds
 from serving.auth import require_principal
 from serving.console import SESSION_STORE, console_app_config, sweep_sessions
@@ -68,10 +69,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
                             models_dir=settings.models_dir)
         served_log = ServedLog(cdp)
+        user_states = UserStates.from_env()  # LODESTAR_USER_STATE_BUDGET
         key_usage = KeyUsage(cdp)
         console_pipeline = Pipeline(settings)
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
-                         served_log=served_log, key_usage=key_usage, console_pipeline=console_pipeline,
+                         served_log=served_log, user_states=user_states, key_usage=key_usage, console_pipeline=console_pipeline,
                          signin_gate=SignInGate(), experiments=TenantExperiments(cdp),
                          ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)),
                          operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),

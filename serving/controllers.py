@@ -50,7 +50,6 @@ from lodestar.recommend import (
     recommend_for_session,
     recommend_for_user,
     similar_items,
-    user_history,
 )
 from lodestar.records import check_text, parse_event, parse_id, parse_preferences
 from lodestar.tenant_config import TenantConfig, effective_config, validate_config
@@ -68,6 +67,7 @@ from serving.dependencies import (
     Published,
     ServedLogDep,
     Tenant,
+    UserStatesDep,
 )
 from serving.experiments import Assigned
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
@@ -221,8 +221,9 @@ class RecommendationController(Controller):
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
     def for_user(
         self, request: Request, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
-        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, k: K = 10,
-        filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None, explain: EXPLAIN = False,
+        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep,
+        user_states: UserStatesDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
+        diversity: DIVERSITY = None, explain: EXPLAIN = False,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which). With
@@ -232,13 +233,14 @@ class RecommendationController(Controller):
         config, assigned = experiments.apply(tenant, "recommendations", unit, config)
         controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
-        history = user_history(cdp, tenant, user_id)
-        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace, history)
+        events, preferences, state = user_states.read(published, cdp, tenant, user_id, config)
+        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace,
+                                    (events or [], preferences), state)
         sponsored = sponsored_answer(
             ads, tenant, published, config, "recommendations", k, result.items,
             recommendation_signals(config, published, result.taste, result.collab_query, result.items),
-            trace is not None,
-            exclude=result.excluded, item_filter=result.item_filter, events=history[0],
+            trace is not None, exclude=result.excluded, item_filter=result.item_filter,
+            events=_ad_history(cdp, tenant, user_id) if events is None else events,
             segments=_user_segments(cdp, tenant, user_id), user_id=user_id) if config.ads.enabled else None
         return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
                       trace, unit, assigned, sponsored)

@@ -16,6 +16,7 @@ from lodestar.embed import Embedder
 from lodestar.index import IndexStore, PublishedVersion
 from lodestar.settings import Settings
 from lodestar.tenant_config import TenantConfig
+from lodestar.user_state import UserStates
 from serving.ads import TenantAds
 from serving.console.gate import SignInGate
 from serving.console.pipeline import Pipeline
@@ -89,6 +90,10 @@ def provide_served_log(state: State) -> ServedLog:
     return state.served_log
 
 
+def provide_user_states(state: State) -> UserStates:
+    return state.user_states
+
+
 def provide_event_quotas(state: State) -> EventQuotas:
     return state.event_quotas
 
@@ -109,6 +114,7 @@ Published = NamedDependency[SkipValidation[PublishedVersion]]
 Config = NamedDependency[SkipValidation[TenantConfig]]
 EmbedderDep = NamedDependency[SkipValidation[Embedder]]
 ServedLogDep = NamedDependency[SkipValidation[ServedLog]]
+UserStatesDep = NamedDependency[SkipValidation[UserStates]]
 Indexes = NamedDependency[SkipValidation[TenantIndexes]]
 EmbedderLoaded = NamedDependency[SkipValidation[threading.Event]]
 EventQuotasDep = NamedDependency[SkipValidation[EventQuotas]]
@@ -129,6 +135,7 @@ DEPENDENCIES = {
     "config": Provide(provide_config),
     "embedder": Provide(provide_embedder, sync_to_thread=False),
     "served_log": Provide(provide_served_log, sync_to_thread=False),
+    "user_states": Provide(provide_user_states, sync_to_thread=False),
     "indexes": Provide(provide_indexes, sync_to_thread=False),
     "embedder_loaded": Provide(provide_embedder_loaded, sync_to_thread=False),
     "event_quotas": Provide(provide_event_quotas, sync_to_thread=False),

@@ -73,6 +73,29 @@ def test_upsert_is_idempotent_and_watermark_moves_only_on_change(store):
     assert [(r["id"], r["title"]) for r in changed] == [("b", "renamed")]
 
 
+def test_user_events_mark_changes_with_every_write_of_that_users_events(store):
+    """What lodestar.user_state checks before reusing what a user's history derived to."""
+    store.create_tenant("acme")
+    store.create_tenant("other")
+    assert store.user_events_mark("acme", "u") == (0, None)
+    event = parse_event({"user_id": "u", "item_id": "i1", "type": "view", "ts": T0})
+    store.append_events("acme", [event])
+    first = store.user_events_mark("acme", "u")
+    assert first[0] == 1 and first[1] is not None
+    store.append_events("other", [event])
+    store.append_events("acme", [parse_event({"user_id": "v", "item_id": "i1", "type": "view", "ts": T0})])
+    assert store.user_events_mark("acme", "u") == first  # another tenant's and another user's events
+    time.sleep(0.01)
+    store.append_events("acme", [parse_event({"user_id": "u", "item_id": "i2", "type": "view", "ts": T0 + 1})])
+    second = store.user_events_mark("acme", "u")
+    assert second[0] == 2 and second[1] > first[1]
+    store.append_events("acme", [{**event, "value": 5.0}])  # the same event (user, item, type, ts): kept as it was
+    assert store.user_events_mark("acme", "u") == second
+    store.erase_user("acme", "u")
+    assert store.user_events_mark("acme", "u") == (0, None)
+    assert store.user_events_mark("acme", "v")[0] == 1
+
+
 def test_deleted_ids_names_tombstones_only(store):
     store.create_tenant("acme")
     store.create_tenant("other")

@@ -76,6 +76,7 @@ INDEXES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("users", ("tenant_id", "updated_at"), False),
     ("events", ("tenant_id", "updated_at"), False),
     ("events", ("tenant_id", "user_id", "ts"), False),
+    ("events", ("tenant_id", "user_id", "updated_at"), False),  # user_events_mark, from the index alone
     (PREFERENCES, ("tenant_id", "updated_at"), False),
     (API_KEYS, ("tenant_id",), False),
     (AUDIT, ("tenant_id", "seq"), False),
@@ -174,6 +175,13 @@ FOR t IN {TENANTS}
       LIMIT 1
       RETURN d._key)
   RETURN {{ tenant: t._key, updated_at: newest, key: key }}
+"""
+
+USER_EVENTS_MARK_AQL = """
+FOR e IN events
+  FILTER e.tenant_id == @tenant AND e.user_id == @user
+  COLLECT AGGREGATE n = COUNT(1), latest = MAX(e.updated_at)
+  RETURN [n, latest]
 """
 
 USER_EVENTS_AQL = """
@@ -571,6 +579,10 @@ class ArangoCdpStore:
     def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
         docs = self._query(USER_EVENTS_AQL, tenant=tenant, user=user_id, limit=limit)
         return [{f: d.get(f) for f in EVENT_FIELDS} for d in docs]
+
+    def user_events_mark(self, tenant: str, user_id: str) -> tuple[int, float | None]:
+        count, latest = self._query(USER_EVENTS_MARK_AQL, tenant=tenant, user=user_id)[0]
+        return int(count), latest
 
     # -- change streams ----------------------------------------------------------------------
     def read_changes(

@@ -18,8 +18,10 @@ import functools
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -280,9 +282,11 @@ class ContentMatrix:
         self.tenant = tenant
 
     @functools.cached_property
-    def by_point(self) -> dict[uuid.UUID, int]:
-        """Row of each point id, made when a query first needs it (a build writing the sidecar never does)."""
-        return {point: row for row, point in enumerate(point_uuids(self.tenant, self.item_ids))}
+    def by_point(self) -> dict[int, int]:
+        """Row of each point id (by the id's 128-bit integer: looking a ``uuid.UUID`` up in a dict runs
+        its Python ``__hash__`` and ``__eq__``, a third of reading a query's 300 candidates), made when
+        a query first needs it (a build writing the sidecar never does)."""
+        return {point.int: row for row, point in enumerate(point_uuids(self.tenant, self.item_ids))}
 
     @classmethod
     def from_shard(cls, tenant: str, shard: qe.EdgeShard) -> ContentMatrix:
@@ -348,7 +352,7 @@ class ContentMatrix:
         """Scored points (ids only) as candidate hits: item id and popularity."""
         out = []
         for point in points:
-            row = self.by_point[point.id]
+            row = self.by_point[point.id.int]
             item_id = self.item_ids[row]
             out.append(Hit(item_id, float(point.score), {"item_id": item_id, POPULARITY: float(self.popularity[row])}))
         return out
@@ -468,11 +472,29 @@ class EdgeIndexReader:
         self._shard.close()
 
 
-@functools.lru_cache(maxsize=256)
+# Conditions made for a set of ids, kept while that very set lives: the set of a user's items that
+# lodestar.user_state keeps between their requests keeps its condition too (no count bound to churn).
+_KEPT_EXCLUSIONS: weakref.WeakKeyDictionary[frozenset[str], tuple[str, qe.HasIdCondition]] = weakref.WeakKeyDictionary()
+_KEPT_LOCK = threading.Lock()
+
+
 def _excluded(tenant: str, item_ids: frozenset[str]) -> qe.HasIdCondition:
     """The has-id condition excluding ``item_ids`` (kept: one recommendation queries twice with the
     same exclusions and the user's next request usually repeats them; for a user with thousands of
     items, converting the ids into the engine's condition costs milliseconds, more than a query)."""
+    with _KEPT_LOCK:
+        kept = _KEPT_EXCLUSIONS.get(item_ids)
+    if kept is not None and kept[0] == tenant:
+        return kept[1]
+    condition = _recent_exclusion(tenant, item_ids)
+    with _KEPT_LOCK:
+        _KEPT_EXCLUSIONS[item_ids] = (tenant, condition)
+    return condition
+
+
+@functools.lru_cache(maxsize=256)
+def _recent_exclusion(tenant: str, item_ids: frozenset[str]) -> qe.HasIdCondition:
+    """The conditions of the latest sets (for callers that do not keep their set between requests)."""
     return qe.HasIdCondition({point_uuid(tenant, i) for i in item_ids})
 
 
