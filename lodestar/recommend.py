@@ -187,7 +187,7 @@ class UserState:
 
     seen: frozenset[str]  # items they interacted with (excluded from their recommendations)
     taste: np.ndarray | None  # their content taste
-    item_weights: dict[str, float]  # per item, the weight of their events (empty without a model)
+    item_weights: dict[str, float]  # per item, the weight of their events
     query: np.ndarray | None  # their folded-in collaborative vector
     profile: tuple[np.ndarray, np.ndarray] | None = None  # CollabModel.user_profile of item_weights
 
@@ -201,10 +201,20 @@ def derive_state(
     reader: IndexReader, model: CollabModel | None, events: list[dict[str, Any]], config: TenantConfig,
 ) -> UserState:
     seen = frozenset(interacted_items(events))
-    item_weights = event_item_weights(events, config) if model is not None and seen else {}
-    profile = model.user_profile(item_weights) if model is not None and item_weights else None
-    return UserState(seen, user_taste(reader, events, config) if seen else None, item_weights,
-                     model.query_vector(item_weights) if profile is not None else None, profile)
+    return rebased(UserState(seen, None, event_item_weights(events, config) if seen else {}, None), reader, model,
+                   events, config)
+
+
+def rebased(
+    state: UserState, reader: IndexReader, model: CollabModel | None, recent: list[dict[str, Any]],
+    config: TenantConfig,
+) -> UserState:
+    """``state`` for another index version and model: what depends on them (taste, profile, query)
+    derived anew, from the user's ``recent`` events (their latest ``config.max_profile_events`` at
+    least, as the taste reads) and the state's item weights, without reading their whole history."""
+    profile = model.user_profile(state.item_weights) if model is not None and state.item_weights else None
+    return replace(state, taste=user_taste(reader, recent, config) if state.seen else None, profile=profile,
+                   query=model.query_vector(state.item_weights) if profile is not None else None)
 
 
 def preference_events(preferences: dict[str, Any] | None, now: float) -> list[dict[str, Any]]:

@@ -3,13 +3,18 @@
 A recommendation used to read the user's whole history (up to 5,000 events) and derive from it,
 on every request, the same things: the items they interacted with, their taste vector, their
 items' weights and their folded-in collaborative vector. For a heavy user that was most of the
-request. :class:`UserStates` keeps those (:class:`lodestar.recommend.UserState`) per tenant, index
-version, user and the configuration they were derived under, and checks on every request that the
-user's events are still the ones they came from: ``CdpStore.user_events_mark`` (their count and
+request. :class:`UserStates` keeps those (:class:`lodestar.recommend.UserState`) per tenant, user
+and the configuration they were derived under, and checks on every request that the user's events
+are still the ones they came from: ``CdpStore.user_events_mark`` (their count and
 latest write, an index read) against the mark they were derived at. Any new or erased event of
 theirs changes the mark, so an accepted event still shapes the very next request, in this
 process or any other writing to the same CDP. The mark is read before the events, so a write that
 lands in between is seen by the next request, never lost.
+
+A new index version (each materialization publishes one) does not start every user over: their
+kept state is rebased on it (:func:`lodestar.recommend.rebased`: taste, collaborative profile and
+query derived anew from their latest ``max_profile_events`` events and the kept item weights), which
+reads a few hundred events, not up to 5,000.
 
 Not kept: a user whose preferences like or dislike items (those count as events of the moment of
 the request, so what they derive to changes with the clock). The preferences themselves are read on
@@ -29,7 +34,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from lodestar.errors import InvalidInput
-from lodestar.recommend import HISTORY_LIMIT, UserState, derive_state
+from lodestar.recommend import HISTORY_LIMIT, UserState, derive_state, rebased
 
 if TYPE_CHECKING:
     from lodestar.cdp import CdpStore
@@ -49,10 +54,11 @@ def derivation_key(config: TenantConfig) -> tuple[Any, ...]:
 class UserStates:
     def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
         self.budget = budget
-        self._entries: OrderedDict[tuple[Any, ...], tuple[tuple[int, float | None], UserState]] = OrderedDict()
+        # (tenant, user, derivation key) -> (events mark, index version, state)
+        self._entries: OrderedDict[tuple[Any, ...], tuple[tuple[int, float | None], str, UserState]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self.hits = self.rebases = self.misses = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> UserStates:
@@ -74,30 +80,37 @@ class UserStates:
         if self.budget == 0 or (preferences or {}).get("liked_items") or (preferences or {}).get("disliked_items"):
             return cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT), preferences, None
         mark = cdp.user_events_mark(tenant, user_id)  # before the events: a write in between is seen next time
-        key = (tenant, published.version, user_id, derivation_key(config))
+        key = (tenant, user_id, derivation_key(config))
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry[0] == mark:
+            kept = entry[2] if entry is not None and entry[0] == mark else None
+            if kept is not None and entry[1] == published.version:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return None, preferences, entry[1]
-            self.misses += 1
+                return None, preferences, kept
+        if kept is not None:  # the same events, another index version
+            state = rebased(kept, published.reader, published.model,
+                            cdp.user_events(tenant, user_id, limit=config.max_profile_events), config)
+            self._keep(key, mark, published.version, state)
+            self.rebases += 1
+            return None, preferences, state
+        self.misses += 1
         events = cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
         state = derive_state(published.reader, published.model, events, config)
-        self._keep(key, mark, state)
+        self._keep(key, mark, published.version, state)
         return events, preferences, state
 
-    def _keep(self, key: tuple[Any, ...], mark: tuple[int, float | None], state: UserState) -> None:
+    def _keep(self, key: tuple[Any, ...], mark: tuple[int, float | None], version: str, state: UserState) -> None:
         if state.size > self.budget:
             return
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._held -= old[1].size
-            self._entries[key] = (mark, state)
+                self._held -= old[2].size
+            self._entries[key] = (mark, version, state)
             self._held += state.size
             while self._held > self.budget:
-                _key, (_mark, dropped) = self._entries.popitem(last=False)
+                _key, (_mark, _version, dropped) = self._entries.popitem(last=False)
                 self._held -= dropped.size
 
     @property

@@ -84,7 +84,7 @@ def test_a_new_event_an_erasure_or_liked_items_derive_anew(env, shop):
     assert erased.seen == frozenset() and erased.query is None and erased.taste is None
 
 
-def test_another_configuration_or_version_derives_anew(shop):
+def test_another_configuration_derives_anew_and_another_version_rebases(shop):
     store, published, config = shop
     user = _users(store)[0]
     states = UserStates()
@@ -99,7 +99,18 @@ def test_another_configuration_or_version_derives_anew(shop):
     class Renamed:  # the same index under another version name
         reader, model, version = published.reader, published.model, published.version + "-next"
 
-    assert states.read(Renamed(), store, "alpha", user, config)[2] is not first
+    # Another version rebases the kept state (its latest events read, not the whole history) ...
+    events, _prefs, moved = states.read(Renamed(), store, "alpha", user, config)
+    assert events is None and moved is not first and states.rebases == 1
+    _same_state(moved, derive_state(published.reader, published.model, user_history(store, "alpha", user)[0], config))
+    assert states.read(Renamed(), store, "alpha", user, config)[2] is moved
+
+    class Bare:  # ... and a version without a collaborative model drops what came from the model
+        reader, model, version = published.reader, None, published.version + "-bare"
+
+    bare = states.read(Bare(), store, "alpha", user, config)[2]
+    assert bare.query is None and bare.profile is None and bare.item_weights == first.item_weights
+    assert np.array_equal(bare.taste, first.taste)
 
 
 def test_the_budget_bounds_what_is_kept(shop):
