@@ -13,7 +13,9 @@ Strategies, in order:
 * ``popular``: nothing known about the user.
 
 Everything is computed from the user's events as stored in the CDP at request time, so an accepted
-event shapes the very next request. Items the user interacted with are excluded.
+event shapes the very next request (what the API keeps of a user between requests,
+:class:`UserState`, is checked against their events on every request: :mod:`lodestar.user_state`).
+Items the user interacted with are excluded.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ class UserState:
 
     @property
     def size(self) -> int:
-        """What it holds, in items (a cache's budget counts these): about 170 bytes each."""
+        """What it holds, in items (a cache's budget counts these): about 180 bytes each."""
         return 1 + len(self.seen)
 
 

@@ -21,8 +21,8 @@ the request, so what they derive to changes with the clock). The preferences the
 every request.
 
 The budget (``LODESTAR_USER_STATE_BUDGET``, default 250,000) is in items held (each user's
-interacted items, about 170 bytes each with their weights: MovieLens' 100,000 ratings of 610 users
-hold 17 MB), least recently used first out; 0 turns keeping off. At the default a process holds at
+interacted items, about 180 bytes each with their weights: MovieLens' 100,000 ratings of 610 users
+hold 18 MB), least recently used first out; 0 turns keeping off. At the default a process holds at
 most about 45 MB of it.
 """
 
