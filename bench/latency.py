@@ -13,7 +13,7 @@ Dagster (reused when ``--data-dir`` already holds it); then, all in this run, on
   * the service: ``GET /v1/users/{id}/recommendations?k=10`` for every user in turn over one
     kept-alive connection (one warm-up pass, then the measured pass), by two servers in turn: one
     keeping what each user's history derives to between their requests (the default:
-    lodestar/user_state.py), one not (``LODESTAR_USER_STATE_BUDGET=0``, every request reads and
+    lodestar/user_state.py), one not (``LODESTAR_USER_STATE_MB=0``, every request reads and
     derives, as a first request does);
 
 each with and without a category filter. Issue 12's bar, printed as a ratio (<= 1 meets it):
@@ -119,8 +119,8 @@ def main() -> None:
 
         env = {**os.environ, "LODESTAR_DATA_DIR": str(data_dir), "LODESTAR_EMBED_MODEL": args.embed_model}
         # Two servers, one after the other: users' derived states kept between their requests (the
-        # default), and not kept (LODESTAR_USER_STATE_BUDGET=0: every request reads and derives).
-        servers = (("", {}), (", states not kept", {"LODESTAR_USER_STATE_BUDGET": "0"}))
+        # default), and not kept (LODESTAR_USER_STATE_MB=0: every request reads and derives).
+        servers = (("", {}), (", states not kept", {"LODESTAR_USER_STATE_MB": "0"}))
         print(f"{len(users)} users ({len(queries)} with a collaborative query), k=10, one kept-alive connection")
         print("| what | p50 ms | p99 ms | max ms | bar (1.5 x engine p99 + floor p99) | p99 / bar |")
         print("|---|---|---|---|---|---|")

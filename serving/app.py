@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedder = Embedder(settings.embed_model, settings.cache_dir, backend=settings.embed_backend,
                             models_dir=settings.models_dir)
         served_log = ServedLog(cdp)
-        user_states = UserStates.from_env()  # LODESTAR_USER_STATE_BUDGET
+        user_states = UserStates.from_env()  # LODESTAR_USER_STATE_MB
         key_usage = KeyUsage(cdp)
         console_pipeline = Pipeline(settings)
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,

@@ -474,12 +474,14 @@ class UserController(Controller):
     opt = {SCOPE: ADMIN}
 
     @delete("/", operation_id="eraseUser", responses=READS, status_code=200, sync_to_thread=True)
-    def erase(self, request: Request, tenant: Tenant, user_id: PathId, cdp: Cdp) -> UserErased:
+    def erase(self, request: Request, tenant: Tenant, user_id: PathId, cdp: Cdp, user_states: UserStatesDep
+              ) -> UserErased:
         """Erase a user: their events, preferences and served lists are deleted from the CDP store
         at once (the user's next recommendations are those of a stranger); the next sync drops them
         from the pipeline's extracts and features."""
         user_id = parse_id(user_id, "user_id")
         counts = erase_user(cdp, tenant, user_id, _actor(request))
+        user_states.forget(tenant, user_id)
         return UserErased(user_id=user_id, **counts)
 
 

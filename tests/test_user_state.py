@@ -2,17 +2,21 @@
 outlives a change of their events, their preferences, the configuration or the index version."""
 
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
+from litestar.testing import TestClient
 
 from lodestar.cdp import open_cdp
+from lodestar.collab import CollabModel
 from lodestar.errors import InvalidInput
 from lodestar.index import open_index_store
 from lodestar.recommend import derive_state, recommend_for_user, user_history
 from lodestar.records import parse_event
 from lodestar.tenant_config import effective_config
 from lodestar.user_state import UserStates
+from serving.app import create_app
 
 pytestmark = pytest.mark.model  # the session's published tenants (materialized with the real model)
 
@@ -36,7 +40,7 @@ def _users(store):
 
 def _same_state(a, b):
     assert a.seen == b.seen and a.item_weights == b.item_weights
-    for x, y in ((a.taste, b.taste), (a.query, b.query)):
+    for x, y in ((a.taste, b.taste), (a.query, b.query), *zip(a.profile or (None, None), b.profile or (None, None))):
         assert (x is None) == (y is None) and (x is None or np.array_equal(x, y))
 
 
@@ -96,14 +100,21 @@ def test_another_configuration_derives_anew_and_another_version_rebases(shop):
     assert other is not first and other.item_weights != first.item_weights
     assert states.read(published, store, "alpha", user, config)[2] is first
 
-    class Renamed:  # the same index under another version name
-        reader, model, version = published.reader, published.model, published.version + "-next"
+    model = published.model
+    order = list(reversed(range(len(model.item_ids))))  # another model: items in another order, other factors
+    other_model = CollabModel(kind="svd", item_ids=[model.item_ids[i] for i in order],
+                              factors=np.asarray(model.factors)[order] * 2.0 + 0.1,
+                              damping=np.asarray(model.damping)[order])
+
+    class Next:  # the next version, with that model
+        reader, model, version = published.reader, other_model, published.version + "-next"
 
     # Another version rebases the kept state (its latest events read, not the whole history) ...
-    events, _prefs, moved = states.read(Renamed(), store, "alpha", user, config)
+    events, _prefs, moved = states.read(Next(), store, "alpha", user, config)
     assert events is None and moved is not first and states.rebases == 1
-    _same_state(moved, derive_state(published.reader, published.model, user_history(store, "alpha", user)[0], config))
-    assert states.read(Renamed(), store, "alpha", user, config)[2] is moved
+    assert not np.array_equal(moved.profile[0], first.profile[0]) and not np.allclose(moved.query, first.query)
+    _same_state(moved, derive_state(published.reader, other_model, user_history(store, "alpha", user)[0], config))
+    assert states.read(Next(), store, "alpha", user, config)[2] is moved
 
     class Bare:  # ... and a version without a collaborative model drops what came from the model
         reader, model, version = published.reader, None, published.version + "-bare"
@@ -116,21 +127,83 @@ def test_another_configuration_derives_anew_and_another_version_rebases(shop):
 def test_the_budget_bounds_what_is_kept(shop):
     store, published, config = shop
     users = _users(store)
-    states = UserStates(budget=300)
+    states = UserStates(budget_mb=0.02)
     for user in users:
         states.read(published, store, "alpha", user, config)
-        assert states.held <= 300
-    assert 0 < states.held
+        assert states.held <= 20_000
+    assert 0 < states.held and 1 < len(states._entries) < len(users)
     last = users[-1]
     assert states.read(published, store, "alpha", last, config)[0] is None  # the latest is kept
-    off = UserStates(budget=0)
+    off = UserStates(budget_mb=0)
     off.read(published, store, "alpha", last, config)
     assert off.read(published, store, "alpha", last, config)[0] is not None and off.held == 0
+    nobody = UserStates()
+    for n in range(50):  # ids nobody has events for: nothing to keep
+        assert nobody.read(published, store, "alpha", f"stranger-{n}", config)[2].seen == frozenset()
+    assert nobody.held == 0
+
+
+def test_a_state_counts_about_what_it_takes_in_memory(shop):
+    store, published, config = shop
+    states = UserStates()
+    kept = [states.read(published, store, "alpha", user, config)[2] for user in _users(store)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    again = [UserStates().read(published, store, "alpha", user, config)[2] for user in _users(store)]
+    traced = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    counted = sum(state.nbytes for state in again)
+    assert counted == sum(state.nbytes for state in kept)
+    assert 0.7 * traced < counted < 2.0 * traced, (counted, traced)
 
 
 def test_the_budget_setting_is_checked():
-    assert UserStates.from_env({"LODESTAR_USER_STATE_BUDGET": "5000"}).budget == 5000
-    assert UserStates.from_env({}).budget == 250_000
-    for bad in ("lots", "-1"):
-        with pytest.raises(InvalidInput, match="LODESTAR_USER_STATE_BUDGET"):
-            UserStates.from_env({"LODESTAR_USER_STATE_BUDGET": bad})
+    assert UserStates.from_env({"LODESTAR_USER_STATE_MB": "5"}).budget == 5_000_000
+    assert UserStates.from_env({"LODESTAR_USER_STATE_MB": "0"}).budget == 0
+    assert UserStates.from_env({}).budget == 48_000_000
+    for bad in ("lots", "-1", "inf", "nan"):
+        with pytest.raises(InvalidInput, match="LODESTAR_USER_STATE_MB"):
+            UserStates.from_env({"LODESTAR_USER_STATE_MB": bad})
+
+
+def test_an_event_written_while_the_history_is_read_is_not_kept_under_the_older_mark(env, shop):
+    """The race an erasure could otherwise turn into serving an erased user's items: the first event
+    lands after the mark (0 events) was read and before the events were."""
+    store, published, config = shop
+    user = f"race-{time.time_ns()}"
+    item = published.reader.popular(1)[0].item_id
+
+    class Racing:  # the CDP, with the user's first event written just before their events are read
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def user_events(self, tenant, user_id, limit=500):
+            store.append_events(tenant, [parse_event({"user_id": user_id, "item_id": item, "type": "view", "ts": 1e9})])
+            return store.user_events(tenant, user_id, limit)
+
+    states = UserStates()
+    _events, _prefs, state = states.read(published, Racing(), "alpha", user, config)
+    assert state.seen == {item}  # this request sees the event ...
+    assert states.held == 0  # ... but its state is not kept under the mark of no events
+    store.erase_user("alpha", user)
+    events, _prefs, after = states.read(published, store, "alpha", user, config)
+    assert events == [] and after.seen == frozenset()
+
+
+def test_the_api_keeps_states_between_requests_and_forgets_an_erased_user(env, shop):
+    store, published, _config = shop
+    user = f"kept-{time.time_ns()}"
+    items = [h.item_id for h in published.reader.popular(2)]
+    store.append_events("alpha", [parse_event({"user_id": user, "item_id": items[0], "type": "purchase", "ts": 1e9})])
+    auth = {"Authorization": f"Bearer {env.keys['alpha']}"}
+    with TestClient(create_app(env.settings)) as client:
+        states = client.app.state.user_states
+        first = client.get(f"/v1/users/{user}/recommendations?k=5", headers=auth).json()
+        hits = states.hits
+        again = client.get(f"/v1/users/{user}/recommendations?k=5", headers=auth).json()
+        assert states.hits == hits + 1 and [i["id"] for i in again["items"]] == [i["id"] for i in first["items"]]
+        assert any(key[1] == user for key in states._entries)
+        assert client.delete(f"/v1/users/{user}", headers=auth).status_code == 200
+        assert not any(key[1] == user for key in states._entries)
+        erased = client.get(f"/v1/users/{user}/recommendations?k=5", headers=auth).json()
+        assert erased["strategy"] == "popular" and items[0] in [i["id"] for i in erased["items"]]  # not excluded

@@ -581,7 +581,8 @@ class ArangoCdpStore:
         return [{f: d.get(f) for f in EVENT_FIELDS} for d in docs]
 
     def user_events_mark(self, tenant: str, user_id: str) -> tuple[int, float | None]:
-        count, latest = self._query(USER_EVENTS_MARK_AQL, tenant=tenant, user=user_id)[0]
+        rows = self._query(USER_EVENTS_MARK_AQL, tenant=tenant, user=user_id)
+        count, latest = rows[0] if rows else (0, None)  # an aggregate of no documents is one row, or none
         return int(count), latest
 
     # -- change streams ----------------------------------------------------------------------

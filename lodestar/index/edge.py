@@ -472,9 +472,10 @@ class EdgeIndexReader:
         self._shard.close()
 
 
-# Conditions made for a set of ids, kept while that very set lives: the set of a user's items that
-# lodestar.user_state keeps between their requests keeps its condition too (no count bound to churn).
-_KEPT_EXCLUSIONS: weakref.WeakKeyDictionary[frozenset[str], tuple[str, qe.HasIdCondition]] = weakref.WeakKeyDictionary()
+# Conditions made for a set of ids (per tenant), kept while the set lives: the set of a user's items
+# that lodestar.user_state keeps between their requests keeps its condition too (no count bound to
+# churn). An equal set made later finds the entry; the entry lives as long as the set it was made for.
+_KEPT_EXCLUSIONS: weakref.WeakKeyDictionary[frozenset[str], dict[str, qe.HasIdCondition]] = weakref.WeakKeyDictionary()
 _KEPT_LOCK = threading.Lock()
 
 
@@ -483,12 +484,12 @@ def _excluded(tenant: str, item_ids: frozenset[str]) -> qe.HasIdCondition:
     same exclusions and the user's next request usually repeats them; for a user with thousands of
     items, converting the ids into the engine's condition costs milliseconds, more than a query)."""
     with _KEPT_LOCK:
-        kept = _KEPT_EXCLUSIONS.get(item_ids)
-    if kept is not None and kept[0] == tenant:
-        return kept[1]
+        kept = _KEPT_EXCLUSIONS.get(item_ids, {}).get(tenant)
+    if kept is not None:
+        return kept
     condition = _recent_exclusion(tenant, item_ids)
     with _KEPT_LOCK:
-        _KEPT_EXCLUSIONS[item_ids] = (tenant, condition)
+        _KEPT_EXCLUSIONS.setdefault(item_ids, {})[tenant] = condition
     return condition
 
 
