@@ -197,7 +197,8 @@ class UserState:
     def nbytes(self) -> int:
         """About what it takes in memory, with what keeps it (measured with tracemalloc: about 2 KB for
         a state of a few items, then a set entry per seen item and a dict entry and float per weight),
-        and the engine's exclusion condition made of ``seen`` (about 50 bytes an item)."""
+        and the edge engine's exclusion condition kept with ``seen`` (about 50 bytes an item, outside
+        Python's heap)."""
         arrays = sum(a.nbytes for a in (self.taste, self.query, *(self.profile or ())) if a is not None)
         return 1900 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights)
 

@@ -9,7 +9,8 @@ are still the ones they came from: ``CdpStore.user_events_mark`` (their count an
 latest write, an index read) against the mark they were derived at. Any new or erased event of
 theirs changes the mark, so an accepted event still shapes the very next request, in this
 process or any other writing to the same CDP. The mark is read before the events and again before
-a state is kept: a state is kept only under the mark of exactly the events it came from.
+a state is kept, and a state is kept only under the mark of exactly the events it came from
+(:meth:`UserStates._keep` says how).
 
 A new index version (each materialization publishes one) does not start every user over: their
 kept state is rebased on it (:func:`lodestar.recommend.rebased`: taste, collaborative profile and
@@ -20,14 +21,15 @@ Not kept: a user whose preferences like or dislike items (those count as events 
 the request, so what they derive to changes with the clock). The preferences themselves are read on
 every request.
 
-Not kept either: a user with no interacted items (nothing costly to derive; unknown ids cost nothing).
-An erasure through the API forgets the user's state at once (another process's is never used
-again: the mark changed).
+Not kept either: a user without events (unknown ids cost nothing). An erasure through the API or
+the console forgets the user's state at once (another process's is never used again: the mark
+changed).
 
 The budget (``LODESTAR_USER_STATE_MB``, default 48) is in megabytes, counted from each state's
 :attr:`~lodestar.recommend.UserState.nbytes` (MovieLens' 610 users, 100,836 ratings, count 26.7 MB
 where tracemalloc measures 18.5 MB; a small tenant's, 4.5-6.3 KB each against 4.5-5.5 KB), least
-recently used first out; 0 turns keeping off.
+recently used first out; 0 turns keeping off. Outside it: the edge adapter's last 256 exclusion
+conditions (``lodestar.index.edge._recent_exclusion``), as before.
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ def derivation_key(config: TenantConfig) -> tuple[Any, ...]:
 class UserStates:
     def __init__(self, budget_mb: float = DEFAULT_MB) -> None:
         self.budget = int(budget_mb * 1_000_000)  # bytes
-        # (tenant, user, derivation key) -> (events mark, index version, state)
-        self._entries: OrderedDict[tuple[Any, ...], tuple[tuple[int, float | None], str, UserState]] = OrderedDict()
+        # (tenant, user, derivation key) -> (events mark, index version, state, its nbytes)
+        self._entries: OrderedDict[tuple[Any, ...], tuple[tuple[int, float | None], str, UserState, int]] = OrderedDict()
         self._held = 0
+        self._forgets = 0  # erasures seen: a state derived while one happened is not kept
         self._lock = threading.Lock()
         self.hits = self.rebases = self.misses = 0
 
@@ -84,6 +87,7 @@ class UserStates:
         preferences = cdp.get_preferences(tenant, user_id)
         if self.budget == 0 or (preferences or {}).get("liked_items") or (preferences or {}).get("disliked_items"):
             return cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT), preferences, None
+        forgets = self._forgets
         mark = cdp.user_events_mark(tenant, user_id)  # before the events: a write in between is seen next time
         key = (tenant, user_id, derivation_key(config))
         with self._lock:
@@ -100,36 +104,48 @@ class UserStates:
         if kept is not None:  # the same events, another index version
             recent = cdp.user_events(tenant, user_id, limit=min(config.max_profile_events, HISTORY_LIMIT))
             state = rebased(kept, published.reader, published.model, recent, config)
-            self._keep(cdp, key, mark, published.version, state)
+            self._keep(cdp, key, mark, published.version, state, forgets)
             return None, preferences, state
         events = cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
         state = derive_state(published.reader, published.model, events, config)
-        self._keep(cdp, key, mark, published.version, state)
+        self._keep(cdp, key, mark, published.version, state, forgets)
         return events, preferences, state
 
     def _keep(
         self, cdp: CdpStore, key: tuple[Any, ...], mark: tuple[int, float | None], version: str, state: UserState,
+        forgets: int,
     ) -> None:
-        """Keeps ``state`` under ``mark`` when nothing was written in between: an event that landed
-        after the mark was read and before the events were (in the state, not in its mark) would
-        otherwise leave a state that an erasure restoring the mark could bring back."""
-        if not state.seen or state.nbytes > self.budget or cdp.user_events_mark(key[0], key[1]) != mark:
+        """Keeps ``state`` under ``mark`` when it came from exactly the events that mark counts:
+
+        - never under a mark of no events: a first event that landed after the mark was read, then
+          an erasure, would bring that mark back with the erased item in the state;
+        - not when the mark moved while the history was read (an event landed in between);
+        - not when an erasure was forgotten meanwhile (it would be kept after its ``forget``).
+
+        Any other mark cannot come back: events are only added or all erased, and each write
+        stamps a later time."""
+        nbytes = state.nbytes
+        if mark[0] == 0 or nbytes > self.budget or cdp.user_events_mark(key[0], key[1]) != mark:
             return
         with self._lock:
+            if self._forgets != forgets:
+                return
             old = self._entries.pop(key, None)
             if old is not None:
-                self._held -= old[2].nbytes
-            self._entries[key] = (mark, version, state)
-            self._held += state.nbytes
+                self._held -= old[3]
+            self._entries[key] = (mark, version, state, nbytes)
+            self._held += nbytes
             while self._held > self.budget:
-                _key, (_mark, _version, dropped) = self._entries.popitem(last=False)
-                self._held -= dropped.nbytes
+                _key, (_mark, _version, _state, dropped) = self._entries.popitem(last=False)
+                self._held -= dropped
 
     def forget(self, tenant: str, user_id: str) -> None:
-        """Drops the user's states (they were erased: nothing of them stays in memory either)."""
+        """Drops the user's states: they were erased, and nothing derived from their events is used
+        or kept again (a request deriving meanwhile does not keep what it derived)."""
         with self._lock:
+            self._forgets += 1
             for key in [k for k in self._entries if k[0] == tenant and k[1] == user_id]:
-                self._held -= self._entries.pop(key)[2].nbytes
+                self._held -= self._entries.pop(key)[3]
 
     @property
     def held(self) -> int:

@@ -1,6 +1,7 @@
 """What a user's history derives to is kept between their requests (lodestar.user_state) and never
 outlives a change of their events, their preferences, the configuration or the index version."""
 
+import gc
 import time
 import tracemalloc
 
@@ -150,6 +151,7 @@ def test_a_state_counts_about_what_it_takes_in_memory(shop):
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     again = [UserStates().read(published, store, "alpha", user, config)[2] for user in _users(store)]
+    gc.collect()
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     counted = sum(state.nbytes for state in again)
@@ -188,6 +190,54 @@ def test_an_event_written_while_the_history_is_read_is_not_kept_under_the_older_
     store.erase_user("alpha", user)
     events, _prefs, after = states.read(published, store, "alpha", user, config)
     assert events == [] and after.seen == frozenset()
+
+
+def test_a_first_event_then_an_erasure_while_the_history_is_read_is_not_kept(shop):
+    """The mark of no events comes back after an erasure: nothing is kept under it."""
+    store, published, config = shop
+    user = f"aba-{time.time_ns()}"
+    item = published.reader.popular(1)[0].item_id
+    marks = []
+
+    class Racing:  # the first event lands before the history is read; the erasure before the mark is read again
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def user_events(self, tenant, user_id, limit=500):
+            store.append_events(tenant, [parse_event({"user_id": user_id, "item_id": item, "type": "view", "ts": 1e9})])
+            return store.user_events(tenant, user_id, limit)
+
+        def user_events_mark(self, tenant, user_id):
+            if marks:
+                store.erase_user(tenant, user_id)
+            marks.append(store.user_events_mark(tenant, user_id))
+            return marks[-1]
+
+    states = UserStates()
+    assert states.read(published, Racing(), "alpha", user, config)[2].seen == {item}
+    assert marks[0] == (0, None) and states.held == 0
+    store.erase_user("alpha", user)  # (done already if the mark was read again)
+    events, _prefs, after = states.read(published, store, "alpha", user, config)
+    assert events == [] and after.seen == frozenset()
+
+
+def test_a_state_derived_while_the_user_was_erased_is_not_kept(shop):
+    store, published, config = shop
+    user = _users(store)[1]
+    states = UserStates()
+
+    class Erasing:  # the user is forgotten (erased elsewhere in this process) while their history is read
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def user_events(self, tenant, user_id, limit=500):
+            states.forget(tenant, user_id)
+            return store.user_events(tenant, user_id, limit)
+
+    assert states.read(published, Erasing(), "alpha", user, config)[2].seen
+    assert states.held == 0 and not states._entries
+    states.read(published, store, "alpha", user, config)
+    assert states.read(published, store, "alpha", user, config)[0] is None  # kept once nothing raced
 
 
 def test_the_api_keeps_states_between_requests_and_forgets_an_erased_user(env, shop):

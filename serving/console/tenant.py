@@ -191,6 +191,7 @@ class CatalogController(Controller):
             return render(request, "erase.html", status_code=422, tenant=tenant, user_id=user_id,
                           error="type the user's id exactly to confirm the erasure")
         counts = await off_loop(erase_user, cdp, tenant, parse_id(user_id, "user_id"), principal(request).actor)
+        request.app.state.user_states.forget(tenant, parse_id(user_id, "user_id"))
         flash(request, f"Erased user {user_id}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
         return redirect(f"{PREFIX}/t/{tenant}/users")
 
