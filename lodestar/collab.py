@@ -127,9 +127,12 @@ class CollabModel:
         self._last_profile = (dict(item_weights), profile)
         return profile
 
-    def query_vector(self, item_weights: dict[str, float]) -> np.ndarray | None:
-        """The user's vector in factor space (dot product with item factors ~ collaborative score)."""
-        idx, w = self.user_profile(item_weights)
+    def query_vector(
+        self, item_weights: dict[str, float], profile: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """The user's vector in factor space (dot product with item factors ~ collaborative score);
+        ``profile``: :meth:`user_profile` of ``item_weights`` when the caller has it."""
+        idx, w = self.user_profile(item_weights) if profile is None else profile
         if not len(idx) or w.max() <= 0:
             return None
         return (w * self.damping[idx]) @ self.factors[idx]

@@ -220,7 +220,7 @@ def rebased(
     least, as the taste reads) and the state's item weights, without reading their whole history."""
     profile = model.user_profile(state.item_weights) if model is not None and state.item_weights else None
     return replace(state, taste=user_taste(reader, recent, config) if state.seen else None, profile=profile,
-                   query=model.query_vector(state.item_weights) if profile is not None else None)
+                   query=model.query_vector(state.item_weights, profile) if profile is not None else None)
 
 
 def preference_events(preferences: dict[str, Any] | None, now: float) -> list[dict[str, Any]]:
