@@ -19,6 +19,7 @@ what is going on, exactly when the API is overloaded.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 from collections import deque
@@ -33,8 +34,9 @@ from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge
 
-from lodestar.errors import InvalidInput, QuotaExceeded
-from serving.errors import problem
+from lodestar.errors import InvalidInput
+from serving.errors import PROBLEM, problem
+from serving.observability import log_request, request_id, request_id_from
 from serving.quotas import SLOT, RequestRates
 
 # Paths that never wait for a slot and never have a body worth bounding here.
@@ -172,6 +174,46 @@ async def _send_problem(scope: Scope, receive: Receive, send: Send, status: int,
     await asgi(scope, receive, send)
 
 
+async def refuse_early(rates: RequestRates, scope: Scope, send: Send) -> bool:
+    """The front door (:class:`serving.app.LodestarApp` asks it first): a request whose credential
+    is still inside the window of a quota that refused it (:meth:`RequestRates.refused`) is answered
+    here, 429 with ``Retry-After`` and the same problem details as the refusal, before the app's
+    middleware, routing, the key lookup and the body. Returns whether it answered.
+
+    A flood past its quota is mostly such requests, so this path is kept to its bare bones: the
+    body is encoded here, and only the first early refusal of each refusal window writes a request
+    log line (noting that the rest are counted, not logged); every one is counted in
+    ``lodestar_requests_throttled_total``."""
+    if scope["path"] in UNLIMITED_PATHS:
+        return False
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            refusal = rates.refused(value.decode("latin-1"))
+            break
+    else:
+        return False
+    if refusal is None:
+        return False
+    exc, first = refusal
+    rid = request_id_from(scope)
+    body = json.dumps({"type": "about:blank", "title": "Too many requests", "status": 429, "detail": str(exc),
+                       "quota": exc.quota}).encode()
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(exc.retry_after_s).encode()), (b"x-request-id", rid.encode())]})
+    await send({"type": "http.response.body", "body": body})
+    if first:
+        token = request_id.set(rid)
+        try:
+            log_request(scope, 429, None, None, early_refusal=(
+                "answered before the app; until this refusal's window frees, the credential's further "
+                "requests are answered the same way and counted in lodestar_requests_throttled_total, "
+                "not logged"))
+        finally:
+            request_id.reset(token)
+    return True
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -191,12 +233,6 @@ class RequestLimitsMiddleware(ASGIMiddleware):
         self.should_bypass_for_scope = lambda scope: scope["path"] in UNLIMITED_PATHS
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if self.rates is not None and (refusal := self._refused(scope)) is not None:
-            # Still inside the window that refused this credential: answered here, before the
-            # body, a slot, routing and the key lookup (serving.quotas).
-            await _send_problem(scope, receive, send, 429, "Too many requests", str(refusal),
-                                {"Retry-After": str(refusal.retry_after_s)}, quota=refusal.quota)
-            return
         replay = await self._read_body(scope, receive, send)
         if replay is None:
             return  # refused (the answer is sent) or the client left
@@ -214,13 +250,6 @@ class RequestLimitsMiddleware(ASGIMiddleware):
             self.slots.release()
             if self.rates is not None and (tenant := scope.get(SLOT)) is not None:
                 self.rates.finished(tenant)  # a tenant's concurrency slot (serving.quotas)
-
-    def _refused(self, scope: Scope) -> QuotaExceeded | None:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                assert self.rates is not None
-                return self.rates.refused(value.decode("latin-1"))
-        return None
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The whole body, bounded in size and time, as a ``receive`` that replays it (``None``

@@ -65,7 +65,7 @@ TENANT_REQUESTS = Counter("lodestar_tenant_requests_total", "Requests answered p
                           ["tenant", "status_class"])
 
 
-def _request_id_from(scope: Scope) -> str:
+def request_id_from(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text = value.decode("latin-1")
@@ -140,7 +140,7 @@ class RequestLogMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        rid = _request_id_from(scope)
+        rid = request_id_from(scope)
         scope["state"]["request_id"] = rid
         token = request_id.set(rid)
         started = time.perf_counter()
@@ -159,14 +159,14 @@ class RequestLogMiddleware(ASGIMiddleware):
             tenant = scope["state"].get("tenant")
             if tenant is not None:
                 TENANT_REQUESTS.labels(tenant, f"{status // 100}xx").inc()
-            _log_request(scope, status, round((time.perf_counter() - started) * 1000, 3), tenant)
+            log_request(scope, status, round((time.perf_counter() - started) * 1000, 3), tenant)
             request_id.reset(token)
 
 
-def _log_request(scope: Scope, status: int, duration_ms: float | None, tenant: str | None) -> None:
+def log_request(scope: Scope, status: int, duration_ms: float | None, tenant: str | None, **extra: object) -> None:
     access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={
         "method": scope["method"], "path": scope["path"], "route": scope.get("path_template"),
-        "status": status, "duration_ms": duration_ms, "tenant": tenant,
+        "status": status, "duration_ms": duration_ms, "tenant": tenant, **extra,
     })
 
 
@@ -177,11 +177,11 @@ async def stamp_unrouted(message: Message, scope: Scope) -> None:
         return
     if "request_id" in scope.setdefault("state", {}):
         return
-    rid = scope["state"]["request_id"] = _request_id_from(scope)
+    rid = scope["state"]["request_id"] = request_id_from(scope)
     message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
     token = request_id.set(rid)
     try:
-        _log_request(scope, message["status"], None, None)
+        log_request(scope, message["status"], None, None)
     finally:
         request_id.reset(token)
 

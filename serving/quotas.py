@@ -80,6 +80,7 @@ class RequestRates:
         # Authorization header (the same secret, so the same key) -> (until, message, quota).
         # A concurrency refusal also holds the tenant and its allowed requests in flight.
         self._refused: dict[str, tuple[float, str, str, str | None, int]] = {}
+        self._logged: set[str] = set()  # credentials of _refused whose early refusal was logged
         self._in_flight: dict[str, int] = {}  # per tenant with a concurrency quota
         self._lock = threading.Lock()
 
@@ -90,8 +91,10 @@ class RequestRates:
         return cls(env.get("LODESTAR_RATE_LIMIT_STORAGE", "").strip() or "memory://",
                    int(workers) if workers.isdigit() and int(workers) > 0 else 1)
 
-    def refused(self, authorization: str) -> QuotaExceeded | None:
-        """The refusal still in force for this Authorization header (set by :meth:`admit`), if any."""
+    def refused(self, authorization: str) -> tuple[QuotaExceeded, bool] | None:
+        """The refusal still in force for this Authorization header (set by :meth:`admit`), if any,
+        and whether it is the first one answered early since that refusal (the one worth a log
+        line: a flood's other refusals are counted, not logged)."""
         with self._lock:
             entry = self._refused.get(authorization)
             if entry is None:
@@ -102,9 +105,13 @@ class RequestRates:
             # until its window frees.
             if now >= until or (tenant is not None and self._in_flight.get(tenant, 0) < allowed):
                 self._refused.pop(authorization, None)
+                self._logged.discard(authorization)
                 return None
+            first = authorization not in self._logged
+            if first:
+                self._logged.add(authorization)
         THROTTLED.labels(quota).inc()
-        return QuotaExceeded(message, max(1, math.ceil(until - now)), quota)
+        return QuotaExceeded(message, max(1, math.ceil(until - now)), quota), first
 
     def admit(self, principal: Principal, quotas: QuotaSettings, authorization: str | None = None) -> str | None:
         """Count a request of ``principal`` or raise :class:`QuotaExceeded` (nothing counted); a
@@ -160,8 +167,10 @@ class RequestRates:
         now = time.time()
         if len(self._refused) >= MAX_REMEMBERED:
             self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
+            self._logged &= self._refused.keys()
         if len(self._refused) < MAX_REMEMBERED:
             self._refused[authorization] = entry
+            self._logged.discard(authorization)  # a new refusal: its first early one is logged
 
     def finished(self, tenant: str) -> None:
         """A request counted by :meth:`admit` against a concurrency quota is done."""

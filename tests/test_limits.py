@@ -120,6 +120,43 @@ def test_an_oversized_header_is_refused_at_once_and_health_stays_fast(tmp_path):
     assert after > before, "/health did not answer again once the oversized header was sent"
 
 
+def _read_answers(conn: socket.socket, count: int) -> list[bytes]:
+    """``count`` whole HTTP answers (each with a Content-Length) from ``conn``."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return answers
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers
+
+
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
+def test_the_head_limit_counts_heads_only(tmp_path):
+    """A head just past LODESTAR_MAX_HEADER_BYTES gets 431; a large body, and a second request
+    sent in the same packet behind it, are not counted as head bytes."""
+    with running_server(tmp_path, LODESTAR_MAX_HEADER_BYTES="2048") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n")
+            answer = b"".join(iter(lambda: conn.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 431") and b"larger than 2048 bytes" in answer, answer[:300]
+        body = b'{"events": [' + b'{"user_id": "u1", "item_id": "i1", "type": "view"},' * 2000 + b"{}]}"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                         + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            first, second = _read_answers(conn, 2)
+        assert first.startswith(b"HTTP/1.1 401"), first[:300]  # read whole, then refused for want of a key
+        assert second.startswith(b"HTTP/1.1 200"), second[:300]
+
+
 @pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_request_head_that_trickles_in_is_cut_off(tmp_path):
     with running_server(tmp_path, LODESTAR_HEADER_TIMEOUT="0.5") as server:

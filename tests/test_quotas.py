@@ -145,9 +145,14 @@ def test_rates_are_shared_out_over_workers_and_a_bad_storage_says_which_variable
         RequestRates.from_env({"LODESTAR_RATE_LIMIT_STORAGE": "nosuch://x"})
 
 
-def test_a_refused_key_is_refused_early_until_its_window_frees(app_settings):
+def test_a_refused_key_is_refused_early_until_its_window_frees(app_settings, monkeypatch):
     """After a refusal the same credential is answered before routing and the key lookup, with the
-    same 429, until the moving window frees; then it is admitted again."""
+    same 429, until the moving window frees; then it is admitted again. Only the first early
+    refusal of a window writes a log line."""
+    import serving.limits
+
+    logged = []
+    monkeypatch.setattr(serving.limits, "log_request", lambda scope, status, *a, **extra: logged.append((status, extra)))
     with cdp_session(app_settings) as store:
         key = issue_key(store, "acme", ("events",))
     with TestClient(create_app(app_settings)) as client:
@@ -162,6 +167,9 @@ def test_a_refused_key_is_refused_early_until_its_window_frees(app_settings):
         assert [a.status_code for a in early] == [429] * 3 and len(lookups) == 3  # no lookup, no work
         assert early[0].json()["quota"] == "key_rate" and int(early[0].headers["Retry-After"]) >= 1
         assert early[0].json()["detail"] == answers[2].json()["detail"]
+        assert early[0].headers["content-type"] == "application/problem+json"
+        assert len({a.headers["x-request-id"] for a in early}) == 3  # each its own id
+        assert len(logged) == 1 and logged[0][0] == 429 and "not logged" in logged[0][1]["early_refusal"]
         wrong = client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key + "x"))
         assert wrong.status_code == 401  # another credential is not refused early: it is checked
         time.sleep(1.05)  # the window frees
@@ -253,7 +261,9 @@ def test_a_concurrency_refusal_answers_early_only_while_the_tenant_is_at_its_lim
     with pytest.raises(QuotaExceeded):
         rates.admit(principal, quota, "Bearer k1")
     early = rates.refused("Bearer k1")
-    assert early is not None and early.quota == "tenant_concurrency"
+    assert early is not None and early[0].quota == "tenant_concurrency" and early[1]  # the first: logged
+    again = rates.refused("Bearer k1")
+    assert again is not None and not again[1]  # the rest of this refusal's window: counted, not logged
     assert rates.refused("Bearer other-key") is None  # only the credential that was refused
     rates.finished("acme")
     assert rates.refused("Bearer k1") is None  # the slot is free: the guard looks again
