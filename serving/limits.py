@@ -19,13 +19,13 @@ what is going on, exactly when the API is overloaded.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import msgspec
 from litestar.config.app import AppConfig
 from litestar.connection import Request
 from litestar.enums import ScopeType
@@ -186,21 +186,23 @@ async def refuse_early(rates: RequestRates, scope: Scope, send: Send) -> bool:
     ``lodestar_requests_throttled_total``."""
     if scope["path"] in UNLIMITED_PATHS:
         return False
+    refusal, waits_to_send = None, False
     for name, value in scope["headers"]:
         if name == b"authorization":
             refusal = rates.refused(value.decode("latin-1"))
-            break
-    else:
-        return False
+        elif name == b"expect":
+            waits_to_send = value.lower() == b"100-continue"
     if refusal is None:
         return False
     exc, first = refusal
     rid = request_id_from(scope)
-    body = json.dumps({"type": "about:blank", "title": "Too many requests", "status": 429, "detail": str(exc),
-                       "quota": exc.quota}).encode()
-    await send({"type": "http.response.start", "status": 429, "headers": [
-        (b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(exc.retry_after_s).encode()), (b"x-request-id", rid.encode())]})
+    body = msgspec.json.encode({"type": "about:blank", "title": "Too many requests", "status": 429,
+                                "detail": str(exc), "quota": exc.quota})
+    headers = [(b"content-type", PROBLEM.encode()), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", str(exc.retry_after_s).encode()), (b"x-request-id", rid.encode())]
+    if waits_to_send:  # its body is not read, and may yet come: the connection cannot carry another request
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     if first:
         token = request_id.set(rid)

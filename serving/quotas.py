@@ -95,6 +95,8 @@ class RequestRates:
         """The refusal still in force for this Authorization header (set by :meth:`admit`), if any,
         and whether it is the first one answered early since that refusal (the one worth a log
         line: a flood's other refusals are counted, not logged)."""
+        if authorization not in self._refused:  # the common case, without the lock (a dict lookup is atomic)
+            return None
         with self._lock:
             entry = self._refused.get(authorization)
             if entry is None:

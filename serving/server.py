@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -68,26 +69,61 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # a head has begun (or the connection is new) and is not whole yet
         self._head_bytes = 0  # of reads within a head still incomplete
         self._head_size = 0  # of the request line and headers the parser reported
-        self._completed = False  # a request ended within the bytes being fed
+        self._stalled = 0  # bytes read outside a head since the parser last made progress (trailers, junk)
+        self._completed = self._progress = self._head_done = False  # within the bytes being fed
         super().connection_made(transport)
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
-        self._completed = False
-        super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        # uvicorn's own data_received, but a head refused with 431 from a parser callback is not
+        # also logged as an invalid request.
+        self._completed = self._progress = self._head_done = False
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _HeadTooLarge):
+                self._invalid()
             return
-        # Still inside a head. When no request ended within these bytes they are all this head's;
-        # otherwise the head began inside them, and they are not counted (one read at most).
-        if not self._completed:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes:
-                self._refuse_large_head()
+        except httptools.HttpParserError:
+            self._invalid()
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            # When no request ended within these bytes they are all this head's; otherwise the
+            # head began inside them, and they are not counted (one read at most).
+            if not self._completed:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head_bytes:
+                    self._refuse_large_head()
+                    return
+        elif not self._progress:
+            # Bytes the parser keeps without a body chunk or an end: a chunked body's trailers
+            # (collected in full by httptools) or junk. Bounded as a head is.
+            self._stalled += len(data)
+            if self._stalled > self.max_head_bytes:
+                self.transport.close()
                 return
-        self._await_head()
+        if self._in_head or (not self._head_done and self._idle()):
+            self._await_head()  # a head arriving, or bytes after an answer that start no request
+
+    def _invalid(self) -> None:
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
 
     def on_message_begin(self) -> None:
-        self._in_head, self._head_bytes, self._head_size = True, 0, 0
+        self._in_head, self._head_bytes, self._head_size, self._progress = True, 0, 0, True
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -95,6 +131,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer of a chunked body: dropped (uvicorn would add it to the running request's headers)
         self._count(len(name) + len(value) + 4)
         super().on_header(name, value)
 
@@ -103,21 +141,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size += size
         if self._head_size > self.max_head_bytes:
             self._refuse_large_head()
-            raise _HeadTooLarge  # stops the parser; uvicorn then calls send_400_response
-
-    def send_400_response(self, msg: str) -> None:
-        if not self.transport.is_closing():  # not after a 431
-            super().send_400_response(msg)
+            raise _HeadTooLarge  # stops the parser (data_received knows it was answered)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._head_done, self._progress = False, True, True
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._progress, self._stalled = True, 0
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        self._completed = True
+        self._completed, self._progress, self._stalled = True, True, 0
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -132,10 +170,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        # Only while a head is incomplete and no request is being answered (a keep-alive
-        # connection idle between requests has uvicorn's own timeout).
-        if self._in_head and (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        if not self._idle():
+            self._await_head()  # a request is being answered: look again later
+            return
+        # No whole head since the timer started (its end cancels the timer): a head trickling
+        # in, or bytes after an answer that began no request (a keep-alive connection idle
+        # between requests sends nothing, and has uvicorn's own timeout).
+        self.transport.close()
 
     def _refuse_large_head(self) -> None:
         body = json.dumps({
@@ -178,6 +221,7 @@ def server_config(app: Any, host: str, port: int, log_level: str = "info",
     return uvicorn.Config(
         app, host=host, port=port, log_level=log_level, workers=workers, factory=workers > 1,
         http=protocol,
+        ws="none",  # no WebSocket routes: an upgrade is answered as a plain request
         timeout_keep_alive=limits.keep_alive_s,
         # Past this many connections (or tasks) uvicorn answers 503 itself; the app's own limit
         # (serving.limits) is far lower and answers first, with problem details.

@@ -33,9 +33,32 @@ def _invalid(field: str, source: str, message: str) -> ValidationException:
     return ValidationException(detail=f"{field}: {message}", extra=[{"key": field, "source": source, "message": message}])
 
 
+# Handler arguments Litestar fills from the request itself, never from a query parameter.
+_RESERVED = frozenset({"data", "request", "state", "headers", "cookies", "query", "scope", "socket", "body"})
+
+
+def _query_names(request: Request) -> frozenset[str]:
+    """The query parameters the route documents: its handler's arguments that are not path
+    parameters, dependencies or Litestar's own."""
+    handler = request.route_handler
+    known = handler.opt.get("_query_names")
+    if known is None:
+        dependencies = handler.resolve_dependencies()
+        known = frozenset(name for name in handler.parsed_fn_signature.parameters
+                          if name not in _RESERVED and name not in dependencies and name not in request.path_params)
+        handler.opt["_query_names"] = known
+    return known
+
+
 async def strict_request(request: Request) -> None:
     """``before_request`` hook of the whole app (after the guard, before the handler's parameters)."""
     parameters = request.route_handler.parsed_fn_signature.parameters
+    if request.url.path.startswith("/v1/"):  # the API: an unknown parameter is a mistake worth saying (a typo)
+        known = _query_names(request)
+        for name in request.query_params:
+            if name not in known:
+                takes = ", ".join(sorted(known)) or "none"
+                raise _invalid(name, "query", f"is not a parameter of this route (it takes: {takes})")
     for name, raw in request.query_params.items():
         field = parameters.get(name)
         if field is None:

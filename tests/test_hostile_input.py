@@ -152,6 +152,17 @@ def test_attribute_names_a_query_engine_cannot_address_are_422(client, tenant):
     assert problem["errors"][0]["field"] == "filter.attributes.8 |"
 
 
+def test_an_unknown_query_parameter_is_refused_with_the_route_s_own(client, tenant):
+    """A typo (``limt``) is a 422 naming it and the parameters the route takes, not silently ignored."""
+    response = client.get("/v1/users/u1/recommendations?k=3&limt=5", headers=_auth(tenant))
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["errors"][0]["field"] == "limt" and problem["errors"][0]["source"] == "query"
+    # Its query parameters only: not the handler's dependencies (cdp, tenant, ...) nor the path's user_id.
+    assert problem["detail"] == "limt: is not a parameter of this route (it takes: diversity, exclude, explain, filter, k)"
+    assert client.get("/v1/users/u1/recommendations?k=3", headers=_auth(tenant)).status_code == 200
+
+
 def test_non_finite_numbers_in_body_filters_are_refused(client, tenant):
     body = b'{"query": "boots", "filter": {"attributes": {"price": {"gte": NaN}}}}'
     response = client.post("/v1/search", content=body, headers={**_auth(tenant), "Content-Type": "application/json"})

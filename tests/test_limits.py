@@ -157,6 +157,43 @@ def test_the_head_limit_counts_heads_only(tmp_path):
         assert second.startswith(b"HTTP/1.1 200"), second[:300]
 
 
+def _closed_within(conn: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``conn`` within ``seconds`` (reading and dropping what it sends)."""
+    conn.settimeout(seconds)
+    try:
+        while conn.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
+def test_bytes_that_start_no_request_and_chunked_trailers_are_bounded(tmp_path):
+    """After an answer, bytes that begin no request (a stray CRLF) get the head timeout as a head
+    would; a chunked body's trailers count against the head limit and never reach the request."""
+    with running_server(tmp_path, LODESTAR_HEADER_TIMEOUT="0.5", LODESTAR_MAX_HEADER_BYTES="2048") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answers(conn, 1)[0].startswith(b"HTTP/1.1 200")
+            conn.sendall(b"\r\n")
+            assert _closed_within(conn, 4), "a connection holding a stray CRLF was kept (head timeout 0.5 s)"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+            time.sleep(0.2)  # the trailers in reads of their own
+            conn.sendall(b"0\r\nX-Trailer: " + b"a" * 3000)
+            assert _closed_within(conn, 4), "3 KB of trailers were buffered (limit 2,048 bytes)"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            # An idle keep-alive connection is not cut by the head timeout (uvicorn's own: 5 s).
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answers(conn, 1)[0].startswith(b"HTTP/1.1 200")
+            assert not _closed_within(conn, 1.5)
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answers(conn, 1)[0].startswith(b"HTTP/1.1 200")
+
+
 @pytest.mark.slow  # starts real processes (servers, runs, databases): CI runs it, the fast tier skips it
 def test_a_request_head_that_trickles_in_is_cut_off(tmp_path):
     with running_server(tmp_path, LODESTAR_HEADER_TIMEOUT="0.5") as server:

@@ -170,6 +170,10 @@ def test_a_refused_key_is_refused_early_until_its_window_frees(app_settings, mon
         assert early[0].headers["content-type"] == "application/problem+json"
         assert len({a.headers["x-request-id"] for a in early}) == 3  # each its own id
         assert len(logged) == 1 and logged[0][0] == 429 and "not logged" in logged[0][1]["early_refusal"]
+        assert "connection" not in early[0].headers  # the connection carries the client's next request
+        waiting = client.post("/v1/events", json={"events": [_event()]},
+                              headers={**_bearer(key), "Expect": "100-continue"})
+        assert waiting.status_code == 429 and waiting.headers["connection"] == "close"  # its body may yet come
         wrong = client.post("/v1/events", json={"events": [_event()]}, headers=_bearer(key + "x"))
         assert wrong.status_code == 401  # another credential is not refused early: it is checked
         time.sleep(1.05)  # the window frees
