@@ -85,7 +85,8 @@ class UserStates:
         """The user's ``(events, preferences, state)``: ``events`` is ``None`` when the state was
         kept (they were not read); ``state`` is ``None`` when it may not be kept (see the module)."""
         preferences = cdp.get_preferences(tenant, user_id)
-        if self.budget == 0 or (preferences or {}).get("liked_items") or (preferences or {}).get("disliked_items"):
+        prefs = preferences or {}
+        if self.budget == 0 or prefs.get("liked_items") or prefs.get("disliked_items"):
             return cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT), preferences, None
         forgets = self._forgets
         mark = cdp.user_events_mark(tenant, user_id)  # before the events: a write in between is seen next time

@@ -53,7 +53,7 @@ def _query_names(request: Request) -> frozenset[str]:
 async def strict_request(request: Request) -> None:
     """``before_request`` hook of the whole app (after the guard, before the handler's parameters)."""
     parameters = request.route_handler.parsed_fn_signature.parameters
-    if request.url.path.startswith("/v1/"):  # the API: an unknown parameter is a mistake worth saying (a typo)
+    if request.scope["path"].startswith("/v1/"):  # the API: an unknown parameter is a mistake worth saying (a typo)
         known = _query_names(request)
         for name in request.query_params:
             if name not in known:

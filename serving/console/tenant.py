@@ -190,8 +190,9 @@ class CatalogController(Controller):
         if form.get("confirm", "") != user_id:
             return render(request, "erase.html", status_code=422, tenant=tenant, user_id=user_id,
                           error="type the user's id exactly to confirm the erasure")
-        counts = await off_loop(erase_user, cdp, tenant, parse_id(user_id, "user_id"), principal(request).actor)
-        request.app.state.user_states.forget(tenant, parse_id(user_id, "user_id"))
+        erased = parse_id(user_id, "user_id")
+        counts = await off_loop(erase_user, cdp, tenant, erased, principal(request).actor)
+        request.app.state.user_states.forget(tenant, erased)
         flash(request, f"Erased user {user_id}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
         return redirect(f"{PREFIX}/t/{tenant}/users")
 
