@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -62,11 +64,43 @@ class LodestarApp(Litestar):
     so that a tenant flooding past its quota costs the other tenants as little as it can."""
 
     rates: RequestRates | None = None
+    # Set by `lodestar serve` (serving.server) for the process it serves from: see freeze_long_lived.
+    freeze_at_startup = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         if scope["type"] == "http" and self.rates is not None and await refuse_early(self.rates, scope, send):
             return
         await super().__call__(scope, receive, send)
+
+
+# Full collections come after this many younger ones (CPython's default: 10). See freeze_long_lived.
+FULL_COLLECTION_EVERY = 100
+
+
+@functools.cache
+def freeze_long_lived() -> None:
+    """Moves what the process holds before its first request (its modules, the app, its
+    collaborators: about 140,000 objects) out of the garbage collector's sight (``gc.freeze``), and
+    makes full collections come a tenth as often.
+
+    None of what is frozen is ever garbage, yet every full (generation 2) collection walked all of
+    it again: 83-90 ms on this 2-core machine, paid by whichever request was running when one came
+    (MovieLens' recommendations: about one request in 1,200). Afterwards a full collection walks
+    only what was made since (open tenants, users' kept states, requests in flight): 11-13 ms for
+    MovieLens with every user's state kept. CPython starts one when 10 younger collections have run
+    and the objects promoted since make a quarter of those that survived the last one; with the
+    survivors now few, that came every ~175 requests, so the same walking time was paid as often
+    in total. After 100 younger collections instead, full collections come about as rarely as
+    before, a seventh as long. What a full collection frees (reference cycles that lived long)
+    waits longer: a few thousand promoted objects more. A collection first, so that nothing
+    already unreachable is frozen (frozen objects are never freed by the collector; freed by
+    reference counting they still are). Once per process, and only where ``lodestar serve`` serves
+    from: a process that creates many apps (the tests) would otherwise freeze each one, never to
+    be collected."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _full = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def create_app(settings: Settings | None = None) -> LodestarApp:
@@ -104,6 +138,8 @@ def create_app(settings: Settings | None = None) -> LodestarApp:
                 app.state.embedder_loaded.set()
 
         threading.Thread(target=load, name="load-embedder", daemon=True).start()
+        if getattr(app, "freeze_at_startup", False):
+            freeze_long_lived()
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(sweep_sessions, app.stores.get(SESSION_STORE))

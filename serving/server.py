@@ -27,10 +27,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lodestar.errors import InvalidInput
 from lodestar.settings import Settings
-from serving.app import create_app
+from serving.app import LodestarApp, create_app
 from serving.limits import RequestLimits
 
-APP_FACTORY = "serving.app:create_app"  # what each worker process imports and calls
+APP_FACTORY = "serving.server:served_app"  # what each worker process imports and calls
 
 
 def _ensure_port_free(host: str, port: int) -> None:
@@ -209,6 +209,15 @@ class EnvironmentHttpToolsProtocol(BoundedHttpToolsProtocol):
         return _environment_limits().max_header_bytes
 
 
+def served_app(settings: Settings | None = None) -> LodestarApp:
+    """The app ``lodestar serve`` serves from this process (each worker's, with ``--workers``): the
+    app of :func:`serving.app.create_app` that freezes what it holds at startup
+    (:func:`serving.app.freeze_long_lived`)."""
+    app = create_app(settings)
+    app.freeze_at_startup = True
+    return app
+
+
 def server_config(app: Any, host: str, port: int, log_level: str = "info",
                   limits: RequestLimits | None = None, workers: int = 1) -> uvicorn.Config:
     """The uvicorn configuration ``lodestar serve`` runs ``app`` with (an app object, or with
@@ -258,7 +267,7 @@ def serve(
         config = server_config(APP_FACTORY, host, port, log_level, limits, workers=workers)
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return
-    app = create_app(settings)
+    app = served_app(settings)
     logging.getLogger("lodestar").setLevel(log_level.upper())  # the request log too (`demo` serves quietly)
     server = uvicorn.Server(server_config(app, host, port, log_level, limits))
     if on_ready is not None:

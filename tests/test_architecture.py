@@ -1,6 +1,7 @@
 """The layering ARCHITECTURE.md agrees on, checked on the code itself: who may import whom."""
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,55 @@ def test_the_serving_process_loads_no_pipeline_code():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+_FREEZE_PROBE = """
+import gc, json, sys, weakref
+from pathlib import Path
+
+from litestar.testing import TestClient
+from lodestar.settings import Settings
+from serving.app import create_app
+from serving.server import served_app
+
+settings = Settings(data_dir=Path(sys.argv[1]), embed_model="hashing-64")
+out = {"threshold_before": gc.get_threshold()}
+with TestClient(create_app(settings)):
+    out["plain_app"] = gc.get_freeze_count()
+with TestClient(served_app(settings)):
+    out["served_app"] = gc.get_freeze_count()
+    out["threshold"] = gc.get_threshold()
+
+    class Node:
+        pass
+
+    node = Node()
+    node.me = node  # a reference cycle made after the freeze: the collector still frees it
+    alive = weakref.ref(node)
+    del node
+    gc.collect()
+    out["cycle_freed"] = alive() is None
+with TestClient(served_app(settings)):
+    out["second_served_app"] = gc.get_freeze_count()
+print(json.dumps(out))
+"""
+
+
+def test_the_served_process_freezes_what_it_holds_at_startup_once(tmp_path):
+    """`lodestar serve`'s app moves what exists at its startup out of the collector's sight and
+    makes full collections rarer (serving.app.freeze_long_lived); an app made elsewhere (tests,
+    tools) leaves the process's collector alone; a second served app in the same process freezes
+    nothing more."""
+    result = subprocess.run([sys.executable, "-c", _FREEZE_PROBE, str(tmp_path / "var")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["plain_app"] == 0
+    assert out["served_app"] > 50_000  # the modules alone are tens of thousands of objects
+    assert out["threshold"] == [out["threshold_before"][0], out["threshold_before"][1], 100]
+    assert out["threshold_before"][2] == 10
+    assert out["cycle_freed"] is True
+    assert out["second_served_app"] <= out["served_app"]
 
 
 @pytest.mark.parametrize("package, forbidden", [
