@@ -41,7 +41,7 @@ from serving.controllers import (
     UserController,
     UserSegmentController,
 )
-from serving.dependencies import API_DEPENDENCIES, DEPENDENCIES
+from serving.dependencies import API_DEPENDENCIES, DEPENDENCIES, Services
 from serving.errors import EXCEPTION_HANDLERS
 from serving.experiments import TenantExperiments
 from serving.indexes import TenantIndexes
@@ -120,12 +120,14 @@ def create_app(settings: Settings | None = None) -> LodestarApp:
         user_states = UserStates.from_env()  # LODESTAR_USER_STATE_MB
         key_usage = KeyUsage(cdp)
         console_pipeline = Pipeline(settings)
+        services = Services(cdp=cdp, embedder=embedder, served_log=served_log, user_states=user_states,
+                            experiments=TenantExperiments(cdp), ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)),
+                            event_quotas=EventQuotas(cdp))
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
                          served_log=served_log, user_states=user_states, key_usage=key_usage, console_pipeline=console_pipeline,
-                         signin_gate=SignInGate(), experiments=TenantExperiments(cdp),
-                         ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)),
-                         operator_key=settings.admin_key, rates=rates, event_quotas=EventQuotas(cdp),
-                         configs=TenantConfigs(cdp), embedder_loaded=threading.Event())
+                         signin_gate=SignInGate(), experiments=services.experiments, ads=services.ads,
+                         operator_key=settings.admin_key, rates=rates, event_quotas=services.event_quotas,
+                         configs=TenantConfigs(cdp), embedder_loaded=threading.Event(), services=services)
 
         # Load the model off the event loop so that the first search does not pay for it; /ready
         # waits for it.

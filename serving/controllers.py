@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.params import Parameter
 
@@ -56,18 +57,15 @@ from lodestar.tenant_config import TenantConfig, effective_config, validate_conf
 from serving.ads import Sponsored, recommendation_signals, sponsored_answer, utc_day
 from serving.auth import SCOPE
 from serving.dependencies import (
-    AdsDep,
     Cdp,
     Config,
     EmbedderDep,
     EmbedderLoaded,
-    EventQuotasDep,
-    ExperimentsDep,
     Indexes,
     Published,
-    ServedLogDep,
     Tenant,
     UserStatesDep,
+    services,
 )
 from serving.experiments import Assigned
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
@@ -220,53 +218,56 @@ class RecommendationController(Controller):
 
     @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
     def for_user(
-        self, request: Request, tenant: Tenant, user_id: PathId, published: Published, config: Config, cdp: Cdp,
-        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep,
-        user_states: UserStatesDep, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None,
-        diversity: DIVERSITY = None, explain: EXPLAIN = False,
+        self, request: Request, state: State, tenant: Tenant, user_id: PathId, config: Config, published: Published,
+        k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None,
+        explain: EXPLAIN = False,
     ) -> ItemList:
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which). With
         retail media on, sponsored items take the ad-load positions (``sponsored``, ``ad_id``)."""
+        app = services(state)
+        cdp = app.cdp
         user_id = parse_id(user_id, "user_id")
         unit = _unit(user_id)
-        config, assigned = experiments.apply(tenant, "recommendations", unit, config)
+        config, assigned = app.experiments.apply(tenant, "recommendations", unit, config)
         controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
-        events, preferences, state = user_states.read(published, cdp, tenant, user_id, config)
-        result = recommend_for_user(published, cdp, embedder, tenant, user_id, k, config, controls, trace,
-                                    (events or [], preferences), state)
+        events, preferences, kept = app.user_states.read(published, cdp, tenant, user_id, config)
+        result = recommend_for_user(published, cdp, app.embedder, tenant, user_id, k, config, controls, trace,
+                                    (events or [], preferences), kept)
         sponsored = sponsored_answer(
-            ads, tenant, published, config, "recommendations", k, result.items,
+            app.ads, tenant, published, config, "recommendations", k, result.items,
             recommendation_signals(config, published, result.taste, result.collab_query, result.items),
             trace is not None, exclude=result.excluded, item_filter=result.item_filter,
             events=_ad_history(cdp, tenant, user_id) if events is None else events,
             segments=_user_segments(cdp, tenant, user_id), user_id=user_id) if config.ads.enabled else None
-        return _items(served_log, tenant, result.items, published.version, result.strategy, "recommendations", user_id,
-                      trace, unit, assigned, sponsored)
+        return _items(app.served_log, tenant, result.items, published.version, result.strategy, "recommendations",
+                      user_id, trace, unit, assigned, sponsored)
 
     @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
           sync_to_thread=True)
     def for_session(
-        self, request: Request, tenant: Tenant, data: SessionRequest, published: Published, config: Config,
-        served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, cdp: Cdp,
+        self, request: Request, state: State, tenant: Tenant, data: SessionRequest, config: Config,
+        published: Published,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
+        app = services(state)
+        cdp = app.cdp
         unit = _unit(data.user_id, data.session_id)
-        config, assigned = experiments.apply(tenant, "session", unit, config)
+        config, assigned = app.experiments.apply(tenant, "session", unit, config)
         controls = _controls(data.filter, data.exclude, data.diversity, config)
         item_ids = [parse_id(i, f"item_ids[{n}]") for n, i in enumerate(data.item_ids)]
         trace = _trace(data.explain, request)
         result = recommend_for_session(published, item_ids, data.k, config, controls, trace=trace)
         sponsored = sponsored_answer(
-            ads, tenant, published, config, "session", data.k, result.items,
+            app.ads, tenant, published, config, "session", data.k, result.items,
             recommendation_signals(config, published, result.taste, result.collab_query, result.items),
             trace is not None,
             exclude=result.excluded, item_filter=result.item_filter,
             events=_ad_history(cdp, tenant, data.user_id),
             segments=_user_segments(cdp, tenant, data.user_id), user_id=_user(data.user_id)) if config.ads.enabled \
             else None
-        return _items(served_log, tenant, result.items, published.version, result.strategy, "session",
+        return _items(app.served_log, tenant, result.items, published.version, result.strategy, "session",
                       data.user_id, trace, unit, assigned, sponsored)
 
 
@@ -277,15 +278,16 @@ class ItemController(Controller):
 
     @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
     def similar(
-        self, request: Request, tenant: Tenant, item_id: PathId, published: Published, config: Config,
-        served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, cdp: Cdp, k: K = 10, filter: FILTER = None,
-        exclude: EXCLUDE = None, diversity: DIVERSITY = None, explain: EXPLAIN = False, user_id: UNIT = None,
-        session_id: UNIT = None,
+        self, request: Request, state: State, tenant: Tenant, item_id: PathId, config: Config, published: Published,
+        k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None,
+        explain: EXPLAIN = False, user_id: UNIT = None, session_id: UNIT = None,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
+        app = services(state)
+        cdp = app.cdp
         item_id = parse_id(item_id, "item_id")
         unit = _unit(user_id, session_id)
-        config, assigned = experiments.apply(tenant, "similar", unit, config)
+        config, assigned = app.experiments.apply(tenant, "similar", unit, config)
         controls = _controls(filter, exclude, diversity, config)
         trace = _trace(explain, request)
         hits = similar_items(published.reader, item_id, k, config, controls, trace)
@@ -295,12 +297,12 @@ class ItemController(Controller):
         if config.ads.enabled:
             source = published.reader.get(item_id)
             sponsored = sponsored_answer(
-                ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace is not None,
+                app.ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace is not None,
                 exclude=frozenset((item_id, *controls.exclude)), item_filter=controls.item_filter,
                 categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id),
                 segments=_user_segments(cdp, tenant, user_id), user_id=_user(user_id))
-        return _items(served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace, unit,
-                      assigned, sponsored)
+        return _items(app.served_log, tenant, hits, published.version, "similar_items", "similar", user_id, trace,
+                      unit, assigned, sponsored)
 
 
 class SearchController(Controller):
@@ -310,26 +312,28 @@ class SearchController(Controller):
 
     @post("/", operation_id="semanticSearch", responses=WRITES, status_code=200, sync_to_thread=True)
     def search(
-        self, request: Request, tenant: Tenant, data: SearchRequest, published: Published, config: Config,
-        embedder: EmbedderDep, served_log: ServedLogDep, experiments: ExperimentsDep, ads: AdsDep, cdp: Cdp,
+        self, request: Request, state: State, tenant: Tenant, data: SearchRequest, config: Config,
+        published: Published,
     ) -> ItemList:
         """Items whose text is closest in meaning to the query."""
         if not data.query.strip():
             raise InvalidInput("query: must contain some text", field="query")
+        app = services(state)
+        cdp = app.cdp
         unit = _unit(data.user_id, data.session_id)
-        config, assigned = experiments.apply(tenant, "search", unit, config)
+        config, assigned = app.experiments.apply(tenant, "search", unit, config)
         controls = _controls(data.filter, data.exclude, data.diversity, config)
-        vector = embedder.encode([data.query])[0]
+        vector = app.embedder.encode([data.query])[0]
         trace = _trace(data.explain, request)
         hits = nearest_controlled(published.reader, vector, data.k, config, controls, trace=trace)
         sponsored = sponsored_answer(
-            ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace is not None,
+            app.ads, tenant, published, config, "search", data.k, hits, Signals(content=vector), trace is not None,
             exclude=frozenset(controls.exclude), item_filter=controls.item_filter, query=data.query,
             events=_ad_history(cdp, tenant, data.user_id),
             segments=_user_segments(cdp, tenant, data.user_id), user_id=_user(data.user_id)) if config.ads.enabled \
             else None
-        return _items(served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id, trace,
-                      unit, assigned, sponsored)
+        return _items(app.served_log, tenant, hits, published.version, "semantic_search", "search", data.user_id,
+                      trace, unit, assigned, sponsored)
 
 
 class EventController(Controller):
@@ -340,7 +344,7 @@ class EventController(Controller):
 
     @post("/", operation_id="ingestEvents", responses=WRITES, status_code=200, sync_to_thread=True)
     def ingest(
-        self, tenant: Tenant, data: EventBatch, cdp: Cdp, config: Config, event_quotas: EventQuotasDep, ads: AdsDep,
+        self, state: State, tenant: Tenant, data: EventBatch, config: Config,
         atomic: Annotated[bool, Parameter(description="reject the whole batch if any event is invalid")] = False,
     ) -> EventsAccepted:
         """Store 1 to 1000 events. A 200 means every accepted event is durable in the CDP store and
@@ -350,7 +354,8 @@ class EventController(Controller):
         than a day ago, or for another item) is rejected; any other event is stored without such an
         ``ad_id`` (``notes`` says so). A click on an ad is charged to its line item once
         (``ad_clicks`` says at what price, or why not)."""
-        return store_events(tenant, list(enumerate(data.events)), cdp, config, event_quotas, ads, atomic)
+        app = services(state)
+        return store_events(tenant, list(enumerate(data.events)), app.cdp, config, app.event_quotas, app.ads, atomic)
 
 
 def store_events(

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, post
+from litestar.datastructures import State
 from litestar.params import Parameter
 
 from lodestar.cdp import EVENTS, CdpStore
@@ -39,7 +40,7 @@ from lodestar.records import parse_item, parse_user
 from lodestar.tenant_config import TenantConfig
 from serving.auth import BASIC_KEY, SCOPE
 from serving.controllers import PathId, store_events
-from serving.dependencies import AdsDep, Cdp, Config, EventQuotasDep, Tenant
+from serving.dependencies import Config, Services, Tenant, services
 from serving.openapi import SECURED, WRITES
 from serving.schemas import EventsAccepted, RejectedEvent
 
@@ -60,45 +61,43 @@ class SegmentIngestController(Controller):
     opt = {SCOPE: EVENTS, BASIC_KEY: True}
 
     @post("/batch", operation_id="ingestSegmentBatch", responses=WRITES, status_code=200, sync_to_thread=True)
-    def batch(self, tenant: Tenant, data: SegmentBatch, cdp: Cdp, config: Config, event_quotas: EventQuotasDep,
-              ads: AdsDep, atomic: Atomic = False) -> EventsAccepted:
+    def batch(self, state: State, tenant: Tenant, data: SegmentBatch, config: Config,
+              atomic: Atomic = False) -> EventsAccepted:
         """Store a Segment batch: ``track`` messages of the E-commerce Spec's events become events, one per
         product; ``identify`` traits become the user's profile attributes; ``page``, ``screen``, ``group``
         and ``alias`` carry no product and are noted, not stored. The mapping is the tenant's
         ``connectors.segment`` configuration."""
-        return ingest(tenant, data.batch, cdp, config, event_quotas, ads, atomic)
+        return ingest(tenant, data.batch, services(state), config, atomic)
 
     @post("/v1/batch", operation_id="ingestSegmentLibraryBatch", responses=WRITES, status_code=200,
           sync_to_thread=True)
-    def library_batch(self, tenant: Tenant, data: SegmentBatch, cdp: Cdp, config: Config,
-                      event_quotas: EventQuotasDep, ads: AdsDep, atomic: Atomic = False) -> EventsAccepted:
+    def library_batch(self, state: State, tenant: Tenant, data: SegmentBatch, config: Config,
+                      atomic: Atomic = False) -> EventsAccepted:
         """The batch route where Segment's libraries post (``<host>/v1/batch``) when their host is
         ``https://<lodestar>/v1/ingest/segment``; the same as ``/v1/ingest/segment/batch``."""
-        return ingest(tenant, data.batch, cdp, config, event_quotas, ads, atomic)
+        return ingest(tenant, data.batch, services(state), config, atomic)
 
     @post("/", operation_id="ingestSegmentMessage", responses=WRITES, status_code=200, sync_to_thread=True)
-    def message(self, tenant: Tenant, data: dict[str, Any], cdp: Cdp, config: Config, event_quotas: EventQuotasDep,
-                ads: AdsDep) -> EventsAccepted:
+    def message(self, state: State, tenant: Tenant, data: dict[str, Any], config: Config) -> EventsAccepted:
         """One message with its ``type`` in the body, as webhook destinations (Segment's, RudderStack's) post
         each event; a body with ``batch`` is taken as a batch."""
         if isinstance(data.get("batch"), list):
             if not 1 <= len(data["batch"]) <= 1000:
                 raise InvalidInput("batch: 1 to 1000 messages", field="batch")
-            return ingest(tenant, data["batch"], cdp, config, event_quotas, ads, atomic=False)
-        return ingest(tenant, [data], cdp, config, event_quotas, ads, atomic=True)
+            return ingest(tenant, data["batch"], services(state), config, atomic=False)
+        return ingest(tenant, [data], services(state), config, atomic=True)
 
     @post("/{call:str}", operation_id="ingestSegmentCall", responses=WRITES, status_code=200, sync_to_thread=True)
-    def call(self, tenant: Tenant, call: PathId, data: dict[str, Any], cdp: Cdp, config: Config,
-             event_quotas: EventQuotasDep, ads: AdsDep) -> EventsAccepted:
+    def call(self, state: State, tenant: Tenant, call: PathId, data: dict[str, Any], config: Config) -> EventsAccepted:
         """One message of Segment's HTTP Tracking API (``track``, ``identify``, ...): its type is the path's."""
         if call not in CALLS:
             raise InvalidInput(f"unknown call {call!r}: POST a batch to /v1/ingest/segment/batch, or one message to "
                                f"/v1/ingest/segment/CALL where CALL is one of {', '.join(CALLS)}", field="call")
-        return ingest(tenant, [{**data, "type": call}], cdp, config, event_quotas, ads, atomic=True)
+        return ingest(tenant, [{**data, "type": call}], services(state), config, atomic=True)
 
 
-def ingest(tenant: str, messages: list[Any], cdp: CdpStore, config: TenantConfig, event_quotas: Any, ads: Any,
-           atomic: bool) -> EventsAccepted:
+def ingest(tenant: str, messages: list[Any], app: Services, config: TenantConfig, atomic: bool) -> EventsAccepted:
+    cdp = app.cdp
     mapping = Mapping(config.connectors["segment"])
     now = time.time()
     candidates: list[tuple[int, Any]] = []
@@ -139,7 +138,7 @@ def ingest(tenant: str, messages: list[Any], cdp: CdpStore, config: TenantConfig
         if rows:
             cdp.upsert_items(tenant, rows)
 
-    return store_events(tenant, candidates, cdp, config, event_quotas, ads, atomic, field="batch",
+    return store_events(tenant, candidates, cdp, config, app.event_quotas, app.ads, atomic, field="batch",
                         what="message(s)", notes=notes, other_writes=write, other_data=bool(profile_rows))
 
 

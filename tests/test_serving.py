@@ -204,3 +204,34 @@ def test_new_version_is_picked_up_without_restart_and_unpublished_is_never_serve
     wait_until(lambda: served_version() != before, timeout=5, message="the API did not pick up the published version")
     seen = served_version()
     assert seen == built.version != before
+
+
+def test_the_page_view_routes_resolve_their_dependencies_one_after_another(client, env, monkeypatch):
+    """The routes an app calls on every page view take their collaborators from the app state at
+    once (serving.dependencies.Services) and their request-scoped dependencies as a chain, so
+    Litestar never opens a task group to resolve some of them concurrently (160 µs a request for
+    the recommendations' nine, measured). A route that still does is counted, as a control."""
+    import litestar._kwargs.kwargs_model as kwargs_model
+
+    opened = []
+    real = kwargs_model.create_task_group
+
+    def counting_task_group():
+        opened.append(1)
+        return real()
+
+    monkeypatch.setattr(kwargs_model, "create_task_group", counting_task_group)
+    auth = _auth(env, "alpha")
+    calls = [
+        ("GET", "/v1/users/u0003/recommendations?k=5", None),
+        ("POST", "/v1/recommendations/session", {"item_ids": ["p00001"], "k": 3}),
+        ("GET", "/v1/items/p00001/similar?k=5", None),
+        ("POST", "/v1/search", {"query": "waterproof hiking boot", "k": 3}),
+        ("POST", "/v1/events", {"events": [{"user_id": "u0003", "item_id": "p00001", "type": "view"}]}),
+    ]
+    for method, url, body in calls:
+        response = client.request(method, url, json=body, headers=auth)
+        assert response.status_code == 200, (url, response.text)
+        assert opened == [], f"{method} {url} resolved dependencies concurrently"
+    assert client.get("/v1/config", headers=auth).status_code == 200  # tenant and cdp: two of one depth
+    assert opened, "the control route no longer opens a task group: this test counts nothing"
