@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -76,3 +78,44 @@ def test_every_acknowledged_event_survives_kill_9_of_the_server(tmp_path):
     finally:
         restarted.terminate()
         restarted.wait(10)
+
+
+_CONSOLE_HELPER = """
+import sys, time
+from pathlib import Path
+
+from lodestar.settings import Settings
+from serving.console import pipeline
+
+pipeline.STATUS_MODULE = "os"  # the helper answers os.getpid(): no Dagster needed to start it
+console_pipeline = pipeline.Pipeline(Settings(data_dir=Path(sys.argv[1])))
+print(console_pipeline._ask("getpid"), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_console_s_pipeline_helper_ends_with_a_killed_server(tmp_path):
+    """The helper process the console asks about runs (serving.console.pipeline) must not outlive
+    a serving process killed without a chance to stop it: it would wait for questions for ever."""
+    parent = subprocess.Popen([sys.executable, "-c", _CONSOLE_HELPER, str(tmp_path / "var")], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        helper = int(parent.stdout.readline())
+        assert helper != parent.pid and _alive(helper)
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(helper):
+        os.kill(helper, signal.SIGKILL)
+        raise AssertionError("the helper outlived the killed server")

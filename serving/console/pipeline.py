@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import subprocess
 import sys
@@ -36,7 +37,21 @@ def _call(module: str, function: str, *args: Any) -> Any:
 
 
 def _init(environ: dict[str, str]) -> None:
+    """Runs in the helper process as it starts."""
     os.environ.update(environ)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="exit-with-the-server", daemon=True).start()
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """Ends the helper when the serving process is gone, however it ended. A server that stops
+    normally tells its helper to stop (:meth:`Pipeline.close`); one that is killed (SIGKILL, the
+    kernel's OOM killer, a container stopped past its grace period) cannot, and the helper, which
+    holds its own end of the pipe it reads its questions from, would wait for the next one for
+    ever, with its Dagster imports (about 200 MB) resident."""
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(0)
 
 
 class Pipeline:
