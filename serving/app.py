@@ -78,25 +78,32 @@ FULL_COLLECTION_EVERY = 100
 
 
 @functools.cache
-def freeze_long_lived() -> None:
-    """Moves what the process holds before its first request (its modules, the app, its
-    collaborators: about 140,000 objects) out of the garbage collector's sight (``gc.freeze``), and
-    makes full collections come a tenth as often.
+def freeze_long_lived(moment: str) -> None:
+    """Moves what the process holds (its modules, the app, its collaborators: about 140,000 objects
+    before its first request) out of the garbage collector's sight (``gc.freeze``), and makes full
+    collections come a tenth as often. Called at two ``moment``\ s, each once per process: when the
+    app starts, and when the embedding model has loaded in its own thread (a few thousand objects
+    with the default ONNX backend; with ``LODESTAR_EMBED_BACKEND=torch``, or while the ONNX model is
+    first exported, sentence-transformers and torch bring about 380,000).
 
     None of what is frozen is ever garbage, yet every full (generation 2) collection walked all of
     it again: 83-90 ms on this 2-core machine, paid by whichever request was running when one came
     (MovieLens' recommendations: about one request in 1,200). Afterwards a full collection walks
-    only what was made since (open tenants, users' kept states, requests in flight): 11-13 ms for
-    MovieLens with every user's state kept. CPython starts one when 10 younger collections have run
-    and the objects promoted since make a quarter of those that survived the last one; with the
-    survivors now few, that came every ~175 requests, so the same walking time was paid as often
-    in total. After 100 younger collections instead, full collections come about as rarely as
-    before, a seventh as long. What a full collection frees (reference cycles that lived long)
-    waits longer: a few thousand promoted objects more. A collection first, so that nothing
-    already unreachable is frozen (frozen objects are never freed by the collector; freed by
-    reference counting they still are). Once per process, and only where ``lodestar serve`` serves
-    from: a process that creates many apps (the tests) would otherwise freeze each one, never to
-    be collected."""
+    only what was made since (open tenants, users' kept states, requests in flight): 11-14 ms for
+    MovieLens with every user's state kept. CPython (3.11 to 3.13; 3.14's incremental collector
+    has no third threshold) starts one when 10 younger collections have run and the objects
+    promoted since make a quarter of those that survived the last one; with the survivors now few,
+    that came every ~175 requests, so the same walking time was paid as often in total. After 100
+    younger collections instead, full collections come about as rarely as before, a seventh as
+    long. What a full collection frees (reference cycles that lived long) waits longer: a few
+    thousand promoted objects more. A collection first, so that nothing already unreachable is
+    frozen (frozen objects are never freed by the collector; freed by reference counting they
+    still are); the requests in flight when the model loads (``/ready`` answers 503 until then)
+    are frozen with it, once.
+
+    Only where ``lodestar serve`` (or ``lodestar demo``, which serves the same way) serves from: a
+    process that creates many apps (the tests) would otherwise freeze each one, never to be
+    collected."""
     gc.collect()
     gc.freeze()
     young, middle, _full = gc.get_threshold()
@@ -137,11 +144,14 @@ def create_app(settings: Settings | None = None) -> LodestarApp:
             except Exception:  # noqa: BLE001 - /ready keeps answering 503 and the log says why
                 log.exception("the embedding model failed to load")
             else:
+                if freeze:
+                    freeze_long_lived("the embedding model loaded")
                 app.state.embedder_loaded.set()
 
+        freeze = getattr(app, "freeze_at_startup", False)
         threading.Thread(target=load, name="load-embedder", daemon=True).start()
-        if getattr(app, "freeze_at_startup", False):
-            freeze_long_lived()
+        if freeze:
+            freeze_long_lived("startup")
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(sweep_sessions, app.stores.get(SESSION_STORE))

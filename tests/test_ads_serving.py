@@ -169,8 +169,11 @@ def test_a_click_is_charged_once_and_an_ad_never_served_is_rejected(client, monk
                                                 headers=bearer(key)).text
     charges = client.app.state.cdp.ad_charges("shop")
     assert [(c["ad_id"], c["price"], c["user_id"]) for c in charges] == [(ad["ad_id"], price, "u0002")]
-    # A purchase of the clicked item an hour later: the live report attributes it to the click.
-    purchase = {"user_id": "u0002", "item_id": ad["id"], "type": "purchase", "value": 25.0, "ts": time.time() + 3600}
+    # A purchase of the clicked item up to an hour later, the same UTC day (the report's rows are per
+    # day of the event): the live report attributes it to the click.
+    now = time.time()
+    later = max(now, min(now + 3600, (now // 86400 + 1) * 86400 - 1))
+    purchase = {"user_id": "u0002", "item_id": ad["id"], "type": "purchase", "value": 25.0, "ts": later}
     assert client.post("/v1/events", json={"events": [purchase]}, headers=bearer(key)).status_code == 200
     monkeypatch.setenv("LODESTAR_DATA_DIR", str(client.app.state.settings.data_dir))
     assert cli.main(["advertisers", "report", "--tenant", "shop"]) == 0

@@ -53,7 +53,8 @@ settings = Settings(data_dir=Path(sys.argv[1]), embed_model="hashing-64")
 out = {"threshold_before": gc.get_threshold()}
 with TestClient(create_app(settings)):
     out["plain_app"] = gc.get_freeze_count()
-with TestClient(served_app(settings)):
+with TestClient(served_app(settings)) as client:
+    assert client.app.state.embedder_loaded.wait(60)  # its second freeze is done
     out["served_app"] = gc.get_freeze_count()
     out["threshold"] = gc.get_threshold()
 
@@ -66,7 +67,8 @@ with TestClient(served_app(settings)):
     del node
     gc.collect()
     out["cycle_freed"] = alive() is None
-with TestClient(served_app(settings)):
+with TestClient(served_app(settings)) as client:
+    assert client.app.state.embedder_loaded.wait(60)
     out["second_served_app"] = gc.get_freeze_count()
 print(json.dumps(out))
 """
@@ -83,8 +85,9 @@ def test_the_served_process_freezes_what_it_holds_at_startup_once(tmp_path):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["plain_app"] == 0
     assert out["served_app"] > 50_000  # the modules alone are tens of thousands of objects
-    assert out["threshold"] == [out["threshold_before"][0], out["threshold_before"][1], 100]
-    assert out["threshold_before"][2] == 10
+    if sys.version_info < (3, 14):  # 3.14's incremental collector has no third threshold
+        assert out["threshold"] == [out["threshold_before"][0], out["threshold_before"][1], 100]
+        assert out["threshold_before"][2] == 10
     assert out["cycle_freed"] is True
     assert out["second_served_app"] <= out["served_app"]
 

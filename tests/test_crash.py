@@ -94,14 +94,18 @@ time.sleep(600)
 """
 
 
-def _alive(pid: int) -> bool:
+def _started_at(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None if it is gone or a zombie: a
+    process is the same one only while this stays the same (its pid may be reused)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+            fields = stat.read().rsplit(")", 1)[1].split()
     except FileNotFoundError:
-        return False
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
 def test_the_console_s_pipeline_helper_ends_with_a_killed_server(tmp_path):
     """The helper process the console asks about runs (serving.console.pipeline) must not outlive
     a serving process killed without a chance to stop it: it would wait for questions for ever."""
@@ -109,13 +113,14 @@ def test_the_console_s_pipeline_helper_ends_with_a_killed_server(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         helper = int(parent.stdout.readline())
-        assert helper != parent.pid and _alive(helper)
+        started = _started_at(helper)
+        assert helper != parent.pid and started is not None
     finally:
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=30)
     deadline = time.monotonic() + 20
-    while _alive(helper) and time.monotonic() < deadline:
+    while _started_at(helper) == started and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(helper):
+    if _started_at(helper) == started:
         os.kill(helper, signal.SIGKILL)
         raise AssertionError("the helper outlived the killed server")

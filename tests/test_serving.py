@@ -222,12 +222,15 @@ def test_the_page_view_routes_resolve_their_dependencies_one_after_another(clien
 
     monkeypatch.setattr(kwargs_model, "create_task_group", counting_task_group)
     auth = _auth(env, "alpha")
+    user = f"deps-{time.time_ns()}"  # its own user: the session's data stays as the other tests expect
     calls = [
         ("GET", "/v1/users/u0003/recommendations?k=5", None),
         ("POST", "/v1/recommendations/session", {"item_ids": ["p00001"], "k": 3}),
         ("GET", "/v1/items/p00001/similar?k=5", None),
         ("POST", "/v1/search", {"query": "waterproof hiking boot", "k": 3}),
-        ("POST", "/v1/events", {"events": [{"user_id": "u0003", "item_id": "p00001", "type": "view"}]}),
+        ("POST", "/v1/events", {"events": [{"user_id": user, "item_id": "p00001", "type": "view"}]}),
+        ("POST", "/v1/ingest/segment/track", {"userId": user, "event": "Product Viewed",
+                                              "properties": {"product_id": "p00001"}}),
     ]
     for method, url, body in calls:
         response = client.request(method, url, json=body, headers=auth)
