@@ -48,6 +48,23 @@ def point_uuid(tenant: str, item_id: str) -> uuid.UUID:
     return uuid.UUID(point_id(tenant, item_id))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def point_number(tenant: str, item_id: str) -> int:
+    """The item's point id as an unsigned 64-bit number: the first 64 bits of :func:`point_id`'s
+    uuid5, as deterministic (a rebuild is idempotent). Qdrant takes unsigned 64-bit ids as well as
+    UUIDs, and hands a number back to Python as an ``int``, where qdrant-edge-py makes a
+    ``uuid.UUID`` of every UUID id it returns: 150 µs for a query's 300 candidates on this
+    machine, more than the query (89-244 µs), against 12 µs for numbers. Two items of a tenant share
+    a number with a chance of about n² / 2^65 (10^-9 at 200,000 items); a version that would hold
+    such a pair is refused when it is written (:class:`lodestar.index.edge.EdgeIndexBuilder`)."""
+    return uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}").int >> 64
+
+
+def point_numbers(tenant: str, item_ids: Iterable[str]) -> list[int]:
+    """:func:`point_number` of many items at once, past the cache (as :func:`point_uuids`)."""
+    return [uuid.uuid5(_NAMESPACE, f"{tenant}/{item_id}").int >> 64 for item_id in item_ids]
+
+
 def unknown_version(tenant: str, version: str) -> NotFound:
     """The error for an index version a tenant does not have."""
     return NotFound(f"index version {version!r} of tenant {tenant!r} does not exist")

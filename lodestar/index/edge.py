@@ -10,6 +10,10 @@ Layout under the data dir::
                                                  content vectors as one memory-mapped matrix
 
 The WAL is disabled so that several serving processes can load the same finished shard read-only.
+
+Points are named by an unsigned 64-bit number per item (:func:`lodestar.index.point_number`) in
+versions built since 2026-11-22, and by a UUID in versions built before; a version derived from
+another keeps its base's naming (:class:`PointIds`), so versions of both kinds are read alike.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from lodestar.index import (
     new_version,
     open_published,
     point_id,
+    point_number,
+    point_numbers,
     point_uuid,
     point_uuids,
     to_hits,
@@ -89,6 +95,44 @@ def _atomic_write(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class PointIds:
+    """How a version names its points: by number (``numbered``, versions built since 2026-11-22)
+    or by UUID (earlier ones). Read from the shard itself (:meth:`of_shard`), so a version copied
+    from another keeps its naming and nothing else records it."""
+
+    __slots__ = ("tenant", "numbered")
+
+    def __init__(self, tenant: str, numbered: bool) -> None:
+        self.tenant = tenant
+        self.numbered = numbered
+
+    @classmethod
+    def of_shard(cls, tenant: str, shard: qe.EdgeShard) -> PointIds:
+        """The naming of the shard's points (an empty shard: by number, as a new version is)."""
+        records, _offset = shard.scroll(qe.ScrollRequest(limit=1, with_payload=False, with_vector=False))
+        return cls(tenant, not records or isinstance(records[0].id, int))
+
+    def one(self, item_id: str) -> int | str:
+        return point_number(self.tenant, item_id) if self.numbered else point_id(self.tenant, item_id)
+
+    def many(self, item_ids: Iterable[str]) -> list[int] | list[str]:
+        return [self.one(item_id) for item_id in item_ids]
+
+    def keys(self, item_ids: Iterable[str]) -> list[int]:
+        """Each item's point id as the ``int`` :meth:`key` makes of it (past the caches: a catalog)."""
+        if self.numbered:
+            return point_numbers(self.tenant, item_ids)
+        return [point.int for point in point_uuids(self.tenant, item_ids)]
+
+    def key(self, point: int | uuid.UUID) -> int:
+        """A point id the engine returned, as an ``int``: looking a ``uuid.UUID`` up in a dict runs
+        its Python ``__hash__`` and ``__eq__``."""
+        return point if isinstance(point, int) else point.int
+
+    def excluding(self, item_ids: frozenset[str]) -> qe.HasIdCondition:
+        return _excluded(self.tenant, self.numbered, item_ids)
 
 
 class EdgeIndexStore:
@@ -141,8 +185,10 @@ class EdgeIndexStore:
         path = self._version_dir(tenant, version)
         if not (path / "edge_config.json").is_file():
             raise unknown_version(tenant, version)
-        return EdgeIndexReader(tenant, version, qe.EdgeShard.load(str(path)),
-                               ContentMatrix.load(tenant, self._model_dir(tenant, version)))
+        shard = qe.EdgeShard.load(str(path))
+        ids = PointIds.of_shard(tenant, shard)
+        return EdgeIndexReader(tenant, version, shard, ContentMatrix.load(tenant, self._model_dir(tenant, version), ids),
+                               ids)
 
     def open_published(self, tenant: str) -> PublishedVersion | None:
         return open_published(self, tenant, self._load_model)
@@ -174,6 +220,7 @@ class EdgeIndexBuilder:
         self.tenant = tenant
         self._base_model_dir = base_model_dir  # where the base version's sidecar is (a derived version)
         self._changed: set[str] = set()  # items upserted or deleted since the base
+        self._written: dict[int | str, str] = {}  # point id -> item, of the items upserted here
         self.version = version
         self.path = path
         self.model_dir = model_dir
@@ -192,10 +239,13 @@ class EdgeIndexBuilder:
         config = qe.EdgeConfig(vectors=vectors, wal_enabled=False, payload_memory=cold)
         self._attributes: list[tuple[str, str]] | None = None  # common attributes, from the first batch
         if derived:
-            # A copy of an earlier version: same vectors config (checked by load), payload indexes kept.
+            # A copy of an earlier version: same vectors config (checked by load), payload indexes kept,
+            # and its points' naming.
             self._shard = qe.EdgeShard.load(str(path), config)
+            self.ids = PointIds.of_shard(tenant, self._shard)
             return
         self._shard = qe.EdgeShard.create(str(path), config)
+        self.ids = PointIds(tenant, numbered=True)
 
     def _index_filter_fields(self) -> None:
         """Payload indexes for the filter fields, popularity and the attributes most items carry
@@ -226,17 +276,30 @@ class EdgeIndexBuilder:
                 out[COLLAB] = collab[i].tolist()
             return out
 
+        ids = self.ids.many(item_ids)
+        if self.ids.numbered:
+            for point, item_id in zip(ids, item_ids, strict=True):
+                if self._written.setdefault(point, item_id) != item_id:
+                    self._refuse_shared(f"{self._written[point]!r} and {item_id!r}")
         for start in range(0, len(item_ids), BATCH):
             points = [
-                qe.Point(point_id(self.tenant, item_ids[i]), named(i), {**payloads[i], "item_id": item_ids[i]})
+                qe.Point(ids[i], named(i), {**payloads[i], "item_id": item_ids[i]})
                 for i in range(start, min(start + BATCH, len(item_ids)))
             ]
             self._shard.update(qe.UpdateOperation.upsert_points(points))
         self._changed.update(item_ids)
 
+    def _refuse_shared(self, items: str) -> None:
+        """Two items would share a point (one would silently replace the other): the version is refused."""
+        if items:
+            self._shard.close()
+            raise IndexEngineError(
+                f"tenant {self.tenant!r}: items {items} have the same point id (a 64-bit hash of the item id; "
+                "about one chance in 10^9 at 200,000 items): rename one of them and build again")
+
     def delete(self, item_ids: Sequence[str]) -> None:
         self._changed.update(item_ids)
-        ids = [point_id(self.tenant, i) for i in item_ids]
+        ids = self.ids.many(item_ids)
         for start in range(0, len(ids), BATCH):
             self._shard.update(qe.UpdateOperation.delete_points(ids[start:start + BATCH]))
 
@@ -250,10 +313,13 @@ class EdgeIndexBuilder:
         self._shard.optimize()
         self._shard.flush()
         count = self._shard.info().points_count
-        base = ContentMatrix.load(self.tenant, self._base_model_dir) if self._base_model_dir else None
+        base = ContentMatrix.load(self.tenant, self._base_model_dir, self.ids) if self._base_model_dir else None
         content = base.derived(self._shard, self._changed) if base is not None else None
+        if content is not None and len(content.item_ids) != count and self.ids.numbered:
+            # A changed item that took a kept one's point: the kept item would be lost.
+            self._refuse_shared(_sharing(content))
         if content is None or len(content.item_ids) != count:  # no base sidecar, or one that disagrees
-            content = ContentMatrix.from_shard(self.tenant, self._shard)
+            content = ContentMatrix.from_shard(self.tenant, self._shard, self.ids)
         content.save(self.model_dir)
         self._shard.close()
         return count
@@ -273,23 +339,24 @@ class ContentMatrix:
 
     IDS, MATRIX, POPULARITY = "content_ids.json", "content.npy", "popularity.npy"
 
-    def __init__(self, tenant: str, item_ids: list[str], matrix: np.ndarray, popularity: np.ndarray) -> None:
+    def __init__(self, tenant: str, item_ids: list[str], matrix: np.ndarray, popularity: np.ndarray,
+                 ids: PointIds | None = None) -> None:
         self.item_ids = item_ids
         self.matrix = matrix
         self.popularity = popularity
         self.rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self.popularity_order = np.argsort(-popularity, kind="stable")  # most popular first
         self.tenant = tenant
+        self.ids = ids or PointIds(tenant, numbered=True)  # the version's naming (a new version's by default)
 
     @functools.cached_property
     def by_point(self) -> dict[int, int]:
-        """Row of each point id (by the id's 128-bit integer: looking a ``uuid.UUID`` up in a dict runs
-        its Python ``__hash__`` and ``__eq__``, a third of reading a query's 300 candidates), made when
-        a query first needs it (a build writing the sidecar never does)."""
-        return {point.int: row for row, point in enumerate(point_uuids(self.tenant, self.item_ids))}
+        """Row of each point id (as :meth:`PointIds.key` makes it an ``int``), made when a query
+        first needs it or a build checks its ids."""
+        return {key: row for row, key in enumerate(self.ids.keys(self.item_ids))}
 
     @classmethod
-    def from_shard(cls, tenant: str, shard: qe.EdgeShard) -> ContentMatrix:
+    def from_shard(cls, tenant: str, shard: qe.EdgeShard, ids: PointIds | None = None) -> ContentMatrix:
         """Read every point's content vector and popularity, a batch at a time into one float32
         matrix (a float list per vector for the whole catalog would take ~12 KB per item)."""
         count = shard.info().points_count
@@ -314,7 +381,7 @@ class ContentMatrix:
                 break
         rows = len(item_ids)
         return cls(tenant, item_ids, (matrix if matrix is not None else np.zeros((0, 0), np.float32))[:rows],
-                   popularity[:rows])
+                   popularity[:rows], ids or PointIds.of_shard(tenant, shard))
 
     def derived(self, shard: qe.EdgeShard, changed: set[str]) -> ContentMatrix:
         """The sidecar of a version copied from this one's and then changed in ``changed`` items:
@@ -323,14 +390,14 @@ class ContentMatrix:
         the 1.3 s of reading every point back from the engine."""
         kept = [row for row, item_id in enumerate(self.item_ids) if item_id not in changed]
         ids = sorted(changed)
-        records = shard.retrieve([point_id(self.tenant, i) for i in ids], with_payload=list(CANDIDATE_FIELDS),
+        records = shard.retrieve(self.ids.many(ids), with_payload=list(CANDIDATE_FIELDS),
                                  with_vector=[CONTENT]) if ids else []
         added = np.asarray([r.vector[CONTENT] for r in records], dtype=np.float32).reshape(len(records), self.matrix.shape[1])
         matrix = np.concatenate([np.asarray(self.matrix[kept], dtype=np.float32), added])
         popularity = np.concatenate([self.popularity[kept],
                                      np.asarray([float(r.payload.get(POPULARITY, 0.0)) for r in records])])
         item_ids = [self.item_ids[row] for row in kept] + [r.payload["item_id"] for r in records]
-        return ContentMatrix(self.tenant, item_ids, matrix, popularity)
+        return ContentMatrix(self.tenant, item_ids, matrix, popularity, self.ids)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -339,20 +406,21 @@ class ContentMatrix:
         _atomic_write(directory / self.IDS, json.dumps(self.item_ids))  # written last: its presence means complete
 
     @classmethod
-    def load(cls, tenant: str, directory: Path) -> ContentMatrix | None:
+    def load(cls, tenant: str, directory: Path, ids: PointIds | None = None) -> ContentMatrix | None:
         try:
             item_ids = json.loads((directory / cls.IDS).read_text())
             matrix = np.load(directory / cls.MATRIX, mmap_mode="r")
             popularity = np.load(directory / cls.POPULARITY)
         except FileNotFoundError:
             return None
-        return cls(tenant, item_ids, matrix, popularity)
+        return cls(tenant, item_ids, matrix, popularity, ids)
 
     def candidates(self, points: Iterable[Any]) -> list[Hit]:
         """Scored points (ids only) as candidate hits: item id and popularity."""
         out = []
+        key = self.ids.key
         for point in points:
-            row = self.by_point[point.id.int]
+            row = self.by_point[key(point.id)]
             item_id = self.item_ids[row]
             out.append(Hit(item_id, float(point.score), {"item_id": item_id, POPULARITY: float(self.popularity[row])}))
         return out
@@ -368,16 +436,18 @@ class ContentMatrix:
 class EdgeIndexReader:
     """A loaded, finished version. Only reads; safe to share between request threads."""
 
-    def __init__(self, tenant: str, version: str, shard: qe.EdgeShard, content: ContentMatrix | None = None) -> None:
+    def __init__(self, tenant: str, version: str, shard: qe.EdgeShard, content: ContentMatrix | None = None,
+                 ids: PointIds | None = None) -> None:
         self.tenant = tenant
         self.version = version
         self._shard = shard
         self._content = content
+        self._ids = ids or PointIds.of_shard(tenant, shard)
         self._indexed = set(shard.info().payload_schema)  # fields with a payload index
 
     def _filter(self, exclude: Iterable[str], item_filter: ItemFilter | None) -> qe.Filter | None:
         excluded = frozenset(exclude)
-        return translate_filter(item_filter, _excluded(self.tenant, excluded) if excluded else None, _EDGE)
+        return translate_filter(item_filter, self._ids.excluding(excluded) if excluded else None, _EDGE)
 
     def count(self) -> int:
         return self._shard.info().points_count
@@ -440,7 +510,7 @@ class EdgeIndexReader:
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         if self._content is not None:
             return self._content.vectors(item_ids)
-        ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
+        ids = self._ids.many(dict.fromkeys(item_ids))
         if not ids:
             return {}
         records = self._shard.retrieve(ids, with_payload=["item_id"], with_vector=[CONTENT])
@@ -448,7 +518,7 @@ class EdgeIndexReader:
 
     @_engine_call
     def points(self, item_ids: Iterable[str]) -> dict[str, Hit]:
-        ids = [point_id(self.tenant, i) for i in dict.fromkeys(item_ids)]
+        ids = self._ids.many(dict.fromkeys(item_ids))
         if not ids:
             return {}
         if self._content is not None:
@@ -462,7 +532,7 @@ class EdgeIndexReader:
 
     @_engine_call
     def get(self, item_id: str) -> Hit | None:
-        records = self._shard.retrieve([point_id(self.tenant, item_id)], with_payload=True, with_vector=[CONTENT])
+        records = self._shard.retrieve([self._ids.one(item_id)], with_payload=True, with_vector=[CONTENT])
         if not records:
             return None
         record = records[0]
@@ -475,28 +545,43 @@ class EdgeIndexReader:
 # Conditions made for a set of ids (per tenant), kept while the set lives: the set of a user's items
 # that lodestar.user_state keeps between their requests keeps its condition too (no count bound to
 # churn). An equal set made later finds the entry; the entry lives as long as the set it was made for.
-_KEPT_EXCLUSIONS: weakref.WeakKeyDictionary[frozenset[str], dict[str, qe.HasIdCondition]] = weakref.WeakKeyDictionary()
+_KEPT_EXCLUSIONS: weakref.WeakKeyDictionary[frozenset[str], dict[tuple[str, bool], qe.HasIdCondition]] = \
+    weakref.WeakKeyDictionary()
 _KEPT_LOCK = threading.Lock()
 
 
-def _excluded(tenant: str, item_ids: frozenset[str]) -> qe.HasIdCondition:
-    """The has-id condition excluding ``item_ids`` (kept: one recommendation queries twice with the
-    same exclusions and the user's next request usually repeats them; for a user with thousands of
-    items, converting the ids into the engine's condition costs milliseconds, more than a query)."""
+def _excluded(tenant: str, numbered: bool, item_ids: frozenset[str]) -> qe.HasIdCondition:
+    """The has-id condition excluding ``item_ids`` from a version whose points are ``numbered`` or
+    not (kept: one recommendation queries twice with the same exclusions and the user's next
+    request usually repeats them; for a user with thousands of items, converting the ids into the
+    engine's condition costs milliseconds, more than a query)."""
     with _KEPT_LOCK:
-        kept = _KEPT_EXCLUSIONS.get(item_ids, {}).get(tenant)
+        kept = _KEPT_EXCLUSIONS.get(item_ids, {}).get((tenant, numbered))
     if kept is not None:
         return kept
-    condition = _recent_exclusion(tenant, item_ids)
+    condition = _recent_exclusion(tenant, numbered, item_ids)
     with _KEPT_LOCK:
-        _KEPT_EXCLUSIONS.setdefault(item_ids, {})[tenant] = condition
+        _KEPT_EXCLUSIONS.setdefault(item_ids, {})[(tenant, numbered)] = condition
     return condition
 
 
 @functools.lru_cache(maxsize=256)
-def _recent_exclusion(tenant: str, item_ids: frozenset[str]) -> qe.HasIdCondition:
+def _recent_exclusion(tenant: str, numbered: bool, item_ids: frozenset[str]) -> qe.HasIdCondition:
     """The conditions of the latest sets (for callers that do not keep their set between requests)."""
+    if numbered:
+        return qe.HasIdCondition({point_number(tenant, i) for i in item_ids})
     return qe.HasIdCondition({point_uuid(tenant, i) for i in item_ids})
+
+
+def _sharing(content: ContentMatrix) -> str:
+    """Items of ``content`` whose point ids collide, for the error that refuses the version."""
+    seen: dict[int, str] = {}
+    pairs = []
+    for item_id, key in zip(content.item_ids, content.ids.keys(content.item_ids), strict=True):
+        if key in seen:
+            pairs.append(f"{seen[key]!r} and {item_id!r}")
+        seen.setdefault(key, item_id)
+    return ", ".join(pairs[:5])
 
 
 class _EdgeConditions:
