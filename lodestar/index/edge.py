@@ -12,8 +12,9 @@ Layout under the data dir::
 The WAL is disabled so that several serving processes can load the same finished shard read-only.
 
 Points are named by an unsigned 64-bit number per item (:func:`lodestar.index.point_number`) in
-versions built since 2026-11-22, and by a UUID in versions built before; a version derived from
-another keeps its base's naming (:class:`PointIds`), so versions of both kinds are read alike.
+versions built from scratch since 2026-11-22, and by a UUID in versions built before; a version
+derived from another keeps its base's naming (:class:`PointIds`), so versions of both kinds are read
+alike (the pipeline's index format 3 makes each tenant's next build a full one).
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class PointIds:
-    """How a version names its points: by number (``numbered``, versions built since 2026-11-22)
-    or by UUID (earlier ones). Read from the shard itself (:meth:`of_shard`), so a version copied
+    """How a version names its points: by number (``numbered``, versions built from scratch since
+    2026-11-22) or by UUID (earlier ones, and versions derived from them). Read from the shard itself (:meth:`of_shard`), so a version copied
     from another keeps its naming and nothing else records it."""
 
     __slots__ = ("tenant", "numbered")
@@ -300,6 +301,11 @@ class EdgeIndexBuilder:
     def delete(self, item_ids: Sequence[str]) -> None:
         self._changed.update(item_ids)
         ids = self.ids.many(item_ids)
+        if self.ids.numbered:
+            for point, item_id in zip(ids, item_ids, strict=True):
+                written = self._written.get(point)
+                if written not in (None, item_id):  # the point is another item's now: it would go too
+                    self._refuse_shared(f"{written!r} and {item_id!r}")
         for start in range(0, len(ids), BATCH):
             self._shard.update(qe.UpdateOperation.delete_points(ids[start:start + BATCH]))
 
@@ -316,7 +322,8 @@ class EdgeIndexBuilder:
         base = ContentMatrix.load(self.tenant, self._base_model_dir, self.ids) if self._base_model_dir else None
         content = base.derived(self._shard, self._changed) if base is not None else None
         if content is not None and len(content.item_ids) != count and self.ids.numbered:
-            # A changed item that took a kept one's point: the kept item would be lost.
+            # A changed item that took a kept one's point: the kept item would be lost. (A numbered
+            # base always has a sidecar: both came with the pipeline's index formats 2 and 3.)
             self._refuse_shared(_sharing(content))
         if content is None or len(content.item_ids) != count:  # no base sidecar, or one that disagrees
             content = ContentMatrix.from_shard(self.tenant, self._shard, self.ids)
@@ -340,14 +347,14 @@ class ContentMatrix:
     IDS, MATRIX, POPULARITY = "content_ids.json", "content.npy", "popularity.npy"
 
     def __init__(self, tenant: str, item_ids: list[str], matrix: np.ndarray, popularity: np.ndarray,
-                 ids: PointIds | None = None) -> None:
+                 ids: PointIds) -> None:
         self.item_ids = item_ids
         self.matrix = matrix
         self.popularity = popularity
         self.rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self.popularity_order = np.argsort(-popularity, kind="stable")  # most popular first
         self.tenant = tenant
-        self.ids = ids or PointIds(tenant, numbered=True)  # the version's naming (a new version's by default)
+        self.ids = ids  # the version's naming
 
     @functools.cached_property
     def by_point(self) -> dict[int, int]:
@@ -406,7 +413,7 @@ class ContentMatrix:
         _atomic_write(directory / self.IDS, json.dumps(self.item_ids))  # written last: its presence means complete
 
     @classmethod
-    def load(cls, tenant: str, directory: Path, ids: PointIds | None = None) -> ContentMatrix | None:
+    def load(cls, tenant: str, directory: Path, ids: PointIds) -> ContentMatrix | None:
         try:
             item_ids = json.loads((directory / cls.IDS).read_text())
             matrix = np.load(directory / cls.MATRIX, mmap_mode="r")
@@ -578,9 +585,8 @@ def _sharing(content: ContentMatrix) -> str:
     seen: dict[int, str] = {}
     pairs = []
     for item_id, key in zip(content.item_ids, content.ids.keys(content.item_ids), strict=True):
-        if key in seen:
+        if seen.setdefault(key, item_id) != item_id:
             pairs.append(f"{seen[key]!r} and {item_id!r}")
-        seen.setdefault(key, item_id)
     return ", ".join(pairs[:5])
 
 

@@ -51,8 +51,9 @@ class _Plan:
 
 
 # The layout of index versions: a version of another format is never the base of an incremental
-# build (2: Edge versions open cold and carry their content vectors beside them).
-INDEX_FORMAT = 2
+# build (2: Edge versions open cold and carry their content vectors beside them; 3: Edge versions
+# name their points by number, lodestar.index.point_number, so each tenant's next build is full).
+INDEX_FORMAT = 3
 
 
 def item_payloads(feats: pd.DataFrame, ids: list[str]) -> list[dict[str, Any]]:
