@@ -128,8 +128,8 @@ def create_app(settings: Settings | None = None) -> LodestarApp:
         key_usage = KeyUsage(cdp)
         console_pipeline = Pipeline(settings)
         services = Services(cdp=cdp, embedder=embedder, served_log=served_log, user_states=user_states,
-                            experiments=TenantExperiments(cdp), ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)),
-                            event_quotas=EventQuotas(cdp))
+                            experiments=TenantExperiments(cdp),
+                            ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)), event_quotas=EventQuotas(cdp))
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
                          served_log=served_log, user_states=user_states, key_usage=key_usage, console_pipeline=console_pipeline,
                          signin_gate=SignInGate(), experiments=services.experiments, ads=services.ads,

@@ -278,8 +278,8 @@ class ItemController(Controller):
 
     @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
     def similar(
-        self, request: Request, state: State, tenant: Tenant, item_id: PathId, config: Config, published: Published,
-        k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None,
+        self, request: Request, state: State, tenant: Tenant, item_id: PathId, config: Config,
+        published: Published, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None,
         explain: EXPLAIN = False, user_id: UNIT = None, session_id: UNIT = None,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
@@ -297,7 +297,8 @@ class ItemController(Controller):
         if config.ads.enabled:
             source = published.reader.get(item_id)
             sponsored = sponsored_answer(
-                app.ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector), trace is not None,
+                app.ads, tenant, published, config, "similar", k, hits, Signals(content=source.vector),
+                trace is not None,
                 exclude=frozenset((item_id, *controls.exclude)), item_filter=controls.item_filter,
                 categories=frozenset(source.payload.get("categories") or ()), events=_ad_history(cdp, tenant, user_id),
                 segments=_user_segments(cdp, tenant, user_id), user_id=_user(user_id))

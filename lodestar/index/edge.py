@@ -100,8 +100,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 class PointIds:
     """How a version names its points: by number (``numbered``, versions built from scratch since
-    2026-11-22) or by UUID (earlier ones, and versions derived from them). Read from the shard itself (:meth:`of_shard`), so a version copied
-    from another keeps its naming and nothing else records it."""
+    2026-11-22) or by UUID (earlier ones, and versions derived from them). Read from the shard
+    itself (:meth:`of_shard`), so a version copied from another keeps its naming and nothing else
+    records it."""
 
     __slots__ = ("tenant", "numbered")
 
@@ -188,8 +189,8 @@ class EdgeIndexStore:
             raise unknown_version(tenant, version)
         shard = qe.EdgeShard.load(str(path))
         ids = PointIds.of_shard(tenant, shard)
-        return EdgeIndexReader(tenant, version, shard, ContentMatrix.load(tenant, self._model_dir(tenant, version), ids),
-                               ids)
+        content = ContentMatrix.load(tenant, self._model_dir(tenant, version), ids)
+        return EdgeIndexReader(tenant, version, shard, content, ids)
 
     def open_published(self, tenant: str) -> PublishedVersion | None:
         return open_published(self, tenant, self._load_model)
