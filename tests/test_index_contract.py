@@ -288,7 +288,7 @@ def test_edge_sidecar_of_a_derived_version_is_the_base_one_plus_the_changes(tmp_
         assert builder.finish() == 30
     models = tmp_path / "tenants" / "acme" / "models"
     reader = store.open("acme", builder.version)
-    derived = ContentMatrix.load("acme", models / builder.version, reader._ids)
+    derived = ContentMatrix.load(models / builder.version, reader._ids)
     try:
         read_back = ContentMatrix.from_shard("acme", reader._shard)
     finally:
@@ -300,7 +300,7 @@ def test_edge_sidecar_of_a_derived_version_is_the_base_one_plus_the_changes(tmp_
         assert derived.popularity[a] == read_back.popularity[b], item_id
     assert np.allclose(derived.matrix[derived.rows["i4"]], moved, atol=1e-6)
     assert derived.popularity[derived.rows["i4"]] == 0.99
-    base_rows = ContentMatrix.load("acme", models / base, reader._ids)
+    base_rows = ContentMatrix.load(models / base, reader._ids)
     assert np.allclose(base_rows.matrix[base_rows.rows["i4"]], vectors[4], atol=1e-6)  # the base is untouched
 
 

@@ -189,7 +189,7 @@ class EdgeIndexStore:
             raise unknown_version(tenant, version)
         shard = qe.EdgeShard.load(str(path))
         ids = PointIds.of_shard(tenant, shard)
-        content = ContentMatrix.load(tenant, self._model_dir(tenant, version), ids)
+        content = ContentMatrix.load(self._model_dir(tenant, version), ids)
         return EdgeIndexReader(tenant, version, shard, content, ids)
 
     def open_published(self, tenant: str) -> PublishedVersion | None:
@@ -278,11 +278,7 @@ class EdgeIndexBuilder:
                 out[COLLAB] = collab[i].tolist()
             return out
 
-        ids = self.ids.many(item_ids)
-        if self.ids.numbered:
-            for point, item_id in zip(ids, item_ids, strict=True):
-                if self._written.setdefault(point, item_id) != item_id:
-                    self._refuse_shared(f"{self._written[point]!r} and {item_id!r}")
+        ids = self._points(item_ids, claim=True)
         for start in range(0, len(item_ids), BATCH):
             points = [
                 qe.Point(ids[i], named(i), {**payloads[i], "item_id": item_ids[i]})
@@ -290,6 +286,18 @@ class EdgeIndexBuilder:
             ]
             self._shard.update(qe.UpdateOperation.upsert_points(points))
         self._changed.update(item_ids)
+
+    def _points(self, item_ids: Sequence[str], claim: bool) -> list[int] | list[str]:
+        """The items' point ids. The version is refused when one of them is the point of another item
+        upserted here (which would be replaced, or deleted with it); ``claim``: the points are these
+        items' from now on (an upsert)."""
+        ids = self.ids.many(item_ids)
+        if self.ids.numbered:
+            for point, item_id in zip(ids, item_ids, strict=True):
+                owner = self._written.setdefault(point, item_id) if claim else self._written.get(point, item_id)
+                if owner != item_id:
+                    self._refuse_shared(f"{owner!r} and {item_id!r}")
+        return ids
 
     def _refuse_shared(self, items: str) -> None:
         """Two items would share a point (one would silently replace the other): the version is refused."""
@@ -301,12 +309,7 @@ class EdgeIndexBuilder:
 
     def delete(self, item_ids: Sequence[str]) -> None:
         self._changed.update(item_ids)
-        ids = self.ids.many(item_ids)
-        if self.ids.numbered:
-            for point, item_id in zip(ids, item_ids, strict=True):
-                written = self._written.get(point)
-                if written not in (None, item_id):  # the point is another item's now: it would go too
-                    self._refuse_shared(f"{written!r} and {item_id!r}")
+        ids = self._points(item_ids, claim=False)
         for start in range(0, len(ids), BATCH):
             self._shard.update(qe.UpdateOperation.delete_points(ids[start:start + BATCH]))
 
@@ -320,7 +323,7 @@ class EdgeIndexBuilder:
         self._shard.optimize()
         self._shard.flush()
         count = self._shard.info().points_count
-        base = ContentMatrix.load(self.tenant, self._base_model_dir, self.ids) if self._base_model_dir else None
+        base = ContentMatrix.load(self._base_model_dir, self.ids) if self._base_model_dir else None
         content = base.derived(self._shard, self._changed) if base is not None else None
         if content is not None and len(content.item_ids) != count and self.ids.numbered:
             # A changed item that took a kept one's point: the kept item would be lost. (A numbered
@@ -347,15 +350,13 @@ class ContentMatrix:
 
     IDS, MATRIX, POPULARITY = "content_ids.json", "content.npy", "popularity.npy"
 
-    def __init__(self, tenant: str, item_ids: list[str], matrix: np.ndarray, popularity: np.ndarray,
-                 ids: PointIds) -> None:
+    def __init__(self, item_ids: list[str], matrix: np.ndarray, popularity: np.ndarray, ids: PointIds) -> None:
         self.item_ids = item_ids
         self.matrix = matrix
         self.popularity = popularity
         self.rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self.popularity_order = np.argsort(-popularity, kind="stable")  # most popular first
-        self.tenant = tenant
-        self.ids = ids  # the version's naming
+        self.ids = ids  # the version's naming (and its tenant)
 
     @functools.cached_property
     def by_point(self) -> dict[int, int]:
@@ -388,7 +389,7 @@ class ContentMatrix:
             if offset is None:
                 break
         rows = len(item_ids)
-        return cls(tenant, item_ids, (matrix if matrix is not None else np.zeros((0, 0), np.float32))[:rows],
+        return cls(item_ids, (matrix if matrix is not None else np.zeros((0, 0), np.float32))[:rows],
                    popularity[:rows], ids or PointIds.of_shard(tenant, shard))
 
     def derived(self, shard: qe.EdgeShard, changed: set[str]) -> ContentMatrix:
@@ -405,7 +406,7 @@ class ContentMatrix:
         popularity = np.concatenate([self.popularity[kept],
                                      np.asarray([float(r.payload.get(POPULARITY, 0.0)) for r in records])])
         item_ids = [self.item_ids[row] for row in kept] + [r.payload["item_id"] for r in records]
-        return ContentMatrix(self.tenant, item_ids, matrix, popularity, self.ids)
+        return ContentMatrix(item_ids, matrix, popularity, self.ids)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -414,14 +415,14 @@ class ContentMatrix:
         _atomic_write(directory / self.IDS, json.dumps(self.item_ids))  # written last: its presence means complete
 
     @classmethod
-    def load(cls, tenant: str, directory: Path, ids: PointIds) -> ContentMatrix | None:
+    def load(cls, directory: Path, ids: PointIds) -> ContentMatrix | None:
         try:
             item_ids = json.loads((directory / cls.IDS).read_text())
             matrix = np.load(directory / cls.MATRIX, mmap_mode="r")
             popularity = np.load(directory / cls.POPULARITY)
         except FileNotFoundError:
             return None
-        return cls(tenant, item_ids, matrix, popularity, ids)
+        return cls(item_ids, matrix, popularity, ids)
 
     def candidates(self, points: Iterable[Any]) -> list[Hit]:
         """Scored points (ids only) as candidate hits: item id and popularity."""
