@@ -9,6 +9,7 @@ import time
 
 import httpx
 import numpy as np
+from scipy import stats
 
 from lodestar.cdp import cdp_session
 from lodestar.collab import event_item_weights
@@ -65,3 +66,27 @@ def start_server(env: dict[str, str], headers: dict[str, str] | None = None,
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     process.wait(timeout=30)
+
+
+def percentile_ratio(treated: list[list[float]], baseline: list[list[float]], q: float = 99,
+                     confidence: float = 0.95) -> tuple[float, float, float]:
+    """The ``q``-th percentile of ``treated``'s timings over ``baseline``'s, and its bootstrap
+    confidence interval (scipy.stats.bootstrap, percentile method, 2,000 resamples, seeded): each
+    argument is a list of rounds' timings, paired by position (round k of one ran beside round k of
+    the other), and the rounds are resampled, not single requests, because a shared machine's noise
+    comes in spells of seconds that slow whole stretches. Rounds empty on either side are left out."""
+    pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(treated, baseline, strict=True) if len(a) and len(b)]
+    if not pairs:
+        raise ValueError("no round has timings on both sides")
+
+    def ratio(rounds: np.ndarray) -> float:
+        picked = [pairs[int(i)] for i in rounds]
+        return float(np.percentile(np.concatenate([a for a, _ in picked]), q)
+                     / np.percentile(np.concatenate([b for _, b in picked]), q))
+
+    point = ratio(np.arange(len(pairs)))
+    if len(pairs) < 2:
+        return point, float("nan"), float("nan")
+    interval = stats.bootstrap((np.arange(len(pairs)),), ratio, vectorized=False, method="percentile",
+                               n_resamples=2000, confidence_level=confidence, random_state=0).confidence_interval
+    return point, float(interval.low), float(interval.high)

@@ -16,19 +16,24 @@ In one run, on one data dir:
   3. A read key per tenant; `lodestar serve --workers W`: its resident memory (per worker) after
      0, 1, 10, 100 and N tenants were queried, each once (`GET /v1/users/{user}/recommendations?k=10`
      with its own key; every answer must be a 200), and how many tenants it holds open at the end.
-  4. t0000's own latency (1,000 sequential recommendations over one keep-alive connection, its users
-     in turn, after one unmeasured request), with 1 tenant queried and after all N (once the readers
-     evicted past LODESTAR_MAX_OPEN_TENANTS were closed): p50, p99, ratio; and the same in process,
-     without HTTP and its noise (the API's TenantIndexes and ranking code, 500 recommendations).
+  4. t0000's own latency side by side: the server of step 3, once the readers it evicted past
+     LODESTAR_MAX_OPEN_TENANTS are closed, and a second `lodestar serve` of the same data dir that
+     answers t0000 alone, in alternating blocks of 100 sequential recommendations (1,000 on each,
+     over one keep-alive connection each, its users in turn): p50, p99 and their ratios with 95%
+     bootstrap intervals over the blocks. Before the server starts, the same in process, without
+     HTTP (the API's TenantIndexes and ranking code, 500 recommendations with 1 tenant queried,
+     then after all N: one after the other, so the machine's drift is in that ratio).
   5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
      instance (median of 5, after a first tick that requests every tenant's run): with every run
      done, and while it still waits on N runs. It is measured before the server starts.
   6. Noisy neighbours: the operator gives t0002 a quota (``--flood-quotas``: 5 and 20 requests/s,
      and ``--flood-concurrency``: 1 request in flight) and it sends ten times the rate from another
-     process, in stretches of 2 s (``--flood-seconds``) with 2 s of calm after each, 15 times
+     process, in stretches of 2 s (``--flood-seconds``) with 2 s of calm after each, 30 times
      (``--flood-rounds``); t0001's sequential recommendations are timed throughout and counted for
-     the stretch they fell in: p50, p99 and the ratio of the p99s (issue 13's goal: <= 1.20), what
-     the flooder got (200s and 429s), and the calm stretches' own spread (odd over even).
+     the stretch they fell in: p50, p99 and the ratio of the p99s with its 95% bootstrap interval
+     over the rounds (issue 13's goal: <= 1.20), what the flooder got (200s and 429s), and the same
+     ratio between the calm stretches themselves (odd over even), which reads what this
+     measurement reads when nothing differs.
 
 ``--keep DIR`` keeps the data dir; run again with the same DIR and ``--tenants``, steps 1 and 2 are
 skipped (the marker file ``bench-tenants.json`` says the tenants are materialized, and with which
@@ -54,7 +59,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import start_server, stop  # noqa: E402
+from bench.common import percentile_ratio, start_server, stop  # noqa: E402
 from bench.large import EVENT_TYPES, item_row  # noqa: E402
 from bench.throughput import worker_rss_mb  # noqa: E402
 from lodestar.cdp import cdp_session  # noqa: E402
@@ -67,7 +72,8 @@ from pipelines.run import dagster_home  # noqa: E402
 from serving.indexes import RETIRE_AFTER_S, SWEEP_EVERY_S  # noqa: E402
 
 POOL_TEXTS = 3000  # distinct product texts all tenants draw their catalogs from
-LATENCY_REQUESTS = 1000  # the p99 is then the 10th slowest (of 300 it was the 3rd)
+LATENCY_REQUESTS = 1000  # per server in step 4: the p99 is then the 10th slowest (of 300 it was the 3rd)
+SIDE_BY_SIDE_ROUNDS = 10  # step 4's alternating blocks per server
 FLOOD_GUARD_S = 0.25  # after the flood starts or stops, not counted (requests in flight settle)
 MARKER = "bench-tenants.json"
 
@@ -240,11 +246,10 @@ def recommend(http: httpx.Client, tenant: str, key: str, user: str) -> float:
     return elapsed
 
 
-def tenant_latency(http: httpx.Client, tenant: str, key: str, users: list[str]) -> tuple[float, float, float]:
-    """(first request ms, p50 ms, p99 ms of the next ``LATENCY_REQUESTS``), the tenant's users in turn."""
-    first = recommend(http, tenant, key, users[0]) * 1000
-    ms = np.asarray([recommend(http, tenant, key, users[n % len(users)]) for n in range(LATENCY_REQUESTS)]) * 1000
-    return first, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+def interval(ratio: tuple[float, float, float]) -> str:
+    """A ratio from :func:`bench.common.percentile_ratio`, with its 95% confidence interval."""
+    point, low, high = ratio
+    return f"{point:.2f} (95% CI {low:.2f}-{high:.2f})"
 
 
 def rss(pid: int) -> str:
@@ -254,32 +259,59 @@ def rss(pid: int) -> str:
 
 def serve_and_sweep(process, http: httpx.Client, names: list[str], keys: dict[str, str], users: list[str],
                     admin: str) -> None:
-    """Steps 3 and 4: memory while every tenant is queried once, and t0000's latency before and after."""
+    """Step 3: memory while every tenant is queried once, and what the server holds after the sweep."""
     checkpoints = sorted({c for c in (1, 10, 100) if c < len(names)} | {len(names)})
     print(f"\n| tenants queried | server RSS MB | seconds for this stretch |\n|---|---|---|\n| 0 | {rss(process.pid)} | - |",
           flush=True)
-    done, before = 0, None
+    done = 0
     for checkpoint in checkpoints:
         started = time.perf_counter()
         for tenant in names[done:checkpoint]:
             recommend(http, tenant, keys[tenant], users[0] if tenant == names[0] else "u00")
         done = checkpoint
         print(f"| {done} | {rss(process.pid)} | {time.perf_counter() - started:.1f} |", flush=True)
-        if done == 1:
-            before = tenant_latency(http, names[0], keys[names[0]], users)
     grace = RETIRE_AFTER_S + 2 * SWEEP_EVERY_S + 5
     time.sleep(grace)  # readers evicted past the cap are closed by the sweep after their grace period
     print(f"| {done}, {grace:.0f} s later (evicted readers closed) | {rss(process.pid)} | - |", flush=True)
-    after = tenant_latency(http, names[0], keys[names[0]], users)
     metrics = http.get("/metrics", headers={"Authorization": f"Bearer {admin}"})
     if metrics.status_code == 200:
         held = sum(line.startswith("lodestar_index_version_age_seconds{") for line in metrics.text.splitlines())
         print(f"after the sweep the server holds {held} tenants open (as /metrics of the worker that answered "
               "says: lodestar_index_version_age_seconds per loaded tenant)", flush=True)
-    print(f"\n{names[0]}: {LATENCY_REQUESTS} sequential recommendations (k=10, its {len(users)} users in turn, one "
-          f"keep-alive connection)\n| | 1 tenant queried | {len(names)} tenants queried | ratio |\n|---|---|---|---|")
-    for label, a, b in zip(("first request ms (not in p50/p99)", "p50 ms", "p99 ms"), before, after, strict=True):
-        print(f"| {label} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
+
+
+def side_by_side(env: dict[str, str], http: httpx.Client, names: list[str], key: str, users: list[str],
+                 args: list[str]) -> None:
+    """Step 4: t0000's latency on the server that has answered every tenant, side by side with a
+    second server of the same data dir and settings that has answered t0000 alone: blocks of
+    ``LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS`` sequential requests (the same users in the same
+    turn on both), alternating between the two servers (which one goes first alternates too), so
+    that the machine's noise falls on both alike; the p50 and p99 ratios with their bootstrap
+    intervals over the rounds."""
+    tenant, size = names[0], LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS
+    baseline, baseline_http = start_server(env, args=args)
+    try:
+        servers = {"one": baseline_http, "all": http}
+        for client in servers.values():  # t0000 opened in the baseline, and one unmeasured block on each
+            for n in range(size):
+                recommend(client, tenant, key, users[n % len(users)])
+        blocks: dict[str, list[list[float]]] = {"one": [], "all": []}
+        for r in range(SIDE_BY_SIDE_ROUNDS):
+            for name in ("one", "all") if r % 2 == 0 else ("all", "one"):
+                blocks[name].append([recommend(servers[name], tenant, key, users[(r * size + n) % len(users)]) * 1000
+                                     for n in range(size)])
+    finally:
+        baseline_http.close()
+        stop(baseline)
+    flat = {name: np.concatenate(rounds) for name, rounds in blocks.items()}
+    print(f"\n{tenant}: {SIDE_BY_SIDE_ROUNDS * size} sequential recommendations on each of two servers (k=10, its "
+          f"{len(users)} users in turn, one keep-alive connection each), in alternating blocks of {size}: the server "
+          f"above, which has answered all {len(names)} tenants, and a second `lodestar serve` of the same data dir "
+          f"that has answered {tenant} alone\n| | 1 tenant queried | {len(names)} tenants queried | "
+          f"{len(names)} / 1 |\n|---|---|---|---|")
+    for q in (50, 99):
+        print(f"| p{q} ms | {np.percentile(flat['one'], q):.2f} | {np.percentile(flat['all'], q):.2f} | "
+              f"{interval(percentile_ratio(blocks['all'], blocks['one'], q=q))} |", flush=True)
 
 
 def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str], admin: str,
@@ -301,7 +333,8 @@ def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str],
           f"concurrency quota {concurrency or 'none'}), {rounds} stretches of {seconds:g} s, each followed by "
           f"{seconds:g} s without; {victim}'s sequential recommendations throughout")
     print(f"| {flooder}'s quota | flood sent/s | admitted/s | refused (429) | {victim} p50 / p99 ms without | "
-          "with the flood | p99 with / without | calm odd / even stretches |\n|---|---|---|---|---|---|---|---|")
+          "with the flood | p99 with / without | calm odd / even stretches (the same ratio where nothing differs) |"
+          "\n|---|---|---|---|---|---|---|---|")
     for quota in quotas:
         set_quota = http.put(f"/v1/operator/tenants/{flooder}/quotas",
                              json={"requests_per_second": quota, "concurrent_requests": concurrency},
@@ -315,7 +348,7 @@ def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str],
         ready, _, began = flood.stdout.readline().strip().partition(" ")
         assert ready == "ready", ready
         start = float(began)  # time.monotonic() is the machine's clock: the same in both processes
-        flooded: list[float] = []
+        flooded: list[list[float]] = [[] for _ in range(rounds)]
         calm: list[list[float]] = [[] for _ in range(rounds)]
         n = 0
         while (now := time.monotonic()) < start + rounds * period:
@@ -326,21 +359,22 @@ def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str],
             if now < start:
                 continue
             if FLOOD_GUARD_S <= at and ended < seconds:
-                flooded.append(ms)
+                flooded[int(k)].append(ms)
             elif seconds + FLOOD_GUARD_S <= at and ended < period:
                 calm[int(k)].append(ms)
         counts = {int(status) if status.isdigit() else status: n
                   for status, n in json.loads(flood.stdout.readline()).items()}
         flood.wait(timeout=60)
-        everyone = [ms for stretch in calm for ms in stretch]
-        odd, even = ([ms for stretch in calm[first::2] for ms in stretch] for first in (1, 0))
         span = rounds * seconds
-        spread = f"{np.percentile(odd, 99) / np.percentile(even, 99):.2f}" if odd and even else "-"
-        p = {name: (np.percentile(ms, 50), np.percentile(ms, 99)) for name, ms in (("calm", everyone), ("flood", flooded))}
+        p = {name: (np.percentile(all_ms, 50), np.percentile(all_ms, 99)) for name, all_ms in
+             (("calm", [ms for stretch in calm for ms in stretch]), ("flood", [ms for stretch in flooded for ms in stretch]))}
+        ratio = percentile_ratio(flooded, calm)
+        # What this measurement reads when nothing differs: calm stretches against calm stretches.
+        spread = percentile_ratio(calm[1::2], calm[0::2][:len(calm[1::2])]) if rounds >= 4 else None
         print(f"| {quota:g}/s | {sum(counts.values()) / span:.0f} | {counts.get(200, 0) / span:.1f} | "
               f"{counts.get(429, 0)} | {p['calm'][0]:.2f} / {p['calm'][1]:.2f} | {p['flood'][0]:.2f} / "
-              f"{p['flood'][1]:.2f} | {p['flood'][1] / p['calm'][1]:.2f} (goal <= 1.20) | "
-              f"{spread} |", flush=True)
+              f"{p['flood'][1]:.2f} | {interval(ratio)} (goal <= 1.20) | {interval(spread) if spread else '-'} |",
+              flush=True)
         if counts.get("error"):
             print(f"  ({counts['error']} of the flood's requests failed at the connection)", flush=True)
 
@@ -356,7 +390,7 @@ def main() -> None:
     parser.add_argument("--flood-quotas", type=float, nargs="+", default=[5.0, 20.0],
                         help="the flooding tenant's requests/s quotas, one measurement each")
     parser.add_argument("--flood-seconds", type=float, default=2.0, help="per stretch with, and per stretch without")
-    parser.add_argument("--flood-rounds", type=int, default=15)
+    parser.add_argument("--flood-rounds", type=int, default=30)
     parser.add_argument("--flood-concurrency", type=int, default=1,
                         help="the flooding tenant's concurrent_requests quota (0: none)")
     args = parser.parse_args()
@@ -397,6 +431,7 @@ def main() -> None:
         print(f"\n`lodestar serve --workers {args.workers}` (pid {process.pid})", flush=True)
         try:
             serve_and_sweep(process, http, names, keys, users, admin)
+            side_by_side(env, http, names, keys[names[0]], users, ["--workers", str(args.workers)])
             if len(names) >= 3:
                 noisy_neighbours(http, names, keys, admin, args.flood_quotas, args.flood_seconds, args.flood_rounds,
                                  args.flood_concurrency)
