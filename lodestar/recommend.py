@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +54,8 @@ COLD_START = "cold_start_profile"
 POPULAR = "popular"
 LIKED_CATEGORY_BOOST = 0.3  # share of the score range a liked category moves an item up
 RERANK_HEAD = 50  # how many of the best collaborative candidates the content signal may reorder
+RANKED_KEPT_MAX = 50  # the longest hybrid ranking a user state keeps (k=10 with rules or diversity: 50)
+RANKED_BYTES = 700 + 72 * RANKED_KEPT_MAX  # what room for one costs (its key; per item an id and a float64)
 
 
 @dataclass
@@ -162,6 +164,29 @@ def _hybrid(
             for i in order if head_ids[i] in points]
 
 
+def _kept_hybrid(
+    reader: IndexReader, model: CollabModel, state: UserState, query: np.ndarray, exclude: frozenset[str],
+    pool: int, config: TenantConfig, item_filter: ItemFilter, controls: Controls, trace: Trace | None,
+) -> list[Hit]:
+    """:func:`_hybrid` for ``state``, or the ranking it last led to when nothing it depends on
+    changed: the index version (and its model), the state itself (it is replaced when the user's
+    events change), the pool, the filter, the request's exclusions and the ranking settings. The
+    ranked items' payloads and vectors are read again from the version (a ranking keeps ids and
+    scores only). Traced requests (explanations) always rank anew, and keep nothing."""
+    key = (reader.version, pool, item_filter, controls.exclude, config.collab.candidates, config.ranking)
+    latest = state.ranked.latest if trace is None else None
+    if latest is not None and latest[0] == key:
+        _key, ids, scores = latest
+        points = reader.points(list(ids))
+        return [Hit(item_id, float(score), points[item_id].payload, points[item_id].vector)
+                for item_id, score in zip(ids, scores, strict=True) if item_id in points]
+    ranked = _hybrid(reader, model, state.item_weights, query, state.taste, exclude, pool, config, item_filter, trace,
+                     state.profile)
+    if trace is None and len(ranked) <= RANKED_KEPT_MAX:
+        state.ranked.latest = (key, tuple(hit.item_id for hit in ranked), np.asarray([hit.score for hit in ranked]))
+    return ranked
+
+
 def _content_ranked(
     reader: IndexReader, vector: np.ndarray, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
     trace: Trace | None = None, source: str = CONTENT_SOURCE,
@@ -182,6 +207,17 @@ def _content_ranked(
     return [Hit(hits[i].item_id, float(final[i]), hits[i].payload) for i in order]
 
 
+class KeptRanking:
+    """The latest hybrid ranking a user state led to, and what it was ranked under (see
+    :func:`recommend`); one attribute, replaced whole, so a reader in another thread sees one
+    ranking or the next, never a mix."""
+
+    __slots__ = ("latest",)
+
+    def __init__(self) -> None:
+        self.latest: tuple[tuple[Any, ...], tuple[str, ...], np.ndarray] | None = None  # key, ids, scores
+
+
 @dataclass(frozen=True)
 class UserState:
     """What a recommendation derives from a user's events alone, before any request's controls:
@@ -192,15 +228,18 @@ class UserState:
     item_weights: dict[str, float]  # per item, the weight of their events
     query: np.ndarray | None  # their folded-in collaborative vector
     profile: tuple[np.ndarray, np.ndarray] | None = None  # CollabModel.user_profile of item_weights
+    # Their latest hybrid ranking: the same state, index version, settings and controls rank the
+    # same, so a repeated request reads the ranked items' points instead of ranking again.
+    ranked: KeptRanking = field(default_factory=KeptRanking, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:
         """About what it takes in memory, with what keeps it (measured with tracemalloc: about 2 KB for
         a state of a few items, then a set entry per seen item and a dict entry and float per weight),
-        and the edge engine's exclusion condition kept with ``seen`` (about 50 bytes an item, outside
-        Python's heap)."""
+        the edge engine's exclusion condition kept with ``seen`` (about 50 bytes an item, outside
+        Python's heap), and room for a kept ranking of ``RANKED_KEPT_MAX`` items."""
         arrays = sum(a.nbytes for a in (self.taste, self.query, *(self.profile or ())) if a is not None)
-        return 1900 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights)
+        return 1900 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights) + RANKED_BYTES
 
 
 def derive_state(
@@ -220,7 +259,8 @@ def rebased(
     least, as the taste reads) and the state's item weights, without reading their whole history."""
     profile = model.user_profile(state.item_weights) if model is not None and state.item_weights else None
     return replace(state, taste=user_taste(reader, recent, config) if state.seen else None, profile=profile,
-                   query=model.query_vector(state.item_weights, profile) if profile is not None else None)
+                   query=model.query_vector(state.item_weights, profile) if profile is not None else None,
+                   ranked=KeptRanking())
 
 
 def preference_events(preferences: dict[str, Any] | None, now: float) -> list[dict[str, Any]]:
@@ -261,8 +301,7 @@ def recommend(
     ranked: list[Hit] = []
     strategy = POPULAR
     if model is not None and query is not None:
-        ranked = _hybrid(reader, model, state.item_weights, query, taste, exclude, pool, config, item_filter, trace,
-                         state.profile)
+        ranked = _kept_hybrid(reader, model, state, query, exclude, pool, config, item_filter, controls, trace)
         strategy = HYBRID
     for vector, name, source in ((taste, PERSONALIZED, CONTENT_SOURCE), (profile_vector, COLD_START, PROFILE_SOURCE)):
         if not ranked and vector is not None:

@@ -17,6 +17,14 @@ kept state is rebased on it (:func:`lodestar.recommend.rebased`: taste, collabor
 query derived anew from their latest ``max_profile_events`` events and the kept item weights), which
 reads a few hundred events, not up to 5,000.
 
+A kept state keeps its latest hybrid ranking too (:class:`lodestar.recommend.KeptRanking`: the
+ranked items' ids and scores, and what they were ranked under: the index version, the pool, the
+filter, the request's exclusions and the ranking settings). The same user asking the same again
+with nothing new (another widget of the page, a reload, a second page view before its event is
+sent) is answered from it: the ranked items' points are read again from the version, and the
+rules, diversity and ads are applied as on every request; nothing is queried or scored again.
+Anything else ranks anew and keeps the new ranking instead. Explanations always rank anew.
+
 Not kept: a user whose preferences like or dislike items (those count as events of the moment of
 the request, so what they derive to changes with the clock). The preferences themselves are read on
 every request.
@@ -26,9 +34,8 @@ the console forgets the user's state at once (another process's is never used ag
 changed).
 
 The budget (``LODESTAR_USER_STATE_MB``, default 48) is in megabytes, counted from each state's
-:attr:`~lodestar.recommend.UserState.nbytes` (MovieLens' 610 users, 100,836 ratings, count 26.7 MB
-where tracemalloc measures 18.5 MB; a small tenant's, 4.5-6.3 KB each against 4.5-5.5 KB), least
-recently used first out; 0 turns keeping off. Outside it: the edge adapter's last 256 exclusion
+:attr:`~lodestar.recommend.UserState.nbytes`, which includes room for a kept ranking of 50 items
+(4.3 KB; one of k=10 without rules takes about 1.3 KB), least recently used first out; 0 turns keeping off. Outside it: the edge adapter's last 256 exclusion
 conditions (``lodestar.index.edge._recent_exclusion``), as before.
 """
 

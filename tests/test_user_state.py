@@ -11,9 +11,19 @@ from litestar.testing import TestClient
 
 from lodestar.cdp import open_cdp
 from lodestar.collab import CollabModel
+from lodestar.controls import Controls
 from lodestar.errors import InvalidInput
+from lodestar.explain import Trace
+from lodestar.filters import ItemFilter
 from lodestar.index import open_index_store
-from lodestar.recommend import derive_state, recommend_for_user, user_history
+from lodestar.recommend import (
+    HYBRID,
+    RANKED_KEPT_MAX,
+    derive_state,
+    recommend,
+    recommend_for_user,
+    user_history,
+)
 from lodestar.records import parse_event
 from lodestar.tenant_config import effective_config
 from lodestar.user_state import UserStates
@@ -125,13 +135,60 @@ def test_another_configuration_derives_anew_and_another_version_rebases(shop):
     assert np.array_equal(bare.taste, first.taste)
 
 
+class CountingReader:
+    """The published reader, counting the queries made of it."""
+
+    def __init__(self, reader):
+        self._reader, self.queries = reader, 0
+
+    def nearest(self, *args, **kwargs):
+        self.queries += 1
+        return self._reader.nearest(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
+
+
+def test_a_kept_state_ranks_again_only_when_what_its_ranking_depends_on_changes(shop):
+    store, published, config = shop
+    user = next(u for u in _users(store) if recommend_for_user(published, store, None, "alpha", u, 10, config)
+                .strategy == HYBRID)
+    reader = CountingReader(published.reader)
+    state = derive_state(reader, published.model, user_history(store, "alpha", user)[0], config)
+
+    def ranked(k=10, settings=config, controls=None, trace=None):
+        before = reader.queries
+        answer = recommend(reader, [], k, settings, published.model, controls=controls, state=state, trace=trace)
+        assert answer.strategy == HYBRID
+        return [(h.item_id, h.score, h.payload, None if h.vector is None else h.vector.tolist())
+                for h in answer.items], reader.queries - before
+
+    first, queried = ranked()
+    assert queried == 2 and len(first) == 10  # collaborative and content candidates
+    assert ranked() == (first, 0)  # the same request again: the kept ranking, its points read anew
+    fresh = derive_state(published.reader, published.model, user_history(store, "alpha", user)[0], config)
+    assert [(h.item_id, h.score) for h in recommend(published.reader, [], 10, config, published.model,
+                                                     state=fresh).items] == [row[:2] for row in first]
+    category = first[0][2]["categories"][0]
+    weights = effective_config({**store.get_tenant("alpha")["config"],
+                                "ranking": {"collab": 1.0, "content": 0.5, "popularity": 0.2}})
+    for change in ({"k": 5}, {"controls": Controls(item_filter=ItemFilter(categories=(category,)))},
+                   {"controls": Controls(exclude=(first[0][0],))}, {"settings": weights}):
+        answer, queried = ranked(**change)
+        assert queried == 2, change  # ranked anew ...
+        assert ranked(**change) == (answer, 0), change  # ... and kept for the next such request
+    assert ranked()[1] == 2  # one ranking is kept, the latest
+    explained, queried = ranked(trace=Trace())
+    assert queried == 2 and explained == first and ranked()[1] == 0  # an explanation ranks anew, replaces nothing
+
+
 def test_the_budget_bounds_what_is_kept(shop):
     store, published, config = shop
     users = _users(store)
-    states = UserStates(budget_mb=0.02)
+    states = UserStates(budget_mb=0.04)
     for user in users:
         states.read(published, store, "alpha", user, config)
-        assert states.held <= 20_000
+        assert states.held <= 40_000
     assert 0 < states.held and 1 < len(states._entries) < len(users)
     last = users[-1]
     assert states.read(published, store, "alpha", last, config)[0] is None  # the latest is kept
@@ -151,6 +208,10 @@ def test_a_state_counts_about_what_it_takes_in_memory(shop):
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     again = [UserStates().read(published, store, "alpha", user, config)[2] for user in _users(store)]
+    for user, state in zip(_users(store), again, strict=True):  # each keeps a ranking of the longest kind
+        recommend_for_user(published, store, None, "alpha", user, 10, config, Controls(diversity=0.5),
+                           history=([], None), state=state)
+        assert state.ranked.latest is None or len(state.ranked.latest[1]) == RANKED_KEPT_MAX
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
