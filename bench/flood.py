@@ -7,8 +7,9 @@ own cost on the machine is small.
 Opens THREADS keep-alive connections, prints ``ready START`` (START: the ``time.monotonic()`` at
 which the first stretch of flood begins; on Linux that clock is the machine's, the same in every
 process), then ROUNDS times: sends RATE requests per second in all for ON_S seconds
-(``GET /v1/users/{user}/recommendations?k=10``, paced), then nothing for OFF_S seconds. Last, it
-prints the count of each status code as JSON. One process floods and pauses in turn, so that the
+(``GET /v1/users/{user}/recommendations?k=10&exclude=flood-N``, paced; the exclusion of an
+unknown id, new each request, makes every admitted request rank anew), then nothing for OFF_S
+seconds. Last, it prints the count of each status code as JSON. One process floods and pauses in turn, so that the
 stretches with and without the flood alternate every few seconds, with no process start in them,
 and a shared machine's drifting noise falls on both sides alike.
 """
@@ -54,7 +55,9 @@ def main() -> None:
                     if now < next_at:
                         time.sleep(next_at - now)
                     next_at += gap
-                    path = f"/v1/users/{users[n % len(users)]}/recommendations?k=10"
+                    # An exclusion of an unknown id, new each request: an admitted request ranks
+                    # anew (the costlier kind) instead of reading the user's kept ranking.
+                    path = f"/v1/users/{users[n % len(users)]}/recommendations?k=10&exclude=flood-{n}"
                     n += threads
                     try:
                         connection.request("GET", path, headers=headers)
