@@ -4,6 +4,7 @@ when LODESTAR_QDRANT_URL is set (reported as skipped otherwise)."""
 
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,6 +303,49 @@ def test_edge_sidecar_of_a_derived_version_is_the_base_one_plus_the_changes(tmp_
     assert derived.popularity[derived.rows["i4"]] == 0.99
     base_rows = ContentMatrix.load(models / base, reader._ids)
     assert np.allclose(base_rows.matrix[base_rows.rows["i4"]], vectors[4], atol=1e-6)  # the base is untouched
+
+
+def test_edge_versions_search_on_the_asking_thread(tmp_path):
+    """New versions, and versions derived from an older one, keep the engine's search on the thread
+    that asks (``SEARCH_THREADS``): no pool of search threads is started when a version opens."""
+    import json
+
+    from lodestar.index.edge import SEARCH_THREADS
+
+    store = EdgeIndexStore(tmp_path)
+    base, _ids, vectors = _build(store, "acme", n=30)
+    config = tmp_path / "tenants" / "acme" / "index" / "versions" / base / "edge_config.json"
+    assert json.loads(config.read_text())["max_search_threads"] == SEARCH_THREADS == 1
+    older = json.loads(config.read_text())
+    del older["max_search_threads"]  # as versions built before it were
+    config.write_text(json.dumps(older))
+    builder = store.build("acme", 8, base=base)
+    builder.upsert(["new"], vectors[:1], [{"title": "new", "popularity": 0.5}])
+    builder.finish()
+    derived = config.parent.parent / builder.version / "edge_config.json"
+    assert json.loads(derived.read_text())["max_search_threads"] == 1
+    reader = store.open("acme", builder.version)
+    try:
+        before = _search_pool_cpu_ticks()
+        for n in range(10_000):  # with the engine's default pool, its threads use 20-35 ticks for these
+            assert reader.nearest(vectors[n % 30], 3)
+        assert _search_pool_cpu_ticks() - before <= 2  # a tick or two of noise at most
+    finally:
+        reader.close()
+
+
+def _search_pool_cpu_ticks() -> int:
+    """CPU clock ticks the engine's search-pool threads of this process have used."""
+    ticks = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        if stat[stat.index("(") + 1:stat.rindex(")")].startswith("edge-search"):
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def test_edge_indexes_payload_fields_of_large_versions_only_and_answers_the_same(tmp_path, monkeypatch):
