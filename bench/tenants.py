@@ -17,12 +17,14 @@ In one run, on one data dir:
      0, 1, 10, 100 and N tenants were queried, each once (`GET /v1/users/{user}/recommendations?k=10`
      with its own key; every answer must be a 200), and how many tenants it holds open at the end.
   4. t0000's own latency side by side: the server of step 3, once the readers it evicted past
-     LODESTAR_MAX_OPEN_TENANTS are closed, and a second `lodestar serve` of the same data dir that
-     answers t0000 alone, in alternating blocks of 100 sequential recommendations (1,000 on each,
-     over one keep-alive connection each, its users in turn, each request ranking anew: see
-     ``recommend``): p50, p99 and their ratios with 95% bootstrap intervals over the blocks. Before the server starts, the same in process, without
-     HTTP (the API's TenantIndexes and ranking code, 500 recommendations with 1 tenant queried,
-     then after all N: one after the other, so the machine's drift is in that ratio).
+     LODESTAR_MAX_OPEN_TENANTS are closed, and two more `lodestar serve` of the same data dir that
+     answer t0000 alone, in turn in blocks of 100 sequential recommendations (1,200 on each, over
+     one keep-alive connection each, its users in turn, each request ranking anew: see
+     ``recommend``): p50, p99 and their ratios with 95% bootstrap intervals over the blocks, and
+     the same ratios between the two 1-tenant servers (the control: nothing differs). Before the
+     server starts, the same in process, without HTTP (the API's TenantIndexes and ranking code,
+     500 recommendations with 1 tenant queried, then after all N: one after the other, so the
+     machine's drift is in that ratio).
   5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
      instance (median of 5, after a first tick that requests every tenant's run): with every run
      done, and while it still waits on N runs. It is measured before the server starts.
@@ -74,8 +76,8 @@ from pipelines.run import dagster_home  # noqa: E402
 from serving.indexes import RETIRE_AFTER_S, SWEEP_EVERY_S  # noqa: E402
 
 POOL_TEXTS = 3000  # distinct product texts all tenants draw their catalogs from
-LATENCY_REQUESTS = 1000  # per server in step 4: the p99 is then the 10th slowest (of 300 it was the 3rd)
-SIDE_BY_SIDE_ROUNDS = 10  # step 4's alternating blocks per server
+LATENCY_REQUESTS = 1200  # per server in step 4: the p99 is then the 12th slowest (of 300 it was the 3rd)
+SIDE_BY_SIDE_ROUNDS = 12  # step 4's blocks per server (each of the 6 orders of its three servers twice)
 FLOOD_GUARD_S = 0.25  # after the flood starts or stops, not counted (requests in flight settle)
 MARKER = "bench-tenants.json"
 NONCES = itertools.count()  # unknown ids to exclude, new each request (recommend(anew=True))
@@ -291,36 +293,42 @@ def serve_and_sweep(process, http: httpx.Client, names: list[str], keys: dict[st
 
 def side_by_side(env: dict[str, str], http: httpx.Client, names: list[str], key: str, users: list[str],
                  args: list[str]) -> None:
-    """Step 4: t0000's latency on the server that has answered every tenant, side by side with a
-    second server of the same data dir and settings that has answered t0000 alone: blocks of
+    """Step 4: t0000's latency on the server that has answered every tenant, side by side with two
+    more servers of the same data dir and settings that have answered t0000 alone: blocks of
     ``LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS`` sequential requests (the same users in the same
-    turn on both), alternating between the two servers (which one goes first alternates too), so
-    that the machine's noise falls on both alike; the p50 and p99 ratios with their bootstrap
-    intervals over the rounds."""
+    turn on each, each request ranking anew), the three servers in turn (every order of the three
+    twice), so that the machine's noise falls on all alike; the p50 and p99 ratios with their
+    bootstrap intervals over the rounds. The two 1-tenant servers against each other are the
+    control: what the measurement reads between two processes when nothing differs."""
     tenant, size = names[0], LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS
-    baseline, baseline_http = start_server(env, args=args)
+    baselines = [start_server(env, args=args) for _ in range(2)]
     try:
-        servers = {"one": baseline_http, "all": http}
-        for client in servers.values():  # t0000 opened in the baseline, and one unmeasured block on each
+        servers = {"one": baselines[0][1], "again": baselines[1][1], "all": http}
+        for client in servers.values():  # t0000 opened in the baselines, and one unmeasured block on each
             for n in range(size):
                 recommend(client, tenant, key, users[n % len(users)], anew=True)
-        blocks: dict[str, list[list[float]]] = {"one": [], "all": []}
+        orders = list(itertools.permutations(servers))  # each server before and after each other alike
+        blocks: dict[str, list[list[float]]] = {name: [] for name in servers}
         for r in range(SIDE_BY_SIDE_ROUNDS):
-            for name in ("one", "all") if r % 2 == 0 else ("all", "one"):
+            for name in orders[r % len(orders)]:
                 blocks[name].append([recommend(servers[name], tenant, key, users[(r * size + n) % len(users)],
                                                anew=True) * 1000 for n in range(size)])
     finally:
-        baseline_http.close()
-        stop(baseline)
+        for process, client in baselines:
+            client.close()
+            stop(process)
     flat = {name: np.concatenate(rounds) for name, rounds in blocks.items()}
-    print(f"\n{tenant}: {SIDE_BY_SIDE_ROUNDS * size} sequential recommendations on each of two servers (k=10, its "
-          f"{len(users)} users in turn, one keep-alive connection each), in alternating blocks of {size}: the server "
-          f"above, which has answered all {len(names)} tenants, and a second `lodestar serve` of the same data dir "
-          f"that has answered {tenant} alone\n| | 1 tenant queried | {len(names)} tenants queried | "
-          f"{len(names)} / 1 |\n|---|---|---|---|")
+    print(f"\n{tenant}: {SIDE_BY_SIDE_ROUNDS * size} sequential recommendations on each of three servers (k=10, its "
+          f"{len(users)} users in turn, each ranking anew, one keep-alive connection each), in turn in blocks of "
+          f"{size}: the server above, which has answered all {len(names)} tenants, and two more `lodestar serve` of "
+          f"the same data dir that have answered {tenant} alone\n| | 1 tenant queried | the same, a second server | "
+          f"{len(names)} tenants queried | {len(names)} / 1 | second / first, nothing different (control) |\n"
+          "|---|---|---|---|---|---|")
     for q in (50, 99):
-        print(f"| p{q} ms | {np.percentile(flat['one'], q):.2f} | {np.percentile(flat['all'], q):.2f} | "
-              f"{interval(percentile_ratio(blocks['all'], blocks['one'], q=q))} |", flush=True)
+        print(f"| p{q} ms | {np.percentile(flat['one'], q):.2f} | {np.percentile(flat['again'], q):.2f} | "
+              f"{np.percentile(flat['all'], q):.2f} | "
+              f"{interval(percentile_ratio(blocks['all'], blocks['one'], q=q))} | "
+              f"{interval(percentile_ratio(blocks['again'], blocks['one'], q=q))} |", flush=True)
 
 
 def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str], admin: str,
@@ -375,8 +383,9 @@ def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str],
                   for status, n in json.loads(flood.stdout.readline()).items()}
         flood.wait(timeout=60)
         span = rounds * seconds
-        p = {name: (np.percentile(all_ms, 50), np.percentile(all_ms, 99)) for name, all_ms in
-             (("calm", [ms for stretch in calm for ms in stretch]), ("flood", [ms for stretch in flooded for ms in stretch]))}
+        every = {name: [ms for stretch in stretches for ms in stretch]
+                 for name, stretches in (("calm", calm), ("flood", flooded))}
+        p = {name: (np.percentile(all_ms, 50), np.percentile(all_ms, 99)) for name, all_ms in every.items()}
         ratio = percentile_ratio(flooded, calm)
         # What this measurement reads when nothing differs: calm stretches against calm stretches.
         spread = percentile_ratio(calm[1::2], calm[0::2][:len(calm[1::2])]) if rounds >= 4 else None

@@ -162,7 +162,8 @@ def main() -> None:
                 http.get(f"/v1/users/{users[0]}/recommendations", headers=headers)  # open the index
                 rate, p50, p99, bad = load(base, lambda _rng: "/health", 8, args.seconds / 2, {})
                 print(f"| {workers} | 8 | /health | {rate:.0f} | {p50:.1f} | {p99:.1f} | {bad} | - |", flush=True)
-                for route, extra in (("recommendations", lambda _rng: ""), ("recommendations, ranked anew", anew)):
+                for route, extra in (("recommendations, mostly repeats", lambda _rng: ""),
+                                     ("recommendations, ranked anew", anew)):
                     for clients in (8, 16):
                         rate, p50, p99, bad = load(
                             base, lambda rng, extra=extra: f"/v1/users/{users[rng.integers(USERS)]}/recommendations"

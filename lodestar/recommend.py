@@ -21,7 +21,9 @@ Items the user interacted with are excluded.
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +57,7 @@ POPULAR = "popular"
 LIKED_CATEGORY_BOOST = 0.3  # share of the score range a liked category moves an item up
 RERANK_HEAD = 50  # how many of the best collaborative candidates the content signal may reorder
 RANKED_KEPT_MAX = 50  # the longest hybrid ranking a user state keeps (k=10 with rules or diversity: 50)
-RANKED_BYTES = 700 + 72 * RANKED_KEPT_MAX  # what room for one costs (its key; per item an id and a float64)
+RANKED_MAX_BYTES = 16_000  # a ranking whose request's key is larger (a long exclusion list) is not kept
 
 
 @dataclass
@@ -183,8 +185,25 @@ def _kept_hybrid(
     ranked = _hybrid(reader, model, state.item_weights, query, state.taste, exclude, pool, config, item_filter, trace,
                      state.profile)
     if trace is None and len(ranked) <= RANKED_KEPT_MAX:
-        state.ranked.latest = (key, tuple(hit.item_id for hit in ranked), np.asarray([hit.score for hit in ranked]))
+        state.ranked.keep(key, tuple(hit.item_id for hit in ranked), np.asarray([hit.score for hit in ranked]))
     return ranked
+
+
+def _strings_nbytes(values: Iterable[Any]) -> int:
+    """What a tuple's strings (and other values) take, with the tuple's pointers to them."""
+    return sum(8 + (sys.getsizeof(v) if isinstance(v, str) else 24) for v in values)
+
+
+def _ranking_nbytes(key: tuple[Any, ...], ids: tuple[str, ...]) -> int:
+    """About what a kept ranking holds (measured with tracemalloc: 3.7 KB for 50 items whose ids
+    are its own): the tuples, the scores, the ids, and the request's exclusions and filter values
+    in its key, every string counted as if no one else held it (the Edge adapter's ids are shared
+    with its sidecar, so there it counts high)."""
+    _version, _pool, item_filter, exclude, _candidates, _ranking = key
+    filter_values = [*item_filter.categories, *item_filter.tags, *item_filter.exclude_categories]
+    for condition in item_filter.attributes:
+        filter_values += [condition.key, *condition.values, *condition.range]
+    return 600 + 8 * len(ids) + _strings_nbytes(ids) + _strings_nbytes(exclude) + _strings_nbytes(filter_values)
 
 
 def _content_ranked(
@@ -209,13 +228,25 @@ def _content_ranked(
 
 class KeptRanking:
     """The latest hybrid ranking a user state led to, and what it was ranked under (see
-    :func:`recommend`); one attribute, replaced whole, so a reader in another thread sees one
-    ranking or the next, never a mix."""
+    :func:`_kept_hybrid`). ``latest`` is replaced whole, so a reader in another thread sees one
+    ranking or the next, never a mix. ``ledger``: called when what it holds changed (set by
+    :class:`lodestar.user_state.UserStates` for a state it keeps, which then counts the state's
+    :attr:`UserState.nbytes` again)."""
 
-    __slots__ = ("latest",)
+    __slots__ = ("latest", "nbytes", "ledger")
 
     def __init__(self) -> None:
         self.latest: tuple[tuple[Any, ...], tuple[str, ...], np.ndarray] | None = None  # key, ids, scores
+        self.nbytes = 0
+        self.ledger: Callable[[], None] | None = None
+
+    def keep(self, key: tuple[Any, ...], ids: tuple[str, ...], scores: np.ndarray) -> None:
+        nbytes = _ranking_nbytes(key, ids)
+        if nbytes > RANKED_MAX_BYTES:
+            return
+        self.latest, self.nbytes = (key, ids, scores), nbytes
+        if self.ledger is not None:
+            self.ledger()
 
 
 @dataclass(frozen=True)
@@ -237,9 +268,9 @@ class UserState:
         """About what it takes in memory, with what keeps it (measured with tracemalloc: about 2 KB for
         a state of a few items, then a set entry per seen item and a dict entry and float per weight),
         the edge engine's exclusion condition kept with ``seen`` (about 50 bytes an item, outside
-        Python's heap), and room for a kept ranking of ``RANKED_KEPT_MAX`` items."""
+        Python's heap), and its kept ranking's (:class:`KeptRanking`)."""
         arrays = sum(a.nbytes for a in (self.taste, self.query, *(self.profile or ())) if a is not None)
-        return 1900 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights) + RANKED_BYTES
+        return 1900 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights) + self.ranked.nbytes
 
 
 def derive_state(

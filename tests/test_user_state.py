@@ -182,6 +182,36 @@ def test_a_kept_state_ranks_again_only_when_what_its_ranking_depends_on_changes(
     assert queried == 2 and explained == first and ranked()[1] == 0  # an explanation ranks anew, replaces nothing
 
 
+def test_kept_rankings_are_counted_in_the_budget(shop):
+    store, published, config = shop
+    users = _users(store)
+    states = UserStates()
+    kept = [states.read(published, store, "alpha", user, config)[2] for user in users]
+    unranked = states.held
+    assert unranked == sum(state.nbytes for state in kept)
+
+    def rank(user, state, controls=Controls(diversity=0.5)):
+        recommend_for_user(published, store, None, "alpha", user, 10, config, controls, history=([], None),
+                           state=state)
+
+    for user, state in zip(users, kept, strict=True):
+        rank(user, state)
+    assert states.held == sum(state.nbytes for state in kept) > unranked + 1000 * len(users)
+    # A ranking for a long list of exclusions is not kept (its key alone would be megabytes).
+    user, state = users[0], kept[0]
+    latest = state.ranked.latest
+    rank(user, state, Controls(diversity=0.5, exclude=tuple(f"gone-{n:0300d}" for n in range(100))))
+    assert state.ranked.latest is latest
+    # Rankings make room as states do: under a budget the unranked states fit in, fewer stay.
+    tight = UserStates(budget_mb=unranked * 1.05 / 1_000_000)
+    again = [tight.read(published, store, "alpha", user, config)[2] for user in users]
+    assert len(tight._entries) == len(users)
+    for user, state in zip(users, again, strict=True):
+        rank(user, state)
+        assert tight.held <= tight.budget
+    assert len(tight._entries) < len(users)
+
+
 def test_the_budget_bounds_what_is_kept(shop):
     store, published, config = shop
     users = _users(store)
@@ -212,11 +242,12 @@ def test_a_state_counts_about_what_it_takes_in_memory(shop):
         recommend_for_user(published, store, None, "alpha", user, 10, config, Controls(diversity=0.5),
                            history=([], None), state=state)
         assert state.ranked.latest is None or len(state.ranked.latest[1]) == RANKED_KEPT_MAX
+    assert sum(state.ranked.latest is not None for state in again) >= len(again) // 2
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     counted = sum(state.nbytes for state in again)
-    assert counted == sum(state.nbytes for state in kept)
+    assert counted - sum(state.ranked.nbytes for state in again) == sum(state.nbytes for state in kept)
     assert 0.7 * traced < counted < 2.0 * traced, (counted, traced)
 
 
