@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
@@ -34,6 +35,17 @@ def engine_queries(settings: Settings, tenant: str, users: list[str]) -> list[tu
                 out.append((user, query, user_taste(published.reader, events, config), sorted(interacted_items(events))))
     published.close()
     return out
+
+
+_NONCES = itertools.count()  # next() on a count is atomic: client threads may share it
+
+
+def anew_exclusion() -> str:
+    """A query-string exclusion of an id no catalog holds, new each call: a recommendation asked
+    with it gives the same answer but matches no kept ranking (lodestar/user_state.py), so it ranks
+    again, and builds its exclusions' engine condition again, as a user's request after their new
+    event does."""
+    return f"&exclude=bench-{next(_NONCES)}"
 
 
 def free_port() -> int:

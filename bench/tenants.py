@@ -63,7 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile_ratio, start_server, stop  # noqa: E402
+from bench.common import anew_exclusion, percentile_ratio, start_server, stop  # noqa: E402
 from bench.large import EVENT_TYPES, item_row  # noqa: E402
 from bench.throughput import worker_rss_mb  # noqa: E402
 from lodestar.cdp import cdp_session  # noqa: E402
@@ -80,7 +80,6 @@ LATENCY_REQUESTS = 1200  # per server in step 4: the p99 is then the 12th slowes
 SIDE_BY_SIDE_ROUNDS = 12  # step 4's blocks per server (each of the 6 orders of its three servers twice)
 FLOOD_GUARD_S = 0.25  # after the flood starts or stops, not counted (requests in flight settle)
 MARKER = "bench-tenants.json"
-NONCES = itertools.count()  # unknown ids to exclude, new each request (recommend(anew=True))
 
 
 def write_tenant(out: Path, pool: list[dict], rng: np.random.Generator) -> dict[str, Path]:
@@ -246,11 +245,9 @@ def recommend(http: httpx.Client, tenant: str, key: str, user: str, anew: bool =
     """One recommendation's seconds. ``anew``: with an exclusion of an id no catalog holds, new each
     time, so that the request ranks again instead of reading the user's kept ranking (what a request
     after the user's new event does; a repeated request is cheaper: lodestar/user_state.py)."""
-    params: dict[str, str | int] = {"k": 10}
-    if anew:
-        params["exclude"] = f"bench-{next(NONCES)}"
+    path = f"/v1/users/{user}/recommendations?k=10{anew_exclusion() if anew else ''}"
     started = time.perf_counter()
-    response = http.get(f"/v1/users/{user}/recommendations", params=params, headers={"Authorization": f"Bearer {key}"})
+    response = http.get(path, headers={"Authorization": f"Bearer {key}"})
     elapsed = time.perf_counter() - started
     if response.status_code != 200:
         raise SystemExit(f"{tenant}, user {user}: {response.status_code} {response.text[:300]}")

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import engine_queries, start_server, stop  # noqa: E402
+from bench.common import anew_exclusion, engine_queries, start_server, stop  # noqa: E402
 from lodestar import demo  # noqa: E402
 from lodestar.cdp import cdp_session  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
@@ -43,12 +43,6 @@ from lodestar.settings import Settings  # noqa: E402
 from pipelines.run import materialize_in_process  # noqa: E402
 
 USERS = 600
-
-
-def anew(rng: np.random.Generator) -> str:
-    """An exclusion of an id no catalog holds, new each request: the answer is the same, but no kept
-    ranking matches (a kept user state keeps its latest ranking for the same request again)."""
-    return f"&exclude=bench-{rng.integers(1 << 62)}"
 
 
 def _engine_worker(data_dir: str, queries, seconds: float, counts) -> None:
@@ -163,7 +157,7 @@ def main() -> None:
                 rate, p50, p99, bad = load(base, lambda _rng: "/health", 8, args.seconds / 2, {})
                 print(f"| {workers} | 8 | /health | {rate:.0f} | {p50:.1f} | {p99:.1f} | {bad} | - |", flush=True)
                 for route, extra in (("recommendations, mostly repeats", lambda _rng: ""),
-                                     ("recommendations, ranked anew", anew)):
+                                     ("recommendations, ranked anew", lambda _rng: anew_exclusion())):
                     for clients in (8, 16):
                         rate, p50, p99, bad = load(
                             base, lambda rng, extra=extra: f"/v1/users/{users[rng.integers(USERS)]}/recommendations"

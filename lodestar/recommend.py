@@ -185,7 +185,9 @@ def _kept_hybrid(
     ranked = _hybrid(reader, model, state.item_weights, query, state.taste, exclude, pool, config, item_filter, trace,
                      state.profile)
     if trace is None and len(ranked) <= RANKED_KEPT_MAX:
-        state.ranked.keep(key, tuple(hit.item_id for hit in ranked), np.asarray([hit.score for hit in ranked]))
+        ids = tuple(hit.item_id for hit in ranked)
+        state.ranked.keep(key, ids, np.asarray([hit.score for hit in ranked]),
+                          _ranking_nbytes(ids, controls.exclude, item_filter))
     return ranked
 
 
@@ -194,12 +196,11 @@ def _strings_nbytes(values: Iterable[Any]) -> int:
     return sum(8 + (sys.getsizeof(v) if isinstance(v, str) else 24) for v in values)
 
 
-def _ranking_nbytes(key: tuple[Any, ...], ids: tuple[str, ...]) -> int:
+def _ranking_nbytes(ids: tuple[str, ...], exclude: tuple[str, ...], item_filter: ItemFilter) -> int:
     """About what a kept ranking holds (measured with tracemalloc: 3.7 KB for 50 items whose ids
     are its own): the tuples, the scores, the ids, and the request's exclusions and filter values
     in its key, every string counted as if no one else held it (the Edge adapter's ids are shared
     with its sidecar, so there it counts high)."""
-    _version, _pool, item_filter, exclude, _candidates, _ranking = key
     filter_values = [*item_filter.categories, *item_filter.tags, *item_filter.exclude_categories]
     for condition in item_filter.attributes:
         filter_values += [condition.key, *condition.values, *condition.range]
@@ -240,8 +241,8 @@ class KeptRanking:
         self.nbytes = 0
         self.ledger: Callable[[], None] | None = None
 
-    def keep(self, key: tuple[Any, ...], ids: tuple[str, ...], scores: np.ndarray) -> None:
-        nbytes = _ranking_nbytes(key, ids)
+    def keep(self, key: tuple[Any, ...], ids: tuple[str, ...], scores: np.ndarray, nbytes: int) -> None:
+        """Keep this ranking (``nbytes``: about what it holds, key included) unless it is too large."""
         if nbytes > RANKED_MAX_BYTES:
             return
         self.latest, self.nbytes = (key, ids, scores), nbytes
