@@ -48,6 +48,60 @@ def anew_exclusion() -> str:
     return f"&exclude=bench-{next(_NONCES)}"
 
 
+class KeepAliveClient:
+    """A lean HTTP/1.1 keep-alive client for load generators: one socket, a request written as
+    bytes, the response read by its ``Content-Length``. It costs the machine about a tenth of the
+    CPU per request that an ``httpx.Client`` does (0.04-0.06 ms against 0.54-0.80 ms measured on
+    the throughput bench), so on a 2-core machine the server, not the client, is what a load
+    measures. Only what a load needs: GET, responses with a length (not chunked), no redirects."""
+
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None, timeout: float = 30) -> None:
+        self._address = (host, port)
+        self._timeout = timeout
+        self._extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self._socket: socket.socket | None = None
+        self._buffer = b""
+
+    def _connect(self) -> socket.socket:
+        if self._socket is None:
+            self._socket = socket.create_connection(self._address, timeout=self._timeout)
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._buffer = b""
+        return self._socket
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """``GET path``: (status, body)."""
+        sock = self._connect()
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self._address[0]}\r\n{self._extra}\r\n".encode())
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            self._buffer += self._recv(sock)
+        head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        if "content-length" not in fields:
+            raise RuntimeError(f"GET {path}: a response without Content-Length ({fields.get('transfer-encoding')})")
+        length = int(fields["content-length"])
+        while len(self._buffer) < length:
+            self._buffer += self._recv(sock)
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection mid-response")
+        return chunk
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
