@@ -45,7 +45,7 @@ from bench.common import (  # noqa: E402
 from lodestar import demo  # noqa: E402
 from lodestar.cdp import cdp_session  # noqa: E402
 from lodestar.importer import import_files  # noqa: E402
-from lodestar.index import CANDIDATE_FIELDS, COLLAB, open_index_store  # noqa: E402
+from lodestar.index import COLLAB, open_index_store  # noqa: E402
 from lodestar.keys import issue_key  # noqa: E402
 from lodestar.settings import Settings  # noqa: E402
 from pipelines.run import materialize_in_process  # noqa: E402
@@ -58,9 +58,9 @@ def _engine_worker(data_dir: str, queries, seconds: float, counts) -> None:
     done, deadline, n = 0, time.monotonic() + seconds, 0
     while time.monotonic() < deadline:
         _user, query, taste, exclude = queries[n % len(queries)]
-        published.reader.nearest(query, 300, exclude, using=COLLAB, fields=CANDIDATE_FIELDS)
+        published.reader.candidates(query, 300, exclude, using=COLLAB)  # as the service asks for them
         if taste is not None:
-            published.reader.nearest(taste, 10, exclude, fields=CANDIDATE_FIELDS)
+            published.reader.candidates(taste, 10, exclude)
         done, n = done + 1, n + 1
     counts.append(done)
     published.close()

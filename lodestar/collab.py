@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from dataclasses import dataclass
 from operator import itemgetter
@@ -146,7 +147,7 @@ class CollabModel:
         out = np.zeros(len(candidates), dtype=np.float32)
         if not len(idx):
             return out
-        cand = np.asarray([self.index.get(c, -1) for c in candidates], dtype=np.int64)
+        cand = np.fromiter(map(self.index.get, candidates, itertools.repeat(-1)), dtype=np.int64, count=len(candidates))
         known = cand >= 0
         if not known.any():
             return out

@@ -43,7 +43,7 @@ from lodestar.explain import (
 )
 from lodestar.features import DAY
 from lodestar.filters import ItemFilter
-from lodestar.index import CANDIDATE_FIELDS, COLLAB, Hit, IndexReader, PublishedVersion
+from lodestar.index import COLLAB, Hit, IndexReader, PublishedVersion
 
 if TYPE_CHECKING:
     from lodestar.cdp import CdpStore
@@ -123,32 +123,33 @@ def _hybrid(
     trace: Trace | None = None, profile: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Hit]:
     limit = max(config.collab.candidates, k)
-    # Candidates carry what ranking needs (id, popularity); the head's full payloads and content
-    # vectors are read once, below (converting hundreds of payloads costs more than the query).
-    candidates: dict[str, Hit] = {
-        h.item_id: h for h in reader.nearest(query, limit, exclude, using=COLLAB, item_filter=item_filter,
-                                             fields=CANDIDATE_FIELDS)
-    }
+    # Candidates carry what ranking needs (id, popularity), as arrays; the head's full payloads and
+    # content vectors are read once, below (converting hundreds of payloads costs more than the query).
+    found = reader.candidates(query, limit, exclude, using=COLLAB, item_filter=item_filter)
+    item_ids, popularity = found.item_ids, found.popularity
     if trace is not None:
-        for item_id in candidates:
+        for item_id in item_ids:
             trace.source(item_id, COLLAB_SOURCE)
     if taste is not None:
-        for hit in reader.nearest(taste, k, exclude, item_filter=item_filter, fields=CANDIDATE_FIELDS):
-            candidates.setdefault(hit.item_id, hit)
-            if trace is not None:
-                trace.source(hit.item_id, CONTENT_SOURCE)
-    if not candidates:
+        content_found = reader.candidates(taste, k, exclude, item_filter=item_filter)
+        known = set(item_ids)
+        extra = [n for n, item_id in enumerate(content_found.item_ids) if item_id not in known]
+        if extra:
+            item_ids = item_ids + [content_found.item_ids[n] for n in extra]
+            popularity = np.concatenate([popularity, content_found.popularity[extra]])
+        if trace is not None:
+            for item_id in content_found.item_ids:
+                trace.source(item_id, CONTENT_SOURCE)
+    if not item_ids:
         return []
     weights = config.ranking
-    hits = list(candidates.values())
-    raw_collab = model.scores(item_weights, [h.item_id for h in hits], profile)
+    raw_collab = model.scores(item_weights, item_ids, profile)
     collab = _scaled(raw_collab)
-    popularity = np.asarray([float(h.payload.get("popularity", 0.0)) for h in hits])
     partial = weights.collab * collab + weights.popularity * popularity
     # Content similarity only reorders the head: content vectors are read for it alone, and full
     # payloads for the k that are returned.
     head = np.argsort(-partial, kind="stable")[: max(RERANK_HEAD, k)]
-    head_ids = [hits[i].item_id for i in head]
+    head_ids = [item_ids[i] for i in head]
     content = np.zeros(len(head))
     if taste is not None and weights.content:
         vectors = reader.vectors(head_ids)
@@ -158,7 +159,7 @@ def _hybrid(
     order = np.argsort(-final, kind="stable")[:k]
     if trace is not None:
         for n, i in enumerate(head[order]):
-            trace.signals(hits[i].item_id, collab_score=raw_collab[i], popularity=popularity[i],
+            trace.signals(item_ids[i], collab_score=raw_collab[i], popularity=popularity[i],
                           content_similarity=sims[order[n]] if taste is not None and weights.content else None)
     points = reader.points([head_ids[i] for i in order])
     # The vectors travel with the hits, so diversity does not fetch them again.

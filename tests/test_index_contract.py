@@ -110,6 +110,31 @@ def test_filters_apply_to_every_query(index):
         reader.close()
 
 
+def test_candidates_are_the_nearest_ids_and_popularity_as_arrays(index):
+    """What ranking reads of a candidate query (``IndexReader.candidates``): the ids, scores and
+    popularity of ``nearest``'s hits, in order, with exclusions and filters applied."""
+    from lodestar.index import CANDIDATE_FIELDS
+
+    store, name = index
+    acme = name("acme")
+    version, ids, vectors = _build(store, acme, n=30)
+    reader = store.open(acme, version)
+    try:
+        for query, exclude, item_filter in ((vectors[3], ["i3", "i4"], None), (-vectors[7], [], None),
+                                            (vectors[1], ["i9"], parse_filter({"categories": ["odd"]}))):
+            hits = reader.nearest(query, 12, exclude, item_filter=item_filter, fields=CANDIDATE_FIELDS)
+            found = reader.candidates(query, 12, exclude, item_filter=item_filter)
+            assert len(found) == len(hits) == 12
+            assert found.item_ids == [h.item_id for h in hits]
+            assert np.allclose(found.scores, [h.score for h in hits], atol=1e-5)
+            assert found.popularity.tolist() == [h.payload["popularity"] for h in hits]
+            assert np.allclose(found.popularity, [int(i[1:]) / 30 for i in found.item_ids])
+            assert not set(exclude) & set(found.item_ids)
+        assert len(reader.candidates(vectors[0], 5, item_filter=parse_filter({"available": False}))) == 0
+    finally:
+        reader.close()
+
+
 def test_tenants_are_kept_apart(index):
     store, name = index
     a, b = name("a"), name("b")
@@ -264,6 +289,11 @@ def test_edge_sidecar_answers_as_the_engine_does(tmp_path):
             assert [(h.item_id, round(h.score, 5), h.payload["popularity"]) for h in x] == \
                    [(h.item_id, round(h.score, 5), h.payload["popularity"]) for h in y]
             assert "i1" not in [h.item_id for h in x]
+            cx = with_sidecar.candidates(query, 12, exclude=["i1", "i2"])  # from the sidecar's rows
+            cy = without.candidates(query, 12, exclude=["i1", "i2"])  # from the engine's payloads
+            assert cx.item_ids == cy.item_ids == [h.item_id for h in x]
+            assert cx.popularity.tolist() == cy.popularity.tolist() == [h.payload["popularity"] for h in x]
+            assert np.allclose(cx.scores, cy.scores, atol=1e-5)
     finally:
         with_sidecar.close()
 

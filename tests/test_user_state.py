@@ -145,6 +145,10 @@ class CountingReader:
         self.queries += 1
         return self._reader.nearest(*args, **kwargs)
 
+    def candidates(self, *args, **kwargs):
+        self.queries += 1
+        return self._reader.candidates(*args, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self._reader, name)
 

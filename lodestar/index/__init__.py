@@ -88,6 +88,25 @@ class Hit:
     vector: np.ndarray | None = None  # the content vector, when asked for
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """A candidate query's answer as arrays, best first: what ranking reads of hundreds of
+    candidates (their ids and popularity; the engine's scores too), without a :class:`Hit` and a
+    payload dict for each. The edge adapter makes it from its sidecar; the others from hits."""
+
+    item_ids: list[str]
+    scores: np.ndarray  # the engine's similarity, float64
+    popularity: np.ndarray  # float64
+
+    @classmethod
+    def of_hits(cls, hits: Sequence[Hit]) -> Candidates:
+        return cls([h.item_id for h in hits], np.asarray([h.score for h in hits], dtype=np.float64),
+                   np.asarray([float(h.payload.get(POPULARITY, 0.0)) for h in hits], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
 # Payload indexes every version gets before its upload, and what a query result carries (enough to
 # rank and to answer: converting whole payloads costs time). Both adapters use these.
 KEYWORD_FIELDS = ("item_id", "kind", "categories", "tags")
@@ -192,6 +211,12 @@ class IndexReader(Protocol):
         with_vectors: bool = False, item_filter: ItemFilter | None = None, fields: Sequence[str] = RESULT_FIELDS,
     ) -> list[Hit]:
         """The ``k`` nearest items; ``fields``: the payload fields each hit carries."""
+        ...
+    def candidates(
+        self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+        item_filter: ItemFilter | None = None,
+    ) -> Candidates:
+        """:meth:`nearest` with ``CANDIDATE_FIELDS``, as arrays."""
         ...
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]: ...
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]: ...

@@ -45,6 +45,7 @@ from lodestar.index import (
     KEYWORD_FIELDS,
     POPULARITY,
     RESULT_FIELDS,
+    Candidates,
     Hit,
     PublishedVersion,
     check_collab,
@@ -431,15 +432,28 @@ class ContentMatrix:
             return None
         return cls(item_ids, matrix, popularity, ids)
 
-    def candidates(self, points: Iterable[Any]) -> list[Hit]:
+    def candidate_hits(self, points: Iterable[Any]) -> list[Hit]:
         """Scored points (ids only) as candidate hits: item id and popularity."""
-        out = []
-        key = self.ids.key
-        for point in points:
-            row = self.by_point[key(point.id)]
-            item_id = self.item_ids[row]
-            out.append(Hit(item_id, float(point.score), {"item_id": item_id, POPULARITY: float(self.popularity[row])}))
-        return out
+        found = self.candidates(points)
+        return [Hit(item_id, float(score), {"item_id": item_id, POPULARITY: float(popularity)})
+                for item_id, score, popularity in zip(found.item_ids, found.scores, found.popularity, strict=True)]
+
+    def candidates(self, points: Sequence[Any]) -> Candidates:
+        """Scored points (ids only) as :class:`Candidates`: their rows looked up once, popularity
+        taken from the sidecar's array. (A :class:`Hit` and a payload dict per candidate cost the
+        demo shop's recommendation more than its engine query: 0.24 ms of Python for 300.)"""
+        by_point = self.by_point
+        if self.ids.numbered:
+            pairs = [(by_point[point.id], point.score) for point in points]
+        else:
+            key = self.ids.key
+            pairs = [(by_point[key(point.id)], point.score) for point in points]
+        if not pairs:
+            return Candidates([], np.zeros(0), np.zeros(0))
+        rows, scores = zip(*pairs, strict=True)
+        item_ids = self.item_ids
+        return Candidates([item_ids[row] for row in rows], np.asarray(scores, dtype=np.float64),
+                          self.popularity[np.asarray(rows, dtype=np.int64)])
 
     def vectors(self, item_ids: Iterable[str]) -> dict[str, np.ndarray]:
         found = [(i, self.rows[i]) for i in dict.fromkeys(item_ids) if i in self.rows]
@@ -485,7 +499,23 @@ class EdgeIndexReader:
             with_vector=[CONTENT] if with_vectors else False,
         )
         points = self._shard.query(request)
-        return self._content.candidates(points) if ids_only else to_hits(points)
+        return self._content.candidate_hits(points) if ids_only else to_hits(points)
+
+    @_engine_call
+    def candidates(
+        self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+        item_filter: ItemFilter | None = None,
+    ) -> Candidates:
+        if self._content is None:  # a version from before the sidecar: hits with their payloads
+            return Candidates.of_hits(self.nearest(vector, k, exclude, using, item_filter=item_filter,
+                                                   fields=CANDIDATE_FIELDS))
+        if item_filter is not None and item_filter.match_nothing:
+            return Candidates([], np.zeros(0), np.zeros(0))
+        request = qe.QueryRequest(
+            limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
+            filter=self._filter(exclude, item_filter), with_payload=False, with_vector=False,
+        )
+        return self._content.candidates(self._shard.query(request))
 
     @_engine_call
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:

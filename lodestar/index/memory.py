@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from lodestar.filters import ItemFilter
-from lodestar.index import COLLAB, CONTENT, Hit
+from lodestar.index import COLLAB, CONTENT, Candidates, Hit
 
 
 class MemoryIndexReader:
@@ -54,6 +54,10 @@ class MemoryIndexReader:
                 fields: Sequence[str] = ()) -> list[Hit]:  # every hit carries its whole payload
         scores = self._vectors[using] @ np.asarray(vector, dtype=np.float32)
         return self._top(scores, k, exclude, with_vectors, item_filter)
+
+    def candidates(self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+                   item_filter: ItemFilter | None = None) -> Candidates:
+        return Candidates.of_hits(self.nearest(vector, k, exclude, using, item_filter=item_filter))
 
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
         return self._top(self._popularity, k, exclude, False, item_filter)

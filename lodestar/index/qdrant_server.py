@@ -37,12 +37,14 @@ from lodestar.collab import CollabModel
 from lodestar.errors import InvalidInput, NotFound
 from lodestar.filters import ItemFilter
 from lodestar.index import (
+    CANDIDATE_FIELDS,
     COLLAB,
     CONTENT,
     FLOAT_FIELDS,
     KEYWORD_FIELDS,
     POPULARITY,
     RESULT_FIELDS,
+    Candidates,
     Hit,
     PublishedVersion,
     check_collab,
@@ -403,6 +405,13 @@ class QdrantIndexReader:
             with_vectors=[CONTENT] if with_vectors else False,
         )
         return to_hits(response.points)
+
+    def candidates(
+        self, vector: np.ndarray, k: int, exclude: Iterable[str] = (), using: str = CONTENT,
+        item_filter: ItemFilter | None = None,
+    ) -> Candidates:
+        return Candidates.of_hits(self.nearest(vector, k, exclude, using, item_filter=item_filter,
+                                               fields=CANDIDATE_FIELDS))
 
     def popular(self, k: int, exclude: Iterable[str] = (), item_filter: ItemFilter | None = None) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
