@@ -364,6 +364,59 @@ def test_edge_versions_search_on_the_asking_thread(tmp_path):
         reader.close()
 
 
+def test_an_older_edge_version_searches_on_the_asking_thread_once_opened(tmp_path, monkeypatch):
+    """A version built before ``SEARCH_THREADS`` gains the setting when a store opens it: its
+    config is rewritten with it (nothing else changes) and no pool of search threads is started;
+    where the config cannot be written, the version is read as it is."""
+    import json
+
+    from lodestar.index import edge
+
+    store = EdgeIndexStore(tmp_path)
+    version, _ids, vectors = _build(store, "acme", n=30)
+    config = tmp_path / "tenants" / "acme" / "index" / "versions" / version / "edge_config.json"
+    written = json.loads(config.read_text())
+    older = {name: value for name, value in written.items() if name != "max_search_threads"}
+    config.write_text(json.dumps(older))  # as versions built before it were
+
+    def opened_threads() -> tuple[EdgeIndexReader, int]:
+        before = _search_pool_threads()
+        reader = store.open("acme", version)
+        return reader, _search_pool_threads() - before
+
+    monkeypatch.setattr(edge, "_atomic_write", lambda *_: (_ for _ in ()).throw(PermissionError("read-only")))
+    reader, started = opened_threads()  # a data dir this process may not write: read as it is
+    try:
+        assert json.loads(config.read_text()) == older and reader.nearest(vectors[1], 3)[0].item_id == "i1"
+        assert started > 1  # the engine's default pool (8 threads on our 2-core machines)
+    finally:
+        reader.close()
+    monkeypatch.undo()
+    reader, started = opened_threads()
+    try:
+        assert json.loads(config.read_text()) == written  # the setting, and nothing else, added
+        assert started <= 1
+        before = _search_pool_cpu_ticks()
+        for n in range(10_000):
+            assert reader.nearest(vectors[n % 30], 3)
+        assert _search_pool_cpu_ticks() - before <= 2
+    finally:
+        reader.close()
+
+
+def _search_pool_threads() -> int:
+    """How many of the engine's search-pool threads this process has."""
+    return sum(_thread_name(task).startswith("edge-search") for task in Path("/proc/self/task").iterdir())
+
+
+def _thread_name(task: Path) -> str:
+    try:
+        stat = (task / "stat").read_text()
+    except FileNotFoundError:  # a thread that ended meanwhile
+        return ""
+    return stat[stat.index("(") + 1:stat.rindex(")")]
+
+
 def _search_pool_cpu_ticks() -> int:
     """CPU clock ticks the engine's search-pool threads of this process have used."""
     ticks = 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import threading
@@ -63,13 +64,16 @@ from lodestar.index import (
 )
 from lodestar.index.qdrant_filters import translate_filter
 
+log = logging.getLogger("lodestar.index")
+
 BATCH = 512
 FILTER_INDEX_MIN_POINTS = 2000  # versions this large index their filter fields (see _index_filter_fields)
 # A query runs on the thread that asks. The engine's default hands each query to its own pool of
-# search threads (one per core), whose hand-off and waiting cost more CPU than a version of one
-# optimized segment saves by searching in parallel: MovieLens, a recommendation's two queries in
-# process, 0.67-0.78 -> 0.50-0.54 ms of CPU; the API's CPU per request 4.8-5.6 -> 4.2-4.5 ms. The
-# API runs one process per core for parallelism (`lodestar serve --workers N`).
+# search threads (8 per open version on a 2-core machine), whose hand-off and waiting cost more CPU
+# than a version of one optimized segment saves by searching in parallel: MovieLens, a
+# recommendation's two queries in process, 0.67-0.78 -> 0.50-0.54 ms of CPU; the API's CPU per
+# request 4.8-5.6 -> 4.2-4.5 ms. The API runs one process per core for parallelism (`lodestar serve
+# --workers N`). Older versions gain the setting when opened (_search_on_the_asking_thread).
 SEARCH_THREADS = 1
 T = TypeVar("T")
 
@@ -89,6 +93,24 @@ def _engine_call(method: Callable[..., T]) -> Callable[..., T]:
                 raise
             raise IndexEngineError(f"Qdrant Edge failed in {method.__name__}: {exc}") from None
     return call
+
+
+def _search_on_the_asking_thread(config_path: Path) -> None:
+    """Give a version built before ``SEARCH_THREADS`` existed (2026-11-23) the setting, before it is
+    loaded: its ``edge_config.json`` gains ``"max_search_threads": 1``, replaced atomically (what
+    the engine itself writes for a new version; ``EdgeShard.load(path, config)`` would rewrite the
+    file in place). Without it each open version starts the engine's default pool of 8 search
+    threads: at 1,000 tenants a server held 2,048 of them for its 256 open versions. Only the
+    setting changes, never the version's data; a data dir this process may not write is read as
+    it is (the version then has its pool, as before)."""
+    try:
+        config = json.loads(config_path.read_text())
+        if "max_search_threads" in config:
+            return
+        config["max_search_threads"] = SEARCH_THREADS
+        _atomic_write(config_path, json.dumps(config))
+    except OSError as exc:
+        log.info("left the search threads of %s as they are (%s)", config_path.parent.name, exc)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -194,6 +216,7 @@ class EdgeIndexStore:
         path = self._version_dir(tenant, version)
         if not (path / "edge_config.json").is_file():
             raise unknown_version(tenant, version)
+        _search_on_the_asking_thread(path / "edge_config.json")
         shard = qe.EdgeShard.load(str(path))
         ids = PointIds.of_shard(tenant, shard)
         content = ContentMatrix.load(self._model_dir(tenant, version), ids)
