@@ -36,7 +36,8 @@ In one run, on one data dir:
      the stretch they fell in: p50, p99 and the ratio of the p99s with its 95% bootstrap interval
      over the rounds (issue 13's goal: <= 1.20), what the flooder got (200s and 429s), and the same
      ratio between the calm stretches themselves (odd over even), which reads what this
-     measurement reads when nothing differs.
+     measurement reads when nothing differs. Then the same with t0002 sending at its quota (1x):
+     what the requests the quota admits cost t0001 without the refused excess.
 
 ``--keep DIR`` keeps the data dir; run again with the same DIR and ``--tenants``, steps 1 and 2 are
 skipped (the marker file ``bench-tenants.json`` says the tenants are materialized, and with which
@@ -337,61 +338,72 @@ def noisy_neighbours(http: httpx.Client, names: list[str], keys: dict[str, str],
     (none within ``FLOOD_GUARD_S`` after a change), so that a shared machine's drifting noise falls
     on both sides alike. Issue 13: the p99 may rise by 20% at most. Beside it, the calm stretches'
     own spread: the p99 of the odd ones over the even ones' (what this measurement reads when
-    nothing differs)."""
+    nothing differs). Then the same with the flooder sending at its quota, no more: what the
+    requests the quota admits cost the other tenant, without the refused excess."""
     victim, flooder = names[1 % len(names)], names[2 % len(names)]
-    base = str(http.base_url).rstrip("/")
-    period = 2 * seconds
     recommend(http, victim, keys[victim], "u00")  # open both tenants' indexes first
     recommend(http, flooder, keys[flooder], "u00")
     print(f"\nNoisy neighbours: {flooder} floods at ten times its rate quota (8 connections from bench/flood.py; its "
           f"concurrency quota {concurrency or 'none'}), {rounds} stretches of {seconds:g} s, each followed by "
-          f"{seconds:g} s without; {victim}'s sequential recommendations throughout")
-    print(f"| {flooder}'s quota | flood sent/s | admitted/s | refused (429) | {victim} p50 / p99 ms without | "
-          "with the flood | p99 with / without | calm odd / even stretches (the same ratio where nothing differs) |"
-          "\n|---|---|---|---|---|---|---|---|")
+          f"{seconds:g} s without; {victim}'s sequential recommendations throughout. Then it sends at its quota "
+          "(1x): what the admitted requests alone cost the other tenant")
+    print(f"| {flooder}'s quota | sends | sent/s | admitted/s | refused (429) | {victim} p50 / p99 ms without | "
+          "with | p99 with / without | calm odd / even stretches (the same ratio where nothing differs) |"
+          "\n|---|---|---|---|---|---|---|---|---|")
     for quota in quotas:
         set_quota = http.put(f"/v1/operator/tenants/{flooder}/quotas",
                              json={"requests_per_second": quota, "concurrent_requests": concurrency},
                              headers={"Authorization": f"Bearer {admin}"})
         if set_quota.status_code != 200:
             raise SystemExit(f"could not set {flooder}'s quota: {set_quota.status_code} {set_quota.text[:300]}")
-        flood = subprocess.Popen([sys.executable, str(ROOT / "bench" / "flood.py"), base, keys[flooder],
-                                  str(10 * quota), str(seconds), str(seconds), str(rounds), "8", "u00", "u01", "u02"],
-                                 stdout=subprocess.PIPE, text=True)
-        assert flood.stdout is not None
-        ready, _, began = flood.stdout.readline().strip().partition(" ")
-        assert ready == "ready", ready
-        start = float(began)  # time.monotonic() is the machine's clock: the same in both processes
-        flooded: list[list[float]] = [[] for _ in range(rounds)]
-        calm: list[list[float]] = [[] for _ in range(rounds)]
-        n = 0
-        while (now := time.monotonic()) < start + rounds * period:
-            ms = recommend(http, victim, keys[victim], "u00" if n % 2 else "u01", anew=True) * 1000
-            n += 1
-            k, at = divmod(now - start, period)
-            ended = at + ms / 1000
-            if now < start:
-                continue
-            if FLOOD_GUARD_S <= at and ended < seconds:
-                flooded[int(k)].append(ms)
-            elif seconds + FLOOD_GUARD_S <= at and ended < period:
-                calm[int(k)].append(ms)
-        counts = {int(status) if status.isdigit() else status: n
-                  for status, n in json.loads(flood.stdout.readline()).items()}
-        flood.wait(timeout=60)
-        span = rounds * seconds
-        every = {name: [ms for stretch in stretches for ms in stretch]
-                 for name, stretches in (("calm", calm), ("flood", flooded))}
-        p = {name: (np.percentile(all_ms, 50), np.percentile(all_ms, 99)) for name, all_ms in every.items()}
-        ratio = percentile_ratio(flooded, calm)
-        # What this measurement reads when nothing differs: calm stretches against calm stretches.
-        spread = percentile_ratio(calm[1::2], calm[0::2][:len(calm[1::2])]) if rounds >= 4 else None
-        print(f"| {quota:g}/s | {sum(counts.values()) / span:.0f} | {counts.get(200, 0) / span:.1f} | "
-              f"{counts.get(429, 0)} | {p['calm'][0]:.2f} / {p['calm'][1]:.2f} | {p['flood'][0]:.2f} / "
-              f"{p['flood'][1]:.2f} | {interval(ratio)} (goal <= 1.20) | {interval(spread) if spread else '-'} |",
-              flush=True)
-        if counts.get("error"):
-            print(f"  ({counts['error']} of the flood's requests failed at the connection)", flush=True)
+        for multiple in (10, 1):
+            counts, flooded, calm = _stretches(http, victim, keys, flooder, multiple * quota, seconds, rounds)
+            span = rounds * seconds
+            every = {name: [ms for stretch in stretches for ms in stretch]
+                     for name, stretches in (("calm", calm), ("flood", flooded))}
+            p = {name: (np.percentile(all_ms, 50), np.percentile(all_ms, 99)) for name, all_ms in every.items()}
+            ratio = percentile_ratio(flooded, calm)
+            # What this measurement reads when nothing differs: calm stretches against calm stretches.
+            spread = percentile_ratio(calm[1::2], calm[0::2][:len(calm[1::2])]) if rounds >= 4 else None
+            print(f"| {quota:g}/s | {multiple}x | {sum(counts.values()) / span:.0f} | {counts.get(200, 0) / span:.1f} | "
+                  f"{counts.get(429, 0)} | {p['calm'][0]:.2f} / {p['calm'][1]:.2f} | {p['flood'][0]:.2f} / "
+                  f"{p['flood'][1]:.2f} | {interval(ratio)}{' (goal <= 1.20)' if multiple > 1 else ''} | "
+                  f"{interval(spread) if spread else '-'} |", flush=True)
+            if counts.get("error"):
+                print(f"  ({counts['error']} of the flood's requests failed at the connection)", flush=True)
+
+
+def _stretches(http: httpx.Client, victim: str, keys: dict[str, str], flooder: str, rate: float, seconds: float,
+               rounds: int) -> tuple[dict[int | str, int], list[list[float]], list[list[float]]]:
+    """``flooder`` sends ``rate`` requests per second (bench/flood.py) in stretches of ``seconds``,
+    ``rounds`` times, each followed by as long a pause, while ``victim``'s sequential requests are
+    timed: (the flood's status counts, the victim's timings per flooded stretch, per calm stretch)."""
+    period = 2 * seconds
+    flood = subprocess.Popen([sys.executable, str(ROOT / "bench" / "flood.py"), str(http.base_url).rstrip("/"),
+                              keys[flooder], str(rate), str(seconds), str(seconds), str(rounds), "8", "u00", "u01",
+                              "u02"], stdout=subprocess.PIPE, text=True)
+    assert flood.stdout is not None
+    ready, _, began = flood.stdout.readline().strip().partition(" ")
+    assert ready == "ready", ready
+    start = float(began)  # time.monotonic() is the machine's clock: the same in both processes
+    flooded: list[list[float]] = [[] for _ in range(rounds)]
+    calm: list[list[float]] = [[] for _ in range(rounds)]
+    n = 0
+    while (now := time.monotonic()) < start + rounds * period:
+        ms = recommend(http, victim, keys[victim], "u00" if n % 2 else "u01", anew=True) * 1000
+        n += 1
+        k, at = divmod(now - start, period)
+        ended = at + ms / 1000
+        if now < start:
+            continue
+        if FLOOD_GUARD_S <= at and ended < seconds:
+            flooded[int(k)].append(ms)
+        elif seconds + FLOOD_GUARD_S <= at and ended < period:
+            calm[int(k)].append(ms)
+    counts = {int(status) if status.isdigit() else status: n
+              for status, n in json.loads(flood.stdout.readline()).items()}
+    flood.wait(timeout=60)
+    return counts, flooded, calm
 
 
 def main() -> None:
