@@ -37,7 +37,8 @@ In one run, on one data dir:
      over the rounds (issue 13's goal: <= 1.20), what the flooder got (200s and 429s), and the same
      ratio between the calm stretches themselves (odd over even), which reads what this
      measurement reads when nothing differs. Then the same with t0002 sending at its quota (1x):
-     what the requests the quota admits cost t0001 without the refused excess.
+     what the requests the quota admits cost t0001 without the refused excess (this doubles the
+     step's time: about 2 minutes per quota and rate with the defaults).
 
 ``--keep DIR`` keeps the data dir; run again with the same DIR and ``--tenants``, steps 1 and 2 are
 skipped (the marker file ``bench-tenants.json`` says the tenants are materialized, and with which

@@ -80,7 +80,7 @@ def raw_engine_rate(settings: Settings, queries, seconds: float, processes: int)
 
 def load(port: int, path_of, clients: int, seconds: float, headers: dict[str, str], server_pid: int) -> dict[str, float]:
     """``clients`` keep-alive clients (:class:`bench.common.KeepAliveClient`), one thread each, for
-    ``seconds``: req/s, p50 and p99 ms, non-200s, and the CPU per request of the server (all its
+    ``seconds``: req/s, p50 and p99 ms, non-200s (failed connections counted among them), and the CPU per request of the server (all its
     processes) and of the clients, so that what the load generator took from the shared cores is
     in view."""
     latencies: list[float] = []
@@ -96,7 +96,11 @@ def load(port: int, path_of, clients: int, seconds: float, headers: dict[str, st
         try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                status, _body = http.get(path_of(rng))
+                try:
+                    status, _body = http.get(path_of(rng))
+                except OSError:  # a dropped connection or a timeout: counted, and the next request reconnects
+                    http.close()
+                    status = 0
                 mine.append(time.perf_counter() - started)
                 bad += status != 200
         finally:

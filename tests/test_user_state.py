@@ -4,6 +4,7 @@ outlives a change of their events, their preferences, the configuration or the i
 import gc
 import time
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,12 +14,13 @@ from lodestar.cdp import open_cdp
 from lodestar.collab import CollabModel
 from lodestar.controls import Controls
 from lodestar.errors import InvalidInput
-from lodestar.explain import Trace
+from lodestar.explain import COLLAB_SOURCE, CONTENT_SOURCE, Trace
 from lodestar.filters import ItemFilter
-from lodestar.index import open_index_store
+from lodestar.index import CANDIDATE_FIELDS, COLLAB, open_index_store
 from lodestar.recommend import (
     HYBRID,
     RANKED_KEPT_MAX,
+    _hybrid,
     derive_state,
     recommend,
     recommend_for_user,
@@ -151,6 +153,44 @@ class CountingReader:
 
     def __getattr__(self, name):
         return getattr(self._reader, name)
+
+
+def test_a_hybrid_ranking_merges_both_queries_candidates_with_their_own_popularity(shop):
+    """The hybrid ranking reads its candidates as arrays (``IndexReader.candidates``): the
+    collaborative query's, then the content query's that it lacks, each once, each with the
+    popularity its hit carries. Ranked by popularity alone, the answer is the merged list's most
+    popular (ties in merge order), and every candidate's sources are noted (both for an item both
+    queries found)."""
+    store, published, config = shop
+    reader, model = published.reader, published.model
+    # Ten candidates from each query, so that the content query's own ones count in the answer.
+    by_popularity = replace(config, ranking=replace(config.ranking, collab=0.0, content=0.0, popularity=1.0),
+                            collab=replace(config.collab, candidates=10))
+    shared = added = checked = 0
+    for user in _users(store)[:15]:
+        state = derive_state(reader, model, user_history(store, "alpha", user)[0], config)
+        if state.query is None or state.taste is None:
+            continue
+        collab = reader.nearest(state.query, 10, state.seen, using=COLLAB, fields=CANDIDATE_FIELDS)
+        content = reader.nearest(state.taste, 10, state.seen, fields=CANDIDATE_FIELDS)
+        merged = list({h.item_id: h for h in collab}.values())
+        merged += [h for h in content if h.item_id not in {m.item_id for m in merged}]
+        expected = [h.item_id for h in sorted(merged, key=lambda h: -h.payload["popularity"])][:10]  # stable
+        trace = Trace()
+        ranked = _hybrid(reader, model, state.item_weights, state.query, state.taste, state.seen, 10, by_popularity,
+                         ItemFilter(), trace, state.profile)
+        assert [h.item_id for h in ranked] == expected
+        assert set(trace.items) == {h.item_id for h in merged}
+        for hit in merged:
+            assert trace.items[hit.item_id]["sources"] == [COLLAB_SOURCE] * (hit in collab) + \
+                [CONTENT_SOURCE] * (hit.item_id in {h.item_id for h in content})
+        for hit in ranked:
+            popularity = next(h.payload["popularity"] for h in merged if h.item_id == hit.item_id)
+            assert trace.items[hit.item_id]["popularity"] == pytest.approx(popularity, abs=1e-6)
+        shared += len({h.item_id for h in collab} & {h.item_id for h in content})
+        added += len(set(expected) - {h.item_id for h in collab})
+        checked += 1
+    assert checked >= 5 and shared and added  # both queries' candidates shared, and content ones added
 
 
 def test_a_kept_state_ranks_again_only_when_what_its_ranking_depends_on_changes(shop):

@@ -88,7 +88,7 @@ class Hit:
     vector: np.ndarray | None = None  # the content vector, when asked for
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Candidates:
     """A candidate query's answer as arrays, best first: what ranking reads of hundreds of
     candidates (their ids and popularity; the engine's scores too), without a :class:`Hit` and a

@@ -2,7 +2,10 @@
 
 Layout under the data dir::
 
-    tenants/<tenant>/index/versions/<version>/   an EdgeShard, WAL disabled, never written after finish()
+    tenants/<tenant>/index/versions/<version>/   an EdgeShard, WAL disabled, its data never written
+                                                 after finish() (the engine rewrites its
+                                                 edge_config.json, same content, on every load; an
+                                                 older version's gains the search-thread setting)
     tenants/<tenant>/index/PUBLISHED             {"version": ...} swapped with an atomic rename
     tenants/<tenant>/models/<version>/           the collaborative model built with that version
                                                  (its EASE matrix memory-mapped by every server),
@@ -99,16 +102,27 @@ def _search_on_the_asking_thread(config_path: Path) -> None:
     """Give a version built before ``SEARCH_THREADS`` existed (2026-11-23) the setting, before it is
     loaded: its ``edge_config.json`` gains ``"max_search_threads": 1``, replaced atomically (what
     the engine itself writes for a new version; ``EdgeShard.load(path, config)`` would rewrite the
-    file in place). Without it each open version starts the engine's default pool of 8 search
-    threads: at 1,000 tenants a server held 2,048 of them for its 256 open versions. Only the
-    setting changes, never the version's data; a data dir this process may not write is read as
-    it is (the version then has its pool, as before)."""
+    file in place). Without it each open version starts the engine's default pool of search
+    threads (8 on a 2-core machine): at 1,000 tenants a server's 256 open versions held 2,048 of
+    them. Only the setting changes, never the version's data (the engine itself writes this file
+    anew, same content, whenever it loads a version). The new file is written beside the version
+    directory, not in it (a derived build copying the version meanwhile sees the old file or the
+    new, never a temporary one), and a data dir this process may not write is read as it is (the
+    version then has its pool, as before)."""
     try:
         config = json.loads(config_path.read_text())
         if "max_search_threads" in config:
             return
         config["max_search_threads"] = SEARCH_THREADS
-        _atomic_write(config_path, json.dumps(config))
+        version_dir = config_path.parent
+        tmp = version_dir.parent / f".{version_dir.name}.{config_path.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.write_text(json.dumps(config))
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, config_path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         log.info("left the search threads of %s as they are (%s)", config_path.parent.name, exc)
 
@@ -184,7 +198,7 @@ class EdgeIndexStore:
 
     def build(self, tenant: str, dimension: int, collab_dimension: int = 0, base: str | None = None) -> EdgeIndexBuilder:
         """A builder for a new version: empty, or starting as a copy of version ``base`` (whose files
-        are never written: the copy is a new directory)."""
+        are not written by the build: the copy is a new directory)."""
         version = new_version()
         path = self._version_dir(tenant, version)
         if base is not None:
