@@ -103,6 +103,11 @@ class Candidates:
         return cls([h.item_id for h in hits], np.asarray([h.score for h in hits], dtype=np.float64),
                    np.asarray([float(h.payload.get(POPULARITY, 0.0)) for h in hits], dtype=np.float64))
 
+    def hits(self) -> list[Hit]:
+        """The candidates as hits carrying ``CANDIDATE_FIELDS`` (the inverse of :meth:`of_hits`)."""
+        return [Hit(item_id, float(score), {"item_id": item_id, POPULARITY: float(popularity)})
+                for item_id, score, popularity in zip(self.item_ids, self.scores, self.popularity, strict=True)]
+
     def __len__(self) -> int:
         return len(self.item_ids)
 

@@ -114,26 +114,24 @@ def _search_on_the_asking_thread(config_path: Path) -> None:
         if "max_search_threads" in config:
             return
         config["max_search_threads"] = SEARCH_THREADS
-        version_dir = config_path.parent
-        tmp = version_dir.parent / f".{version_dir.name}.{config_path.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            tmp.write_text(json.dumps(config))
-            with tmp.open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, config_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _atomic_write(config_path, json.dumps(config), tmp_dir=config_path.parent.parent)
     except OSError as exc:
         log.info("left the search threads of %s as they are (%s)", config_path.parent.name, exc)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _atomic_write(path: Path, text: str, tmp_dir: Path | None = None) -> None:
+    """Replace ``path`` with ``text`` atomically: written to a temporary file in ``tmp_dir`` (the
+    same filesystem; by default ``path``'s directory), fsynced, renamed over it. The temporary
+    file never outlives the call."""
+    tmp = (tmp_dir or path.parent) / f".{path.parent.name}.{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with tmp.open("w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -469,12 +467,6 @@ class ContentMatrix:
             return None
         return cls(item_ids, matrix, popularity, ids)
 
-    def candidate_hits(self, points: Iterable[Any]) -> list[Hit]:
-        """Scored points (ids only) as candidate hits: item id and popularity."""
-        found = self.candidates(points)
-        return [Hit(item_id, float(score), {"item_id": item_id, POPULARITY: float(popularity)})
-                for item_id, score, popularity in zip(found.item_ids, found.scores, found.popularity, strict=True)]
-
     def candidates(self, points: Sequence[Any]) -> Candidates:
         """Scored points (ids only) as :class:`Candidates`: their rows looked up once, popularity
         taken from the sidecar's array. (A :class:`Hit` and a payload dict per candidate cost the
@@ -486,7 +478,7 @@ class ContentMatrix:
             key = self.ids.key
             pairs = [(by_point[key(point.id)], point.score) for point in points]
         if not pairs:
-            return Candidates([], np.zeros(0), np.zeros(0))
+            return Candidates.of_hits([])
         rows, scores = zip(*pairs, strict=True)
         item_ids = self.item_ids
         return Candidates([item_ids[row] for row in rows], np.asarray(scores, dtype=np.float64),
@@ -526,17 +518,16 @@ class EdgeIndexReader:
     ) -> list[Hit]:
         if item_filter is not None and item_filter.match_nothing:
             return []
-        # Candidates (id and popularity) come from the sidecar: the engine returns ids alone.
-        ids_only = self._content is not None and not with_vectors and set(fields) <= set(CANDIDATE_FIELDS)
+        if self._content is not None and not with_vectors and set(fields) <= set(CANDIDATE_FIELDS):
+            return self.candidates(vector, k, exclude, using, item_filter).hits()  # from the sidecar
         request = qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
             filter=self._filter(exclude, item_filter),
-            with_payload=False if ids_only else list(fields),
+            with_payload=list(fields),
             with_vector=[CONTENT] if with_vectors else False,
         )
-        points = self._shard.query(request)
-        return self._content.candidate_hits(points) if ids_only else to_hits(points)
+        return to_hits(self._shard.query(request))
 
     @_engine_call
     def candidates(
@@ -547,7 +538,7 @@ class EdgeIndexReader:
             return Candidates.of_hits(self.nearest(vector, k, exclude, using, item_filter=item_filter,
                                                    fields=CANDIDATE_FIELDS))
         if item_filter is not None and item_filter.match_nothing:
-            return Candidates([], np.zeros(0), np.zeros(0))
+            return Candidates.of_hits([])
         request = qe.QueryRequest(
             limit=k, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist(), using=using),
             filter=self._filter(exclude, item_filter), with_payload=False, with_vector=False,
