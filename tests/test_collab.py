@@ -101,13 +101,18 @@ def test_ease_scores_read_the_fewer_rows_and_agree():
     model = collab.fit(_pairs(baskets), items, effective_config(None))
     assert model.kind == "ease" and model.ease_diag is not None
     weights = {i: float(rng.uniform(-0.5, 2.0)) for i in model.item_ids[:25]}  # 25 items of history
-    candidates = model.item_ids[25:30] + ["unknown"]  # 5 candidates: fewer than the history
+    # 5 candidates, fewer than the history, out of the model's order (their rows are read in order)
+    candidates = [model.item_ids[n] for n in (29, 26, 28, 25, 27)] + ["unknown"]
     idx, w = model.user_profile(weights)
     expected = w @ np.asarray(model.ease)[idx][:, [model.index[c] for c in candidates[:-1]]]
     scores = model.scores(weights, candidates)
     assert np.allclose(scores[:-1], expected, rtol=1e-4, atol=1e-6) and scores[-1] == 0.0
     legacy = collab.CollabModel(model.kind, model.item_ids, model.factors, model.damping, model.ease, model.meta)
     assert np.allclose(legacy.scores(weights, candidates), scores, rtol=1e-4, atol=1e-6)  # saved before ease_diag
+    light = dict(list(weights.items())[:3])  # 3 items of history: their own rows are read
+    idx, w = model.user_profile(light)
+    expected = w @ np.asarray(model.ease)[idx][:, [model.index[c] for c in candidates[:-1]]]
+    assert np.allclose(model.scores(light, candidates)[:-1], expected, rtol=1e-4, atol=1e-6)
     assert np.allclose(collab.CollabModel.from_bytes(model.to_bytes()).ease_diag, model.ease_diag)
 
 
