@@ -153,7 +153,9 @@ def _hybrid(
     content = np.zeros(len(head))
     if taste is not None and weights.content:
         vectors = reader.vectors(head_ids)
-        sims = np.asarray([float(vectors[i] @ taste) if i in vectors else 0.0 for i in head_ids])
+        sims = np.zeros(len(head_ids))
+        if known := [n for n, item_id in enumerate(head_ids) if item_id in vectors]:
+            sims[known] = np.stack([vectors[head_ids[n]] for n in known]) @ taste  # one product, not 50
         content = weights.content * _scaled(sims)
     final = partial[head] + content
     order = np.argsort(-final, kind="stable")[:k]

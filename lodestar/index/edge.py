@@ -595,14 +595,15 @@ class EdgeIndexReader:
         ids = self._ids.many(dict.fromkeys(item_ids))
         if not ids:
             return {}
+        # A record's payload is converted to a new dict on every access (about a microsecond): read once.
         if self._content is not None:
-            records = self._shard.retrieve(ids, with_payload=RESULT_FIELDS, with_vector=False)
-            vectors = self._content.vectors(r.payload["item_id"] for r in records)
-            return {r.payload["item_id"]: Hit(r.payload["item_id"], 0.0, r.payload, vectors.get(r.payload["item_id"]))
-                    for r in records}
+            payloads = [r.payload for r in self._shard.retrieve(ids, with_payload=RESULT_FIELDS, with_vector=False)]
+            vectors = self._content.vectors(p["item_id"] for p in payloads)
+            return {p["item_id"]: Hit(p["item_id"], 0.0, p, vectors.get(p["item_id"])) for p in payloads}
         records = self._shard.retrieve(ids, with_payload=RESULT_FIELDS, with_vector=[CONTENT])
-        return {r.payload["item_id"]: Hit(r.payload["item_id"], 0.0, r.payload,
-                                          np.asarray(r.vector[CONTENT], dtype=np.float32)) for r in records}
+        hits = (Hit(p["item_id"], 0.0, p, np.asarray(r.vector[CONTENT], dtype=np.float32))
+                for r, p in zip(records, [r.payload for r in records], strict=True))
+        return {hit.item_id: hit for hit in hits}
 
     @_engine_call
     def get(self, item_id: str) -> Hit | None:
