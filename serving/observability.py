@@ -39,7 +39,7 @@ from litestar.enums import ScopeType
 from litestar.logging.config import LoggingConfig
 from litestar.middleware import ASGIMiddleware
 from litestar.plugins import InitPluginProtocol
-from litestar.plugins.prometheus import PrometheusConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -223,6 +223,19 @@ def metrics(state: State) -> Response[bytes]:
     return Response(generate_latest(REGISTRY) + generate_latest(served), media_type=CONTENT_TYPE_LATEST)
 
 
+class TemplatePrometheusMiddleware(PrometheusMiddleware):
+    """Litestar's Prometheus middleware, its labels (``group_path``: the route template) made
+    without parsing the request's URL first: the base class builds ``request.url`` on every request
+    and then, grouping by template, drops it (4.6 -> 2.2 µs for the request object and its labels,
+    in process; py-spy ``--gil`` of a server answering repeated recommendations had put 2.6% of its
+    samples in that parse)."""
+
+    def _get_default_labels(self, request: Any) -> dict[str, str | int | float]:
+        scope = request.scope
+        return {"method": scope["method"] if scope["type"] == ScopeType.HTTP else scope["type"],
+                "path": scope["path_template"], "status_code": 200, "app_name": self._config.app_name}
+
+
 class ObservabilityPlugin(InitPluginProtocol):
     """Request ids, request log lines, Prometheus middleware and ``/metrics``. Listed before
     :class:`serving.limits.RequestLimitsPlugin`, so its middleware wraps the limits' and what a
@@ -230,7 +243,7 @@ class ObservabilityPlugin(InitPluginProtocol):
 
     def __init__(self) -> None:
         self.prometheus = PrometheusConfig(app_name="lodestar", prefix="lodestar", group_path=True,
-                                           exclude=["^/metrics$"])
+                                           exclude=["^/metrics$"], middleware_class=TemplatePrometheusMiddleware)
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware[:0] = [RequestLogMiddleware(), self.prometheus.middleware]
