@@ -121,12 +121,12 @@ class CollabModel:
         last = self._last_profile
         if last is not None and last[0] == item_weights:
             return last[1]
-        known = [(self.index[i], w) for i, w in item_weights.items() if i in self.index and w != 0.0]
-        if not known:
-            profile = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        else:
-            idx, w = zip(*known, strict=True)
-            profile = np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float32)
+        # As arrays, in the weights' order: a heavy user's thousands of items in one pass each.
+        n = len(item_weights)
+        idx = np.fromiter(map(self.index.get, item_weights, itertools.repeat(-1)), dtype=np.int64, count=n)
+        w = np.fromiter(item_weights.values(), dtype=np.float64, count=n)
+        known = (idx >= 0) & (w != 0.0)
+        profile = idx[known], w[known].astype(np.float32)
         self._last_profile = (dict(item_weights), profile)
         return profile
 

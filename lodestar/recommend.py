@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,7 +73,7 @@ class Recommendation:
 
 
 def _recent(events: list[dict[str, Any]], config: TenantConfig) -> list[dict[str, Any]]:
-    return sorted(events, key=lambda e: e["ts"], reverse=True)[: config.max_profile_events]
+    return sorted(events, key=itemgetter("ts"), reverse=True)[: config.max_profile_events]
 
 
 def taste_vector(
@@ -84,18 +85,19 @@ def taste_vector(
     if not recent:
         return None
     newest = recent[0]["ts"]
-    total = None
-    positive = 0.0
+    rows: list[np.ndarray] = []
+    weights: list[float] = []
     for event in recent:
         vector = vectors.get(event["item_id"])
         weight = event_weight(event["type"], event.get("value"), config.event_weights)
         if vector is None or weight == 0.0:
             continue
-        weight *= math.pow(0.5, (newest - event["ts"]) / DAY / half_life)
-        positive += max(weight, 0.0)
-        total = weight * vector if total is None else total + weight * vector
-    if total is None or positive <= 0.0:
+        rows.append(vector)
+        weights.append(weight * math.pow(0.5, (newest - event["ts"]) / DAY / half_life))
+    w = np.asarray(weights)
+    if not rows or w.clip(min=0.0).sum() <= 0.0:
         return None
+    total = w @ np.stack(rows)  # one product (up to max_profile_events rows), not a sum of scaled copies
     norm = float(np.linalg.norm(total))
     return None if norm == 0.0 else (total / norm).astype(np.float32)
 

@@ -132,3 +132,36 @@ def test_a_users_profile_is_reused_only_for_the_same_weights():
     idx, w = model.user_profile(weights)
     assert sorted(idx.tolist()) == [0, 1, 2] and sorted(w.tolist()) == [1.0, 2.0, 3.0]
     assert model.user_profile({"b": 5.0})[0].tolist() == [1]
+
+
+def test_a_users_profile_keeps_the_known_items_with_a_weight_in_order():
+    """Items the model does not know and items whose events cancel out (weight 0) are left out;
+    the rest keep the weights' order, their model index beside their weight."""
+    model = collab.CollabModel(kind="svd", item_ids=["a", "b", "c", "d"], factors=np.eye(4, dtype=np.float32),
+                               damping=np.ones(4, dtype=np.float32))
+    idx, w = model.user_profile({"d": 0.5, "x": 9.0, "b": 0.0, "a": -1.25, "c": 2.0})
+    assert idx.tolist() == [3, 0, 2] and w.tolist() == [0.5, -1.25, 2.0]
+    assert idx.dtype == np.int64 and w.dtype == np.float32
+    none_idx, none_w = model.user_profile({"x": 1.0, "b": 0.0})
+    assert len(none_idx) == 0 and len(none_w) == 0 and model.query_vector({"x": 1.0, "b": 0.0}) is None
+
+
+def test_a_taste_is_the_recency_weighted_mean_of_the_recent_items_vectors():
+    """Each recent event weighs its type's weight halved per half-life of age (days, from the
+    newest); a dislike pulls away; events of items without a vector count for nothing; no positive
+    weight at all means no taste."""
+    from lodestar.event_weights import event_weight
+    from lodestar.features import DAY
+    from lodestar.recommend import taste_vector
+
+    config = effective_config({"recency_half_life_days": 10.0})
+    vectors = {"a": np.array([1, 0, 0], np.float32), "b": np.array([0, 1, 0], np.float32),
+               "c": np.array([0, 0, 1], np.float32)}
+    now = 1_000.0 * DAY
+    events = [{"item_id": "a", "type": "view", "ts": now}, {"item_id": "b", "type": "view", "ts": now - 10 * DAY},
+              {"item_id": "c", "type": "dislike", "ts": now - 20 * DAY}, {"item_id": "z", "type": "view", "ts": now}]
+    view, dislike = (event_weight(kind, None, config.event_weights) for kind in ("view", "dislike"))
+    expected = np.array([view, view * 0.5, dislike * 0.25])
+    assert np.allclose(taste_vector(events, vectors, config), expected / np.linalg.norm(expected), atol=1e-6)
+    assert taste_vector(events[2:3], vectors, config) is None  # a dislike alone
+    assert taste_vector(events[3:], vectors, config) is None  # no vector for z
