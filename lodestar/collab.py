@@ -184,12 +184,22 @@ class CollabModel:
 
 def event_item_weights(events: list[dict[str, Any]], config: TenantConfig) -> dict[str, float]:
     """Per item, the sum of its events' type weight times recency weight (latest event first)."""
+    return item_weights_and_sums(events, config)[0]
+
+
+def item_weights_and_sums(
+    events: list[dict[str, Any]], config: TenantConfig,
+) -> tuple[dict[str, float], dict[str, float], int]:
+    """:func:`event_item_weights`, with, per item, its events' type weights summed without recency,
+    and how many events weighed: what :func:`aged_item_weights` needs to add newer events later."""
     decay = 0.5 ** (1.0 / config.collab.recency_half_life_events)
     floor = config.collab.recency_floor
     weights = config.event_weights
     ordered = sorted(events, key=itemgetter("ts"), reverse=True)
     out: dict[str, float] = {}
+    sums: dict[str, float] = {}
     recency = 1.0  # 0.5 ** (position / half_life), position counting the events that weigh
+    weighed = 0
     for event in ordered:
         kind = event["type"]
         # event_weight inlined (the same rule): this loop runs over every event of a heavy user.
@@ -200,8 +210,34 @@ def event_item_weights(events: list[dict[str, Any]], config: TenantConfig) -> di
             continue
         item = event["item_id"]
         out[item] = out.get(item, 0.0) + weight * (recency + floor)
+        sums[item] = sums.get(item, 0.0) + weight
         recency *= decay
-    return out
+        weighed += 1
+    return out, sums, weighed
+
+
+def aged_item_weights(
+    weights: dict[str, float], sums: dict[str, float], newer: list[dict[str, Any]], config: TenantConfig,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The item weights and sums (:func:`item_weights_and_sums`) of a history after ``newer``
+    events were added to it, each of them later (``ts``) than every event of the history, without
+    the history: its events move down by as many positions as newer events weigh, so each one's
+    recency part is multiplied by ``decay`` that many times (its floor part stays), and the newer
+    events' own weights are added. Equal to weighing the whole history again, up to rounding."""
+    new_weights, new_sums, weighed = item_weights_and_sums(newer, config)
+    floor = config.collab.recency_floor
+    age = 0.5 ** (weighed / config.collab.recency_half_life_events)
+
+    def aged(item: str) -> float:
+        return age * (weights[item] - floor * sums[item]) + floor * sums[item]
+
+    # The newer events' items first, then the history's: the order weighing it all again gives.
+    out = {item: w + aged(item) if item in weights else w for item, w in new_weights.items()}
+    totals = {item: s + sums.get(item, 0.0) for item, s in new_sums.items()}
+    for item in weights:
+        if item not in out:
+            out[item], totals[item] = aged(item), sums[item]
+    return out, totals
 
 
 def positive_interactions(events: pd.DataFrame, weights: dict[str, float]) -> pd.DataFrame:

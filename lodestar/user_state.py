@@ -12,6 +12,15 @@ process or any other writing to the same CDP. The mark is read before the events
 a state is kept, and a state is kept only under the mark of exactly the events it came from
 (:meth:`UserStates._keep` says how).
 
+A new event of theirs does not start them over either: the events written since the kept state's
+mark are added to it (:func:`lodestar.recommend.advanced`: the items they interacted with join
+the seen ones, every item's weight ages by the newer events that weigh and gains theirs, and
+taste, profile and query are derived anew from the latest ``max_profile_events`` events), which
+reads those events and the latest few hundred, not up to 5,000, and gives what reading the whole
+history would, up to rounding. Only where that is all that changed (:meth:`UserStates._advanced`:
+events added and none erased, at most ``ADVANCE_MAX``, each later than every event the state came
+from, the history within ``HISTORY_LIMIT``); anything else reads the history.
+
 A new index version (each materialization publishes one) does not start every user over: their
 kept state is rebased on it (:func:`lodestar.recommend.rebased`: taste, collaborative profile and
 query derived anew from their latest ``max_profile_events`` events and the kept item weights), which
@@ -35,8 +44,9 @@ the console forgets the user's state at once (another process's is never used ag
 changed).
 
 The budget (``LODESTAR_USER_STATE_MB``, default 48) is in megabytes, counted from each state's
-:attr:`~lodestar.recommend.UserState.nbytes` (MovieLens' 610 users, 100,836 ratings, count 26.7 MB
-where tracemalloc measures 18.5 MB; a small tenant's, 4.5-6.3 KB each against 4.5-5.5 KB), counted
+:attr:`~lodestar.recommend.UserState.nbytes` (MovieLens' 610 users, 100,836 ratings, count 32.7 MB
+where tracemalloc measures 24.0 MB, each item's weight sum included; a small tenant's, 4.5-6.3 KB
+each against 4.5-5.5 KB before those sums), counted
 again whenever its kept ranking changes (about 1-4 KB more: ids and scores, and the request's
 exclusions and filter values, every string counted as its own; a ranking counted above 16 KB, for
 a long exclusion list, is not kept), least recently used first out; 0 turns keeping off. Outside
@@ -53,7 +63,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from lodestar.errors import InvalidInput
-from lodestar.recommend import HISTORY_LIMIT, UserState, derive_state, rebased
+from lodestar.recommend import HISTORY_LIMIT, UserState, advanced, derive_state, rebased
 
 if TYPE_CHECKING:
     from lodestar.cdp import CdpStore
@@ -61,6 +71,7 @@ if TYPE_CHECKING:
     from lodestar.tenant_config import TenantConfig
 
 DEFAULT_MB = 48
+ADVANCE_MAX = 100  # events added since a kept state's mark that are added to it, not read with the history
 
 
 def derivation_key(config: TenantConfig) -> tuple[Any, ...]:
@@ -78,7 +89,7 @@ class UserStates:
         self._held = 0
         self._forgets = 0  # erasures seen: a state derived while one happened is not kept
         self._lock = threading.Lock()
-        self.hits = self.rebases = self.misses = 0
+        self.hits = self.rebases = self.advances = self.misses = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> UserStates:
@@ -113,17 +124,44 @@ class UserStates:
                 return None, preferences, kept
             if kept is not None:
                 self.rebases += 1
-            else:
-                self.misses += 1
         if kept is not None:  # the same events, another index version
             recent = cdp.user_events(tenant, user_id, limit=min(config.max_profile_events, HISTORY_LIMIT))
             state = rebased(kept, published.reader, published.model, recent, config)
             self._keep(cdp, key, mark, published.version, state, forgets)
             return None, preferences, state
+        if entry is not None and (state := self._advanced(published, cdp, tenant, user_id, config, entry, mark)):
+            self._keep(cdp, key, mark, published.version, state, forgets)
+            return None, preferences, state
+        with self._lock:
+            self.misses += 1
         events = cdp.user_events(tenant, user_id, limit=HISTORY_LIMIT)
         state = derive_state(published.reader, published.model, events, config)
         self._keep(cdp, key, mark, published.version, state, forgets)
         return events, preferences, state
+
+    def _advanced(
+        self, published: PublishedVersion, cdp: CdpStore, tenant: str, user_id: str, config: TenantConfig,
+        entry: tuple[tuple[int, float | None], str, UserState, int], mark: tuple[int, float | None],
+    ) -> UserState | None:
+        """The kept state of ``entry`` with the events written since its mark added
+        (:func:`lodestar.recommend.advanced`), or ``None`` when that is not what changed, and the
+        history must be read: events added, and nothing else (the new mark's count is the old
+        one's plus the events written after it: an erasure since makes every event a later
+        write), at most ``ADVANCE_MAX`` of them, each later (``ts``) than every event the state
+        came from (one arriving out of order takes its place in the history), and the history still
+        within ``HISTORY_LIMIT`` (past it the oldest events drop out of what is derived)."""
+        (count, latest), _version, state, _nbytes = entry
+        added = mark[0] - count
+        if latest is None or not 0 < added <= ADVANCE_MAX or mark[0] > HISTORY_LIMIT or not state.seen \
+                or state.newest_ts is None:
+            return None
+        newer = cdp.user_events_written_after(tenant, user_id, latest, limit=ADVANCE_MAX + 1)
+        if len(newer) != added or min(event["ts"] for event in newer) <= state.newest_ts:
+            return None
+        recent = cdp.user_events(tenant, user_id, limit=min(config.max_profile_events, HISTORY_LIMIT))
+        with self._lock:
+            self.advances += 1
+        return advanced(state, newer, published.reader, published.model, recent, config)
 
     def _keep(
         self, cdp: CdpStore, key: tuple[Any, ...], mark: tuple[int, float | None], version: str, state: UserState,

@@ -96,6 +96,25 @@ def test_user_events_mark_changes_with_every_write_of_that_users_events(store):
     assert store.user_events_mark("acme", "v")[0] == 1
 
 
+def test_user_events_written_after_a_mark_are_the_ones_added_since(store):
+    """What lodestar.user_state adds to a kept state: the user's events written after its mark,
+    latest ``ts`` first, whatever their ``ts`` (here one older than those before the mark)."""
+    store.create_tenant("acme")
+    store.append_events("acme", [parse_event({"user_id": "u", "item_id": f"i{n}", "type": "view", "ts": T0 + n})
+                                 for n in range(3)])
+    count, written = store.user_events_mark("acme", "u")
+    assert count == 3 and store.user_events_written_after("acme", "u", written) == []
+    time.sleep(0.01)
+    store.append_events("acme", [parse_event({"user_id": "u", "item_id": "late", "type": "view", "ts": T0 + 9}),
+                                 parse_event({"user_id": "u", "item_id": "early", "type": "like", "ts": T0 - 9}),
+                                 parse_event({"user_id": "v", "item_id": "other", "type": "view", "ts": T0 + 9})])
+    added = store.user_events_written_after("acme", "u", written)
+    assert [(e["item_id"], e["type"], e["ts"]) for e in added] == [("late", "view", T0 + 9), ("early", "like", T0 - 9)]
+    assert added == [e for e in store.user_events("acme", "u") if e["item_id"] in ("late", "early")]
+    assert [e["item_id"] for e in store.user_events_written_after("acme", "u", written, limit=1)] == ["late"]
+    assert store.user_events_mark("acme", "u")[0] == count + len(added)
+
+
 def test_deleted_ids_names_tombstones_only(store):
     store.create_tenant("acme")
     store.create_tenant("other")

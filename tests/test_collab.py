@@ -165,3 +165,24 @@ def test_a_taste_is_the_recency_weighted_mean_of_the_recent_items_vectors():
     assert np.allclose(taste_vector(events, vectors, config), expected / np.linalg.norm(expected), atol=1e-6)
     assert taste_vector(events[2:3], vectors, config) is None  # a dislike alone
     assert taste_vector(events[3:], vectors, config) is None  # no vector for z
+
+
+def test_aged_item_weights_equal_the_whole_history_weighed_again():
+    """Newer events added to a history's weights and sums give what weighing the whole history
+    gives: ratings, dislikes, events that do not weigh (impressions) and items seen before."""
+    config = effective_config(None)
+    rng = np.random.default_rng(11)
+    kinds = ["view", "purchase", "dislike", "impression", "rating", "like"]
+    for trial in range(20):
+        events = [{"item_id": f"i{rng.integers(15)}", "type": str(rng.choice(kinds)), "value": float(rng.integers(1, 6)),
+                   "ts": float(t)} for t in rng.permutation(60)]
+        cut = int(rng.integers(1, 59))
+        older = [e for e in events if e["ts"] < cut]
+        newer = [e for e in events if e["ts"] >= cut]
+        weights, sums, _ = collab.item_weights_and_sums(older, config)
+        aged, aged_sums = collab.aged_item_weights(weights, sums, newer, config)
+        whole, whole_sums, weighed = collab.item_weights_and_sums(events, config)
+        assert list(aged) == list(whole) and list(aged_sums) == list(whole_sums), trial  # the same order too
+        assert np.allclose([aged[i] for i in whole], [whole[i] for i in whole], rtol=1e-12, atol=1e-12), trial
+        assert np.allclose([aged_sums[i] for i in whole], [whole_sums[i] for i in whole], rtol=1e-12), trial
+        assert collab.event_item_weights(events, config) == whole and weighed > 0

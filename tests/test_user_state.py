@@ -57,6 +57,17 @@ def _same_state(a, b):
         assert (x is None) == (y is None) and (x is None or np.array_equal(x, y))
 
 
+def _close_state(a, b):
+    """Equal up to rounding: what an advanced state and a state derived from the whole history share."""
+    assert a.seen == b.seen and list(a.item_weights) == list(b.item_weights) and list(a.item_sums) == list(b.item_sums)
+    assert np.allclose([a.item_weights[i] for i in a.item_weights], [b.item_weights[i] for i in a.item_weights],
+                       rtol=1e-9, atol=1e-12)
+    assert np.allclose([a.item_sums[i] for i in a.item_sums], [b.item_sums[i] for i in a.item_sums])
+    assert a.newest_ts == b.newest_ts
+    for x, y in ((a.taste, b.taste), (a.query, b.query), *zip(a.profile or (None, None), b.profile or (None, None))):
+        assert (x is None) == (y is None) and (x is None or np.allclose(x, y, rtol=1e-5, atol=1e-6))
+
+
 def test_every_users_recommendations_are_the_same_from_a_kept_state(shop):
     store, published, config = shop
     states = UserStates()
@@ -89,8 +100,9 @@ def test_a_new_event_an_erasure_or_liked_items_derive_anew(env, shop):
     finally:
         other.close()
     events, _prefs, second = states.read(published, store, "alpha", user, config)
-    assert events is not None and second.seen == {items[0], items[1]}
-    _same_state(second, derive_state(published.reader, published.model, user_history(store, "alpha", user)[0], config))
+    # A later event is added to the kept state (the history is not read again), as if derived anew.
+    assert events is None and states.advances == 1 and second.seen == {items[0], items[1]}
+    _close_state(second, derive_state(published.reader, published.model, user_history(store, "alpha", user)[0], config))
     store.put_preferences("alpha", user, {"liked_items": [items[2]]})
     events, prefs, state = states.read(published, store, "alpha", user, config)
     assert state is None and events is not None and prefs["liked_items"] == [items[2]]  # likes count as of now
@@ -393,3 +405,69 @@ def test_the_api_keeps_states_between_requests_and_forgets_an_erased_user(env, s
         assert not any(key[1] == user for key in states._entries)
         erased = client.get(f"/v1/users/{user}/recommendations?k=5", headers=auth).json()
         assert erased["strategy"] == "popular" and items[0] in [i["id"] for i in erased["items"]]  # not excluded
+
+
+def test_events_added_to_a_kept_state_rank_as_the_whole_history_would(env, shop):
+    """Each user's kept state, then a few later events of theirs (views, a purchase, a dislike, an
+    impression, an item seen before): the next read adds them to the state without reading the
+    history, and the state and its recommendations are those of the whole history read anew."""
+    store, published, config = shop
+    states = UserStates()
+    popular = [h.item_id for h in published.reader.popular(40)]
+    rng = np.random.default_rng(5)
+    for n, user in enumerate(_users(store)[:12]):
+        states.read(published, store, "alpha", user, config)
+        newest = max(e["ts"] for e in user_history(store, "alpha", user)[0])
+        history = [e["item_id"] for e in user_history(store, "alpha", user)[0]]
+        kinds = ["view", "purchase", "dislike", "impression", "view"]
+        items = [str(i) for i in rng.choice(popular, size=len(kinds), replace=False)]
+        items[-1] = history[0]  # again an item of their history
+        store.append_events("alpha", [parse_event({"user_id": user, "item_id": item, "type": kind, "ts": newest + 10 + k})
+                                      for k, (item, kind) in enumerate(zip(items, kinds, strict=True))])
+        events, _prefs, state = states.read(published, store, "alpha", user, config)
+        assert events is None and states.advances == n + 1, user
+        fresh = derive_state(published.reader, published.model, user_history(store, "alpha", user)[0], config)
+        _close_state(state, fresh)
+        ranked = recommend_for_user(published, store, None, "alpha", user, 10, config, None, None, ([], None), state)
+        anew = recommend_for_user(published, store, None, "alpha", user, 10, config)
+        assert [h.item_id for h in ranked.items] == [h.item_id for h in anew.items], user
+        assert np.allclose([h.score for h in ranked.items], [h.score for h in anew.items], rtol=1e-6, atol=1e-9)
+    assert states.misses == 12
+
+
+def test_an_event_out_of_order_or_after_an_erasure_reads_the_history_again(env, shop):
+    """What adding to a kept state cannot follow reads the whole history: an event older than the
+    state's latest (it takes its place among them), an erasure by another process followed by new
+    events (the count does not add up), and more events at once than ``ADVANCE_MAX``."""
+    from lodestar.user_state import ADVANCE_MAX
+
+    store, published, config = shop
+    items = [h.item_id for h in published.reader.popular(5)]
+    user = f"order-{time.time_ns()}"
+    states = UserStates()
+
+    def event(item, ts):
+        return parse_event({"user_id": user, "item_id": item, "type": "view", "ts": ts})
+
+    store.append_events("alpha", [event(items[0], 1.2e9), event(items[1], 1.2e9 + 5)])
+    states.read(published, store, "alpha", user, config)
+    store.append_events("alpha", [event(items[2], 1.2e9 + 1)])  # between the two: out of order
+    events, _prefs, state = states.read(published, store, "alpha", user, config)
+    assert events is not None and states.advances == 0 and states.misses == 2
+    _same_state(state, derive_state(published.reader, published.model, events, config))
+
+    other = open_cdp(env.settings)  # another process erases the user; new events of theirs arrive
+    try:
+        other.erase_user("alpha", user)
+        other.append_events("alpha", [event(items[3], 1.3e9 + k) for k in range(4)])
+    finally:
+        other.close()
+    events, _prefs, state = states.read(published, store, "alpha", user, config)
+    assert events is not None and states.advances == 0 and state.seen == {items[3]}
+
+    store.append_events("alpha", [event(items[4], 1.4e9 + k) for k in range(ADVANCE_MAX + 1)])
+    events, _prefs, state = states.read(published, store, "alpha", user, config)
+    assert events is not None and states.advances == 0 and state.seen == {items[3], items[4]}
+    store.append_events("alpha", [event(items[0], 1.5e9)])
+    events, _prefs, state = states.read(published, store, "alpha", user, config)
+    assert events is None and states.advances == 1 and state.seen == {items[0], items[3], items[4]}

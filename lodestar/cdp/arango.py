@@ -192,6 +192,14 @@ FOR e IN events
   RETURN e
 """
 
+USER_EVENTS_WRITTEN_AFTER_AQL = """
+FOR e IN events
+  FILTER e.tenant_id == @tenant AND e.user_id == @user AND e.updated_at > @after
+  SORT e.ts DESC
+  LIMIT @limit
+  RETURN e
+"""
+
 ERASE_AQL = {
     "events": "FOR e IN events FILTER e.tenant_id == @tenant AND e.user_id == @user REMOVE e IN events "
               "COLLECT WITH COUNT INTO n RETURN n",
@@ -578,6 +586,12 @@ class ArangoCdpStore:
 
     def user_events(self, tenant: str, user_id: str, limit: int = 500) -> list[dict[str, Any]]:
         docs = self._query(USER_EVENTS_AQL, tenant=tenant, user=user_id, limit=limit)
+        return [{f: d.get(f) for f in EVENT_FIELDS} for d in docs]
+
+    def user_events_written_after(
+        self, tenant: str, user_id: str, written_after: float, limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        docs = self._query(USER_EVENTS_WRITTEN_AFTER_AQL, tenant=tenant, user=user_id, after=written_after, limit=limit)
         return [{f: d.get(f) for f in EVENT_FIELDS} for d in docs]
 
     def user_events_mark(self, tenant: str, user_id: str) -> tuple[int, float | None]:

@@ -571,6 +571,17 @@ class SqliteCdpStore:
         cursor.row_factory = None  # plain tuples: a heavy user's thousands of rows cost a third less
         return _event_dicts(cursor)
 
+    def user_events_written_after(
+        self, tenant: str, user_id: str, written_after: float, limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        cursor = self._conn().execute(
+            f"SELECT {', '.join(EVENT_FIELDS)} FROM events WHERE tenant = ? AND user_id = ? AND updated_at > ? "
+            "ORDER BY ts DESC LIMIT ?",
+            (tenant, user_id, written_after, limit),
+        )  # the rows found through events_user_writes
+        cursor.row_factory = None
+        return _event_dicts(cursor)
+
     def user_events_mark(self, tenant: str, user_id: str) -> tuple[int, float | None]:
         count, latest = self._conn().execute(
             "SELECT count(*), max(updated_at) FROM events WHERE tenant = ? AND user_id = ?", (tenant, user_id)
