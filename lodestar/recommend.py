@@ -277,9 +277,9 @@ class UserState:
     def nbytes(self) -> int:
         """About what it takes in memory, with what keeps it (measured with tracemalloc: about 2 KB for
         a state of a few items, then a set entry per seen item, a dict entry and float per weight and
-        a dict entry per item's sum: MovieLens' 610 users 24.0 MB, counted 32.7 MB), the edge engine's
-        exclusion condition kept with ``seen`` (about 50 bytes an item, outside
-        Python's heap), and its kept ranking's (:class:`KeptRanking`)."""
+        a dict entry per item's sum: MovieLens' 610 users 24.0 MB, counted 32.7 MB), the edge
+        engine's exclusion condition kept with ``seen`` (about 50 bytes an item, outside Python's
+        heap), and its kept ranking's (:class:`KeptRanking`)."""
         arrays = sum(a.nbytes for a in (self.taste, self.query, *(self.profile or ())) if a is not None)
         return 1900 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights) + 60 * len(self.item_sums) \
             + self.ranked.nbytes
