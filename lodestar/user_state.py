@@ -18,8 +18,9 @@ the seen ones, every item's weight ages by the newer events that weigh and gains
 taste, profile and query are derived anew from the latest ``max_profile_events`` events), which
 reads those events and the latest few hundred, not up to 5,000, and gives what reading the whole
 history would, up to rounding. Only where that is all that changed (:meth:`UserStates._advanced`:
-events added and none erased, at most ``ADVANCE_MAX``, each later than every event the state came
-from, the history within ``HISTORY_LIMIT``); anything else reads the history.
+events added and none erased, the state's newest events still there, at most ``ADVANCE_MAX`` added,
+each later than every event the state came from and no two at the same time, the history within
+``HISTORY_LIMIT``); anything else reads the history.
 
 A new index version (each materialization publishes one) does not start every user over: their
 kept state is rebased on it (:func:`lodestar.recommend.rebased`: taste, collaborative profile and
@@ -44,8 +45,8 @@ the console forgets the user's state at once (another process's is never used ag
 changed).
 
 The budget (``LODESTAR_USER_STATE_MB``, default 48) is in megabytes, counted from each state's
-:attr:`~lodestar.recommend.UserState.nbytes` (MovieLens' 610 users, 100,836 ratings, count 32.7 MB
-where tracemalloc measures 24.0 MB, each item's weight sum included; a small tenant's, 4.5-6.3 KB
+:attr:`~lodestar.recommend.UserState.nbytes` (MovieLens' 610 users, 100,836 ratings, count 33.0 MB
+where tracemalloc measures 24.3 MB, each item's weight sum included; a small tenant's, 4.5-6.3 KB
 each against 4.5-5.5 KB before those sums), counted
 again whenever its kept ranking changes (about 1-4 KB more: ids and scores, and the request's
 exclusions and filter values, every string counted as its own; a ranking counted above 16 KB, for
@@ -145,20 +146,31 @@ class UserStates:
     ) -> UserState | None:
         """The kept state of ``entry`` with the events written since its mark added
         (:func:`lodestar.recommend.advanced`), or ``None`` when that is not what changed, and the
-        history must be read: events added, and nothing else (the new mark's count is the old
-        one's plus the events written after it: an erasure since makes every event a later
-        write), at most ``ADVANCE_MAX`` of them, each later (``ts``) than every event the state
-        came from (one arriving out of order takes its place in the history), and the history still
-        within ``HISTORY_LIMIT`` (past it the oldest events drop out of what is derived)."""
+        history must be read. Added only when all of these hold:
+
+        - events were added and none erased: the new mark's count is the old one's plus the events
+          written after the old mark, and the state's newest events (by id) are still the newest
+          before the added ones (an erasure by another process removed them, whatever the clocks
+          that stamped the writes around it did);
+        - at most ``ADVANCE_MAX`` of them, each later (``ts``) than every event the state came from
+          (one arriving out of order takes its place in the history), no two at the same ``ts``
+          (the stores may order such ties differently in the two reads, and their order weighs);
+        - the history still within ``HISTORY_LIMIT`` (past it the oldest events drop out of what is
+          derived);
+        - the mark unchanged once they were read (an erasure or an event meanwhile reads anew)."""
         (count, latest), _version, state, _nbytes = entry
         added = mark[0] - count
         if latest is None or not 0 < added <= ADVANCE_MAX or mark[0] > HISTORY_LIMIT or not state.seen \
-                or state.newest_ts is None:
+                or state.newest_ts is None or not state.newest_ids:
             return None
         newer = cdp.user_events_written_after(tenant, user_id, latest, limit=ADVANCE_MAX + 1)
-        if len(newer) != added or min(event["ts"] for event in newer) <= state.newest_ts:
+        stamps = {event["ts"] for event in newer}
+        if len(newer) != added or len(stamps) != added or min(stamps) <= state.newest_ts:
             return None
         recent = cdp.user_events(tenant, user_id, limit=min(config.max_profile_events, HISTORY_LIMIT))
+        still = {event["id"] for event in recent[added:] if event["ts"] == state.newest_ts}
+        if still != state.newest_ids or cdp.user_events_mark(tenant, user_id) != mark:
+            return None
         with self._lock:
             self.advances += 1
         return advanced(state, newer, published.reader, published.model, recent, config)

@@ -185,4 +185,4 @@ def test_aged_item_weights_equal_the_whole_history_weighed_again():
         assert list(aged) == list(whole) and list(aged_sums) == list(whole_sums), trial  # the same order too
         assert np.allclose([aged[i] for i in whole], [whole[i] for i in whole], rtol=1e-12, atol=1e-12), trial
         assert np.allclose([aged_sums[i] for i in whole], [whole_sums[i] for i in whole], rtol=1e-12), trial
-        assert collab.event_item_weights(events, config) == whole and weighed > 0
+        assert weighed == sum(1 for e in events if e["type"] != "impression")

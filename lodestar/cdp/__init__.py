@@ -350,9 +350,10 @@ class CdpStore(Protocol):
     def user_events_written_after(
         self, tenant: str, user_id: str, written_after: float, limit: int = 500,
     ) -> list[dict[str, Any]]:
-        """The user's events written (``updated_at``) after ``written_after``, latest ``ts`` first,
-        as :meth:`user_events` gives them: what was added since a :meth:`user_events_mark` (whose
-        count tells whether that is all that changed). An index read and those events."""
+        """The user's events written (``updated_at``) after ``written_after``, latest ``ts`` first
+        (events at the same ``ts`` in no particular order), as :meth:`user_events` gives them: what
+        was added since a :meth:`user_events_mark` (whose count tells whether that is all that
+        changed). An index read and those events."""
         ...
     def user_events_mark(self, tenant: str, user_id: str) -> tuple[int, float | None]:
         """How many events the user has and when the latest of them was written (``updated_at``):
