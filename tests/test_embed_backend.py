@@ -98,6 +98,16 @@ def test_the_cache_never_mixes_backends(cache_dir, torch_embedder):
 
 
 @pytest.mark.model
+def test_the_onnx_session_does_not_spin_between_runs(cache_dir):
+    """onnxruntime's pool threads would spin after each run, waiting for the next: a search query's
+    embedding cost its server a second core's worth (lodestar/embed_onnx.py)."""
+    encoder = embed_onnx.OnnxEncoder(cache_dir / "models" / export_name(DEFAULT_MODEL, "onnx-int8"))
+    options = encoder._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+@pytest.mark.model
 def test_loading_an_export_imports_no_torch(cache_dir):
     script = (f"import sys; from lodestar.embed import Embedder; "
               f"Embedder(cache_dir={str(cache_dir)!r}, backend='onnx-int8', models_dir={str(cache_dir / 'models')!r})"

@@ -3,6 +3,7 @@ together."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,3 +65,29 @@ def test_workers_must_be_positive(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lodestar.cli", "serve", "--workers", "0"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--workers must be 1 or more" in done.stderr
+
+
+def test_a_served_process_keeps_blas_to_one_thread_and_a_test_app_does_not(tmp_path):
+    """``lodestar serve`` keeps BLAS to one thread (serving.app.one_math_thread: OpenBLAS's threads
+    spin between calls, a core's worth per request); an app a test or a tool creates leaves the
+    process as it was. Each in a fresh interpreter whose OpenBLAS starts with two threads."""
+    _settings, _key, env = events_tenant(tmp_path)
+    env = {**env, "OPENBLAS_NUM_THREADS": "2"}
+    script = (
+        "import json, sys\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from litestar.testing import TestClient\n"
+        "from serving.app import create_app\n"
+        "from serving.server import served_app\n"
+        "app = served_app() if sys.argv[1] == 'served' else create_app()\n"
+        "with TestClient(app):\n"
+        "    print(json.dumps([p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']))\n"
+    )
+    counts = {}
+    for kind in ("served", "created"):
+        done = subprocess.run([sys.executable, "-c", script, kind], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        counts[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["served"] and set(counts["served"]) == {1}
+    assert counts["created"] and set(counts["created"]) == {2}
