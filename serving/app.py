@@ -49,6 +49,7 @@ from serving.indexes import TenantIndexes
 from serving.ingest import SegmentIngestController
 from serving.key_usage import KeyUsage
 from serving.limits import RequestLimits, RequestLimitsPlugin, refuse_early
+from serving.loop import reads_in_process
 from serving.observability import ObservabilityPlugin, json_logging_config
 from serving.openapi import openapi_config
 from serving.quotas import EventQuotas, RequestRates
@@ -146,7 +147,8 @@ def create_app(settings: Settings | None = None) -> LodestarApp:
         console_pipeline = Pipeline(settings)
         services = Services(cdp=cdp, embedder=embedder, served_log=served_log, user_states=user_states,
                             experiments=TenantExperiments(cdp),
-                            ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)), event_quotas=EventQuotas(cdp))
+                            ads=TenantAds(cdp, settings.secret("ads", ADS_SECRET_ENV)), event_quotas=EventQuotas(cdp),
+                            in_process=reads_in_process(settings, rates.shared))
         app.state.update(settings=settings, cdp=cdp, index_store=index_store, indexes=indexes, embedder=embedder,
                          served_log=served_log, user_states=user_states, key_usage=key_usage, console_pipeline=console_pipeline,
                          signin_gate=SignInGate(), experiments=services.experiments, ads=services.ads,

@@ -24,6 +24,7 @@ from litestar.handlers.base import BaseRouteHandler
 from lodestar.accounts import role_at_least
 from lodestar.cdp import READ
 from lodestar.keys import ADVERTISER, MEMBER, OPERATOR, Principal, principal_for_key
+from serving.loop import run_blocking
 from serving.quotas import SLOT
 
 PUBLIC = "public"
@@ -116,10 +117,16 @@ def _basic_user(credentials: str) -> str:
     return decoded.partition(":")[0]
 
 
-def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """App-wide guard. Public routes (``opt={"public": True}``: health, readiness, schema) need no key;
     a valid one sent to them is still resolved (``/ready`` then reports that tenant). Console pages
-    have a guard of their own (:func:`require_console_role`)."""
+    have a guard of their own (:func:`require_console_role`). The key is looked up in the CDP: on
+    the event loop's thread when that and the rate counters are in this process, else in a worker
+    thread (:mod:`serving.loop`)."""
+    await run_blocking(connection.app.state.services.in_process, _require_principal, connection, handler)
+
+
+def _require_principal(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     if handler.opt.get(CONSOLE):
         return
     if handler.opt.get(PUBLIC) or connection.scope["path"].startswith("/schema"):

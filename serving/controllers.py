@@ -35,7 +35,7 @@ from lodestar.errors import InvalidInput, NotFound
 from lodestar.experiments import lifecycle as experiments_lifecycle
 from lodestar.explain import Trace
 from lodestar.filters import parse_exclude, parse_filter
-from lodestar.index import Hit
+from lodestar.index import Hit, PublishedVersion
 from lodestar.keys import (
     ADVERTISER,
     OPERATOR,
@@ -68,6 +68,7 @@ from serving.dependencies import (
     services,
 )
 from serving.experiments import Assigned
+from serving.loop import run_blocking
 from serving.openapi import NOT_FOUND, READS, SECURED, WRITES, problem_responses
 from serving.schemas import (
     AdClick,
@@ -216,8 +217,8 @@ class RecommendationController(Controller):
     path = "/v1"
     tags = ["recommendations"]
 
-    @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS, sync_to_thread=True)
-    def for_user(
+    @get("/users/{user_id:str}/recommendations", operation_id="recommendForUser", responses=READS)
+    async def for_user(
         self, request: Request, state: State, tenant: Tenant, user_id: PathId, config: Config, published: Published,
         k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None,
         explain: EXPLAIN = False,
@@ -225,6 +226,13 @@ class RecommendationController(Controller):
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which). With
         retail media on, sponsored items take the ad-load positions (``sponsored``, ``ad_id``)."""
+        return await run_blocking(services(state).in_process, self._for_user, request, state, tenant, user_id, config,
+                                  published, k, filter, exclude, diversity, explain)
+
+    def _for_user(
+        self, request: Request, state: State, tenant: str, user_id: str, config: TenantConfig,
+        published: PublishedVersion, k: int, filter: Any, exclude: Any, diversity: float | None, explain: bool,
+    ) -> ItemList:
         app = services(state)
         cdp = app.cdp
         user_id = parse_id(user_id, "user_id")
@@ -244,13 +252,19 @@ class RecommendationController(Controller):
         return _items(app.served_log, tenant, result.items, published.version, result.strategy, "recommendations",
                       user_id, trace, unit, assigned, sponsored)
 
-    @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200,
-          sync_to_thread=True)
-    def for_session(
+    @post("/recommendations/session", operation_id="recommendForSession", responses=WRITES, status_code=200)
+    async def for_session(
         self, request: Request, state: State, tenant: Tenant, data: SessionRequest, config: Config,
         published: Published,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
+        return await run_blocking(services(state).in_process, self._for_session, request, state, tenant, data, config,
+                                  published)
+
+    def _for_session(
+        self, request: Request, state: State, tenant: str, data: SessionRequest, config: TenantConfig,
+        published: PublishedVersion,
+    ) -> ItemList:
         app = services(state)
         cdp = app.cdp
         unit = _unit(data.user_id, data.session_id)
@@ -276,13 +290,21 @@ class ItemController(Controller):
     path = "/v1/items"
     tags = ["items"]
 
-    @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND, sync_to_thread=True)
-    def similar(
+    @get("/{item_id:str}/similar", operation_id="similarItems", responses=READS | NOT_FOUND)
+    async def similar(
         self, request: Request, state: State, tenant: Tenant, item_id: PathId, config: Config,
         published: Published, k: K = 10, filter: FILTER = None, exclude: EXCLUDE = None, diversity: DIVERSITY = None,
         explain: EXPLAIN = False, user_id: UNIT = None, session_id: UNIT = None,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
+        return await run_blocking(services(state).in_process, self._similar, request, state, tenant, item_id, config,
+                                  published, k, filter, exclude, diversity, explain, user_id, session_id)
+
+    def _similar(
+        self, request: Request, state: State, tenant: str, item_id: str, config: TenantConfig,
+        published: PublishedVersion, k: int, filter: Any, exclude: Any, diversity: float | None, explain: bool,
+        user_id: str | None, session_id: str | None,
+    ) -> ItemList:
         app = services(state)
         cdp = app.cdp
         item_id = parse_id(item_id, "item_id")

@@ -119,6 +119,7 @@ class Services:
     experiments: TenantExperiments
     ads: TenantAds
     event_quotas: EventQuotas
+    in_process: bool = False  # what the reads need is all in this process (serving.loop)
 
 
 def services(state: State) -> Services:
