@@ -76,18 +76,20 @@ class LodestarApp(Litestar):
 
 
 def one_math_thread() -> None:
-    """Keeps the process's BLAS (numpy's OpenBLAS; scipy's, once loaded) and OpenMP to one thread.
+    """Keeps the process's BLAS (numpy's OpenBLAS) to one thread.
 
     A request's math is small (a user's EASE scores: a few hundred dot products over the catalog;
     a taste: one mean of up to 50 vectors), and OpenBLAS's own threads do not sleep after a call:
     they spin, waiting for the next. Measured on this 2-core machine, with every MovieLens user
     ranked anew by one client in turn, numpy's second BLAS thread burned 6.9 ms of CPU per request
-    (a whole core) while the request itself took 5.2; with one thread, 4.6 ms per request and
-    nothing beside it. That core is the one the other worker (``--workers``), the request log or a
+    (a whole core) while the request itself took 5.2; with one thread, 4.6-5.1 ms per request
+    and nothing beside it. That core is the one the other worker (``--workers``), the request log or a
     client needed. Only where ``lodestar serve`` serves from, as :func:`freeze_long_lived`: a
     materialization (the EASE fit inverts a catalog-sized matrix) keeps every thread. Called when
-    the app starts, for the libraries loaded by then (numpy's); OpenBLAS's limit is the process's,
-    and threadpoolctl lets the first thread that sets it (this one) be the one that changes it."""
+    the app starts, for the libraries loaded by then (numpy's; not scipy's own OpenBLAS, which the
+    experiment statistics load on demand, nor torch's OpenMP with the torch embedding backend).
+    OpenBLAS's limit is the process's, and threadpoolctl lets the first thread that sets it (this
+    one, the event loop's) be the one that changes it."""
     threadpool_limits(limits=1)
 
 

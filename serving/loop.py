@@ -10,10 +10,10 @@ Qdrant Edge query holds the lock throughout (with a thread querying in a loop, t
 thread got through 8% of the Python it did alone; a ``/tmp`` script on the MovieLens index). There
 the hop costs without buying anything: 100-150 µs of CPU for each call sent to the thread and
 answered back (``loop.run_in_executor`` and its wake-ups, measured in a bare uvloop), twice per
-request (the guard, then the handler). Run on the loop's thread instead, MovieLens' repeated recommendations
-(each answered from the user's kept ranking) took 1.30-1.43 ms of server CPU against 1.63-1.88,
-and their p99 over one kept-alive connection read 1.9-2.7 ms against 4.4-5.6 (three interleaved
-rounds of each, a ``/tmp`` script).
+request (the guard, then the handler). Run on the loop's thread instead, MovieLens' repeated
+recommendations (each answered from the user's kept ranking) took 1.07-1.36 ms of server CPU
+against 1.47-1.69, and their p99 over one kept-alive connection read 1.6-2.0 ms against 3.7-3.9
+(three interleaved rounds of each, a ``/tmp`` script); README, Benchmarks, has the benches.
 
 Writes (events, imports, keys) stay in worker threads: a commit waits on the disk.
 """
