@@ -212,6 +212,15 @@ def _unit(user_id: str | None, session_id: str | None = None) -> str | None:
     return None if session_id is None else f"session:{parse_id(session_id, 'session_id')}"
 
 
+def _on_the_loop(state: State, config: TenantConfig) -> bool:
+    """Whether a page-view read runs on the event loop's thread (serving.loop): with every store in
+    this process, and unless it may wait on something else. Retail media's first auction of a
+    version builds the tenant's market, which reads its charges in full and may write the bidder's
+    report (a commit); and until the embedding model has loaded, a user known only by their
+    profile would wait for the load (its lock) to embed it. Those run in a worker thread."""
+    return services(state).in_process and not config.ads.enabled and state.embedder_loaded.is_set()
+
+
 class RecommendationController(Controller):
     security = SECURED
     path = "/v1"
@@ -226,7 +235,7 @@ class RecommendationController(Controller):
         """Items for a user: hybrid (collaborative + content) from their history, their profile when
         they have no history, popular items when nothing is known (``strategy`` says which). With
         retail media on, sponsored items take the ad-load positions (``sponsored``, ``ad_id``)."""
-        return await run_blocking(services(state).in_process, self._for_user, request, state, tenant, user_id, config,
+        return await run_blocking(_on_the_loop(state, config), self._for_user, request, state, tenant, user_id, config,
                                   published, k, filter, exclude, diversity, explain)
 
     def _for_user(
@@ -258,7 +267,7 @@ class RecommendationController(Controller):
         published: Published,
     ) -> ItemList:
         """Items for an anonymous visitor from the items they just interacted with (oldest first)."""
-        return await run_blocking(services(state).in_process, self._for_session, request, state, tenant, data, config,
+        return await run_blocking(_on_the_loop(state, config), self._for_session, request, state, tenant, data, config,
                                   published)
 
     def _for_session(
@@ -297,7 +306,7 @@ class ItemController(Controller):
         explain: EXPLAIN = False, user_id: UNIT = None, session_id: UNIT = None,
     ) -> ItemList:
         """Items most like this one (content embeddings)."""
-        return await run_blocking(services(state).in_process, self._similar, request, state, tenant, item_id, config,
+        return await run_blocking(_on_the_loop(state, config), self._similar, request, state, tenant, item_id, config,
                                   published, k, filter, exclude, diversity, explain, user_id, session_id)
 
     def _similar(

@@ -15,7 +15,12 @@ recommendations (each answered from the user's kept ranking) took 1.07-1.36 ms o
 against 1.47-1.69, and their p99 over one kept-alive connection read 1.6-2.0 ms against 3.7-3.9
 (three interleaved rounds of each, a ``/tmp`` script); README, Benchmarks, has the benches.
 
-Writes (events, imports, keys) stay in worker threads: a commit waits on the disk.
+Writes (events, imports, keys) stay in worker threads: a commit waits on the disk. So do a
+tenant's page-view reads while retail media is on (its market's first build per version reads
+the charges in full and may commit the bidder's report) and every one before the embedding model
+has loaded (a user known only by their profile would wait on the load's lock):
+``serving.controllers._on_the_loop``. Search keeps its thread: its query's embedding lets the
+lock go.
 """
 
 from __future__ import annotations

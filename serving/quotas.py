@@ -63,9 +63,9 @@ def _item(per_second: float) -> RateLimitItemPerSecond:
 
 
 class RequestRates:
-    """The request-rate and concurrency quotas of every tenant and key. The guard checks them from
-    worker threads (Litestar runs sync guards off the loop) and requests give their slots back on
-    the loop: one lock makes each check-and-count, and each give-back, whole."""
+    """The request-rate and concurrency quotas of every tenant and key. The guard checks them on the
+    event loop's thread or from worker threads (serving.loop) and requests give their slots back
+    on the loop: one lock makes each check-and-count, and each give-back, whole."""
 
     def __init__(self, storage_uri: str = "memory://", workers: int = 1) -> None:
         try:

@@ -94,3 +94,14 @@ def app_settings_with(tmp_path, *tenants: str):
         for tenant in tenants:
             store.create_tenant(tenant)
     return settings
+
+
+def on_an_event_loop() -> bool:
+    """Whether the caller runs on an event loop's thread (a worker thread has no running loop)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -12,16 +12,7 @@ from lodestar.cdp import cdp_session
 from lodestar.keys import issue_key
 from serving.app import create_app
 from serving.loop import reads_in_process, run_blocking
-from tests.helpers import app_settings_with, bearer
-
-
-def _on_the_loop() -> bool:
-    """Whether the caller runs on an event loop's thread (a worker thread has no running loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+from tests.helpers import app_settings_with, bearer, on_an_event_loop
 
 
 def test_reads_are_in_process_only_with_every_embedded_store(tmp_path):
@@ -35,7 +26,7 @@ def test_reads_are_in_process_only_with_every_embedded_store(tmp_path):
 @pytest.mark.parametrize("in_process", [True, False])
 def test_run_blocking_runs_on_the_loop_only_in_process(in_process):
     async def main() -> tuple[bool, int]:
-        return await run_blocking(in_process, lambda a, b=0: (_on_the_loop(), a + b), 1, b=2)
+        return await run_blocking(in_process, lambda a, b=0: (on_an_event_loop(), a + b), 1, b=2)
 
     assert asyncio.run(main()) == (in_process, 3)
 
@@ -50,7 +41,7 @@ def test_the_key_guard_runs_where_the_app_says(tmp_path, monkeypatch):
     guard = serving.auth._require_principal
 
     def recording(connection, handler):
-        seen.append(_on_the_loop())
+        seen.append(on_an_event_loop())
         return guard(connection, handler)
 
     monkeypatch.setattr(serving.auth, "_require_principal", recording)

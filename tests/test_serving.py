@@ -12,7 +12,7 @@ from lodestar.lineage.files import TenantFiles
 from lodestar.lineage.index_build import build_index
 from lodestar.lineage.publishing import publish
 from serving.app import create_app
-from tests.helpers import wait_until
+from tests.helpers import on_an_event_loop, wait_until
 
 pytestmark = pytest.mark.model  # the real all-MiniLM-L6-v2 (the fast tier: pytest -m "not model")
 
@@ -140,6 +140,41 @@ def test_similar_items_and_search(client, env):
     assert top == [["hiking"], ["hiking"]]
     news = client.post("/v1/search", json={"query": "rockets to mars", "k": 3}, headers=_auth(env, "beta")).json()
     assert news["items"][0]["id"].startswith("a")
+
+
+def test_a_recommendation_runs_on_the_loop_only_when_nothing_it_reads_may_wait(client, env, monkeypatch):
+    """serving/loop.py: with every store in this process and the embedding model loaded, the ranking
+    runs on the event loop's thread; with a store across a network, or before the model has loaded
+    (a user known by their profile would wait for it), in a worker thread, with the same answer."""
+    import dataclasses
+
+    import serving.controllers
+
+    where: list[bool] = []
+    ranking = serving.controllers.recommend_for_user
+
+    def recording(*args, **kwargs):
+        where.append(on_an_event_loop())
+        return ranking(*args, **kwargs)
+
+    monkeypatch.setattr(serving.controllers, "recommend_for_user", recording)
+    state = client.app.state
+    assert wait_until(state.embedder_loaded.is_set, timeout=60)
+    user = "u0003"
+    answers = [client.get(f"/v1/users/{user}/recommendations?k=5", headers=_auth(env, "alpha"))]
+    services = state.services
+    try:
+        state.services = dataclasses.replace(services, in_process=False)
+        answers.append(client.get(f"/v1/users/{user}/recommendations?k=5", headers=_auth(env, "alpha")))
+        state.services = services
+        state.embedder_loaded.clear()
+        answers.append(client.get(f"/v1/users/{user}/recommendations?k=5", headers=_auth(env, "alpha")))
+    finally:
+        state.services = services
+        state.embedder_loaded.set()
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len({tuple(i["id"] for i in a.json()["items"]) for a in answers}) == 1
+    assert where == [True, False, False]
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"},
