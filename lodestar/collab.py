@@ -175,10 +175,11 @@ class CollabModel:
         d = self.ease_diag
         spread = np.zeros(rows.shape[0], dtype=np.float32)
         spread[idx] = w * d[idx]  # B[c, i] * d[i] summed over the user's items i, divided by d[c] below
-        order = np.sort(cand)  # ascending rows read the mapped file forward
+        ascending = np.argsort(cand, kind="stable")
+        order = cand[ascending]  # ascending rows read the mapped file forward
         dots = np.fromiter(map(spread.dot, map(rows.__getitem__, order)), dtype=np.float64, count=len(order))
         scores = np.empty(len(cand), dtype=np.float64)
-        scores[np.argsort(cand, kind="stable")] = dots / d[order]
+        scores[ascending] = dots / d[order]
         return scores.astype(np.float32)
 
 
