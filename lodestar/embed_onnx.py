@@ -97,8 +97,7 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
 def load_onnx(name: str, backend: str, models_dir: str) -> OnnxEncoder:
     """The ONNX encoder of a model and backend, exported on first use and loaded from there after."""
     directory = Path(models_dir) / export_name(name, backend)
-    source = _source_fingerprint(name)
-    if not _export_is_current(directory, source):
+    if not _export_is_current(directory, name):
         export_onnx(name, backend, directory)
     return OnnxEncoder(directory)
 
@@ -112,26 +111,73 @@ def export_name(name: str, backend: str) -> str:
     return f"{tail}-{hashlib.sha256(name.encode()).hexdigest()[:8]}-{backend}"
 
 
-def _source_fingerprint(name: str) -> str:
-    """What the export was made from: the model's files by name, size and time, so that an upgraded
-    model package (or a retrained local model) is exported again."""
+def _source_files(name: str) -> tuple[Path, list[Path]] | None:
     location = Path(resolve_model(name))
     if not location.is_dir():
-        return name  # a hub name, resolved from the local Hugging Face cache
+        return None  # a hub name, resolved from the local Hugging Face cache
+    return location, sorted(p for p in location.rglob("*") if p.is_file())
+
+
+def _source_stamp(name: str) -> str:
+    """Where the model's files are, with their names, sizes and times: cheap to read, and the same
+    until the model is installed again or retrained."""
+    found = _source_files(name)
+    if found is None:
+        return name
+    location, files = found
     digest = hashlib.sha256(str(location.resolve()).encode())
-    for path in sorted(p for p in location.rglob("*") if p.is_file()):
+    for path in files:
         stat = path.stat()
         digest.update(f"{path.relative_to(location)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
-def _export_is_current(directory: Path, source: str) -> bool:
+def _source_fingerprint(name: str) -> str:
+    """What the export was made from: the model's files by name and content, wherever they are
+    installed. A second virtualenv holding the same model package shares the export; an upgraded
+    package, or a retrained local model, is exported again. Reading 90 MB takes a fraction of a
+    second, so it is read only when the stamp (:func:`_source_stamp`) has changed."""
+    found = _source_files(name)
+    if found is None:
+        return name
+    location, files = found
+    digest = hashlib.blake2b()
+    for path in files:
+        digest.update(f"{path.relative_to(location)}:{path.stat().st_size}:".encode())
+        with path.open("rb") as file:
+            digest.update(hashlib.file_digest(file, "blake2b").digest())
+    return digest.hexdigest()
+
+
+def _export_is_current(directory: Path, name: str) -> bool:
+    """Whether the export in ``directory`` was made by this recipe from the files ``name`` resolves
+    to now. Its stamp is compared first; when only the stamp differs (the same files installed
+    elsewhere, or again), the export is kept and stamped anew."""
     try:
         meta = json.loads((directory / _EXPORT_META).read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("format") == _EXPORT_FORMAT and meta.get("source") == source
-            and (directory / "model.onnx").is_file() and (directory / "tokenizer.json").is_file())
+    if not (meta.get("format") == _EXPORT_FORMAT and (directory / "model.onnx").is_file()
+            and (directory / "tokenizer.json").is_file()):
+        return False
+    stamp = _source_stamp(name)
+    if meta.get("stamp") == stamp:
+        return True
+    if meta.get("source") != _source_fingerprint(name):
+        return False
+    _write_meta(directory, dict(meta, stamp=stamp))
+    return True
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    """Replace an export's meta file in one rename; where the models dir is read-only, leave it
+    (the files are then read on every load, which is slower but right)."""
+    staging = directory / f".{_EXPORT_META}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.write_text(json.dumps(meta, indent=1))
+        staging.replace(directory / _EXPORT_META)
+    except OSError:
+        staging.unlink(missing_ok=True)
 
 
 def export_onnx(name: str, backend: str, directory: Path) -> None:
@@ -158,7 +204,8 @@ def export_onnx(name: str, backend: str, directory: Path) -> None:
         _write_onnx(transformer, model.tokenizer, staging, quantize=backend == "onnx-int8")
         model.tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         (staging / _EXPORT_META).write_text(json.dumps({
-            "format": _EXPORT_FORMAT, "model": name, "backend": backend, "source": _source_fingerprint(name),
+            "format": _EXPORT_FORMAT, "model": name, "backend": backend,
+            "source": _source_fingerprint(name), "stamp": _source_stamp(name),
             "dimension": int(model.get_embedding_dimension()), "max_seq_length": int(model.max_seq_length),
             "pooling": pooling, "normalize": normalize,
             "pad_id": int(model.tokenizer.pad_token_id), "pad_token": str(model.tokenizer.pad_token),
@@ -253,7 +300,7 @@ def _install(staging: Path, directory: Path) -> None:
         return
     except OSError:
         meta = json.loads((staging / _EXPORT_META).read_text())
-        if _export_is_current(directory, meta["source"]):
+        if _export_is_current(directory, meta["model"]):
             return
     stale = directory.with_name(f".{directory.name}.stale-{uuid.uuid4().hex[:8]}")
     directory.rename(stale)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lodestar import demo, embed_onnx
-from lodestar.embed import Embedder, model_key
+from lodestar.embed import Embedder, model_key, resolve_model
 from lodestar.embed_onnx import export_name
 from lodestar.errors import InvalidInput
 from lodestar.features import item_text
@@ -59,10 +59,34 @@ def test_a_stale_export_is_not_used(cache_dir, tmp_path):
     stale = tmp_path / "export"
     shutil.copytree(cache_dir / "models" / export_name(DEFAULT_MODEL, "onnx-int8"), stale)
     meta = json.loads((stale / "lodestar-export.json").read_text())
-    assert embed_onnx._export_is_current(stale, meta["source"])
-    assert not embed_onnx._export_is_current(stale, "the model package was upgraded")
+    assert embed_onnx._export_is_current(stale, DEFAULT_MODEL)
+    (stale / "lodestar-export.json").write_text(json.dumps(dict(meta, stamp="x", source="an older model package")))
+    assert not embed_onnx._export_is_current(stale, DEFAULT_MODEL)
     (stale / "lodestar-export.json").write_text(json.dumps(dict(meta, format=meta["format"] - 1)))
-    assert not embed_onnx._export_is_current(stale, meta["source"])
+    assert not embed_onnx._export_is_current(stale, DEFAULT_MODEL)
+
+
+@pytest.mark.model
+def test_the_same_model_files_installed_elsewhere_share_the_export(cache_dir, tmp_path, monkeypatch):
+    """A second virtualenv (a fresh clone's, say) holds the same model package at another path, with
+    other file times: its export is the same, so it is kept, not made again; a changed file is not."""
+    export = tmp_path / "export"
+    shutil.copytree(cache_dir / "models" / export_name(DEFAULT_MODEL, "onnx-int8"), export)
+    elsewhere = tmp_path / "another-venv" / "model"
+    shutil.copytree(resolve_model(DEFAULT_MODEL), elsewhere, copy_function=shutil.copy)  # new file times
+    read = []
+    fingerprint = embed_onnx._source_fingerprint
+    monkeypatch.setattr(embed_onnx, "_source_fingerprint", lambda name: read.append(name) or fingerprint(name))
+
+    assert embed_onnx._export_is_current(export, str(elsewhere))
+    assert read == [str(elsewhere)], "the files were not compared by content"
+    assert embed_onnx._export_is_current(export, str(elsewhere))
+    assert read == [str(elsewhere)], "the export was not stamped for the new place: its files were read again"
+    assert embed_onnx._export_is_current(export, DEFAULT_MODEL)  # and the first place still matches by content
+
+    config = elsewhere / "config.json"
+    config.write_text(config.read_text().replace("}", ', "retrained": true}', 1))
+    assert not embed_onnx._export_is_current(export, str(elsewhere))
 
 
 @pytest.mark.model
