@@ -22,9 +22,9 @@ In one run, on one data dir:
      one keep-alive connection each, its users in turn, each request ranking anew: see
      ``recommend``): p50, p99 and their ratios with 95% bootstrap intervals over the blocks, and
      the same ratios between the two 1-tenant servers (the control: nothing differs). Before the
-     server starts, the same in process, without HTTP (the API's TenantIndexes and ranking code,
-     500 recommendations with 1 tenant queried, then after all N: one after the other, so the
-     machine's drift is in that ratio).
+     server starts, the same in process, without HTTP: three processes with the API's TenantIndexes
+     and ranking code, one that has asked all N tenants and two that have asked t0000 alone, in
+     turn in blocks as the servers are.
   5. A no-change tick of the `cdp_changes` sensor over the N tenants and the data dir's own Dagster
      instance (median of 5, after a first tick that requests every tenant's run): with every run
      done, and while it still waits on N runs. It is measured before the server starts.
@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -210,37 +211,75 @@ def sensor_tick(settings: Settings, env: dict[str, str], n: int) -> None:
 
 
 def in_process_latency(settings: Settings, names: list[str], users: list[str]) -> None:
-    """Step 4 without HTTP (less noise): t0000's recommendations through the API's own index cache
-    (`TenantIndexes`, default cap) and ranking code, before and after every tenant was asked once."""
+    """Step 4 without HTTP: t0000's recommendations through the API's own index cache
+    (`TenantIndexes`, default cap) and ranking code, in three processes side by side as in
+    :func:`side_by_side`: one that has asked every tenant once (and waited for the readers it
+    evicted to close), and two that have asked t0000 alone, in turn in blocks, every order of the
+    three alike. (Timing one process before and then after it asked every tenant put the machine's
+    drift into the ratio: two back-to-back 500-request stretches of one process read p50s 1.08 and
+    1.68 ms here.)"""
+    import multiprocessing
+
+    tenant, size = names[0], LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for name, opened in (("one", [tenant]), ("again", [tenant]), ("all", names)):
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_in_process_worker, daemon=True,
+                                  args=(theirs, str(settings.data_dir), settings.embed_model, opened, tenant, users))
+        process.start()
+        workers[name] = (process, ours)
+    try:
+        for _process, pipe in workers.values():
+            if pipe.recv() != "ready":
+                raise SystemExit("an in-process latency worker failed to start")
+
+        def block(name: str, first: int) -> list[float]:
+            workers[name][1].send((first, size))
+            return workers[name][1].recv()
+
+        blocks = _in_turn(list(workers), block)
+    finally:
+        for process, pipe in workers.values():
+            pipe.send(None)
+            process.join(timeout=30)
+    print(f"\n{tenant} in process, no HTTP ({SIDE_BY_SIDE_ROUNDS * size} recommendations in each of three "
+          f"processes, blocks of {size} in turn after one unmeasured block: the API's TenantIndexes and ranking "
+          f"code)\n| | 1 tenant queried | the same, a second process | {len(names)} tenants queried | "
+          f"{len(names)} / 1 | second / first (control) |\n|---|---|---|---|---|---|")
+    _print_side_by_side(blocks)
+
+
+def _in_process_worker(pipe, data_dir: str, embed_model: str, opened: list[str], tenant: str,
+                       users: list[str]) -> None:
+    """One process of :func:`in_process_latency`: asks each of ``opened`` once, waits for the
+    readers it evicted to close, then times blocks of ``tenant``'s recommendations on request."""
     from lodestar.cdp import open_cdp
-    from lodestar.index import open_index_store
     from lodestar.recommend import recommend_for_user
     from lodestar.tenant_config import TenantConfig
     from serving.indexes import TenantIndexes
 
+    settings = Settings(data_dir=Path(data_dir), embed_model=embed_model)
     cdp, config = open_cdp(settings), TenantConfig()
     indexes = TenantIndexes(open_index_store(settings), sweep_every_s=1.0)
 
-    def ask(tenant: str, user: str) -> float:
+    def ask(name: str, user: str) -> float:
         started = time.perf_counter()
-        recommend_for_user(indexes.get(tenant), cdp, None, tenant, user, 10, config)
-        return time.perf_counter() - started
+        recommend_for_user(indexes.get(name), cdp, None, name, user, 10, config)
+        return (time.perf_counter() - started) * 1000
 
-    def percentiles() -> tuple[float, float]:
-        ms = np.asarray([ask(names[0], users[n % len(users)]) for n in range(600)][100:]) * 1000
-        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-
-    before = percentiles()
-    for tenant in names:
-        ask(tenant, "u00")
-    time.sleep(RETIRE_AFTER_S + 2)  # the evicted readers closed by the sweep
-    after = percentiles()
+    for name in opened:
+        ask(name, "u00")
+    if len(opened) > 1:
+        time.sleep(RETIRE_AFTER_S + 2)  # the evicted readers closed by the sweep
+    for n in range(LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS):
+        ask(tenant, users[n % len(users)])
+    pipe.send("ready")
+    while (block := pipe.recv()) is not None:
+        first, size = block
+        pipe.send([ask(tenant, users[(first + n) % len(users)]) for n in range(size)])
     indexes.close()
     cdp.close()
-    print(f"\n{names[0]} in process (no HTTP; 500 recommendations after 100 unmeasured)\n| | 1 tenant queried | "
-          f"{len(names)} tenants queried | ratio |\n|---|---|---|---|")
-    for label, a, b in zip(("p50 ms", "p99 ms"), before, after, strict=True):
-        print(f"| {label} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
 
 
 def recommend(http: httpx.Client, tenant: str, key: str, user: str, anew: bool = False) -> float:
@@ -306,23 +345,39 @@ def side_by_side(env: dict[str, str], http: httpx.Client, names: list[str], key:
         for client in servers.values():  # t0000 opened in the baselines, and one unmeasured block on each
             for n in range(size):
                 recommend(client, tenant, key, users[n % len(users)], anew=True)
-        orders = list(itertools.permutations(servers))  # each server before and after each other alike
-        blocks: dict[str, list[list[float]]] = {name: [] for name in servers}
-        for r in range(SIDE_BY_SIDE_ROUNDS):
-            for name in orders[r % len(orders)]:
-                blocks[name].append([recommend(servers[name], tenant, key, users[(r * size + n) % len(users)],
-                                               anew=True) * 1000 for n in range(size)])
+        blocks = _in_turn(list(servers), lambda name, first: [
+            recommend(servers[name], tenant, key, users[(first + n) % len(users)], anew=True) * 1000
+            for n in range(size)])
     finally:
         for process, client in baselines:
             client.close()
             stop(process)
-    flat = {name: np.concatenate(rounds) for name, rounds in blocks.items()}
     print(f"\n{tenant}: {SIDE_BY_SIDE_ROUNDS * size} sequential recommendations on each of three servers (k=10, its "
           f"{len(users)} users in turn, each ranking anew, one keep-alive connection each), in turn in blocks of "
           f"{size}: the server above, which has answered all {len(names)} tenants, and two more `lodestar serve` of "
           f"the same data dir that have answered {tenant} alone\n| | 1 tenant queried | the same, a second server | "
           f"{len(names)} tenants queried | {len(names)} / 1 | second / first, nothing different (control) |\n"
           "|---|---|---|---|---|---|")
+    _print_side_by_side(blocks)
+
+
+def _in_turn(names: list[str], block: Callable[[str, int], list[float]]) -> dict[str, list[list[float]]]:
+    """``SIDE_BY_SIDE_ROUNDS`` blocks of each of ``names`` (``block(name, first)``: the timings, ms,
+    of ``LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS`` requests from the ``first``-th user in turn), the
+    names in every order alike, so that the machine's drift falls on all of them the same."""
+    size = LATENCY_REQUESTS // SIDE_BY_SIDE_ROUNDS
+    orders = list(itertools.permutations(names))
+    blocks: dict[str, list[list[float]]] = {name: [] for name in names}
+    for r in range(SIDE_BY_SIDE_ROUNDS):
+        for name in orders[r % len(orders)]:
+            blocks[name].append(block(name, r * size))
+    return blocks
+
+
+def _print_side_by_side(blocks: dict[str, list[list[float]]]) -> None:
+    """The p50 and p99 rows of step 4's tables: "one" and "again" asked t0000 alone, "all" every
+    tenant; the ratios with their bootstrap intervals over the blocks."""
+    flat = {name: np.concatenate(rounds) for name, rounds in blocks.items()}
     for q in (50, 99):
         print(f"| p{q} ms | {np.percentile(flat['one'], q):.2f} | {np.percentile(flat['again'], q):.2f} | "
               f"{np.percentile(flat['all'], q):.2f} | "
