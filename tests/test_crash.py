@@ -100,7 +100,7 @@ def _started_at(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while we read
         return None
     return None if fields[0] == "Z" else int(fields[19])
 

@@ -408,29 +408,23 @@ def test_an_older_edge_version_searches_on_the_asking_thread_once_opened(tmp_pat
 
 def _search_pool_threads() -> int:
     """How many of the engine's search-pool threads this process has."""
-    return sum(_thread_name(task).startswith("edge-search") for task in Path("/proc/self/task").iterdir())
-
-
-def _thread_name(task: Path) -> str:
-    try:
-        stat = (task / "stat").read_text()
-    except FileNotFoundError:  # a thread that ended meanwhile
-        return ""
-    return stat[stat.index("(") + 1:stat.rindex(")")]
+    return sum(1 for _fields in _search_pool_stats())
 
 
 def _search_pool_cpu_ticks() -> int:
     """CPU clock ticks the engine's search-pool threads of this process have used."""
-    ticks = 0
+    return sum(int(fields[11]) + int(fields[12]) for fields in _search_pool_stats())
+
+
+def _search_pool_stats():
+    """The stat fields after the name of each of this process's engine search-pool threads."""
     for task in Path("/proc/self/task").iterdir():
         try:
             stat = (task / "stat").read_text()
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            continue  # (ENOENT once its entry is gone, ESRCH while it is going)
         if stat[stat.index("(") + 1:stat.rindex(")")].startswith("edge-search"):
-            fields = stat.rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks
+            yield stat.rsplit(")", 1)[1].split()
 
 
 def test_edge_indexes_payload_fields_of_large_versions_only_and_answers_the_same(tmp_path, monkeypatch):
