@@ -29,6 +29,8 @@ import pandas as pd
 from lodestar.event_weights import RATING, RATING_SCALE, event_weights
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import scipy.sparse as sp  # imported by the fit itself: serving processes score with numpy only
 
     from lodestar.tenant_config import TenantConfig
@@ -142,9 +144,11 @@ class CollabModel:
 
     def scores(
         self, item_weights: dict[str, float], candidates: list[str], profile: tuple[np.ndarray, np.ndarray] | None = None,
+        memo: Callable[[int], np.ndarray] | None = None,
     ) -> np.ndarray:
         """Collaborative scores of candidate items (0 for items the model does not know); ``profile``:
-        :meth:`user_profile` of ``item_weights`` when the caller kept it."""
+        :meth:`user_profile` of ``item_weights`` when the caller kept it; ``memo``: where the caller
+        keeps this profile's EASE scores between requests (see :meth:`_ease_scores`)."""
         idx, w = self.user_profile(item_weights) if profile is None else profile
         out = np.zeros(len(candidates), dtype=np.float32)
         if not len(idx):
@@ -154,15 +158,22 @@ class CollabModel:
         if not known.any():
             return out
         if self.ease is not None:
-            out[known] = self._ease_scores(idx, w, cand[known])
+            out[known] = self._ease_scores(idx, w, cand[known], memo)
         else:
             out[known] = ((w * self.damping[idx]) @ self.factors[idx]) @ self.factors[cand[known]].T
         return out
 
-    def _ease_scores(self, idx: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    def _ease_scores(
+        self, idx: np.ndarray, w: np.ndarray, cand: np.ndarray, memo: Callable[[int], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """``w @ B[idx][:, cand]``, from whichever rows of the memory-mapped B are fewer: the user's
         (a light user) or, through ``ease_diag``, the candidates' (a heavy user, whose thousands of
         rows would be most of a request).
+
+        A heavy user's scores are kept in ``memo(n_items)`` (an array by model index, NaN where not
+        scored yet) when the caller has one: the same user ranked again with the same profile (another
+        page, exclusion or filter) scores only the candidates it has not scored before. Each
+        candidate's score is computed alone, so a kept one is the very value computing it again gives.
 
         Rows are read whole, front to back, as a request finds them: out of the processor's caches.
         A heavy user's candidate rows are each dotted in place with the user's weights spread over
@@ -172,6 +183,18 @@ class CollabModel:
         rows = self._ease_rows
         if self.ease_diag is None or len(idx) <= len(cand):
             return (w @ rows[idx])[cand]
+        if memo is None:
+            return self._heavy_scores(idx, w, cand)
+        kept = memo(rows.shape[0])
+        scores = kept[cand]
+        todo = np.isnan(scores)
+        if todo.any():
+            scores[todo] = kept[cand[todo]] = self._heavy_scores(idx, w, cand[todo])
+        return scores
+
+    def _heavy_scores(self, idx: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """:meth:`_ease_scores` from the candidates' rows of B, one candidate at a time."""
+        rows = self._ease_rows
         d = self.ease_diag
         spread = np.zeros(rows.shape[0], dtype=np.float32)
         spread[idx] = w * d[idx]  # B[c, i] * d[i] summed over the user's items i, divided by d[c] below

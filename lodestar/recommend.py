@@ -123,6 +123,7 @@ def _hybrid(
     reader: IndexReader, model: CollabModel, item_weights: dict[str, float], query: np.ndarray,
     taste: np.ndarray | None, exclude: set[str], k: int, config: TenantConfig, item_filter: ItemFilter,
     trace: Trace | None = None, profile: tuple[np.ndarray, np.ndarray] | None = None,
+    memo: Callable[[int], np.ndarray] | None = None,
 ) -> list[Hit]:
     limit = max(config.collab.candidates, k)
     # Candidates carry what ranking needs (id, popularity), as arrays; the head's full payloads and
@@ -145,7 +146,7 @@ def _hybrid(
     if not item_ids:
         return []
     weights = config.ranking
-    raw_collab = model.scores(item_weights, item_ids, profile)
+    raw_collab = model.scores(item_weights, item_ids, profile, memo)
     collab = _scaled(raw_collab)
     partial = weights.collab * collab + weights.popularity * popularity
     # Content similarity only reorders the head: content vectors are read for it alone, and full
@@ -179,7 +180,8 @@ def _kept_hybrid(
     changed: the index version (and its model), the state itself (it is replaced when the user's
     events change), the pool, the filter, the request's exclusions and the ranking settings. The
     ranked items' payloads and vectors are read again from the version (a ranking keeps ids and
-    scores only). Traced requests (explanations) always rank anew, and keep nothing."""
+    scores only). Traced requests (explanations) always rank anew, and keep no ranking (the
+    collaborative scores they compute are kept: they are the same with or without a trace)."""
     key = (reader.version, pool, item_filter, controls.exclude, config.collab.candidates, config.ranking)
     latest = state.ranked.latest if trace is None else None
     if latest is not None and latest[0] == key:
@@ -188,7 +190,7 @@ def _kept_hybrid(
         return [Hit(item_id, float(score), points[item_id].payload, points[item_id].vector)
                 for item_id, score in zip(ids, scores, strict=True) if item_id in points]
     ranked = _hybrid(reader, model, state.item_weights, query, state.taste, exclude, pool, config, item_filter, trace,
-                     state.profile)
+                     state.profile, state.ranked.collab_scores)
     if trace is None and len(ranked) <= RANKED_KEPT_MAX:
         ids = tuple(hit.item_id for hit in ranked)
         state.ranked.keep(key, ids, np.asarray([hit.score for hit in ranked]),
@@ -234,25 +236,42 @@ def _content_ranked(
 
 class KeptRanking:
     """The latest hybrid ranking a user state led to, and what it was ranked under (see
-    :func:`_kept_hybrid`). ``latest`` is replaced whole, so a reader in another thread sees one
-    ranking or the next, never a mix. ``ledger``: called when what it holds changed (set by
-    :class:`lodestar.user_state.UserStates` for a state it keeps, which then counts the state's
-    :attr:`UserState.nbytes` again)."""
+    :func:`_kept_hybrid`), and the collaborative scores its rankings computed (``collab``: by the
+    model's item index, NaN where not scored; :meth:`lodestar.collab.CollabModel.scores`). ``latest``
+    is replaced whole, so a reader in another thread sees one ranking or the next, never a mix.
+    ``ledger``: called when what it holds changed (set by :class:`lodestar.user_state.UserStates`
+    for a state it keeps, which then counts the state's :attr:`UserState.nbytes` again)."""
 
-    __slots__ = ("latest", "nbytes", "ledger")
+    __slots__ = ("latest", "ranking_nbytes", "collab", "ledger")
 
     def __init__(self) -> None:
         self.latest: tuple[tuple[Any, ...], tuple[str, ...], np.ndarray] | None = None  # key, ids, scores
-        self.nbytes = 0
+        self.ranking_nbytes = 0
+        self.collab: np.ndarray | None = None
         self.ledger: Callable[[], None] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.ranking_nbytes + (0 if self.collab is None else self.collab.nbytes)
 
     def keep(self, key: tuple[Any, ...], ids: tuple[str, ...], scores: np.ndarray, nbytes: int) -> None:
         """Keep this ranking (``nbytes``: about what it holds, key included) unless it is too large."""
         if nbytes > RANKED_MAX_BYTES:
             return
-        self.latest, self.nbytes = (key, ids, scores), nbytes
+        self.latest, self.ranking_nbytes = (key, ids, scores), nbytes
         if self.ledger is not None:
             self.ledger()
+
+    def collab_scores(self, n_items: int) -> np.ndarray:
+        """Where the state's collaborative scores are kept (a heavy user's EASE scores: 4 bytes an
+        item of the model), made on first use. Two threads ranking at once may each make one; the
+        one kept last stays, and the other's scores are computed again when next asked."""
+        kept = self.collab
+        if kept is None or len(kept) != n_items:
+            kept = self.collab = np.full(n_items, np.nan, dtype=np.float32)
+            if self.ledger is not None:
+                self.ledger()
+        return kept
 
 
 @dataclass(frozen=True)
@@ -280,7 +299,7 @@ class UserState:
         a state of a few items, then a set entry per seen item, a dict entry and float per weight and
         a dict entry per item's sum: MovieLens' 610 users 24.3 MB, counted 33.0 MB), the edge
         engine's exclusion condition kept with ``seen`` (about 50 bytes an item, outside Python's
-        heap), and its kept ranking's (:class:`KeptRanking`)."""
+        heap), and its kept ranking's and collaborative scores' (:class:`KeptRanking`)."""
         arrays = sum(a.nbytes for a in (self.taste, self.query, *(self.profile or ())) if a is not None)
         return 2100 + arrays + 120 * len(self.seen) + 110 * len(self.item_weights) + 60 * len(self.item_sums) \
             + 100 * len(self.newest_ids) + self.ranked.nbytes

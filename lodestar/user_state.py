@@ -35,6 +35,13 @@ with nothing new (another widget of the page, a reload, a second page view befor
 sent) is answered from it: the ranked items' points are read again from the version, and the
 rules, diversity and ads are applied as on every request; nothing is queried or scored again.
 Anything else ranks anew and keeps the new ranking instead. Explanations always rank anew.
+A ranking anew of a heavy user (more items than candidates, whose EASE scores are read from the
+candidates' rows of B) keeps the collaborative scores it computed with the state too
+(``KeptRanking.collab``: 4 bytes per item of the model, 48 KB at the default ``ease_max_items``
+of 12,000), so that the next ranking of the same state (another page, exclusion or filter) scores
+only the candidates it has not met; each kept score is the very value computing it again gives.
+MovieLens: 82 of the 610 users keep them, 3.2 MB in all (37.0 MB held with their states and
+rankings, under the default budget).
 
 Not kept: a user whose preferences like or dislike items (those count as events of the moment of
 the request, so what they derive to changes with the clock). The preferences themselves are read on
@@ -50,8 +57,8 @@ where tracemalloc measures 24.3 MB, each item's weight sum included; a small ten
 each against 4.5-5.5 KB before those sums), counted
 again whenever its kept ranking changes (about 1-4 KB more: ids and scores, and the request's
 exclusions and filter values, every string counted as its own; a ranking counted above 16 KB, for
-a long exclusion list, is not kept), least recently used first out; 0 turns keeping off. Outside
-it: the edge adapter's last 256 exclusion conditions (``lodestar.index.edge._recent_exclusion``),
+a long exclusion list, is not kept) and when it first keeps collaborative scores, least recently
+used first out; 0 turns keeping off. Outside it: the edge adapter's last 256 exclusion conditions (``lodestar.index.edge._recent_exclusion``),
 as before.
 """
 

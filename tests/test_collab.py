@@ -116,6 +116,36 @@ def test_ease_scores_read_the_fewer_rows_and_agree():
     assert np.allclose(collab.CollabModel.from_bytes(model.to_bytes()).ease_diag, model.ease_diag)
 
 
+def test_a_heavy_users_kept_ease_scores_are_the_scores_and_only_new_candidates_are_computed(monkeypatch):
+    """A heavy user's EASE scores kept between rankings (``memo``) are exactly what computing them
+    again gives; a ranking that meets candidates scored before computes only the others."""
+    rng = np.random.default_rng(5)
+    items = [f"i{n}" for n in range(40)]
+    baskets = {f"u{n}": list(rng.choice(items, size=8, replace=False)) for n in range(60)}
+    model = collab.fit(_pairs(baskets), items, effective_config(None))
+    weights = {i: float(rng.uniform(-0.5, 2.0)) for i in model.item_ids[:25]}  # heavier than 6 candidates
+    first = [model.item_ids[n] for n in (29, 26, 28, 25, 27)] + ["unknown"]
+    second = [model.item_ids[n] for n in (31, 26, 30, 29)]  # two scored before, two not
+    kept: list[np.ndarray] = []
+
+    def memo(n_items: int) -> np.ndarray:
+        if not kept:
+            kept.append(np.full(n_items, np.nan, dtype=np.float32))
+        return kept[0]
+
+    computed: list[int] = []
+    heavy = model._heavy_scores
+    monkeypatch.setattr(model, "_heavy_scores", lambda idx, w, cand: computed.append(len(cand)) or heavy(idx, w, cand))
+    assert np.array_equal(model.scores(weights, first, memo=memo), model.scores(weights, first))
+    assert np.array_equal(model.scores(weights, second, memo=memo), model.scores(weights, second))
+    assert np.array_equal(model.scores(weights, first, memo=memo), model.scores(weights, first))
+    assert computed == [5, 5, 2, 4, 5]  # with the memo: 5, then the 2 new ones, then none
+    assert int((~np.isnan(kept[0])).sum()) == 7 and len(kept[0]) == len(model.item_ids)
+    light = dict(list(weights.items())[:3])  # a light user's own rows are read: nothing kept
+    kept.clear()
+    assert np.array_equal(model.scores(light, first, memo=memo), model.scores(light, first)) and not kept
+
+
 def test_a_users_profile_is_reused_only_for_the_same_weights():
     """user_profile keeps its last answer for the second call of a recommendation; weights that
     differ (another user, or the same dict changed since) are computed anew."""

@@ -22,6 +22,7 @@ from lodestar.recommend import (
     RANKED_KEPT_MAX,
     _hybrid,
     derive_state,
+    rebased,
     recommend,
     recommend_for_user,
     user_history,
@@ -266,6 +267,36 @@ def test_kept_rankings_are_counted_in_the_budget(shop):
         rank(user, state)
         assert tight.held <= tight.budget
     assert len(tight._entries) < len(users)
+
+
+def test_a_heavy_users_kept_collaborative_scores_rank_the_same_and_are_counted(shop):
+    """Users with more items than candidates (here: 3 candidates) keep their EASE scores in their
+    state: ranked again with other exclusions, they rank exactly as from a state without kept
+    scores, and the budget counts what the scores take."""
+    store, published, config = shop
+    assert published.model is not None and published.model.ease is not None
+    few = replace(config, collab=replace(config.collab, candidates=3))
+    states = UserStates()
+    heavy = 0
+    for user in _users(store):
+        _events, _prefs, state = states.read(published, store, "alpha", user, few)
+        fresh = UserStates(budget_mb=0).read(published, store, "alpha", user, few)  # its own state: nothing kept
+        for exclude in ((), ("gone",), (), ("gone", "also-gone")):  # each ranks anew (a kept ranking aside)
+            state.ranked.latest = None
+            answers = [recommend_for_user(published, store, None, "alpha", user, 3, few, Controls(exclude=exclude),
+                                          history=history, state=kept)
+                       for history, kept in ((([], None), state), ((fresh[0], fresh[1]), None))]
+            assert [(h.item_id, h.score) for h in answers[0].items] == [(h.item_id, h.score) for h in answers[1].items]
+        if state.ranked.collab is not None:  # more items than the candidates (3 and up to 3 by content)
+            heavy += 1
+            assert len(state.ranked.collab) == len(published.model.item_ids) and len(state.profile[0]) > 3
+            assert 3 <= int((~np.isnan(state.ranked.collab)).sum()) <= 6 * 3  # what its rankings scored
+            again = rebased(state, published.reader, published.model, [], few)  # as for a new index version
+            assert again.ranked.collab is None and state.ranked.collab is not None  # scores of a profile, not reused
+        else:  # a light user's own rows are read: nothing kept
+            assert state.profile is None or len(state.profile[0]) <= 6
+    assert heavy >= 5, heavy
+    assert states.held == sum(entry[2].nbytes for entry in states._entries.values())
 
 
 def test_the_budget_bounds_what_is_kept(shop):
