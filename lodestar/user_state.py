@@ -58,8 +58,8 @@ each against 4.5-5.5 KB before those sums), counted
 again whenever its kept ranking changes (about 1-4 KB more: ids and scores, and the request's
 exclusions and filter values, every string counted as its own; a ranking counted above 16 KB, for
 a long exclusion list, is not kept) and when it first keeps collaborative scores, least recently
-used first out; 0 turns keeping off. Outside it: the edge adapter's last 256 exclusion conditions (``lodestar.index.edge._recent_exclusion``),
-as before.
+used first out; 0 turns keeping off. Outside it: the edge adapter's last 256 exclusion conditions
+(``lodestar.index.edge._recent_exclusion``), as before.
 """
 
 from __future__ import annotations

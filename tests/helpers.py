@@ -58,6 +58,17 @@ def start_serve(env: dict[str, str], port: int, *args: str):
     return server
 
 
+def process_started_at(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None if it is gone or a zombie: a
+    process is the same one only while this stays the same (its pid may be reused). Linux /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while we read
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def events_tenant(tmp_path):
     """A data dir with tenant ``acme`` and an events-scoped key, for ``lodestar serve`` subprocesses
     (hashing embedder): ``(settings, key, env)``."""

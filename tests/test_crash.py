@@ -16,7 +16,7 @@ import pytest
 
 from lodestar.cdp import cdp_session
 from lodestar.records import event_id, parse_event
-from tests.helpers import events_tenant, free_port, start_serve
+from tests.helpers import events_tenant, free_port, process_started_at, start_serve
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,17 +94,6 @@ time.sleep(600)
 """
 
 
-def _started_at(pid: int) -> int | None:
-    """When the process started (clock ticks since boot), or None if it is gone or a zombie: a
-    process is the same one only while this stays the same (its pid may be reused)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):  # gone, or going while we read
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
 def test_the_console_s_pipeline_helper_ends_with_a_killed_server(tmp_path):
     """The helper process the console asks about runs (serving.console.pipeline) must not outlive
@@ -113,14 +102,14 @@ def test_the_console_s_pipeline_helper_ends_with_a_killed_server(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         helper = int(parent.stdout.readline())
-        started = _started_at(helper)
+        started = process_started_at(helper)
         assert helper != parent.pid and started is not None
     finally:
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=30)
     deadline = time.monotonic() + 20
-    while _started_at(helper) == started and time.monotonic() < deadline:
+    while process_started_at(helper) == started and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _started_at(helper) == started:
+    if process_started_at(helper) == started:
         os.kill(helper, signal.SIGKILL)
         raise AssertionError("the helper outlived the killed server")

@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from lodestar.cdp import cdp_session
-from tests.helpers import events_tenant, free_port, start_serve, wait_until
+from tests.helpers import (
+    events_tenant,
+    free_port,
+    process_started_at,
+    start_serve,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,15 +62,7 @@ def test_workers_share_one_port_and_stop_together(tmp_path):
         server.send_signal(signal.SIGTERM)
         server.wait(30)
     assert server.returncode is not None
-    assert not any(_alive(pid) for pid in workers), "a worker outlived the server"
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not gone, not a zombie)."""
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except (FileNotFoundError, ProcessLookupError):  # gone, or going while we read
-        return False
+    assert not any(process_started_at(pid) is not None for pid in workers), "a worker outlived the server"
 
 
 def test_workers_must_be_positive(tmp_path):
